@@ -1,0 +1,299 @@
+"""The common interface of every content-adaptive convolution in adaptconv.
+
+An operator is an :class:`AdaptiveConv2d`: constructed with ``nn.Conv2d``'s arguments (plus its own
+keyword options), called as ``op(x, guide=None)``, and returning a tensor of exactly the shape
+``nn.Conv2d`` would return for the same arguments.
+
+Guides
+------
+``guide_channels=None`` builds a *self-guided* operator: it adapts to its own input ``x`` and calling
+it with a guide is an error.  ``guide_channels=Cg`` builds a *guided* operator whose adaptive part
+reads a ``B×Cg×H×W`` guide **at the input's resolution** (same H×W as ``x``).  A guide at another
+resolution is rejected with an error naming both shapes; resize it first (see :func:`resize_guide`),
+which is what the hot-swapping layer does for image guides.
+
+Subclasses implement :meth:`adaptive_forward`; :meth:`forward` validates the inputs first so every
+operator, built-in or plugin, gives the same clear errors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .taps import pair
+
+GuideNeed = Literal["none", "optional", "required"]
+
+#: The ``nn.Conv2d`` arguments an operator may declare support for (besides in/out/kernel_size).
+CONV_ARGS = ("stride", "padding", "dilation", "groups", "bias")
+
+
+class AdaptiveConv2d(nn.Module):
+    """Base class of all operators: a drop-in replacement for ``nn.Conv2d``.
+
+    Class metadata (set by subclasses; ``name`` is filled in by :func:`adaptconv.register_op`):
+
+    - ``name``: registry name.
+    - ``paper``: short citation of the method.
+    - ``guide``: ``"none"`` (cannot take a guide), ``"optional"`` (self-guided unless built with
+      ``guide_channels``) or ``"required"`` (must be built with ``guide_channels``).
+    - ``supports``: which of ``stride, padding, dilation, groups, bias`` the operator implements.
+      A non-default value of anything else raises at construction.
+    - ``function_preserving``: whether :meth:`from_conv` reproduces the conv's function exactly.
+    - ``from_conv_note``: one line on what :meth:`from_conv` does for this operator.
+    """
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    guide: ClassVar[GuideNeed] = "optional"
+    supports: ClassVar[frozenset[str]] = frozenset(CONV_ARGS)
+    function_preserving: ClassVar[bool] = False
+    from_conv_note: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        *,
+        guide_channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        label = type(self).name or type(self).__name__
+        for arg, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{label}: {arg} must be a positive int, got {value!r}")
+        self.kernel_size = pair(kernel_size, "kernel_size", label, minimum=1)
+        self.stride = pair(stride, "stride", label, minimum=1)
+        self.dilation = pair(dilation, "dilation", label, minimum=1)
+        self.padding = _resolve_padding(padding, self.kernel_size, self.stride, self.dilation, label)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"{label}: in_channels={in_channels} and out_channels={out_channels} must both be "
+                f"divisible by groups={groups}"
+            )
+        given = {
+            "stride": self.stride != (1, 1),
+            "padding": self.padding != (0, 0),
+            "dilation": self.dilation != (1, 1),
+            "groups": groups != 1,
+            "bias": bool(bias),
+        }
+        unsupported = [a for a, used in given.items() if used and a not in self.supports]
+        if unsupported:
+            shown = {"stride": self.stride, "padding": self.padding, "dilation": self.dilation,
+                     "groups": groups, "bias": bias}
+            bad = ", ".join(f"{a}={shown[a]}" for a in unsupported)
+            raise ValueError(
+                f"{label} does not support {bad}; it supports: {', '.join(sorted(self.supports)) or 'none'} "
+                "(an unsupported argument is refused rather than silently ignored)"
+            )
+        if guide_channels is not None:
+            if self.guide == "none":
+                raise ValueError(f"{label} does not adapt to a guide; drop guide_channels={guide_channels}")
+            if not isinstance(guide_channels, int) or isinstance(guide_channels, bool) or guide_channels < 1:
+                raise ValueError(f"{label}: guide_channels must be a positive int or None, got {guide_channels!r}")
+        elif self.guide == "required":
+            raise ValueError(f"{label} needs a guide: pass guide_channels=<channels of the guide>")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.groups = groups
+        self.guide_channels = guide_channels
+        self.has_bias = bool(bias)
+
+    # ----------------------------------------------------------------------------------------------
+    # Geometry shared by every operator
+    @property
+    def adapt_channels(self) -> int:
+        """Channels the adaptive branch reads: the guide's if guided, else the input's."""
+        return self.guide_channels if self.guide_channels is not None else self.in_channels
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Spatial size of the output for an input of ``height×width`` (nn.Conv2d's formula)."""
+        return tuple(  # type: ignore[return-value]
+            (n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, p, d, k, s in zip((height, width), self.padding, self.dilation, self.kernel_size, self.stride)
+        )
+
+    # ----------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
+        guide = self.check_inputs(x, guide)
+        try:
+            return self.adaptive_forward(x, guide)
+        except (RuntimeError, NotImplementedError) as exc:
+            # Kernels missing for a dtype on a device (e.g. bf16 deformable sampling on the CPU) raise
+            # cryptic messages; say which operator, dtype and device it was.
+            if "not implemented for" in str(exc) or "Could not run" in str(exc):
+                raise TypeError(
+                    f"{self.name or type(self).__name__}: dtype {x.dtype} is not supported on device "
+                    f"{x.device.type} by an underlying kernel ({str(exc).splitlines()[0]})"
+                ) from exc
+            raise
+
+    def adaptive_forward(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+        """Compute the output. ``guide`` is the validated guide, or ``x`` itself when self-guided."""
+        raise NotImplementedError
+
+    def check_inputs(self, x: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
+        """Validate ``x`` and ``guide``; return the tensor the adaptive branch should read."""
+        label = self.name or type(self).__name__
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{label}: input must be a B×C×H×W tensor, got shape {shape}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{label}: input has {x.shape[1]} channels (shape {tuple(x.shape)}), "
+                f"the layer was built for in_channels={self.in_channels}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"{label}: input must be a floating-point tensor, got {x.dtype}")
+        eff = [d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size)]
+        if any(n + 2 * p < e for n, p, e in zip(x.shape[2:], self.padding, eff)):
+            raise ValueError(
+                f"{label}: input of spatial size {tuple(x.shape[2:])} with padding {self.padding} is smaller "
+                f"than the dilated kernel {tuple(eff)}"
+            )
+        if guide is None:
+            if self.guide_channels is not None:
+                raise ValueError(
+                    f"{label} was built with guide_channels={self.guide_channels} and needs a guide: "
+                    f"call it as op(x, guide) with a B×{self.guide_channels}×{x.shape[2]}×{x.shape[3]} tensor"
+                )
+            return x
+        if self.guide_channels is None:
+            raise ValueError(
+                f"{label} was built self-guided (guide_channels=None) but got a guide of shape "
+                f"{tuple(guide.shape)}; build it with guide_channels={guide.shape[1] if guide.dim() == 4 else '?'}"
+            )
+        if guide.dim() != 4 or guide.shape[0] != x.shape[0] or guide.shape[2:] != x.shape[2:]:
+            raise ValueError(
+                f"{label}: guide shape {tuple(guide.shape)} does not match input shape {tuple(x.shape)}: "
+                "the guide must be B×Cg×H×W at the input's batch size and resolution "
+                "(resize it with adaptconv.resize_guide)"
+            )
+        if guide.shape[1] != self.guide_channels:
+            raise ValueError(
+                f"{label}: guide has {guide.shape[1]} channels (shape {tuple(guide.shape)}), "
+                f"the layer was built for guide_channels={self.guide_channels}"
+            )
+        if guide.dtype != x.dtype:
+            raise TypeError(f"{label}: guide dtype {guide.dtype} differs from input dtype {x.dtype}")
+        return guide
+
+    # ----------------------------------------------------------------------------------------------
+    @classmethod
+    def conv_kwargs(cls, conv: nn.Conv2d) -> dict[str, Any]:
+        """The constructor arguments that reproduce ``conv``'s geometry."""
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"{cls.name or cls.__name__}.from_conv expects an nn.Conv2d, got {type(conv).__name__}")
+        if conv.padding_mode != "zeros":
+            raise ValueError(
+                f"{cls.name or cls.__name__}.from_conv: padding_mode={conv.padding_mode!r} is not supported "
+                "(only zero padding)"
+            )
+        return dict(
+            in_channels=conv.in_channels,
+            out_channels=conv.out_channels,
+            kernel_size=conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+        )
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, **options: Any) -> "AdaptiveConv2d":
+        """Build the operator from a trained ``nn.Conv2d``, copying its weights.
+
+        Operators whose maths allow it (``function_preserving``) compute exactly ``conv``'s function
+        right after this call; the others copy what they can (see ``from_conv_note``).
+        """
+        raise NotImplementedError(f"{cls.name or cls.__name__} does not implement from_conv")
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+             f"padding={self.padding}, dilation={self.dilation}")
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if not self.has_bias:
+            s += ", bias=False"
+        if self.guide_channels is not None:
+            s += f", guide_channels={self.guide_channels}"
+        return s
+
+
+def _resolve_padding(padding, kernel_size, stride, dilation, label) -> tuple[int, int]:
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0)
+        if padding == "same":
+            totals = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
+            if stride != (1, 1) or any(t % 2 for t in totals):
+                raise ValueError(
+                    f"{label}: padding='same' needs stride 1 and an odd dilated kernel "
+                    f"(kernel_size={kernel_size}, dilation={dilation}, stride={stride}); give padding as ints"
+                )
+            return (totals[0] // 2, totals[1] // 2)
+        raise ValueError(f"{label}: padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+    return pair(padding, "padding", label, minimum=0)
+
+
+def resize_guide(guide: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize a guide to ``size`` (H, W) so it can drive a layer at that resolution.
+
+    Downsampling uses antialiasing so a high-resolution image guide is low-passed, not aliased.
+    """
+    if tuple(guide.shape[-2:]) == tuple(size):
+        return guide
+    if mode in ("bilinear", "bicubic"):
+        return F.interpolate(guide, size=size, mode=mode, align_corners=False,
+                             antialias=size[0] < guide.shape[-2] or size[1] < guide.shape[-1])
+    return F.interpolate(guide, size=size, mode=mode)
+
+
+def kaiming_uniform_(weight: torch.Tensor, fan_in: int) -> None:
+    """nn.Conv2d's default weight initialisation (kaiming_uniform with a=sqrt(5))."""
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    with torch.no_grad():
+        weight.uniform_(-bound, bound)
+
+
+def conv_bias_init_(bias: torch.Tensor, fan_in: int) -> None:
+    """nn.Conv2d's default bias initialisation."""
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    with torch.no_grad():
+        bias.uniform_(-bound, bound)
+
+
+class ConvWeightMixin:
+    """A spatially shared O×(C/g)×kh×kw weight and an optional bias, initialised like nn.Conv2d."""
+
+    def init_conv_weight(self) -> None:
+        kh, kw = self.kernel_size
+        fan_in = (self.in_channels // self.groups) * kh * kw
+        self.weight = nn.Parameter(torch.empty(self.out_channels, self.in_channels // self.groups, kh, kw))
+        kaiming_uniform_(self.weight, fan_in)
+        if self.has_bias:
+            self.bias = nn.Parameter(torch.empty(self.out_channels))
+            conv_bias_init_(self.bias, fan_in)
+        else:
+            self.register_parameter("bias", None)
+
+    def copy_conv_weight(self, conv: nn.Conv2d) -> None:
+        """Copy ``conv``'s weight and bias (which must have this layer's shapes)."""
+        with torch.no_grad():
+            self.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                self.bias.copy_(conv.bias)
+        self.to(device=conv.weight.device, dtype=conv.weight.dtype)
