@@ -1,0 +1,33 @@
+# The two commands of the README:  `make demo`  (the main job)  and  `make test`  (the tests).
+# Each creates the virtual environment on first use; nothing is installed globally.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch and torchvision are pinned to the builds this project is tested with (they install from the
+# local wheel cache where a machine has one; elsewhere from PyPI).
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test test-all bench clean
+
+$(BIN)/.installed: pyproject.toml examples/adaptconv-gated-op/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' -e examples/adaptconv-gated-op
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/adaptconv ops
+	$(BIN)/adaptconv check-op --all
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+test-all: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m ""
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m benchmark benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,345 @@
+"""Conformance checks every operator must pass: the gate behind ``adaptconv check-op``.
+
+Each check builds the operator with small, deterministic inputs and returns a :class:`CheckResult`
+(passed, failed with the reason, or skipped with the reason). The checks are generic — they know
+nothing of an operator's maths — so a plugin author runs exactly what the built-ins pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from .base import CONV_ARGS, AdaptiveConv2d
+from .registry import get_op
+
+
+@dataclass
+class CheckResult:
+    name: str
+    status: str  # "pass" | "fail" | "skip"
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "fail"
+
+
+class CheckFailed(AssertionError):
+    pass
+
+
+class Skip(Exception):
+    pass
+
+
+GUIDE_CHANNELS = 3
+
+
+def _supports(cls: type[AdaptiveConv2d], arg: str) -> bool:
+    return arg in cls.supports
+
+
+def _geometry(cls, kernel_size=3, stride=1, padding=1, dilation=1, groups=1, bias=True) -> dict:
+    """Conv arguments reduced to what ``cls`` supports (unsupported ones dropped to their default)."""
+    geo = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias)
+    defaults = dict(stride=1, padding=0, dilation=1, groups=1, bias=False)
+    for arg in CONV_ARGS:
+        if not _supports(cls, arg):
+            geo[arg] = defaults[arg]
+    return geo
+
+
+def _build(cls, cin, cout, guided=False, **geo) -> AdaptiveConv2d:
+    if cls.guide == "required":
+        guided = True
+    kwargs = dict(geo)
+    if guided:
+        kwargs["guide_channels"] = GUIDE_CHANNELS
+    return cls(cin, cout, **kwargs)
+
+
+def _inputs(op: AdaptiveConv2d, b: int, h: int, w: int, dtype=torch.float32, seed: int = 0, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, op.in_channels, h, w, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    guide = None
+    if op.guide_channels is not None:
+        guide = torch.rand(b, op.guide_channels, h, w, generator=gen, dtype=torch.float64).to(device, dtype)
+    return x, guide
+
+
+def _perturb(op: nn.Module, scale: float = 0.1, seed: int = 1) -> None:
+    """Move every parameter off its initialisation so adaptive branches (often zero-initialised)
+    really take part in the checks."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in op.parameters():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p) * scale)
+
+
+def _expect(cond: bool, msg: str) -> None:
+    if not cond:
+        raise CheckFailed(msg)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, what: str) -> None:
+    _expect(a.shape == b.shape, f"{what}: shapes differ {tuple(a.shape)} vs {tuple(b.shape)}")
+    err = (a - b).abs().max().item() if a.numel() else 0.0
+    _expect(torch.allclose(a, b, atol=atol, rtol=rtol), f"{what}: max abs difference {err:.3g} (atol {atol}, rtol {rtol})")
+
+
+# --------------------------------------------------------------------------------------------------
+# The checks. Each takes the operator class and returns a detail string or raises CheckFailed/Skip.
+
+def check_metadata(cls) -> str:
+    _expect(bool(cls.name), "no registry name")
+    _expect(bool(cls.paper), "class attribute `paper` is empty")
+    _expect(cls.guide in ("none", "optional", "required"), f"guide={cls.guide!r} is not none/optional/required")
+    extra = set(cls.supports) - set(CONV_ARGS)
+    _expect(not extra, f"supports lists unknown arguments {sorted(extra)}")
+    _expect(isinstance(cls.function_preserving, bool), "function_preserving must be a bool")
+    return f"guide={cls.guide}, supports={','.join(sorted(cls.supports)) or 'none'}"
+
+
+def check_unsupported_args_raise(cls) -> str:
+    bad = dict(stride=2, padding=1, dilation=2, groups=2, bias=True)
+    refused = []
+    for arg in CONV_ARGS:
+        if _supports(cls, arg):
+            continue
+        geo = _geometry(cls)
+        geo[arg] = bad[arg]
+        try:
+            _build(cls, 4, 4, **geo)
+        except (ValueError, TypeError) as exc:
+            _expect(arg in str(exc), f"{arg}={bad[arg]} raised, but the message does not name {arg!r}: {exc}")
+            refused.append(arg)
+        else:
+            raise CheckFailed(f"{arg}={bad[arg]} is not in `supports` but was accepted silently")
+    if not refused:
+        raise Skip("supports every nn.Conv2d argument")
+    return f"refused with a clear error: {', '.join(refused)}"
+
+
+def check_shapes(cls) -> str:
+    n = 0
+    grid = itertools.product((1, 3, 5), (1, 2), (0, 1, 2), (1, 2), ((9, 9), (10, 7)))
+    for k, s, p, d, (h, w) in grid:
+        geo = _geometry(cls, k, s, p, d)
+        op = _build(cls, 4, 6, **geo).eval()
+        ref = nn.Conv2d(4, 6, geo["kernel_size"], geo["stride"], geo["padding"], geo["dilation"])
+        if (h + 2 * geo["padding"] < geo["dilation"] * (k - 1) + 1) or (w + 2 * geo["padding"] < geo["dilation"] * (k - 1) + 1):
+            continue
+        x, guide = _inputs(op, 2, h, w)
+        with torch.no_grad():
+            y, y_ref = op(x, guide), ref(x)
+        _expect(y.shape == y_ref.shape,
+                f"k={k} stride={geo['stride']} padding={geo['padding']} dilation={geo['dilation']} input {h}×{w}: "
+                f"output {tuple(y.shape)}, nn.Conv2d gives {tuple(y_ref.shape)}")
+        _expect(bool(torch.isfinite(y).all()), f"non-finite output at k={k} s={s} p={p} d={d} {h}×{w}")
+        n += 1
+    if _supports(cls, "groups"):
+        op = _build(cls, 4, 6, **_geometry(cls, groups=2)).eval()
+        x, guide = _inputs(op, 2, 8, 8)
+        with torch.no_grad():
+            _expect(op(x, guide).shape == (2, 6, 8, 8), "groups=2: wrong output shape")
+        n += 1
+    return f"{n} geometries match nn.Conv2d"
+
+
+def check_gradients(cls, fast: bool = True) -> str:
+    """gradcheck in float64; ``fast`` uses torch's fast mode (a random projection of the Jacobian),
+    which keeps the check quick for operators with large adaptive branches."""
+    geo = _geometry(cls, 3, 2, 1, 1, groups=2)
+    guided = cls.guide != "none"
+    op = _build(cls, 2, 2, guided=guided, **geo).double().eval()
+    _perturb(op)
+    x, guide = _inputs(op, 2, 5, 5, torch.float64)
+    names = [n for n, p in op.named_parameters() if p.requires_grad]
+    params = [p.detach().clone().requires_grad_(True) for n, p in op.named_parameters() if p.requires_grad]
+    buffers = dict(op.named_buffers())
+    x.requires_grad_(True)
+    inputs = [x] + ([guide.requires_grad_(True)] if guide is not None else [])
+
+    def fn(*args):
+        xi = args[0]
+        gi = args[1] if guide is not None else None
+        ps = args[len(inputs):]
+        return functional_call(op, ({**dict(zip(names, ps)), **buffers}), (xi, gi))
+
+    ok = torch.autograd.gradcheck(fn, tuple(inputs + params), eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=fast,
+                                   raise_exception=False)
+    _expect(ok, "torch.autograd.gradcheck failed (float64) for input, guide or a parameter")
+    n_el = sum(p.numel() for p in params)
+    return (f"gradcheck{' (fast mode)' if fast else ''} float64 passes for input{', guide' if guide is not None else ''} and "
+            f"{len(params)} parameter tensors ({n_el} elements)")
+
+
+def check_batch_independence(cls) -> str:
+    op = _build(cls, 4, 6, **_geometry(cls, groups=2)).eval()
+    _perturb(op)
+    x, guide = _inputs(op, 4, 9, 8)
+    with torch.no_grad():
+        whole = op(x, guide)
+        parts = torch.cat([op(x[i:i + 1], None if guide is None else guide[i:i + 1]) for i in range(4)])
+    _close(whole, parts, 1e-5, 1e-4, "f(batch) vs cat(f(sample))")
+    return "f(cat(x₁…x₄)) == cat(f(x₁)…f(x₄)) in eval mode"
+
+
+def check_train_batch1(cls) -> str:
+    op = _build(cls, 4, 6, **_geometry(cls)).train()
+    x, guide = _inputs(op, 1, 8, 8)
+    x.requires_grad_(True)
+    y = op(x, guide)
+    y.square().mean().backward()
+    _expect(x.grad is not None and bool(torch.isfinite(x.grad).all()), "input gradient missing or non-finite")
+    missing = [n for n, p in op.named_parameters() if p.requires_grad and p.grad is None]
+    _expect(not missing, f"parameters with no gradient after backward: {missing}")
+    bad = [n for n, p in op.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    _expect(not bad, f"non-finite gradients: {bad}")
+    return "forward+backward at batch size 1 in train mode; every parameter gets a finite gradient"
+
+
+def check_dtypes_devices(cls) -> str:
+    op = _build(cls, 4, 6, **_geometry(cls)).eval()
+    _perturb(op)
+    x, guide = _inputs(op, 2, 8, 8)
+    with torch.no_grad():
+        y32 = op(x, guide)
+        op64 = copy.deepcopy(op).to(torch.float64)
+        y64 = op64(x.double(), None if guide is None else guide.double())
+    _expect(y64.dtype == torch.float64, f"float64 module returned {y64.dtype}")
+    _close(y64.float(), y32, 1e-4, 1e-3, "float64 vs float32")
+    notes = ["float32", "float64"]
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        for dtype in (torch.float16, torch.bfloat16):
+            low = copy.deepcopy(op).to(device=device, dtype=dtype)
+            xl = x.to(device, dtype)
+            gl = None if guide is None else guide.to(device, dtype)
+            try:
+                with torch.no_grad():
+                    yl = low(xl, gl)
+            except TypeError as exc:
+                # A clear refusal is acceptable: it must name the dtype.
+                _expect(str(dtype) in str(exc), f"{dtype} on {device} raised an error not naming the dtype: {exc}")
+                notes.append(f"{str(dtype)[6:]}@{device}: refused clearly")
+                continue
+            _expect(yl.dtype == dtype and yl.device.type == device, f"{dtype} on {device} returned {yl.dtype} on {yl.device}")
+            tol = 5e-2 if dtype == torch.float16 else 1e-1
+            scale = y32.abs().max().item() + 1e-6
+            err = (yl.float().cpu() - y32).abs().max().item() / scale
+            _expect(err < tol, f"{dtype} on {device}: relative error {err:.3g} vs float32 (tolerance {tol})")
+            notes.append(f"{str(dtype)[6:]}@{device} (rel err {err:.1e})")
+        if device == "cuda":
+            opc = copy.deepcopy(op).cuda()
+            with torch.no_grad():
+                yc = opc(x.cuda(), None if guide is None else guide.cuda())
+            _close(yc.cpu(), y32, 1e-4, 1e-3, "CUDA vs CPU")
+            notes.append("cuda float32")
+    return ", ".join(notes)
+
+
+def check_guide(cls) -> str:
+    if cls.guide == "none":
+        try:
+            _build(cls, 4, 6, guided=True, **_geometry(cls))
+        except ValueError:
+            return "refuses guide_channels (not a guided operator)"
+        raise CheckFailed("guide='none' but guide_channels was accepted")
+    op = _build(cls, 4, 6, guided=True, **_geometry(cls)).eval()
+    _perturb(op)
+    x, guide = _inputs(op, 2, 8, 8)
+    with torch.no_grad():
+        y = op(x, guide)
+        y2 = op(x, torch.rand_like(guide))
+    _expect(y.shape == (2, 6, 8, 8), f"guided output shape {tuple(y.shape)}")
+    _expect(not torch.allclose(y, y2), "the output does not depend on the guide")
+    for bad, what in ((guide[:, :, :4], "a guide at another resolution"), (guide[:, :2], "a guide with wrong channels")):
+        try:
+            op(x, bad)
+        except ValueError as exc:
+            _expect("guide" in str(exc), f"{what} raised without naming the guide: {exc}")
+        else:
+            raise CheckFailed(f"{what} ({tuple(bad.shape)}) was accepted")
+    return "output depends on the guide; wrong guide shapes are refused with an error"
+
+
+def check_from_conv(cls) -> str:
+    geos = [_geometry(cls, 3, 1, 1, 1), _geometry(cls, 3, 2, 0, 2, groups=2), _geometry(cls, 5, 1, 2, 1),
+            _geometry(cls, 1, 1, 0, 1)]
+    worst = 0.0
+    for geo in geos:
+        conv = nn.Conv2d(4, 6, **geo).double()
+        try:
+            op = cls.from_conv(conv)
+        except NotImplementedError:
+            raise Skip("from_conv is not implemented") from None
+        _expect(isinstance(op, cls), f"from_conv returned {type(op).__name__}")
+        _expect(next(op.parameters()).dtype == torch.float64, "from_conv did not keep the conv's dtype")
+        x = torch.randn(2, 4, 9, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        guide = None
+        if op.guide_channels is not None:
+            guide = torch.rand(2, op.guide_channels, 9, 9, dtype=torch.float64)
+        for mode in ("eval", "train"):
+            getattr(op, mode)()
+            with torch.no_grad():
+                y, ref = op(x, guide), conv(x)
+            _expect(y.shape == ref.shape, f"from_conv output {tuple(y.shape)} vs conv {tuple(ref.shape)}")
+            worst = max(worst, (y - ref).abs().max().item())
+            if cls.function_preserving:
+                _close(y, ref, 1e-8, 1e-6, f"from_conv ({mode} mode, {geo}) vs the conv")
+    if cls.function_preserving:
+        return f"exactly the conv's function (max |Δ| {worst:.1e}, float64) over {len(geos)} geometries"
+    return f"runs and keeps shapes; not function-preserving by design (max |Δ| {worst:.2g}): {cls.from_conv_note}"
+
+
+def check_state_dict(cls) -> str:
+    op = _build(cls, 4, 6, **_geometry(cls)).eval()
+    _perturb(op)
+    other = _build(cls, 4, 6, **_geometry(cls)).eval()
+    other.load_state_dict(op.state_dict())
+    x, guide = _inputs(op, 2, 8, 8)
+    with torch.no_grad():
+        _close(other(x, guide), op(x, guide), 0, 0, "output after load_state_dict")
+    return "a fresh instance loaded with state_dict computes the same output"
+
+
+CHECKS: list[tuple[str, Callable[[type[AdaptiveConv2d]], str]]] = [
+    ("metadata", check_metadata),
+    ("unsupported arguments raise", check_unsupported_args_raise),
+    ("output shapes", check_shapes),
+    ("gradients (gradcheck)", check_gradients),
+    ("batch independence", check_batch_independence),
+    ("batch size 1 in train mode", check_train_batch1),
+    ("dtypes and devices", check_dtypes_devices),
+    ("guide", check_guide),
+    ("from_conv", check_from_conv),
+    ("state_dict round trip", check_state_dict),
+]
+
+
+def run_checks(op: str | type[AdaptiveConv2d], only: list[str] | None = None) -> Iterator[CheckResult]:
+    """Run the conformance checks on an operator (a registry name or a class), yielding each result."""
+    cls = get_op(op) if isinstance(op, str) else op
+    for name, check in CHECKS:
+        if only and name not in only:
+            continue
+        torch.manual_seed(0)
+        try:
+            yield CheckResult(name, "pass", check(cls))
+        except Skip as exc:
+            yield CheckResult(name, "skip", str(exc))
+        except CheckFailed as exc:
+            yield CheckResult(name, "fail", str(exc))
+        except Exception as exc:  # an operator crashing is a failure to report, not a crash of the checker
+            tb = traceback.extract_tb(exc.__traceback__)[-1]
+            yield CheckResult(name, "fail", f"{type(exc).__name__}: {exc} (at {tb.filename}:{tb.lineno})")
