@@ -213,6 +213,12 @@ class AdaptiveConv2d(nn.Module):
         )
 
     @classmethod
+    def build_like(cls, conv: nn.Conv2d, **options: Any) -> "AdaptiveConv2d":
+        """A new operator with ``conv``'s geometry, on its device and in its dtype (so weights copied
+        afterwards keep their full precision)."""
+        return cls(**cls.conv_kwargs(conv), **options).to(device=conv.weight.device, dtype=conv.weight.dtype)
+
+    @classmethod
     def from_conv(cls, conv: nn.Conv2d, **options: Any) -> "AdaptiveConv2d":
         """Build the operator from a trained ``nn.Conv2d``, copying its weights.
 
@@ -296,4 +302,3 @@ class ConvWeightMixin:
             self.weight.copy_(conv.weight)
             if conv.bias is not None:
                 self.bias.copy_(conv.bias)
-        self.to(device=conv.weight.device, dtype=conv.weight.dtype)

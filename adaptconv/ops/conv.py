@@ -30,6 +30,6 @@ class Conv2d(ConvWeightMixin, AdaptiveConv2d):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **options) -> "Conv2d":
-        op = cls(**cls.conv_kwargs(conv), **options)
+        op = cls.build_like(conv, **options)
         op.copy_conv_weight(conv)
         return op

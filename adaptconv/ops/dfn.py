@@ -89,7 +89,7 @@ class DfnConv2d(AdaptiveConv2d):
         if options.get("projection") is False:
             raise ValueError("dfn.from_conv needs the 1×1 projection to hold the conv's channel mixing")
         options["projection"] = True
-        op = cls(**cls.conv_kwargs(conv), **options)
+        op = cls.build_like(conv, **options)
         o, cpg, kh, kw = conv.weight.shape
         with torch.no_grad():
             w = conv.weight.detach().double().reshape(o * cpg, kh * kw)
@@ -110,7 +110,7 @@ class DfnConv2d(AdaptiveConv2d):
             op.projection.weight.copy_(proj.view(o, cpg, 1, 1))
             if conv.bias is not None:
                 op.projection.bias.copy_(conv.bias)
-        return op.to(device=conv.weight.device, dtype=conv.weight.dtype)
+        return op
 
     def extra_repr(self) -> str:
         return (super().extra_repr() + f", filter_groups={self.filter_groups}, normalize={self.normalize!r}, "

@@ -62,7 +62,10 @@ def pac_kernel(
     """
     diff2 = (taps - centre.unsqueeze(2)).pow(2)
     if guide_scale is not None:
-        diff2 = diff2 * guide_scale.clamp(min=0).view(1, -1, 1, 1, 1)
+        # Negative scales are cut to 0; where() (unlike clamp) keeps the gradient at exactly 0, the
+        # value from_conv starts from.
+        scale = torch.where(guide_scale >= 0, guide_scale, torch.zeros_like(guide_scale))
+        diff2 = diff2 * scale.view(1, -1, 1, 1, 1)
     dist2 = diff2.sum(1, keepdim=True)
     if kernel_type == "gaussian":
         kernel = torch.exp(-0.5 * dist2)
@@ -198,7 +201,7 @@ class PacConv2d(ConvWeightMixin, _PacOptions, AdaptiveConv2d):
         if options.get("normalize_kernel"):
             raise ValueError("pac.from_conv: normalize_kernel=True divides by the tap count and cannot "
                              "reproduce the conv; build it directly instead")
-        op = cls(**cls.conv_kwargs(conv), **options)
+        op = cls.build_like(conv, **options)
         with torch.no_grad():
             op.guide_scale.zero_()
         op.copy_conv_weight(conv)

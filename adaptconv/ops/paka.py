@@ -70,7 +70,7 @@ class PakaConv2d(ConvWeightMixin, AdaptiveConv2d):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **options) -> "PakaConv2d":
-        op = cls(**cls.conv_kwargs(conv), **options)
+        op = cls.build_like(conv, **options)
         op.copy_conv_weight(conv)
         return op
 

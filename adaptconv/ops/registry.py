@@ -73,7 +73,8 @@ def _add(name: str, cls: type[AdaptiveConv2d], source: str) -> None:
         raise OpRegistryError(
             f"operator name {name!r} is already registered by {_SOURCES[name]}; {source} tries to register it again"
         )
-    if cls.name and cls.name != name:
+    own_name = cls.__dict__.get("name")  # a subclass of a registered operator may take a new name
+    if own_name and own_name != name:
         raise OpRegistryError(f"{source} is already registered as {cls.name!r}; it cannot also be {name!r}")
     cls.name = name
     _REGISTRY[name] = cls
@@ -84,7 +85,9 @@ def register_op(name: str) -> Callable[[T], T]:
     """Class decorator registering an :class:`AdaptiveConv2d` subclass under ``name``."""
 
     def decorate(cls: T) -> T:
-        _add(name, cls, f"{_source_of(cls)}")
+        if cls.__module__ not in _BUILTIN_MODULES:
+            _ensure_loaded()  # so a clash with a built-in or plugin is caught whatever the import order
+        _add(name, cls, _source_of(cls))
         return cls
 
     return decorate
@@ -149,7 +152,7 @@ def get_op(name: str) -> type[AdaptiveConv2d]:
         import difflib
 
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         failed = [e for e in _PLUGIN_ERRORS if e.entry_point.split(" = ")[0] == name]
         if failed:
             hint += f" (a plugin providing {name!r} failed to load: {failed[0].error})"

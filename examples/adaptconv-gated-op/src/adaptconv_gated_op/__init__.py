@@ -38,6 +38,6 @@ class GatedConv2d(AdaptiveConv2d):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **options) -> "GatedConv2d":
-        op = cls(**cls.conv_kwargs(conv), **options)
+        op = cls.build_like(conv, **options)
         op.conv.load_state_dict(conv.state_dict())
-        return op.to(device=conv.weight.device, dtype=conv.weight.dtype)
+        return op
