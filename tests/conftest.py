@@ -1,0 +1,7 @@
+"""Test-wide settings."""
+
+import torch
+
+# The tests run thousands of tiny tensor ops; on a 2-core machine one intra-op thread is several
+# times faster than two fighting over the cores (and results do not depend on it).
+torch.set_num_threads(1)
