@@ -20,7 +20,7 @@ def test_builtins_are_registered():
 
 
 def test_unknown_operator_suggests_a_name():
-    with pytest.raises(OpRegistryError, match="did you mean 'pac'\?\)"):
+    with pytest.raises(OpRegistryError, match=r"did you mean 'pac'\?\)"):
         create_op("pacc", 4, 4, 3)
 
 

@@ -24,7 +24,8 @@ def test_registered():
     assert op.weight.shape == (3, 6, 32, 3, 3) and op.bias.shape == (3, 6)
     assert op.attention_mlp[0].out_features == 8  # C_adapt // reduction
     assert DynamicConv2d(8, 4, 3, reduction=4).attention_mlp[0].out_features == 4  # at least 4
-    assert DynamicConv2d(3, 4, 3, guide_channels=64, reduction=8).attention_mlp[0].in_features == 64
+    guided = DynamicConv2d(3, 4, 3, guide_channels=64, reduction=8)  # sized by the guide's channels
+    assert guided.attention_mlp[0].in_features == 64 and guided.attention_mlp[0].out_features == 8
     assert op.temperature == 10.0 and isinstance(op.temperature, float)
     assert "num_kernels=3" in repr(op) and "temperature=10" in repr(op)
 
@@ -169,7 +170,10 @@ def test_shape_parity_with_conv(k, s, p, d):
 
 
 def test_batch_one_train_forward_backward():
+    torch.manual_seed(7)
     op = DynamicConv2d(3, 4, 3, padding=1, guide_channels=2).train()
+    with torch.no_grad():
+        op.attention_mlp[0].bias.fill_(0.5)  # no dead hidden ReLU, so the guide gets a gradient
     x = torch.randn(1, 3, 6, 5, requires_grad=True)
     g = torch.randn(1, 2, 6, 5, requires_grad=True)
     op(x, g).sum().backward()
@@ -196,3 +200,13 @@ def test_invalid_options():
     with pytest.raises(ValueError, match="progress"):
         anneal_temperature(model, float("nan"))
     assert model[0].temperature == 30.0  # a refused call changes nothing
+
+
+def test_temperature_is_saved_in_the_state_dict():
+    from adaptconv.ops.dynconv import DynamicConv2d
+
+    op = DynamicConv2d(4, 4, 3, padding=1)
+    op.set_temperature(3.5)
+    fresh = DynamicConv2d(4, 4, 3, padding=1)
+    fresh.load_state_dict(op.state_dict())
+    assert fresh.temperature == 3.5
