@@ -1,0 +1,244 @@
+"""``run_trial(config) -> record``: train, evaluate and measure one configuration.
+
+A trial never takes the process down: a non-finite loss gives status ``diverged`` (with the step),
+running out of memory gives ``oom`` (with the batch size), anything else ``error`` (with the message
+and traceback). Only an invalid configuration raises (:class:`~adaptconv.schema.ConfigError`), before
+anything runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..measure import environment
+from ..ops.dynconv import DynamicConv2d, anneal_temperature
+from ..schema import ConfigError
+from ..tasks import get_task
+from .config import TrialConfig, parse_trial_config
+
+log = logging.getLogger(__name__)
+
+RECORD_SCHEMA = 1
+
+
+class Diverged(RuntimeError):
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(f"non-finite loss {loss} at step {step}")
+        self.step, self.loss = step, loss
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, (RuntimeError, MemoryError)) and (
+        "out of memory" in text or "can't allocate memory" in text or isinstance(exc, MemoryError))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(["device: 'cuda' was asked for but torch.cuda.is_available() is False"])
+    return torch.device(name)
+
+
+def build_optimizer(cfg: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def build_schedule(cfg: TrialConfig, optimizer, total_steps: int):
+    s = cfg.schedule
+    step_every = s.step_every or max(1, total_steps // 3)
+
+    def factor(step: int) -> float:
+        if s.warmup_steps and step < s.warmup_steps:
+            return (step + 1) / s.warmup_steps
+        if s.name == "cosine":
+            span = max(1, total_steps - s.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - s.warmup_steps) / span)))
+        if s.name == "step":
+            return s.gamma ** (step // step_every)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _cycle(loader: DataLoader):
+    while True:
+        yield from loader
+
+
+def _finite(obj: Any) -> Any:
+    """JSON-safe: NaN/inf → None, tuples → lists, tensors → numbers."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _finite(obj.item() if obj.numel() == 1 else obj.tolist())
+    if isinstance(obj, (np.floating, np.integer)):
+        return _finite(obj.item())
+    return obj
+
+
+def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record: dict) -> None:
+    """The training loop; fills ``record["curve"]`` as it goes."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                        drop_last=len(train_set) >= cfg.batch_size, num_workers=0)
+    total = cfg.steps if cfg.steps is not None else cfg.epochs * len(loader)
+    optimizer = build_optimizer(cfg, model)
+    schedule = build_schedule(cfg, optimizer, total)
+    has_dynconv = any(isinstance(m, DynamicConv2d) for m in model.modules())
+    anneal_steps = max(1, int(cfg.dynconv_anneal * total))
+    eval_at = sorted({max(1, round(total * (i + 1) / cfg.eval_points)) for i in range(cfg.eval_points)}) if total else []
+    curve = record["curve"] = {"step": [], "loss": [], "lr": [], "eval": []}
+    every = max(1, total // 200)  # keep about 200 points of the loss curve
+    window: list[float] = []
+    batches = _cycle(loader)
+    model.train()
+    for step in range(1, total + 1):
+        if has_dynconv:
+            anneal_temperature(model, (step - 1) / anneal_steps)  # 30 → 1 over the first part, as the paper
+        batch = task.to_device(next(batches))
+        record["last_batch_size"] = int(next(iter(batch.values())).shape[0])
+        loss = task.loss(model, batch)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise Diverged(step, value)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        window.append(value)
+        if step % every == 0 or step == total:
+            curve["step"].append(step)
+            curve["loss"].append(sum(window) / len(window))
+            curve["lr"].append(optimizer.param_groups[0]["lr"])
+            window.clear()
+        if step in eval_at and step != total:
+            curve["eval"].append({"step": step, **task.evaluate(model, test_set)})
+            model.train()
+    record["steps"] = total
+
+
+def measure_model(task, model: nn.Module, cfg: TrialConfig) -> dict[str, Any]:
+    """Parameters, FLOPs, latency and peak memory of the trained network (inference and training step)."""
+    from ..measure import count_flops, count_parameters, inference_step, measure_latency, measure_peak_memory, training_step
+
+    m = cfg.measure
+    out: dict[str, Any] = {"params": count_parameters(model)}
+    device = task.device
+    if m.flops:
+        try:
+            out["flops"] = count_flops(model, task.example_inputs(1, m.resolution)).as_dict()
+        except Exception as exc:  # a counting failure loses the FLOPs, not the trial
+            out["flops"] = {"error": f"{type(exc).__name__}: {exc}"}
+    runs = []
+    for bs in m.batch_sizes:
+        inputs = task.example_inputs(bs, m.resolution)
+        for phase in ("inference", "train_step"):
+            entry: dict[str, Any] = {"phase": phase, "batch_size": bs,
+                                     "input_shapes": [list(t.shape) for t in inputs]}
+            try:
+                net = copy.deepcopy(model)  # the training step changes weights; keep the trained model
+                if phase == "inference":
+                    fn = inference_step(net, inputs)
+                else:
+                    opt = torch.optim.SGD(net.parameters(), lr=1e-6)
+                    # a surrogate loss: same forward/backward/optimizer work as the task's, no targets needed
+                    fn = training_step(net, inputs, lambda out: out.float().square().mean(), opt)
+                if m.latency:
+                    entry["latency"] = measure_latency(fn, device=device, warmup=m.warmup, repeats=m.repeats,
+                                                       min_time_s=m.min_time_s).as_dict()
+                if m.memory:
+                    entry["memory"] = measure_peak_memory(fn, device).as_dict()
+            except Exception as exc:
+                entry["status"] = "oom" if is_oom(exc) else "error"
+                entry["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            runs.append(entry)
+    out["runs"] = runs
+    return out
+
+
+def run_trial(config: dict[str, Any] | TrialConfig) -> dict[str, Any]:
+    """Run one trial and return its JSON-serialisable record (see the README for the schema)."""
+    t0 = time.perf_counter()
+    if isinstance(config, TrialConfig):
+        config = config.normalised()
+    cfg = parse_trial_config(config)
+    record: dict[str, Any] = {
+        "schema": RECORD_SCHEMA,
+        "status": "running",
+        "config": cfg.normalised(),
+        "metrics": {},
+        "curve": {},
+        "measurements": {},
+        "swap": {},
+        "timing": {},
+    }
+    device = resolve_device(cfg.device)
+    threads_before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        seed_everything(cfg.seed)
+        task = get_task(cfg.task)(cfg, device)
+        phase_start = time.perf_counter()
+        train_set, test_set = task.build_data()
+        model, record["swap"] = task.build_model(train_set)
+        record["timing"]["setup_s"] = time.perf_counter() - phase_start
+        phase_start = time.perf_counter()
+        train(task, model, train_set, test_set, cfg, record)
+        record["timing"]["train_s"] = time.perf_counter() - phase_start
+        phase_start = time.perf_counter()
+        record["metrics"] = task.evaluate(model, test_set)
+        record["curve"].setdefault("eval", []).append({"step": record.get("steps", 0), **record["metrics"]})
+        record["timing"]["eval_s"] = time.perf_counter() - phase_start
+        phase_start = time.perf_counter()
+        record["measurements"] = measure_model(task, model, cfg)
+        record["timing"]["measure_s"] = time.perf_counter() - phase_start
+        record["status"] = "ok"
+    except Diverged as exc:
+        record.update(status="diverged", error={"message": str(exc), "step": exc.step})
+    except Exception as exc:  # noqa: BLE001 - a failing trial returns its record
+        if is_oom(exc):
+            record.update(status="oom", error={"message": str(exc).splitlines()[0],
+                                               "batch_size": record.get("last_batch_size", cfg.batch_size)})
+        else:
+            record.update(status="error", error={"message": f"{type(exc).__name__}: {exc}",
+                                                 "traceback": traceback.format_exc()})
+        log.warning("trial failed (%s): %s", record["status"], record["error"]["message"])
+    finally:
+        torch.set_num_threads(threads_before)
+    record["environment"] = environment(precision="fp32")
+    record["environment"]["device"] = str(device)
+    record["timing"]["total_s"] = time.perf_counter() - t0
+    return _finite(record)
