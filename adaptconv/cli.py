@@ -82,6 +82,58 @@ def cmd_check_op(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_assignments(items: list[str]) -> dict:
+    """``["task=upsampling", "optimizer.lr=0.01", "measure.batch_sizes=[1,4]"]`` → nested mapping.
+
+    Values are read as YAML scalars/lists (numbers, booleans, null, [lists], {maps}), else strings.
+    """
+    import yaml
+
+    from .schema import ConfigError, set_dotted
+
+    config: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError([f"{item!r}: expected key=value (dotted keys for nesting, e.g. optimizer.lr=0.01)"])
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        set_dotted(config, key.strip(), value)
+    return config
+
+
+def cmd_trial(args: argparse.Namespace) -> int:
+    import json
+
+    from .schema import ConfigError
+    from .trial import run_trial
+    from .trial.config import parse_trial_config
+
+    try:
+        config = parse_assignments(args.assignments)
+        parse_trial_config(config)  # all errors before anything runs
+    except ConfigError as exc:
+        print(f"adaptconv trial: {exc}", file=sys.stderr)
+        return 2
+    record = run_trial(config)
+    text = json.dumps(record, indent=1 if args.full else None, sort_keys=False)
+    if args.out:
+        from .results.atomic import write_text_atomic
+
+        write_text_atomic(args.out, text)
+    if args.full:
+        print(text)
+    else:
+        summary = {k: record[k] for k in ("status", "metrics", "swap", "timing")}
+        summary["swap"] = {k: v for k, v in record["swap"].items() if k != "names"}
+        if "error" in record:
+            summary["error"] = record["error"].get("message")
+        print(json.dumps(summary, indent=1))
+    return 0 if record["status"] == "ok" else 1
+
+
 def _print_checks(results):
     for r in results:
         print(f"  {r.status.upper():4}  {r.name}: {r.detail}", flush=True)
@@ -100,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", help="registry names of the operators to check")
     p.add_argument("--all", action="store_true", help="check every registered operator")
     p.set_defaults(func=cmd_check_op)
+
+    p = sub.add_parser("trial", help="run one trial from key=value settings and print its record",
+                       description="Example: adaptconv trial task=upsampling op=pac steps=200 task_options.scale=8")
+    p.add_argument("assignments", nargs="*", metavar="key=value", help="trial config (dotted keys for nesting)")
+    p.add_argument("--out", help="also write the full record (JSON) to this file, atomically")
+    p.add_argument("--full", action="store_true", help="print the full record, not a summary")
+    p.set_defaults(func=cmd_trial)
     return parser
 
 

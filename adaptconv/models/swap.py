@@ -139,7 +139,8 @@ def conv_stages(model: nn.Module, example_inputs: tuple | None = None, probe_siz
         model.train(was_training)
         for h in hooks:
             h.remove()
-    info = getattr(model, "feature_info", None)
+    # timm's stage table, on the model or on its backbone (task networks wrap one)
+    info = getattr(model, "feature_info", None) or getattr(getattr(model, "backbone", None), "feature_info", None)
     table: dict[int, int] = {}
     if info is not None:
         entries = info.get_dicts() if hasattr(info, "get_dicts") else list(info)

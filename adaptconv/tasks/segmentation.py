@@ -1,0 +1,90 @@
+"""Semantic segmentation (mIoU, pixel accuracy): a feature backbone with swapped layers + an FCN decoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..data import get_dataset
+from ..models.backbones import BUILTIN_BACKBONES, build_backbone
+from ..models.networks import FCNSegmenter
+from .base import Task
+
+IGNORE = 255
+
+
+@dataclass
+class SegmentationOptions:
+    decoder_width: int = 64
+    n_train: int = 1000  # synthetic scenes only
+    n_test: int = 200
+    size: int = 64  # synthetic scenes: image side; VOC: crop side
+    aux_weight: float = 0.0  # reserved for deep supervision; 0 = off
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    keep = target != IGNORE
+    idx = target[keep] * num_classes + pred[keep]
+    return torch.bincount(idx, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def segmentation_scores(conf: torch.Tensor) -> dict[str, float]:
+    """mIoU over classes present in the ground truth or the prediction; pixel accuracy."""
+    conf = conf.double()
+    tp = conf.diag()
+    union = conf.sum(0) + conf.sum(1) - tp
+    present = union > 0
+    iou = tp[present] / union[present]
+    return {"miou": 100.0 * iou.mean().item(), "pixel_acc": 100.0 * (tp.sum() / conf.sum().clamp(min=1)).item()}
+
+
+class Segmentation(Task):
+    name = "segmentation"
+    metrics = ("miou", "pixel_acc")
+    higher_is_better = {"miou": True, "pixel_acc": True}
+    Options = SegmentationOptions
+    datasets = ("synthetic", "voc2012")
+    default_dataset = "synthetic"
+    backbones = BUILTIN_BACKBONES
+    accepts_timm = True
+    default_swap = {"pattern": "backbone.*", "exclude": "backbone.stem.*"}
+    default_guide = "self"
+    default_steps = 300
+
+    def _dataset(self, split: str) -> Dataset:
+        o, cfg = self.options, self.config
+        if cfg.dataset == "synthetic":
+            n, seed = (o.n_train, cfg.seed) if split == "train" else (o.n_test, cfg.seed + 10_000)
+            return get_dataset("synthetic", "segmentation", split, n=n, size=o.size, seed=seed)
+        return get_dataset(cfg.dataset, "segmentation", split, root=cfg.data_root, size=o.size)
+
+    def build_data(self) -> tuple[Dataset, Dataset]:
+        train, test = self._dataset("train"), self._dataset("test" if self.config.dataset == "synthetic" else "val")
+        self.num_classes = train.num_classes
+        return train, test
+
+    def build_network(self, train_set: Dataset) -> nn.Module:
+        backbone, channels = build_backbone(self.config.backbone, 3, features_only=True)
+        return FCNSegmenter(backbone, channels, self.num_classes, self.options.decoder_width)
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        return F.cross_entropy(model(batch["image"]), batch["mask"], ignore_index=IGNORE)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, test_set: Dataset) -> dict[str, float]:
+        model.eval()
+        conf = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long, device=self.device)
+        batch_size = self.config.eval_batch_size or (64 if self.config.dataset == "synthetic" else 1)
+        for batch in DataLoader(test_set, batch_size=batch_size, shuffle=False):
+            batch = self.to_device(batch)
+            pred = model(batch["image"]).argmax(1)
+            conf += confusion_matrix(pred, batch["mask"], self.num_classes)
+        return segmentation_scores(conf)
+
+    def example_inputs(self, batch_size: int, resolution: int | None = None):
+        size = resolution or self.options.size
+        return (torch.rand(batch_size, 3, size, size, device=self.device),)
