@@ -12,18 +12,32 @@ What the numbers mean (the same on both devices, so CPU and GPU records compare)
   - ``cpu-profiler``: PyTorch's profiler with ``profile_memory=True`` reports every CPU tensor
     allocation and free in order; the running sum's maximum is the peak. It counts tensor storage
     only (not the Python heap or library workspaces outside PyTorch's allocator).
+
+    One difference from the CUDA number: the profiler cannot see the *free* of a block allocated
+    before profiling started (it logs "Memory block of unknown size was allocated before the profiling
+    started"), so memory the phase releases from before its start is not netted out. The CPU number is
+    then the peak of the memory the phase itself allocated, which can exceed the CUDA number (e.g. a
+    step that begins by freeing the previous step's gradients). :func:`adaptconv.measure.training_step`
+    clears gradients at the *end* of the step so both devices measure the same thing; warm a phase up
+    once before measuring it (optimizer state, caches) for the same reason.
+
+Both methods run ``gc.collect()`` first, so garbage from earlier code is not freed (CUDA) or
+invisibly freed (CPU) in the middle of the measured phase.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 
-# Kineto (the profiler's backend) logs every start/stop to stderr; keep trial logs readable.
-os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+# Kineto (the profiler's backend) logs every start/stop to stderr; keep trial logs readable. Its
+# "profiler_start/stop" lines are at level 5 (USDT) in torch >= 2.10, so 6 is needed to hide them; the
+# variable is read when the profiler is first used in the process.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 
 @dataclass
@@ -60,6 +74,7 @@ def _cpu_peak(fn: Callable[[], object]) -> int:
 def measure_peak_memory(fn: Callable[[], object], device: torch.device | str) -> MemoryPeak:
     """Run ``fn`` once and return the peak tensor memory it needed (see the module docstring)."""
     device = torch.device(device)
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         start = torch.cuda.memory_allocated(device)

@@ -29,7 +29,7 @@ class DenoisingOptions:
     gray: bool = True
     n_train: int = 512  # synthetic scenes: number and side of the training images
     size: int = 48
-    test_dataset: str = "photos"  # photos (scikit-image) | synthetic | image_folder
+    test_dataset: str = "photos"  # photos (scikit-image) | synthetic | image_folder_denoise
     test_crop: int | None = 128  # centre crop of each test image (None: full size)
 
     def validate(self) -> list[str]:
@@ -59,7 +59,7 @@ class Denoising(Task):
     metrics = ("psnr", "ssim", "noisy_psnr")
     higher_is_better = {"psnr": True, "ssim": True, "noisy_psnr": True}
     Options = DenoisingOptions
-    datasets = ("synthetic", "photos", "image_folder")
+    datasets = ("synthetic", "photos", "image_folder_denoise")
     default_dataset = "synthetic"
     backbones = ("dncnn",)
     default_swap = {"pattern": "body.*"}

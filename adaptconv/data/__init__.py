@@ -1,0 +1,219 @@
+"""The data layer: built-in real data (shipped in scikit-learn / scikit-image), synthetic scenes, and
+loaders for real data sets on disk. It knows nothing of tasks' models, heads or metrics; the task
+modules build on the sample formats described in :mod:`adaptconv.data.base`.
+
+``DATASETS`` maps each name to a :class:`DatasetSpec`; :func:`get_dataset` builds one for a task::
+
+    ds = get_dataset("synthetic", "segmentation", "train", n=2000, size=32, seed=0)
+    ds = get_dataset("cifar10", "classification", "test", root="/data")       # /data/cifar-10-batches-py/
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .base import IGNORE_INDEX, TASKS, BenchDataset, DatasetError
+from .builtin import (
+    DEFAULT_PHOTOS,
+    MIDDLEBURY_TEST_COLS,
+    MIDDLEBURY_TRAIN_COLS,
+    PHOTO_NAMES,
+    DigitsDataset,
+    MiddleburyMotorcycle,
+    SamplePhotos,
+    digits,
+    middlebury_motorcycle,
+    sample_photos,
+)
+from .real import (
+    CIFAR10,
+    CIFAR100,
+    IMAGE_EXTENSIONS,
+    NYU_EIGEN_CROP,
+    VOC_CLASSES,
+    ImageFolderClassification,
+    ImageFolderDenoise,
+    NYUDepthV2,
+    VOCSegmentation,
+)
+from .synthetic import SHAPES, TEXTURES, SceneConfig, SyntheticScenes, render_scenes
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "TASKS",
+    "IGNORE_INDEX",
+    "DatasetError",
+    "BenchDataset",
+    "DatasetSpec",
+    "DATASETS",
+    "get_dataset",
+    "list_datasets",
+    # built-in
+    "digits",
+    "DigitsDataset",
+    "middlebury_motorcycle",
+    "MiddleburyMotorcycle",
+    "MIDDLEBURY_TRAIN_COLS",
+    "MIDDLEBURY_TEST_COLS",
+    "sample_photos",
+    "SamplePhotos",
+    "PHOTO_NAMES",
+    "DEFAULT_PHOTOS",
+    # synthetic
+    "SyntheticScenes",
+    "SceneConfig",
+    "render_scenes",
+    "SHAPES",
+    "TEXTURES",
+    # real, on disk
+    "CIFAR10",
+    "CIFAR100",
+    "ImageFolderClassification",
+    "NYUDepthV2",
+    "NYU_EIGEN_CROP",
+    "VOCSegmentation",
+    "VOC_CLASSES",
+    "ImageFolderDenoise",
+    "IMAGE_EXTENSIONS",
+]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One entry of ``DATASETS``.
+
+    ``build(split, root=None, **options)`` returns the dataset; ``options`` are the keyword arguments
+    of ``factory`` (a multi-task data set also takes ``task``). ``splits`` are the split names it
+    accepts. Data sets read from disk need ``root``; ``builtin`` ones have no files and do not use a
+    root given to them (a data root is a machine-wide setting passed to every trial).
+    """
+
+    name: str
+    tasks: tuple[str, ...]
+    builtin: bool
+    factory: Callable[..., BenchDataset]
+    splits: tuple[str, ...]
+    description: str
+
+    def options(self) -> tuple[str, ...]:
+        """Keyword options ``build`` accepts (besides split, root and, for multi-task sets, task)."""
+        params = inspect.signature(self.factory).parameters
+        skip = {"split", "root", "task", "self"}
+        return tuple(n for n, p in params.items() if n not in skip and p.kind is not p.VAR_KEYWORD)
+
+    def build(self, split: str, root: str | os.PathLike[str] | None = None, **options: Any) -> BenchDataset:
+        if split not in self.splits:
+            raise DatasetError(f"dataset {self.name!r} has no split {split!r}; choose one of {list(self.splits)}")
+        task = options.pop("task", None)
+        if task is not None and task not in self.tasks:
+            raise DatasetError(f"dataset {self.name!r} does not serve task {task!r}; it serves {list(self.tasks)}")
+        unknown = sorted(set(options) - set(self.options()))
+        if unknown:
+            raise DatasetError(f"dataset {self.name!r}: unknown option(s) {unknown}; "
+                               f"options: {list(self.options())}")
+        if self.builtin and root is not None:
+            # a data root is a machine-wide setting (the trial config's run key ``data_root``), given to
+            # every trial of a suite: built-in data sets have no files to read and do not use it
+            log.debug("dataset %r is built in; root %s not used", self.name, os.fspath(root))
+            root = None
+        if not self.builtin and root is None:
+            raise DatasetError(f"dataset {self.name!r} reads files from disk and needs root: {self.description}")
+        params = inspect.signature(self.factory).parameters
+        kwargs: dict[str, Any] = dict(options)
+        if "split" in params:
+            kwargs["split"] = split
+        if "root" in params:
+            kwargs["root"] = root
+        if "task" in params:
+            if task is None:
+                if len(self.tasks) != 1:
+                    raise DatasetError(f"dataset {self.name!r} serves several tasks {list(self.tasks)}; "
+                                       f"pass task=...")
+                task = self.tasks[0]
+            kwargs["task"] = task
+        return self.factory(**kwargs)
+
+
+def _synthetic(task: str, split: str = "train", n: int | None = None, **options: Any) -> SyntheticScenes:
+    n = (5000 if split == "train" else 1000) if n is None else n
+    return SyntheticScenes(task, n, split=split, **options)
+
+
+_SYNTH_PARAMS = [p for p in inspect.signature(SyntheticScenes).parameters.values()
+                 if p.name not in ("task", "n", "split")]
+_synthetic.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [inspect.Parameter("task", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+     inspect.Parameter("split", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="train"),
+     inspect.Parameter("n", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+     *[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in _SYNTH_PARAMS]]
+)
+
+_SPECS = [
+    DatasetSpec("digits", ("classification",), True, digits, ("train", "test"),
+                "scikit-learn's 1,797 real 8×8 handwritten digits, 10 classes, seeded stratified split "
+                "(built in)"),
+    DatasetSpec("middlebury", ("upsampling",), True, middlebury_motorcycle, ("train", "test", "full"),
+                "Middlebury 2014 Motorcycle RGB + disparity (px), 500×741, train columns 0–463 / test "
+                "496–740 (scikit-image, built in)"),
+    DatasetSpec("photos", ("denoising",), True, sample_photos, ("test",),
+                "scikit-image's bundled photographs (camera, astronaut, coffee, chelsea, rocket by "
+                "default), a denoising test set (built in)"),
+    DatasetSpec("synthetic", TASKS, True, _synthetic, ("train", "test", "val"),
+                "seeded scenes of textured shapes: image, segmentation, shape label, piecewise-smooth "
+                "depth; n defaults to 5000 train / 1000 test (generated, built in)"),
+    DatasetSpec("cifar10", ("classification",), False, CIFAR10, ("train", "test"),
+                "CIFAR-10 python batches at <root>/cifar-10-batches-py/{data_batch_1..5,test_batch,"
+                "batches.meta}"),
+    DatasetSpec("cifar100", ("classification",), False, CIFAR100, ("train", "test"),
+                "CIFAR-100 python pickles at <root>/cifar-100-python/{train,test,meta} (fine or coarse "
+                "labels)"),
+    DatasetSpec("imagefolder", ("classification",), False, ImageFolderClassification, ("train", "val", "test"),
+                "ImageNet-style tree <root>/<split>/<class>/*.JPEG, resized and centre-cropped to size "
+                "('test' falls back to val/)"),
+    DatasetSpec("nyu_depth_v2", ("upsampling",), False, NYUDepthV2, ("train", "test"),
+                "NYU Depth v2 labelled set, <root>/nyu_depth_v2_labeled.mat (HDF5); frames 0–999 train, "
+                "1000–1448 test; depth in m"),
+    DatasetSpec("voc2012", ("segmentation",), False, VOCSegmentation, ("train", "val", "trainval", "test"),
+                "PASCAL VOC 2012 at <root>/VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets/"
+                "Segmentation}; 21 classes, 255 = void; 'test' = val"),
+    DatasetSpec("image_folder_denoise", ("denoising",), False, ImageFolderDenoise, ("train", "test", "val"),
+                "clean images (png/jpg/bmp/tif) in a flat folder <root> (a test set, e.g. BSD68) or "
+                "<root>/<split>/"),
+]
+
+#: Every data set by name.
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def list_datasets(task: str | None = None) -> list[str]:
+    """Names of the data sets (serving ``task``, if given)."""
+    if task is not None and task not in TASKS:
+        raise DatasetError(f"unknown task {task!r}; choose one of {list(TASKS)}")
+    return [n for n, s in DATASETS.items() if task is None or task in s.tasks]
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def get_dataset(name: str, task: str, split: str, root: str | os.PathLike[str] | None = None,
+                **options: Any) -> BenchDataset:
+    """Build data set ``name`` for ``task`` and ``split``; errors name the valid choices."""
+    if task not in TASKS:
+        raise DatasetError(f"unknown task {task!r}{_suggest(str(task), list(TASKS))}; choose one of {list(TASKS)}")
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}{_suggest(str(name), list(DATASETS))}; "
+                           f"datasets: {list(DATASETS)}")
+    spec = DATASETS[name]
+    if task not in spec.tasks:
+        raise DatasetError(f"dataset {name!r} does not serve task {task!r} (it serves {list(spec.tasks)}); "
+                           f"datasets for {task}: {list_datasets(task)}")
+    return spec.build(split, root=root, task=task, **options)
