@@ -152,7 +152,7 @@ def measure_model(task, model: nn.Module, cfg: TrialConfig) -> dict[str, Any]:
     from ..measure import count_flops, count_parameters, inference_step, measure_latency, measure_peak_memory, training_step
 
     m = cfg.measure
-    out: dict[str, Any] = {"params": count_parameters(model)}
+    out: dict[str, Any] = {"params": count_parameters(model).as_dict()}
     device = task.device
     if m.flops:
         try:
@@ -237,8 +237,8 @@ def run_trial(config: dict[str, Any] | TrialConfig) -> dict[str, Any]:
                                                  "traceback": traceback.format_exc()})
         log.warning("trial failed (%s): %s", record["status"], record["error"]["message"])
     finally:
+        # recorded while the trial's thread count is still in force
+        record["environment"] = environment(precision="fp32", device=str(device))
         torch.set_num_threads(threads_before)
-    record["environment"] = environment(precision="fp32")
-    record["environment"]["device"] = str(device)
     record["timing"]["total_s"] = time.perf_counter() - t0
     return _finite(record)
