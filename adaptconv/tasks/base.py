@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..models.backbones import load_pretrained
 from ..models.swap import ConvSelection, swap_convs, swap_summary
 from ..ops import get_op
 from ..schema import ConfigError, did_you_mean, parse
@@ -85,8 +86,10 @@ class Task:
 
     def build_model(self, train_set: Dataset) -> tuple[nn.Module, dict[str, Any]]:
         """The network with the operator under test swapped in, and the swap summary."""
-        model = self.build_network(train_set).to(self.device)
         cfg = self.config
+        model = self.build_network(train_set)
+        pretrained = load_pretrained(model, cfg.pretrained) if cfg.pretrained else None
+        model = model.to(self.device)
         # An operator that takes no guide (the conv baseline) runs self-contained whatever the task's
         # default guide; the summary records the guide actually used.
         guide = "self" if get_op(cfg.op).guide == "none" else cfg.guide
@@ -95,6 +98,8 @@ class Task:
                              example_inputs=self.example_inputs(1), **cfg.op_options)
         summary = swap_summary(records)
         summary["guide"] = "none" if get_op(cfg.op).guide == "none" else guide
+        if pretrained:
+            summary["pretrained"] = pretrained
         return model, summary
 
     def image_channels(self, train_set: Dataset) -> int:

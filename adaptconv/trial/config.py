@@ -17,7 +17,7 @@ from ..schema import ConfigError, did_you_mean, parse, to_dict
 TASK_NAMES = ("classification", "segmentation", "upsampling", "denoising")
 
 #: Keys that choose where/how a trial runs, not what it computes.
-RUN_KEYS = ("device", "threads", "data_root")
+RUN_KEYS = ("device", "threads", "data_root")  # `pretrained` is a path too, but it changes the result
 
 
 @dataclass
@@ -54,6 +54,7 @@ class TrialConfig:
     dataset: str | None = None  # default: the task's built-in data
     data_root: str | None = None  # where a real dataset lives on disk
     backbone: str | None = None  # default: the task's network
+    pretrained: str | None = None  # a state-dict file on disk loaded into the network before the swap
     op: str = "conv"
     op_options: dict[str, Any] = field(default_factory=dict)
     swap: dict[str, Any] | None = None  # ConvSelection keys; default: the task's operator layers

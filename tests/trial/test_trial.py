@@ -141,3 +141,28 @@ def test_cli_runs_a_trial_and_writes_the_record(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["status"] == "ok" and "top1" in summary["metrics"]
     assert json.loads(out.read_text())["config"]["steps"] == 3
+
+
+def test_pretrained_weights_are_loaded_before_the_swap(tmp_path):
+    from adaptconv.models.backbones import build_backbone
+
+    torch.manual_seed(5)
+    backbone, _ = build_backbone("simplecnn-s", 1, 7)  # another head size: the head is skipped
+    path = tmp_path / "weights.pt"
+    torch.save({"state_dict": backbone.state_dict()}, path)
+    rec = run_trial(tiny("classification", op="paka", pretrained=str(path), steps=0))
+    assert rec["status"] == "ok", rec.get("error")
+    info = rec["swap"]["pretrained"]
+    assert info["loaded"] == len(backbone.state_dict()) - 2 and info["skipped"] == 2  # head weight and bias
+    rec = run_trial(tiny("classification", pretrained=str(tmp_path / "missing.pt")))
+    assert rec["status"] == "error" and "no file at" in rec["error"]["message"]
+
+
+def test_upsampling_trained_on_synthetic_is_also_tested_on_middlebury():
+    rec = run_trial(tiny("upsampling", dataset="synthetic",
+                         task_options=dict(patch=32, size=32, n_train=8, n_test=2, width=8, layers=2,
+                                           extra_test=["middlebury"])))
+    assert rec["status"] == "ok", rec.get("error")
+    assert {"rmse", "middlebury/rmse", "middlebury/bilinear_rmse"} <= set(rec["metrics"])
+    # Middlebury disparities are tens of pixels: its errors are in that unit, not the synthetic one
+    assert rec["metrics"]["middlebury/bilinear_rmse"] > 10 * rec["metrics"]["bilinear_rmse"]
