@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from ..measure import environment
 from ..ops.dynconv import DynamicConv2d, anneal_temperature
@@ -86,9 +85,52 @@ def build_schedule(cfg: TrialConfig, optimizer, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _cycle(loader: DataLoader):
-    while True:
-        yield from loader
+class EpochBatches:
+    """Shuffled batches, epoch after epoch, whose order depends only on (seed, epoch): a resumed
+    trial sees exactly the batches an uninterrupted one would have seen."""
+
+    def __init__(self, dataset, batch_size: int, seed: int) -> None:
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        n = len(dataset)
+        self.per_epoch = n // batch_size if n >= batch_size else 1
+        self.n = n
+
+    def batches(self, start: int):
+        """Yield batches from global batch index ``start`` on."""
+        from torch.utils.data import default_collate
+
+        index = start
+        while True:
+            epoch, offset = divmod(index, self.per_epoch)
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(epoch)
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+            for b in range(offset, self.per_epoch):
+                idx = order[b * self.batch_size: (b + 1) * self.batch_size].tolist()
+                getitems = getattr(self.dataset, "__getitems__", None)
+                samples = getitems(idx) if getitems else [self.dataset[i] for i in idx]
+                yield default_collate(samples)
+                index += 1
+
+
+def _save_checkpoint(path: str, state: dict) -> None:
+    """torch.save through a temporary file and a rename: a kill never leaves half a checkpoint."""
+    import os
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".ckpt.", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _finite(obj: Any) -> Any:
@@ -106,12 +148,18 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record: dict) -> None:
-    """The training loop; fills ``record["curve"]`` as it goes."""
-    gen = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                        drop_last=len(train_set) >= cfg.batch_size, num_workers=0)
-    total = cfg.steps if cfg.steps is not None else cfg.epochs * len(loader)
+def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record: dict,
+          checkpoint: str | None = None, checkpoint_every_s: float = 120.0) -> None:
+    """The training loop; fills ``record["curve"]`` as it goes.
+
+    With ``checkpoint`` (a file path) the full training state (weights, optimiser, schedule, RNG,
+    curve, position in the data) is saved atomically every ``checkpoint_every_s`` seconds, and a
+    trial that finds its checkpoint resumes from it: the result is the one an uninterrupted run gives.
+    """
+    import os
+
+    data = EpochBatches(train_set, cfg.batch_size, cfg.seed)
+    total = cfg.steps if cfg.steps is not None else cfg.epochs * data.per_epoch
     optimizer = build_optimizer(cfg, model)
     schedule = build_schedule(cfg, optimizer, total)
     has_dynconv = any(isinstance(m, DynamicConv2d) for m in model.modules())
@@ -120,9 +168,24 @@ def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record:
     curve = record["curve"] = {"step": [], "loss": [], "lr": [], "eval": []}
     every = max(1, total // 200)  # keep about 200 points of the loss curve
     window: list[float] = []
-    batches = _cycle(loader)
+    start = 0
+    if checkpoint and os.path.exists(checkpoint):
+        state = torch.load(checkpoint, map_location=task.device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        curve.update(state["curve"])
+        window = state["window"]
+        start = state["step"]
+        record["resumed_from_step"] = start
+        log.info("resumed from step %d of %d (%s)", start, total, checkpoint)
+    last_save = time.monotonic()
+    batches = data.batches(start)
     model.train()
-    for step in range(1, total + 1):
+    for step in range(start + 1, total + 1):
         if has_dynconv:
             anneal_temperature(model, (step - 1) / anneal_steps)  # 30 → 1 over the first part, as the paper
         batch = task.to_device(next(batches))
@@ -140,10 +203,17 @@ def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record:
             curve["step"].append(step)
             curve["loss"].append(sum(window) / len(window))
             curve["lr"].append(optimizer.param_groups[0]["lr"])
-            window.clear()
+            window = []
         if step in eval_at and step != total:
             curve["eval"].append({"step": step, **task.evaluate(model, test_set)})
             model.train()
+        if checkpoint and step < total and time.monotonic() - last_save >= checkpoint_every_s:
+            _save_checkpoint(checkpoint, {
+                "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "curve": curve, "window": window})
+            last_save = time.monotonic()
     record["steps"] = total
 
 
@@ -188,8 +258,13 @@ def measure_model(task, model: nn.Module, cfg: TrialConfig) -> dict[str, Any]:
     return out
 
 
-def run_trial(config: dict[str, Any] | TrialConfig) -> dict[str, Any]:
-    """Run one trial and return its JSON-serialisable record (see the README for the schema)."""
+def run_trial(config: dict[str, Any] | TrialConfig, *, checkpoint: str | None = None,
+              checkpoint_every_s: float = 120.0) -> dict[str, Any]:
+    """Run one trial and return its JSON-serialisable record (see the README for the schema).
+
+    ``checkpoint``: a file for the training state, saved every ``checkpoint_every_s`` seconds; a
+    trial started again with the same file resumes where it was (``record["resumed_from_step"]``).
+    """
     t0 = time.perf_counter()
     if isinstance(config, TrialConfig):
         config = config.normalised()
@@ -216,7 +291,7 @@ def run_trial(config: dict[str, Any] | TrialConfig) -> dict[str, Any]:
         model, record["swap"] = task.build_model(train_set)
         record["timing"]["setup_s"] = time.perf_counter() - phase_start
         phase_start = time.perf_counter()
-        train(task, model, train_set, test_set, cfg, record)
+        train(task, model, train_set, test_set, cfg, record, checkpoint, checkpoint_every_s)
         record["timing"]["train_s"] = time.perf_counter() - phase_start
         phase_start = time.perf_counter()
         record["metrics"] = task.evaluate(model, test_set)

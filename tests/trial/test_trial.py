@@ -166,3 +166,29 @@ def test_upsampling_trained_on_synthetic_is_also_tested_on_middlebury():
     assert {"rmse", "middlebury/rmse", "middlebury/bilinear_rmse"} <= set(rec["metrics"])
     # Middlebury disparities are tens of pixels: its errors are in that unit, not the synthetic one
     assert rec["metrics"]["middlebury/bilinear_rmse"] > 10 * rec["metrics"]["bilinear_rmse"]
+
+
+def test_a_trial_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    from adaptconv.tasks.upsampling import Upsampling
+
+    cfg = tiny("upsampling", op="pac", steps=8, eval_points=2)
+    whole = run_trial(cfg)
+    real_loss = Upsampling.loss
+    calls = {"n": 0}
+
+    def dies_at_step_6(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt("killed")  # what a kill looks like to the loop: it just stops
+        return real_loss(self, model, batch)
+
+    ckpt = tmp_path / "ckpt.pt"
+    monkeypatch.setattr(Upsampling, "loss", dies_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(cfg, checkpoint=str(ckpt), checkpoint_every_s=0)
+    assert ckpt.exists()
+    monkeypatch.setattr(Upsampling, "loss", real_loss)
+    resumed = run_trial(cfg, checkpoint=str(ckpt), checkpoint_every_s=0)
+    assert resumed["resumed_from_step"] == 5
+    assert resumed["metrics"] == whole["metrics"]
+    assert resumed["curve"]["loss"] == whole["curve"]["loss"]

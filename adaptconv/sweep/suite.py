@@ -1,0 +1,393 @@
+"""Suite files: a base trial config swept over axes, validated before anything runs.
+
+```yaml
+name: ablation-pac                      # also the results folder: results/<name>/
+description: what this suite answers, where its data lives, what it costs
+base:                                   # a trial config (see adaptconv.trial.config.TrialConfig)
+  task: upsampling
+  steps: 300
+product:                                # cartesian product of dotted trial keys
+  op: [conv, pac]
+  task_options.scale: [4, 8, 16]
+zip:                                    # lists of equal length, taken element by element
+  optimizer.lr: [0.01, 0.001]
+  steps: [100, 300]
+blocks:                                 # ablations: each block expands on its own; the union is taken
+  - name: kernel-type
+    base: {op: pac}                     # block overrides of the base
+    product: {op_options.kernel_type: [gaussian, inv]}
+exclude:                                # drop trials matching every key of a rule (a list = any of)
+  - {op: conv, guide: image}
+seeds: [0, 1, 2]                        # the seed axis, crossed with everything
+resources: {time: "01:00:00", gpus: 1, cpus: 4, mem_gb: 16}
+```
+
+A suite with ``blocks`` expands each block as ``block.product × block.zip`` over ``base + block.base``,
+crossed with the top-level ``product``/``zip`` and ``seeds``, and takes the union (identical trials
+count once). Without ``blocks`` it is the top-level ``product × zip × seeds`` over ``base``.
+
+Every problem is reported at once, naming the file, the key path and the line, with a did-you-mean.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..schema import ConfigError, did_you_mean, parse
+from ..trial.config import TrialConfig, parse_trial_config
+from .ids import trial_id
+
+SUITES_DIR = Path(__file__).resolve().parents[2] / "suites"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+
+
+class SuiteError(ConfigError):
+    """Problems in a suite file, each naming the file, key path and line."""
+
+    def __init__(self, problems: list[str], path: str | Path) -> None:
+        self.path = str(path)
+        ValueError.__init__(self, f"{path}: invalid suite:\n  - " + "\n  - ".join(problems))
+        self.problems = problems
+        self.where = str(path)
+
+
+@dataclass
+class Resources:
+    time: str = "01:00:00"  # [D-]HH:MM:SS per trial
+    gpus: int = 0
+    cpus: int = 2
+    mem_gb: float = 8.0
+
+
+@dataclass
+class Block:
+    name: str
+    base: dict[str, Any] = field(default_factory=dict)
+    product: dict[str, list] = field(default_factory=dict)
+    zip: dict[str, list] = field(default_factory=dict)
+
+
+@dataclass
+class SuiteSpec:
+    name: str
+    description: str
+    base: dict[str, Any]
+    product: dict[str, list] = field(default_factory=dict)
+    zip: dict[str, list] = field(default_factory=dict)
+    blocks: list[Block] = field(default_factory=list)
+    exclude: list[dict[str, Any]] = field(default_factory=list)
+    seeds: list[int] | None = None
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass
+class Trial:
+    id: str
+    config: dict[str, Any]  # the normalised trial config
+    block: str | None = None
+
+
+@dataclass
+class Suite:
+    spec: SuiteSpec
+    path: Path
+    trials: list[Trial]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+# --------------------------------------------------------------------------------------------------
+# Locating lines in the YAML source
+
+def _line_index(text: str) -> dict[tuple, int]:
+    """Key path (tuple of keys / list indices) → 1-based line, from the YAML node tree."""
+    index: dict[tuple, int] = {}
+
+    def walk(node, path):
+        index[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = k.value
+                index[path + (key,)] = k.start_mark.line + 1
+                walk(v, path + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, path + (i,))
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return index
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+class _Problems:
+    def __init__(self, lines: dict[tuple, int]) -> None:
+        self.lines = lines
+        self.items: list[str] = []
+
+    def add(self, path: tuple, message: str) -> None:
+        line = None
+        for n in range(len(path), -1, -1):  # the nearest enclosing key that has a line
+            line = self.lines.get(tuple(path[:n]))
+            if line is not None:
+                break
+        key = ".".join(str(p) for p in path) or "(top level)"
+        self.items.append(f"{key}{f' (line {line})' if line else ''}: {message}")
+
+
+# --------------------------------------------------------------------------------------------------
+
+def resolve_suite_path(suite: str | Path) -> Path:
+    """A suite name in ``suites/`` or a path to a suite file."""
+    p = Path(suite)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise SuiteError([f"no such suite file"], p)
+        return p
+    candidate = SUITES_DIR / f"{suite}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = sorted(f.stem for f in SUITES_DIR.glob("*.yaml")) if SUITES_DIR.is_dir() else []
+    raise SuiteError([f"no suite named {str(suite)!r} in {SUITES_DIR}{did_you_mean(str(suite), known)}; "
+                      f"known: {', '.join(known) or 'none'}"], suite)
+
+
+def load_suite(suite: str | Path) -> Suite:
+    """Read, validate and expand a suite. Raises :class:`SuiteError` listing every problem."""
+    path = resolve_suite_path(suite)
+    text = path.read_text(encoding="utf-8")
+    problems = _Problems(_line_index(text))
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise SuiteError([f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"], path) from None
+    if not isinstance(raw, dict):
+        raise SuiteError(["a suite file is a mapping with keys name, description, base, ..."], path)
+    try:
+        spec = parse(SuiteSpec, raw)
+    except ConfigError as exc:
+        for p in exc.problems:
+            key, _, msg = p.partition(": ")
+            problems.add(_split_key(key), msg)
+        raise SuiteError(problems.items, path) from None
+    _check_spec(spec, problems)
+    if problems.items:
+        raise SuiteError(problems.items, path)
+    trials = expand(spec, problems)
+    if problems.items:
+        raise SuiteError(problems.items, path)
+    return Suite(spec, path, trials)
+
+
+def _split_key(key: str) -> tuple:
+    parts: list = []
+    for part in key.split("."):
+        m = re.fullmatch(r"(.*?)\[(\d+)\]", part)
+        if m:
+            parts += [m.group(1), int(m.group(2))]
+        else:
+            parts.append(part)
+    return tuple(parts)
+
+
+def _check_spec(spec: SuiteSpec, problems: _Problems) -> None:
+    if not NAME.fullmatch(spec.name):
+        problems.add(("name",), f"{spec.name!r} must be letters, digits, '-', '_' or '.' (it names a folder)")
+    if not spec.description.strip():
+        problems.add(("description",), "say what the suite answers (and, for real data, where it must be)")
+    if not re.fullmatch(r"(\d+-)?\d{1,2}:\d{2}:\d{2}", spec.resources.time):
+        problems.add(("resources", "time"), f"{spec.resources.time!r} is not [D-]HH:MM:SS")
+    axes = [(("product",), spec.product), (("zip",), spec.zip)]
+    axes += [(("blocks", i, "product"), b.product) for i, b in enumerate(spec.blocks)]
+    axes += [(("blocks", i, "zip"), b.zip) for i, b in enumerate(spec.blocks)]
+    for where, axis in axes:
+        for key, values in axis.items():
+            if not isinstance(values, list) or not values:
+                problems.add(where + (key,), "an axis is a non-empty list of values")
+            elif len({_freeze(v) for v in values}) != len(values):
+                problems.add(where + (key,), "repeats a value")
+            if key == "seed":
+                problems.add(where + (key,), "use the top-level `seeds:` list for the seed axis")
+    for where, z in [(("zip",), spec.zip)] + [(("blocks", i, "zip"), b.zip) for i, b in enumerate(spec.blocks)]:
+        lengths = {k: len(v) for k, v in z.items() if isinstance(v, list)}
+        if len(set(lengths.values())) > 1:
+            problems.add(where, f"zipped lists differ in length: {lengths}")
+    both = set(spec.product) & set(spec.zip)
+    for key in sorted(both):
+        problems.add(("zip", key), "is also a product axis: an axis is swept one way")
+    for i, b in enumerate(spec.blocks):
+        if not NAME.fullmatch(b.name):
+            problems.add(("blocks", i, "name"), f"{b.name!r} is not a valid block name")
+        for key in sorted((set(b.product) | set(b.zip)) & (set(spec.product) | set(spec.zip))):
+            problems.add(("blocks", i, key), "is swept at the top level too (contradictory axes)")
+        for key in sorted(set(b.product) & set(b.zip)):
+            problems.add(("blocks", i, "zip", key), "is also a product axis of this block")
+    names = [b.name for b in spec.blocks]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.add(("blocks",), f"block name {dup!r} is used twice")
+    if spec.seeds is not None and (not spec.seeds or len(set(spec.seeds)) != len(spec.seeds)):
+        problems.add(("seeds",), "a non-empty list of distinct seeds")
+    if "seed" in spec.base and spec.seeds is not None:
+        problems.add(("base", "seed"), "given both here and in `seeds:`")
+    swept = set(spec.product) | set(spec.zip) | {"seed"}
+    for b in spec.blocks:
+        swept |= set(b.product) | set(b.zip) | set(_flatten(b.base))
+    for i, rule in enumerate(spec.exclude):
+        if not rule:
+            problems.add(("exclude", i), "an empty rule would exclude everything")
+        for key in rule:
+            if key not in swept:
+                problems.add(("exclude", i, key), f"is not swept by any axis, so the rule can never select a subset"
+                             f"{did_you_mean(key, sorted(swept))}")
+
+
+def _freeze(value):
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in mapping.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _set(config: dict, dotted: str, value) -> None:
+    node = config
+    parts = dotted.split(".")
+    for k in parts[:-1]:
+        nxt = node.get(k)
+        if not isinstance(nxt, dict):
+            nxt = node[k] = {}
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _get(config: dict, dotted: str):
+    node = config
+    for k in dotted.split("."):
+        if not isinstance(node, dict) or k not in node:
+            return _MISSING
+        node = node[k]
+    return node
+
+
+_MISSING = object()
+
+
+def _grid(product: dict[str, list], zipped: dict[str, list]) -> list[dict[str, Any]]:
+    keys = list(product)
+    points = [dict(zip(keys, combo)) for combo in itertools.product(*(product[k] for k in keys))] or [{}]
+    if zipped:
+        zkeys = list(zipped)
+        rows = [dict(zip(zkeys, vals)) for vals in zip(*(zipped[k] for k in zkeys))]
+        points = [{**p, **r} for p in points for r in rows]
+    return points
+
+
+def _matches(rule: dict[str, Any], config: dict) -> bool:
+    for key, want in rule.items():
+        have = _get(config, key)
+        if isinstance(want, list):
+            if have not in want:
+                return False
+        elif have != want:
+            return False
+    return True
+
+
+def expand(spec: SuiteSpec, problems: _Problems | None = None) -> list[Trial]:
+    """The suite's trials, each validated and with its stable id, in a deterministic order."""
+    problems = problems or _Problems({})
+    blocks = spec.blocks or [Block(name="", base={}, product={}, zip={})]
+    seeds = spec.seeds if spec.seeds is not None else [None]
+    top = _grid(spec.product, spec.zip)
+    trials: dict[str, Trial] = {}
+    errors_seen: set[str] = set()
+    excluded = 0
+    for bi, block in enumerate(blocks):
+        base = _deep_merge(spec.base, block.base)
+        for point in (_grid(block.product, block.zip)):
+            for tp in top:
+                for seed in seeds:
+                    config = _deep_merge(base, {})
+                    for key, value in {**tp, **point}.items():
+                        _set(config, key, value)
+                    if seed is not None:
+                        config["seed"] = seed
+                    if any(_matches(rule, config) for rule in spec.exclude):
+                        excluded += 1
+                        continue
+                    try:
+                        cfg = parse_trial_config(config)
+                    except ConfigError as exc:
+                        where = ("blocks", bi) if spec.blocks else ("base",)
+                        for p in exc.problems:
+                            key = p.split(":", 1)[0]
+                            axis = _axis_of(key, spec, block, bi)
+                            msg = f"{p}" + (f" (in the trial {_short(point, tp, seed)})" if (point or tp) else "")
+                            if msg not in errors_seen:
+                                errors_seen.add(msg)
+                                problems.add(axis or where, msg)
+                        continue
+                    normalised = cfg.normalised()
+                    tid = trial_id(normalised)
+                    trials.setdefault(tid, Trial(tid, normalised, block.name or None))
+    if not trials and not problems.items:
+        problems.add(("exclude",) if excluded else (), "the suite expands to no trial"
+                     + (f" ({excluded} excluded)" if excluded else ""))
+    return list(trials.values())
+
+
+def _axis_of(key: str, spec: SuiteSpec, block: Block, bi: int) -> tuple | None:
+    """Where in the file a bad trial key comes from (an axis if it is swept, else the base)."""
+    for where, axis in ((("blocks", bi, "product"), block.product), (("blocks", bi, "zip"), block.zip),
+                        (("product",), spec.product), (("zip",), spec.zip)):
+        for k in axis:
+            if k == key or k.startswith(key + ".") or key.startswith(k + "."):
+                return where + (k,)
+    if key.split(".")[0] in block.base:
+        return ("blocks", bi, "base") + tuple(key.split("."))
+    if key.split(".")[0] in spec.base:
+        return ("base",) + tuple(key.split("."))
+    return None
+
+
+def _short(point: dict, tp: dict, seed) -> str:
+    items = {**tp, **point}
+    return ", ".join(f"{k}={v}" for k, v in items.items())
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = {k: (_deep_merge(v, {}) if isinstance(v, dict) else v) for k, v in a.items()}
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = _deep_merge(v, {}) if isinstance(v, dict) else v
+    return out
+
+
+def trial_config(trial: Trial) -> TrialConfig:
+    return parse(TrialConfig, trial.config)
