@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 
 
 def _param_count(module) -> int:
@@ -134,6 +135,120 @@ def cmd_trial(args: argparse.Namespace) -> int:
     return 0 if record["status"] == "ok" else 1
 
 
+def _load(args):
+    from .results.store import ResultStore
+    from .sweep.suite import load_suite
+
+    suite = load_suite(args.suite)
+    root = Path(args.results) if args.results else Path("results") / suite.name
+    return suite, ResultStore(root)
+
+
+def _varying(trials) -> list[str]:
+    """Dotted config keys whose value differs between trials (what the table should show)."""
+    from .sweep.suite import _flatten
+
+    flat = [_flatten(t.config) for t in trials]
+    keys = sorted({k for f in flat for k in f})
+    return [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .sweep.executors import make_plan
+    from .sweep.suite import _flatten
+
+    suite, store = _load(args)
+    plan = make_plan(suite, store, args.retry_failed)
+    print(f"suite {suite.name} ({suite.path}) → {store.root}")
+    print(plan.summary())
+    keys = _varying(suite.trials)
+    rows = [{"id": t.id, "state": plan.states[t.id], **({"block": t.block} if suite.spec.blocks else {}),
+             **{k: _flatten(t.config).get(k) for k in keys}} for t in suite.trials]
+    limit = None if args.all else 50
+    print(pd.DataFrame(rows[:limit]).to_markdown(index=False))
+    if limit and len(rows) > limit:
+        print(f"... {len(rows) - limit} more (--all to list every trial)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .sweep import executors
+
+    suite, store = _load(args)
+    plan = executors.make_plan(suite, store, args.retry_failed)
+    print(plan.summary(), flush=True)
+    if not plan.to_run:
+        print("nothing to run")
+        return 0
+    if args.executor == "slurm":
+        from .sweep import slurm
+
+        profile, name = slurm.load_profile(args.profile)
+        ids = slurm.submit(plan, profile, name)
+        print(f"submitted {len(plan.to_run)} trials as {len(set(i.split('_')[0] for i in ids))} job array(s): "
+              f"{', '.join(sorted(set(i.split('_')[0] for i in ids)))}")
+        if not args.wait:
+            return 0
+        states = slurm.wait_for(store, [t.id for t in plan.to_run])
+        out = {}
+        for st in states.values():
+            out[st] = out.get(st, 0) + 1
+    elif args.executor == "debug":
+        out = executors.run_debug(plan)
+    else:
+        out = executors.run_local(plan, args.max_parallel)
+    print("finished: " + ", ".join(f"{v} {k}" for k, v in sorted(out.items())))
+    return 0 if set(out) <= {"done"} else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .sweep import executors
+
+    suite, store = _load(args)
+    plan = executors.make_plan(suite, store)
+    print(plan.summary())
+    for t in suite.trials:
+        if plan.states[t.id] == "failed":
+            rec = store.read_record(t.id) or {}
+            msg = (rec.get("error") or {}).get("message", "")
+            print(f"  failed {t.id}: {rec.get('status')}: {msg[:200]}")
+    jobs = store.jobs()
+    if jobs:
+        from .sweep.slurm import job_states
+
+        ids = sorted({j for e in jobs for j in e.get("jobs", {}).values()})
+        try:
+            states = job_states(ids)
+        except (FileNotFoundError, subprocess_error()) as exc:
+            print(f"SLURM jobs: {len(ids)} submitted (cannot ask sacct: {exc})")
+            return 0
+        counts = {}
+        for st in states.values():
+            counts[st] = counts.get(st, 0) + 1
+        print(f"SLURM jobs ({len(ids)} submitted): " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def subprocess_error():
+    import subprocess
+
+    return subprocess.SubprocessError
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from .sweep.executors import reap_slurm_claims
+    from .sweep.slurm import cancel
+
+    suite, store = _load(args)
+    live = cancel(store)
+    print(f"cancelled {len(live)} SLURM job(s)" + (f": {', '.join(live)}" if live else ""))
+    time.sleep(1)
+    reap_slurm_claims(store, [t.id for t in suite.trials])
+    return 0
+
+
 def _print_checks(results):
     for r in results:
         print(f"  {r.status.upper():4}  {r.name}: {r.detail}", flush=True)
@@ -159,6 +274,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the full record (JSON) to this file, atomically")
     p.add_argument("--full", action="store_true", help="print the full record, not a summary")
     p.set_defaults(func=cmd_trial)
+
+    for name, func, text in (("plan", cmd_plan, "expand a suite and show each trial's state; runs nothing"),
+                             ("run", cmd_run, "run a suite's pending trials (local, debug or SLURM)"),
+                             ("status", cmd_status, "counts of done/failed/running/pending trials and SLURM jobs"),
+                             ("cancel", cmd_cancel, "cancel a suite's submitted SLURM jobs")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("suite", help="a suite name in suites/ or a path to a suite file")
+        p.add_argument("--results", help="results folder (default: results/<suite name>)")
+        p.set_defaults(func=func)
+        if name in ("plan", "run"):
+            p.add_argument("--retry-failed", action="store_true", help="run failed trials again")
+        if name == "plan":
+            p.add_argument("--all", action="store_true", help="list every trial")
+        if name == "run":
+            p.add_argument("--executor", choices=("local", "debug", "slurm"), default="local")
+            p.add_argument("--profile", help="SLURM profile: slurm/NAME.yaml or a path")
+            p.add_argument("--max-parallel", type=int, help="local: trials at once (default: one per GPU, or 1)")
+            p.add_argument("--wait", action="store_true", help="slurm: wait until every trial has a record")
     return parser
 
 
@@ -167,7 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    from .schema import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as exc:  # a suite, profile or config problem: say it, run nothing
+        print(f"adaptconv {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ The output is computed as in the paper, first filtering every channel with every
 
 and then mixing channels and atoms with a grouped 1×1 convolution, ``y = Conv1×1(Z; coef) + bias``.
 Unlike the reference code this works for any stride, padding, dilation and groups, and never leaves
-the device.
+the device. Both steps are one custom autograd Function (:func:`adaptconv.ops.lean.acda_contract`)
+that accumulates ``Z`` over the taps chunk by chunk and recomputes it in backward, so neither the
+unfolded input (B·C·k²·H'·W') nor ``Z`` (B·C·M·H'·W') is ever stored; ``acda_conv2d_unfold`` is the
+straightforward reference.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import lean
 from . import taps as _taps
 from .base import AdaptiveConv2d, conv_bias_init_, kaiming_uniform_
 from .registry import register_op
 from .taps import pair
 
-__all__ = ["AcdaConv2d", "acda_conv2d", "fourier_bessel_bases"]
+__all__ = ["AcdaConv2d", "acda_conv2d", "acda_conv2d_unfold", "fourier_bessel_bases"]
 
 #: tanh(β) of the coefficient network's output in :meth:`AcdaConv2d.from_conv`.
 _FROM_CONV_T = 0.5
@@ -175,6 +179,20 @@ def acda_conv2d(
             f"acda_conv2d: coef shape {tuple(coef.shape)} must be O×(C/groups·M)×1×1 = O×{c // groups * m}×1×1 "
             f"(C={c}, M={m}, groups={groups})"
         )
+    if lean.get_implementation() == "unfold":
+        return _acda_unfold(x, atoms, coef, bias, stride, padding, dilation, groups, kernel_size)
+    return lean.acda_contract(x, atoms, coef, bias, lean.geometry(kernel_size, stride, padding, dilation), groups)
+
+
+def acda_conv2d_unfold(x, atoms, coef, bias=None, stride=1, padding=0, dilation=1, groups=1, *, kernel_size=None):
+    """The straightforward reference of :func:`acda_conv2d`: unfold, einsum to Z, 1×1 conv."""
+    with lean.implementation("unfold"):
+        return acda_conv2d(x, atoms, coef, bias, stride, padding, dilation, groups, kernel_size=kernel_size)
+
+
+def _acda_unfold(x, atoms, coef, bias, stride, padding, dilation, groups, kernel_size):
+    b, c = x.shape[:2]
+    m, ho, wo = atoms.shape[1], atoms.shape[-2], atoms.shape[-1]
     cols = _taps.unfold_taps(x, kernel_size, stride, padding, dilation)  # B×C×T×H'×W'
     z = torch.einsum("bmtyx,bctyx->bcmyx", atoms, cols)  # B×C×M×H'×W'
     return F.conv2d(z.reshape(b, c * m, ho, wo), coef, bias, groups=groups)

@@ -8,6 +8,10 @@ channel group), softmax-normalised over the taps by default:
 
 The filters are generated at the input resolution and read at each window's centre, so stride,
 padding and dilation behave as in nn.Conv2d. ``groups`` applies to the 1×1 projection.
+
+The filtering is a custom autograd Function (:func:`adaptconv.ops.lean.dynamic_filter`) accumulating
+over the k² taps and recomputing them in backward; :func:`dynamic_filter2d_unfold` is the
+straightforward reference.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import lean
 from .base import AdaptiveConv2d
 from .registry import register_op
 from .taps import unfold_taps, window_centres
@@ -23,7 +28,16 @@ NORMALIZATIONS = ("softmax", "none")
 
 
 def dynamic_filter2d(x, filters, kernel_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
-    """Per-pixel filtering: ``filters`` is B×G×T×H'×W' (G channel groups, C % G == 0): B×C×H'×W'."""
+    """Per-pixel filtering: ``filters`` is B×G×T×H'×W' (G channel groups, C % G == 0): B×C×H'×W'.
+
+    Computed without the unfold unless the "unfold" implementation is selected."""
+    if lean.get_implementation() == "unfold":
+        return dynamic_filter2d_unfold(x, filters, kernel_size, stride, padding, dilation)
+    return lean.dynamic_filter(x, filters, lean.geometry(tuple(kernel_size), stride, padding, dilation))
+
+
+def dynamic_filter2d_unfold(x, filters, kernel_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+    """The straightforward reference of :func:`dynamic_filter2d` (unfold, then a weighted tap sum)."""
     b, c = x.shape[:2]
     g = filters.shape[1]
     taps = unfold_taps(x, kernel_size, stride, padding, dilation)

@@ -7,8 +7,15 @@
 ``f`` is the guide (or the layer input when self-guided); ``γ`` is a per-guide-channel scale of the
 feature distance, 1 by default (the paper's kernel). It is learnable (``learn_guide_scale``) so that
 ``from_conv`` can start at γ = 0, where K ≡ 1 and the layer is exactly the pretrained convolution,
-and learn how much to adapt. The straightforward unfold formulation is used here (it is the
-reference the memory-lean kernels of a later issue are checked against).
+and learn how much to adapt.
+
+Implementation: by default the layers never materialise the ``B·C·k²·H'·W'`` unfold. The kernel's
+feature distances come from :func:`adaptconv.ops.lean.pac_distance` and the contraction from
+:func:`adaptconv.ops.lean.pac_contract` (Triton kernels on CUDA): custom autograd Functions that
+recompute the shifted taps in backward, so memory is O(input + output + K) with K one B×k²×H'×W'
+map. The straightforward unfold formulation (:func:`pac_conv2d_unfold`, :func:`guide_taps`,
+:func:`pac_kernel`) is kept as the reference; ``with adaptconv.ops.lean.implementation("unfold")``
+runs the layers with it.
 
 Window centre ``f(p)``: the guide sampled at the centre of the conv window (the average of the
 middle taps for even kernels). Outside the image the guide is replicated, so normalisation and
@@ -17,12 +24,14 @@ kernels never see an artificial zero feature; the input is zero-padded as in nn.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import lean
 from .base import AdaptiveConv2d, ConvWeightMixin, conv_bias_init_, kaiming_uniform_
 from .registry import register_op
 from .taps import Pair, grouped_tap_matmul, pair, unfold_taps, valid_taps, window_centres
@@ -62,11 +71,27 @@ def pac_kernel(
     """
     diff2 = (taps - centre.unsqueeze(2)).pow(2)
     if guide_scale is not None:
-        # Negative scales are cut to 0; where() (unlike clamp) keeps the gradient at exactly 0, the
-        # value from_conv starts from.
-        scale = torch.where(guide_scale >= 0, guide_scale, torch.zeros_like(guide_scale))
-        diff2 = diff2 * scale.view(1, -1, 1, 1, 1)
+        diff2 = diff2 * _nonneg(guide_scale).view(1, -1, 1, 1, 1)
     dist2 = diff2.sum(1, keepdim=True)
+    return kernel_from_distance(dist2, kernel_type, inv_alpha, inv_lambda, valid, normalize, dim=2)
+
+
+def _nonneg(guide_scale: torch.Tensor) -> torch.Tensor:
+    # Negative scales are cut to 0; where() (unlike clamp) keeps the gradient at exactly 0, the
+    # value from_conv starts from.
+    return torch.where(guide_scale >= 0, guide_scale, torch.zeros_like(guide_scale))
+
+
+def kernel_from_distance(
+    dist2: torch.Tensor,
+    kernel_type: KernelType = "gaussian",
+    inv_alpha: torch.Tensor | float = 1.0,
+    inv_lambda: torch.Tensor | float = 0.5,
+    valid: torch.Tensor | None = None,
+    normalize: bool = False,
+    dim: int = 1,
+) -> torch.Tensor:
+    """K from the scaled squared feature distances ``dist2`` (taps along ``dim``)."""
     if kernel_type == "gaussian":
         kernel = torch.exp(-0.5 * dist2)
     elif kernel_type == "inv":
@@ -78,8 +103,23 @@ def pac_kernel(
     if normalize:
         if valid is not None:
             kernel = kernel * valid
-        kernel = kernel / kernel.sum(2, keepdim=True).clamp(min=1e-12)
-    return kernel
+        kernel = kernel / kernel.sum(dim, keepdim=True).clamp(min=1e-12)
+    return _flush_tiny(kernel)
+
+
+def _flush_tiny(kernel: torch.Tensor) -> torch.Tensor:
+    """Zero the weights below √(smallest normal number) (1e-19 in float32).
+
+    Far-apart features give tiny gaussian weights (exp(-½d²) underflows for d² > ~175 in float32:
+    common with self-guided, many-channel guides). Multiplied by inputs and filter weights they make
+    *subnormal* numbers, on which CPU arithmetic is tens of times slower, in every product that follows
+    (forward and backward). Their contribution is far below the dtype's resolution next to the centre
+    tap's (K = 1), so they are flushed, after normalisation. float16's range is too short for this, and
+    it is left as is.
+    """
+    if kernel.dtype == torch.float16:
+        return kernel
+    return kernel.masked_fill(kernel < math.sqrt(torch.finfo(kernel.dtype).tiny), 0.0)
 
 
 def pac_conv2d(
@@ -96,8 +136,34 @@ def pac_conv2d(
     """PAC given its adapting kernel (B×1×T×H'×W'): Σ_c Σ_j W[o,c,j]·K_j·x_j + bias.
 
     ``weight`` is O×(C/g)×kh×kw, or with ``shared_filters`` 1×1×kh×kw: one filter applied to every
-    channel, no channel mixing (O = C).
+    channel, no channel mixing (O = C). Computed without the unfold (see :mod:`adaptconv.ops.lean`)
+    unless the "unfold" implementation is selected; :func:`pac_conv2d_unfold` is the reference.
     """
+    if lean.get_implementation() == "unfold":
+        return pac_conv2d_unfold(x, kernel, weight, bias, stride, padding, dilation, groups, shared_filters)
+    geom = lean.geometry(tuple(weight.shape[-2:]), stride, padding, dilation)
+    if kernel.dim() == 5:
+        kernel = kernel.squeeze(1)
+    if shared_filters:
+        # one filter for every channel: a per-pixel filter K_j·w_j, no channel mixing
+        out = lean.dynamic_filter(x, (kernel * weight.reshape(1, -1, 1, 1)).unsqueeze(1), geom)
+        return out if bias is None else out + bias.view(1, -1, 1, 1)
+    return lean.pac_contract(x, kernel, weight, bias, geom, groups)
+
+
+def pac_conv2d_unfold(
+    x: torch.Tensor,
+    kernel: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: Pair = (1, 1),
+    padding: Pair = (0, 0),
+    dilation: Pair = (1, 1),
+    groups: int = 1,
+    shared_filters: bool = False,
+) -> torch.Tensor:
+    """The straightforward reference of :func:`pac_conv2d`: unfold the input (B×C×T×H'×W'), weight
+    it by K, contract. Memory: the unfold and the product, both kept by autograd."""
     kernel_size = tuple(weight.shape[-2:])
     taps = unfold_taps(x, kernel_size, stride, padding, dilation) * kernel
     if shared_filters:
@@ -134,10 +200,19 @@ class _PacOptions:
             self.inv_alpha = self.inv_lambda = None
 
     def _kernel(self, taps, centre, valid):
+        """K from unfolded guide taps (the reference path): B×1×T×H'×W'."""
         return pac_kernel(taps, centre, self.kernel_type, self.guide_scale,
                           1.0 if self.inv_alpha is None else self.inv_alpha,
                           0.5 if self.inv_lambda is None else self.inv_lambda,
                           valid=valid, normalize=self.normalize_kernel)
+
+    def _lean_kernel(self, guide, geom, valid, centre=None):
+        """K without unfolding the guide: B×T×H'×W' (``valid``: 1×T×H'×W' or None)."""
+        dist2 = lean.pac_distance(guide, geom, _nonneg(self.guide_scale), centre)
+        return kernel_from_distance(dist2, self.kernel_type,
+                                    1.0 if self.inv_alpha is None else self.inv_alpha,
+                                    0.5 if self.inv_lambda is None else self.inv_lambda,
+                                    valid=valid, normalize=self.normalize_kernel, dim=1)
 
     def _pac_repr(self) -> str:
         return f"kernel_type={self.kernel_type!r}, normalize_kernel={self.normalize_kernel}"
@@ -183,11 +258,11 @@ class PacConv2d(ConvWeightMixin, _PacOptions, AdaptiveConv2d):
     def adapting_kernel(self, guide: torch.Tensor) -> torch.Tensor:
         """K for a guide at the input's resolution: B×1×T×H'×W'."""
         args = (self.kernel_size, self.stride, self.padding, self.dilation)
-        taps = guide_taps(guide, *args)
-        centre = window_centres(guide, *args)
         valid = valid_taps(guide.shape[-2:], *args, device=guide.device, dtype=guide.dtype) \
             if self.normalize_kernel else None
-        return self._kernel(taps, centre, valid)
+        if lean.get_implementation() == "unfold":
+            return self._kernel(guide_taps(guide, *args), window_centres(guide, *args), valid)
+        return self._lean_kernel(guide, lean.geometry(*args), None if valid is None else valid[:, 0]).unsqueeze(1)
 
     def adaptive_forward(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         kernel = self.adapting_kernel(guide)
@@ -283,19 +358,28 @@ class PacConvTranspose2d(_PacOptions, nn.Module):
         # Pad (or crop, when padding exceeds the dilated kernel) to the stride-1 conv's frame.
         edge = [d * (k - 1) - p for d, k, p in zip(self.dilation, self.kernel_size, self.padding)]
         oph, opw = self.output_padding
-        xz = F.pad(xz, (edge[1], edge[1] + opw, edge[0], edge[0] + oph))
+        frame = (edge[0], edge[0] + oph, edge[1], edge[1] + opw)  # top, bottom, left, right
         # The window of output p spans output positions p - top … p - top + d(k-1): it is centred on p.
         tot = (dh * (kh - 1), dw * (kw - 1))
         pads = (tot[0] // 2, tot[0] - tot[0] // 2, tot[1] // 2, tot[1] - tot[1] // 2)
-        taps = guide_taps(guide, self.kernel_size, (1, 1), pads, self.dilation)
         valid = None
         if self.normalize_kernel:
             ones = guide.new_ones(1, 1, *size)
             valid = unfold_taps(F.pad(ones, (pads[2], pads[3], pads[0], pads[1])), self.kernel_size, (1, 1),
                                 (0, 0), self.dilation)
-        kernel = self._kernel(taps, guide, valid)
-        return pac_conv2d(xz, kernel, self.conv_equivalent_weight(), self.bias, (1, 1), (0, 0), self.dilation,
-                          self.groups)
+        weight = self.conv_equivalent_weight()
+        if lean.get_implementation() == "unfold":
+            xz = F.pad(xz, (frame[2], frame[3], frame[0], frame[1]))
+            taps = guide_taps(guide, self.kernel_size, (1, 1), pads, self.dilation)
+            kernel = self._kernel(taps, guide, valid)
+            return pac_conv2d_unfold(xz, kernel, weight, self.bias, (1, 1), (0, 0), self.dilation, self.groups)
+        if min(frame) < 0:  # crop first; the rest of the frame is the contraction's zero padding
+            xz = F.pad(xz, tuple(min(p, 0) for p in (frame[2], frame[3], frame[0], frame[1])))
+            frame = tuple(max(p, 0) for p in frame)
+        kernel = self._lean_kernel(guide, lean.geometry(self.kernel_size, (1, 1), pads, self.dilation),
+                                   None if valid is None else valid[:, 0], centre=guide)
+        geom = lean.geometry(self.kernel_size, (1, 1), frame, self.dilation)
+        return lean.pac_contract(xz, kernel, weight, self.bias, geom, self.groups)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -336,8 +420,12 @@ class PacPool2d(_PacOptions, nn.Module):
                              f"got {tuple(guide.shape)}")
         args = (self.kernel_size, self.stride, self.padding, self.dilation)
         valid = valid_taps(x.shape[-2:], *args, device=x.device, dtype=x.dtype) if self.normalize_kernel else None
-        kernel = self._kernel(guide_taps(guide, *args), window_centres(guide, *args), valid)
-        return (unfold_taps(x, *args) * kernel).sum(2)
+        if lean.get_implementation() == "unfold":
+            kernel = self._kernel(guide_taps(guide, *args), window_centres(guide, *args), valid)
+            return (unfold_taps(x, *args) * kernel).sum(2)
+        geom = lean.geometry(*args)
+        kernel = self._lean_kernel(guide, geom, None if valid is None else valid[:, 0])
+        return lean.dynamic_filter(x, kernel.unsqueeze(1), geom)
 
     def extra_repr(self) -> str:
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "

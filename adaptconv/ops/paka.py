@@ -6,6 +6,11 @@ A channel map ``A_c`` (1×1 → ReLU → 1×1 with reduction r) and a tap map ``
 to k² channels) are computed from the guide (the multi-modal variant) or from x itself, at the
 input's resolution, then read at each conv window's centre. Their last convs start at zero, so the
 factor starts at exactly 1 and a freshly built or hot-swapped PAKA is exactly the convolution.
+
+The factor is per (channel, tap) and pixel, so it cannot leave the channel sum: the contraction is a
+custom autograd Function (:func:`adaptconv.ops.lean.paka_contract`) that builds the factor-weighted
+taps chunk by chunk and recomputes them in backward, never holding the B·C·k²·H'·W' unfold.
+:func:`paka_conv2d_unfold` is the straightforward reference.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import lean
 from .base import AdaptiveConv2d, ConvWeightMixin
 from .registry import register_op
 from .taps import grouped_tap_matmul, unfold_taps, window_centres
@@ -20,7 +26,18 @@ from .taps import grouped_tap_matmul, unfold_taps, window_centres
 
 def paka_conv2d(x, channel_att, tap_att, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
                 groups=1):
-    """PAKA given its attention maps at the output grid: ``channel_att`` B×C×H'×W', ``tap_att`` B×T×H'×W'."""
+    """PAKA given its attention maps at the output grid: ``channel_att`` B×C×H'×W', ``tap_att`` B×T×H'×W'.
+
+    Computed without the unfold unless the "unfold" implementation is selected."""
+    if lean.get_implementation() == "unfold":
+        return paka_conv2d_unfold(x, channel_att, tap_att, weight, bias, stride, padding, dilation, groups)
+    geom = lean.geometry(tuple(weight.shape[-2:]), stride, padding, dilation)
+    return lean.paka_contract(x, channel_att, tap_att, weight, bias, geom, groups)
+
+
+def paka_conv2d_unfold(x, channel_att, tap_att, weight, bias=None, stride=(1, 1), padding=(0, 0),
+                       dilation=(1, 1), groups=1):
+    """The straightforward reference of :func:`paka_conv2d` (unfold, factor and product all B·C·k²·H'·W')."""
     taps = unfold_taps(x, tuple(weight.shape[-2:]), stride, padding, dilation)
     factor = 1 + torch.tanh(channel_att.unsqueeze(2) + tap_att.unsqueeze(1))
     out = grouped_tap_matmul(taps * factor, weight, groups)

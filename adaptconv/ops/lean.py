@@ -1,0 +1,706 @@
+"""Memory-lean tap contractions for the pixel-adaptive operators (PAC, PAKA, DFN, ACDA).
+
+The straightforward formulation of a pixel-adaptive convolution unfolds the input into its k² window
+taps (``B·C·k²·H'·W'`` values), multiplies them by the per-pixel kernel (another tensor of that size)
+and lets autograd keep both for the backward pass. The functions here compute the same quantities
+without ever holding that tensor:
+
+- every heavy contraction is a custom :class:`torch.autograd.Function` that saves only its inputs
+  (``x``, the per-pixel kernel/factors, the weight) and **recomputes** the shifted taps in backward;
+- the work is done in *chunks* (a few samples, or a block of output rows of one sample, sized by
+  :func:`chunk_elements`), so the temporaries of one chunk stay small and cache-resident;
+- inside a chunk, the K-weighted taps of all k² offsets are laid out as a ``(C/g·k²)×pixels`` matrix (F.unfold's order)
+  and contracted with the weight in **one GEMM** (the FLOPs of the convolution itself).
+
+Peak memory is then ``O(input + output + per-pixel kernel)``, the kernel being ``B×k²×H'×W'`` for PAC
+(one scalar per pixel and tap, shared by the channels: C times smaller than the unfold).
+
+Geometry: ``geom = (kernel_size, stride, pads, dilation)`` with ``pads = (top, bottom, left, right)``;
+tap ``j = a·kw + b`` of output pixel ``(i, q)`` reads the padded input at
+``(i·sh + a·dh, q·sw + b·dw)``, exactly as ``F.unfold``. Inputs are zero padded, PAC guides are
+replicate padded (``mode``).
+
+:func:`implementation` switches the operators back to the unfold reference (kept for the tests and the
+benchmarks); the default is ``"lean"``. On CUDA the PAC contraction runs the Triton kernels of
+:mod:`adaptconv.ops.triton_pac` when Triton is available.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+__all__ = [
+    "Geometry", "geometry", "implementation", "get_implementation", "chunk_elements",
+    "pac_contract", "pac_distance", "dynamic_filter", "paka_contract", "acda_contract",
+]
+
+IMPLEMENTATIONS = ("lean", "unfold")
+_IMPL = ["lean"]
+#: Elements of the largest per-chunk temporary (the k²·C/g × pixels tap matrix). 2^20 float32 values
+#: = 4 MiB: small next to the activations, large enough for an efficient GEMM.
+_CHUNK = [int(os.environ.get("ADAPTCONV_LEAN_CHUNK", 1 << 20))]
+
+
+def get_implementation() -> str:
+    """``"lean"`` (the default) or ``"unfold"`` (the straightforward reference)."""
+    return _IMPL[0]
+
+
+@contextlib.contextmanager
+def implementation(name: str) -> Iterator[None]:
+    """Run the pixel-adaptive operators with ``name`` ("lean" | "unfold") inside the block.
+
+    Only the forward pass reads it: a graph built under "unfold" backpropagates through the unfold.
+    """
+    if name not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {name!r}")
+    old, _IMPL[0] = _IMPL[0], name
+    try:
+        yield
+    finally:
+        _IMPL[0] = old
+
+
+@contextlib.contextmanager
+def chunk_elements(n: int) -> Iterator[None]:
+    """Temporarily set the chunk budget (elements of the largest per-chunk temporary)."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"chunk_elements must be a positive int, got {n!r}")
+    old, _CHUNK[0] = _CHUNK[0], n
+    try:
+        yield
+    finally:
+        _CHUNK[0] = old
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry
+class Geometry(NamedTuple):
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    pads: tuple[int, int, int, int]  # top, bottom, left, right
+    dilation: tuple[int, int]
+
+    @property
+    def taps(self) -> int:
+        return self.kernel_size[0] * self.kernel_size[1]
+
+    def out_size(self, h: int, w: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (t, b, l, r), (dh, dw) = self.kernel_size, self.stride, self.pads, self.dilation
+        return (h + t + b - dh * (kh - 1) - 1) // sh + 1, (w + l + r - dw * (kw - 1) - 1) // sw + 1
+
+
+def geometry(kernel_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1)) -> Geometry:
+    """A :class:`Geometry` from pairs; ``padding`` is (ph, pw) or (top, bottom, left, right)."""
+    padding = tuple(int(p) for p in padding)
+    if len(padding) == 2:
+        padding = (padding[0], padding[0], padding[1], padding[1])
+    return Geometry(tuple(kernel_size), tuple(stride), padding, tuple(dilation))
+
+
+def _chunks(b: int, ho: int, wo: int, per_pixel: int) -> Iterator[tuple[int, int, int, int]]:
+    """(b0, b1, r0, r1) blocks covering B×H'; each holds at most about ``budget/per_pixel`` pixels:
+    whole samples when one fits, else balanced blocks of output rows of one sample."""
+    budget = _CHUNK[0]
+    per_sample = per_pixel * ho * wo
+    if per_sample <= budget:
+        nb = max(1, budget // max(per_sample, 1))
+        nb = math.ceil(b / math.ceil(b / nb))  # balanced
+        for b0 in range(0, b, nb):
+            yield b0, min(b, b0 + nb), 0, ho
+        return
+    rows = max(1, budget // max(per_pixel * wo, 1))
+    n = math.ceil(ho / rows)
+    rows = math.ceil(ho / n)
+    for b0 in range(b):
+        for r0 in range(0, ho, rows):
+            yield b0, b0 + 1, r0, min(ho, r0 + rows)
+
+
+def _row_span(geom: Geometry, r0: int, r1: int) -> tuple[int, int]:
+    """Padded-input rows [lo, hi) read by output rows [r0, r1)."""
+    return r0 * geom.stride[0], (r1 - 1) * geom.stride[0] + (geom.kernel_size[0] - 1) * geom.dilation[0] + 1
+
+
+def _gather(t: torch.Tensor, b0: int, b1: int, lo: int, hi: int, pads, mode: str) -> torch.Tensor:
+    """Rows [lo, hi) (padded coordinates) of samples b0:b1 of ``t`` padded by ``pads``: nb×C×(hi-lo)×W_pad."""
+    top, bottom, left, right = pads
+    h, w = t.shape[-2:]
+    src = t[b0:b1]
+    if lo == 0 and hi == h + top + bottom:
+        if any(pads):
+            return F.pad(src, (left, right, top, bottom), mode="replicate" if mode == "replicate" else "constant")
+        return src
+    if mode == "replicate":
+        rows = (torch.arange(lo, hi, device=t.device) - top).clamp_(0, h - 1)
+        out = src.index_select(2, rows)
+        return F.pad(out, (left, right, 0, 0), mode="replicate") if left or right else out
+    out = t.new_zeros(b1 - b0, t.shape[1], hi - lo, w + left + right)
+    i0, i1 = max(lo - top, 0), min(hi - top, h)
+    if i1 > i0:
+        out[:, :, i0 + top - lo: i1 + top - lo, left: left + w] = src[:, :, i0:i1]
+    return out
+
+
+def _scatter_add(gt: torch.Tensor, g: torch.Tensor, b0: int, b1: int, lo: int, hi: int, pads, mode: str) -> None:
+    """The adjoint of :func:`_gather`: add ``g`` (a padded chunk's gradient) into ``gt``."""
+    top, bottom, left, right = pads
+    h, w = gt.shape[-2:]
+    dst = gt[b0:b1]
+    if mode == "replicate":
+        core = g[..., left: left + w]
+        if left or right:
+            core = core.clone()
+            if left:
+                core[..., :1] += g[..., :left].sum(-1, keepdim=True)
+            if right:
+                core[..., -1:] += g[..., left + w:].sum(-1, keepdim=True)
+        # padded rows above the image read row 0, rows below it row h-1, the others their own row
+        i0, i1 = max(lo, top), min(hi, top + h)
+        if i1 > i0:
+            dst[:, :, i0 - top: i1 - top] += core[:, :, i0 - lo: i1 - lo]
+        if lo < top:
+            dst[:, :, :1] += core[:, :, : min(hi, top) - lo].sum(2, keepdim=True)
+        if hi > top + h:
+            dst[:, :, -1:] += core[:, :, max(lo, top + h) - lo:].sum(2, keepdim=True)
+        return
+    i0, i1 = max(lo - top, 0), min(hi - top, h)
+    if i1 > i0:
+        dst[:, :, i0:i1] += g[:, :, i0 + top - lo: i1 + top - lo, left: left + w]
+
+
+def _tap(xc: torch.Tensor, geom: Geometry, j: int, rows: int, wo: int) -> torch.Tensor:
+    """Tap ``j`` of a padded chunk (whose first row is the first output row's window top): nb×C×rows×W'."""
+    kw = geom.kernel_size[1]
+    a, b = divmod(j, kw)
+    s0, s1, s2, s3 = xc.stride()
+    return xc.as_strided(
+        (xc.shape[0], xc.shape[1], rows, wo), (s0, s1, s2 * geom.stride[0], s3 * geom.stride[1]),
+        xc.storage_offset() + a * geom.dilation[0] * s2 + b * geom.dilation[1] * s3)
+
+
+def _centre(gc: torch.Tensor, geom: Geometry, rows: int, wo: int) -> torch.Tensor:
+    """The window centre of a padded guide chunk (the average of the middle taps for even kernels),
+    summed in the order of :func:`adaptconv.ops.taps.window_centres` so the values agree exactly."""
+    kh, kw = geom.kernel_size
+    rs, qs = sorted({(kh - 1) // 2, kh // 2}), sorted({(kw - 1) // 2, kw // 2})
+    out = None
+    for r in rs:
+        for q in qs:
+            s = _tap(gc, geom, r * kw + q, rows, wo)
+            out = s if out is None else out + s
+    n = len(rs) * len(qs)
+    return out if n == 1 else out / n
+
+
+def _rows(t: torch.Tensor, b0: int, b1: int, r0: int, r1: int) -> torch.Tensor:
+    return t[b0:b1, ..., r0:r1, :]
+
+
+def _weight_matrix(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """O×(C/g)×kh×kw → g×(O/g)×(C/g·k²), columns channel-major (index c·T + j, as F.unfold)."""
+    o = weight.shape[0]
+    return weight.reshape(groups, o // groups, -1)
+
+
+def _gemm_out(y: torch.Tensor, w2: torch.Tensor, cols: torch.Tensor, b0, b1, r0, r1, ho) -> None:
+    """y[b0:b1, :, r0:r1] = w2 @ cols (cols: nb×g×K×pixels)."""
+    nb, g = cols.shape[:2]
+    if r0 == 0 and r1 == ho and y.is_contiguous():
+        torch.matmul(w2, cols, out=y[b0:b1].view(nb, g, w2.shape[1], cols.shape[-1]))
+    else:
+        res = torch.matmul(w2, cols)
+        y[b0:b1, :, r0:r1] = res.view(nb, y.shape[1], r1 - r0, y.shape[-1])
+
+
+def _grad_rows(gy: torch.Tensor, b0, b1, r0, r1, g: int) -> torch.Tensor:
+    """gy[b0:b1, :, r0:r1] as a contiguous nb×g×(O/g)×pixels matrix."""
+    c = gy[b0:b1, :, r0:r1]
+    nb, o = c.shape[:2]
+    return c.reshape(nb, g, o // g, -1)
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    if not x.is_cuda or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return False
+    from . import triton_pac
+
+    return triton_pac.available()
+
+
+# --------------------------------------------------------------------------------------------------
+# PAC:  y[b,o,p] = Σ_j Σ_c W[o,c,j] · K[b,j,p] · x_j[b,c,p] + bias[o]
+def pac_forward(x, kernel, weight, bias, geom: Geometry, groups: int) -> torch.Tensor:
+    b, c, h, w = x.shape
+    o = weight.shape[0]
+    t = geom.taps
+    g, cg = groups, c // groups
+    ho, wo = geom.out_size(h, w)
+    w2 = _weight_matrix(weight, g)
+    y = x.new_empty(b, o, ho, wo)
+    for b0, b1, r0, r1 in _chunks(b, ho, wo, t * c):
+        nb, rows = b1 - b0, r1 - r0
+        xc = _gather(x, b0, b1, *_row_span(geom, r0, r1), geom.pads, "zeros")
+        kc = _rows(kernel, b0, b1, r0, r1)
+        cols = x.new_empty(nb, g, cg, t, rows, wo)
+        for j in range(t):
+            torch.mul(_tap(xc, geom, j, rows, wo).view(nb, g, cg, rows, wo), kc[:, j, None, None],
+                      out=cols[:, :, :, j])
+        _gemm_out(y, w2, cols.view(nb, g, cg * t, rows * wo), b0, b1, r0, r1, ho)
+    if bias is not None:
+        y += bias.view(1, -1, 1, 1)
+    return y
+
+
+def pac_backward(x, kernel, weight, gy, geom: Geometry, groups: int, need_x: bool, need_k: bool, need_w: bool):
+    b, c, h, w = x.shape
+    o = weight.shape[0]
+    t = geom.taps
+    g, cg = groups, c // groups
+    ho, wo = geom.out_size(h, w)
+    w2 = _weight_matrix(weight, g)
+    w2t = w2.transpose(1, 2)
+    gx = torch.zeros_like(x) if need_x else None
+    gk = kernel.new_empty(kernel.shape) if need_k else None
+    gw2 = torch.zeros_like(w2) if need_w else None
+    for b0, b1, r0, r1 in _chunks(b, ho, wo, t * c):
+        nb, rows = b1 - b0, r1 - r0
+        lo, hi = _row_span(geom, r0, r1)
+        xc = _gather(x, b0, b1, lo, hi, geom.pads, "zeros")
+        kc = _rows(kernel, b0, b1, r0, r1)
+        gyc = _grad_rows(gy, b0, b1, r0, r1, g)
+        if need_w:
+            cols = x.new_empty(nb, g, cg, t, rows, wo)
+            for j in range(t):
+                torch.mul(_tap(xc, geom, j, rows, wo).view(nb, g, cg, rows, wo), kc[:, j, None, None],
+                          out=cols[:, :, :, j])
+            cols = cols.view(nb, g, cg * t, rows * wo)
+            for s in range(nb):
+                gw2.baddbmm_(gyc[s], cols[s].transpose(1, 2))
+            del cols
+        if need_x or need_k:
+            gcols = torch.matmul(w2t, gyc).view(nb, g, cg, t, rows, wo)
+            gxc = torch.zeros_like(xc) if need_x else None
+            for j in range(t):
+                gj = gcols[:, :, :, j]
+                if need_k:
+                    xj = _tap(xc, geom, j, rows, wo).view(nb, g, cg, rows, wo)
+                    gk[b0:b1, j, r0:r1] = (gj * xj).sum((1, 2))
+                if need_x:
+                    _tap(gxc, geom, j, rows, wo).view(nb, g, cg, rows, wo).addcmul_(gj, kc[:, j, None, None])
+            del gcols
+            if need_x:
+                _scatter_add(gx, gxc, b0, b1, lo, hi, geom.pads, "zeros")
+    return gx, gk, (gw2.view(weight.shape) if need_w else None)
+
+
+class _PacContract(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kernel, weight, bias, geom, groups):
+        ctx.geom, ctx.groups, ctx.has_bias = geom, groups, bias is not None
+        ctx.save_for_backward(x, kernel, weight)
+        if _use_triton(x):
+            from . import triton_pac
+
+            ctx.triton = True
+            return triton_pac.pac_forward(x, kernel, weight, bias, geom, groups)
+        ctx.triton = False
+        return pac_forward(x, kernel, weight, bias, geom, groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        x, kernel, weight = ctx.saved_tensors
+        nx, nk, nw, nb = ctx.needs_input_grad[:4]
+        if ctx.triton:
+            from . import triton_pac
+
+            gx, gk, gw = triton_pac.pac_backward(x, kernel, weight, gy, ctx.geom, ctx.groups, nx, nk, nw)
+        else:
+            gx, gk, gw = pac_backward(x, kernel, weight, gy, ctx.geom, ctx.groups, nx, nk, nw)
+        gb = gy.sum((0, 2, 3)) if ctx.has_bias and nb else None
+        return gx, gk, gw, gb, None, None
+
+
+def pac_contract(x: torch.Tensor, kernel: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 geom: Geometry, groups: int = 1) -> torch.Tensor:
+    """``Σ_c Σ_j W[o,c,j]·K[b,j,p]·x_j[b,c,p] + bias[o]`` without the unfold.
+
+    ``kernel``: B×T×H'×W' (or B×1×T×H'×W'; batch 1 broadcasts); ``weight``: O×(C/g)×kh×kw.
+    """
+    b = x.shape[0]
+    if kernel.dim() == 5:
+        kernel = kernel.squeeze(1)
+    ho, wo = geom.out_size(*x.shape[-2:])
+    kernel = kernel.expand(b, geom.taps, ho, wo)
+    return _PacContract.apply(x, kernel, weight, bias, geom, groups)
+
+
+# --------------------------------------------------------------------------------------------------
+# PAC's adapting-kernel distance:  d[b,j,p] = Σ_g γ_g (f_j[b,g,p] − c[b,g,p])²
+def distance_forward(guide, centre, scale, geom: Geometry) -> torch.Tensor:
+    b, cg_, h, w = guide.shape
+    t = geom.taps
+    ho, wo = geom.out_size(h, w)
+    out = guide.new_empty(b, t, ho, wo)
+    for b0, b1, r0, r1 in _chunks(b, ho, wo, t * cg_):
+        nb, rows = b1 - b0, r1 - r0
+        gc = _gather(guide, b0, b1, *_row_span(geom, r0, r1), geom.pads, "replicate")
+        c = _centre(gc, geom, rows, wo) if centre is None else _rows(centre, b0, b1, r0, r1)
+        for j in range(t):
+            d = _tap(gc, geom, j, rows, wo) - c
+            d.mul_(d)
+            if scale is None:
+                out[b0:b1, j, r0:r1] = d.sum(1)
+            else:
+                out[b0:b1, j, r0:r1] = torch.matmul(scale, d.view(nb, cg_, rows * wo)).view(nb, rows, wo)
+    return out
+
+
+def distance_backward(guide, centre, scale, gd, geom: Geometry, need_f: bool, need_c: bool, need_s: bool):
+    b, cg_, h, w = guide.shape
+    t = geom.taps
+    ho, wo = geom.out_size(h, w)
+    gf = torch.zeros_like(guide) if need_f else None
+    gcen = torch.zeros_like(centre) if (centre is not None and need_c) else None
+    gs = guide.new_zeros(cg_) if need_s else None
+    s4 = None if scale is None else scale.view(1, -1, 1, 1)
+    need_centre_grad = need_f if centre is None else need_c
+    for b0, b1, r0, r1 in _chunks(b, ho, wo, t * cg_):
+        nb, rows = b1 - b0, r1 - r0
+        lo, hi = _row_span(geom, r0, r1)
+        gc = _gather(guide, b0, b1, lo, hi, geom.pads, "replicate")
+        c = _centre(gc, geom, rows, wo) if centre is None else _rows(centre, b0, b1, r0, r1)
+        ggc = torch.zeros_like(gc) if need_f else None
+        acc_c = c.new_zeros(c.shape) if need_centre_grad else None
+        gdc = _rows(gd, b0, b1, r0, r1)
+        for j in range(t):
+            d = _tap(gc, geom, j, rows, wo) - c
+            gdj = gdc[:, j, None]
+            if need_s:
+                gs += torch.matmul(d.mul(d).view(nb, cg_, rows * wo),
+                                   gdj.reshape(nb, rows * wo, 1)).sum(0).view(-1)
+            d.mul_(gdj)  # gd_j · (f_j − c)
+            if need_f:
+                _tap(ggc, geom, j, rows, wo).add_(d)
+            if need_centre_grad:
+                acc_c.sub_(d)
+        if need_centre_grad:
+            if s4 is not None:
+                acc_c.mul_(2 * s4)
+            else:
+                acc_c.mul_(2)
+        if need_f:
+            if s4 is not None:
+                ggc.mul_(2 * s4)
+            else:
+                ggc.mul_(2)
+            if centre is None:
+                kh, kw = geom.kernel_size
+                rs, qs = sorted({(kh - 1) // 2, kh // 2}), sorted({(kw - 1) // 2, kw // 2})
+                share = acc_c / (len(rs) * len(qs)) if len(rs) * len(qs) > 1 else acc_c
+                for r in rs:
+                    for q in qs:
+                        _tap(ggc, geom, r * kw + q, rows, wo).add_(share)
+            _scatter_add(gf, ggc, b0, b1, lo, hi, geom.pads, "replicate")
+        if gcen is not None:
+            gcen[b0:b1, :, r0:r1] = acc_c
+    return gf, gcen, gs
+
+
+class _PacDistance(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, guide, centre, scale, geom):
+        ctx.geom = geom
+        ctx.save_for_backward(guide, centre, scale)
+        return distance_forward(guide, centre, scale, geom)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gd):
+        guide, centre, scale = ctx.saved_tensors
+        nf, nc, ns = ctx.needs_input_grad[:3]
+        gf, gc, gs = distance_backward(guide, centre, scale, gd.contiguous(), ctx.geom, nf, nc,
+                                       ns and scale is not None)
+        return gf, gc, gs, None
+
+
+def pac_distance(guide: torch.Tensor, geom: Geometry, scale: torch.Tensor | None = None,
+                 centre: torch.Tensor | None = None) -> torch.Tensor:
+    """``Σ_g scale_g (f_j − c)²`` for every tap: B×T×H'×W', ``f`` replicate-padded by ``geom.pads``.
+
+    ``centre`` (B×Cg×H'×W') defaults to the guide at each window's centre (the average of the middle
+    taps for even kernels), as :func:`adaptconv.ops.taps.window_centres` computes it.
+    """
+    if scale is not None and scale.dtype != guide.dtype:
+        scale = scale.to(guide.dtype)
+    return _PacDistance.apply(guide, centre, scale, geom)
+
+
+# --------------------------------------------------------------------------------------------------
+# Dynamic (per-pixel, per-channel-group) filtering:  z[b,c,p] = Σ_j F[b,g(c),j,p] · x_j[b,c,p]
+def dynamic_forward(x, filters, geom: Geometry) -> torch.Tensor:
+    b, c, h, w = x.shape
+    g = filters.shape[1]
+    cg = c // g
+    t = geom.taps
+    ho, wo = geom.out_size(h, w)
+    y = x.new_zeros(b, c, ho, wo)
+    for b0, b1, r0, r1 in _chunks(b, ho, wo, t * c):
+        nb, rows = b1 - b0, r1 - r0
+        xc = _gather(x, b0, b1, *_row_span(geom, r0, r1), geom.pads, "zeros")
+        fc = filters[b0:b1, :, :, r0:r1]
+        yc = y[b0:b1, :, r0:r1].view(nb, g, cg, rows, wo)
+        for j in range(t):
+            yc.addcmul_(_tap(xc, geom, j, rows, wo).view(nb, g, cg, rows, wo), fc[:, :, j, None])
+    return y
+
+
+def dynamic_backward(x, filters, gy, geom: Geometry, need_x: bool, need_f: bool):
+    b, c, h, w = x.shape
+    g = filters.shape[1]
+    cg = c // g
+    t = geom.taps
+    ho, wo = geom.out_size(h, w)
+    gx = torch.zeros_like(x) if need_x else None
+    gf = filters.new_empty(filters.shape) if need_f else None
+    for b0, b1, r0, r1 in _chunks(b, ho, wo, t * c):
+        nb, rows = b1 - b0, r1 - r0
+        lo, hi = _row_span(geom, r0, r1)
+        xc = _gather(x, b0, b1, lo, hi, geom.pads, "zeros")
+        fc = filters[b0:b1, :, :, r0:r1]
+        gyc = gy[b0:b1, :, r0:r1].reshape(nb, g, cg, rows, wo)
+        gxc = torch.zeros_like(xc) if need_x else None
+        for j in range(t):
+            if need_f:
+                gf[b0:b1, :, j, r0:r1] = (gyc * _tap(xc, geom, j, rows, wo).view(nb, g, cg, rows, wo)).sum(2)
+            if need_x:
+                _tap(gxc, geom, j, rows, wo).view(nb, g, cg, rows, wo).addcmul_(gyc, fc[:, :, j, None])
+        if need_x:
+            _scatter_add(gx, gxc, b0, b1, lo, hi, geom.pads, "zeros")
+    return gx, gf
+
+
+class _DynamicFilter(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, filters, geom):
+        ctx.geom = geom
+        ctx.save_for_backward(x, filters)
+        return dynamic_forward(x, filters, geom)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        x, filters = ctx.saved_tensors
+        gx, gf = dynamic_backward(x, filters, gy, ctx.geom, *ctx.needs_input_grad[:2])
+        return gx, gf, None
+
+
+def dynamic_filter(x: torch.Tensor, filters: torch.Tensor, geom: Geometry) -> torch.Tensor:
+    """``Σ_j F[b,g(c),j,p]·x_j[b,c,p]`` without the unfold; ``filters``: B×G×T×H'×W' (batch 1
+    broadcasts; C % G == 0). No channel mixing: output B×C×H'×W'."""
+    b = x.shape[0]
+    ho, wo = geom.out_size(*x.shape[-2:])
+    filters = filters.expand(b, filters.shape[1], geom.taps, ho, wo)
+    return _DynamicFilter.apply(x, filters, geom)
+
+
+# --------------------------------------------------------------------------------------------------
+# PAKA:  y[b,o,p] = Σ_j Σ_c W[o,c,j] · x_j[b,c,p] · (1 + tanh(A_c[b,c,p] + A_s[b,j,p])) + bias[o]
+def _paka_tanh(a_c, a_s, b0, b1, r0, r1, g, t, cg, rows, wo):
+    nb = b1 - b0
+    ac = _rows(a_c, b0, b1, r0, r1).reshape(nb, g, cg, 1, rows, wo)
+    as_ = _rows(a_s, b0, b1, r0, r1).reshape(nb, 1, 1, t, rows, wo)
+    return torch.add(ac, as_).tanh_()  # nb×g×cg×T×rows×wo
+
+
+def paka_forward(x, a_c, a_s, weight, bias, geom: Geometry, groups: int) -> torch.Tensor:
+    b, c, h, w = x.shape
+    o = weight.shape[0]
+    t = geom.taps
+    g, cg = groups, c // groups
+    ho, wo = geom.out_size(h, w)
+    w2 = _weight_matrix(weight, g)
+    y = x.new_empty(b, o, ho, wo)
+    for b0, b1, r0, r1 in _chunks(b, ho, wo, t * c):
+        nb, rows = b1 - b0, r1 - r0
+        xc = _gather(x, b0, b1, *_row_span(geom, r0, r1), geom.pads, "zeros")
+        cols = _paka_tanh(a_c, a_s, b0, b1, r0, r1, g, t, cg, rows, wo).add_(1)
+        for j in range(t):
+            cols[:, :, :, j].mul_(_tap(xc, geom, j, rows, wo).view(nb, g, cg, rows, wo))
+        _gemm_out(y, w2, cols.view(nb, g, cg * t, rows * wo), b0, b1, r0, r1, ho)
+    if bias is not None:
+        y += bias.view(1, -1, 1, 1)
+    return y
+
+
+def paka_backward(x, a_c, a_s, weight, gy, geom: Geometry, groups: int, need_x, need_ac, need_as, need_w):
+    b, c, h, w = x.shape
+    t = geom.taps
+    g, cg = groups, c // groups
+    ho, wo = geom.out_size(h, w)
+    w2 = _weight_matrix(weight, g)
+    w2t = w2.transpose(1, 2)
+    gx = torch.zeros_like(x) if need_x else None
+    gac = a_c.new_empty(a_c.shape) if need_ac else None
+    gas = a_s.new_empty(a_s.shape) if need_as else None
+    gw2 = torch.zeros_like(w2) if need_w else None
+    for b0, b1, r0, r1 in _chunks(b, ho, wo, t * c):
+        nb, rows = b1 - b0, r1 - r0
+        lo, hi = _row_span(geom, r0, r1)
+        xc = _gather(x, b0, b1, lo, hi, geom.pads, "zeros")
+        th = _paka_tanh(a_c, a_s, b0, b1, r0, r1, g, t, cg, rows, wo)
+        xcols = x.new_empty(th.shape)
+        for j in range(t):
+            xcols[:, :, :, j] = _tap(xc, geom, j, rows, wo).view(nb, g, cg, rows, wo)
+        gyc = _grad_rows(gy, b0, b1, r0, r1, g)
+        if need_w:
+            cols = torch.addcmul(xcols, xcols, th).view(nb, g, cg * t, rows * wo)
+            for s in range(nb):
+                gw2.baddbmm_(gyc[s], cols[s].transpose(1, 2))
+            del cols
+        if need_x or need_ac or need_as:
+            gcols = torch.matmul(w2t, gyc).view(th.shape)
+            if need_x:
+                gxc = torch.zeros_like(xc)
+                gx_cols = torch.addcmul(gcols, gcols, th)
+                for j in range(t):
+                    _tap(gxc, geom, j, rows, wo).view(nb, g, cg, rows, wo).add_(gx_cols[:, :, :, j])
+                del gx_cols
+                _scatter_add(gx, gxc, b0, b1, lo, hi, geom.pads, "zeros")
+            if need_ac or need_as:
+                pre = xcols.mul_(gcols)
+                pre.mul_(th.mul_(th).neg_().add_(1))  # · (1 − tanh²)
+                if need_ac:
+                    gac[b0:b1, :, r0:r1] = pre.sum(3).view(nb, c, rows, wo)
+                if need_as:
+                    gas[b0:b1, :, r0:r1] = pre.sum((1, 2))
+    return gx, gac, gas, (gw2.view(weight.shape) if need_w else None)
+
+
+class _PakaContract(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, a_c, a_s, weight, bias, geom, groups):
+        ctx.geom, ctx.groups, ctx.has_bias = geom, groups, bias is not None
+        ctx.save_for_backward(x, a_c, a_s, weight)
+        return paka_forward(x, a_c, a_s, weight, bias, geom, groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        x, a_c, a_s, weight = ctx.saved_tensors
+        nx, nac, nas, nw, nb = ctx.needs_input_grad[:5]
+        gx, gac, gas, gw = paka_backward(x, a_c, a_s, weight, gy, ctx.geom, ctx.groups, nx, nac, nas, nw)
+        gb = gy.sum((0, 2, 3)) if ctx.has_bias and nb else None
+        return gx, gac, gas, gw, gb, None, None
+
+
+def paka_contract(x, channel_att, tap_att, weight, bias, geom: Geometry, groups: int = 1) -> torch.Tensor:
+    """PAKA without the unfold: ``channel_att`` B×C×H'×W', ``tap_att`` B×T×H'×W' (batch 1 broadcasts)."""
+    b, c = x.shape[:2]
+    ho, wo = geom.out_size(*x.shape[-2:])
+    channel_att = channel_att.expand(b, c, ho, wo)
+    tap_att = tap_att.expand(b, geom.taps, ho, wo)
+    return _PakaContract.apply(x, channel_att, tap_att, weight, bias, geom, groups)
+
+
+# --------------------------------------------------------------------------------------------------
+# ACDA:  Z[b,c,m,p] = Σ_j D[b,m,j,p] · x_j[b,c,p];  y = Conv1×1(Z; coef) + bias
+def _acda_z(xc, atoms, b0, b1, r0, r1, geom, c, m, rows, wo):
+    nb = b1 - b0
+    dc = atoms[b0:b1, :, :, r0:r1]
+    z = xc.new_zeros(nb, c, m, rows, wo)
+    for j in range(geom.taps):
+        z.addcmul_(_tap(xc, geom, j, rows, wo).unsqueeze(2), dc[:, None, :, j])
+    return z
+
+
+def acda_forward(x, atoms, coef, bias, geom: Geometry, groups: int) -> torch.Tensor:
+    b, c, h, w = x.shape
+    m = atoms.shape[1]
+    o = coef.shape[0]
+    g = groups
+    ho, wo = geom.out_size(h, w)
+    w2 = coef.reshape(g, o // g, (c // g) * m)
+    y = x.new_empty(b, o, ho, wo)
+    for b0, b1, r0, r1 in _chunks(b, ho, wo, c * m):
+        nb, rows = b1 - b0, r1 - r0
+        xc = _gather(x, b0, b1, *_row_span(geom, r0, r1), geom.pads, "zeros")
+        z = _acda_z(xc, atoms, b0, b1, r0, r1, geom, c, m, rows, wo)
+        _gemm_out(y, w2, z.view(nb, g, (c // g) * m, rows * wo), b0, b1, r0, r1, ho)
+    if bias is not None:
+        y += bias.view(1, -1, 1, 1)
+    return y
+
+
+def acda_backward(x, atoms, coef, gy, geom: Geometry, groups: int, need_x, need_d, need_w):
+    b, c, h, w = x.shape
+    m = atoms.shape[1]
+    o = coef.shape[0]
+    t = geom.taps
+    g = groups
+    ho, wo = geom.out_size(h, w)
+    w2 = coef.reshape(g, o // g, (c // g) * m)
+    w2t = w2.transpose(1, 2)
+    gx = torch.zeros_like(x) if need_x else None
+    gd = atoms.new_empty(atoms.shape) if need_d else None
+    gw2 = torch.zeros_like(w2) if need_w else None
+    for b0, b1, r0, r1 in _chunks(b, ho, wo, c * m):
+        nb, rows = b1 - b0, r1 - r0
+        lo, hi = _row_span(geom, r0, r1)
+        xc = _gather(x, b0, b1, lo, hi, geom.pads, "zeros")
+        gyc = _grad_rows(gy, b0, b1, r0, r1, g)
+        if need_w:
+            z = _acda_z(xc, atoms, b0, b1, r0, r1, geom, c, m, rows, wo).view(nb, g, (c // g) * m, rows * wo)
+            for s in range(nb):
+                gw2.baddbmm_(gyc[s], z[s].transpose(1, 2))
+            del z
+        if need_x or need_d:
+            gz = torch.matmul(w2t, gyc).view(nb, c, m, rows, wo)
+            dc = atoms[b0:b1, :, :, r0:r1]
+            gxc = torch.zeros_like(xc) if need_x else None
+            for j in range(t):
+                if need_d:
+                    gd[b0:b1, :, j, r0:r1] = (gz * _tap(xc, geom, j, rows, wo).unsqueeze(2)).sum(1)
+                if need_x:
+                    gxj = _tap(gxc, geom, j, rows, wo)
+                    for k in range(m):
+                        gxj.addcmul_(gz[:, :, k], dc[:, k, None, j])
+            del gz
+            if need_x:
+                _scatter_add(gx, gxc, b0, b1, lo, hi, geom.pads, "zeros")
+    return gx, gd, (gw2.reshape(coef.shape) if need_w else None)
+
+
+class _AcdaContract(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, atoms, coef, bias, geom, groups):
+        ctx.geom, ctx.groups, ctx.has_bias = geom, groups, bias is not None
+        ctx.save_for_backward(x, atoms, coef)
+        return acda_forward(x, atoms, coef, bias, geom, groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        x, atoms, coef = ctx.saved_tensors
+        nx, nd, nw, nb = ctx.needs_input_grad[:4]
+        gx, gd, gw = acda_backward(x, atoms, coef, gy, ctx.geom, ctx.groups, nx, nd, nw)
+        gb = gy.sum((0, 2, 3)) if ctx.has_bias and nb else None
+        return gx, gd, gw, gb, None, None
+
+
+def acda_contract(x, atoms, coef, bias, geom: Geometry, groups: int = 1) -> torch.Tensor:
+    """ACDA without the unfold (and without storing Z): ``atoms`` B×M×T×H'×W' (batch 1 broadcasts),
+    ``coef`` O×(C/g·M)×1×1 with input index c·M + m."""
+    b = x.shape[0]
+    ho, wo = geom.out_size(*x.shape[-2:])
+    atoms = atoms.expand(b, atoms.shape[1], geom.taps, ho, wo)
+    return _AcdaContract.apply(x, atoms, coef, bias, geom, groups)
