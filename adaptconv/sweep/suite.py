@@ -112,7 +112,7 @@ def _line_index(text: str) -> dict[tuple, int]:
     index: dict[tuple, int] = {}
 
     def walk(node, path):
-        index[path] = node.start_mark.line + 1
+        index.setdefault(path, node.start_mark.line + 1)  # a key's own line wins over its value's
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
                 key = k.value
@@ -138,7 +138,7 @@ class _Problems:
 
     def add(self, path: tuple, message: str) -> None:
         line = None
-        for n in range(len(path), -1, -1):  # the nearest enclosing key that has a line
+        for n in range(len(path), 0, -1):  # the nearest enclosing key that has a line
             line = self.lines.get(tuple(path[:n]))
             if line is not None:
                 break

@@ -9,6 +9,7 @@ computes (see ``RUN_KEYS``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -112,6 +113,31 @@ def parse_trial_config(mapping: dict[str, Any], where: str = "trial config") -> 
 
     task_cls = get_task(config.task)
     problems = task_cls.check_config(config)
+    op_options, op_problems = canonical_op_options(config.op, config.op_options)
+    problems += op_problems
     if problems:
         raise ConfigError(problems, where)
-    return task_cls.fill_defaults(config)
+    return task_cls.fill_defaults(dataclasses.replace(config, op_options=op_options))
+
+
+def canonical_op_options(op: str, options: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Check operator options against the operator's constructor and drop those equal to its
+    defaults, so ``{kernel_type: gaussian}`` and ``{}`` are the same trial."""
+    import inspect
+
+    from ..ops import get_op, list_ops
+
+    if op not in list_ops():
+        return options, []  # reported by validate()
+    params = inspect.signature(get_op(op).__init__).parameters
+    conv_args = {"self", "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+                 "groups", "bias", "guide_channels"}
+    allowed = {n: p for n, p in params.items() if n not in conv_args and p.kind is p.KEYWORD_ONLY}
+    problems, out = [], {}
+    for key, value in options.items():
+        if key not in allowed:
+            problems.append(f"op_options.{key}: {op!r} has no option {key!r}{did_you_mean(key, allowed)}; "
+                            f"options: {', '.join(allowed) or 'none'}")
+        elif allowed[key].default is inspect.Parameter.empty or allowed[key].default != value:
+            out[key] = value
+    return dict(sorted(out.items())), problems
