@@ -238,23 +238,61 @@ def _use_triton(x: torch.Tensor) -> bool:
 
 # --------------------------------------------------------------------------------------------------
 # PAC:  y[b,o,p] = Σ_j Σ_c W[o,c,j] · K[b,j,p] · x_j[b,c,p] + bias[o]
+#
+# Per tile of output pixels (a few rows of one sample, or a few samples) and per tap j: the K-weighted
+# tap P = K_j ⊙ x_j (C×N, cache-resident) and a GEMM with W_j (O×C). The k² products are never
+# stacked: the tile's temporaries are C×N, not k²·C×N, and stay in cache.
+def _tile_out(y: torch.Tensor, b0, b1, r0, r1, g: int) -> torch.Tensor | None:
+    """y[b0:b1, :, r0:r1] as a g×(O/g)×N matrix view a GEMM can write, or None (one sample only)."""
+    if b1 - b0 != 1:
+        return None
+    o, ho, wo = y.shape[1:]
+    return y[b0].view(g, o // g, ho * wo)[:, :, r0 * wo: r1 * wo]
+
+
+def _tap_gc(xc: torch.Tensor, geom: Geometry, j: int, rows: int, wo: int, g: int) -> torch.Tensor:
+    """Tap j of a padded chunk as g×(C/g)×nb×rows×W' (channels first, the layout of the GEMMs)."""
+    t = _tap(xc, geom, j, rows, wo)
+    nb, c = t.shape[:2]
+    return t.view(nb, g, c // g, rows, wo).permute(1, 2, 0, 3, 4)
+
+
+def _tap_weights(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """O×(C/g)×kh×kw → T×g×(O/g)×(C/g): the per-tap weight matrices."""
+    o, cg = weight.shape[:2]
+    return weight.reshape(groups, o // groups, cg, -1).permute(3, 0, 1, 2).contiguous()
+
+
 def pac_forward(x, kernel, weight, bias, geom: Geometry, groups: int) -> torch.Tensor:
     b, c, h, w = x.shape
     o = weight.shape[0]
     t = geom.taps
-    g, cg = groups, c // groups
+    g, cg, og = groups, c // groups, o // groups
     ho, wo = geom.out_size(h, w)
-    w2 = _weight_matrix(weight, g)
+    wt = _tap_weights(weight, g)
     y = x.new_empty(b, o, ho, wo)
-    for b0, b1, r0, r1 in _chunks(b, ho, wo, t * c):
+    chunks = list(_chunks(b, ho, wo, c))
+    most = max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in chunks) * wo
+    pbuf = x.new_empty(c * most)
+    abuf = x.new_empty(o * most)
+    for b0, b1, r0, r1 in chunks:
         nb, rows = b1 - b0, r1 - r0
+        n = nb * rows * wo
         xc = _gather(x, b0, b1, *_row_span(geom, r0, r1), geom.pads, "zeros")
         kc = _rows(kernel, b0, b1, r0, r1)
-        cols = x.new_empty(nb, g, cg, t, rows, wo)
+        p = pbuf[: c * n].view(g, cg, nb, rows, wo)
+        acc = _tile_out(y, b0, b1, r0, r1, g)
+        direct = acc is not None
+        if not direct:
+            acc = abuf[: o * n].view(g, og, n)
         for j in range(t):
-            torch.mul(_tap(xc, geom, j, rows, wo).view(nb, g, cg, rows, wo), kc[:, j, None, None],
-                      out=cols[:, :, :, j])
-        _gemm_out(y, w2, cols.view(nb, g, cg * t, rows * wo), b0, b1, r0, r1, ho)
+            torch.mul(_tap_gc(xc, geom, j, rows, wo, g), kc[:, j], out=p)
+            if j == 0:
+                torch.bmm(wt[j], p.view(g, cg, n), out=acc)
+            else:
+                acc.baddbmm_(wt[j], p.view(g, cg, n))
+        if not direct:
+            y[b0:b1, :, r0:r1] = acc.view(o, nb, rows, wo).transpose(0, 1)
     if bias is not None:
         y += bias.view(1, -1, 1, 1)
     return y
@@ -264,42 +302,47 @@ def pac_backward(x, kernel, weight, gy, geom: Geometry, groups: int, need_x: boo
     b, c, h, w = x.shape
     o = weight.shape[0]
     t = geom.taps
-    g, cg = groups, c // groups
+    g, cg, og = groups, c // groups, o // groups
     ho, wo = geom.out_size(h, w)
-    w2 = _weight_matrix(weight, g)
-    w2t = w2.transpose(1, 2)
+    wt = _tap_weights(weight, g)
+    wtt = wt.transpose(2, 3)  # T×g×(C/g)×(O/g)
     gx = torch.zeros_like(x) if need_x else None
     gk = kernel.new_empty(kernel.shape) if need_k else None
-    gw2 = torch.zeros_like(w2) if need_w else None
-    for b0, b1, r0, r1 in _chunks(b, ho, wo, t * c):
+    gw = x.new_zeros(t, g, og, cg) if need_w else None
+    chunks = list(_chunks(b, ho, wo, c))
+    most = max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in chunks) * wo
+    pbuf = x.new_empty(c * most)
+    qbuf = x.new_empty(c * most)
+    gbuf = x.new_empty(o * most)
+    for b0, b1, r0, r1 in chunks:
         nb, rows = b1 - b0, r1 - r0
+        n = nb * rows * wo
         lo, hi = _row_span(geom, r0, r1)
         xc = _gather(x, b0, b1, lo, hi, geom.pads, "zeros")
         kc = _rows(kernel, b0, b1, r0, r1)
-        gyc = _grad_rows(gy, b0, b1, r0, r1, g)
-        if need_w:
-            cols = x.new_empty(nb, g, cg, t, rows, wo)
-            for j in range(t):
-                torch.mul(_tap(xc, geom, j, rows, wo).view(nb, g, cg, rows, wo), kc[:, j, None, None],
-                          out=cols[:, :, :, j])
-            cols = cols.view(nb, g, cg * t, rows * wo)
-            for s in range(nb):
-                gw2.baddbmm_(gyc[s], cols[s].transpose(1, 2))
-            del cols
-        if need_x or need_k:
-            gcols = torch.matmul(w2t, gyc).view(nb, g, cg, t, rows, wo)
-            gxc = torch.zeros_like(xc) if need_x else None
-            for j in range(t):
-                gj = gcols[:, :, :, j]
+        gyc = _tile_out(gy, b0, b1, r0, r1, g) if gy.is_contiguous() else None
+        if gyc is None:
+            gyc = gbuf[: o * n].view(g, og, n)
+            gyc.view(o, nb, rows, wo).copy_(gy[b0:b1, :, r0:r1].transpose(0, 1))
+        p = pbuf[: c * n].view(g, cg, nb, rows, wo)
+        q = qbuf[: c * n].view(g, cg, nb, rows, wo)
+        gxc = torch.zeros_like(xc) if need_x else None
+        for j in range(t):
+            xj = _tap_gc(xc, geom, j, rows, wo, g)
+            kj = kc[:, j]
+            if need_w:
+                torch.mul(xj, kj, out=p)
+                gw[j].baddbmm_(gyc, p.view(g, cg, n).transpose(1, 2))
+            if need_x or need_k:
+                torch.bmm(wtt[j], gyc, out=q.view(g, cg, n))  # Wᵀ gy: the gradient of K_j ⊙ x_j
                 if need_k:
-                    xj = _tap(xc, geom, j, rows, wo).view(nb, g, cg, rows, wo)
-                    gk[b0:b1, j, r0:r1] = (gj * xj).sum((1, 2))
+                    gk[b0:b1, j, r0:r1] = torch.mul(q, xj, out=p).sum((0, 1))
                 if need_x:
-                    _tap(gxc, geom, j, rows, wo).view(nb, g, cg, rows, wo).addcmul_(gj, kc[:, j, None, None])
-            del gcols
-            if need_x:
-                _scatter_add(gx, gxc, b0, b1, lo, hi, geom.pads, "zeros")
-    return gx, gk, (gw2.view(weight.shape) if need_w else None)
+                    _tap_gc(gxc, geom, j, rows, wo, g).addcmul_(q, kj)
+        if need_x:
+            _scatter_add(gx, gxc, b0, b1, lo, hi, geom.pads, "zeros")
+    gw = gw.permute(1, 2, 3, 0).reshape(weight.shape) if need_w else None
+    return gx, gk, gw
 
 
 class _PacContract(torch.autograd.Function):
@@ -346,74 +389,183 @@ def pac_contract(x: torch.Tensor, kernel: torch.Tensor, weight: torch.Tensor, bi
 
 # --------------------------------------------------------------------------------------------------
 # PAC's adapting-kernel distance:  d[b,j,p] = Σ_g γ_g (f_j[b,g,p] − c[b,g,p])²
+def _centre_taps(geom: Geometry) -> list[int]:
+    kh, kw = geom.kernel_size
+    return [r * kw + q for r in sorted({(kh - 1) // 2, kh // 2}) for q in sorted({(kw - 1) // 2, kw // 2})]
+
+
 def distance_forward(guide, centre, scale, geom: Geometry) -> torch.Tensor:
     b, cg_, h, w = guide.shape
     t = geom.taps
     ho, wo = geom.out_size(h, w)
     out = guide.new_empty(b, t, ho, wo)
-    for b0, b1, r0, r1 in _chunks(b, ho, wo, t * cg_):
+    if _symmetric(geom, centre):
+        return _distance_forward_pairs(guide, scale, geom)
+    chunks = list(_chunks(b, ho, wo, cg_))
+    most = max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in chunks) * wo
+    ebuf = guide.new_empty(cg_ * most)
+    for b0, b1, r0, r1 in chunks:
         nb, rows = b1 - b0, r1 - r0
+        n = rows * wo
         gc = _gather(guide, b0, b1, *_row_span(geom, r0, r1), geom.pads, "replicate")
         c = _centre(gc, geom, rows, wo) if centre is None else _rows(centre, b0, b1, r0, r1)
+        e = ebuf[: cg_ * nb * n].view(nb, cg_, rows, wo)
         for j in range(t):
-            d = _tap(gc, geom, j, rows, wo) - c
-            d.mul_(d)
+            torch.sub(_tap(gc, geom, j, rows, wo), c, out=e)
+            e.mul_(e)
             if scale is None:
-                out[b0:b1, j, r0:r1] = d.sum(1)
+                out[b0:b1, j, r0:r1] = e.sum(1)
             else:
-                out[b0:b1, j, r0:r1] = torch.matmul(scale, d.view(nb, cg_, rows * wo)).view(nb, rows, wo)
+                for s in range(nb):
+                    torch.mv(e[s].view(cg_, n).t(), scale, out=out[b0 + s, j].view(-1)[r0 * wo: r1 * wo])
     return out
 
 
 def distance_backward(guide, centre, scale, gd, geom: Geometry, need_f: bool, need_c: bool, need_s: bool):
+    """Gradients of Σ_g s_g (f_j − c)². With t_j = gd_j·(f_j − c): ∂f (at tap j) = 2s·t_j,
+    ∂c = −2s·Σ_j t_j, and ∂s = Σ_j Σ_p t_j·(f_j − c) = Σ_q f·A + Σ_p c·(−Σ_j t_j) with A the taps'
+    t_j accumulated where they were read (so ∂s costs no per-tap pass)."""
+    if _symmetric(geom, centre):
+        return _distance_backward_pairs(guide, scale, gd, geom, need_f, need_s)
     b, cg_, h, w = guide.shape
     t = geom.taps
     ho, wo = geom.out_size(h, w)
+    internal = centre is None
     gf = torch.zeros_like(guide) if need_f else None
-    gcen = torch.zeros_like(centre) if (centre is not None and need_c) else None
+    gcen = torch.zeros_like(centre) if (not internal and need_c) else None
     gs = guide.new_zeros(cg_) if need_s else None
     s4 = None if scale is None else scale.view(1, -1, 1, 1)
-    need_centre_grad = need_f if centre is None else need_c
-    for b0, b1, r0, r1 in _chunks(b, ho, wo, t * cg_):
+    need_a = need_f or need_s
+    chunks = list(_chunks(b, ho, wo, cg_))
+    most = max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in chunks) * wo
+    ebuf = guide.new_empty(cg_ * most)
+    accbuf = guide.new_empty(cg_ * most)
+    for b0, b1, r0, r1 in chunks:
         nb, rows = b1 - b0, r1 - r0
         lo, hi = _row_span(geom, r0, r1)
         gc = _gather(guide, b0, b1, lo, hi, geom.pads, "replicate")
-        c = _centre(gc, geom, rows, wo) if centre is None else _rows(centre, b0, b1, r0, r1)
-        ggc = torch.zeros_like(gc) if need_f else None
-        acc_c = c.new_zeros(c.shape) if need_centre_grad else None
+        c = _centre(gc, geom, rows, wo) if internal else _rows(centre, b0, b1, r0, r1)
         gdc = _rows(gd, b0, b1, r0, r1)
+        e = ebuf[: cg_ * nb * rows * wo].view(nb, cg_, rows, wo)
+        acc = accbuf[: cg_ * nb * rows * wo].view(nb, cg_, rows, wo).zero_()  # −Σ_j t_j
+        a = torch.zeros_like(gc) if need_a else None  # Σ_j t_j where tap j was read
         for j in range(t):
-            d = _tap(gc, geom, j, rows, wo) - c
-            gdj = gdc[:, j, None]
-            if need_s:
-                gs += torch.matmul(d.mul(d).view(nb, cg_, rows * wo),
-                                   gdj.reshape(nb, rows * wo, 1)).sum(0).view(-1)
-            d.mul_(gdj)  # gd_j · (f_j − c)
-            if need_f:
-                _tap(ggc, geom, j, rows, wo).add_(d)
-            if need_centre_grad:
-                acc_c.sub_(d)
-        if need_centre_grad:
-            if s4 is not None:
-                acc_c.mul_(2 * s4)
-            else:
-                acc_c.mul_(2)
+            torch.sub(_tap(gc, geom, j, rows, wo), c, out=e)
+            e.mul_(gdc[:, j, None])
+            if need_a:
+                _tap(a, geom, j, rows, wo).add_(e)
+            acc.sub_(e)
+        if need_s:
+            gs += (gc * a).sum((0, 2, 3)) + (c * acc).sum((0, 2, 3))
+        if s4 is not None:
+            acc.mul_(2 * s4)
+        else:
+            acc.mul_(2)
         if need_f:
-            if s4 is not None:
-                ggc.mul_(2 * s4)
-            else:
-                ggc.mul_(2)
-            if centre is None:
-                kh, kw = geom.kernel_size
-                rs, qs = sorted({(kh - 1) // 2, kh // 2}), sorted({(kw - 1) // 2, kw // 2})
-                share = acc_c / (len(rs) * len(qs)) if len(rs) * len(qs) > 1 else acc_c
-                for r in rs:
-                    for q in qs:
-                        _tap(ggc, geom, r * kw + q, rows, wo).add_(share)
-            _scatter_add(gf, ggc, b0, b1, lo, hi, geom.pads, "replicate")
+            a.mul_(2 * s4 if s4 is not None else 2)
+            if internal:
+                taps = _centre_taps(geom)
+                share = acc / len(taps) if len(taps) > 1 else acc
+                for j in taps:
+                    _tap(a, geom, j, rows, wo).add_(share)
+            _scatter_add(gf, a, b0, b1, lo, hi, geom.pads, "replicate")
         if gcen is not None:
-            gcen[b0:b1, :, r0:r1] = acc_c
+            gcen[b0:b1, :, r0:r1] = acc
     return gf, gcen, gs
+
+
+# Stride 1, odd kernel, the window centre as the centre: the distance is symmetric,
+# d(p, p+δ) = d(p+δ, p), so the taps ±δ share one difference E_δ(q) = f(q+δ) − f(q), computed once on
+# a box slightly larger than the tile (the centre tap's distance is exactly 0). This halves the work.
+def _symmetric(geom: Geometry, centre) -> bool:
+    kh, kw = geom.kernel_size
+    return centre is None and geom.stride == (1, 1) and kh % 2 == 1 and kw % 2 == 1 and geom.taps > 1
+
+
+def _pair_boxes(geom: Geometry, rows: int, wo: int):
+    """For each tap pair (j, mirror): the box origin, its size, δ, and where taps j and mirror read it."""
+    (kh, kw), (dh, dw) = geom.kernel_size, geom.dilation
+    ch, cw = (kh - 1) // 2 * dh, (kw - 1) // 2 * dw
+    t = geom.taps
+    out = []
+    for j in range(t // 2):
+        a, b = divmod(j, kw)
+        oj = (a * dh, b * dw)
+        om = (2 * ch - oj[0], 2 * cw - oj[1])
+        delta = (oj[0] - ch, oj[1] - cw)
+        r_lo, c_lo = min(ch, om[0]), min(cw, om[1])
+        size = (rows + abs(delta[0]), wo + abs(delta[1]))
+        out.append((j, t - 1 - j, (r_lo, c_lo), size, delta, (ch - r_lo, cw - c_lo), (om[0] - r_lo, om[1] - c_lo)))
+    return out
+
+
+def _box(t: torch.Tensor, origin, size) -> torch.Tensor:
+    return t[:, :, origin[0]: origin[0] + size[0], origin[1]: origin[1] + size[1]]
+
+
+def _distance_forward_pairs(guide, scale, geom: Geometry) -> torch.Tensor:
+    b, cg_, h, w = guide.shape
+    t = geom.taps
+    ho, wo = geom.out_size(h, w)
+    out = guide.new_empty(b, t, ho, wo)
+    out[:, t // 2] = 0
+    chunks = list(_chunks(b, ho, wo, cg_))
+    (kh, kw), (dh, dw) = geom.kernel_size, geom.dilation
+    most = max((b1 - b0) * (r1 - r0 + (kh - 1) * dh) for b0, b1, r0, r1 in chunks) * (wo + (kw - 1) * dw)
+    ebuf = guide.new_empty(cg_ * most)
+    dbuf = guide.new_empty(most)
+    for b0, b1, r0, r1 in chunks:
+        nb, rows = b1 - b0, r1 - r0
+        gc = _gather(guide, b0, b1, *_row_span(geom, r0, r1), geom.pads, "replicate")
+        for j, jm, origin, size, delta, at_j, at_m in _pair_boxes(geom, rows, wo):
+            n = size[0] * size[1]
+            e = ebuf[: nb * cg_ * n].view(nb, cg_, *size)
+            torch.sub(_box(gc, (origin[0] + delta[0], origin[1] + delta[1]), size), _box(gc, origin, size), out=e)
+            e.mul_(e)
+            d = dbuf[: nb * n].view(nb, *size)
+            if scale is None:
+                torch.sum(e, 1, out=d)
+            else:
+                for s_ in range(nb):
+                    torch.mv(e[s_].view(cg_, n).t(), scale, out=d[s_].view(-1))
+            out[b0:b1, j, r0:r1] = d[:, at_j[0]: at_j[0] + rows, at_j[1]: at_j[1] + wo]
+            out[b0:b1, jm, r0:r1] = d[:, at_m[0]: at_m[0] + rows, at_m[1]: at_m[1] + wo]
+    return out
+
+
+def _distance_backward_pairs(guide, scale, gd, geom: Geometry, need_f: bool, need_s: bool):
+    b, cg_, h, w = guide.shape
+    ho, wo = geom.out_size(h, w)
+    gf = torch.zeros_like(guide) if need_f else None
+    gs = guide.new_zeros(cg_) if need_s else None
+    chunks = list(_chunks(b, ho, wo, cg_))
+    (kh, kw), (dh, dw) = geom.kernel_size, geom.dilation
+    most = max((b1 - b0) * (r1 - r0 + (kh - 1) * dh) for b0, b1, r0, r1 in chunks) * (wo + (kw - 1) * dw)
+    ebuf = guide.new_empty(cg_ * most)
+    gbuf = guide.new_empty(most)
+    for b0, b1, r0, r1 in chunks:
+        nb, rows = b1 - b0, r1 - r0
+        lo, hi = _row_span(geom, r0, r1)
+        gc = _gather(guide, b0, b1, lo, hi, geom.pads, "replicate")
+        gdc = _rows(gd, b0, b1, r0, r1)
+        a = torch.zeros_like(gc)  # +t at q+δ, −t at q, t = G·E_δ
+        for j, jm, origin, size, delta, at_j, at_m in _pair_boxes(geom, rows, wo):
+            n = size[0] * size[1]
+            g2 = gbuf[: nb * n].view(nb, *size).zero_()
+            g2[:, at_j[0]: at_j[0] + rows, at_j[1]: at_j[1] + wo] += gdc[:, j]
+            g2[:, at_m[0]: at_m[0] + rows, at_m[1]: at_m[1] + wo] += gdc[:, jm]
+            e = ebuf[: nb * cg_ * n].view(nb, cg_, *size)
+            shifted = (origin[0] + delta[0], origin[1] + delta[1])
+            torch.sub(_box(gc, shifted, size), _box(gc, origin, size), out=e)
+            e.mul_(g2[:, None])
+            _box(a, shifted, size).add_(e)
+            _box(a, origin, size).sub_(e)
+        if need_s:
+            gs += (gc * a).sum((0, 2, 3))  # Σ_q f·a = Σ t·E_δ
+        if need_f:
+            a.mul_(2 * scale.view(1, -1, 1, 1) if scale is not None else 2)
+            _scatter_add(gf, a, b0, b1, lo, hi, geom.pads, "replicate")
+    return gf, None, gs
 
 
 class _PacDistance(torch.autograd.Function):

@@ -1,7 +1,7 @@
 """SLURM dispatch through submitit: profiles, job arrays within MaxArraySize, requeue with checkpoints.
 
 A profile (``slurm/NAME.yaml``) says how to reach a cluster; the suite's ``resources`` say what each
-trial needs (time, GPUs, CPUs, memory) and win over the profile's defaults for those four.
+trial needs (time, GPUs, CPUs, memory): where a suite states one, it wins over the profile's.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ class SlurmProfile:
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    gpus_per_node: int | None = None  # default: the suite's resources.gpus
-    cpus_per_task: int | None = None  # default: the suite's resources.cpus
-    mem_gb: float | None = None  # default: the suite's resources.mem_gb
-    time: str | None = None  # default: the suite's resources.time, else 01:00:00
+    gpus_per_node: int | None = None  # used where the suite's resources leave gpus unset
+    cpus_per_task: int | None = None  # ... cpus
+    mem_gb: float | None = None  # ... mem_gb
+    time: str | None = None  # ... time (else 01:00:00)
     array_parallelism: int = 64  # how many array tasks may run at once
     signal_delay_s: int = 120  # USR2 this long before the time limit: checkpoint and requeue
     max_requeues: int = 5
@@ -101,7 +101,11 @@ def submit(plan: Plan, profile: SlurmProfile, profile_name: str, folder: Path | 
     import submitit
 
     res = plan.suite.spec.resources
-    minutes = time_to_minutes(profile.time or res.time)
+
+    def need(suite_value, profile_value, default):
+        return suite_value if suite_value is not None else profile_value if profile_value is not None else default
+
+    minutes = time_to_minutes(need(res.time, profile.time, "01:00:00"))
     if minutes < 10:
         warnings.warn(f"SLURM time limit {minutes} min is under 10 minutes: trials may be killed before "
                       "they checkpoint", stacklevel=2)
@@ -112,13 +116,13 @@ def submit(plan: Plan, profile: SlurmProfile, profile_name: str, folder: Path | 
     executor = submitit.SlurmExecutor(folder=str(folder / "%A_%a"), max_num_timeout=profile.max_requeues)
     params: dict[str, Any] = dict(
         time=minutes,
-        cpus_per_task=profile.cpus_per_task or res.cpus,
-        mem=f"{int((profile.mem_gb or res.mem_gb) * 1024)}M",
+        cpus_per_task=need(res.cpus, profile.cpus_per_task, 2),
+        mem=f"{int(need(res.mem_gb, profile.mem_gb, 8.0) * 1024)}M",
         array_parallelism=profile.array_parallelism,
         signal_delay_s=profile.signal_delay_s,
         job_name=f"adaptconv-{plan.suite.name}",
     )
-    gpus = profile.gpus_per_node if profile.gpus_per_node is not None else res.gpus
+    gpus = need(res.gpus, profile.gpus_per_node, 0)
     if gpus:
         params["gpus_per_node"] = gpus
     for key in ("partition", "account", "qos", "constraint"):

@@ -59,10 +59,13 @@ class SuiteError(ConfigError):
 
 @dataclass
 class Resources:
-    time: str = "01:00:00"  # [D-]HH:MM:SS per trial
-    gpus: int = 0
-    cpus: int = 2
-    mem_gb: float = 8.0
+    """What one trial needs. Unset fields fall back to the SLURM profile, then to 01:00:00, 0 GPUs,
+    2 CPUs and 8 GB."""
+
+    time: str | None = None  # [D-]HH:MM:SS per trial
+    gpus: int | None = None
+    cpus: int | None = None
+    mem_gb: float | None = None
 
 
 @dataclass
@@ -208,7 +211,7 @@ def _check_spec(spec: SuiteSpec, problems: _Problems) -> None:
         problems.add(("name",), f"{spec.name!r} must be letters, digits, '-', '_' or '.' (it names a folder)")
     if not spec.description.strip():
         problems.add(("description",), "say what the suite answers (and, for real data, where it must be)")
-    if not re.fullmatch(r"(\d+-)?\d{1,2}:\d{2}:\d{2}", spec.resources.time):
+    if spec.resources.time is not None and not re.fullmatch(r"(\d+-)?\d{1,2}:\d{2}:\d{2}", spec.resources.time):
         problems.add(("resources", "time"), f"{spec.resources.time!r} is not [D-]HH:MM:SS")
     axes = [(("product",), spec.product), (("zip",), spec.zip)]
     axes += [(("blocks", i, "product"), b.product) for i, b in enumerate(spec.blocks)]
