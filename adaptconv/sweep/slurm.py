@@ -113,7 +113,7 @@ def submit(plan: Plan, profile: SlurmProfile, profile_name: str, folder: Path | 
         return []
     prepare(plan)
     folder = folder or plan.store.root / "slurm" / time.strftime("%Y%m%d-%H%M%S")
-    executor = submitit.SlurmExecutor(folder=str(folder / "%A_%a"), max_num_timeout=profile.max_requeues)
+    executor = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=profile.max_requeues)
     params: dict[str, Any] = dict(
         time=minutes,
         cpus_per_task=need(res.cpus, profile.cpus_per_task, 2),
