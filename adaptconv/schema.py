@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
@@ -105,9 +106,14 @@ def _convert(value: Any, tp, path: str, problems: list[str]) -> Any:
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def _schema_of(cls) -> tuple[dict, dict]:
+    """(type hints, init fields) of a dataclass; resolving string annotations is slow, so once per class."""
+    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
 def _parse(cls, mapping: dict, path: str, problems: list[str]):
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints, fields = _schema_of(cls)
     kwargs = {}
     for key, value in mapping.items():
         if key not in fields:

@@ -10,6 +10,7 @@ computes (see ``RUN_KEYS``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -129,10 +130,7 @@ def canonical_op_options(op: str, options: dict[str, Any]) -> tuple[dict[str, An
 
     if op not in list_ops():
         return options, []  # reported by validate()
-    params = inspect.signature(get_op(op).__init__).parameters
-    conv_args = {"self", "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
-                 "groups", "bias", "guide_channels"}
-    allowed = {n: p for n, p in params.items() if n not in conv_args and p.kind is p.KEYWORD_ONLY}
+    allowed = _op_options(get_op(op))
     problems, out = [], {}
     for key, value in options.items():
         if key not in allowed:
@@ -141,3 +139,12 @@ def canonical_op_options(op: str, options: dict[str, Any]) -> tuple[dict[str, An
         elif allowed[key].default is inspect.Parameter.empty or allowed[key].default != value:
             out[key] = value
     return dict(sorted(out.items())), problems
+
+
+@functools.lru_cache(maxsize=None)
+def _op_options(cls) -> dict:
+    """The keyword-only options of an operator's constructor (besides guide_channels)."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    return {n: p for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n != "guide_channels"}
