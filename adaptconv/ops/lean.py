@@ -6,23 +6,34 @@ and lets autograd keep both for the backward pass. The functions here compute th
 without ever holding that tensor:
 
 - every heavy contraction is a custom :class:`torch.autograd.Function` that saves only its inputs
-  (``x``, the per-pixel kernel/factors, the weight) and **recomputes** the shifted taps in backward;
-- the work is done in *chunks* (a few samples, or a block of output rows of one sample, sized by
-  :func:`chunk_elements`), so the temporaries of one chunk stay small and cache-resident;
-- inside a chunk, the K-weighted taps of all k² offsets are laid out as a ``(C/g·k²)×pixels`` matrix (F.unfold's order)
-  and contracted with the weight in **one GEMM** (the FLOPs of the convolution itself).
+  (``x``, the per-pixel kernel or factors, the weight) and **recomputes** the shifted taps in backward;
+  the adaptive branches that produce the per-pixel kernels stay ordinary autograd code;
+- the work runs over *tiles* of output pixels (whole samples when they are small, else blocks of
+  output rows of one sample) sized so that one tap's ``C × pixels`` block has about
+  :data:`_CHUNK` elements (``chunk_elements`` changes it): the temporaries of a tile are a few such
+  blocks (the k² taps stacked, k² of them) and stay in cache, whatever the image size;
+- inside a tile the contraction with the spatially shared weight is a GEMM: the forward stacks the
+  K-weighted taps channel-major (F.unfold's order, so that K ≡ 1 sums exactly like ``nn.Conv2d``),
+  the weight gradient uses the same stacked block, the input and kernel gradients one GEMM per tap
+  (``W_jᵀ · gy``) followed by cheap per-tap products.
 
-Peak memory is then ``O(input + output + per-pixel kernel)``, the kernel being ``B×k²×H'×W'`` for PAC
-(one scalar per pixel and tap, shared by the channels: C times smaller than the unfold).
+Peak memory is then ``O(input + output + per-pixel kernel + one tile)``; for PAC the kernel is
+``B×k²×H'×W'`` (one scalar per pixel and tap, shared by the channels: C times smaller than the unfold).
+
+PAC's adapting kernel needs the feature distance of every tap, ``Σ_g γ_g (f_j − c)²``: a second
+Function, :func:`pac_distance`, computes it tap by tap from the guide, never unfolding it either; for
+stride 1 and odd kernels it uses the symmetry d(p, p+δ) = d(p+δ, p) to compute each pair of opposite
+taps once.
 
 Geometry: ``geom = (kernel_size, stride, pads, dilation)`` with ``pads = (top, bottom, left, right)``;
 tap ``j = a·kw + b`` of output pixel ``(i, q)`` reads the padded input at
 ``(i·sh + a·dh, q·sw + b·dw)``, exactly as ``F.unfold``. Inputs are zero padded, PAC guides are
-replicate padded (``mode``).
+replicate padded.
 
 :func:`implementation` switches the operators back to the unfold reference (kept for the tests and the
 benchmarks); the default is ``"lean"``. On CUDA the PAC contraction runs the Triton kernels of
-:mod:`adaptconv.ops.triton_pac` when Triton is available.
+:mod:`adaptconv.ops.triton_pac` when Triton is available; this PyTorch code is the CPU implementation
+and the fallback.
 """
 
 from __future__ import annotations
@@ -44,9 +55,10 @@ __all__ = [
 
 IMPLEMENTATIONS = ("lean", "unfold")
 _IMPL = ["lean"]
-#: Elements of the largest per-chunk temporary (the k²·C/g × pixels tap matrix). 2^20 float32 values
-#: = 4 MiB: small next to the activations, large enough for an efficient GEMM.
-_CHUNK = [int(os.environ.get("ADAPTCONV_LEAN_CHUNK", 1 << 20))]
+#: Tile size: elements of one tap's C × pixels block (2^17 float32 values = 512 KiB, which stays in a
+#: core's cache through the per-tap passes; a stacked k²·C × pixels block is k² times that, 4.5 MiB
+#: for k = 3). ``ADAPTCONV_LEAN_CHUNK`` overrides it.
+_CHUNK = [int(os.environ.get("ADAPTCONV_LEAN_CHUNK", 1 << 17))]
 
 
 def get_implementation() -> str:
@@ -71,7 +83,9 @@ def implementation(name: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def chunk_elements(n: int) -> Iterator[None]:
-    """Temporarily set the chunk budget (elements of the largest per-chunk temporary)."""
+    """Temporarily set the tile size (elements of one tap's C × pixels block; see :data:`_CHUNK`).
+
+    The backward pass reads it too: run it inside the block as well."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"chunk_elements must be a positive int, got {n!r}")
     old, _CHUNK[0] = _CHUNK[0], n
@@ -107,8 +121,8 @@ def geometry(kernel_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1)) -> Geo
 
 
 def _chunks(b: int, ho: int, wo: int, per_pixel: int) -> Iterator[tuple[int, int, int, int]]:
-    """(b0, b1, r0, r1) blocks covering B×H'; each holds at most about ``budget/per_pixel`` pixels:
-    whole samples when one fits, else balanced blocks of output rows of one sample."""
+    """(b0, b1, r0, r1) tiles covering B×H': at most about ``_CHUNK/per_pixel`` pixels each (at least
+    one output row); whole samples when one fits, else balanced blocks of output rows of one sample."""
     budget = _CHUNK[0]
     per_sample = per_pixel * ho * wo
     if per_sample <= budget:
@@ -140,6 +154,9 @@ def _gather(t: torch.Tensor, b0: int, b1: int, lo: int, hi: int, pads, mode: str
             return F.pad(src, (left, right, top, bottom), mode="replicate" if mode == "replicate" else "constant")
         return src
     if mode == "replicate":
+        i0, i1 = max(lo - top, 0), min(hi - top, h)
+        if i1 > i0:  # rows beyond the image only where the tile reaches its top or bottom edge
+            return F.pad(src[:, :, i0:i1], (left, right, i0 - (lo - top), (hi - top) - i1), mode="replicate")
         rows = (torch.arange(lo, hi, device=t.device) - top).clamp_(0, h - 1)
         out = src.index_select(2, rows)
         return F.pad(out, (left, right, 0, 0), mode="replicate") if left or right else out
@@ -205,29 +222,6 @@ def _rows(t: torch.Tensor, b0: int, b1: int, r0: int, r1: int) -> torch.Tensor:
     return t[b0:b1, ..., r0:r1, :]
 
 
-def _weight_matrix(weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """O×(C/g)×kh×kw → g×(O/g)×(C/g·k²), columns channel-major (index c·T + j, as F.unfold)."""
-    o = weight.shape[0]
-    return weight.reshape(groups, o // groups, -1)
-
-
-def _gemm_out(y: torch.Tensor, w2: torch.Tensor, cols: torch.Tensor, b0, b1, r0, r1, ho) -> None:
-    """y[b0:b1, :, r0:r1] = w2 @ cols (cols: nb×g×K×pixels)."""
-    nb, g = cols.shape[:2]
-    if r0 == 0 and r1 == ho and y.is_contiguous():
-        torch.matmul(w2, cols, out=y[b0:b1].view(nb, g, w2.shape[1], cols.shape[-1]))
-    else:
-        res = torch.matmul(w2, cols)
-        y[b0:b1, :, r0:r1] = res.view(nb, y.shape[1], r1 - r0, y.shape[-1])
-
-
-def _grad_rows(gy: torch.Tensor, b0, b1, r0, r1, g: int) -> torch.Tensor:
-    """gy[b0:b1, :, r0:r1] as a contiguous nb×g×(O/g)×pixels matrix."""
-    c = gy[b0:b1, :, r0:r1]
-    nb, o = c.shape[:2]
-    return c.reshape(nb, g, o // g, -1)
-
-
 def _use_triton(x: torch.Tensor) -> bool:
     if not x.is_cuda or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return False
@@ -239,9 +233,9 @@ def _use_triton(x: torch.Tensor) -> bool:
 # --------------------------------------------------------------------------------------------------
 # PAC:  y[b,o,p] = Σ_j Σ_c W[o,c,j] · K[b,j,p] · x_j[b,c,p] + bias[o]
 #
-# Per tile of output pixels (a few rows of one sample, or a few samples) and per tap j: the K-weighted
-# tap P = K_j ⊙ x_j (C×N, cache-resident) and a GEMM with W_j (O×C). The k² products are never
-# stacked: the tile's temporaries are C×N, not k²·C×N, and stay in cache.
+# Per tile of N output pixels (a few samples, or a few rows of one sample): the K-weighted taps of the
+# tile, stacked (C/g·k²×N), contracted with W in one GEMM (forward, and ∂W in backward); per tap j
+# in backward, q = W_jᵀ·gy (one GEMM), ∂K_j = Σ_c q ⊙ x_j and ∂x += K_j ⊙ q at the tap's shift.
 def _tile_out(y: torch.Tensor, b0, b1, r0, r1, g: int) -> torch.Tensor | None:
     """y[b0:b1, :, r0:r1] as a g×(O/g)×N matrix view a GEMM can write, or None (one sample only)."""
     if b1 - b0 != 1:
@@ -252,9 +246,13 @@ def _tile_out(y: torch.Tensor, b0, b1, r0, r1, g: int) -> torch.Tensor | None:
 
 def _tap_gc(xc: torch.Tensor, geom: Geometry, j: int, rows: int, wo: int, g: int) -> torch.Tensor:
     """Tap j of a padded chunk as g×(C/g)×nb×rows×W' (channels first, the layout of the GEMMs)."""
-    t = _tap(xc, geom, j, rows, wo)
-    nb, c = t.shape[:2]
-    return t.view(nb, g, c // g, rows, wo).permute(1, 2, 0, 3, 4)
+    nb, c = xc.shape[:2]
+    cg = c // g
+    a, b = divmod(j, geom.kernel_size[1])
+    s0, s1, s2, s3 = xc.stride()
+    return xc.as_strided(
+        (g, cg, nb, rows, wo), (cg * s1, s1, s0, s2 * geom.stride[0], s3 * geom.stride[1]),
+        xc.storage_offset() + a * geom.dilation[0] * s2 + b * geom.dilation[1] * s3)
 
 
 def _tap_weights(weight: torch.Tensor, groups: int) -> torch.Tensor:
@@ -264,84 +262,97 @@ def _tap_weights(weight: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def pac_forward(x, kernel, weight, bias, geom: Geometry, groups: int) -> torch.Tensor:
+    """Per tile: the K-weighted taps stacked channel-major (C/g·k² × N, F.unfold's order, so the GEMM
+    sums in nn.Conv2d's order and K ≡ 1 reproduces it exactly), contracted with W in one GEMM."""
     b, c, h, w = x.shape
     o = weight.shape[0]
     t = geom.taps
     g, cg, og = groups, c // groups, o // groups
     ho, wo = geom.out_size(h, w)
-    wt = _tap_weights(weight, g)
+    w2 = weight.reshape(g, og, cg * t)
     y = x.new_empty(b, o, ho, wo)
     chunks = list(_chunks(b, ho, wo, c))
     most = max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in chunks) * wo
-    pbuf = x.new_empty(c * most)
+    cbuf = x.new_empty(t * c * most)
     abuf = x.new_empty(o * most)
     for b0, b1, r0, r1 in chunks:
         nb, rows = b1 - b0, r1 - r0
         n = nb * rows * wo
         xc = _gather(x, b0, b1, *_row_span(geom, r0, r1), geom.pads, "zeros")
-        kc = _rows(kernel, b0, b1, r0, r1)
-        p = pbuf[: c * n].view(g, cg, nb, rows, wo)
-        acc = _tile_out(y, b0, b1, r0, r1, g)
-        direct = acc is not None
-        if not direct:
-            acc = abuf[: o * n].view(g, og, n)
+        kts = _rows(kernel, b0, b1, r0, r1).unbind(1)
+        cols = cbuf[: t * c * n].view(g, cg, t, nb, rows, wo)
         for j in range(t):
-            torch.mul(_tap_gc(xc, geom, j, rows, wo, g), kc[:, j], out=p)
-            if j == 0:
-                torch.bmm(wt[j], p.view(g, cg, n), out=acc)
-            else:
-                acc.baddbmm_(wt[j], p.view(g, cg, n))
-        if not direct:
-            y[b0:b1, :, r0:r1] = acc.view(o, nb, rows, wo).transpose(0, 1)
+            torch.mul(_tap_gc(xc, geom, j, rows, wo, g), kts[j], out=cols[:, :, j])
+        _gemm_tile(y, w2, cols.view(g, cg * t, n), b0, b1, r0, r1, abuf)
     if bias is not None:
         y += bias.view(1, -1, 1, 1)
     return y
 
 
+def _gemm_tile(y, w2, cols, b0, b1, r0, r1, abuf) -> None:
+    """y[b0:b1, :, r0:r1] = w2 @ cols (g×(O/g)×K @ g×K×N), straight into y when it is one sample."""
+    g, og = w2.shape[:2]
+    n = cols.shape[-1]
+    acc = _tile_out(y, b0, b1, r0, r1, g)
+    if acc is not None:
+        torch.bmm(w2, cols, out=acc)
+        return
+    acc = abuf[: g * og * n].view(g, og, n)
+    torch.bmm(w2, cols, out=acc)
+    nb = b1 - b0
+    y[b0:b1, :, r0:r1] = acc.view(g * og, nb, r1 - r0, y.shape[-1]).transpose(0, 1)
+
+
 def pac_backward(x, kernel, weight, gy, geom: Geometry, groups: int, need_x: bool, need_k: bool, need_w: bool):
+    """Per tile: the K-weighted taps of all k² offsets (T×C/g×N) for one GEMM giving ∂W (a long
+    reduction over pixels is far more efficient with the taps stacked); then per tap j the GEMM
+    q = W_jᵀ gy (the gradient of K_j ⊙ x_j), ∂K_j = Σ_c q ⊙ x_j and ∂x += K_j ⊙ q at the tap's shift."""
     b, c, h, w = x.shape
     o = weight.shape[0]
     t = geom.taps
     g, cg, og = groups, c // groups, o // groups
     ho, wo = geom.out_size(h, w)
-    wt = _tap_weights(weight, g)
-    wtt = wt.transpose(2, 3)  # T×g×(C/g)×(O/g)
+    wtt = _tap_weights(weight, g).transpose(2, 3).unbind(0)  # T × [g×(C/g)×(O/g)]
     gx = torch.zeros_like(x) if need_x else None
     gk = kernel.new_empty(kernel.shape) if need_k else None
-    gw = x.new_zeros(t, g, og, cg) if need_w else None
+    gwt = x.new_zeros(g, t * cg, og) if need_w else None  # ∂Wᵀ, rows tap-major (j·C/g + c)
     chunks = list(_chunks(b, ho, wo, c))
     most = max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in chunks) * wo
-    pbuf = x.new_empty(c * most)
+    cbuf = x.new_empty(t * c * most) if need_w else None
     qbuf = x.new_empty(c * most)
+    pbuf = x.new_empty(c * most)
     gbuf = x.new_empty(o * most)
     for b0, b1, r0, r1 in chunks:
         nb, rows = b1 - b0, r1 - r0
         n = nb * rows * wo
         lo, hi = _row_span(geom, r0, r1)
         xc = _gather(x, b0, b1, lo, hi, geom.pads, "zeros")
-        kc = _rows(kernel, b0, b1, r0, r1)
+        kts = _rows(kernel, b0, b1, r0, r1).unbind(1)
         gyc = _tile_out(gy, b0, b1, r0, r1, g) if gy.is_contiguous() else None
         if gyc is None:
             gyc = gbuf[: o * n].view(g, og, n)
             gyc.view(o, nb, rows, wo).copy_(gy[b0:b1, :, r0:r1].transpose(0, 1))
-        p = pbuf[: c * n].view(g, cg, nb, rows, wo)
-        q = qbuf[: c * n].view(g, cg, nb, rows, wo)
-        gxc = torch.zeros_like(xc) if need_x else None
-        for j in range(t):
-            xj = _tap_gc(xc, geom, j, rows, wo, g)
-            kj = kc[:, j]
-            if need_w:
-                torch.mul(xj, kj, out=p)
-                gw[j].baddbmm_(gyc, p.view(g, cg, n).transpose(1, 2))
-            if need_x or need_k:
-                torch.bmm(wtt[j], gyc, out=q.view(g, cg, n))  # Wᵀ gy: the gradient of K_j ⊙ x_j
+        if need_w:
+            cols = cbuf[: t * c * n].view(g, t, cg, nb, rows, wo)
+            for j in range(t):
+                torch.mul(_tap_gc(xc, geom, j, rows, wo, g), kts[j], out=cols[:, j])
+            gwt.baddbmm_(cols.view(g, t * cg, n), gyc.transpose(1, 2))
+        if need_x or need_k:
+            q = qbuf[: c * n].view(g, cg, nb, rows, wo)
+            qm = q.view(g, cg, n)
+            p = pbuf[: c * n].view(g, cg, nb, rows, wo)
+            gxc = torch.zeros_like(xc) if need_x else None
+            for j in range(t):
+                torch.bmm(wtt[j], gyc, out=qm)  # W_jᵀ gy: the gradient of K_j ⊙ x_j
                 if need_k:
-                    gk[b0:b1, j, r0:r1] = torch.mul(q, xj, out=p).sum((0, 1))
+                    gk[b0:b1, j, r0:r1] = torch.mul(q, _tap_gc(xc, geom, j, rows, wo, g), out=p).sum((0, 1))
                 if need_x:
-                    _tap_gc(gxc, geom, j, rows, wo, g).addcmul_(q, kj)
-        if need_x:
-            _scatter_add(gx, gxc, b0, b1, lo, hi, geom.pads, "zeros")
-    gw = gw.permute(1, 2, 3, 0).reshape(weight.shape) if need_w else None
+                    _tap_gc(gxc, geom, j, rows, wo, g).addcmul_(q, kts[j])
+            if need_x:
+                _scatter_add(gx, gxc, b0, b1, lo, hi, geom.pads, "zeros")
+    gw = None
+    if need_w:
+        gw = gwt.view(g, t, cg, og).permute(0, 3, 2, 1).reshape(weight.shape)
     return gx, gk, gw
 
 
@@ -606,7 +617,7 @@ def dynamic_forward(x, filters, geom: Geometry) -> torch.Tensor:
     t = geom.taps
     ho, wo = geom.out_size(h, w)
     y = x.new_zeros(b, c, ho, wo)
-    for b0, b1, r0, r1 in _chunks(b, ho, wo, t * c):
+    for b0, b1, r0, r1 in _chunks(b, ho, wo, c):
         nb, rows = b1 - b0, r1 - r0
         xc = _gather(x, b0, b1, *_row_span(geom, r0, r1), geom.pads, "zeros")
         fc = filters[b0:b1, :, :, r0:r1]
@@ -624,7 +635,7 @@ def dynamic_backward(x, filters, gy, geom: Geometry, need_x: bool, need_f: bool)
     ho, wo = geom.out_size(h, w)
     gx = torch.zeros_like(x) if need_x else None
     gf = filters.new_empty(filters.shape) if need_f else None
-    for b0, b1, r0, r1 in _chunks(b, ho, wo, t * c):
+    for b0, b1, r0, r1 in _chunks(b, ho, wo, c):
         nb, rows = b1 - b0, r1 - r0
         lo, hi = _row_span(geom, r0, r1)
         xc = _gather(x, b0, b1, lo, hi, geom.pads, "zeros")
@@ -667,28 +678,39 @@ def dynamic_filter(x: torch.Tensor, filters: torch.Tensor, geom: Geometry) -> to
 
 # --------------------------------------------------------------------------------------------------
 # PAKA:  y[b,o,p] = Σ_j Σ_c W[o,c,j] · x_j[b,c,p] · (1 + tanh(A_c[b,c,p] + A_s[b,j,p])) + bias[o]
-def _paka_tanh(a_c, a_s, b0, b1, r0, r1, g, t, cg, rows, wo):
-    nb = b1 - b0
-    ac = _rows(a_c, b0, b1, r0, r1).reshape(nb, g, cg, 1, rows, wo)
-    as_ = _rows(a_s, b0, b1, r0, r1).reshape(nb, 1, 1, t, rows, wo)
-    return torch.add(ac, as_).tanh_()  # nb×g×cg×T×rows×wo
+# The factor is per (channel, tap) and pixel: as PAC, per tile and tap, with the factor recomputed.
+def _gc_view(t: torch.Tensor, b0, b1, r0, r1, g: int) -> torch.Tensor:
+    """t[b0:b1, :, r0:r1] (nb×C×rows×W') as g×(C/g)×nb×rows×W'."""
+    v = t[b0:b1, :, r0:r1]
+    nb, c = v.shape[:2]
+    return v.view(nb, g, c // g, *v.shape[2:]).permute(1, 2, 0, 3, 4)
 
 
 def paka_forward(x, a_c, a_s, weight, bias, geom: Geometry, groups: int) -> torch.Tensor:
     b, c, h, w = x.shape
     o = weight.shape[0]
     t = geom.taps
-    g, cg = groups, c // groups
+    g, cg, og = groups, c // groups, o // groups
     ho, wo = geom.out_size(h, w)
-    w2 = _weight_matrix(weight, g)
+    w2 = weight.reshape(g, og, cg * t)
     y = x.new_empty(b, o, ho, wo)
-    for b0, b1, r0, r1 in _chunks(b, ho, wo, t * c):
+    chunks = list(_chunks(b, ho, wo, c))
+    most = max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in chunks) * wo
+    cbuf = x.new_empty(t * c * most)
+    abuf = x.new_empty(o * most)
+    for b0, b1, r0, r1 in chunks:
         nb, rows = b1 - b0, r1 - r0
+        n = nb * rows * wo
         xc = _gather(x, b0, b1, *_row_span(geom, r0, r1), geom.pads, "zeros")
-        cols = _paka_tanh(a_c, a_s, b0, b1, r0, r1, g, t, cg, rows, wo).add_(1)
+        ac = _gc_view(a_c, b0, b1, r0, r1, g)
+        ats = _rows(a_s, b0, b1, r0, r1).unbind(1)
+        cols = cbuf[: t * c * n].view(g, cg, t, nb, rows, wo)
         for j in range(t):
-            cols[:, :, :, j].mul_(_tap(xc, geom, j, rows, wo).view(nb, g, cg, rows, wo))
-        _gemm_out(y, w2, cols.view(nb, g, cg * t, rows * wo), b0, b1, r0, r1, ho)
+            xj = _tap_gc(xc, geom, j, rows, wo, g)
+            p = cols[:, :, j]
+            torch.add(ac, ats[j], out=p).tanh_()
+            torch.addcmul(xj, p, xj, out=p)  # x_j·(1 + tanh)
+        _gemm_tile(y, w2, cols.view(g, cg * t, n), b0, b1, r0, r1, abuf)
     if bias is not None:
         y += bias.view(1, -1, 1, 1)
     return y
@@ -696,46 +718,64 @@ def paka_forward(x, a_c, a_s, weight, bias, geom: Geometry, groups: int) -> torc
 
 def paka_backward(x, a_c, a_s, weight, gy, geom: Geometry, groups: int, need_x, need_ac, need_as, need_w):
     b, c, h, w = x.shape
+    o = weight.shape[0]
     t = geom.taps
-    g, cg = groups, c // groups
+    g, cg, og = groups, c // groups, o // groups
     ho, wo = geom.out_size(h, w)
-    w2 = _weight_matrix(weight, g)
-    w2t = w2.transpose(1, 2)
+    wtt = _tap_weights(weight, g).transpose(2, 3).unbind(0)
     gx = torch.zeros_like(x) if need_x else None
-    gac = a_c.new_empty(a_c.shape) if need_ac else None
+    gac = a_c.new_zeros(a_c.shape) if need_ac else None
     gas = a_s.new_empty(a_s.shape) if need_as else None
-    gw2 = torch.zeros_like(w2) if need_w else None
-    for b0, b1, r0, r1 in _chunks(b, ho, wo, t * c):
+    gwt = x.new_zeros(g, t * cg, og) if need_w else None
+    chunks = list(_chunks(b, ho, wo, c))
+    most = max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in chunks) * wo
+    tbuf = x.new_empty(t * c * most)  # tanh(A_c + A_s[j]) of every tap
+    cbuf = x.new_empty(t * c * most) if need_w else None
+    qbuf = x.new_empty(c * most)
+    pbuf = x.new_empty(c * most)
+    gbuf = x.new_empty(o * most)
+    one = x.new_ones(())
+    for b0, b1, r0, r1 in chunks:
         nb, rows = b1 - b0, r1 - r0
+        n = nb * rows * wo
         lo, hi = _row_span(geom, r0, r1)
         xc = _gather(x, b0, b1, lo, hi, geom.pads, "zeros")
-        th = _paka_tanh(a_c, a_s, b0, b1, r0, r1, g, t, cg, rows, wo)
-        xcols = x.new_empty(th.shape)
+        ac = _gc_view(a_c, b0, b1, r0, r1, g)
+        ats = _rows(a_s, b0, b1, r0, r1).unbind(1)
+        th = tbuf[: t * c * n].view(t, g, cg, nb, rows, wo)
         for j in range(t):
-            xcols[:, :, :, j] = _tap(xc, geom, j, rows, wo).view(nb, g, cg, rows, wo)
-        gyc = _grad_rows(gy, b0, b1, r0, r1, g)
+            torch.add(ac, ats[j], out=th[j]).tanh_()
+        gyc = _tile_out(gy, b0, b1, r0, r1, g) if gy.is_contiguous() else None
+        if gyc is None:
+            gyc = gbuf[: o * n].view(g, og, n)
+            gyc.view(o, nb, rows, wo).copy_(gy[b0:b1, :, r0:r1].transpose(0, 1))
         if need_w:
-            cols = torch.addcmul(xcols, xcols, th).view(nb, g, cg * t, rows * wo)
-            for s in range(nb):
-                gw2.baddbmm_(gyc[s], cols[s].transpose(1, 2))
-            del cols
+            cols = cbuf[: t * c * n].view(g, t, cg, nb, rows, wo)
+            for j in range(t):
+                xj = _tap_gc(xc, geom, j, rows, wo, g)
+                torch.addcmul(xj, th[j], xj, out=cols[:, j])
+            gwt.baddbmm_(cols.view(g, t * cg, n), gyc.transpose(1, 2))
         if need_x or need_ac or need_as:
-            gcols = torch.matmul(w2t, gyc).view(th.shape)
+            q = qbuf[: c * n].view(g, cg, nb, rows, wo)
+            qm = q.view(g, cg, n)
+            p = pbuf[: c * n].view(g, cg, nb, rows, wo)
+            gxc = torch.zeros_like(xc) if need_x else None
+            gacc = _gc_view(gac, b0, b1, r0, r1, g) if need_ac else None
+            for j in range(t):
+                torch.bmm(wtt[j], gyc, out=qm)  # the gradient of x_j·(1 + tanh)
+                if need_x:
+                    _tap_gc(gxc, geom, j, rows, wo, g).add_(q).addcmul_(q, th[j])
+                if need_ac or need_as:
+                    torch.addcmul(one, th[j], th[j], value=-1, out=th[j])  # 1 − tanh²
+                    torch.mul(q, _tap_gc(xc, geom, j, rows, wo, g), out=p).mul_(th[j])
+                    if need_ac:
+                        gacc.add_(p)
+                    if need_as:
+                        gas[b0:b1, j, r0:r1] = p.sum((0, 1))
             if need_x:
-                gxc = torch.zeros_like(xc)
-                gx_cols = torch.addcmul(gcols, gcols, th)
-                for j in range(t):
-                    _tap(gxc, geom, j, rows, wo).view(nb, g, cg, rows, wo).add_(gx_cols[:, :, :, j])
-                del gx_cols
                 _scatter_add(gx, gxc, b0, b1, lo, hi, geom.pads, "zeros")
-            if need_ac or need_as:
-                pre = xcols.mul_(gcols)
-                pre.mul_(th.mul_(th).neg_().add_(1))  # · (1 − tanh²)
-                if need_ac:
-                    gac[b0:b1, :, r0:r1] = pre.sum(3).view(nb, c, rows, wo)
-                if need_as:
-                    gas[b0:b1, :, r0:r1] = pre.sum((1, 2))
-    return gx, gac, gas, (gw2.view(weight.shape) if need_w else None)
+    gw = gwt.view(g, t, cg, og).permute(0, 3, 2, 1).reshape(weight.shape) if need_w else None
+    return gx, gac, gas, gw
 
 
 class _PakaContract(torch.autograd.Function):
@@ -766,28 +806,71 @@ def paka_contract(x, channel_att, tap_att, weight, bias, geom: Geometry, groups:
 
 # --------------------------------------------------------------------------------------------------
 # ACDA:  Z[b,c,m,p] = Σ_j D[b,m,j,p] · x_j[b,c,p];  y = Conv1×1(Z; coef) + bias
-def _acda_z(xc, atoms, b0, b1, r0, r1, geom, c, m, rows, wo):
-    nb = b1 - b0
-    dc = atoms[b0:b1, :, :, r0:r1]
-    z = xc.new_zeros(nb, c, m, rows, wo)
-    for j in range(geom.taps):
-        z.addcmul_(_tap(xc, geom, j, rows, wo).unsqueeze(2), dc[:, None, :, j])
-    return z
+# Per pixel, Z is the small product (M×T)·(T×C) of the atoms and the taps: per tile, the taps are laid
+# out pixel-major (N×T×C, from a channels-last copy of the tile) and Z is one batched matmul; the
+# 1×1 mixing is a GEMM. Z is recomputed in backward, never stored.
+def _tap_cl(xcl: torch.Tensor, geom: Geometry, j: int, rows: int, wo: int) -> torch.Tensor:
+    """Tap j of a channels-last padded tile (nb×H_in×W_in×C): nb×rows×W'×C."""
+    a, b = divmod(j, geom.kernel_size[1])
+    s0, s1, s2, s3 = xcl.stride()
+    return xcl.as_strided((xcl.shape[0], rows, wo, xcl.shape[3]), (s0, s1 * geom.stride[0], s2 * geom.stride[1], s3),
+                          xcl.storage_offset() + a * geom.dilation[0] * s1 + b * geom.dilation[1] * s2)
+
+
+def _acda_tile(x, atoms, geom, b0, b1, r0, r1, wo, xbuf, dbuf):
+    """(padded tile, pixel-major taps N×T×C, pixel-major atoms N×M×T)."""
+    nb, rows = b1 - b0, r1 - r0
+    c, (m, t) = x.shape[1], atoms.shape[1:3]
+    n = nb * rows * wo
+    lo, hi = _row_span(geom, r0, r1)
+    xc = _gather(x, b0, b1, lo, hi, geom.pads, "zeros")
+    xcl = xc.permute(0, 2, 3, 1).contiguous()
+    cols = xbuf[: n * t * c].view(nb, rows, wo, t, c)
+    for j in range(t):
+        cols[:, :, :, j] = _tap_cl(xcl, geom, j, rows, wo)
+    d = dbuf[: n * m * t].view(nb, rows, wo, m, t)
+    d.copy_(atoms[b0:b1, :, :, r0:r1].permute(0, 3, 4, 1, 2))
+    return xc, cols.view(n, t, c), d.view(n, m, t)
+
+
+def _coef_matrix(coef: torch.Tensor, groups: int, m: int) -> torch.Tensor:
+    """O×(C/g·M)×1×1 (index c·M + m) → g×(O/g)×(M·C/g) (index m·C/g + c)."""
+    o = coef.shape[0]
+    return coef.reshape(groups, o // groups, -1, m).transpose(2, 3).reshape(groups, o // groups, -1)
+
+
+def _z_groups(z: torch.Tensor, g: int) -> torch.Tensor:
+    """Z (N×M×C) → g×(M·C/g)×N."""
+    n, m, c = z.shape
+    return z.view(n, m, g, c // g).permute(2, 1, 3, 0).reshape(g, m * (c // g), n)
 
 
 def acda_forward(x, atoms, coef, bias, geom: Geometry, groups: int) -> torch.Tensor:
     b, c, h, w = x.shape
-    m = atoms.shape[1]
+    m, t = atoms.shape[1:3]
     o = coef.shape[0]
-    g = groups
+    g, og = groups, o // groups
     ho, wo = geom.out_size(h, w)
-    w2 = coef.reshape(g, o // g, (c // g) * m)
+    w2 = _coef_matrix(coef, g, m)
     y = x.new_empty(b, o, ho, wo)
-    for b0, b1, r0, r1 in _chunks(b, ho, wo, c * m):
+    chunks = list(_chunks(b, ho, wo, c))
+    most = max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in chunks) * wo
+    xbuf, dbuf, zbuf, abuf = (x.new_empty(most * k) for k in (t * c, m * t, m * c, o))
+    for b0, b1, r0, r1 in chunks:
         nb, rows = b1 - b0, r1 - r0
-        xc = _gather(x, b0, b1, *_row_span(geom, r0, r1), geom.pads, "zeros")
-        z = _acda_z(xc, atoms, b0, b1, r0, r1, geom, c, m, rows, wo)
-        _gemm_out(y, w2, z.view(nb, g, (c // g) * m, rows * wo), b0, b1, r0, r1, ho)
+        n = nb * rows * wo
+        _, cols, d = _acda_tile(x, atoms, geom, b0, b1, r0, r1, wo, xbuf, dbuf)
+        z = torch.bmm(d, cols, out=zbuf[: n * m * c].view(n, m, c))
+        acc = _tile_out(y, b0, b1, r0, r1, g)
+        direct = acc is not None
+        if not direct:
+            acc = abuf[: o * n].view(g, og, n)
+        if g == 1:
+            torch.mm(w2[0], z.view(n, m * c).t(), out=acc[0])
+        else:
+            torch.bmm(w2, _z_groups(z, g), out=acc)
+        if not direct:
+            y[b0:b1, :, r0:r1] = acc.view(o, nb, rows, wo).transpose(0, 1)
     if bias is not None:
         y += bias.view(1, -1, 1, 1)
     return y
@@ -795,41 +878,51 @@ def acda_forward(x, atoms, coef, bias, geom: Geometry, groups: int) -> torch.Ten
 
 def acda_backward(x, atoms, coef, gy, geom: Geometry, groups: int, need_x, need_d, need_w):
     b, c, h, w = x.shape
-    m = atoms.shape[1]
+    m, t = atoms.shape[1:3]
     o = coef.shape[0]
-    t = geom.taps
-    g = groups
+    g, cg, og = groups, c // groups, o // groups
     ho, wo = geom.out_size(h, w)
-    w2 = coef.reshape(g, o // g, (c // g) * m)
-    w2t = w2.transpose(1, 2)
+    w2 = _coef_matrix(coef, g, m)
     gx = torch.zeros_like(x) if need_x else None
     gd = atoms.new_empty(atoms.shape) if need_d else None
     gw2 = torch.zeros_like(w2) if need_w else None
-    for b0, b1, r0, r1 in _chunks(b, ho, wo, c * m):
+    chunks = list(_chunks(b, ho, wo, c))
+    most = max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in chunks) * wo
+    xbuf, dbuf, zbuf, gbuf, tbuf = (x.new_empty(most * k) for k in (t * c, m * t, m * c, o, t * c))
+    for b0, b1, r0, r1 in chunks:
         nb, rows = b1 - b0, r1 - r0
+        n = nb * rows * wo
         lo, hi = _row_span(geom, r0, r1)
-        xc = _gather(x, b0, b1, lo, hi, geom.pads, "zeros")
-        gyc = _grad_rows(gy, b0, b1, r0, r1, g)
+        xc, cols, d = _acda_tile(x, atoms, geom, b0, b1, r0, r1, wo, xbuf, dbuf)
+        gyc = _tile_out(gy, b0, b1, r0, r1, g) if gy.is_contiguous() else None
+        if gyc is None:
+            gyc = gbuf[: o * n].view(g, og, n)
+            gyc.view(o, nb, rows, wo).copy_(gy[b0:b1, :, r0:r1].transpose(0, 1))
         if need_w:
-            z = _acda_z(xc, atoms, b0, b1, r0, r1, geom, c, m, rows, wo).view(nb, g, (c // g) * m, rows * wo)
-            for s in range(nb):
-                gw2.baddbmm_(gyc[s], z[s].transpose(1, 2))
-            del z
+            z = torch.bmm(d, cols, out=zbuf[: n * m * c].view(n, m, c))
+            if g == 1:
+                gw2[0].addmm_(gyc[0], z.view(n, m * c))
+            else:
+                gw2.baddbmm_(gyc, _z_groups(z, g).transpose(1, 2))
         if need_x or need_d:
-            gz = torch.matmul(w2t, gyc).view(nb, c, m, rows, wo)
-            dc = atoms[b0:b1, :, :, r0:r1]
-            gxc = torch.zeros_like(xc) if need_x else None
-            for j in range(t):
-                if need_d:
-                    gd[b0:b1, :, j, r0:r1] = (gz * _tap(xc, geom, j, rows, wo).unsqueeze(2)).sum(1)
-                if need_x:
-                    gxj = _tap(gxc, geom, j, rows, wo)
-                    for k in range(m):
-                        gxj.addcmul_(gz[:, :, k], dc[:, k, None, j])
-            del gz
+            gz = zbuf[: n * m * c].view(n, m, c)
+            if g == 1:
+                torch.mm(gyc[0].t(), w2[0], out=gz.view(n, m * c))
+            else:
+                gz.view(n, m, g, cg).copy_(torch.bmm(w2.transpose(1, 2), gyc).view(g, m, cg, n).permute(3, 1, 0, 2))
+            if need_d:
+                gdp = torch.bmm(gz, cols.transpose(1, 2))  # N×M×T
+                gd[b0:b1, :, :, r0:r1] = gdp.view(nb, rows, wo, m, t).permute(0, 3, 4, 1, 2)
             if need_x:
-                _scatter_add(gx, gxc, b0, b1, lo, hi, geom.pads, "zeros")
-    return gx, gd, (gw2.reshape(coef.shape) if need_w else None)
+                gcols = torch.bmm(d.transpose(1, 2), gz, out=tbuf[: n * t * c].view(n, t, c)).view(nb, rows, wo, t, c)
+                gxcl = x.new_zeros(xc.shape[0], xc.shape[2], xc.shape[3], c)
+                for j in range(t):
+                    _tap_cl(gxcl, geom, j, rows, wo).add_(gcols[:, :, :, j])
+                _scatter_add(gx, gxcl.permute(0, 3, 1, 2), b0, b1, lo, hi, geom.pads, "zeros")
+    gw = None
+    if need_w:
+        gw = gw2.view(g, og, m, cg).transpose(2, 3).reshape(coef.shape)
+    return gx, gd, gw
 
 
 class _AcdaContract(torch.autograd.Function):

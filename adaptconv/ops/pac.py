@@ -15,7 +15,9 @@ feature distances come from :func:`adaptconv.ops.lean.pac_distance` and the cont
 recompute the shifted taps in backward, so memory is O(input + output + K) with K one B×k²×H'×W'
 map. The straightforward unfold formulation (:func:`pac_conv2d_unfold`, :func:`guide_taps`,
 :func:`pac_kernel`) is kept as the reference; ``with adaptconv.ops.lean.implementation("unfold")``
-runs the layers with it.
+runs the layers with it. Both share :func:`kernel_from_distance`, which flushes weights below
+√(smallest normal) to 0 (they would make the CPU's arithmetic subnormal, and slow, for no visible
+change of the result).
 
 Window centre ``f(p)``: the guide sampled at the centre of the conv window (the average of the
 middle taps for even kernels). Outside the image the guide is replicated, so normalisation and

@@ -74,7 +74,7 @@ def _pac_fwd_kernel(x_ptr, k_ptr, w_ptr, b_ptr, y_ptr,
     oh = rem // WO
     ow = rem % WO
     o_glob = gi * OG + offs_o
-    acc = tl.zeros((BLOCK_P, BLOCK_O), dtype=tl.float32)
+    acc = tl.full((BLOCK_P, BLOCK_O), 0.0, tl.float32)
     for j in tl.static_range(KH * KW):
         a = j // KW
         bb = j % KW
@@ -117,7 +117,7 @@ def _pac_bwd_x_kernel(gy_ptr, k_ptr, w_ptr, gx_ptr,
     rem = offs_p % (H * W)
     ih = rem // W
     iw = rem % W
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    acc = tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32)
     for j in tl.static_range(KH * KW):
         a = j // KW
         bb = j % KW
@@ -168,12 +168,15 @@ def _pac_bwd_k_kernel(x_ptr, gy_ptr, w_ptr, gk_ptr,
     ih = oh * SH - PT + a * DH
     iw = ow * SW - PL + bb * DW
     inside = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-    gk = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    # Σ_c as a product with ones (column 0 of a BLOCK_P×16 result): the kernels use Triton builtins
+    # only, so they also run in the interpreter of a process that imported Triton in compiled mode.
+    gk = tl.full((BLOCK_P, 16), 0.0, tl.float32)
+    ones = tl.full((BLOCK_C, 16), 1.0, tl.float32)
     for gi in range(0, G):
         for c0 in range(0, CG, BLOCK_C):
             cc = c0 + offs_c
             c_mask = cc < CG
-            t = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+            t = tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32)
             for o0 in range(0, OG, BLOCK_O):
                 oo = o0 + offs_o
                 o_mask = oo < OG
@@ -186,8 +189,11 @@ def _pac_bwd_k_kernel(x_ptr, gy_ptr, w_ptr, gk_ptr,
             c_glob = (gi * CG + cc).to(tl.int64)
             x_off = (bi[:, None] * C + c_glob[None, :]) * (H * W) + (ih * W + iw)[:, None]
             xt = tl.load(x_ptr + x_off, mask=inside[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
-            gk += tl.sum(t * xt, axis=1)
-    tl.store(gk_ptr + (bi * (KH * KW) + j) * (HO * WO) + rem, gk.to(gk_ptr.dtype.element_ty), mask=p_mask)
+            gk += tl.dot(t * xt, ones, input_precision="ieee")
+    col = tl.arange(0, 16)
+    k_off = (bi * (KH * KW) + j) * (HO * WO) + rem
+    tl.store(gk_ptr + k_off[:, None] + col[None, :] * 0, gk.to(gk_ptr.dtype.element_ty),
+             mask=p_mask[:, None] & (col[None, :] == 0))
 
 
 def _pac_bwd_w_kernel(x_ptr, k_ptr, gy_ptr, gw_ptr,
@@ -211,7 +217,7 @@ def _pac_bwd_w_kernel(x_ptr, k_ptr, gy_ptr, gw_ptr,
     o_glob = (gi * OG + offs_o).to(tl.int64)
     c_glob = (gi * CG + offs_c).to(tl.int64)
     npix = B * HO * WO
-    acc = tl.zeros((BLOCK_O, BLOCK_C), dtype=tl.float32)
+    acc = tl.full((BLOCK_O, BLOCK_C), 0.0, tl.float32)
     start = split * PIX_PER_SPLIT
     for p0 in range(0, PIX_PER_SPLIT, BLOCK_P):
         offs_p = start + p0 + tl.arange(0, BLOCK_P)

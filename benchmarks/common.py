@@ -1,0 +1,229 @@
+"""Shared set-up of the pixel-adaptive benchmarks (the pytest-benchmark tests and ``report.py``).
+
+Three implementations side by side, on the same inputs and parameters:
+
+- ``conv``: ``nn.Conv2d`` with the same geometry (the baseline);
+- ``unfold``: the operator with the straightforward unfold formulation
+  (``adaptconv.ops.lean.implementation("unfold")``; the reference kept for the tests and these
+  benchmarks);
+- ``lean``: the operator as it runs by default (no unfold; Triton kernels for PAC on CUDA).
+
+Two phases: ``forward`` (inference, ``torch.no_grad``) and ``train`` (forward + backward of a fixed
+output gradient, the input requiring a gradient as in a middle layer; parameter gradients are
+allocated inside the step, so they count in its memory).
+
+Memory is ``adaptconv.measure.measure_peak_memory``: on the CPU the peak of live tensor bytes above
+the start of the step (PyTorch profiler memory events), on CUDA the allocator's peak.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from adaptconv.measure.memory import measure_peak_memory
+from adaptconv.ops import lean
+from adaptconv.ops.acda import AcdaConv2d
+from adaptconv.ops.dfn import DfnConv2d
+from adaptconv.ops.pac import PacConv2d
+from adaptconv.ops.paka import PakaConv2d
+
+#: Operators: the baseline and the pixel-adaptive ones. "pac-rgb" is PAC guided by a 3-channel image
+#: (the joint-upsampling use); "pac" is the default self-guided layer (the guide is its 64-channel input).
+OPERATORS = ("conv", "pac", "pac-rgb", "paka", "dfn", "acda")
+ADAPTIVE = OPERATORS[1:]
+PHASES = ("forward", "train")
+#: The configuration of the issue's targets.
+TARGET = dict(batch=8, channels=64, size=56, kernel=3)
+#: The resolution sweep (batch 1).
+SWEEP = (32, 64, 128, 256, 512)
+
+
+def set_threads() -> int:
+    """Set (and return) torch's intra-op threads: ``ADAPTCONV_BENCH_THREADS`` or every core."""
+    n = int(os.environ.get("ADAPTCONV_BENCH_THREADS", os.cpu_count() or 1))
+    torch.set_num_threads(n)
+    return n
+
+
+def device() -> torch.device:
+    return torch.device(os.environ.get("ADAPTCONV_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def implementations(op: str) -> tuple[str, ...]:
+    return ("conv",) if op == "conv" else ("unfold", "lean")
+
+
+def environment() -> dict:
+    return dict(torch=torch.__version__, threads=torch.get_num_threads(), device=str(device()),
+                cpu=platform.processor() or platform.machine(), python=platform.python_version(),
+                chunk_elements=lean._CHUNK[0])
+
+
+@dataclass
+class Case:
+    op: str
+    impl: str
+    phase: str
+    batch: int = TARGET["batch"]
+    channels: int = TARGET["channels"]
+    size: int = TARGET["size"]
+    kernel: int = TARGET["kernel"]
+
+    @property
+    def label(self) -> str:
+        return f"{self.op}/{self.impl}/{self.phase}/B{self.batch}-C{self.channels}-{self.size}px-k{self.kernel}"
+
+
+def _module(op: str, c: int, k: int) -> nn.Module:
+    p = k // 2
+    if op == "conv":
+        return nn.Conv2d(c, c, k, padding=p)
+    if op == "pac":
+        return PacConv2d(c, c, k, padding=p)
+    if op == "pac-rgb":
+        return PacConv2d(c, c, k, padding=p, guide_channels=3)
+    if op == "paka":
+        return PakaConv2d(c, c, k, padding=p)
+    if op == "dfn":
+        return DfnConv2d(c, c, k, padding=p)
+    if op == "acda":
+        return AcdaConv2d(c, c, k, padding=p)
+    raise ValueError(f"unknown operator {op!r}; one of {OPERATORS}")
+
+
+def build(case: Case, dev: torch.device | None = None) -> tuple[Callable[[], object], Callable[[], None]]:
+    """(step, reset): ``step()`` runs one forward (or forward + backward) of ``case``; ``reset()``
+    drops the gradients of the previous step (outside the measured region)."""
+    dev = dev or device()
+    torch.manual_seed(0)
+    module = _module(case.op, case.channels, case.kernel).to(dev)
+    # Move every parameter off its initialisation, so the adaptive branches (often zero-initialised)
+    # produce real per-pixel kernels.
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen).to(p))
+    b, c, s = case.batch, case.channels, case.size
+    x = torch.randn(b, c, s, s, generator=gen).to(dev)
+    guide = torch.rand(b, 3, s, s, generator=gen).to(dev) if case.op == "pac-rgb" else None
+    grad_out = torch.randn(b, c, s, s, generator=gen).to(dev)
+    impl = "lean" if case.impl == "conv" else case.impl
+    args = (x,) if guide is None else (x, guide)
+
+    if case.phase == "forward":
+        def step():
+            with torch.no_grad(), lean.implementation(impl):
+                return module(*args)
+    else:
+        x.requires_grad_(True)
+
+        def step():
+            with lean.implementation(impl):
+                y = module(*args)
+            y.backward(grad_out)
+            return y
+
+    def reset():
+        x.grad = None
+        for p in module.parameters():
+            p.grad = None
+
+    return step, reset
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def time_steps(steps: dict[str, tuple[Callable, Callable]], repeats: int, warmup: int = 1,
+               dev: torch.device | None = None) -> dict[str, list[float]]:
+    """Seconds per step for several cases, *interleaved* (one step of each case per round) so that a
+    change of machine load affects all of them alike."""
+    dev = dev or device()
+    for step, reset in steps.values():
+        for _ in range(warmup):
+            reset()
+            step()
+    samples: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for key, (step, reset) in steps.items():
+            reset()
+            _sync(dev)
+            t0 = time.perf_counter()
+            step()
+            _sync(dev)
+            samples[key].append(time.perf_counter() - t0)
+    return samples
+
+
+def peak_memory(step: Callable, reset: Callable, dev: torch.device | None = None) -> int:
+    dev = dev or device()
+    reset()
+    return measure_peak_memory(step, dev).peak_bytes
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def rel_iqr(xs: list[float]) -> float:
+    if len(xs) < 4:
+        return float("nan")
+    q = statistics.quantiles(xs, n=4)
+    return (q[2] - q[0]) / statistics.median(xs)
+
+
+_ISOLATED = """
+import json, resource, sys, time
+sys.path.insert(0, {here!r})
+import torch, common
+resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
+torch.set_num_threads({threads})
+case = common.Case(**json.loads(sys.argv[1]))
+step, reset = common.build(case)
+peak = common.peak_memory(step, reset)
+reset(); t0 = time.perf_counter(); step(); dt = time.perf_counter() - t0
+print("RESULT", json.dumps(dict(peak=peak, seconds=dt)))
+"""
+
+
+def run_isolated(case: Case, mem_limit_bytes: int, timeout: float = 900) -> dict:
+    """Peak memory and one step's time of ``case`` in a fresh process whose address space is capped
+    at ``mem_limit_bytes`` (so a reference that needs more fails alone instead of exhausting the
+    machine): ``{"peak", "seconds"}`` or ``{"error"}``."""
+    code = _ISOLATED.format(here=os.path.dirname(os.path.abspath(__file__)), limit=int(mem_limit_bytes),
+                            threads=torch.get_num_threads())
+    fields = dict(op=case.op, impl=case.impl, phase=case.phase, batch=case.batch, channels=case.channels,
+                  size=case.size, kernel=case.kernel)
+    try:
+        run = subprocess.run([sys.executable, "-c", code, json.dumps(fields)], capture_output=True, text=True,
+                             timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(error=f"timed out after {timeout:.0f} s")
+    for line in run.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    tail = (run.stderr.strip().splitlines() or ["?"])[-1]
+    if "MemoryError" in run.stderr or "bad_alloc" in run.stderr or "DefaultCPUAllocator" in run.stderr:
+        return dict(error=f"out of memory (address space capped at {mem_limit_bytes / 2**30:.0f} GiB)")
+    return dict(error=f"failed (exit {run.returncode}): {tail}")
+
+
+def memory_limit() -> int:
+    """Cap for isolated runs: ``ADAPTCONV_BENCH_MEM_LIMIT_GIB`` or 2/3 of the physical memory."""
+    gib = os.environ.get("ADAPTCONV_BENCH_MEM_LIMIT_GIB")
+    if gib:
+        return int(float(gib) * 2**30)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 2 / 3)
