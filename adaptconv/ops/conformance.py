@@ -155,6 +155,32 @@ def check_shapes(cls) -> str:
     return f"{n} geometries match nn.Conv2d"
 
 
+def as_function_of_everything(op: nn.Module, x: torch.Tensor, guide: torch.Tensor | None = None):
+    """``(f, inputs, names)``: the operator as a function of its input, its guide (if any) and every
+    trainable parameter, with fresh leaf copies of them as ``inputs`` — what gradcheck needs."""
+    names = [n for n, p in op.named_parameters() if p.requires_grad]
+    params = [p.detach().clone().requires_grad_(True) for n, p in op.named_parameters() if p.requires_grad]
+    buffers = dict(op.named_buffers())
+    inputs = [x.detach().clone().requires_grad_(True)]
+    if guide is not None:
+        inputs.append(guide.detach().clone().requires_grad_(True))
+    n_in = len(inputs)
+
+    def f(*args):
+        return functional_call(op, {**buffers, **dict(zip(names, args[n_in:]))},
+                               (args[0], args[1] if guide is not None else None))
+
+    return f, tuple(inputs + params), ["x", "guide"][:n_in] + names
+
+
+def gradcheck_operator(op: nn.Module, x: torch.Tensor, guide: torch.Tensor | None = None, *,
+                       fast_mode: bool = False, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3) -> bool:
+    """torch.autograd.gradcheck (float64) of ``op`` with respect to input, guide and every parameter."""
+    f, inputs, _ = as_function_of_everything(op, x, guide)
+    return torch.autograd.gradcheck(f, inputs, eps=eps, atol=atol, rtol=rtol, fast_mode=fast_mode,
+                                    raise_exception=False)
+
+
 def check_gradients(cls, fast: bool = True) -> str:
     """gradcheck in float64; ``fast`` uses torch's fast mode (a random projection of the Jacobian),
     which keeps the check quick for operators with large adaptive branches."""
@@ -163,21 +189,9 @@ def check_gradients(cls, fast: bool = True) -> str:
     op = _build(cls, 2, 2, guided=guided, **geo).double().eval()
     _perturb(op)
     x, guide = _inputs(op, 2, 5, 5, torch.float64)
-    names = [n for n, p in op.named_parameters() if p.requires_grad]
-    params = [p.detach().clone().requires_grad_(True) for n, p in op.named_parameters() if p.requires_grad]
-    buffers = dict(op.named_buffers())
-    x.requires_grad_(True)
-    inputs = [x] + ([guide.requires_grad_(True)] if guide is not None else [])
-
-    def fn(*args):
-        xi = args[0]
-        gi = args[1] if guide is not None else None
-        ps = args[len(inputs):]
-        return functional_call(op, ({**dict(zip(names, ps)), **buffers}), (xi, gi))
-
-    ok = torch.autograd.gradcheck(fn, tuple(inputs + params), eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=fast,
-                                   raise_exception=False)
+    ok = gradcheck_operator(op, x, guide, fast_mode=fast)
     _expect(ok, "torch.autograd.gradcheck failed (float64) for input, guide or a parameter")
+    params = [p for p in op.parameters() if p.requires_grad]
     n_el = sum(p.numel() for p in params)
     return (f"gradcheck{' (fast mode)' if fast else ''} float64 passes for input{', guide' if guide is not None else ''} and "
             f"{len(params)} parameter tensors ({n_el} elements)")

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adaptconv.ops.conformance import as_function_of_everything, gradcheck_operator
 from adaptconv.ops import create_op, get_op
 from adaptconv.ops.dynconv import DynamicConv2d, anneal_temperature
 
@@ -146,17 +147,10 @@ def test_gradcheck(guided):
                        guide_channels=3 if guided else None).double()
     x = torch.randn(2, 2, 3, 3, dtype=torch.float64)
     guide = torch.randn(2, 3, 3, 3, dtype=torch.float64) if guided else None
-    names = [n for n, _ in op.named_parameters()]
-    params = [p.detach().clone().requires_grad_() for _, p in op.named_parameters()]
-    inputs = [x.clone().requires_grad_()] + ([guide.clone().requires_grad_()] if guided else [])
-    n_in = len(inputs)
-
-    def f(*args):
-        return torch.func.functional_call(op, dict(zip(names, args[n_in:])), (args[0], args[1] if guided else None))
-
-    assert torch.autograd.gradcheck(f, inputs + params, eps=1e-6, atol=1e-6, rtol=1e-4)
-    grads = torch.autograd.grad(f(*inputs, *params).square().sum(), inputs + params)
-    for name, g in zip(["x", "guide"][:n_in] + names, grads):
+    assert gradcheck_operator(op, x, guide, atol=1e-6, rtol=1e-4)
+    f, inputs, names = as_function_of_everything(op, x, guide)
+    grads = torch.autograd.grad(f(*inputs).square().sum(), inputs)
+    for name, g in zip(names, grads):
         assert g.abs().sum() > 0, f"no gradient reaches {name}"
 
 
