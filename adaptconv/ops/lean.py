@@ -236,11 +236,19 @@ def _use_triton(x: torch.Tensor) -> bool:
 # Per tile of N output pixels (a few samples, or a few rows of one sample): the K-weighted taps of the
 # tile, stacked (C/g·k²×N), contracted with W in one GEMM (forward, and ∂W in backward); per tap j
 # in backward, q = W_jᵀ·gy (one GEMM), ∂K_j = Σ_c q ⊙ x_j and ∂x += K_j ⊙ q at the tap's shift.
+def _aliasing(stride: int) -> bool:
+    """A channel stride that is a multiple of 2 KiB of floats maps every channel's row to the same
+    cache sets (a 256×256 map: 256 KiB apart): GEMMs and passes over such views thrash the caches, so
+    the tile is copied to a contiguous buffer instead."""
+    return stride % 512 == 0
+
+
 def _tile_out(y: torch.Tensor, b0, b1, r0, r1, g: int) -> torch.Tensor | None:
-    """y[b0:b1, :, r0:r1] as a g×(O/g)×N matrix view a GEMM can write, or None (one sample only)."""
-    if b1 - b0 != 1:
-        return None
+    """y[b0:b1, :, r0:r1] as a g×(O/g)×N matrix view a GEMM can use directly, or None (then the tile
+    goes through a contiguous buffer): one sample, and a channel stride that does not alias."""
     o, ho, wo = y.shape[1:]
+    if b1 - b0 != 1 or _aliasing(ho * wo):
+        return None
     return y[b0].view(g, o // g, ho * wo)[:, :, r0 * wo: r1 * wo]
 
 
@@ -686,6 +694,16 @@ def _gc_view(t: torch.Tensor, b0, b1, r0, r1, g: int) -> torch.Tensor:
     return v.view(nb, g, c // g, *v.shape[2:]).permute(1, 2, 0, 3, 4)
 
 
+def _gc_tile(t: torch.Tensor, b0, b1, r0, r1, g: int, buf: torch.Tensor) -> torch.Tensor:
+    """:func:`_gc_view`, copied into ``buf`` (contiguous) when the channel stride aliases."""
+    v = _gc_view(t, b0, b1, r0, r1, g)
+    if not _aliasing(t.stride(1)):
+        return v
+    out = buf[: v.numel()].view(v.shape)
+    out.copy_(v)
+    return out
+
+
 def paka_forward(x, a_c, a_s, weight, bias, geom: Geometry, groups: int) -> torch.Tensor:
     b, c, h, w = x.shape
     o = weight.shape[0]
@@ -698,11 +716,12 @@ def paka_forward(x, a_c, a_s, weight, bias, geom: Geometry, groups: int) -> torc
     most = max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in chunks) * wo
     cbuf = x.new_empty(t * c * most)
     abuf = x.new_empty(o * most)
+    acbuf = x.new_empty(c * most)
     for b0, b1, r0, r1 in chunks:
         nb, rows = b1 - b0, r1 - r0
         n = nb * rows * wo
         xc = _gather(x, b0, b1, *_row_span(geom, r0, r1), geom.pads, "zeros")
-        ac = _gc_view(a_c, b0, b1, r0, r1, g)
+        ac = _gc_tile(a_c, b0, b1, r0, r1, g, acbuf)
         ats = _rows(a_s, b0, b1, r0, r1).unbind(1)
         cols = cbuf[: t * c * n].view(g, cg, t, nb, rows, wo)
         for j in range(t):
@@ -734,13 +753,15 @@ def paka_backward(x, a_c, a_s, weight, gy, geom: Geometry, groups: int, need_x, 
     qbuf = x.new_empty(c * most)
     pbuf = x.new_empty(c * most)
     gbuf = x.new_empty(o * most)
+    acbuf = x.new_empty(c * most)
+    gacbuf = x.new_empty(c * most) if need_ac else None
     one = x.new_ones(())
     for b0, b1, r0, r1 in chunks:
         nb, rows = b1 - b0, r1 - r0
         n = nb * rows * wo
         lo, hi = _row_span(geom, r0, r1)
         xc = _gather(x, b0, b1, lo, hi, geom.pads, "zeros")
-        ac = _gc_view(a_c, b0, b1, r0, r1, g)
+        ac = _gc_tile(a_c, b0, b1, r0, r1, g, acbuf)
         ats = _rows(a_s, b0, b1, r0, r1).unbind(1)
         th = tbuf[: t * c * n].view(t, g, cg, nb, rows, wo)
         for j in range(t):
@@ -760,7 +781,11 @@ def paka_backward(x, a_c, a_s, weight, gy, geom: Geometry, groups: int, need_x, 
             qm = q.view(g, cg, n)
             p = pbuf[: c * n].view(g, cg, nb, rows, wo)
             gxc = torch.zeros_like(xc) if need_x else None
-            gacc = _gc_view(gac, b0, b1, r0, r1, g) if need_ac else None
+            gacc = None
+            if need_ac:
+                gacc = _gc_view(gac, b0, b1, r0, r1, g)
+                if _aliasing(gac.stride(1)):
+                    gacc = gacbuf[: c * n].view(gacc.shape).zero_()
             for j in range(t):
                 torch.bmm(wtt[j], gyc, out=qm)  # the gradient of x_j·(1 + tanh)
                 if need_x:
@@ -772,6 +797,8 @@ def paka_backward(x, a_c, a_s, weight, gy, geom: Geometry, groups: int, need_x, 
                         gacc.add_(p)
                     if need_as:
                         gas[b0:b1, j, r0:r1] = p.sum((0, 1))
+            if need_ac and gacc.data_ptr() == gacbuf.data_ptr():
+                _gc_view(gac, b0, b1, r0, r1, g).copy_(gacc)
             if need_x:
                 _scatter_add(gx, gxc, b0, b1, lo, hi, geom.pads, "zeros")
     gw = gwt.view(g, t, cg, og).permute(0, 3, 2, 1).reshape(weight.shape) if need_w else None
