@@ -295,6 +295,9 @@ def run_trial(config: dict[str, Any] | TrialConfig, *, checkpoint: str | None = 
         record["timing"]["train_s"] = time.perf_counter() - phase_start
         phase_start = time.perf_counter()
         record["metrics"] = task.evaluate(model, test_set)
+        # what the report needs to rank without importing the task: headline metric and directions
+        record["metric_info"] = {"primary": task.metrics[0] if task.metrics else None,
+                                 "higher_is_better": dict(task.higher_is_better)}
         record["curve"].setdefault("eval", []).append({"step": record.get("steps", 0), **record["metrics"]})
         record["timing"]["eval_s"] = time.perf_counter() - phase_start
         phase_start = time.perf_counter()
