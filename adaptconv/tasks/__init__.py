@@ -12,6 +12,7 @@ _MODULES = {
     "segmentation": ("adaptconv.tasks.segmentation", "Segmentation"),
     "upsampling": ("adaptconv.tasks.upsampling", "Upsampling"),
     "denoising": ("adaptconv.tasks.denoising", "Denoising"),
+    "opbench": ("adaptconv.tasks.opbench", "OpBench"),
 }
 
 

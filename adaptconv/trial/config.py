@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from ..schema import ConfigError, did_you_mean, parse, to_dict
 
-TASK_NAMES = ("classification", "segmentation", "upsampling", "denoising")
+TASK_NAMES = ("classification", "segmentation", "upsampling", "denoising", "opbench")
 
 #: Keys that choose where/how a trial runs, not what it computes.
 RUN_KEYS = ("device", "threads", "data_root")  # `pretrained` is a path too, but it changes the result
@@ -45,14 +45,48 @@ class MeasureConfig:
     flops: bool = True
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8])  # batch 1 and a throughput batch
     resolution: int | None = None  # input side for measurements (default: the task's)
+    # several input sides, measured in this order (FLOPs at the first); give this or `resolution`.
+    # Normalised so that one side is always stored as `resolution` (trial ids of configs written
+    # before this key existed stay the same, and `resolutions: [96]` is `resolution: 96`).
+    resolutions: list[int] | None = None
     warmup: int = 3
     repeats: int = 20
     min_time_s: float = 0.3
 
+    def sides(self) -> list[int | None]:
+        """The input sides to measure at, in order (``[None]``: the task's own size)."""
+        if self.resolutions is not None:
+            return list(self.resolutions)
+        return [self.resolution]
+
+    def problems(self) -> list[str]:
+        out = []
+        if any(b < 1 for b in self.batch_sizes):
+            out.append(f"measure.batch_sizes: must be >= 1, got {self.batch_sizes}")
+        if self.resolution is not None and self.resolutions is not None:
+            out.append("measure.resolution and measure.resolutions: give one of them "
+                       "(resolution: 96 is resolutions: [96])")
+        if self.resolution is not None and self.resolution < 1:
+            out.append(f"measure.resolution: must be >= 1, got {self.resolution}")
+        if self.resolutions is not None:
+            if not self.resolutions:
+                out.append("measure.resolutions: a non-empty list of input sides")
+            elif any(r < 1 for r in self.resolutions):
+                out.append(f"measure.resolutions: must be >= 1, got {self.resolutions}")
+            elif len(set(self.resolutions)) != len(self.resolutions):
+                out.append(f"measure.resolutions: repeats a value: {self.resolutions}")
+        return out
+
+    def canonical(self) -> "MeasureConfig":
+        """One side is stored as ``resolution``, several as ``resolutions`` (see the field)."""
+        if self.resolutions is not None and len(self.resolutions) == 1 and self.resolution is None:
+            return dataclasses.replace(self, resolution=self.resolutions[0], resolutions=None)
+        return self
+
 
 @dataclass
 class TrialConfig:
-    task: Literal["classification", "segmentation", "upsampling", "denoising"]
+    task: Literal["classification", "segmentation", "upsampling", "denoising", "opbench"]
     dataset: str | None = None  # default: the task's built-in data
     data_root: str | None = None  # where a real dataset lives on disk
     backbone: str | None = None  # default: the task's network
@@ -93,8 +127,7 @@ class TrialConfig:
             problems.append(f"optimizer.lr: must be > 0, got {self.optimizer.lr}")
         if not 0 <= self.dynconv_anneal <= 1:
             problems.append(f"dynconv_anneal: a fraction of the budget in [0, 1], got {self.dynconv_anneal}")
-        if any(b < 1 for b in self.measure.batch_sizes):
-            problems.append(f"measure.batch_sizes: must be >= 1, got {self.measure.batch_sizes}")
+        problems += self.measure.problems()
         if self.swap is not None:
             unknown = set(self.swap) - set(ConvSelection.__dataclass_fields__)
             for key in sorted(unknown):
@@ -118,7 +151,8 @@ def parse_trial_config(mapping: dict[str, Any], where: str = "trial config") -> 
     problems += op_problems
     if problems:
         raise ConfigError(problems, where)
-    return task_cls.fill_defaults(dataclasses.replace(config, op_options=op_options))
+    return task_cls.fill_defaults(dataclasses.replace(config, op_options=op_options,
+                                                      measure=config.measure.canonical()))
 
 
 def canonical_op_options(op: str, options: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

@@ -218,42 +218,61 @@ def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record:
 
 
 def measure_model(task, model: nn.Module, cfg: TrialConfig) -> dict[str, Any]:
-    """Parameters, FLOPs, latency and peak memory of the trained network (inference and training step)."""
+    """Parameters, FLOPs, latency and peak memory of the trained network (inference and training step).
+
+    One run entry per (resolution, batch size, phase), in the order of ``measure.resolutions`` (or
+    ``measure.resolution``), then ``measure.batch_sizes``, then inference before the training step.
+    ``resolution`` in an entry is the side asked for (or, when none is, the side of the task's own
+    example input); ``input_shapes`` are the shapes actually fed. FLOPs are counted at the first
+    resolution. A run that fails (out of memory at a large resolution, say) records ``status: oom``
+    or ``error`` in its own entry and the others still run.
+    """
     from ..measure import count_flops, count_parameters, inference_step, measure_latency, measure_peak_memory, training_step
 
     m = cfg.measure
+    sides = m.sides()
     out: dict[str, Any] = {"params": count_parameters(model).as_dict()}
     device = task.device
     if m.flops:
         try:
-            out["flops"] = count_flops(model, task.example_inputs(1, m.resolution)).as_dict()
+            out["flops"] = count_flops(model, task.example_inputs(1, sides[0])).as_dict()
         except Exception as exc:  # a counting failure loses the FLOPs, not the trial
             out["flops"] = {"error": f"{type(exc).__name__}: {exc}"}
     runs = []
-    for bs in m.batch_sizes:
-        inputs = task.example_inputs(bs, m.resolution)
-        for phase in ("inference", "train_step"):
-            entry: dict[str, Any] = {"phase": phase, "batch_size": bs,
-                                     "input_shapes": [list(t.shape) for t in inputs]}
-            try:
-                net = copy.deepcopy(model)  # the training step changes weights; keep the trained model
-                if phase == "inference":
-                    fn = inference_step(net, inputs)
-                else:
-                    opt = torch.optim.SGD(net.parameters(), lr=1e-6)
-                    # a surrogate loss: same forward/backward/optimizer work as the task's, no targets needed
-                    fn = training_step(net, inputs, lambda out: out.float().square().mean(), opt)
-                if m.latency:
-                    entry["latency"] = measure_latency(fn, device=device, warmup=m.warmup, repeats=m.repeats,
-                                                       min_time_s=m.min_time_s).as_dict()
-                if m.memory:
-                    entry["memory"] = measure_peak_memory(fn, device).as_dict()
-            except Exception as exc:
-                entry["status"] = "oom" if is_oom(exc) else "error"
-                entry["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                if device.type == "cuda":
+    for side in sides:
+        for bs in m.batch_sizes:
+            for phase in ("inference", "train_step"):
+                entry: dict[str, Any] = {"phase": phase, "batch_size": bs, "resolution": side}
+                failed = False
+                try:
+                    # built inside the try: the inputs alone can exhaust memory at a large resolution
+                    inputs = task.example_inputs(bs, side)
+                    entry["input_shapes"] = [list(t.shape) for t in inputs]
+                    if side is None:
+                        entry["resolution"] = int(inputs[0].shape[-1])
+                    net = copy.deepcopy(model)  # the training step changes weights; keep the trained model
+                    if phase == "inference":
+                        fn = inference_step(net, inputs)
+                    else:
+                        opt = torch.optim.SGD(net.parameters(), lr=1e-6)
+                        # a surrogate loss: same forward/backward/optimizer work as the task's, no targets needed
+                        fn = training_step(net, inputs, lambda out: out.float().square().mean(), opt)
+                    if m.latency:
+                        entry["latency"] = measure_latency(fn, device=device, warmup=m.warmup, repeats=m.repeats,
+                                                           min_time_s=m.min_time_s).as_dict()
+                    if m.memory:
+                        entry["memory"] = measure_peak_memory(fn, device).as_dict()
+                except Exception as exc:
+                    failed = True
+                    entry["status"] = "oom" if is_oom(exc) else "error"
+                    entry["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    log.info("measurement at resolution %s, batch %d, %s failed: %s", side, bs, phase, entry["error"])
+                # drop this run's tensors before the next one (after the except block, whose traceback
+                # would keep them alive), so an OOM here does not make the smaller runs after it fail too
+                inputs = net = fn = opt = None
+                if failed and device.type == "cuda":
                     torch.cuda.empty_cache()
-            runs.append(entry)
+                runs.append(entry)
     out["runs"] = runs
     return out
 
