@@ -37,6 +37,7 @@ _BUILTIN_MODULES = (
     "adaptconv.ops.deform",
     "adaptconv.ops.condconv",
     "adaptconv.ops.dynconv",
+    "adaptconv.ops.involution",
 )
 
 
