@@ -29,23 +29,31 @@ def cmd_ops(args: argparse.Namespace) -> int:
     rows = []
     for name in list_ops():
         cls = get_op(name)
+        kind = getattr(cls, "kind", "conv")
         try:
-            params = _param_count(create_op(name, 64, 64, 3, padding=1 if "padding" in cls.supports else 0))
-            ratio = f"{params / conv_params:.2f}×"
+            if kind == "conv":
+                params = _param_count(create_op(name, 64, 64, 3, padding=1 if "padding" in cls.supports else 0))
+                ratio = f"{params / conv_params:.2f}×"
+            else:  # not a conv: its own parameter count at 64 channels, no conv to compare with
+                params = _param_count(cls(64, scale_factor=2) if kind == "upsampler" else
+                                      cls(64, guide_channels=3) if cls.guide == "required" else cls(64))
+                ratio = "n/a"
         except Exception as exc:  # a plugin that cannot build the reference layer is reported, not fatal
             params, ratio = f"error: {exc}", ""
         rows.append({
             "name": name,
+            "kind": kind,
             "paper": cls.paper,
             "guide": cls.guide,
             "supports": ",".join(a for a in ("stride", "padding", "dilation", "groups", "bias") if a in cls.supports),
-            "from_conv": "exact" if cls.function_preserving else "approx",
+            "from_conv": "n/a" if kind != "conv" else "exact" if cls.function_preserving else "approx",
             "params 64→64 k3": params,
             "vs Conv2d": ratio,
             "source": _short_source(op_source(name), args.verbose),
         })
     print(pd.DataFrame(rows).to_markdown(index=False))
-    print(f"\nnn.Conv2d(64, 64, 3): {conv_params} parameters")
+    print(f"\nnn.Conv2d(64, 64, 3): {conv_params} parameters; operators of another kind than conv: "
+          "params at 64 channels (upsampler ×2; refiner with 64 labels and an RGB guide)")
     errors = plugin_errors()
     for err in errors:
         print(f"plugin error: {err.entry_point} (from {err.distribution}): {err.error}", file=sys.stderr)
@@ -249,6 +257,94 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _suite_and_store(name: str, results: str | None):
+    """The suite (from suites/, a path, or the copy stored with its results) and its result store."""
+    from .results.store import ResultStore
+    from .sweep.suite import SuiteError, load_suite
+
+    try:
+        suite = load_suite(name)
+    except SuiteError:
+        stored = Path(results or Path("results") / Path(name).stem) / "suite.yaml"
+        if not stored.is_file():
+            raise
+        suite = load_suite(stored)  # the suite file is gone or renamed: its results keep a copy
+    return suite, ResultStore(Path(results) if results else Path("results") / suite.name)
+
+
+def _collect(args):
+    from .results.collect import collect
+
+    suite, store = _suite_and_store(args.suite, args.results)
+    t0 = time.perf_counter()
+    col = collect(store, suite)
+    paths = col.write(store.root)
+    return col, paths, time.perf_counter() - t0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from .report.tables import build_layout
+
+    col, paths, seconds = _collect(args)
+    states = col.trials["state"].value_counts()
+    print(f"{len(col.trials)} trials ({', '.join(f'{v} {k}' for k, v in sorted(states.items()))}) "
+          f"collected in {seconds:.1f} s")
+    for p in paths:
+        print(f"  {p}")
+    layout = build_layout(col)
+    metric = f"metric.{col.primary}" if col.primary else None
+    if len(layout.agg) and metric in layout.agg:
+        cols = ["section", "variant"] + layout.context + [metric, f"{metric}.ci_low", f"{metric}.ci_high",
+                                                          f"{metric}.n", "n_done", "n_trials"]
+        print(layout.agg[cols].to_markdown(index=False, floatfmt=".4g"))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    col, _, seconds = _collect(args)
+    out = Path(args.out) if args.out else Path("report") / col.suite
+    t0 = time.perf_counter()
+    report = build_report(col, out, command=f"adaptconv report {args.suite}" + (f" --out {args.out}" if args.out else ""))
+    print(f"collected {len(col.trials)} trials in {seconds:.1f} s; wrote {len(report.figures)} figures and "
+          f"{len(report.tables)} tables in {time.perf_counter() - t0:.1f} s")
+    print(f"report: {report.index}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import compare
+    from .results.collect import CollectError, collect
+
+    cols = []
+    for spec in (args.a, args.b):
+        root = Path(spec)
+        if not (root / "trials").is_dir() and (Path("results") / spec / "trials").is_dir():
+            root = Path("results") / spec
+        if not (root / "trials").is_dir():
+            raise CollectError(f"{spec}: not a results folder (expected {root}/trials/<id>/record.json) "
+                               f"nor a suite name with results in results/{spec}")
+        cols.append(collect(root))
+    cmp = compare(*cols)
+    for label, env in (("A", cmp.env_a), ("B", cmp.env_b)):
+        print(f"{label}: {args.a if label == 'A' else args.b}")
+        print(env.to_markdown(index=False) if len(env) else "  (no finished trial)")
+    print(f"\n{len(cmp.table)} trials in both; {len(cmp.only_a)} only in A; {len(cmp.only_b)} only in B\n")
+    print(cmp.summary.to_markdown(index=False, floatfmt=".3f"))
+    if args.out:
+        from .results.atomic import write_text_atomic
+
+        write_text_atomic(args.out, cmp.table.to_csv(index=False))
+        print(f"\nper-trial table: {args.out}")
+    elif len(cmp.table):
+        ratios = [c for c in cmp.table.columns if c.endswith("B/A")]
+        keys = [c for c in cmp.table.columns if not c.endswith((" A", " B", "B/A"))]
+        print()
+        print(cmp.table[keys + ratios].head(40).to_markdown(index=False, floatfmt=".3f"))
+    return 0
+
+
 def _print_checks(results):
     for r in results:
         print(f"  {r.status.upper():4}  {r.name}: {r.detail}", flush=True)
@@ -292,6 +388,20 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--profile", help="SLURM profile: slurm/NAME.yaml or a path")
             p.add_argument("--max-parallel", type=int, help="local: trials at once (default: one per GPU, or 1)")
             p.add_argument("--wait", action="store_true", help="slurm: wait until every trial has a record")
+    p = sub.add_parser("collect", help="gather a suite's records into results/<suite>/results.parquet (and CSV)")
+    p.add_argument("suite", help="a suite name in suites/ or a path to a suite file")
+    p.add_argument("--results", help="results folder (default: results/<suite name>)")
+    p.set_defaults(func=cmd_collect)
+    p = sub.add_parser("report", help="collect, then write tables and figures to report/<suite>/")
+    p.add_argument("suite", help="a suite name in suites/ or a path to a suite file")
+    p.add_argument("--results", help="results folder (default: results/<suite name>)")
+    p.add_argument("--out", help="report folder (default: report/<suite name>)")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("compare", help="two result sets side by side, with the ratio B/A per metric")
+    p.add_argument("a", help="results folder (or suite name) A")
+    p.add_argument("b", help="results folder (or suite name) B")
+    p.add_argument("--out", help="write the per-trial table to this CSV")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

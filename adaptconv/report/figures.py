@@ -1,0 +1,395 @@
+"""The comparison figures of a report (matplotlib + seaborn styling, written as PNG).
+
+Every figure function takes the report :class:`~adaptconv.report.tables.Layout` and a folder, writes
+zero or more PNG files and returns a :class:`Figure` for each: its file, a caption and the legend
+entries actually drawn (the report's tests check them). PNGs are written without a timestamp or
+software tag so a regenerated report is byte-identical.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from ..results.atomic import write_bytes_atomic  # noqa: E402
+from .palette import BASELINE, base_op, op_order, variant_styles  # noqa: E402
+from .tables import Layout, fmt_value, short_key  # noqa: E402
+
+MAX_FACETS = 6
+DPI = 110
+_USED: set[str] = set()  # figure names written by the current all_figures call
+_REPORT_STYLES: dict = {}  # the style of every operator variant of the report, fixed once per report
+
+
+def _styles(labels) -> dict:
+    """Styles of the report's variants (the same in every figure), computed for labels it does not know."""
+    local = variant_styles(labels)
+    return {label: _REPORT_STYLES.get(label, local[label]) for label in local}
+
+
+@dataclass
+class Figure:
+    file: str  # relative to the report folder
+    caption: str
+    kind: str
+    legend: list[str] = field(default_factory=list)
+    section: str | None = None  # the task · dataset · backbone it belongs to, if one
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")[:80] or "all"
+
+
+def _style() -> None:
+    sns.set_theme(context="paper", style="whitegrid", font_scale=1.0)
+    plt.rcParams.update({"figure.dpi": DPI, "savefig.dpi": DPI, "axes.titlesize": 9, "legend.fontsize": 7})
+
+
+def _save(fig, folder: Path, name: str) -> str:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None}, bbox_inches="tight")
+    plt.close(fig)
+    stem, n = name, 2
+    while stem in _USED:  # two figures whose labels slug alike must not overwrite each other
+        stem, n = f"{name}-{n}", n + 1
+    _USED.add(stem)
+    path = folder / f"{stem}.png"
+    write_bytes_atomic(path, buf.getvalue())
+    return f"{folder.name}/{path.name}"
+
+
+def _legend(fig, axes, labels_seen: list[str]) -> list[str]:
+    """One legend for the whole figure, in the report's operator order; returns its entries."""
+    handles = {}
+    for ax in np.ravel(axes):
+        _plain_ticks(ax)
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    order = [lab for lab in op_order(handles) if lab in handles]
+    if order:
+        fig.legend([handles[lab] for lab in order], order, loc="upper left", bbox_to_anchor=(1.0, 0.95),
+                   frameon=False, title="operator")
+    return order
+
+
+def _plain_ticks(ax) -> None:
+    """No '+3.565' offset above the axis: metrics of close operators must read as themselves."""
+    for axis in (ax.xaxis, ax.yaxis):
+        fmt = axis.get_major_formatter()
+        if isinstance(fmt, matplotlib.ticker.ScalarFormatter):
+            fmt.set_useOffset(False)
+
+
+def _log_if_wide(ax, values, axis: str) -> None:
+    v = np.asarray([x for x in values if np.isfinite(x) and x > 0])
+    if len(v) >= 2 and v.max() / v.min() >= 10:
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+
+
+def _facets(n: int, rows: int = 1, width: float = 4.0, height: float = 3.2):
+    fig, axes = plt.subplots(rows, n, figsize=(width * n, height * rows), squeeze=False, layout="constrained")
+    return fig, axes
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)] or [[]]
+
+
+def _metric_name(metric: str, layout: Layout) -> str:
+    arrow = "↑" if layout.higher_is_better(metric) else "↓"
+    return f"{metric[len('metric.'):]} ({arrow} better)"
+
+
+def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> list[tuple[float, float]]:
+    """Points no other point beats on both latency (lower) and metric; sorted by latency."""
+    front = []
+    best = -math.inf
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1] if higher_is_better else p[1])):
+        score = y if higher_is_better else -y
+        if score > best:
+            front.append((x, y))
+            best = score
+    return front
+
+
+def _ci(agg: pd.DataFrame, col: str, measured: tuple[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Error bar half-widths: the t-CI over seeds, or with one seed the measurement's own CI if it has one."""
+    mean = agg[col].astype(float).values
+    lo, hi = agg[f"{col}.ci_low"].astype(float).values, agg[f"{col}.ci_high"].astype(float).values
+    if measured is not None:
+        one = agg[f"{col}.n"].values < 2
+        lo = np.where(one, agg[measured[0]].astype(float).values if measured[0] in agg else np.nan, lo)
+        hi = np.where(one, agg[measured[1]].astype(float).values if measured[1] in agg else np.nan, hi)
+    return np.nan_to_num(mean - lo, nan=0.0).clip(0), np.nan_to_num(hi - mean, nan=0.0).clip(0)
+
+
+# ---- metric vs latency, with the Pareto front -----------------------------------------------------
+
+def pareto_figures(layout: Layout, folder: Path) -> list[Figure]:
+    out = []
+    for section in layout.sections:
+        metric = layout.primary_of(section)
+        agg = layout.agg[layout.agg["section"] == section]
+        if metric is None or "inference_ms" not in agg or not agg["inference_ms"].notna().any():
+            continue
+        groups = sorted(agg["group"].unique())
+        for part, chunk in enumerate(_chunks(groups, MAX_FACETS)):
+            fig, axes = _facets(len(chunk))
+            for ax, group in zip(axes[0], chunk):
+                g = agg[(agg["group"] == group) & agg[metric].notna() & agg["inference_ms"].notna()]
+                g = g.set_index("variant").loc[[v for v in op_order(g["variant"])]].reset_index()
+                xerr = _ci(g, "inference_ms", ("inference_ms_ci_low", "inference_ms_ci_high"))
+                yerr = _ci(g, metric)
+                style = _styles(g["variant"])
+                for i, r in g.iterrows():
+                    color, marker, _ = style[r["variant"]]
+                    ax.errorbar(r["inference_ms"], r[metric], xerr=[[xerr[0][i]], [xerr[1][i]]],
+                                yerr=[[yerr[0][i]], [yerr[1][i]]], fmt=marker, ms=6,
+                                color=color, capsize=2, label=r["variant"], lw=1)
+                front = pareto_front(list(zip(g["inference_ms"], g[metric])), layout.higher_is_better(metric))
+                if len(front) >= 2:
+                    fx, fy = zip(*front)
+                    ax.step(fx, fy, where="post", color="0.5", ls="--", lw=1, zorder=0)
+                _log_if_wide(ax, g["inference_ms"], "x")
+                ax.set_xlabel(f"inference latency, batch {_batch(layout)} (ms, ↓)")
+                ax.set_ylabel(_metric_name(metric, layout))
+                ax.set_title(group, fontsize=8)
+            legend = _legend(fig, axes, [])
+            name = f"pareto-{slug(section)}" + (f"-{part + 1}" if len(groups) > MAX_FACETS else "")
+            out.append(Figure(_save(fig, folder, name),
+                              f"{section}: {metric[len('metric.'):]} against inference latency, mean ± 95% CI over "
+                              f"seeds (with one seed, the latency's bootstrap CI); dashed: the Pareto front.",
+                              "pareto", legend, section))
+    return out
+
+
+def _batch(layout: Layout) -> str:
+    vals = layout.trials.get("measured_batch")
+    if vals is None or not vals.notna().any():
+        return "?"
+    u = sorted(set(int(v) for v in vals.dropna()))
+    return "/".join(map(str, u))
+
+
+# ---- latency and memory against resolution ------------------------------------------------------------
+
+def scaling_figures(layout: Layout, folder: Path) -> list[Figure]:
+    runs = layout.col.runs
+    if runs.empty or "resolution" not in runs:
+        return []
+    t = layout.trials[["trial_id", "variant", "section"] + layout.context]
+    runs = runs.merge(t, on="trial_id")
+    runs = runs[runs["status"] == "ok"]
+    out = []
+    for section in sorted(runs["section"].unique()):
+        r = runs[runs["section"] == section]
+        if r["resolution"].nunique() < 2:
+            continue
+        batch = int(r["batch_size"].min())
+        r = r[r["batch_size"] == batch]
+        combos = r[layout.context].drop_duplicates().map(fmt_value).values.tolist() if layout.context else [[]]
+        for combo in sorted(combos)[:MAX_FACETS]:
+            sub = r
+            for c, v in zip(layout.context, combo):
+                sub = sub[sub[c].map(fmt_value) == v]
+            phases = [p for p in ("inference", "train_step") if p in set(sub["phase"])]
+            fig, axes = _facets(len(phases), rows=2)
+            for j, phase in enumerate(phases):
+                p = sub[sub["phase"] == phase]
+                stats = p.groupby(["variant", "resolution"], sort=True)[["latency_ms", "peak_mb"]].median().reset_index()
+                for row, (col, label) in enumerate((("latency_ms", "latency (ms)"), ("peak_mb", "peak memory (MB)"))):
+                    ax = axes[row][j]
+                    style = _styles(stats["variant"])
+                    for variant in op_order(stats["variant"]):
+                        s = stats[stats["variant"] == variant]
+                        color, marker, dash = style[variant]
+                        ax.plot(s["resolution"], s[col], marker=marker, ls=dash, color=color, label=variant, ms=4, lw=1.2)
+                    ax.set_xscale("log", base=2)
+                    _log_if_wide(ax, stats[col], "y")
+                    ax.set_xlabel("input resolution (px)")
+                    ax.set_ylabel(label)
+                    ax.set_title(f"{phase.replace('_', ' ')}, batch {batch}", fontsize=8)
+            legend = _legend(fig, axes, [])
+            where = ", ".join(f"{short_key(c)}={v}" for c, v in zip(layout.context, combo))
+            name = f"scaling-{slug(section)}" + (f"-{slug(where)}" if where else "")
+            method = ", ".join(sorted(set(sub["memory_method"].dropna().astype(str)))) if "memory_method" in sub else ""
+            out.append(Figure(_save(fig, folder, name),
+                              f"{section}{' (' + where + ')' if where else ''}: latency and peak memory against input "
+                              f"resolution, median over seeds (memory: {method or 'n/a'}).", "scaling", legend, section))
+    return out
+
+
+# ---- ablations: every swept hyperparameter ---------------------------------------------------------
+
+def _is_numeric(values) -> bool:
+    try:
+        [float(v) for v in values]
+    except (TypeError, ValueError):
+        return False
+    return not any(isinstance(v, bool) for v in values)
+
+
+def ablation_figures(layout: Layout, folder: Path) -> list[Figure]:
+    out = []
+    agg = layout.agg
+    for key in layout.context + layout.op_factors:
+        rows = agg[agg[key].notna()] if key in agg else agg.iloc[:0]
+        values = sorted({v for v in rows[key]}, key=lambda v: (str(type(v)), v)) if len(rows) else []
+        if len(values) < 2:
+            continue
+        sections = sorted(rows["section"].unique())[:MAX_FACETS]
+        others = [k for k in layout.context if k != key]
+        panels = [m for m in ("primary", "inference_ms")]
+        fig, axes = _facets(len(sections), rows=len(panels))
+        numeric = _is_numeric(values)
+        for j, section in enumerate(sections):
+            s = rows[rows["section"] == section].copy()
+            metric = layout.primary_of(section)
+            # a line per operator variant without the swept key, and per value of the other factors
+            s["line"] = s.apply(lambda r: _line_label(r, key, others, layout), axis=1)
+            for i, panel in enumerate(panels):
+                ax = axes[i][j]
+                col = metric if panel == "primary" else "inference_ms"
+                if col is None or col not in s or not s[col].notna().any():
+                    ax.set_visible(False)
+                    continue
+                style = _styles(s["line"])
+                for line in op_order(s["line"]):
+                    g = s[s["line"] == line].copy()
+                    g["_x"] = g[key].map(lambda v: float(v) if numeric else values.index(v))
+                    g = g.sort_values("_x")
+                    err = _ci(g.reset_index(drop=True), col)
+                    color, marker, dash = style[line]
+                    ax.errorbar(g["_x"], g[col], yerr=err, marker=marker, ls=dash, color=color, label=line,
+                                capsize=2, ms=4, lw=1.2)
+                if numeric:
+                    _log_if_wide(ax, [float(v) for v in values], "x")
+                    if len(values) <= 8:
+                        ax.set_xticks([float(v) for v in values])
+                        ax.set_xticklabels([fmt_value(v) for v in values])
+                        ax.minorticks_off()
+                else:
+                    ax.set_xticks(range(len(values)))
+                    ax.set_xticklabels([fmt_value(v) for v in values], rotation=30, ha="right")
+                ax.set_xlabel(short_key(key))
+                ax.set_ylabel(_metric_name(col, layout) if panel == "primary" else "inference latency (ms, ↓)")
+                if i == 0:
+                    ax.set_title(section, fontsize=8)
+        legend = _legend(fig, axes, [])
+        out.append(Figure(_save(fig, folder, f"ablation-{slug(key)}"),
+                          f"Ablation over {key}: headline metric and inference latency, mean ± 95% CI over seeds.",
+                          "ablation", legend))
+    return out
+
+
+def _line_label(row: pd.Series, key: str, others: list[str], layout: Layout) -> str:
+    opts = [f"{short_key(k)}={fmt_value(row[k])}" for k in layout.op_factors
+            if k != key and row[k] is not None and not (isinstance(row[k], float) and math.isnan(row[k]))]
+    opts += [f"{short_key(k)}={fmt_value(row[k])}" for k in others]
+    return f"{row['op']} ({', '.join(opts)})" if opts else str(row["op"])
+
+
+# ---- training curves -------------------------------------------------------------------------------
+
+def curve_figures(layout: Layout, folder: Path) -> list[Figure]:
+    curves = layout.col.curves
+    if curves.empty:
+        return []
+    loss = curves[curves["series"] == "loss"]
+    t = layout.trials[layout.trials["state"] == "done"][["trial_id", "variant", "section"]]
+    agg_groups = layout.agg.set_index(["section", "variant"])  # noqa: F841 (kept for clarity of the join below)
+    keyed = layout.trials[["trial_id"] + layout.context].map(fmt_value)
+    keyed["group"] = keyed[layout.context].agg(" · ".join, axis=1) if layout.context else ""
+    loss = loss.merge(t, on="trial_id").merge(keyed[["trial_id", "group"]], on="trial_id")
+    out = []
+    for section in sorted(loss["section"].unique()):
+        ls = loss[loss["section"] == section]
+        stats = ls.groupby(["group", "variant", "step"], sort=True)["value"].agg(["mean", "min", "max"]).reset_index()
+        groups = sorted(stats["group"].unique())
+        for part, chunk in enumerate(_chunks(groups, MAX_FACETS)):
+            fig, axes = _facets(len(chunk))
+            for ax, group in zip(axes[0], chunk):
+                g = stats[stats["group"] == group]
+                style = _styles(g["variant"])
+                for variant in op_order(g["variant"]):
+                    v = g[g["variant"] == variant]
+                    color, _, dash = style[variant]
+                    ax.plot(v["step"], v["mean"], color=color, ls=dash, lw=1.1, label=variant)
+                    ax.fill_between(v["step"], v["min"], v["max"], color=color, alpha=0.12, lw=0)
+                _log_if_wide(ax, g["mean"], "y")
+                ax.set_xlabel("step")
+                ax.set_ylabel("training loss")
+                ax.set_title(" · ".join(x for x in (section, group) if x), fontsize=8)
+            legend = _legend(fig, axes, [])
+            name = f"curves-{slug(section)}" + (f"-{part + 1}" if len(groups) > MAX_FACETS else "")
+            out.append(Figure(_save(fig, folder, name),
+                              f"{section}: training loss (mean over seeds; band: min to max).", "curves", legend, section))
+    return out
+
+
+# ---- per-task bars ---------------------------------------------------------------------------------
+
+def bar_figures(layout: Layout, folder: Path) -> list[Figure]:
+    out = []
+    for section in layout.sections:
+        metric = layout.primary_of(section)
+        if metric is None:
+            continue
+        agg = layout.agg[(layout.agg["section"] == section) & layout.agg[metric].notna()]
+        groups = sorted(agg["group"].unique())
+        for part, chunk in enumerate(_chunks(groups, MAX_FACETS)):
+            fig, axes = _facets(len(chunk), width=max(3.5, 0.45 * agg["variant"].nunique() + 1.5))
+            for ax, group in zip(axes[0], chunk):
+                g = agg[agg["group"] == group]
+                order = op_order(g["variant"])
+                g = g.set_index("variant").loc[order].reset_index()
+                err = _ci(g, metric)
+                style = _styles(g["variant"])
+                hatches = {v: ("" if style[v][2] == "-" else "//") for v in style}  # variants of one op: hatched
+                for i, r in g.iterrows():
+                    ax.bar(i, r[metric], yerr=[[err[0][i]], [err[1][i]]], color=style[r["variant"]][0],
+                           hatch=hatches[r["variant"]], label=r["variant"], capsize=2, edgecolor="black", lw=0.5)
+                base = g[g["op"] == BASELINE]
+                if len(base):
+                    ax.axhline(base[metric].iloc[0], color="black", ls=":", lw=1)
+                lo = np.nanmin(g[metric] - err[0])
+                hi = np.nanmax(g[metric] + err[1])
+                pad = (hi - lo) * 0.15 or abs(hi) * 0.05 or 1.0
+                ax.set_ylim(lo - pad, hi + pad)  # bars of close values: zoom to where they differ
+                ax.set_xticks(range(len(order)))
+                ax.set_xticklabels(order, rotation=40, ha="right", fontsize=7)
+                ax.set_ylabel(_metric_name(metric, layout))
+                ax.set_title(group, fontsize=8)
+            legend = _legend(fig, axes, [])
+            name = f"bars-{slug(section)}" + (f"-{part + 1}" if len(groups) > MAX_FACETS else "")
+            out.append(Figure(_save(fig, folder, name),
+                              f"{section}: {metric[len('metric.'):]} per operator, mean ± 95% CI over seeds "
+                              f"(dotted: conv). The axis is zoomed to the range of the values.", "bars", legend, section))
+    return out
+
+
+def all_figures(layout: Layout, folder: Path) -> list[Figure]:
+    _style()
+    _USED.clear()
+    _REPORT_STYLES.clear()
+    _REPORT_STYLES.update(variant_styles(layout.agg["variant"]) if len(layout.agg) else {})
+    figures = []
+    for make in (bar_figures, pareto_figures, scaling_figures, ablation_figures, curve_figures):
+        figures += make(layout, folder)
+    return figures
+
+
+__all__ = ["Figure", "all_figures", "pareto_front", "base_op"]

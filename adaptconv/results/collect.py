@@ -1,0 +1,432 @@
+"""Collect a suite's stored records into pandas tables, and aggregate them over seeds.
+
+Three tables, written next to the records as Parquet and CSV (``results/<suite>/``):
+
+- ``results``: one row per trial of the suite (and per record found in the store), pending and
+  failed trials included with their state. Columns: the flattened config (dotted keys, as in the
+  suite file), ``metric.<name>``, the headline measurements (``params``, ``flops``, ``inference_ms``,
+  ``train_step_ms``, ``inference_peak_mb``, ``train_step_peak_mb`` at the smallest measured batch and
+  the first measured resolution, ``throughput_ips`` at the largest), ``env.*`` and ``timing.*``.
+- ``runs``: one row per measurement run (trial × phase × batch size × resolution).
+- ``curves``: the training curves, long format (trial, step, series, value).
+
+Everything is read from the stored records: a report regenerated from the same store is the same.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from ..schema import ConfigError
+from ..trial.config import RUN_KEYS
+from .atomic import write_bytes_atomic
+from .store import ResultStore
+
+log = logging.getLogger(__name__)
+
+#: config keys that never separate two results (the run keys) or that are replicated (the seed)
+NOT_A_FACTOR = set(RUN_KEYS) | {"seed"}
+#: known metrics whose direction a record without ``metric_info`` cannot tell (records before it existed)
+KNOWN_DIRECTIONS = {"top1": True, "top5": True, "loss": False, "miou": True, "pixel_acc": True,
+                    "psnr": True, "ssim": True, "noisy_psnr": True, "rmse": False, "mae": False,
+                    "bilinear_rmse": False}
+#: headline measurements: column → (higher is better)
+MEASURES = {"inference_ms": False, "train_step_ms": False, "inference_peak_mb": False,
+            "train_step_peak_mb": False, "throughput_ips": True, "params": False, "flops": False}
+
+#: the measured (bootstrap) CI bounds of the headline latencies, averaged like the rest
+MEASURED_CI = ("inference_ms_ci_low", "inference_ms_ci_high", "train_step_ms_ci_low", "train_step_ms_ci_high")
+
+
+class CollectError(ConfigError):
+    """A result set that cannot be read (no records, no suite); the message names the path."""
+
+
+@dataclass
+class Collection:
+    suite: str
+    description: str
+    trials: pd.DataFrame
+    runs: pd.DataFrame
+    curves: pd.DataFrame
+    #: config columns (dotted keys) in the order of the suite
+    config_columns: list[str]
+    #: metric name → higher is better
+    directions: dict[str, bool]
+    #: the headline metric of the suite (the first task's first metric)
+    primary: str | None
+
+    @property
+    def metric_columns(self) -> list[str]:
+        return [c for c in self.trials.columns if c.startswith("metric.")]
+
+    def factors(self) -> list[str]:
+        """Config columns that vary between trials and change the result (not the seed, not run keys)."""
+        out = []
+        for c in self.config_columns:
+            if c in NOT_A_FACTOR:
+                continue
+            if self.trials[c].map(repr).nunique() > 1:
+                out.append(c)
+        return out
+
+    def write(self, root: str | os.PathLike) -> list[Path]:
+        """Write ``results.parquet``/``.csv``, ``runs.*`` and ``curves.parquet`` atomically; returns the paths."""
+        root = Path(root)
+        written = []
+        for name, df in (("results", self.trials), ("runs", self.runs), ("curves", self.curves)):
+            for fmt in ("parquet", "csv"):
+                if name == "curves" and fmt == "csv":
+                    continue  # long and only useful for plotting; parquet keeps it small
+                path = root / f"{name}.{fmt}"
+                write_bytes_atomic(path, _serialise(df, fmt))
+                written.append(path)
+        return written
+
+
+def _serialise(df: pd.DataFrame, fmt: str) -> bytes:
+    if fmt == "csv":
+        return df.to_csv(index=False).encode()
+    import io
+
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+# ---- one record → rows -----------------------------------------------------------------------------
+
+def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in mapping.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))  # an empty mapping (no op options) adds no column
+        else:
+            out[key] = v
+    return out
+
+
+def _cell(value: Any) -> Any:
+    """Config values as table cells: scalars stay, lists and mappings become canonical JSON."""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def _mb(nbytes: Any) -> float:
+    return float(nbytes) / 2**20 if isinstance(nbytes, (int, float)) else math.nan
+
+
+def _run_rows(tid: str, runs: list[dict]) -> list[dict[str, Any]]:
+    rows = []
+    for run in runs:
+        lat = run.get("latency") or {}
+        mem = run.get("memory") or {}
+        shapes = run.get("input_shapes") or [[]]
+        res = run.get("resolution")
+        if res is None and shapes and len(shapes[0]) == 4:
+            res = shapes[0][-1]  # records before the explicit key: the image input's width
+        rows.append({
+            "trial_id": tid, "phase": run.get("phase"), "batch_size": run.get("batch_size"),
+            "resolution": res, "status": run.get("status", "ok"), "error": run.get("error"),
+            "latency_ms": 1e3 * lat["median_s"] if "median_s" in lat else math.nan,
+            "latency_ci_low_ms": 1e3 * lat["ci95_low_s"] if "ci95_low_s" in lat else math.nan,
+            "latency_ci_high_ms": 1e3 * lat["ci95_high_s"] if "ci95_high_s" in lat else math.nan,
+            "latency_rel_iqr": lat.get("rel_iqr", math.nan), "noisy": lat.get("noisy"),
+            "timer": lat.get("timer"), "threads": lat.get("threads"),
+            "peak_mb": _mb(mem.get("peak_bytes")), "memory_method": mem.get("method"),
+        })
+    return rows
+
+
+def _headline(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The measurements a table shows: smallest batch at the first resolution; throughput at the largest."""
+    ok = [r for r in runs if r["status"] == "ok"]
+    out: dict[str, Any] = {}
+    if not runs:
+        return out
+    first_res = runs[0]["resolution"]
+    at_res = [r for r in ok if r["resolution"] == first_res]
+    if not at_res:
+        return out
+    small = min(r["batch_size"] for r in at_res)
+    for r in at_res:
+        if r["batch_size"] == small and r["phase"] in ("inference", "train_step"):
+            out[f"{r['phase']}_ms"] = r["latency_ms"]
+            out[f"{r['phase']}_ms_ci_low"] = r["latency_ci_low_ms"]
+            out[f"{r['phase']}_ms_ci_high"] = r["latency_ci_high_ms"]
+            out[f"{r['phase']}_noisy"] = r["noisy"]
+            out[f"{r['phase']}_peak_mb"] = r["peak_mb"]
+    large = max(r["batch_size"] for r in at_res)
+    for r in at_res:
+        if r["batch_size"] == large and r["phase"] == "inference" and r["latency_ms"] > 0:
+            out["throughput_ips"] = large / (r["latency_ms"] / 1e3)
+    out["measured_batch"] = small
+    out["measured_resolution"] = first_res
+    return out
+
+
+def _environment(env: dict) -> dict[str, Any]:
+    cuda = env.get("cuda") or {}
+    devices = cuda.get("devices") or []
+    device = env.get("device")
+    name = (devices[0].get("name") if devices and isinstance(devices[0], dict) else None) \
+        if device == "cuda" else (env.get("cpu") or {}).get("model")
+    git = env.get("git") or {}
+    slurm = env.get("slurm") or {}
+    return {
+        "env.device": device, "env.device_name": name,
+        "env.threads": (env.get("cpu") or {}).get("torch_threads"),
+        "env.torch": (env.get("versions") or {}).get("torch"),
+        "env.git_commit": git.get("commit"), "env.git_dirty": git.get("dirty"),
+        "env.hostname": env.get("hostname"), "env.precision": env.get("precision"),
+        "env.slurm_job_id": slurm.get("job_id") or slurm.get("SLURM_JOB_ID"),
+        "env.timestamp": env.get("timestamp_utc"),
+    }
+
+
+def record_rows(tid: str, record: dict) -> tuple[dict[str, Any], list[dict], tuple[list, list, list]]:
+    """The trial row, the run rows and the curve columns (steps, series, values) of one stored record."""
+    row: dict[str, Any] = {"trial_id": tid, "status": record.get("status")}
+    row.update({k: _cell(v) for k, v in _flatten(record.get("config") or {}).items()})
+    for k, v in (record.get("metrics") or {}).items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            row[f"metric.{k}"] = float(v)
+    meas = record.get("measurements") or {}
+    params = meas.get("params") or {}
+    if "total" in params:
+        row["params"] = params["total"]
+    flops = meas.get("flops") or {}
+    if "flops" in flops:
+        row["flops"] = flops["flops"]
+        row["flops_complete"] = flops.get("complete")
+    runs = _run_rows(tid, meas.get("runs") or [])
+    row.update(_headline(runs))
+    row.update(_environment(record.get("environment") or {}))
+    for k, v in (record.get("timing") or {}).items():
+        row[f"timing.{k}"] = v
+    for key in ("steps", "attempts", "requeues", "finished", "resumed_from_step"):
+        if key in record:  # `steps` is also a config key: the record's is the number actually run
+            row[f"run.{key}"] = record[key]
+    err = record.get("error") or {}
+    if err:
+        row["error"] = err.get("message") or err.get("type")
+    if "diverged_at_step" in record or "step" in err:
+        row["diverged_at_step"] = record.get("diverged_at_step", err.get("step"))
+    # curves stay columnar (step, series, value lists): tens of thousands of records make millions of points
+    curve = record.get("curve") or {}
+    steps = list(curve.get("step") or [])
+    c_step, c_series, c_value = [], [], []
+    for series in ("loss", "lr"):
+        values = list(curve.get(series) or [])[:len(steps)]
+        c_step += steps[:len(values)]
+        c_series += [series] * len(values)
+        c_value += values
+    for point in curve.get("eval") or []:
+        for k, v in point.items():
+            if k != "step" and isinstance(v, (int, float)):
+                c_step.append(point.get("step"))
+                c_series.append(f"eval.{k}")
+                c_value.append(v)
+    return row, runs, (c_step, c_series, c_value)
+
+
+# ---- a store → tables ------------------------------------------------------------------------------
+
+def _read_all(store: ResultStore, tids: Iterable[str]) -> dict[str, dict]:
+    # reading is I/O and JSON parsing; a few threads hide the file-system latency of a shared disk
+    tids = list(tids)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        records = list(pool.map(store.read_record, tids))
+    return {t: r for t, r in zip(tids, records) if r is not None}
+
+
+def collect(store: ResultStore | str | os.PathLike, suite=None) -> Collection:
+    """Gather every trial of ``suite`` (an expanded :class:`~adaptconv.sweep.suite.Suite`, or None to take
+    the trials found in the store) and every record in ``store`` into a :class:`Collection`.
+
+    Trials without a record appear with their state (``pending`` or ``running``) and their config;
+    nothing is invented for them.
+    """
+    if not isinstance(store, ResultStore):
+        store = ResultStore(store)
+    stored = store.trial_ids()
+    if suite is None and not stored:
+        raise CollectError(f"{store.root}: no trials stored here (expected {store.trials_dir}/<id>/record.json)")
+    suite_trials = {t.id: t for t in suite.trials} if suite is not None else {}
+    records = _read_all(store, stored)
+    rows, runs = [], []
+    curves: dict[str, list] = {"trial_id": [], "step": [], "series": [], "value": []}
+    order = list(suite_trials) + [t for t in stored if t not in suite_trials]
+    for tid in order:
+        record = records.get(tid)
+        if record is not None:
+            row, r, c = record_rows(tid, record)
+            row["state"] = "done" if record.get("status") == "ok" else "failed"
+            runs += r
+            curves["trial_id"] += [tid] * len(c[0])
+            curves["step"] += c[0]
+            curves["series"] += c[1]
+            curves["value"] += c[2]
+        else:
+            if tid in suite_trials:
+                config = suite_trials[tid].config
+            else:
+                try:
+                    config = store.read_config(tid)
+                except (FileNotFoundError, json.JSONDecodeError):
+                    continue  # a folder with nothing in it yet
+            row = {"trial_id": tid, **{k: _cell(v) for k, v in _flatten(config).items()}}
+            row["state"] = store.state(tid)
+            row["status"] = row["state"]
+        row["in_suite"] = tid in suite_trials or suite is None
+        if tid in suite_trials and suite_trials[tid].block:
+            row["block"] = suite_trials[tid].block
+        rows.append(row)
+    trials = pd.DataFrame(rows)
+    config_columns = _config_columns(trials, suite_trials, records)
+    trials = _order_columns(trials, config_columns)
+    directions = dict(KNOWN_DIRECTIONS)
+    primary = None
+    for tid in order:
+        info = (records.get(tid) or {}).get("metric_info") or {}
+        directions.update(info.get("higher_is_better") or {})
+        if primary is None and info.get("primary"):
+            primary = info["primary"]
+    if primary is None:  # records before metric_info: the first metric the task reported
+        firsts = [next(iter(r["metrics"])) for r in records.values() if r.get("metrics")]
+        primary = firsts[0] if firsts else None
+    name = suite.spec.name if suite is not None else store.root.name
+    description = suite.spec.description if suite is not None else ""
+    runs_df = pd.DataFrame(runs, columns=None if runs else
+                           ["trial_id", "phase", "batch_size", "resolution", "status", "latency_ms", "peak_mb"])
+    curves_df = pd.DataFrame(curves)
+    curves_df["series"] = curves_df["series"].astype("category")
+    return Collection(name, description.strip(), trials, runs_df, curves_df, config_columns, directions, primary)
+
+
+def _config_columns(trials: pd.DataFrame, suite_trials: dict, records: dict) -> list[str]:
+    keys: list[str] = []
+    seen = set()
+    configs = [t.config for t in suite_trials.values()] + [r.get("config") or {} for r in records.values()]
+    for config in configs[:1] + configs:
+        for k in _flatten(config):
+            if k not in seen:
+                seen.add(k)
+                keys.append(k)
+    return [k for k in keys if k in trials.columns]
+
+
+def _order_columns(df: pd.DataFrame, config_columns: list[str]) -> pd.DataFrame:
+    head = [c for c in ("trial_id", "state", "status", "in_suite", "block") if c in df.columns]
+    metrics = sorted(c for c in df.columns if c.startswith("metric."))
+    measures = [c for c in df.columns if c not in head and c not in config_columns and c not in metrics]
+    df = df[head + config_columns + metrics + measures]
+    # one type per column so Parquet can store it: a column mixing numbers and text becomes text
+    for c in df.columns:
+        if df[c].dtype == object:
+            kinds = {type(v) for v in df[c] if v is not None and not (isinstance(v, float) and math.isnan(v))}
+            if len(kinds) > 1 and not kinds <= {int, float}:
+                df[c] = df[c].map(lambda v: None if v is None else str(v))
+    return df
+
+
+# ---- aggregation over seeds ------------------------------------------------------------------------
+
+def t_quantile(n: np.ndarray) -> np.ndarray:
+    """Two-sided 95% Student-t quantile for n samples (NaN below two)."""
+    from scipy import stats
+
+    n = np.asarray(n, dtype=float)
+    out = np.full(n.shape, np.nan)
+    ok = n >= 2
+    out[ok] = stats.t.ppf(0.975, n[ok] - 1)
+    return out
+
+
+def aggregate(col: Collection, values: list[str] | None = None) -> pd.DataFrame:
+    """Mean, std, n and a 95% t confidence interval of every metric and measurement, over seeds.
+
+    Groups are the config without the seed (and without run keys such as the device or data path);
+    only finished trials (status ok) enter the statistics, and each group also counts its trials by
+    state so a partly run group is visible.
+    """
+    df = col.trials
+    keys = [c for c in col.config_columns if c not in NOT_A_FACTOR]
+    if values is None:
+        values = col.metric_columns + [c for c in (*MEASURES, *MEASURED_CI) if c in df.columns]
+    label = df.groupby(keys, dropna=False, sort=False).ngroup() if keys else pd.Series(0, index=df.index)
+    states = pd.crosstab(label, df["state"])
+    for s in ("done", "failed", "running", "pending"):
+        if s not in states:
+            states[s] = 0
+    ok = df[df["status"] == "ok"]
+    ok_label = label[ok.index]
+    out = df.loc[~label.duplicated(), keys].copy()
+    out.index = label[~label.duplicated()].values
+    out["n_trials"] = states.sum(axis=1).reindex(out.index).values
+    for s in ("done", "failed", "running", "pending"):
+        out[f"n_{s}"] = states[s].reindex(out.index).values
+    if len(ok):
+        grouped = ok[values].apply(pd.to_numeric, errors="coerce").groupby(ok_label.values)
+        mean, std, n = grouped.mean(), grouped.std(ddof=1), grouped.count()
+        for v in values:
+            nv = n[v].reindex(out.index).fillna(0).astype(int)
+            m = mean[v].reindex(out.index)
+            s = std[v].reindex(out.index)
+            half = t_quantile(nv.values) * s.values / np.sqrt(np.maximum(nv.values, 1))
+            out[v] = m.values
+            out[f"{v}.std"] = s.values
+            out[f"{v}.n"] = nv.values
+            out[f"{v}.ci_low"] = m.values - half
+            out[f"{v}.ci_high"] = m.values + half
+    else:
+        for v in values:
+            for suffix in ("", ".std", ".ci_low", ".ci_high"):
+                out[v + suffix] = np.nan
+            out[f"{v}.n"] = 0
+    return out.reset_index(drop=True)
+
+
+def intervals_separate(a_low: float, a_high: float, b_low: float, b_high: float) -> bool:
+    """True only when both intervals exist and do not overlap."""
+    if any(v is None or not np.isfinite(v) for v in (a_low, a_high, b_low, b_high)):
+        return False
+    return a_high < b_low or b_high < a_low
+
+
+def rank(agg: pd.DataFrame, value: str, higher_is_better: bool, within: list[str]) -> pd.DataFrame:
+    """Rank rows by ``value`` inside each group of ``within`` columns.
+
+    Adds ``rank`` (1 = best mean), ``best`` (the best mean) and ``significant``: whether this row's 95%
+    interval separates from the best row's (False for the best row and whenever an interval is missing,
+    e.g. with one seed: a difference inside the noise is not a win).
+    """
+    agg = agg.copy()
+    agg["rank"] = np.nan
+    agg["best"] = False
+    agg["significant"] = False
+    groups = agg.groupby([agg[c].map(repr) for c in within], sort=False) if within else [(None, agg)]
+    for _, g in groups:
+        g = g[np.isfinite(g[value].astype(float))]
+        if g.empty:
+            continue
+        order = g[value].astype(float).sort_values(ascending=not higher_is_better, kind="stable")
+        agg.loc[order.index, "rank"] = np.arange(1, len(order) + 1)
+        top = order.index[0]
+        agg.loc[order.index[order.values == order.values[0]], "best"] = True  # ties share the mark
+        lo, hi = agg.at[top, f"{value}.ci_low"], agg.at[top, f"{value}.ci_high"]
+        for i in order.index[1:]:
+            agg.at[i, "significant"] = intervals_separate(agg.at[i, f"{value}.ci_low"], agg.at[i, f"{value}.ci_high"], lo, hi)
+    return agg
