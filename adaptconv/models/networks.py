@@ -3,10 +3,11 @@
 - :class:`SimpleCNN` — a small VGG/ResNet-style classifier (and feature extractor) that trains in
   seconds on a CPU; timm backbones are the alternative for real runs. Its ``feature_info`` follows
   timm's convention so stage selection works the same way.
-- :class:`FCNSegmenter` — any feature backbone + a light FCN decoder.
+- :class:`FCNSegmenter` — any feature backbone + a light FCN decoder (its feature upsampling
+  bilinear or CARAFE; optionally a PAC-CRF refinement head on the logits, guided by the image).
 - :class:`JointUpsamplingNet` — guided depth upsampling: a guidance branch on the RGB image and a
-  target branch on the bilinearly upsampled depth, whose 3×3 convs (``target.layers.*``) are the
-  operator under test; the output is a residual on the bilinear upsampling.
+  target branch on the upsampled depth (bilinear, or CARAFE), whose 3×3 convs (``target.layers.*``)
+  are the operator under test; the output is a residual on that upsampling.
 - :class:`DnCNN` — residual denoiser (Zhang et al. 2017): conv-ReLU, (depth−2)×(conv-BN-ReLU), conv;
   its body convs (``body.*``) are the operator under test.
 """
@@ -16,6 +17,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+UPSAMPLERS = ("bilinear", "carafe")
+
+
+def _check_upsampler(upsampler: str) -> None:
+    if upsampler not in UPSAMPLERS:
+        raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {upsampler!r}")
+
+
+def _fit(t: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize to ``size`` if needed (a CARAFE by an integer factor can miss odd sizes by a pixel)."""
+    if tuple(t.shape[-2:]) == tuple(size):
+        return t
+    return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -71,29 +86,66 @@ class SimpleCNN(nn.Module):
 
 
 class FCNSegmenter(nn.Module):
-    """Backbone features → 1×1 projections → upsample to the finest map → sum → 3×3 conv → classes."""
+    """Backbone features → 1×1 projections → upsample to the finest map → sum → 3×3 conv → classes
+    → bilinear to the image size → (optional) refinement head.
 
-    def __init__(self, backbone: nn.Module, channels: list[int], num_classes: int, width: int = 64) -> None:
+    ``upsampler="carafe"`` upsamples each projected feature map to the finest one with a CARAFE of
+    factor ``reductions[i] // reductions[0]`` (``reductions``: the backbone's output strides, needed
+    then); the logits still go to the image size bilinearly. ``refiner``: a module called as
+    ``refiner(logits, image)`` (e.g. :class:`adaptconv.ops.paccrf.PacCRF`).
+    """
+
+    def __init__(self, backbone: nn.Module, channels: list[int], num_classes: int, width: int = 64, *,
+                 upsampler: str = "bilinear", reductions: list[int] | None = None,
+                 refiner: nn.Module | None = None) -> None:
         super().__init__()
+        _check_upsampler(upsampler)
         self.backbone = backbone
         self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
         self.fuse = conv_bn_relu(width, width)
         self.classifier = nn.Conv2d(width, num_classes, 1)
+        self.upsampler = upsampler
+        if upsampler == "carafe":
+            from ..ops.carafe import Carafe
+
+            if reductions is None or len(reductions) != len(channels):
+                raise ValueError("FCNSegmenter: upsampler='carafe' needs the backbone's reductions, one per feature map")
+            if any(r % reductions[0] for r in reductions):
+                raise ValueError(f"FCNSegmenter: reductions {reductions} are not multiples of the finest one")
+            self.upsamplers = nn.ModuleList(
+                Carafe(width, r // reductions[0], compressed_channels=width) if r > reductions[0] else nn.Identity()
+                for r in reductions)
+        self.refiner = refiner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.backbone(x)
         size = feats[0].shape[-2:]
-        y = sum(F.interpolate(lat(f), size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size
-                else lat(f) for lat, f in zip(self.lateral, feats))
+        if self.upsampler == "carafe":
+            y = sum(_fit(up(lat(f)), size) for lat, up, f in zip(self.lateral, self.upsamplers, feats))
+        else:
+            y = sum(F.interpolate(lat(f), size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size
+                    else lat(f) for lat, f in zip(self.lateral, feats))
         y = self.classifier(self.fuse(y))
-        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return y if self.refiner is None else self.refiner(y, x)
 
 
 class JointUpsamplingNet(nn.Module):
     """forward(rgb at high resolution, depth at low resolution) → depth at high resolution."""
 
-    def __init__(self, width: int = 32, layers: int = 4, guide_channels: int = 3) -> None:
+    def __init__(self, width: int = 32, layers: int = 4, guide_channels: int = 3, *, upsampler: str = "bilinear",
+                 scale: int | None = None) -> None:
         super().__init__()
+        _check_upsampler(upsampler)
+        # CARAFE upsamples the depth by ``scale`` (sizes are multiples of it); kept outside ``target``
+        # so the task's default swap selection leaves it alone.
+        self.upsample = None
+        if upsampler == "carafe":
+            from ..ops.carafe import Carafe
+
+            if not scale or scale < 2:
+                raise ValueError(f"JointUpsamplingNet: upsampler='carafe' needs the integer scale (>= 2), got {scale}")
+            self.upsample = Carafe(1, scale, compressed_channels=width)
         self.guidance = nn.Sequential(nn.Conv2d(guide_channels, width, 3, padding=1), nn.ReLU(inplace=True),
                                       nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True))
         self.target = nn.Module()
@@ -106,7 +158,10 @@ class JointUpsamplingNet(nn.Module):
         nn.init.zeros_(self.target.tail.bias)
 
     def forward(self, rgb: torch.Tensor, depth_lr: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(depth_lr, size=rgb.shape[-2:], mode="bilinear", align_corners=False)
+        if self.upsample is None:
+            up = F.interpolate(depth_lr, size=rgb.shape[-2:], mode="bilinear", align_corners=False)
+        else:
+            up = _fit(self.upsample(depth_lr), rgb.shape[-2:])
         g = self.guidance(rgb)
         t = F.relu(self.target.head(up), inplace=True)
         for layer in self.target.layers:

@@ -235,6 +235,11 @@ def swap_convs(
     operator cannot take the requested guide.
     """
     cls = get_op(op)
+    kind = getattr(cls, "kind", "conv")
+    if kind != "conv":
+        raise SwapError(f"operator {op!r} is of kind {kind!r}, not a convolution: it cannot replace an nn.Conv2d "
+                        f"(only operators of kind 'conv' are hot-swapped; tasks take the other kinds as options, "
+                        "e.g. task_options.upsampler=carafe, task_options.crf=paccrf)")
     if guide not in ("self", "image"):
         raise SwapError(f"guide must be 'self' or 'image', got {guide!r}")
     if guide == "image" and cls.guide == "none":

@@ -28,6 +28,10 @@ from torch import nn
 from .taps import pair
 
 GuideNeed = Literal["none", "optional", "required"]
+#: What an operator is: a drop-in ``nn.Conv2d`` (hot-swappable), a content-aware upsampler, or a
+#: refinement head (input and output of the same shape, e.g. mean-field CRF over logits).
+OpKind = Literal["conv", "upsampler", "refiner"]
+OP_KINDS: tuple[str, ...] = ("conv", "upsampler", "refiner")
 
 #: The ``nn.Conv2d`` arguments an operator may declare support for (besides in/out/kernel_size).
 CONV_ARGS = ("stride", "padding", "dilation", "groups", "bias")
@@ -46,8 +50,10 @@ class AdaptiveConv2d(nn.Module):
       A non-default value of anything else raises at construction.
     - ``function_preserving``: whether :meth:`from_conv` reproduces the conv's function exactly.
     - ``from_conv_note``: one line on what :meth:`from_conv` does for this operator.
+    - ``kind``: ``"conv"`` (non-conv kinds derive from :class:`AdaptiveModule`).
     """
 
+    kind: ClassVar[OpKind] = "conv"
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     guide: ClassVar[GuideNeed] = "optional"
@@ -234,6 +240,104 @@ class AdaptiveConv2d(nn.Module):
             s += f", groups={self.groups}"
         if not self.has_bias:
             s += ", bias=False"
+        if self.guide_channels is not None:
+            s += f", guide_channels={self.guide_channels}"
+        return s
+
+
+class AdaptiveModule(nn.Module):
+    """Base of the operators that are not a drop-in ``nn.Conv2d`` (``kind`` other than ``"conv"``).
+
+    They share :class:`AdaptiveConv2d`'s metadata (``name``, ``paper``, ``guide``, ``from_conv_note``,
+    ``function_preserving``) so the registry, ``adaptconv ops`` and ``adaptconv check-op`` treat every
+    kind alike, but their constructor and shapes follow their kind:
+
+    - ``"upsampler"``: ``cls(channels, scale_factor=s, **options)``; ``op(x)`` maps B×C×H×W to
+      B×C×sH×sW (the shape of nearest upsampling).
+    - ``"refiner"``: ``cls(channels, guide_channels=Cg, **options)``; ``op(x, guide)`` maps B×C×H×W
+      and a B×Cg×H×W guide to B×C×H×W.
+
+    They are never hot-swapped for a convolution (:meth:`from_conv` refuses). :meth:`identity_check`
+    runs the operator's defining identity for ``check-op``.
+    """
+
+    kind: ClassVar[OpKind] = "upsampler"
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    guide: ClassVar[GuideNeed] = "none"
+    supports: ClassVar[frozenset[str]] = frozenset()  # no nn.Conv2d arguments
+    function_preserving: ClassVar[bool] = False
+    from_conv_note: ClassVar[str] = "not a convolution: cannot replace an nn.Conv2d"
+
+    def __init__(self, channels: int, *, scale_factor: int = 1, guide_channels: int | None = None) -> None:
+        super().__init__()
+        label = type(self).name or type(self).__name__
+        if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+            raise ValueError(f"{label}: channels must be a positive int, got {channels!r}")
+        if not isinstance(scale_factor, int) or isinstance(scale_factor, bool) or scale_factor < 1:
+            raise ValueError(f"{label}: scale_factor must be a positive int, got {scale_factor!r}")
+        if self.kind != "upsampler" and scale_factor != 1:
+            raise ValueError(f"{label} is a {self.kind} and keeps the resolution; drop scale_factor={scale_factor}")
+        if guide_channels is not None:
+            if self.guide == "none":
+                raise ValueError(f"{label} does not adapt to a guide; drop guide_channels={guide_channels}")
+            if not isinstance(guide_channels, int) or isinstance(guide_channels, bool) or guide_channels < 1:
+                raise ValueError(f"{label}: guide_channels must be a positive int or None, got {guide_channels!r}")
+        elif self.guide == "required":
+            raise ValueError(f"{label} needs a guide: pass guide_channels=<channels of the guide>")
+        self.in_channels = self.out_channels = channels
+        self.scale_factor = scale_factor
+        self.guide_channels = guide_channels
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return height * self.scale_factor, width * self.scale_factor
+
+    def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
+        return self.adaptive_forward(x, self.check_inputs(x, guide))
+
+    def adaptive_forward(self, x: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check_inputs(self, x: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor | None:
+        """Validate ``x`` and ``guide``; return the guide (None for an unguided operator)."""
+        label = self.name or type(self).__name__
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{label}: input must be a B×C×H×W tensor, got shape {shape}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"{label}: input has {x.shape[1]} channels (shape {tuple(x.shape)}), "
+                             f"the module was built for {self.in_channels}")
+        if not x.is_floating_point():
+            raise TypeError(f"{label}: input must be a floating-point tensor, got {x.dtype}")
+        if guide is None:
+            if self.guide_channels is not None:
+                raise ValueError(f"{label} was built with guide_channels={self.guide_channels} and needs a guide: "
+                                 f"call it as op(x, guide) with a B×{self.guide_channels}×{x.shape[2]}×{x.shape[3]} tensor")
+            return None
+        if self.guide_channels is None:
+            raise ValueError(f"{label} takes no guide (guide_channels=None) but got one of shape {tuple(guide.shape)}")
+        if guide.dim() != 4 or guide.shape[0] != x.shape[0] or guide.shape[2:] != x.shape[2:] \
+                or guide.shape[1] != self.guide_channels:
+            raise ValueError(f"{label}: guide shape {tuple(guide.shape)} does not match input shape {tuple(x.shape)}: "
+                             f"the guide must be B×{self.guide_channels}×H×W at the input's batch size and resolution")
+        if guide.dtype != x.dtype:
+            raise TypeError(f"{label}: guide dtype {guide.dtype} differs from input dtype {x.dtype}")
+        return guide
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, **options: Any) -> "AdaptiveModule":
+        raise TypeError(f"{cls.name or cls.__name__} is an operator of kind {cls.kind!r}, not a convolution: "
+                        "it cannot be built from an nn.Conv2d")
+
+    @classmethod
+    def identity_check(cls) -> str:
+        """Check the operator's defining identity; return what was shown, raise AssertionError if it fails."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}"
+        if self.scale_factor != 1:
+            s += f", scale_factor={self.scale_factor}"
         if self.guide_channels is not None:
             s += f", guide_channels={self.guide_channels}"
         return s

@@ -3,6 +3,11 @@
 Each check builds the operator with small, deterministic inputs and returns a :class:`CheckResult`
 (passed, failed with the reason, or skipped with the reason). The checks are generic — they know
 nothing of an operator's maths — so a plugin author runs exactly what the built-ins pass.
+
+The checks that apply depend on the operator's ``kind``: convolutions (:data:`CHECKS`) against
+``nn.Conv2d``; upsamplers and refiners (:data:`KIND_CHECKS`) against their kind's shape contract
+(nearest upsampling's shape; the input's shape), plus the identity the operator declares in
+``identity_check``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .base import CONV_ARGS, AdaptiveConv2d
+from .base import CONV_ARGS, OP_KINDS, AdaptiveConv2d, AdaptiveModule
 from .registry import get_op
 
 
@@ -344,10 +349,194 @@ CHECKS: list[tuple[str, Callable[[type[AdaptiveConv2d]], str]]] = [
 ]
 
 
-def run_checks(op: str | type[AdaptiveConv2d], only: list[str] | None = None) -> Iterator[CheckResult]:
-    """Run the conformance checks on an operator (a registry name or a class), yielding each result."""
+# --------------------------------------------------------------------------------------------------
+# Operators of the other kinds (AdaptiveModule): upsamplers and refiners.
+
+def _build_kind(cls, channels: int = 4, scale: int = 2) -> AdaptiveModule:
+    if cls.kind == "upsampler":
+        return cls(channels, scale_factor=scale)
+    if cls.guide == "required":
+        return cls(channels, guide_channels=GUIDE_CHANNELS)
+    return cls(channels)
+
+
+def _expected_shape(op: AdaptiveModule, x: torch.Tensor) -> tuple[int, ...]:
+    if op.kind == "upsampler":  # the shape of nearest upsampling
+        return tuple(F.interpolate(x[:, :, :, :], scale_factor=op.scale_factor, mode="nearest").shape)
+    return tuple(x.shape)
+
+
+def check_kind_metadata(cls) -> str:
+    _expect(bool(cls.name), "no registry name")
+    _expect(bool(cls.paper), "class attribute `paper` is empty")
+    _expect(cls.kind in OP_KINDS[1:], f"kind={cls.kind!r} is not one of {OP_KINDS[1:]}")
+    _expect(cls.guide in ("none", "optional", "required"), f"guide={cls.guide!r} is not none/optional/required")
+    _expect(cls.function_preserving is False, "an operator that is not a conv cannot be function-preserving")
+    _expect(bool(cls.from_conv_note), "class attribute `from_conv_note` is empty")
+    return f"kind={cls.kind}, guide={cls.guide}"
+
+
+def check_kind_shapes(cls) -> str:
+    n = 0
+    scales = (1, 2, 3, 4) if cls.kind == "upsampler" else (1,)
+    for scale, channels, (h, w) in itertools.product(scales, (1, 3), ((1, 1), (5, 5), (6, 7), (8, 3))):
+        op = _build_kind(cls, channels, scale).eval()
+        x, guide = _inputs(op, 2, h, w)
+        with torch.no_grad():
+            y = op(x, guide)
+        want = _expected_shape(op, x)
+        _expect(tuple(y.shape) == want, f"scale {scale}, {channels} channels, input {h}×{w}: output "
+                                        f"{tuple(y.shape)}, expected {want}")
+        _expect(bool(torch.isfinite(y).all()), f"non-finite output at scale {scale}, input {h}×{w}")
+        n += 1
+    what = "nearest upsampling's shape" if cls.kind == "upsampler" else "the input's shape"
+    return f"{n} sizes{'/factors' if cls.kind == 'upsampler' else ''} give {what}"
+
+
+def check_kind_gradients(cls, fast: bool = True) -> str:
+    op = _build_kind(cls, 2).double().eval()
+    _perturb(op)
+    x, guide = _inputs(op, 2, 4, 5, torch.float64)
+    _expect(gradcheck_operator(op, x, guide, fast_mode=fast),
+            "torch.autograd.gradcheck failed (float64) for input, guide or a parameter")
+    params = [p for p in op.parameters() if p.requires_grad]
+    return (f"gradcheck{' (fast mode)' if fast else ''} float64 passes for input{', guide' if guide is not None else ''} "
+            f"and {len(params)} parameter tensors ({sum(p.numel() for p in params)} elements)")
+
+
+def check_kind_batch_independence(cls) -> str:
+    op = _build_kind(cls, 3).eval()
+    _perturb(op)
+    x, guide = _inputs(op, 4, 7, 6)
+    with torch.no_grad():
+        whole = op(x, guide)
+        parts = torch.cat([op(x[i:i + 1], None if guide is None else guide[i:i + 1]) for i in range(4)])
+    _close(whole, parts, 1e-5, 1e-4, "f(batch) vs cat(f(sample))")
+    return "f(cat(x₁…x₄)) == cat(f(x₁)…f(x₄)) in eval mode"
+
+
+def check_kind_train_batch1(cls) -> str:
+    op = _build_kind(cls, 3).train()
+    x, guide = _inputs(op, 1, 6, 6)
+    x.requires_grad_(True)
+    op(x, guide).square().mean().backward()
+    _expect(x.grad is not None and bool(torch.isfinite(x.grad).all()), "input gradient missing or non-finite")
+    missing = [n for n, p in op.named_parameters() if p.requires_grad and p.grad is None]
+    _expect(not missing, f"parameters with no gradient after backward: {missing}")
+    bad = [n for n, p in op.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    _expect(not bad, f"non-finite gradients: {bad}")
+    return "forward+backward at batch size 1 in train mode; every parameter gets a finite gradient"
+
+
+def check_kind_dtypes(cls) -> str:
+    op = _build_kind(cls, 3).eval()
+    _perturb(op)
+    x, guide = _inputs(op, 2, 6, 6)
+    with torch.no_grad():
+        y32 = op(x, guide)
+        y64 = copy.deepcopy(op).to(torch.float64)(x.double(), None if guide is None else guide.double())
+    _expect(y64.dtype == torch.float64, f"float64 module returned {y64.dtype}")
+    _close(y64.float(), y32, 1e-4, 1e-3, "float64 vs float32")
+    notes = ["float32", "float64"]
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        for dtype in (torch.float16, torch.bfloat16):
+            low = copy.deepcopy(op).to(device=device, dtype=dtype)
+            with torch.no_grad():
+                yl = low(x.to(device, dtype), None if guide is None else guide.to(device, dtype))
+            _expect(yl.dtype == dtype and yl.device.type == device, f"{dtype} on {device} returned {yl.dtype} on {yl.device}")
+            tol = 5e-2 if dtype == torch.float16 else 1e-1
+            err = (yl.float().cpu() - y32).abs().max().item() / (y32.abs().max().item() + 1e-6)
+            _expect(err < tol, f"{dtype} on {device}: relative error {err:.3g} vs float32 (tolerance {tol})")
+            notes.append(f"{str(dtype)[6:]}@{device} (rel err {err:.1e})")
+    return ", ".join(notes)
+
+
+def check_kind_guide(cls) -> str:
+    op = _build_kind(cls, 3).eval()
+    _perturb(op)
+    x, guide = _inputs(op, 2, 6, 6)
+    if cls.guide == "none":
+        try:
+            op(x, torch.rand(2, GUIDE_CHANNELS, 6, 6))
+        except ValueError as exc:
+            _expect("guide" in str(exc), f"a guide was refused without naming the guide: {exc}")
+            return "refuses a guide (not a guided operator)"
+        raise CheckFailed("guide='none' but a guide was accepted")
+    if guide is None:
+        raise Skip("built without a guide by default")
+    with torch.no_grad():
+        y, y2 = op(x, guide), op(x, torch.rand_like(guide))
+    _expect(not torch.allclose(y, y2), "the output does not depend on the guide")
+    for bad, what in ((guide[:, :, :4], "a guide at another resolution"), (guide[:, :2], "a guide with wrong channels")):
+        try:
+            op(x, bad)
+        except ValueError as exc:
+            _expect("guide" in str(exc), f"{what} raised without naming the guide: {exc}")
+        else:
+            raise CheckFailed(f"{what} ({tuple(bad.shape)}) was accepted")
+    try:
+        op(x)
+    except ValueError as exc:
+        _expect("guide" in str(exc), f"a missing guide raised without naming the guide: {exc}")
+    else:
+        raise CheckFailed("a missing guide was accepted")
+    return "output depends on the guide; missing and wrong-shaped guides are refused with an error"
+
+
+def check_kind_state_dict(cls) -> str:
+    op = _build_kind(cls, 3).eval()
+    _perturb(op)
+    other = _build_kind(cls, 3).eval()
+    other.load_state_dict(op.state_dict())
+    x, guide = _inputs(op, 2, 6, 6)
+    with torch.no_grad():
+        _close(other(x, guide), op(x, guide), 0, 0, "output after load_state_dict")
+    return "a fresh instance loaded with state_dict computes the same output"
+
+
+def check_kind_identity(cls) -> str:
+    try:
+        return cls.identity_check()
+    except NotImplementedError:
+        raise Skip("the operator declares no identity (identity_check)") from None
+    except AssertionError as exc:
+        raise CheckFailed(str(exc)) from None
+
+
+def check_not_swappable(cls) -> str:
+    try:
+        cls.from_conv(nn.Conv2d(4, 4, 3))
+    except TypeError as exc:
+        _expect(cls.kind in str(exc), f"from_conv refused without naming the kind: {exc}")
+        return f"from_conv refuses: {exc}"
+    raise CheckFailed(f"from_conv accepted an nn.Conv2d for an operator of kind {cls.kind!r}")
+
+
+KIND_CHECKS: list[tuple[str, Callable[[type[AdaptiveModule]], str]]] = [
+    ("metadata", check_kind_metadata),
+    ("output shapes", check_kind_shapes),
+    ("gradients (gradcheck)", check_kind_gradients),
+    ("batch independence", check_kind_batch_independence),
+    ("batch size 1 in train mode", check_kind_train_batch1),
+    ("dtypes and devices", check_kind_dtypes),
+    ("guide", check_kind_guide),
+    ("identity", check_kind_identity),
+    ("not a conv (from_conv refuses)", check_not_swappable),
+    ("state_dict round trip", check_kind_state_dict),
+]
+
+
+def checks_for(cls) -> list[tuple[str, Callable]]:
+    """The checks that apply to an operator of ``cls.kind``."""
+    return CHECKS if getattr(cls, "kind", "conv") == "conv" else KIND_CHECKS
+
+
+def run_checks(op: str | type[AdaptiveConv2d] | type[AdaptiveModule],
+               only: list[str] | None = None) -> Iterator[CheckResult]:
+    """Run the conformance checks that apply to an operator's kind (a registry name or a class),
+    yielding each result."""
     cls = get_op(op) if isinstance(op, str) else op
-    for name, check in CHECKS:
+    for name, check in checks_for(cls):
         if only and name not in only:
             continue
         torch.manual_seed(0)

@@ -5,7 +5,8 @@ A plugin package declares, in its ``pyproject.toml``::
     [project.entry-points."adaptconv.ops"]
     myop = "my_package.module:MyOpClass"
 
-where ``MyOpClass`` subclasses :class:`adaptconv.AdaptiveConv2d`. Plugins are discovered the first
+where ``MyOpClass`` subclasses :class:`adaptconv.AdaptiveConv2d` (or, for an operator of another
+kind — an upsampler or a refiner — :class:`adaptconv.ops.base.AdaptiveModule`). Plugins are discovered the first
 time the registry is read. A plugin that fails to import, or that names a non-operator, is recorded
 (see :func:`plugin_errors`) and logged, and everything else keeps working; a plugin whose name is
 already taken is refused with an error naming both sources.
@@ -20,12 +21,13 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Callable, TypeVar
 
-from .base import AdaptiveConv2d
+from .base import OP_KINDS, AdaptiveConv2d, AdaptiveModule
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "adaptconv.ops"
-T = TypeVar("T", bound=type[AdaptiveConv2d])
+T = TypeVar("T", bound=type[AdaptiveConv2d] | type[AdaptiveModule])
+AnyOp = type[AdaptiveConv2d] | type[AdaptiveModule]
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")
 
 _BUILTIN_MODULES = (
@@ -37,7 +39,11 @@ _BUILTIN_MODULES = (
     "adaptconv.ops.deform",
     "adaptconv.ops.condconv",
     "adaptconv.ops.dynconv",
+    "adaptconv.ops.carafe",
+    "adaptconv.ops.paccrf",
     "adaptconv.ops.involution",
+    "adaptconv.ops.ddf",
+    "adaptconv.ops.sparse_gated",
 )
 
 
@@ -52,7 +58,7 @@ class PluginError:
     error: str
 
 
-_REGISTRY: dict[str, type[AdaptiveConv2d]] = {}
+_REGISTRY: dict[str, AnyOp] = {}
 _SOURCES: dict[str, str] = {}
 _PLUGIN_ERRORS: list[PluginError] = []
 _discovered = False
@@ -62,11 +68,16 @@ def _source_of(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def _add(name: str, cls: type[AdaptiveConv2d], source: str) -> None:
+def _add(name: str, cls: AnyOp, source: str) -> None:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise OpRegistryError(f"operator name must be an identifier-like string, got {name!r} (from {source})")
-    if not (isinstance(cls, type) and issubclass(cls, AdaptiveConv2d)):
-        raise OpRegistryError(f"{source} registers {name!r} but is not an AdaptiveConv2d subclass")
+    if not (isinstance(cls, type) and issubclass(cls, (AdaptiveConv2d, AdaptiveModule))):
+        raise OpRegistryError(f"{source} registers {name!r} but is not an AdaptiveConv2d subclass "
+                              "(nor an AdaptiveModule of another kind)")
+    # a conv must be an AdaptiveConv2d, any other kind an AdaptiveModule: the checks rely on it
+    if cls.kind not in OP_KINDS or issubclass(cls, AdaptiveConv2d) != (cls.kind == "conv"):
+        raise OpRegistryError(f"{source} registers {name!r} with kind={cls.kind!r}; AdaptiveConv2d subclasses "
+                              f"are kind 'conv', AdaptiveModule subclasses one of {OP_KINDS[1:]}")
     existing = _REGISTRY.get(name)
     if existing is not None:
         if existing is cls:
@@ -83,7 +94,7 @@ def _add(name: str, cls: type[AdaptiveConv2d], source: str) -> None:
 
 
 def register_op(name: str) -> Callable[[T], T]:
-    """Class decorator registering an :class:`AdaptiveConv2d` subclass under ``name``."""
+    """Class decorator registering an :class:`AdaptiveConv2d` (or :class:`AdaptiveModule`) subclass under ``name``."""
 
     def decorate(cls: T) -> T:
         if cls.__module__ not in _BUILTIN_MODULES:
@@ -138,13 +149,21 @@ def reload_plugins() -> None:
     _discover_plugins()
 
 
-def list_ops() -> list[str]:
-    """Names of every registered operator, built-in and plugin, sorted."""
+def list_ops(kind: str | None = None) -> list[str]:
+    """Names of every registered operator, built-in and plugin, sorted; only those of ``kind``
+    ("conv", "upsampler", "refiner") when given."""
     _ensure_loaded()
-    return sorted(_REGISTRY)
+    if kind is not None and kind not in OP_KINDS:
+        raise ValueError(f"kind must be one of {OP_KINDS}, got {kind!r}")
+    return sorted(n for n, cls in _REGISTRY.items() if kind is None or cls.kind == kind)
 
 
-def get_op(name: str) -> type[AdaptiveConv2d]:
+def op_kind(name: str) -> str:
+    """The kind of operator ``name``: "conv" (drop-in nn.Conv2d), "upsampler" or "refiner"."""
+    return get_op(name).kind
+
+
+def get_op(name: str) -> AnyOp:
     """The operator class registered under ``name``."""
     _ensure_loaded()
     try:
@@ -176,6 +195,9 @@ def plugin_errors() -> list[PluginError]:
 def create_op(name: str, in_channels: int, out_channels: int, kernel_size, **kwargs: Any) -> AdaptiveConv2d:
     """Build operator ``name`` with nn.Conv2d's arguments plus its own options."""
     cls = get_op(name)
+    if cls.kind != "conv":
+        raise OpRegistryError(f"{name!r} is an operator of kind {cls.kind!r}, not a convolution: build it with "
+                              f"get_op({name!r})(channels, ...) instead of create_op")
     try:
         return cls(in_channels, out_channels, kernel_size, **kwargs)
     except TypeError as exc:
