@@ -129,3 +129,64 @@ def test_input_errors():
         op(torch.randn(1, 3, 5, 5))
     with pytest.raises(ValueError, match="do not fit input"):
         carafe(torch.randn(1, 4, 5, 5), torch.ones(1, 9, 5, 5) / 9, 2)
+
+
+# --------------------------------------------------------------------------------------------------
+# check-op runs the upsampler checks, and they can fail
+
+class _WrongShape(Carafe):
+    paper = "broken on purpose"
+
+    def adaptive_forward(self, x, guide):
+        return super().adaptive_forward(x, guide)[..., 1:]
+
+
+class _NotNearest(Carafe):
+    """Reassembles around the wrong source pixel: the one-hot identity must catch it."""
+    paper = "broken on purpose"
+
+    def adaptive_forward(self, x, guide):
+        return carafe(torch.roll(x, 1, -1), self.kernels(x), self.scale_factor)
+
+
+class _BatchMixing(Carafe):
+    paper = "broken on purpose"
+
+    def adaptive_forward(self, x, guide):
+        return super().adaptive_forward(x - x.mean(0, keepdim=True), guide)
+
+
+def test_check_op_runs_the_upsampler_checks():
+    from adaptconv.ops.conformance import run_checks
+
+    results = {r.name: r for r in run_checks("carafe")}
+    assert all(r.status == "pass" for r in results.values()), results
+    assert {"output shapes", "identity", "gradients (gradcheck)", "not a conv (from_conv refuses)"} <= set(results)
+    assert "from_conv" not in results  # a conv-only check
+
+
+@pytest.mark.parametrize("cls,check", [
+    (_WrongShape, "output shapes"), (_NotNearest, "identity"), (_BatchMixing, "batch independence"),
+])
+def test_upsampler_checks_catch_broken_operators(cls, check):
+    from adaptconv.ops.conformance import run_checks
+
+    cls.name = cls.__name__
+    results = {r.name: r for r in run_checks(cls, only=[check])}
+    assert results[check].status == "fail", results[check]
+
+
+def test_registry_checks_the_kind():
+    from adaptconv.ops.base import AdaptiveModule
+    from adaptconv.ops.registry import _add, list_ops
+
+    class ConvKindModule(AdaptiveModule):
+        kind = "conv"
+        paper = "x"
+
+    with pytest.raises(OpRegistryError, match="kind='conv'"):
+        _add("conv_kind_module", ConvKindModule, "test")
+    assert {"carafe"} <= set(list_ops("upsampler")) and "carafe" not in list_ops("conv")
+    assert "paccrf" in list_ops("refiner")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        list_ops("pooling")

@@ -159,3 +159,46 @@ def test_guide_errors():
         op(x)
     with pytest.raises(ValueError, match=r"guide shape \(1, 3, 5, 6\) does not match"):
         op(x, torch.rand(1, 3, 5, 6))
+
+
+# --------------------------------------------------------------------------------------------------
+# check-op runs the refiner checks, and they can fail
+
+class _IgnoresGuide(PacCRF):
+    paper = "broken on purpose"
+
+    def adaptive_forward(self, x, guide):
+        return super().adaptive_forward(x, torch.zeros_like(guide))
+
+
+class _ChangesShape(PacCRF):
+    paper = "broken on purpose"
+
+    def adaptive_forward(self, x, guide):
+        return super().adaptive_forward(x, guide)[:, :, :-1]
+
+
+class _ReturnsProbabilities(PacCRF):
+    paper = "broken on purpose"
+
+    def adaptive_forward(self, x, guide):
+        return torch.softmax(super().adaptive_forward(x, guide), 1)
+
+
+def test_check_op_runs_the_refiner_checks():
+    from adaptconv.ops.conformance import run_checks
+
+    results = {r.name: r for r in run_checks("paccrf")}
+    assert all(r.status == "pass" for r in results.values()), results
+    assert "guide" in results and "identity" in results
+
+
+@pytest.mark.parametrize("cls,check", [
+    (_IgnoresGuide, "guide"), (_ChangesShape, "output shapes"), (_ReturnsProbabilities, "identity"),
+])
+def test_refiner_checks_catch_broken_operators(cls, check):
+    from adaptconv.ops.conformance import run_checks
+
+    cls.name = cls.__name__
+    results = {r.name: r for r in run_checks(cls, only=[check])}
+    assert results[check].status == "fail", results[check]
