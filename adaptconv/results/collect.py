@@ -51,6 +51,9 @@ MEASURED_CI = ("inference_ms_ci_low", "inference_ms_ci_high", "train_step_ms_ci_
 class CollectError(ConfigError):
     """A result set that cannot be read (no records, no suite); the message names the path."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__([message], "results")
+
 
 @dataclass
 class Collection:
