@@ -148,6 +148,30 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def _auxiliary_modules(model: nn.Module) -> list[nn.Module]:
+    """Modules adding a term to the training loss: any with an ``auxiliary_loss() -> Tensor`` method
+    (e.g. sparse_gated's sparsity loss toward its budget)."""
+    return [m for m in model.modules() if callable(getattr(m, "auxiliary_loss", None))]
+
+
+def _mean(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def _evaluate_with_active_fraction(task, model: nn.Module, test_set, gated: list[nn.Module]) -> dict[str, Any]:
+    """``task.evaluate`` plus ``active_fraction``: the mean over the modules exposing
+    ``active_fraction()`` (fraction of active pixels in their last forward) and over the test batches."""
+    seen: list = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: seen.append(mod.active_fraction())) for m in gated]
+    try:
+        metrics = task.evaluate(model, test_set)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {**metrics, "active_fraction": _mean(seen)}
+
+
 def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record: dict,
           checkpoint: str | None = None, checkpoint_every_s: float = 120.0) -> None:
     """The training loop; fills ``record["curve"]`` as it goes.
@@ -155,6 +179,11 @@ def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record:
     With ``checkpoint`` (a file path) the full training state (weights, optimiser, schedule, RNG,
     curve, position in the data) is saved atomically every ``checkpoint_every_s`` seconds, and a
     trial that finds its checkpoint resumes from it: the result is the one an uninterrupted run gives.
+
+    Modules with an ``auxiliary_loss()`` add it to the task's loss (``curve["loss"]`` stays the task's,
+    ``curve["aux_loss"]`` is the sum added); modules with ``active_fraction()`` (pixel-gated operators)
+    get ``curve["active_fraction"]`` (training masks), ``active_fraction`` in each evaluation and
+    ``record["active_fraction"]`` (``eval``: final model on the test set; ``train``: last window).
     """
     import os
 
@@ -163,11 +192,19 @@ def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record:
     optimizer = build_optimizer(cfg, model)
     schedule = build_schedule(cfg, optimizer, total)
     has_dynconv = any(isinstance(m, DynamicConv2d) for m in model.modules())
+    aux_modules = _auxiliary_modules(model)
+    gated = [m for m in aux_modules if callable(getattr(m, "active_fraction", None))]
     anneal_steps = max(1, int(cfg.dynconv_anneal * total))
     eval_at = sorted({max(1, round(total * (i + 1) / cfg.eval_points)) for i in range(cfg.eval_points)}) if total else []
     curve = record["curve"] = {"step": [], "loss": [], "lr": [], "eval": []}
     every = max(1, total // 200)  # keep about 200 points of the loss curve
     window: list[float] = []
+    if aux_modules:
+        curve["aux_loss"] = []
+    if gated:
+        curve["active_fraction"] = []
+    aux_window: list[float] = []
+    active_window: list = []
     start = 0
     if checkpoint and os.path.exists(checkpoint):
         state = torch.load(checkpoint, map_location=task.device, weights_only=False)
@@ -179,6 +216,7 @@ def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         curve.update(state["curve"])
         window = state["window"]
+        aux_window, active_window = state.get("aux_windows", ([], []))
         start = state["step"]
         record["resumed_from_step"] = start
         log.info("resumed from step %d of %d (%s)", start, total, checkpoint)
@@ -190,10 +228,18 @@ def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record:
             anneal_temperature(model, (step - 1) / anneal_steps)  # 30 → 1 over the first part, as the paper
         batch = task.to_device(next(batches))
         record["last_batch_size"] = int(next(iter(batch.values())).shape[0])
-        loss = task.loss(model, batch)
+        loss = task_loss = task.loss(model, batch)
+        if aux_modules:
+            aux = sum(m.auxiliary_loss() for m in aux_modules)
+            aux_window.append(float(aux.detach()))
+            if gated:
+                active_window.append(_mean([m.active_fraction() for m in gated]))
+            loss = task_loss + aux
         value = float(loss.detach())
         if not math.isfinite(value):
             raise Diverged(step, value)
+        if aux_modules:
+            value = float(task_loss.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -204,17 +250,31 @@ def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record:
             curve["loss"].append(sum(window) / len(window))
             curve["lr"].append(optimizer.param_groups[0]["lr"])
             window = []
+            if aux_modules:
+                curve["aux_loss"].append(_mean(aux_window))
+                aux_window = []
+            if gated:
+                curve["active_fraction"].append(_mean(active_window))
+                active_window = []
         if step in eval_at and step != total:
-            curve["eval"].append({"step": step, **task.evaluate(model, test_set)})
+            metrics = _evaluate_with_active_fraction(task, model, test_set, gated) if gated else \
+                task.evaluate(model, test_set)
+            curve["eval"].append({"step": step, **metrics})
             model.train()
         if checkpoint and step < total and time.monotonic() - last_save >= checkpoint_every_s:
             _save_checkpoint(checkpoint, {
                 "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "curve": curve, "window": window})
+                "curve": curve, "window": window, "aux_windows": (aux_window, active_window)})
             last_save = time.monotonic()
     record["steps"] = total
+    if gated:
+        train_fraction = curve["active_fraction"][-1] if curve["active_fraction"] else None
+        record["active_fraction"] = {
+            "eval": _evaluate_with_active_fraction(task, model, test_set, gated)["active_fraction"],
+            "train": train_fraction}
+        model.train()
 
 
 def measure_model(task, model: nn.Module, cfg: TrialConfig) -> dict[str, Any]:
