@@ -44,6 +44,7 @@ _BUILTIN_MODULES = (
     "adaptconv.ops.involution",
     "adaptconv.ops.ddf",
     "adaptconv.ops.sparse_gated",
+    "adaptconv.ops.odconv",
 )
 
 
