@@ -108,8 +108,13 @@ class OpBench(Task):
             problems.append("guide: opbench's guide is task_options.guide (none | image), not the trial's guide")
         if config.pretrained:
             problems.append("pretrained: opbench builds fresh operator layers; there are no weights to load")
-        guide = config.task_options.get("guide", "none")
-        if config.op in list_ops() and get_op(config.op).guide == "required" and guide == "none":
+        if config.op not in list_ops():
+            return problems  # reported by the config's own validation
+        kind = getattr(get_op(config.op), "kind", "conv")
+        if kind != "conv":
+            problems.append(f"op: {config.op!r} is an operator of kind {kind!r}; opbench measures convolution "
+                            f"replacements (kind 'conv') only")
+        elif get_op(config.op).guide == "required" and config.task_options.get("guide", "none") == "none":
             problems.append(f"task_options.guide: operator {config.op!r} needs a guide; use guide: image")
         return problems
 
