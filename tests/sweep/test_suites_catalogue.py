@@ -81,8 +81,8 @@ def test_trial_counts():
         blocks[t.block] = blocks.get(t.block, 0) + 1
     assert blocks == {"self-guided": ops * 27, "image-guided": (ops - 1) * 9, "stride-2": ops * 3,
                       "dilation-2": ops * 3, "groups-4": ops * 3}
-    if ops == 11:  # today: 9 built-in operators of the first release, involution and ddf
-        assert len(scaling.trials) == 486
+    assert ops == 13  # the 9 operators of the first release, involution, ddf, odconv, sparse_gated
+    assert len(scaling.trials) == 576
     # 2 kernels × 2 guides + no-adaptation control + conv, × 3 seeds
     assert len(load_suite("ablation-pac").trials) == 18
 
