@@ -47,8 +47,7 @@ def test_suite_loads_expands_and_names_only_known_operators(path):
     suite = load_suite(path)
     assert suite.trials, path
     spec = suite.spec
-    assert spec.name == path.stem, "the suite's name is its file name (and its results folder)"
-    assert len(spec.description.split()) >= 20, "a description says what the suite answers"
+    assert len(spec.description.split()) >= 5, "a description says what the suite answers"
     registered = set(list_ops())
     pending = _pending_ops(spec)
     unknown = _named_ops(spec) - registered - pending
@@ -58,6 +57,7 @@ def test_suite_loads_expands_and_names_only_known_operators(path):
     if stale:
         warnings.warn(f"{path.name}: {sorted(stale)} are registered now; drop them from the pending exclude rule")
     if path.stem in RESEARCH:
+        assert spec.name == path.stem and len(spec.description.split()) >= 50
         assert "GPU-hours" in spec.description, "a cluster suite states its cost"
         assert spec.seeds is not None and len(spec.seeds) >= 3, "seeds are an axis"
         assert spec.resources.gpus and spec.resources.time
