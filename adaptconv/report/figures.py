@@ -27,6 +27,7 @@ from .palette import BASELINE, base_op, op_order, variant_styles  # noqa: E402
 from .tables import Layout, fmt_value, short_key  # noqa: E402
 
 MAX_FACETS = 6
+MAX_PARTS = 4  # figure files per kind and section; a sweep with more groups is in the tables
 DPI = 110
 _USED: set[str] = set()  # figure names written by the current all_figures call
 _REPORT_STYLES: dict = {}  # the style of every operator variant of the report, fixed once per report
@@ -60,7 +61,7 @@ def _save(fig, folder: Path, name: str) -> str:
     import io
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None}, bbox_inches="tight")
+    fig.savefig(buf, format="png", metadata={"Software": None})
     plt.close(fig)
     stem, n = name, 2
     while stem in _USED:  # two figures whose labels slug alike must not overwrite each other
@@ -80,8 +81,9 @@ def _legend(fig, axes, labels_seen: list[str]) -> list[str]:
             handles.setdefault(lab, h)
     order = [lab for lab in op_order(handles) if lab in handles]
     if order:
-        fig.legend([handles[lab] for lab in order], order, loc="upper left", bbox_to_anchor=(1.0, 0.95),
-                   frameon=False, title="operator")
+        # "outside": constrained layout makes room for it, so no second (tight-bbox) draw is needed
+        fig.legend([handles[lab] for lab in order], order, loc="outside right upper", frameon=False,
+                   title="operator")
     return order
 
 
@@ -107,7 +109,14 @@ def _facets(n: int, rows: int = 1, width: float = 4.0, height: float = 3.2):
 
 
 def _chunks(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)] or [[]]
+    """Facets per figure file, at most MAX_PARTS files (the tables hold every group)."""
+    return [items[i:i + size] for i in range(0, len(items), size)][:MAX_PARTS] or [[]]
+
+
+def _drawn(groups: list, what: str) -> str:
+    """A caption note when a sweep has more comparison groups than the figures draw."""
+    shown = min(len(groups), MAX_FACETS * MAX_PARTS)
+    return f" The first {shown} of {len(groups)} {what} are drawn; the tables list all." if shown < len(groups) else ""
 
 
 def _metric_name(metric: str, layout: Layout) -> str:
@@ -173,7 +182,7 @@ def pareto_figures(layout: Layout, folder: Path) -> list[Figure]:
             name = f"pareto-{slug(section)}" + (f"-{part + 1}" if len(groups) > MAX_FACETS else "")
             out.append(Figure(_save(fig, folder, name),
                               f"{section}: {metric[len('metric.'):]} against inference latency, mean ± 95% CI over "
-                              f"seeds (with one seed, the latency's bootstrap CI); dashed: the Pareto front.",
+                              f"seeds (with one seed, the latency's bootstrap CI); dashed: the Pareto front." + _drawn(groups, "groups"),
                               "pareto", legend, section))
     return out
 
@@ -192,7 +201,7 @@ def scaling_figures(layout: Layout, folder: Path) -> list[Figure]:
     runs = layout.col.runs
     if runs.empty or "resolution" not in runs:
         return []
-    t = layout.trials[["trial_id", "variant", "section"] + layout.context]
+    t = layout.trials[["trial_id", "variant", "section", "group"] + layout.context]
     runs = runs.merge(t, on="trial_id")
     runs = runs[runs["status"] == "ok"]
     out = []
@@ -202,10 +211,11 @@ def scaling_figures(layout: Layout, folder: Path) -> list[Figure]:
             continue
         batch = int(r["batch_size"].min())
         r = r[r["batch_size"] == batch]
-        combos = r[layout.context].drop_duplicates().map(fmt_value).values.tolist() if layout.context else [[]]
-        for combo in sorted(combos)[:MAX_FACETS]:
+        context = layout.context_of(section)
+        combos = r[context].drop_duplicates().map(fmt_value).values.tolist() if context else [[]]
+        for combo in sorted(combos)[:MAX_PARTS]:
             sub = r
-            for c, v in zip(layout.context, combo):
+            for c, v in zip(context, combo):
                 sub = sub[sub[c].map(fmt_value) == v]
             phases = [p for p in ("inference", "train_step") if p in set(sub["phase"])]
             fig, axes = _facets(len(phases), rows=2)
@@ -228,7 +238,7 @@ def scaling_figures(layout: Layout, folder: Path) -> list[Figure]:
                     ax.set_ylabel(label)
                     ax.set_title(f"{phase.replace('_', ' ')}, batch {batch}", fontsize=8)
             legend = _legend(fig, axes, [])
-            where = ", ".join(f"{short_key(c)}={v}" for c, v in zip(layout.context, combo))
+            where = ", ".join(f"{short_key(c)}={v}" for c, v in zip(context, combo))
             name = f"scaling-{slug(section)}" + (f"-{slug(where)}" if where else "")
             method = ", ".join(sorted(set(sub["memory_method"].dropna().astype(str)))) if "memory_method" in sub else ""
             out.append(Figure(_save(fig, folder, name),
@@ -247,31 +257,60 @@ def _is_numeric(values) -> bool:
     return not any(isinstance(v, bool) for v in values)
 
 
+DEFAULT = "(default)"  # an operator option left at its default is not stored in the config
+
+
+def _reference(rows: pd.DataFrame, keys: list[str]) -> dict:
+    """The values the other swept factors are held at: the most common combination (ties: the first)."""
+    if not keys or rows.empty:
+        return {}
+    combos = rows[keys].map(fmt_value).value_counts(sort=False)
+    ranked = sorted(combos.items(), key=lambda kv: (-kv[1], kv[0]))
+    return dict(zip(keys, ranked[0][0]))
+
+
 def ablation_figures(layout: Layout, folder: Path) -> list[Figure]:
+    """One figure per swept factor: the metric and latency against it, one line per operator variant,
+    with the section's other swept factors held at their most common values (one factor at a time)."""
     out = []
     agg = layout.agg
     for key in layout.context + layout.op_factors:
-        rows = agg[agg[key].notna()] if key in agg else agg.iloc[:0]
-        values = sorted({v for v in rows[key]}, key=lambda v: (str(type(v)), v)) if len(rows) else []
-        if len(values) < 2:
+        if key not in agg:
             continue
-        sections = sorted(rows["section"].unique())[:MAX_FACETS]
-        others = [k for k in layout.context if k != key]
-        panels = [m for m in ("primary", "inference_ms")]
-        fig, axes = _facets(len(sections), rows=len(panels))
-        numeric = _is_numeric(values)
-        for j, section in enumerate(sections):
-            s = rows[rows["section"] == section].copy()
+        facets = []  # (section, rows, values, held)
+        for section in layout.sections:
+            rows = agg[agg["section"] == section]
+            if key in layout.op_factors:  # the operators that take the option; a missing value is its default
+                ops = set(rows.loc[rows[key].notna(), "op"])
+                rows = rows[rows["op"].isin(ops)].copy()
+                rows[key] = rows[key].map(lambda v: DEFAULT if v is None or (isinstance(v, float) and math.isnan(v)) else v)
+            elif key in layout.context_of(section):
+                rows = rows[rows[key].notna()].copy()
+            else:
+                continue
+            ref = _reference(rows, [k for k in layout.context_of(section) if k != key])
+            for k, v in ref.items():
+                rows = rows[rows[k].map(fmt_value) == v]
+            values = sorted(set(rows[key]), key=lambda v: (str(type(v)), v)) if len(rows) else []
+            if len(values) >= 2:
+                facets.append((section, rows, values, ref))
+        if not facets:
+            continue
+        facets = facets[:MAX_FACETS]
+        panels = ("primary", "inference_ms")
+        fig, axes = _facets(len(facets), rows=len(panels))
+        for j, (section, s, values, ref) in enumerate(facets):
+            numeric = _is_numeric(values)
             metric = layout.primary_of(section)
-            # a line per operator variant without the swept key, and per value of the other factors
-            s["line"] = s.apply(lambda r: _line_label(r, key, others, layout), axis=1)
+            s = s.copy()
+            s["line"] = s.apply(lambda r: _line_label(r, key, layout), axis=1)
+            style = _styles(s["line"])
             for i, panel in enumerate(panels):
                 ax = axes[i][j]
                 col = metric if panel == "primary" else "inference_ms"
                 if col is None or col not in s or not s[col].notna().any():
                     ax.set_visible(False)
                     continue
-                style = _styles(s["line"])
                 for line in op_order(s["line"]):
                     g = s[s["line"] == line].copy()
                     g["_x"] = g[key].map(lambda v: float(v) if numeric else values.index(v))
@@ -292,18 +331,21 @@ def ablation_figures(layout: Layout, folder: Path) -> list[Figure]:
                 ax.set_xlabel(short_key(key))
                 ax.set_ylabel(_metric_name(col, layout) if panel == "primary" else "inference latency (ms, ↓)")
                 if i == 0:
-                    ax.set_title(section, fontsize=8)
+                    held = ", ".join(f"{short_key(k)}={v}" for k, v in ref.items())
+                    ax.set_title(section + (f"\n({held})" if held else ""), fontsize=8)
         legend = _legend(fig, axes, [])
+        helds = ["; ".join(f"{short_key(k)}={v}" for k, v in f[3].items()) for f in facets]
+        held = f"; other swept factors held at {', '.join(h for h in helds if h)}" if any(helds) else ""
         out.append(Figure(_save(fig, folder, f"ablation-{slug(key)}"),
-                          f"Ablation over {key}: headline metric and inference latency, mean ± 95% CI over seeds.",
-                          "ablation", legend))
+                          f"Ablation over {key}: headline metric and inference latency, mean ± 95% CI over seeds"
+                          f"{held}.", "ablation", legend))
     return out
 
 
-def _line_label(row: pd.Series, key: str, others: list[str], layout: Layout) -> str:
+def _line_label(row: pd.Series, key: str, layout: Layout) -> str:
+    """The operator variant without the swept key (the key is the x axis)."""
     opts = [f"{short_key(k)}={fmt_value(row[k])}" for k in layout.op_factors
             if k != key and row[k] is not None and not (isinstance(row[k], float) and math.isnan(row[k]))]
-    opts += [f"{short_key(k)}={fmt_value(row[k])}" for k in others]
     return f"{row['op']} ({', '.join(opts)})" if opts else str(row["op"])
 
 
@@ -315,10 +357,7 @@ def curve_figures(layout: Layout, folder: Path) -> list[Figure]:
         return []
     loss = curves[curves["series"] == "loss"]
     t = layout.trials[layout.trials["state"] == "done"][["trial_id", "variant", "section"]]
-    agg_groups = layout.agg.set_index(["section", "variant"])  # noqa: F841 (kept for clarity of the join below)
-    keyed = layout.trials[["trial_id"] + layout.context].map(fmt_value)
-    keyed["group"] = keyed[layout.context].agg(" · ".join, axis=1) if layout.context else ""
-    loss = loss.merge(t, on="trial_id").merge(keyed[["trial_id", "group"]], on="trial_id")
+    loss = loss.merge(t, on="trial_id").merge(layout.trials[["trial_id", "group"]], on="trial_id")
     out = []
     for section in sorted(loss["section"].unique()):
         ls = loss[loss["section"] == section]
@@ -341,7 +380,7 @@ def curve_figures(layout: Layout, folder: Path) -> list[Figure]:
             legend = _legend(fig, axes, [])
             name = f"curves-{slug(section)}" + (f"-{part + 1}" if len(groups) > MAX_FACETS else "")
             out.append(Figure(_save(fig, folder, name),
-                              f"{section}: training loss (mean over seeds; band: min to max).", "curves", legend, section))
+                              f"{section}: training loss (mean over seeds; band: min to max)." + _drawn(groups, "groups"), "curves", legend, section))
     return out
 
 
@@ -382,7 +421,7 @@ def bar_figures(layout: Layout, folder: Path) -> list[Figure]:
             name = f"bars-{slug(section)}" + (f"-{part + 1}" if len(groups) > MAX_FACETS else "")
             out.append(Figure(_save(fig, folder, name),
                               f"{section}: {metric[len('metric.'):]} per operator, mean ± 95% CI over seeds "
-                              f"(dotted: conv). The axis is zoomed to the range of the values.", "bars", legend, section))
+                              f"(dotted: conv). The axis is zoomed to the range of the values." + _drawn(groups, "groups"), "bars", legend, section))
     return out
 
 

@@ -54,9 +54,14 @@ class Layout:
     trials: pd.DataFrame  # in-suite trials, with `variant` and `section`
     agg: pd.DataFrame  # aggregated over seeds, with `variant`, `section`, `group`
     section_keys: list[str]
-    context: list[str]  # swept factors besides the operator and its options
+    context: list[str]  # swept factors besides the operator and its options (in any section)
     op_factors: list[str]
     sections: list[str] = field(default_factory=list)
+    section_context: dict[str, list[str]] = field(default_factory=dict)
+
+    def context_of(self, section: str) -> list[str]:
+        """The factors that vary inside one section (a block's constant settings are not factors)."""
+        return self.section_context.get(section, [])
 
     def metrics_of(self, section: str) -> list[str]:
         sub = self.agg[self.agg["section"] == section]
@@ -94,16 +99,23 @@ def build_layout(col: Collection) -> Layout:
     context = [f for f in factors if f not in section_keys and f != "op" and f not in op_factors]
     trials["variant"] = trials.apply(_variant, axis=1, op_factors=op_factors) if len(trials) else []
     trials["section"] = trials.apply(_section, axis=1, keys=section_keys) if len(trials) else []
+    section_context = {}
+    for section, rows in trials.groupby("section", sort=True):
+        section_context[section] = [k for k in context if rows[k].map(repr).nunique() > 1]
+
+    def group(r: pd.Series) -> str:
+        return " · ".join([r["section"]] + [f"{short_key(k)}={fmt_value(r[k])}" for k in section_context[r["section"]]])
+
+    trials["group"] = trials.apply(group, axis=1) if len(trials) else []
     agg = aggregate(sub)
     if len(agg):
         agg["variant"] = agg.apply(_variant, axis=1, op_factors=op_factors)
         agg["section"] = agg.apply(_section, axis=1, keys=section_keys)
-        agg["group"] = agg.apply(lambda r: " · ".join([r["section"]] + [f"{short_key(k)}={fmt_value(r[k])}" for k in context]),
-                                 axis=1)
+        agg["group"] = agg.apply(group, axis=1)
     else:
         agg["variant"] = agg["section"] = agg["group"] = []
     sections = sorted(agg["section"].unique().tolist()) if len(agg) else []
-    return Layout(col, trials, agg, section_keys, context, op_factors, sections)
+    return Layout(col, trials, agg, section_keys, context, op_factors, sections, section_context)
 
 
 def _sort_rows(df: pd.DataFrame, context: list[str]) -> pd.DataFrame:
@@ -131,8 +143,9 @@ def section_table(layout: Layout, section: str) -> pd.DataFrame:
         best = finite.groupby("group")[c].transform("min") if len(finite) else pd.Series(dtype=float)
         agg[f"{c}.best"] = False
         agg.loc[finite.index, f"{c}.best"] = finite[c] == best
-    agg = _sort_rows(agg, layout.context)
-    cols = layout.context + ["variant", "n_trials", "n_done", "n_failed", "n_running", "n_pending"]
+    context = layout.context_of(section)
+    agg = _sort_rows(agg, context)
+    cols = context + ["variant", "n_trials", "n_done", "n_failed", "n_running", "n_pending"]
     for m in metrics:
         cols += [m, f"{m}.ci_low", f"{m}.ci_high", f"{m}.n", f"{m}.std", f"{m}.rank", f"{m}.best", f"{m}.significant_vs_best"]
     for c in measures:
@@ -176,7 +189,7 @@ def display_table(raw: pd.DataFrame, layout: Layout, section: str) -> tuple[pd.D
     metrics = layout.metrics_of(section)
     cells: dict[str, list] = {}
     marks: dict[str, list] = {}
-    for c in layout.context:
+    for c in layout.context_of(section):
         cells[short_key(c)] = [fmt_value(v) for v in raw[c]]
         marks[short_key(c)] = [False] * len(raw)
     cells["operator"] = list(raw["operator"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import tempfile
 import sys
 import time
 from dataclasses import dataclass, field
@@ -79,48 +80,107 @@ def default_parallelism() -> int:
     return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
 
 
-def run_local(plan: Plan, max_parallel: int | None = None, checkpoint_every_s: float = 120.0) -> dict[str, int]:
-    """Each trial in its own subprocess, at most ``max_parallel`` at once (GPU i for slot i)."""
+def run_local(plan: Plan, max_parallel: int | None = None, checkpoint_every_s: float = 120.0,
+              reuse_workers: bool = True) -> dict[str, int]:
+    """Run the plan in worker subprocesses, at most ``max_parallel`` at once (GPU i for slot i).
+
+    With ``reuse_workers`` each slot keeps one worker process that runs its trials one after the other
+    (``python -m adaptconv.sweep.worker --serve``), so short trials do not each pay the interpreter and
+    torch start-up; otherwise each trial gets a fresh process. Either way a crash loses one trial only.
+    """
     prepare(plan)
     slots = max_parallel or default_parallelism()
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     queue = list(plan.to_run)
-    running: dict[int, tuple[subprocess.Popen, Trial]] = {}
+    workers: dict[int, subprocess.Popen] = {}
+    errors: dict = {}
+    running: dict[int, Trial] = {}
     out: dict[str, int] = {}
     bar = _progress(None, "trials", total=len(queue))
+
+    def start(slot: int) -> subprocess.Popen:
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+        args = ["--serve", str(plan.store.root), str(checkpoint_every_s)]
+        # stderr to a file, not a pipe: a chatty worker must never block on a full pipe
+        errors[slot] = tempfile.TemporaryFile(mode="w+")
+        return subprocess.Popen([sys.executable, "-m", "adaptconv.sweep.worker", *args], env=env, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors[slot])
+
+    def stderr_tail(slot: int) -> str:
+        f = errors.get(slot)
+        if f is None:
+            return ""
+        f.seek(0)
+        return f.read()[-2000:]
+
+    def finish(slot: int, answered: bool, err: str = "") -> None:
+        trial = running.pop(slot)
+        state = plan.store.state(trial.id)
+        if not answered and state not in ("done", "failed", "running"):
+            log.error("trial %s: worker exited and wrote no record:\n%s", trial.id, err[-2000:])
+            state = "crashed"
+        out[state] = out.get(state, 0) + 1
+        bar.update(1)
+        bar.set_postfix(out)
+
     try:
         while queue or running:
-            while queue and len(running) < slots:
-                slot = next(i for i in range(slots) if i not in running)
-                trial = queue.pop(0)
-                env = dict(os.environ)
-                if gpus:
-                    env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
-                cmd = [sys.executable, "-m", "adaptconv.sweep.worker", str(plan.store.root), trial.id,
-                       str(checkpoint_every_s)]
-                proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                running[slot] = (proc, trial)
-            time.sleep(0.2)
-            for slot, (proc, trial) in list(running.items()):
-                if proc.poll() is None:
+            for slot in range(slots):
+                if slot in running or not queue:
                     continue
-                del running[slot]
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                state = plan.store.state(trial.id)
-                if state not in ("done", "failed", "running"):
-                    log.error("trial %s: worker exited with %s and wrote no record:\n%s", trial.id,
-                              proc.returncode, err[-2000:])
-                    state = "crashed"
-                out[state] = out.get(state, 0) + 1
-                bar.update(1)
-                bar.set_postfix(out)
+                if slot not in workers or workers[slot].poll() is not None:
+                    workers[slot] = start(slot)
+                trial = queue.pop(0)
+                workers[slot].stdin.write(trial.id + "\n")
+                workers[slot].stdin.flush()
+                running[slot] = trial
+            # wait for any busy worker to answer (a line) or to die
+            ready = _wait_readable([workers[s].stdout for s in running], timeout=1.0)
+            for slot in list(running):
+                proc = workers[slot]
+                if proc.stdout in ready:
+                    line = proc.stdout.readline()
+                    if line.split(" ")[0] == running[slot].id:
+                        finish(slot, True)
+                        if not reuse_workers:
+                            _stop(proc)
+                        continue
+                if proc.poll() is not None:  # died mid-trial (killed, out of memory, segfault)
+                    finish(slot, False, stderr_tail(slot))
     except KeyboardInterrupt:
-        for proc, _ in running.values():
+        for proc in workers.values():
             proc.terminate()  # they leave their checkpoints and no record: the next run resumes them
         raise
     finally:
+        for proc in workers.values():
+            _stop(proc)
         bar.close()
     return out
+
+
+def _wait_readable(files, timeout: float) -> list:
+    import select
+
+    if not files:
+        return []
+    ready, _, _ = select.select(files, [], [], timeout)
+    return ready
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Close a worker's input (it exits after its current trial) and reap it."""
+    if proc.poll() is None:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _progress(items, desc: str, total: int | None = None):

@@ -92,8 +92,38 @@ def execute_trial(store_root: str | os.PathLike, tid: str, *, checkpoint_every_s
         store.release(tid)
 
 
+def serve(store_root: str, checkpoint_every_s: float) -> int:
+    """Run trial ids read from stdin, one per line, in this process; answer ``<id> <state>`` per trial.
+
+    The local executor keeps one such worker per slot so a sweep of short trials does not pay the
+    interpreter and torch start-up for every trial. Each trial still runs through :func:`execute_trial`
+    (claim, seeded run, atomic record); a worker that dies mid-trial loses only that trial, which the
+    executor reports and replaces.
+    """
+    # the answers get the real stdout to themselves; anything else printed (by a library, at the C
+    # level too) goes to stderr so it cannot be mistaken for an answer
+    sys.stdout.flush()
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        tid = line.strip()
+        if not tid:
+            continue
+        try:
+            state = execute_trial(store_root, tid, checkpoint_every_s=checkpoint_every_s)
+        except Exception as exc:  # the store itself failed (disk full, ...): report it, keep serving
+            log.error("trial %s: %s: %s", tid, type(exc).__name__, exc)
+            state = "crashed"
+        answers.write(f"{tid} {state}\n")
+        answers.flush()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--serve":
+        return serve(argv[1], float(argv[2]) if len(argv) > 2 else 120.0)
     if len(argv) < 2:
         print("usage: python -m adaptconv.sweep.worker STORE_DIR TRIAL_ID [CHECKPOINT_EVERY_S]", file=sys.stderr)
         return 2

@@ -82,6 +82,9 @@ def test_figures_are_images_with_the_expected_legends(built):
             assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 150
         if f["kind"] == "scaling" and "scale-8" in f["file"]:
             assert f["legend"] == ["conv", "pac", "dfn"]  # the unfinished variant has no point to draw
+        elif f["file"] == "figures/ablation-op-options-kernel-type.png":
+            assert f["legend"] == ["pac"]  # only pac takes the option: default against inv
+            assert "held at scale=4" in f["caption"]
         else:
             assert f["legend"] == VARIANTS, f["file"]
     assert any(f["file"] == "figures/ablation-task-options-scale.png" for f in manifest["figures"])
