@@ -1,4 +1,4 @@
-# The two commands of the README:  `make demo`  (the main job)  and  `make test`  (the tests).
+# The two commands of the README:  `make demo`  (the main job: suite quick + its report)  and  `make test`.
 # Each creates the virtual environment on first use; nothing is installed globally.
 
 PYTHON ?= python3
@@ -16,9 +16,12 @@ $(BIN)/.installed: pyproject.toml examples/adaptconv-gated-op/pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' -e examples/adaptconv-gated-op
 	touch $@
 
+# The main job: every operator on built-in data (suites/quick.yaml, local executor), then the report.
+# The report is written even when a trial failed (it lists the failure); the exit status is the run's.
 demo: $(BIN)/.installed
 	$(BIN)/adaptconv ops
-	$(BIN)/adaptconv check-op --all
+	status=0; $(BIN)/adaptconv run quick || status=$$?; \
+	$(BIN)/adaptconv report quick && exit $$status
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
