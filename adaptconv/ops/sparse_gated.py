@@ -18,10 +18,18 @@ Two computations of the same function:
 
 - the dense masked path (training, any forward that needs gradients, and the reference):
   ``conv2d(x) * m``;
-- the sparse path (eval mode without grad): gathers the receptive fields of the active output
-  pixels only (channels-last input, one extra zero row standing for the padding), multiplies them by
-  the weight, and scatters the results into the output, so its cost falls with the active fraction.
-  Its output is channels-last in memory (same values and shape as nn.Conv2d's).
+- two sparse paths (eval mode without grad), both exact, outputs channels-last in memory:
+  the *tile* path (:func:`tiled_masked_conv2d`) convolves only the t×t output tiles holding an active
+  pixel (their input windows gathered into a batch, F.conv2d with padding 0, mask, scatter): oneDNN
+  does the arithmetic, so it is faster than nn.Conv2d once enough tiles are off (clustered masks);
+  the *pixel* path (:func:`sparse_masked_conv2d`) gathers the receptive field of each active pixel
+  (9·C values) and multiplies by the weight: it scales with scattered pixels but costs about 3× the
+  dense conv per pixel. ``sparse_path="auto"`` picks the cheapest of dense / tiles / pixels from the
+  active fractions and :data:`TILE_COST` / :data:`PIXEL_COST`.
+
+``block_size`` makes the mask itself block-structured (the mask unit's logits averaged over
+block_size² output tiles, one Gumbel decision per tile): training and inference then agree on whole
+tiles and the tile path skips the mask multiply.
 """
 
 from __future__ import annotations
@@ -39,6 +47,14 @@ from .registry import register_op
 from .taps import window_centres
 
 Pair = tuple[int, int]
+
+#: Inference cost models, as fractions of the dense conv's time, fitted to medians measured on the
+#: shared 2-core CPU (B=8 56×56 and B=1 224×224, 64→64, k=3; benchmarks/test_sparse_gated.py):
+#: ``fixed + per · active``. The tile path pays a fixed NCHW→NHWC pass, the scatter and the halo; the
+#: pixel path gathers 9·C values per active pixel, about 3× the dense conv's cost per pixel.
+TILE_COST = (0.45, 0.95)  # × fraction of active tiles
+PIXEL_COST = (0.2, 2.8)  # × fraction of active pixels
+SPARSE_PATHS = ("auto", "tiles", "pixels")
 
 #: Elements of the gathered patch matrix per chunk of active pixels (about 8 MiB in float32): keeps
 #: the gather and its matmul in cache instead of materialising every receptive field at once.
@@ -142,6 +158,84 @@ def sparse_masked_conv2d(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tens
     return y.view(b, ho, wo, -1).permute(0, 3, 1, 2)
 
 
+def tile_activity(mask: torch.Tensor, tile: int) -> torch.Tensor:
+    """B×⌈H'/t⌉×⌈W'/t⌉ bool: which t×t output tiles hold an active pixel (max over the tile, done
+    as a reshape + amax: F.max_pool2d is several times slower on this shape)."""
+    b, _, ho, wo = mask.shape
+    ny, nx = -(-ho // tile), -(-wo // tile)
+    padded = F.pad(mask, (0, nx * tile - wo, 0, ny * tile - ho)) if (ho % tile or wo % tile) else mask
+    return padded.view(b, ny, tile, nx, tile).amax(dim=(2, 4)) != 0
+
+
+def tiled_masked_conv2d(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        stride: Pair = (1, 1), padding: Pair = (0, 0), dilation: Pair = (1, 1), groups: int = 1,
+                        residual: bool = False, tile: int = 8, mask_is_tiled: bool = False) -> torch.Tensor:
+    """``conv2d(x) * mask`` (plus ``x`` when ``residual``) computed on the t×t output tiles that hold
+    an active pixel only: each such tile's receptive field (its input window plus the halo) is
+    gathered into a batch, convolved by F.conv2d with padding 0 (so the dense conv kernel, oneDNN on
+    the CPU, does the arithmetic), multiplied by the mask and scattered into the output.
+
+    Exact for any 0/1 mask and any stride, padding, dilation and groups: tile outputs are the conv's
+    outputs at those pixels (the halo covers every tap), the mask is applied after. Its cost falls
+    with the fraction of active *tiles*, so it pays for clustered masks, not scattered pixels.
+    ``mask_is_tiled``: the mask is constant on each tile (a block mask aligned to ``tile``), so the
+    multiply is skipped. Forward only; the output is channels-last in memory.
+    """
+    b, c, h, w = x.shape
+    o = weight.shape[0]
+    kh, kw = weight.shape[2:]
+    ho, wo = mask.shape[2:]
+    t = tile
+    ny, nx = -(-ho // t), -(-wo // t)
+    (sy, sx), (py, px), (dy, dx) = stride, padding, dilation
+    ey, ex = (t - 1) * sy + dy * (kh - 1) + 1, (t - 1) * sx + dx * (kw - 1) + 1  # a tile's input window
+    hp, wp = max(h + 2 * py, (ny - 1) * t * sy + ey), max(w + 2 * px, (nx - 1) * t * sx + ex)
+    active = tile_activity(mask, t).view(-1).nonzero().squeeze(1)  # flat indices into B·ny·nx
+    n = active.numel()
+    y = x.new_empty(b, ny * t, nx * t, o)  # channels-last, padded to whole tiles (cropped at the end)
+    if residual:
+        y[:, :h, :w].copy_(x.permute(0, 2, 3, 1))
+    if n == 0:
+        if not residual:
+            y.zero_()
+        return y[:, :ho, :wo].permute(0, 3, 1, 2)
+    # x into a zero-bordered channels-last buffer: one pass over x (NCHW → NHWC); every tile window is
+    # then inside the buffer and each of its rows is one contiguous run of ex·C values.
+    buf = x.new_empty(b, hp, wp, c)
+    buf[:, :py].zero_()
+    buf[:, py + h:].zero_()
+    buf[:, py:py + h, :px].zero_()
+    buf[:, py:py + h, px + w:].zero_()
+    buf[:, py:py + h, px:px + w].copy_(x.permute(0, 2, 3, 1))
+    bi, rem = active.div(ny * nx, rounding_mode="floor"), active.remainder(ny * nx)
+    ti, tj = rem.div(nx, rounding_mode="floor"), rem.remainder(nx)
+    start = (bi * hp + ti * (t * sy)) * wp + tj * (t * sx)  # each tile window's top-left pixel
+    rows = (start.unsqueeze(1) + torch.arange(ey, device=x.device) * wp).view(-1)
+    # Overlapping view: row i = pixels i … i+ex−1 of the buffer (ex·C contiguous values).
+    runs = buf.view(-1).as_strided((b * hp * wp - ex + 1, ex * c), (c, 1))
+    tiles = runs.index_select(0, rows).view(n, ey, ex, c).permute(0, 3, 1, 2)
+    out = F.conv2d(tiles, weight, bias, stride, 0, dilation, groups)  # n×O×t×t
+    out = out.permute(0, 2, 3, 1).contiguous()  # free when oneDNN kept channels-last
+    if not mask_is_tiled:
+        mt = mask if not (ho % t or wo % t) else F.pad(mask, (0, nx * t - wo, 0, ny * t - ho))
+        mt = mt.view(b, ny, t, nx, t).permute(0, 1, 3, 2, 4).reshape(b * ny * nx, t, t)
+        out.mul_(mt.index_select(0, active).unsqueeze(-1).to(out.dtype))
+    # Scatter: output row r of tile (b, ty, tx) is row ((b·ny + ty)·t + r)·nx + tx of y seen as
+    # (B·ny·t·nx)×(t·O) (non-overlapping runs of t pixels).
+    dst = ((((bi * ny + ti) * t).unsqueeze(1) + torch.arange(t, device=x.device)) * nx + tj.unsqueeze(1)).view(-1)
+    flat = y.view(-1, t * o)
+    if residual:
+        flat.index_add_(0, dst, out.view(n * t, t * o))
+    else:
+        # zero only the rows of inactive tiles: the active ones are overwritten anyway
+        inactive = torch.ones(flat.shape[0], dtype=torch.bool, device=x.device)
+        inactive[dst] = False
+        if n * t < flat.shape[0]:
+            flat.index_fill_(0, inactive.nonzero().squeeze(1), 0)
+        flat.index_copy_(0, dst, out.view(n * t, t * o))
+    return y[:, :ho, :wo].permute(0, 3, 1, 2)
+
+
 def dense_masked_conv2d(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                         stride: Pair = (1, 1), padding: Pair = (0, 0), dilation: Pair = (1, 1), groups: int = 1,
                         residual: bool = False) -> torch.Tensor:
@@ -173,8 +267,11 @@ class SparseGatedConv2d(ConvWeightMixin, AdaptiveConv2d):
     Options: ``residual`` (``y = x + m ⊙ conv(x)``; needs in == out channels and an output at the
     input's size), ``budget`` (target active fraction for the sparsity loss; None: no loss),
     ``sparsity_weight``, ``temperature`` (Gumbel-sigmoid τ), ``sparse_inference`` (False: eval runs
-    the dense masked path too), ``dense_above`` (eval without grad runs the sparse path only when at
-    most this fraction is active; 1.0: always), ``init_active_logit`` (mask-unit bias set by
+    the dense masked path too), ``dense_above`` (eval without grad runs a sparse path only when at
+    most this fraction is active), ``sparse_path`` ("auto": the cheapest of dense / tiles / pixels by
+    the cost model; "tiles" or "pixels": that path whenever sparse), ``tile_size`` (output tile of the
+    tile path with per-pixel masks), ``block_size`` (None: per-pixel mask; n: one decision per n×n
+    output tile, and the tile path uses n), ``init_active_logit`` (mask-unit bias set by
     :meth:`from_conv`).
     """
 
@@ -190,7 +287,8 @@ class SparseGatedConv2d(ConvWeightMixin, AdaptiveConv2d):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, *, guide_channels=None, residual: bool = False, budget: float | None = 0.5,
                  sparsity_weight: float = 1.0, temperature: float = 1.0, sparse_inference: bool = True,
-                 dense_above: float = 0.5, init_active_logit: float = 3.0):
+                 dense_above: float = 1.0, init_active_logit: float = 3.0, sparse_path: str = "auto",
+                 tile_size: int = 8, block_size: int | None = None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          guide_channels=guide_channels)
         label = type(self).name or type(self).__name__
@@ -204,6 +302,13 @@ class SparseGatedConv2d(ConvWeightMixin, AdaptiveConv2d):
             raise ValueError(f"{label}: init_active_logit must be >= 0 (every pixel active), got {init_active_logit!r}")
         if not (isinstance(temperature, (int, float)) and temperature > 0):
             raise ValueError(f"{label}: temperature must be > 0, got {temperature!r}")
+        if sparse_path not in SPARSE_PATHS:
+            raise ValueError(f"{label}: sparse_path must be one of {SPARSE_PATHS}, got {sparse_path!r}")
+        if isinstance(tile_size, bool) or not (isinstance(tile_size, int) and tile_size >= 1):
+            raise ValueError(f"{label}: tile_size must be an int >= 1, got {tile_size!r}")
+        if block_size is not None and (isinstance(block_size, bool) or not (isinstance(block_size, int)
+                                                                            and block_size >= 1)):
+            raise ValueError(f"{label}: block_size must be None or an int >= 1, got {block_size!r}")
         if residual:
             keeps_size = all(s == 1 and 2 * p == d * (k - 1) for s, p, d, k in
                              zip(self.stride, self.padding, self.dilation, self.kernel_size))
@@ -222,6 +327,9 @@ class SparseGatedConv2d(ConvWeightMixin, AdaptiveConv2d):
         self.sparse_inference = bool(sparse_inference)
         self.dense_above = float(dense_above)
         self.init_active_logit = float(init_active_logit)
+        self.sparse_path = sparse_path
+        self.tile_size = int(tile_size)
+        self.block_size = None if block_size is None else int(block_size)
         self.init_conv_weight()
         # The mask unit: one logit per pixel from the guide (or x), read at each window's centre so the
         # mask lands at the output resolution for any stride/padding/dilation. Default nn.Conv2d
@@ -245,26 +353,49 @@ class SparseGatedConv2d(ConvWeightMixin, AdaptiveConv2d):
         """The mask (B×1×H'×W'): straight-through Gumbel hard mask in training (forward value 0/1,
         gradient of the soft one), ``logit ≥ 0`` in eval (no gradient to the mask unit)."""
         logits = self.mask_logits(guide, rows)
+        ho, wo = logits.shape[2:]
+        if self.block_size is not None:
+            # one decision per block: the mean logit of its pixels (partial edge blocks: of those inside)
+            logits = F.avg_pool2d(logits, self.block_size, self.block_size, ceil_mode=True)
         if self.training:
             soft, hard = gumbel_sigmoid_mask(logits, self.temperature)
             # soft − soft.detach() is exactly 0: the forward value is exactly the 0/1 hard mask
-            return hard + (soft - soft.detach())
-        return (logits >= 0).to(logits.dtype)
+            m = hard + (soft - soft.detach())
+        else:
+            m = (logits >= 0).to(logits.dtype)
+        if self.block_size is not None:
+            n = self.block_size
+            m = m.repeat_interleave(n, 2).repeat_interleave(n, 3)[:, :, :ho, :wo]
+        return m
 
     def adaptive_forward(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         fast = not self.training and self.sparse_inference and not torch.is_grad_enabled()
-        # Inference: the sparse path needs x in channels-last rows anyway; a self-guided mask unit
-        # reads them too (one pass over x instead of two).
-        rows = channels_last_rows(x) if fast else None
-        m = self.mask(guide, rows if guide is x else None)
+        m = self.mask(guide)
         self._last.mask = m
         geo = (self.stride, self.padding, self.dilation, self.groups)
-        # The gather/scatter path costs more per active pixel than the dense conv: above `dense_above`
-        # active (measured crossover ≈ 0.4 on a 2-core CPU, see benchmarks/test_sparse_gated.py) the
-        # dense masked path is the faster way to the same output.
-        if fast and float(m.mean()) <= self.dense_above:
-            return sparse_masked_conv2d(x, m, self.weight, self.bias, *geo, residual=self.residual, rows=rows)
+        path = self.inference_path(m) if fast else "dense"
+        if path == "tiles":
+            tile = self.block_size or self.tile_size
+            return tiled_masked_conv2d(x, m, self.weight, self.bias, *geo, residual=self.residual, tile=tile,
+                                       mask_is_tiled=self.block_size is not None)
+        if path == "pixels":
+            return sparse_masked_conv2d(x, m, self.weight, self.bias, *geo, residual=self.residual)
         return dense_masked_conv2d(x, m, self.weight, self.bias, *geo, residual=self.residual)
+
+    def inference_path(self, m: torch.Tensor) -> str:
+        """"dense", "tiles" or "pixels" for an eval forward without grad with mask ``m``: dense above
+        ``dense_above`` active; else the forced ``sparse_path``, or ("auto") the cheapest by the cost
+        model (:data:`TILE_COST`, :data:`PIXEL_COST`; the dense conv costs 1)."""
+        pixels = float(m.mean())
+        if pixels > self.dense_above:
+            return "dense"
+        if self.sparse_path != "auto":
+            return self.sparse_path
+        tiles = pixels if self.block_size is not None else float(
+            tile_activity(m, self.tile_size).float().mean())
+        costs = {"dense": 1.0, "tiles": TILE_COST[0] + TILE_COST[1] * tiles,
+                 "pixels": PIXEL_COST[0] + PIXEL_COST[1] * pixels}
+        return min(costs, key=costs.__getitem__)
 
     # ----------------------------------------------------------------------------------------------
     def auxiliary_loss(self) -> torch.Tensor:
@@ -296,6 +427,8 @@ class SparseGatedConv2d(ConvWeightMixin, AdaptiveConv2d):
         s = super().extra_repr() + f", budget={self.budget}"
         if self.residual:
             s += ", residual=True"
+        if self.block_size is not None:
+            s += f", block_size={self.block_size}"
         if self.sparsity_weight != 1.0:
             s += f", sparsity_weight={self.sparsity_weight}"
         if not math.isclose(self.temperature, 1.0):

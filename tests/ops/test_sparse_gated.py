@@ -14,7 +14,8 @@ from torch import nn
 
 from adaptconv.ops import create_op, get_op
 from adaptconv.ops.conformance import gradcheck_operator
-from adaptconv.ops.sparse_gated import SparseGatedConv2d, dense_masked_conv2d, sparse_masked_conv2d
+from adaptconv.ops.sparse_gated import (SparseGatedConv2d, dense_masked_conv2d, sparse_masked_conv2d,
+                                         tile_activity, tiled_masked_conv2d)
 
 # kernel, stride, padding, dilation, groups
 GEOMETRY = [(3, 1, 1, 1, 1), (3, 2, 1, 1, 2), (3, 1, 2, 2, 1), (3, 2, 0, 1, 4), (2, 1, 1, 1, 1), (1, 2, 0, 1, 2),
@@ -29,12 +30,24 @@ def set_mask_logit(op: SparseGatedConv2d, logit: float) -> None:
 
 
 def eval_both_paths(op, x, guide=None):
-    """(sparse path output, dense masked path output) of an eval-mode op."""
+    """(pixel path, tile path, dense masked path) outputs of an eval-mode op."""
     op.eval()
-    with torch.no_grad():
-        sparse = op(x, guide)
-    dense = op(x, guide).detach()  # grad enabled ⇒ the dense masked path
-    return sparse, dense
+    saved, outs = op.sparse_path, []
+    for path in ("pixels", "tiles"):
+        op.sparse_path = path
+        with torch.no_grad():
+            outs.append(op(x, guide))
+    op.sparse_path = saved
+    outs.append(op(x, guide).detach())  # grad enabled ⇒ the dense masked path
+    return outs
+
+
+def clustered_mask(shape, fraction: float, gen: torch.Generator) -> torch.Tensor:
+    """0/1 blobs (what a learned mask looks like): a smooth random field thresholded at its quantile."""
+    b, h, w = shape
+    z = F.interpolate(torch.randn(b, 1, 3, 3, generator=gen, dtype=torch.float64), size=(h, w), mode="bilinear")
+    thr = torch.quantile(z.flatten(1), 1 - fraction, dim=1).view(b, 1, 1, 1)
+    return (z >= thr).double()
 
 
 def test_registered_and_options():
@@ -44,7 +57,7 @@ def test_registered_and_options():
     op = create_op("sparse_gated", 8, 8, 3, padding=1, residual=True, budget=0.25, sparsity_weight=2.0)
     assert "residual=True" in repr(op) and "budget=0.25" in repr(op) and op.weight.shape == (8, 8, 3, 3)
     for bad in (dict(budget=1.5), dict(sparsity_weight=-1), dict(temperature=0), dict(dense_above=2),
-                dict(init_active_logit=-1)):
+                dict(init_active_logit=-1), dict(sparse_path="blocks"), dict(tile_size=0), dict(block_size=0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             SparseGatedConv2d(4, 4, 3, **bad)
 
@@ -155,13 +168,14 @@ def test_strided_mask_is_at_the_output_resolution():
     torch.testing.assert_close(op.mask_logits(x), unit[:, :, ::2, ::2])
 
 
-def test_dense_above_chooses_the_path(monkeypatch):
+def test_dense_above_and_sparse_path_choose_the_path(monkeypatch):
     import adaptconv.ops.sparse_gated as sg
 
     calls = []
-    real = sg.sparse_masked_conv2d
-    monkeypatch.setattr(sg, "sparse_masked_conv2d", lambda *a, **k: calls.append(1) or real(*a, **k))
-    op = SparseGatedConv2d(4, 4, 3, padding=1, dense_above=0.5).eval()
+    for name in ("sparse_masked_conv2d", "tiled_masked_conv2d"):
+        real = getattr(sg, name)
+        monkeypatch.setattr(sg, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k))
+    op = SparseGatedConv2d(4, 4, 3, padding=1, dense_above=0.5, sparse_path="pixels").eval()
     x = torch.randn(1, 4, 6, 6)
     with torch.no_grad():
         set_mask_logit(op, 1.0)
@@ -169,10 +183,27 @@ def test_dense_above_chooses_the_path(monkeypatch):
         assert calls == []
         set_mask_logit(op, -1.0)
         op(x)
-        assert calls == [1]
+        assert calls == ["sparse_masked_conv2d"]
+        op.sparse_path = "tiles"
+        op(x)
+        assert calls[-1] == "tiled_masked_conv2d"
         op.sparse_inference = False
         op(x)
-        assert calls == [1]
+        assert len(calls) == 2
+
+
+def test_auto_path_follows_the_cost_model():
+    """Clustered masks ⇒ tiles; scattered pixels at low density ⇒ pixels; (nearly) all on ⇒ dense."""
+    gen = torch.Generator().manual_seed(20)
+    op = SparseGatedConv2d(4, 4, 3, padding=1).eval()
+    blobs = clustered_mask((2, 64, 64), 0.25, gen)
+    assert tile_activity(blobs, 8).double().mean() < 0.5
+    assert op.inference_path(blobs) == "tiles"
+    scattered = (torch.rand(2, 1, 64, 64, generator=gen) < 0.1).double()
+    assert tile_activity(scattered, 8).all()
+    assert op.inference_path(scattered) == "pixels"
+    assert op.inference_path(torch.ones(2, 1, 64, 64)) == "dense"
+    assert op.inference_path((torch.rand(2, 1, 64, 64, generator=gen) < 0.5).double()) == "dense"
 
 
 def test_training_mask_is_gumbel_straight_through_and_seeded():
@@ -312,3 +343,116 @@ def test_low_precision_sparse_path():
     assert low.dtype == torch.bfloat16
     assert (low.float() - ref).abs().max() / ref.abs().max() < 5e-2
 
+
+
+@pytest.mark.parametrize("kind", ["random", "clustered"])
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 0.75])
+@pytest.mark.parametrize("k,stride,padding,dilation,groups", GEOMETRY)
+def test_tile_path_equals_dense_masked_path(kind, fraction, k, stride, padding, dilation, groups):
+    """The tile path against F.conv2d(x)·m (float64), tiles of 3 and 4 (partial edge tiles)."""
+    gen = torch.Generator().manual_seed(21)
+    x = torch.randn(3, 4, 13, 11, dtype=torch.float64, generator=gen)
+    w = torch.randn(8, 4 // groups, k, k, dtype=torch.float64, generator=gen)
+    b = torch.randn(8, dtype=torch.float64, generator=gen)
+    full = F.conv2d(x, w, b, stride, padding, dilation, groups)
+    shape = (3, *full.shape[2:])
+    if kind == "random":
+        mask = (torch.rand(3, 1, *shape[1:], generator=gen, dtype=torch.float64) < fraction).double()
+    else:
+        mask = clustered_mask(shape, fraction, gen)
+    assert 0 < mask.mean() < 1
+    geo = ((stride,) * 2, (padding,) * 2, (dilation,) * 2, groups)
+    for tile in (3, 4):
+        for bias in (b, None):
+            ref = F.conv2d(x, w, bias, stride, padding, dilation, groups) * mask
+            got = tiled_masked_conv2d(x, mask, w, bias, *geo, tile=tile)
+            torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
+    if kind == "clustered" and full.shape[2] >= 8:
+        assert not tile_activity(mask, 3).all()  # some tiles are skipped: the case the path is for
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.75, 1.0])
+def test_tile_residual_equals_reference(fraction):
+    gen = torch.Generator().manual_seed(22)
+    x = torch.randn(2, 6, 9, 11, dtype=torch.float64, generator=gen)
+    w = torch.randn(6, 3, 3, 3, dtype=torch.float64, generator=gen)
+    b = torch.randn(6, dtype=torch.float64, generator=gen)
+    mask = clustered_mask((2, 9, 11), fraction, gen) if 0 < fraction < 1 else torch.full((2, 1, 9, 11), fraction,
+                                                                                         dtype=torch.float64)
+    x0 = x.clone()
+    ref = x + F.conv2d(x, w, b, 1, 1, 1, 2) * mask
+    got = tiled_masked_conv2d(x, mask, w, b, (1, 1), (1, 1), (1, 1), 2, residual=True, tile=4)
+    torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
+    assert torch.equal(x, x0)  # the input is not modified in place
+
+
+def test_low_precision_tile_path():
+    torch.manual_seed(23)
+    x = torch.randn(2, 8, 16, 16)
+    w, b = torch.randn(8, 8, 3, 3), torch.randn(8)
+    m = clustered_mask((2, 16, 16), 0.4, torch.Generator().manual_seed(0)).float()
+    ref = F.conv2d(x, w, b, padding=1) * m
+    low = tiled_masked_conv2d(x.bfloat16(), m.bfloat16(), w.bfloat16(), b.bfloat16(), (1, 1), (1, 1), (1, 1), 1)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - ref).abs().max() / ref.abs().max() < 5e-2
+
+
+@pytest.mark.parametrize("k,stride,padding,dilation,groups", GEOMETRY[:4])
+def test_block_mask_identities_and_paths(k, stride, padding, dilation, groups):
+    """block_size: the mask is constant on block² output tiles; all on ⇒ the dense conv, all off ⇒
+    zeros; a mixed mask gives the same output on the pixel, tile and dense paths."""
+    torch.manual_seed(24)
+    op = SparseGatedConv2d(4, 8, k, stride, padding, dilation, groups, block_size=3).double()
+    x = torch.randn(2, 4, 17, 15, dtype=torch.float64)
+    ref = F.conv2d(x, op.weight, op.bias, stride, padding, dilation, groups)
+    set_mask_logit(op, 2.0)
+    for got in eval_both_paths(op, x):
+        torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
+    set_mask_logit(op, -2.0)
+    for got in eval_both_paths(op, x):
+        assert got.shape == ref.shape and torch.count_nonzero(got) == 0
+    with torch.no_grad():
+        op.mask_unit.weight.normal_()
+        op.mask_unit.bias.zero_()
+    outs = eval_both_paths(op, x)
+    m = op._last.mask
+    assert 0 < m.mean() < 1
+    blocks = F.pad(m, (0, -m.shape[3] % 3, 0, -m.shape[2] % 3), value=-1).unfold(2, 3, 3).unfold(3, 3, 3)
+    assert ((blocks == blocks.amax((-1, -2), keepdim=True)) | (blocks < 0)).all()  # constant per block
+    for got in outs:
+        torch.testing.assert_close(got, ref * m, atol=1e-12, rtol=1e-12)
+
+
+def test_block_mask_residual_identity():
+    torch.manual_seed(25)
+    op = SparseGatedConv2d(8, 8, 3, padding=1, residual=True, block_size=4).double()
+    x = torch.randn(2, 8, 10, 12, dtype=torch.float64)
+    set_mask_logit(op, -1.0)
+    for got in eval_both_paths(op, x):
+        assert torch.equal(got, x)
+    set_mask_logit(op, 1.0)
+    for got in eval_both_paths(op, x):
+        torch.testing.assert_close(got, x + F.conv2d(x, op.weight, op.bias, padding=1), atol=1e-12, rtol=1e-12)
+
+
+def test_block_mask_trains_straight_through():
+    """One Gumbel decision per block on the block's mean logit; the soft gradient reaches the mask unit."""
+    torch.manual_seed(26)
+    op = SparseGatedConv2d(4, 6, 3, padding=1, temperature=0.5, block_size=4).double().train()
+    x = torch.randn(2, 4, 10, 12, dtype=torch.float64)
+    upstream = torch.randn(2, 6, 10, 12, dtype=torch.float64)
+    torch.manual_seed(27)
+    (op(x) * upstream).sum().backward()
+    logits = F.avg_pool2d(F.conv2d(x, op.mask_unit.weight, op.mask_unit.bias), 4, 4, ceil_mode=True)  # 2×1×3×3
+    torch.manual_seed(27)
+    u = torch.rand(logits.shape, dtype=torch.float32).clamp(1e-6, 1 - 1e-6).double()
+    soft = torch.sigmoid((logits + u.log() - (1 - u).log()) / 0.5)
+    expand = soft.repeat_interleave(4, 2).repeat_interleave(4, 3)[:, :, :10, :12]
+    torch.testing.assert_close(op._last.mask.detach(), (expand >= 0.5).double())
+    conv = F.conv2d(x, op.weight, op.bias, padding=1).detach()
+    gw, gb = torch.autograd.grad((expand * (conv * upstream).sum(1, keepdim=True)).sum(),
+                                 [op.mask_unit.weight, op.mask_unit.bias])
+    assert gb.abs().item() > 0
+    torch.testing.assert_close(op.mask_unit.weight.grad, gw, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(op.mask_unit.bias.grad, gb, atol=1e-10, rtol=1e-10)
+    assert "block_size=4" in repr(op)
