@@ -66,8 +66,13 @@ class Layout:
     def metrics_of(self, section: str) -> list[str]:
         sub = self.agg[self.agg["section"] == section]
         ms = [c for c in self.col.metric_columns if c in sub and sub[c].notna().any()]
-        primary = f"metric.{self.col.primary}"
+        primary = f"metric.{self._primary_name(sub)}"
         return sorted(ms, key=lambda m: (m != primary, m))
+
+    def _primary_name(self, sub: pd.DataFrame) -> str | None:
+        """The headline metric of the section's task (the most common one its records name)."""
+        names = sub["primary_metric"].dropna() if "primary_metric" in sub else pd.Series(dtype=object)
+        return names.value_counts().index[0] if len(names) else self.col.primary
 
     def primary_of(self, section: str) -> str | None:
         ms = self.metrics_of(section)

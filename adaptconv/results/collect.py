@@ -202,6 +202,9 @@ def _environment(env: dict) -> dict[str, Any]:
 def record_rows(tid: str, record: dict) -> tuple[dict[str, Any], list[dict], tuple[list, list, list]]:
     """The trial row, the run rows and the curve columns (steps, series, values) of one stored record."""
     row: dict[str, Any] = {"trial_id": tid, "status": record.get("status")}
+    # the task's headline metric (records before metric_info: the first metric the task reported)
+    metrics = record.get("metrics") or {}
+    row["primary_metric"] = (record.get("metric_info") or {}).get("primary") or next(iter(metrics), None)
     row.update({k: _cell(v) for k, v in _flatten(record.get("config") or {}).items()})
     for k, v in (record.get("metrics") or {}).items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -377,10 +380,14 @@ def aggregate(col: Collection, values: list[str] | None = None) -> pd.DataFrame:
     ok = df[df["status"] == "ok"]
     ok_label = label[ok.index]
     out = df.loc[~label.duplicated(), keys].copy()
+    if "primary_metric" in df:  # the headline metric of the group's task, from its finished trials
+        prim = df.loc[df["status"] == "ok"].groupby(label[df["status"] == "ok"].values)["primary_metric"].first()
+        out["primary_metric"] = prim.reindex(label[~label.duplicated()].values).values
     out.index = label[~label.duplicated()].values
     out["n_trials"] = states.sum(axis=1).reindex(out.index).values
     for s in ("done", "failed", "running", "pending"):
         out[f"n_{s}"] = states[s].reindex(out.index).values
+    columns: dict[str, Any] = {}
     if len(ok):
         grouped = ok[values].apply(pd.to_numeric, errors="coerce").groupby(ok_label.values)
         mean, std, n = grouped.mean(), grouped.std(ddof=1), grouped.count()
@@ -389,17 +396,13 @@ def aggregate(col: Collection, values: list[str] | None = None) -> pd.DataFrame:
             m = mean[v].reindex(out.index)
             s = std[v].reindex(out.index)
             half = t_quantile(nv.values) * s.values / np.sqrt(np.maximum(nv.values, 1))
-            out[v] = m.values
-            out[f"{v}.std"] = s.values
-            out[f"{v}.n"] = nv.values
-            out[f"{v}.ci_low"] = m.values - half
-            out[f"{v}.ci_high"] = m.values + half
+            columns.update({v: m.values, f"{v}.std": s.values, f"{v}.n": nv.values,
+                            f"{v}.ci_low": m.values - half, f"{v}.ci_high": m.values + half})
     else:
         for v in values:
-            for suffix in ("", ".std", ".ci_low", ".ci_high"):
-                out[v + suffix] = np.nan
-            out[f"{v}.n"] = 0
-    return out.reset_index(drop=True)
+            columns.update({v: np.nan, f"{v}.std": np.nan, f"{v}.n": 0, f"{v}.ci_low": np.nan, f"{v}.ci_high": np.nan})
+    stats_df = pd.DataFrame(columns, index=out.index)
+    return pd.concat([out, stats_df], axis=1).reset_index(drop=True)
 
 
 def intervals_separate(a_low: float, a_high: float, b_low: float, b_high: float) -> bool:
