@@ -202,6 +202,8 @@ def scaling_figures(layout: Layout, folder: Path) -> list[Figure]:
     if runs.empty or "resolution" not in runs:
         return []
     t = layout.trials[["trial_id", "variant", "section", "group"] + layout.context]
+    # a config key may share a run column's name (batch_size): the run's own value wins
+    t = t.rename(columns={c: f"config.{c}" for c in layout.context if c in runs.columns})
     runs = runs.merge(t, on="trial_id")
     runs = runs[runs["status"] == "ok"]
     out = []
@@ -211,7 +213,7 @@ def scaling_figures(layout: Layout, folder: Path) -> list[Figure]:
             continue
         batch = int(r["batch_size"].min())
         r = r[r["batch_size"] == batch]
-        context = layout.context_of(section)
+        context = [f"config.{c}" if f"config.{c}" in r else c for c in layout.context_of(section)]
         combos = r[context].drop_duplicates().map(fmt_value).values.tolist() if context else [[]]
         for combo in sorted(combos)[:MAX_PARTS]:
             sub = r
@@ -238,7 +240,7 @@ def scaling_figures(layout: Layout, folder: Path) -> list[Figure]:
                     ax.set_ylabel(label)
                     ax.set_title(f"{phase.replace('_', ' ')}, batch {batch}", fontsize=8)
             legend = _legend(fig, axes, [])
-            where = ", ".join(f"{short_key(c)}={v}" for c, v in zip(context, combo))
+            where = ", ".join(f"{short_key(c.removeprefix('config.'))}={v}" for c, v in zip(context, combo))
             name = f"scaling-{slug(section)}" + (f"-{slug(where)}" if where else "")
             method = ", ".join(sorted(set(sub["memory_method"].dropna().astype(str)))) if "memory_method" in sub else ""
             out.append(Figure(_save(fig, folder, name),

@@ -181,3 +181,14 @@ def test_report_from_the_stored_suite_copy_when_the_suite_file_is_gone(tmp_path,
     assert main(["report", "fixture"]) == 0
     assert (tmp_path / "report" / "fixture" / "index.html").is_file()
     capsys.readouterr()
+
+
+def test_a_swept_config_key_named_like_a_run_column(tmp_path):
+    """`batch_size` is both a config key (swept here) and a column of the runs table."""
+    suite, store = write_fixture(tmp_path, ops=("conv", "pac"), scales=(4,), seeds=(0,), kernel_types=(),
+                                 batch_sizes=(4, 8))
+    report = build_report(collect(store, suite), tmp_path / "report")
+    scaling = [f for f in report.figures if f.kind == "scaling"]
+    assert sorted(f.file for f in scaling) == ["figures/scaling-upsampling-middlebury-jointnet-batch-size-4.png",
+                                               "figures/scaling-upsampling-middlebury-jointnet-batch-size-8.png"]
+    assert any(f.file == "figures/ablation-batch-size.png" for f in report.figures)
