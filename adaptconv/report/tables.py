@@ -195,7 +195,8 @@ def display_table(raw: pd.DataFrame, layout: Layout, section: str) -> tuple[pd.D
     cells: dict[str, list] = {}
     marks: dict[str, list] = {}
     for c in layout.context_of(section):
-        cells[short_key(c)] = [fmt_value(v) for v in raw[c]]
+        # a missing value is the schema default, which the normalised config leaves out
+        cells[short_key(c)] = [fmt_value(v) if fmt_value(v) != "–" else "default" for v in raw[c]]
         marks[short_key(c)] = [False] * len(raw)
     cells["operator"] = list(raw["operator"])
     marks["operator"] = [False] * len(raw)
