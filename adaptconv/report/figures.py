@@ -286,8 +286,9 @@ def ablation_figures(layout: Layout, folder: Path) -> list[Figure]:
                 ops = set(rows.loc[rows[key].notna(), "op"])
                 rows = rows[rows["op"].isin(ops)].copy()
                 rows[key] = rows[key].map(lambda v: DEFAULT if v is None or (isinstance(v, float) and math.isnan(v)) else v)
-            elif key in layout.context_of(section):
-                rows = rows[rows[key].notna()].copy()
+            elif key in layout.context_of(section):  # inside a task, a missing value is the schema default
+                rows = rows.copy()
+                rows[key] = rows[key].map(lambda v: DEFAULT if v is None or (isinstance(v, float) and math.isnan(v)) else v)
             else:
                 continue
             ref = _reference(rows, [k for k in layout.context_of(section) if k != key])
