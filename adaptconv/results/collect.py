@@ -19,12 +19,14 @@ import json
 import logging
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from ..schema import ConfigError
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: config keys that never separate two results (the run keys) or that are replicated (the seed)
 NOT_A_FACTOR = set(RUN_KEYS) | {"seed"}
+#: stores with more records than this are parsed by worker processes
+PARALLEL_ABOVE = 2000
 #: known metrics whose direction a record without ``metric_info`` cannot tell (records before it existed)
 KNOWN_DIRECTIONS = {"top1": True, "top5": True, "loss": False, "miou": True, "pixel_acc": True,
                     "psnr": True, "ssim": True, "noisy_psnr": True, "rmse": False, "mae": False,
@@ -250,12 +254,38 @@ def record_rows(tid: str, record: dict) -> tuple[dict[str, Any], list[dict], tup
 
 # ---- a store → tables ------------------------------------------------------------------------------
 
+def _digest(root: str, tid: str) -> dict | None:
+    """What collect keeps of one record (its rows, config and metric info), or None without one.
+
+    Runs in worker processes for large stores: parsing is the cost (a record holds every latency
+    sample), and the digest is a fraction of the record's size to send back."""
+    path = Path(root) / "trials" / tid / "record.json"
+    try:
+        record = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except orjson.JSONDecodeError as exc:
+        # cannot happen through the store's atomic writes; a record edited or damaged by hand is set aside
+        log.warning("unreadable record %s (%s): treated as missing", path, exc)
+        return None
+    row, runs, curves = record_rows(tid, record)
+    metrics = record.get("metrics") or {}
+    return {"row": row, "runs": runs, "curves": curves, "status": record.get("status"),
+            "config": record.get("config") or {}, "metric_info": record.get("metric_info") or {},
+            "first_metric": next(iter(metrics), None)}
+
+
 def _read_all(store: ResultStore, tids: Iterable[str]) -> dict[str, dict]:
-    # reading is I/O and JSON parsing; a few threads hide the file-system latency of a shared disk
     tids = list(tids)
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        records = list(pool.map(store.read_record, tids))
-    return {t: r for t, r in zip(tids, records) if r is not None}
+    root = str(store.root)
+    if len(tids) < PARALLEL_ABOVE or (os.cpu_count() or 1) < 2 or "fork" not in mp.get_all_start_methods():
+        digests = [_digest(root, t) for t in tids]
+    else:
+        # fork: the workers only parse JSON, and a spawned interpreter would re-import torch
+        workers = min(os.cpu_count() or 1, 8)
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+            digests = list(pool.map(_digest, [root] * len(tids), tids, chunksize=256))
+    return {t: d for t, d in zip(tids, digests) if d is not None}
 
 
 def collect(store: ResultStore | str | os.PathLike, suite=None) -> Collection:
@@ -276,10 +306,10 @@ def collect(store: ResultStore | str | os.PathLike, suite=None) -> Collection:
     curves: dict[str, list] = {"trial_id": [], "step": [], "series": [], "value": []}
     order = list(suite_trials) + [t for t in stored if t not in suite_trials]
     for tid in order:
-        record = records.get(tid)
-        if record is not None:
-            row, r, c = record_rows(tid, record)
-            row["state"] = "done" if record.get("status") == "ok" else "failed"
+        digest = records.get(tid)
+        if digest is not None:
+            row, r, c = digest["row"], digest["runs"], digest["curves"]
+            row["state"] = "done" if digest["status"] == "ok" else "failed"
             runs += r
             curves["trial_id"] += [tid] * len(c[0])
             curves["step"] += c[0]
@@ -311,7 +341,7 @@ def collect(store: ResultStore | str | os.PathLike, suite=None) -> Collection:
         if primary is None and info.get("primary"):
             primary = info["primary"]
     if primary is None:  # records before metric_info: the first metric the task reported
-        firsts = [next(iter(r["metrics"])) for r in records.values() if r.get("metrics")]
+        firsts = [d["first_metric"] for d in records.values() if d["first_metric"]]
         primary = firsts[0] if firsts else None
     name = suite.spec.name if suite is not None else store.root.name
     description = suite.spec.description if suite is not None else ""
@@ -325,7 +355,7 @@ def collect(store: ResultStore | str | os.PathLike, suite=None) -> Collection:
 def _config_columns(trials: pd.DataFrame, suite_trials: dict, records: dict) -> list[str]:
     keys: list[str] = []
     seen = set()
-    configs = [t.config for t in suite_trials.values()] + [r.get("config") or {} for r in records.values()]
+    configs = [t.config for t in suite_trials.values()] + [d["config"] for d in records.values()]
     for config in configs[:1] + configs:
         for k in _flatten(config):
             if k not in seen:

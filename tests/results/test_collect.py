@@ -152,3 +152,16 @@ def test_fixture_template_has_the_shape_of_a_real_record():
     assert set(rec["measurements"]["runs"][0]) >= set(TEMPLATE["measurements"]["runs"][0])
     assert set(rec["measurements"]["runs"][0]["latency"]) == set(TEMPLATE["measurements"]["runs"][0]["latency"])
     assert OP_MS["conv"] == 1.0
+
+
+def test_parallel_parsing_gives_the_same_tables(fixture_store, monkeypatch):
+    """Large stores are parsed by forked worker processes; the tables must not change."""
+    import adaptconv.results.collect as collect_module
+
+    suite, store = fixture_store
+    sequential = collect(store, suite)
+    monkeypatch.setattr(collect_module, "PARALLEL_ABOVE", 1)
+    parallel = collect(store, suite)
+    pd.testing.assert_frame_equal(parallel.trials, sequential.trials)
+    pd.testing.assert_frame_equal(parallel.runs, sequential.runs)
+    pd.testing.assert_frame_equal(parallel.curves, sequential.curves)
