@@ -406,3 +406,35 @@ class ConvWeightMixin:
             self.weight.copy_(conv.weight)
             if conv.bias is not None:
                 self.bias.copy_(conv.bias)
+
+
+class ChannelMixMixin:
+    """For operators that filter each channel on its own (dfn, involution, ddf): an optional 1×1
+    projection mixes the channels (needed when in ≠ out, and to hold a conv's channel mixing in
+    ``from_conv``) and then carries the bias; without it the bias is added directly."""
+
+    def init_channel_mix(self, in_channels: int, out_channels: int, groups: int, bias: bool,
+                         projection: bool) -> None:
+        if projection:
+            self.projection = nn.Conv2d(in_channels, out_channels, 1, groups=groups, bias=bias)
+            self.register_parameter("bias", None)
+        else:
+            self.projection = None
+            self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    def mix_channels(self, z: torch.Tensor) -> torch.Tensor:
+        if self.projection is not None:
+            return self.projection(z)
+        return z if self.bias is None else z + self.bias.view(1, -1, 1, 1)
+
+
+def rank1_kernel_fit(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best rank-1 fit ``W[o, c, :] ≈ P[o, c] · f`` of a conv weight (float64): one shared k×k
+    filter ``f`` and a 1×1 projection ``P`` (O×C/g), sign-fixed so that ``f`` sums to ≥ 0."""
+    o, cpg, kh, kw = weight.shape
+    u, s, vh = torch.linalg.svd(weight.detach().double().reshape(o * cpg, kh * kw), full_matrices=False)
+    filt, proj = vh[0], u[:, 0] * s[0]
+    if filt.sum() < 0:
+        filt, proj = -filt, -proj
+    return filt, proj.view(o, cpg, 1, 1)
+

@@ -34,7 +34,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from . import lean
-from .base import AdaptiveConv2d
+from .base import AdaptiveConv2d, ChannelMixMixin
 from .registry import register_op
 from .taps import Pair, conv_output_size, unfold_taps, window_centres
 
@@ -148,7 +148,7 @@ def ddf2d_unfold(x, channel_filter, spatial_filter, kernel_size, stride=(1, 1), 
 
 
 @register_op("ddf")
-class DdfConv2d(AdaptiveConv2d):
+class DdfConv2d(ChannelMixMixin, AdaptiveConv2d):
     """Decoupled dynamic filter: channel filter (from GAP) × spatial filter (per pixel), depthwise.
 
     Options: ``heads`` (spatial filters, each shared by C/heads channels; paper: 1), ``se_ratio``
@@ -188,12 +188,7 @@ class DdfConv2d(AdaptiveConv2d):
                                          nn.Linear(mid, in_channels * taps))
         # The channel FilterNorm's learnt per-(channel, tap) scale, initialised as the reference's.
         self.channel_std = nn.Parameter(torch.randn(in_channels, taps) * self.spatial_gain)
-        if projection:
-            self.projection = nn.Conv2d(in_channels, out_channels, 1, groups=groups, bias=bias)
-            self.register_parameter("bias", None)
-        else:
-            self.projection = None
-            self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.init_channel_mix(in_channels, out_channels, groups, bias, projection)
 
     def channel_filters(self, guide: torch.Tensor) -> torch.Tensor:
         """The per-sample channel filters: B×C×k²."""
@@ -210,9 +205,7 @@ class DdfConv2d(AdaptiveConv2d):
     def adaptive_forward(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         z = ddf2d(x, self.channel_filters(guide), self.spatial_filters(guide), self.kernel_size, self.stride,
                   self.padding, self.dilation)
-        if self.projection is not None:
-            return self.projection(z)
-        return z if self.bias is None else z + self.bias.view(1, -1, 1, 1)
+        return self.mix_channels(z)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **options) -> "DdfConv2d":

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import lean
-from .base import AdaptiveConv2d
+from .base import AdaptiveConv2d, ChannelMixMixin, rank1_kernel_fit
 from .registry import register_op
 from .taps import unfold_taps, window_centres
 
@@ -46,7 +46,7 @@ def dynamic_filter2d_unfold(x, filters, kernel_size, stride=(1, 1), padding=(0, 
 
 
 @register_op("dfn")
-class DfnConv2d(AdaptiveConv2d):
+class DfnConv2d(ChannelMixMixin, AdaptiveConv2d):
     """Dynamic filter network local filtering layer. Options: ``filter_groups`` (channel groups with
     their own filter), ``normalize`` ("softmax" over taps | "none"), ``hidden_channels`` (generator
     width), ``projection`` (None: a 1×1 projection only when out_channels ≠ in_channels)."""
@@ -79,12 +79,7 @@ class DfnConv2d(AdaptiveConv2d):
         self.generator = nn.Sequential(
             nn.Conv2d(self.adapt_channels, hidden_channels, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(hidden_channels, filter_groups * taps, 1))
-        if projection:
-            self.projection = nn.Conv2d(in_channels, out_channels, 1, groups=groups, bias=bias)
-            self.register_parameter("bias", None)
-        else:
-            self.projection = None
-            self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.init_channel_mix(in_channels, out_channels, groups, bias, projection)
 
     def filters(self, guide: torch.Tensor) -> torch.Tensor:
         """The per-pixel filters at the output grid: B×G×T×H'×W'."""
@@ -94,9 +89,7 @@ class DfnConv2d(AdaptiveConv2d):
 
     def adaptive_forward(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         z = dynamic_filter2d(x, self.filters(guide), self.kernel_size, self.stride, self.padding, self.dilation)
-        if self.projection is not None:
-            return self.projection(z)
-        return z if self.bias is None else z + self.bias.view(1, -1, 1, 1)
+        return self.mix_channels(z)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **options) -> "DfnConv2d":
@@ -104,13 +97,8 @@ class DfnConv2d(AdaptiveConv2d):
             raise ValueError("dfn.from_conv needs the 1×1 projection to hold the conv's channel mixing")
         options["projection"] = True
         op = cls.build_like(conv, **options)
-        o, cpg, kh, kw = conv.weight.shape
         with torch.no_grad():
-            w = conv.weight.detach().double().reshape(o * cpg, kh * kw)
-            u, s, vh = torch.linalg.svd(w, full_matrices=False)
-            filt, proj = vh[0], u[:, 0] * s[0]
-            if filt.sum() < 0:
-                filt, proj = -filt, -proj
+            filt, proj = rank1_kernel_fit(conv.weight)
             last = op.generator[-1]
             last.weight.zero_()
             if op.normalize == "softmax":
@@ -121,7 +109,7 @@ class DfnConv2d(AdaptiveConv2d):
                 last.bias.copy_(filt.log().repeat(op.filter_groups))
             else:
                 last.bias.copy_(filt.repeat(op.filter_groups))
-            op.projection.weight.copy_(proj.view(o, cpg, 1, 1))
+            op.projection.weight.copy_(proj)
             if conv.bias is not None:
                 op.projection.bias.copy_(conv.bias)
         return op

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import AdaptiveConv2d
+from .base import AdaptiveConv2d, ChannelMixMixin, rank1_kernel_fit
 from .dfn import dynamic_filter2d
 from .registry import register_op
 from .taps import window_centres
@@ -55,7 +55,7 @@ def involution_input(guide: torch.Tensor, kernel_size, stride, padding, dilation
 
 
 @register_op("involution")
-class Involution2d(AdaptiveConv2d):
+class Involution2d(ChannelMixMixin, AdaptiveConv2d):
     """Involution: per-pixel kernels generated from the pixel, shared within channel groups.
 
     Options: ``group_channels`` (channels per kernel group, paper: 16), ``reduction`` (generator
@@ -92,12 +92,7 @@ class Involution2d(AdaptiveConv2d):
         self.reduce = nn.Conv2d(self.adapt_channels, hidden, 1, bias=norm == "none")
         self.reduce_norm = nn.BatchNorm2d(hidden) if norm == "batch" else nn.Identity()
         self.span = nn.Conv2d(hidden, self.filter_groups * taps, 1)
-        if projection:
-            self.projection = nn.Conv2d(in_channels, out_channels, 1, groups=groups, bias=bias)
-            self.register_parameter("bias", None)
-        else:
-            self.projection = None
-            self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.init_channel_mix(in_channels, out_channels, groups, bias, projection)
 
     def kernels(self, guide: torch.Tensor) -> torch.Tensor:
         """The per-pixel kernels on the output grid: B×G×k²×H'×W'."""
@@ -107,9 +102,7 @@ class Involution2d(AdaptiveConv2d):
 
     def adaptive_forward(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         z = dynamic_filter2d(x, self.kernels(guide), self.kernel_size, self.stride, self.padding, self.dilation)
-        if self.projection is not None:
-            return self.projection(z)
-        return z if self.bias is None else z + self.bias.view(1, -1, 1, 1)
+        return self.mix_channels(z)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **options) -> "Involution2d":
@@ -117,19 +110,14 @@ class Involution2d(AdaptiveConv2d):
             raise ValueError("involution.from_conv needs the 1×1 projection to hold the conv's channel mixing")
         options["projection"] = True
         op = cls.build_like(conv, **options)
-        o, cpg, kh, kw = conv.weight.shape
         with torch.no_grad():
-            # W[o,c,:] ≈ P[o,c]·f: the best rank-1 fit of the (O·C/g)×k² weight matrix. The kernel is
-            # made constant (generator output weight zeroed, bias = f for every group), so the
-            # operator starts as depthwise-conv-with-f followed by the projection P.
-            w = conv.weight.detach().double().reshape(o * cpg, kh * kw)
-            u, s, vh = torch.linalg.svd(w, full_matrices=False)
-            filt, proj = vh[0], u[:, 0] * s[0]
-            if filt.sum() < 0:
-                filt, proj = -filt, -proj
+            # W[o,c,:] ≈ P[o,c]·f, the best rank-1 fit. The kernel is made constant (generator output
+            # weight zeroed, bias = f for every group), so the operator starts as
+            # depthwise-conv-with-f followed by the projection P.
+            filt, proj = rank1_kernel_fit(conv.weight)
             op.span.weight.zero_()
             op.span.bias.copy_(filt.repeat(op.filter_groups))
-            op.projection.weight.copy_(proj.view(o, cpg, 1, 1))
+            op.projection.weight.copy_(proj)
             if conv.bias is not None:
                 op.projection.bias.copy_(conv.bias)
         return op
