@@ -202,29 +202,34 @@ def check_gradients(cls, fast: bool = True) -> str:
             f"{len(params)} parameter tensors ({n_el} elements)")
 
 
-def check_batch_independence(cls) -> str:
-    op = _build(cls, 4, 6, **_geometry(cls, groups=2)).eval()
-    _perturb(op)
-    x, guide = _inputs(op, 4, 9, 8)
+def _batch_independent(op: nn.Module, x: torch.Tensor, guide: torch.Tensor | None) -> str:
     with torch.no_grad():
         whole = op(x, guide)
-        parts = torch.cat([op(x[i:i + 1], None if guide is None else guide[i:i + 1]) for i in range(4)])
+        parts = torch.cat([op(x[i:i + 1], None if guide is None else guide[i:i + 1]) for i in range(len(x))])
     _close(whole, parts, 1e-5, 1e-4, "f(batch) vs cat(f(sample))")
     return "f(cat(x₁…x₄)) == cat(f(x₁)…f(x₄)) in eval mode"
 
 
-def check_train_batch1(cls) -> str:
-    op = _build(cls, 4, 6, **_geometry(cls)).train()
-    x, guide = _inputs(op, 1, 8, 8)
+def _trains_at_batch1(op: nn.Module, x: torch.Tensor, guide: torch.Tensor | None) -> str:
     x.requires_grad_(True)
-    y = op(x, guide)
-    y.square().mean().backward()
+    op(x, guide).square().mean().backward()
     _expect(x.grad is not None and bool(torch.isfinite(x.grad).all()), "input gradient missing or non-finite")
     missing = [n for n, p in op.named_parameters() if p.requires_grad and p.grad is None]
     _expect(not missing, f"parameters with no gradient after backward: {missing}")
     bad = [n for n, p in op.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
     _expect(not bad, f"non-finite gradients: {bad}")
     return "forward+backward at batch size 1 in train mode; every parameter gets a finite gradient"
+
+
+def check_batch_independence(cls) -> str:
+    op = _build(cls, 4, 6, **_geometry(cls, groups=2)).eval()
+    _perturb(op)
+    return _batch_independent(op, *_inputs(op, 4, 9, 8))
+
+
+def check_train_batch1(cls) -> str:
+    op = _build(cls, 4, 6, **_geometry(cls)).train()
+    return _trains_at_batch1(op, *_inputs(op, 1, 8, 8))
 
 
 def check_dtypes_devices(cls) -> str:
@@ -407,25 +412,12 @@ def check_kind_gradients(cls, fast: bool = True) -> str:
 def check_kind_batch_independence(cls) -> str:
     op = _build_kind(cls, 3).eval()
     _perturb(op)
-    x, guide = _inputs(op, 4, 7, 6)
-    with torch.no_grad():
-        whole = op(x, guide)
-        parts = torch.cat([op(x[i:i + 1], None if guide is None else guide[i:i + 1]) for i in range(4)])
-    _close(whole, parts, 1e-5, 1e-4, "f(batch) vs cat(f(sample))")
-    return "f(cat(x₁…x₄)) == cat(f(x₁)…f(x₄)) in eval mode"
+    return _batch_independent(op, *_inputs(op, 4, 7, 6))
 
 
 def check_kind_train_batch1(cls) -> str:
     op = _build_kind(cls, 3).train()
-    x, guide = _inputs(op, 1, 6, 6)
-    x.requires_grad_(True)
-    op(x, guide).square().mean().backward()
-    _expect(x.grad is not None and bool(torch.isfinite(x.grad).all()), "input gradient missing or non-finite")
-    missing = [n for n, p in op.named_parameters() if p.requires_grad and p.grad is None]
-    _expect(not missing, f"parameters with no gradient after backward: {missing}")
-    bad = [n for n, p in op.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-    _expect(not bad, f"non-finite gradients: {bad}")
-    return "forward+backward at batch size 1 in train mode; every parameter gets a finite gradient"
+    return _trains_at_batch1(op, *_inputs(op, 1, 6, 6))
 
 
 def check_kind_dtypes(cls) -> str:

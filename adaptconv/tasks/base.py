@@ -33,6 +33,9 @@ class Task:
     default_swap: ClassVar[dict[str, Any]] = {}
     default_guide: ClassVar[str] = "self"
     default_steps: ClassVar[int] = 200
+    #: task options added after trials were stored: left out of the normalised config while at their
+    #: default, so the ids of existing trials (which hash the config) do not change
+    late_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config, device: torch.device) -> None:
         self.config = config
@@ -72,7 +75,8 @@ class Task:
             swap=config.swap if config.swap is not None else dict(cls.default_swap),
             guide=config.guide or cls.default_guide,
             steps=config.steps if (config.steps is not None or config.epochs is not None) else cls.default_steps,
-            task_options=dataclasses.asdict(parse(cls.Options, config.task_options)),
+            task_options={k: v for k, v in dataclasses.asdict(parse(cls.Options, config.task_options)).items()
+                          if not (k in cls.late_options and cls.late_options[k] == v)},
         )
 
     # ---- what the runner calls ------------------------------------------------------------------

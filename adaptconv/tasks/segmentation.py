@@ -7,7 +7,6 @@ logits, guided by the input image, with ``crf_iters`` mean-field iterations).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -75,16 +74,7 @@ class Segmentation(Task):
     default_guide = "self"
     default_steps = 300
 
-    #: Options added after trials were stored: left out of the normalised config while at their
-    #: default, so the ids of existing trials (which hash the config) do not change.
-    late_options = {"upsampler": "bilinear", "crf": "none", "crf_iters": 5}
-
-    @classmethod
-    def fill_defaults(cls, config):
-        filled = super().fill_defaults(config)
-        options = {k: v for k, v in filled.task_options.items()
-                   if not (k in cls.late_options and cls.late_options[k] == v)}
-        return dataclasses.replace(filled, task_options=options)
+    late_options = {"upsampler": "bilinear", "crf": "none", "crf_iters": 5}  # see Task.late_options
 
     def _dataset(self, split: str) -> Dataset:
         o, cfg = self.options, self.config

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -105,16 +104,7 @@ class Upsampling(Task):
     default_guide = "image"
     default_steps = 300
 
-    #: Options added after trials were stored: left out of the normalised config while at their
-    #: default, so the ids of existing trials (which hash the config) do not change.
-    late_options = {"upsampler": "bilinear"}
-
-    @classmethod
-    def fill_defaults(cls, config):
-        filled = super().fill_defaults(config)
-        options = {k: v for k, v in filled.task_options.items()
-                   if not (k in cls.late_options and cls.late_options[k] == v)}
-        return dataclasses.replace(filled, task_options=options)
+    late_options = {"upsampler": "bilinear"}  # see Task.late_options
 
     def _dataset(self, name: str, split: str) -> Dataset:
         o, cfg = self.options, self.config
