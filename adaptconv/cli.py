@@ -145,9 +145,11 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
 def _load(args):
     from .results.store import ResultStore
-    from .sweep.suite import load_suite
+    from .sweep.suite import load_suite, override_run_keys
 
     suite = load_suite(args.suite)
+    if getattr(args, "set", None):
+        override_run_keys(suite, parse_assignments(args.set))
     root = Path(args.results) if args.results else Path("results") / suite.name
     return suite, ResultStore(root)
 
@@ -182,6 +184,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .schema import ConfigError
     from .sweep import executors
 
     suite, store = _load(args)
@@ -190,6 +193,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not plan.to_run:
         print("nothing to run")
         return 0
+    missing = executors.missing_data(plan)
+    if missing and args.executor != "slurm":
+        raise ConfigError(missing, f"suite {suite.name} ({suite.path}): data not found; "
+                                   f"give its place with --set data_root=PATH or base.data_root")
+    for problem in missing:  # a cluster may see paths this login node does not
+        print(f"warning: {problem} (not visible here; the jobs may still see it)", file=sys.stderr)
     if args.executor == "slurm":
         from .sweep import slurm
 
@@ -381,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         if name in ("plan", "run"):
             p.add_argument("--retry-failed", action="store_true", help="run failed trials again")
+            p.add_argument("--set", nargs="+", metavar="KEY=VALUE",
+                           help="where the trials run, for this machine: data_root=PATH, device=cuda, threads=N "
+                                "(run keys only: they are not part of the trial ids)")
         if name == "plan":
             p.add_argument("--all", action="store_true", help="list every trial")
         if name == "run":

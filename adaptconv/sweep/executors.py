@@ -51,6 +51,23 @@ def make_plan(suite: Suite, store: ResultStore, retry_failed: bool = False) -> P
     return Plan(suite, store, states, to_run, counts)
 
 
+def missing_data(plan: Plan) -> list[str]:
+    """One line per data root that a trial to run needs and that does not exist here."""
+    from ..data import DATASETS
+
+    problems = {}
+    for t in plan.to_run:
+        spec = DATASETS.get(t.config.get("dataset"))
+        root = t.config.get("data_root")
+        if spec is None or spec.builtin:
+            continue
+        if not root or not Path(root).exists():
+            problems[(spec.name, root)] = (f"dataset {spec.name}: data_root {root!r} does not exist "
+                                           f"({spec.description})" if root else
+                                           f"dataset {spec.name}: no data_root given ({spec.description})")
+    return [problems[k] for k in sorted(problems, key=str)]
+
+
 def prepare(plan: Plan) -> None:
     """Write each trial's config (and the suite file) before dispatch, so a worker needs only an id."""
     plan.store.root.mkdir(parents=True, exist_ok=True)

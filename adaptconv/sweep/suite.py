@@ -394,3 +394,22 @@ def _deep_merge(a: dict, b: dict) -> dict:
 
 def trial_config(trial: Trial) -> TrialConfig:
     return parse(TrialConfig, trial.config)
+
+
+def override_run_keys(suite: Suite, values: dict[str, Any]) -> None:
+    """Set run keys (where a trial runs: ``device``, ``threads``, ``data_root``) in every trial of
+    ``suite``, e.g. from ``adaptconv run --set data_root=/data/nyu``. Run keys are not part of trial
+    ids, so the trials stay the same ones; anything else must be changed in the suite file."""
+    from ..trial.config import RUN_KEYS
+
+    bad = [k for k in values if k not in RUN_KEYS]
+    if bad:
+        raise SuiteError([f"--set {k}: only run keys can be set from the command line ({', '.join(RUN_KEYS)}); "
+                          f"change {k} in the suite file" for k in bad], suite.path)
+    for trial in suite.trials:
+        trial.config.update(values)
+        try:
+            parse_trial_config(trial.config)
+        except ConfigError as exc:
+            raise SuiteError([f"--set: {p}" for p in exc.problems], suite.path) from None
+
