@@ -24,7 +24,7 @@ import seaborn as sns  # noqa: E402
 
 from ..results.atomic import write_bytes_atomic  # noqa: E402
 from .palette import BASELINE, base_op, op_order, variant_styles  # noqa: E402
-from .tables import Layout, fmt_value, short_key  # noqa: E402
+from .tables import Layout, fmt_factor, fmt_value, short_key  # noqa: E402
 
 MAX_FACETS = 6
 MAX_PARTS = 4  # figure files per kind and section; a sweep with more groups is in the tables
@@ -214,11 +214,11 @@ def scaling_figures(layout: Layout, folder: Path) -> list[Figure]:
         batch = int(r["batch_size"].min())
         r = r[r["batch_size"] == batch]
         context = [f"config.{c}" if f"config.{c}" in r else c for c in layout.context_of(section)]
-        combos = r[context].drop_duplicates().map(fmt_value).values.tolist() if context else [[]]
+        combos = r[context].drop_duplicates().map(fmt_factor).values.tolist() if context else [[]]
         for combo in sorted(combos)[:MAX_PARTS]:
             sub = r
             for c, v in zip(context, combo):
-                sub = sub[sub[c].map(fmt_value) == v]
+                sub = sub[sub[c].map(fmt_factor) == v]
             phases = [p for p in ("inference", "train_step") if p in set(sub["phase"])]
             fig, axes = _facets(len(phases), rows=2)
             for j, phase in enumerate(phases):
@@ -266,7 +266,7 @@ def _reference(rows: pd.DataFrame, keys: list[str]) -> dict:
     """The values the other swept factors are held at: the most common combination (ties: the first)."""
     if not keys or rows.empty:
         return {}
-    combos = rows[keys].map(fmt_value).value_counts(sort=False)
+    combos = rows[keys].map(fmt_factor).value_counts(sort=False)
     ranked = sorted(combos.items(), key=lambda kv: (-kv[1], kv[0]))
     return dict(zip(keys, ranked[0][0]))
 
@@ -293,7 +293,7 @@ def ablation_figures(layout: Layout, folder: Path) -> list[Figure]:
                 continue
             ref = _reference(rows, [k for k in layout.context_of(section) if k != key])
             for k, v in ref.items():
-                rows = rows[rows[k].map(fmt_value) == v]
+                rows = rows[rows[k].map(fmt_factor) == v]
             values = sorted(set(rows[key]), key=lambda v: (str(type(v)), v)) if len(rows) else []
             if len(values) >= 2:
                 facets.append((section, rows, values, ref))

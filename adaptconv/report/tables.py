@@ -48,6 +48,12 @@ def fmt_value(v) -> str:
     return str(v)
 
 
+def fmt_factor(v) -> str:
+    """A swept factor's value; a missing one is the schema default, which the normalised config leaves out."""
+    text = fmt_value(v)
+    return "default" if text == "–" else text
+
+
 @dataclass
 class Layout:
     col: Collection
@@ -109,7 +115,7 @@ def build_layout(col: Collection) -> Layout:
         section_context[section] = [k for k in context if rows[k].map(repr).nunique() > 1]
 
     def group(r: pd.Series) -> str:
-        return " · ".join([r["section"]] + [f"{short_key(k)}={fmt_value(r[k])}" for k in section_context[r["section"]]])
+        return " · ".join([r["section"]] + [f"{short_key(k)}={fmt_factor(r[k])}" for k in section_context[r["section"]]])
 
     trials["group"] = trials.apply(group, axis=1) if len(trials) else []
     agg = aggregate(sub)
@@ -195,8 +201,7 @@ def display_table(raw: pd.DataFrame, layout: Layout, section: str) -> tuple[pd.D
     cells: dict[str, list] = {}
     marks: dict[str, list] = {}
     for c in layout.context_of(section):
-        # a missing value is the schema default, which the normalised config leaves out
-        cells[short_key(c)] = [fmt_value(v) if fmt_value(v) != "–" else "default" for v in raw[c]]
+        cells[short_key(c)] = [fmt_factor(v) for v in raw[c]]
         marks[short_key(c)] = [False] * len(raw)
     cells["operator"] = list(raw["operator"])
     marks["operator"] = [False] * len(raw)
