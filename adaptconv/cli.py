@@ -315,7 +315,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     col, _, seconds = _collect(args)
     out = Path(args.out) if args.out else Path("report") / col.suite
     t0 = time.perf_counter()
-    report = build_report(col, out, command=f"adaptconv report {args.suite}" + (f" --out {args.out}" if args.out else ""))
+    command = f"adaptconv report {args.suite}" + (f" --results {args.results}" if args.results else "") \
+        + (f" --out {args.out}" if args.out else "")
+    report = build_report(col, out, command=command)
     print(f"collected {len(col.trials)} trials in {seconds:.1f} s; wrote {len(report.figures)} figures and "
           f"{len(report.tables)} tables in {time.perf_counter() - t0:.1f} s")
     print(f"report: {report.index}")
