@@ -342,6 +342,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"{label}: {args.a if label == 'A' else args.b}")
         print(env.to_markdown(index=False) if len(env) else "  (no finished trial)")
     print(f"\n{len(cmp.table)} trials in both; {len(cmp.only_a)} only in A; {len(cmp.only_b)} only in B\n")
+    if not len(cmp.table):
+        print("no finished trial in common: trials match by id (the config without device, threads and data "
+              "path), so A and B must come from the same suite")
+        return 1
     print(cmp.summary.to_markdown(index=False, floatfmt=".3f"))
     if args.out:
         from .results.atomic import write_text_atomic

@@ -192,3 +192,12 @@ def test_a_swept_config_key_named_like_a_run_column(tmp_path):
     assert sorted(f.file for f in scaling) == ["figures/scaling-upsampling-middlebury-jointnet-batch-size-4.png",
                                                "figures/scaling-upsampling-middlebury-jointnet-batch-size-8.png"]
     assert any(f.file == "figures/ablation-batch-size.png" for f in report.figures)
+
+
+def test_compare_without_common_trials_says_why(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _, a = write_fixture(tmp_path / "a", ops=("conv",), scales=(4,), seeds=(0,), kernel_types=())
+    _, b = write_fixture(tmp_path / "b", ops=("pac",), scales=(4,), seeds=(0,), kernel_types=())
+    assert main(["compare", str(a.root), str(b.root)]) == 1
+    assert "no finished trial in common" in capsys.readouterr().out
