@@ -271,6 +271,12 @@ def _reference(rows: pd.DataFrame, keys: list[str]) -> dict:
     return dict(zip(keys, ranked[0][0]))
 
 
+def _moves_with(rows: pd.DataFrame, key: str, other: str) -> bool:
+    """Whether ``other`` takes one value per value of ``key`` (they were swept together)."""
+    pairs = pd.DataFrame({"k": rows[key].map(fmt_factor), "o": rows[other].map(fmt_factor)})
+    return bool((pairs.groupby("k")["o"].nunique() == 1).all()) and pairs["o"].nunique() > 1
+
+
 def ablation_figures(layout: Layout, folder: Path) -> list[Figure]:
     """One figure per swept factor: the metric and latency against it, one line per operator variant,
     with the section's other swept factors held at their most common values (one factor at a time)."""
@@ -287,11 +293,16 @@ def ablation_figures(layout: Layout, folder: Path) -> list[Figure]:
                 rows = rows[rows["op"].isin(ops)].copy()
                 rows[key] = rows[key].map(lambda v: DEFAULT if v is None or (isinstance(v, float) and math.isnan(v)) else v)
             elif key in layout.context_of(section):  # inside a task, a missing value is the schema default
+                earlier = layout.context_of(section)[:layout.context_of(section).index(key)]
+                if any(_moves_with(rows, k, key) and _moves_with(rows, key, k) for k in earlier):
+                    continue  # swept together with an earlier factor (crf_iters with crf): one figure says it
                 rows = rows.copy()
                 rows[key] = rows[key].map(lambda v: DEFAULT if v is None or (isinstance(v, float) and math.isnan(v)) else v)
             else:
                 continue
-            ref = _reference(rows, [k for k in layout.context_of(section) if k != key])
+            # hold the other factors fixed, except those that move with this one (crf and crf_iters)
+            others = [k for k in layout.context_of(section) if k != key and not _moves_with(rows, key, k)]
+            ref = _reference(rows, others)
             for k, v in ref.items():
                 rows = rows[rows[k].map(fmt_factor) == v]
             values = sorted(set(rows[key]), key=lambda v: (str(type(v)), v)) if len(rows) else []

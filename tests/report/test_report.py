@@ -201,3 +201,13 @@ def test_compare_without_common_trials_says_why(tmp_path, capsys):
     _, b = write_fixture(tmp_path / "b", ops=("pac",), scales=(4,), seeds=(0,), kernel_types=())
     assert main(["compare", str(a.root), str(b.root)]) == 1
     assert "no finished trial in common" in capsys.readouterr().out
+
+
+def test_factors_swept_together_get_one_ablation_figure(tmp_path):
+    """zip: {optimizer.lr, batch_size}: one figure (the first key), the other not held fixed."""
+    suite, store = write_fixture(tmp_path, ops=("conv", "pac"), scales=(4,), seeds=(0,), kernel_types=(),
+                                 zipped={"optimizer.lr": [0.001, 0.01], "batch_size": [4, 8]})
+    report = build_report(collect(store, suite), tmp_path / "report")
+    ablations = sorted(f.file for f in report.figures if f.kind == "ablation")
+    assert len(ablations) == 1, ablations
+    assert ablations[0] in ("figures/ablation-optimizer-lr.png", "figures/ablation-batch-size.png")
