@@ -104,13 +104,7 @@ class AdaptiveConv2d(nn.Module):
                 f"{label} does not support {bad}; it supports: {', '.join(sorted(self.supports)) or 'none'} "
                 "(an unsupported argument is refused rather than silently ignored)"
             )
-        if guide_channels is not None:
-            if self.guide == "none":
-                raise ValueError(f"{label} does not adapt to a guide; drop guide_channels={guide_channels}")
-            if not isinstance(guide_channels, int) or isinstance(guide_channels, bool) or guide_channels < 1:
-                raise ValueError(f"{label}: guide_channels must be a positive int or None, got {guide_channels!r}")
-        elif self.guide == "required":
-            raise ValueError(f"{label} needs a guide: pass guide_channels=<channels of the guide>")
+        check_guide_channels(label, self.guide, guide_channels)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.groups = groups
@@ -153,16 +147,7 @@ class AdaptiveConv2d(nn.Module):
     def check_inputs(self, x: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
         """Validate ``x`` and ``guide``; return the tensor the adaptive branch should read."""
         label = self.name or type(self).__name__
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{label}: input must be a B×C×H×W tensor, got shape {shape}")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"{label}: input has {x.shape[1]} channels (shape {tuple(x.shape)}), "
-                f"the layer was built for in_channels={self.in_channels}"
-            )
-        if not x.is_floating_point():
-            raise TypeError(f"{label}: input must be a floating-point tensor, got {x.dtype}")
+        check_input_tensor(label, x, self.in_channels)
         eff = [d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size)]
         if any(n + 2 * p < e for n, p, e in zip(x.shape[2:], self.padding, eff)):
             raise ValueError(
@@ -181,19 +166,7 @@ class AdaptiveConv2d(nn.Module):
                 f"{label} was built self-guided (guide_channels=None) but got a guide of shape "
                 f"{tuple(guide.shape)}; build it with guide_channels={guide.shape[1] if guide.dim() == 4 else '?'}"
             )
-        if guide.dim() != 4 or guide.shape[0] != x.shape[0] or guide.shape[2:] != x.shape[2:]:
-            raise ValueError(
-                f"{label}: guide shape {tuple(guide.shape)} does not match input shape {tuple(x.shape)}: "
-                "the guide must be B×Cg×H×W at the input's batch size and resolution "
-                "(resize it with adaptconv.resize_guide)"
-            )
-        if guide.shape[1] != self.guide_channels:
-            raise ValueError(
-                f"{label}: guide has {guide.shape[1]} channels (shape {tuple(guide.shape)}), "
-                f"the layer was built for guide_channels={self.guide_channels}"
-            )
-        if guide.dtype != x.dtype:
-            raise TypeError(f"{label}: guide dtype {guide.dtype} differs from input dtype {x.dtype}")
+        check_guide_tensor(label, x, guide, self.guide_channels)
         return guide
 
     # ----------------------------------------------------------------------------------------------
@@ -278,13 +251,7 @@ class AdaptiveModule(nn.Module):
             raise ValueError(f"{label}: scale_factor must be a positive int, got {scale_factor!r}")
         if self.kind != "upsampler" and scale_factor != 1:
             raise ValueError(f"{label} is a {self.kind} and keeps the resolution; drop scale_factor={scale_factor}")
-        if guide_channels is not None:
-            if self.guide == "none":
-                raise ValueError(f"{label} does not adapt to a guide; drop guide_channels={guide_channels}")
-            if not isinstance(guide_channels, int) or isinstance(guide_channels, bool) or guide_channels < 1:
-                raise ValueError(f"{label}: guide_channels must be a positive int or None, got {guide_channels!r}")
-        elif self.guide == "required":
-            raise ValueError(f"{label} needs a guide: pass guide_channels=<channels of the guide>")
+        check_guide_channels(label, self.guide, guide_channels)
         self.in_channels = self.out_channels = channels
         self.scale_factor = scale_factor
         self.guide_channels = guide_channels
@@ -301,14 +268,7 @@ class AdaptiveModule(nn.Module):
     def check_inputs(self, x: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor | None:
         """Validate ``x`` and ``guide``; return the guide (None for an unguided operator)."""
         label = self.name or type(self).__name__
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{label}: input must be a B×C×H×W tensor, got shape {shape}")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"{label}: input has {x.shape[1]} channels (shape {tuple(x.shape)}), "
-                             f"the module was built for {self.in_channels}")
-        if not x.is_floating_point():
-            raise TypeError(f"{label}: input must be a floating-point tensor, got {x.dtype}")
+        check_input_tensor(label, x, self.in_channels)
         if guide is None:
             if self.guide_channels is not None:
                 raise ValueError(f"{label} was built with guide_channels={self.guide_channels} and needs a guide: "
@@ -316,12 +276,7 @@ class AdaptiveModule(nn.Module):
             return None
         if self.guide_channels is None:
             raise ValueError(f"{label} takes no guide (guide_channels=None) but got one of shape {tuple(guide.shape)}")
-        if guide.dim() != 4 or guide.shape[0] != x.shape[0] or guide.shape[2:] != x.shape[2:] \
-                or guide.shape[1] != self.guide_channels:
-            raise ValueError(f"{label}: guide shape {tuple(guide.shape)} does not match input shape {tuple(x.shape)}: "
-                             f"the guide must be B×{self.guide_channels}×H×W at the input's batch size and resolution")
-        if guide.dtype != x.dtype:
-            raise TypeError(f"{label}: guide dtype {guide.dtype} differs from input dtype {x.dtype}")
+        check_guide_tensor(label, x, guide, self.guide_channels)
         return guide
 
     @classmethod
@@ -342,6 +297,46 @@ class AdaptiveModule(nn.Module):
             s += f", guide_channels={self.guide_channels}"
         return s
 
+
+
+# ---- checks shared by every kind of operator -------------------------------------------------------
+
+def check_guide_channels(label: str, need: str, guide_channels: int | None) -> None:
+    """Constructor check of ``guide_channels`` against the operator's ``guide`` need."""
+    if guide_channels is not None:
+        if need == "none":
+            raise ValueError(f"{label} does not adapt to a guide; drop guide_channels={guide_channels}")
+        if not isinstance(guide_channels, int) or isinstance(guide_channels, bool) or guide_channels < 1:
+            raise ValueError(f"{label}: guide_channels must be a positive int or None, got {guide_channels!r}")
+    elif need == "required":
+        raise ValueError(f"{label} needs a guide: pass guide_channels=<channels of the guide>")
+
+
+def check_input_tensor(label: str, x, in_channels: int) -> None:
+    """``x`` must be a floating-point B×C×H×W tensor with the channels the operator was built for."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{label}: input must be a B×C×H×W tensor, got shape {shape}")
+    if x.shape[1] != in_channels:
+        raise ValueError(f"{label}: input has {x.shape[1]} channels (shape {tuple(x.shape)}), "
+                         f"the layer was built for in_channels={in_channels}")
+    if not x.is_floating_point():
+        raise TypeError(f"{label}: input must be a floating-point tensor, got {x.dtype}")
+
+
+def check_guide_tensor(label: str, x: torch.Tensor, guide: torch.Tensor, guide_channels: int) -> None:
+    """A given guide must be B×Cg×H×W at the input's batch size, resolution and dtype."""
+    if guide.dim() != 4 or guide.shape[0] != x.shape[0] or guide.shape[2:] != x.shape[2:]:
+        raise ValueError(
+            f"{label}: guide shape {tuple(guide.shape)} does not match input shape {tuple(x.shape)}: "
+            "the guide must be B×Cg×H×W at the input's batch size and resolution "
+            "(resize it with adaptconv.resize_guide)"
+        )
+    if guide.shape[1] != guide_channels:
+        raise ValueError(f"{label}: guide has {guide.shape[1]} channels (shape {tuple(guide.shape)}), "
+                         f"the layer was built for guide_channels={guide_channels}")
+    if guide.dtype != x.dtype:
+        raise TypeError(f"{label}: guide dtype {guide.dtype} differs from input dtype {x.dtype}")
 
 def _resolve_padding(padding, kernel_size, stride, dilation, label) -> tuple[int, int]:
     if isinstance(padding, str):
