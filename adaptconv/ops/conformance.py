@@ -232,44 +232,63 @@ def check_train_batch1(cls) -> str:
     return _trains_at_batch1(op, *_inputs(op, 1, 8, 8))
 
 
-def check_dtypes_devices(cls) -> str:
-    op = _build(cls, 4, 6, **_geometry(cls)).eval()
-    _perturb(op)
-    x, guide = _inputs(op, 2, 8, 8)
+def _precisions(op: nn.Module, x: torch.Tensor, guide: torch.Tensor | None, refusal_ok: bool) -> tuple[list[str], torch.Tensor]:
+    """float64 against float32, then float16/bfloat16 on every device against float32 (a clear
+    TypeError naming the dtype counts as a pass when ``refusal_ok``). Returns the notes and y32."""
     with torch.no_grad():
         y32 = op(x, guide)
-        op64 = copy.deepcopy(op).to(torch.float64)
-        y64 = op64(x.double(), None if guide is None else guide.double())
+        y64 = copy.deepcopy(op).to(torch.float64)(x.double(), None if guide is None else guide.double())
     _expect(y64.dtype == torch.float64, f"float64 module returned {y64.dtype}")
     _close(y64.float(), y32, 1e-4, 1e-3, "float64 vs float32")
     notes = ["float32", "float64"]
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for device in devices:
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
         for dtype in (torch.float16, torch.bfloat16):
             low = copy.deepcopy(op).to(device=device, dtype=dtype)
-            xl = x.to(device, dtype)
-            gl = None if guide is None else guide.to(device, dtype)
             try:
                 with torch.no_grad():
-                    yl = low(xl, gl)
+                    yl = low(x.to(device, dtype), None if guide is None else guide.to(device, dtype))
             except TypeError as exc:
+                if not refusal_ok:
+                    raise
                 # A clear refusal is acceptable: it must name the dtype.
                 _expect(str(dtype) in str(exc), f"{dtype} on {device} raised an error not naming the dtype: {exc}")
                 notes.append(f"{str(dtype)[6:]}@{device}: refused clearly")
                 continue
             _expect(yl.dtype == dtype and yl.device.type == device, f"{dtype} on {device} returned {yl.dtype} on {yl.device}")
             tol = 5e-2 if dtype == torch.float16 else 1e-1
-            scale = y32.abs().max().item() + 1e-6
-            err = (yl.float().cpu() - y32).abs().max().item() / scale
+            err = (yl.float().cpu() - y32).abs().max().item() / (y32.abs().max().item() + 1e-6)
             _expect(err < tol, f"{dtype} on {device}: relative error {err:.3g} vs float32 (tolerance {tol})")
             notes.append(f"{str(dtype)[6:]}@{device} (rel err {err:.1e})")
-        if device == "cuda":
-            opc = copy.deepcopy(op).cuda()
-            with torch.no_grad():
-                yc = opc(x.cuda(), None if guide is None else guide.cuda())
-            _close(yc.cpu(), y32, 1e-4, 1e-3, "CUDA vs CPU")
-            notes.append("cuda float32")
+    return notes, y32
+
+
+def check_dtypes_devices(cls) -> str:
+    op = _build(cls, 4, 6, **_geometry(cls)).eval()
+    _perturb(op)
+    x, guide = _inputs(op, 2, 8, 8)
+    notes, y32 = _precisions(op, x, guide, refusal_ok=True)
+    if torch.cuda.is_available():
+        opc = copy.deepcopy(op).cuda()
+        with torch.no_grad():
+            yc = opc(x.cuda(), None if guide is None else guide.cuda())
+        _close(yc.cpu(), y32, 1e-4, 1e-3, "CUDA vs CPU")
+        notes.append("cuda float32")
     return ", ".join(notes)
+
+
+def _guide_matters(op: nn.Module, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+    """The output depends on the guide, and wrong-shaped guides are refused naming the guide. Returns y."""
+    with torch.no_grad():
+        y, y2 = op(x, guide), op(x, torch.rand_like(guide))
+    _expect(not torch.allclose(y, y2), "the output does not depend on the guide")
+    for bad, what in ((guide[:, :, :4], "a guide at another resolution"), (guide[:, :2], "a guide with wrong channels")):
+        try:
+            op(x, bad)
+        except ValueError as exc:
+            _expect("guide" in str(exc), f"{what} raised without naming the guide: {exc}")
+        else:
+            raise CheckFailed(f"{what} ({tuple(bad.shape)}) was accepted")
+    return y
 
 
 def check_guide(cls) -> str:
@@ -282,18 +301,8 @@ def check_guide(cls) -> str:
     op = _build(cls, 4, 6, guided=True, **_geometry(cls)).eval()
     _perturb(op)
     x, guide = _inputs(op, 2, 8, 8)
-    with torch.no_grad():
-        y = op(x, guide)
-        y2 = op(x, torch.rand_like(guide))
+    y = _guide_matters(op, x, guide)
     _expect(y.shape == (2, 6, 8, 8), f"guided output shape {tuple(y.shape)}")
-    _expect(not torch.allclose(y, y2), "the output does not depend on the guide")
-    for bad, what in ((guide[:, :, :4], "a guide at another resolution"), (guide[:, :2], "a guide with wrong channels")):
-        try:
-            op(x, bad)
-        except ValueError as exc:
-            _expect("guide" in str(exc), f"{what} raised without naming the guide: {exc}")
-        else:
-            raise CheckFailed(f"{what} ({tuple(bad.shape)}) was accepted")
     return "output depends on the guide; wrong guide shapes are refused with an error"
 
 
@@ -423,23 +432,7 @@ def check_kind_train_batch1(cls) -> str:
 def check_kind_dtypes(cls) -> str:
     op = _build_kind(cls, 3).eval()
     _perturb(op)
-    x, guide = _inputs(op, 2, 6, 6)
-    with torch.no_grad():
-        y32 = op(x, guide)
-        y64 = copy.deepcopy(op).to(torch.float64)(x.double(), None if guide is None else guide.double())
-    _expect(y64.dtype == torch.float64, f"float64 module returned {y64.dtype}")
-    _close(y64.float(), y32, 1e-4, 1e-3, "float64 vs float32")
-    notes = ["float32", "float64"]
-    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-        for dtype in (torch.float16, torch.bfloat16):
-            low = copy.deepcopy(op).to(device=device, dtype=dtype)
-            with torch.no_grad():
-                yl = low(x.to(device, dtype), None if guide is None else guide.to(device, dtype))
-            _expect(yl.dtype == dtype and yl.device.type == device, f"{dtype} on {device} returned {yl.dtype} on {yl.device}")
-            tol = 5e-2 if dtype == torch.float16 else 1e-1
-            err = (yl.float().cpu() - y32).abs().max().item() / (y32.abs().max().item() + 1e-6)
-            _expect(err < tol, f"{dtype} on {device}: relative error {err:.3g} vs float32 (tolerance {tol})")
-            notes.append(f"{str(dtype)[6:]}@{device} (rel err {err:.1e})")
+    notes, _ = _precisions(op, *_inputs(op, 2, 6, 6), refusal_ok=False)
     return ", ".join(notes)
 
 
@@ -456,16 +449,7 @@ def check_kind_guide(cls) -> str:
         raise CheckFailed("guide='none' but a guide was accepted")
     if guide is None:
         raise Skip("built without a guide by default")
-    with torch.no_grad():
-        y, y2 = op(x, guide), op(x, torch.rand_like(guide))
-    _expect(not torch.allclose(y, y2), "the output does not depend on the guide")
-    for bad, what in ((guide[:, :, :4], "a guide at another resolution"), (guide[:, :2], "a guide with wrong channels")):
-        try:
-            op(x, bad)
-        except ValueError as exc:
-            _expect("guide" in str(exc), f"{what} raised without naming the guide: {exc}")
-        else:
-            raise CheckFailed(f"{what} ({tuple(bad.shape)}) was accepted")
+    _guide_matters(op, x, guide)
     try:
         op(x)
     except ValueError as exc:
