@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from ..results.atomic import write_bytes_atomic  # noqa: E402
-from .palette import BASELINE, base_op, op_order, variant_styles  # noqa: E402
+from .palette import BASELINE, op_order, variant_styles  # noqa: E402
 from .tables import Layout, fmt_factor, fmt_value, short_key  # noqa: E402
 
 MAX_FACETS = 6
@@ -72,7 +72,7 @@ def _save(fig, folder: Path, name: str) -> str:
     return f"{folder.name}/{path.name}"
 
 
-def _legend(fig, axes, labels_seen: list[str]) -> list[str]:
+def _legend(fig, axes) -> list[str]:
     """One legend for the whole figure, in the report's operator order; returns its entries."""
     handles = {}
     for ax in np.ravel(axes):
@@ -119,6 +119,21 @@ def _drawn(groups: list, what: str) -> str:
     return f" The first {shown} of {len(groups)} {what} are drawn; the tables list all." if shown < len(groups) else ""
 
 
+def _group_figures(folder: Path, kind: str, section: str, groups: list, draw, caption: str,
+                   width: float = 4.0) -> list[Figure]:
+    """One facet per comparison group, ``draw(ax, group)`` in each: at most MAX_FACETS facets per
+    file and MAX_PARTS files (the caption says when groups were left out)."""
+    out = []
+    for part, chunk in enumerate(_chunks(groups, MAX_FACETS)):
+        fig, axes = _facets(len(chunk), width=width)
+        for ax, group in zip(axes[0], chunk):
+            draw(ax, group)
+        legend = _legend(fig, axes)
+        name = f"{kind}-{slug(section)}" + (f"-{part + 1}" if len(groups) > MAX_FACETS else "")
+        out.append(Figure(_save(fig, folder, name), caption + _drawn(groups, "groups"), kind, legend, section))
+    return out
+
+
 def _metric_name(metric: str, layout: Layout) -> str:
     arrow = "↑" if layout.higher_is_better(metric) else "↓"
     return f"{metric[len('metric.'):]} ({arrow} better)"
@@ -156,34 +171,30 @@ def pareto_figures(layout: Layout, folder: Path) -> list[Figure]:
         agg = layout.agg[layout.agg["section"] == section]
         if metric is None or "inference_ms" not in agg or not agg["inference_ms"].notna().any():
             continue
-        groups = sorted(agg["group"].unique())
-        for part, chunk in enumerate(_chunks(groups, MAX_FACETS)):
-            fig, axes = _facets(len(chunk))
-            for ax, group in zip(axes[0], chunk):
-                g = agg[(agg["group"] == group) & agg[metric].notna() & agg["inference_ms"].notna()]
-                g = g.set_index("variant").loc[[v for v in op_order(g["variant"])]].reset_index()
-                xerr = _ci(g, "inference_ms", ("inference_ms_ci_low", "inference_ms_ci_high"))
-                yerr = _ci(g, metric)
-                style = _styles(g["variant"])
-                for i, r in g.iterrows():
-                    color, marker, _ = style[r["variant"]]
-                    ax.errorbar(r["inference_ms"], r[metric], xerr=[[xerr[0][i]], [xerr[1][i]]],
-                                yerr=[[yerr[0][i]], [yerr[1][i]]], fmt=marker, ms=6,
-                                color=color, capsize=2, label=r["variant"], lw=1)
-                front = pareto_front(list(zip(g["inference_ms"], g[metric])), layout.higher_is_better(metric))
-                if len(front) >= 2:
-                    fx, fy = zip(*front)
-                    ax.step(fx, fy, where="post", color="0.5", ls="--", lw=1, zorder=0)
-                _log_if_wide(ax, g["inference_ms"], "x")
-                ax.set_xlabel(f"inference latency, batch {_batch(layout)} (ms, ↓)")
-                ax.set_ylabel(_metric_name(metric, layout))
-                ax.set_title(group, fontsize=8)
-            legend = _legend(fig, axes, [])
-            name = f"pareto-{slug(section)}" + (f"-{part + 1}" if len(groups) > MAX_FACETS else "")
-            out.append(Figure(_save(fig, folder, name),
+
+        def draw(ax, group):
+            g = agg[(agg["group"] == group) & agg[metric].notna() & agg["inference_ms"].notna()]
+            g = g.set_index("variant").loc[[v for v in op_order(g["variant"])]].reset_index()
+            xerr = _ci(g, "inference_ms", ("inference_ms_ci_low", "inference_ms_ci_high"))
+            yerr = _ci(g, metric)
+            style = _styles(g["variant"])
+            for i, r in g.iterrows():
+                color, marker, _ = style[r["variant"]]
+                ax.errorbar(r["inference_ms"], r[metric], xerr=[[xerr[0][i]], [xerr[1][i]]],
+                            yerr=[[yerr[0][i]], [yerr[1][i]]], fmt=marker, ms=6,
+                            color=color, capsize=2, label=r["variant"], lw=1)
+            front = pareto_front(list(zip(g["inference_ms"], g[metric])), layout.higher_is_better(metric))
+            if len(front) >= 2:
+                fx, fy = zip(*front)
+                ax.step(fx, fy, where="post", color="0.5", ls="--", lw=1, zorder=0)
+            _log_if_wide(ax, g["inference_ms"], "x")
+            ax.set_xlabel(f"inference latency, batch {_batch(layout)} (ms, ↓)")
+            ax.set_ylabel(_metric_name(metric, layout))
+            ax.set_title(group, fontsize=8)
+
+        out += _group_figures(folder, "pareto", section, sorted(agg["group"].unique()), draw,
                               f"{section}: {metric[len('metric.'):]} against inference latency, mean ± 95% CI over "
-                              f"seeds (with one seed, the latency's bootstrap CI); dashed: the Pareto front." + _drawn(groups, "groups"),
-                              "pareto", legend, section))
+                              f"seeds (with one seed, the latency's bootstrap CI); dashed: the Pareto front.")
     return out
 
 
@@ -239,7 +250,7 @@ def scaling_figures(layout: Layout, folder: Path) -> list[Figure]:
                     ax.set_xlabel("input resolution (px)")
                     ax.set_ylabel(label)
                     ax.set_title(f"{phase.replace('_', ' ')}, batch {batch}", fontsize=8)
-            legend = _legend(fig, axes, [])
+            legend = _legend(fig, axes)
             where = ", ".join(f"{short_key(c.removeprefix('config.'))}={v}" for c, v in zip(context, combo))
             name = f"scaling-{slug(section)}" + (f"-{slug(where)}" if where else "")
             method = ", ".join(sorted(set(sub["memory_method"].dropna().astype(str)))) if "memory_method" in sub else ""
@@ -347,7 +358,7 @@ def ablation_figures(layout: Layout, folder: Path) -> list[Figure]:
                 if i == 0:
                     held = ", ".join(f"{short_key(k)}={v}" for k, v in ref.items())
                     ax.set_title(section + (f"\n({held})" if held else ""), fontsize=8)
-        legend = _legend(fig, axes, [])
+        legend = _legend(fig, axes)
         helds = ["; ".join(f"{short_key(k)}={v}" for k, v in f[3].items()) for f in facets]
         held = f"; other swept factors held at {', '.join(h for h in helds if h)}" if any(helds) else ""
         out.append(Figure(_save(fig, folder, f"ablation-{slug(key)}"),
@@ -376,25 +387,22 @@ def curve_figures(layout: Layout, folder: Path) -> list[Figure]:
     for section in sorted(loss["section"].unique()):
         ls = loss[loss["section"] == section]
         stats = ls.groupby(["group", "variant", "step"], sort=True)["value"].agg(["mean", "min", "max"]).reset_index()
-        groups = sorted(stats["group"].unique())
-        for part, chunk in enumerate(_chunks(groups, MAX_FACETS)):
-            fig, axes = _facets(len(chunk))
-            for ax, group in zip(axes[0], chunk):
-                g = stats[stats["group"] == group]
-                style = _styles(g["variant"])
-                for variant in op_order(g["variant"]):
-                    v = g[g["variant"] == variant]
-                    color, _, dash = style[variant]
-                    ax.plot(v["step"], v["mean"], color=color, ls=dash, lw=1.1, label=variant)
-                    ax.fill_between(v["step"], v["min"], v["max"], color=color, alpha=0.12, lw=0)
-                _log_if_wide(ax, g["mean"], "y")
-                ax.set_xlabel("step")
-                ax.set_ylabel("training loss")
-                ax.set_title(" · ".join(x for x in (section, group) if x), fontsize=8)
-            legend = _legend(fig, axes, [])
-            name = f"curves-{slug(section)}" + (f"-{part + 1}" if len(groups) > MAX_FACETS else "")
-            out.append(Figure(_save(fig, folder, name),
-                              f"{section}: training loss (mean over seeds; band: min to max)." + _drawn(groups, "groups"), "curves", legend, section))
+
+        def draw(ax, group):
+            g = stats[stats["group"] == group]
+            style = _styles(g["variant"])
+            for variant in op_order(g["variant"]):
+                v = g[g["variant"] == variant]
+                color, _, dash = style[variant]
+                ax.plot(v["step"], v["mean"], color=color, ls=dash, lw=1.1, label=variant)
+                ax.fill_between(v["step"], v["min"], v["max"], color=color, alpha=0.12, lw=0)
+            _log_if_wide(ax, g["mean"], "y")
+            ax.set_xlabel("step")
+            ax.set_ylabel("training loss")
+            ax.set_title(" · ".join(x for x in (section, group) if x), fontsize=8)
+
+        out += _group_figures(folder, "curves", section, sorted(stats["group"].unique()), draw,
+                              f"{section}: training loss (mean over seeds; band: min to max).")
     return out
 
 
@@ -407,35 +415,33 @@ def bar_figures(layout: Layout, folder: Path) -> list[Figure]:
         if metric is None:
             continue
         agg = layout.agg[(layout.agg["section"] == section) & layout.agg[metric].notna()]
-        groups = sorted(agg["group"].unique())
-        for part, chunk in enumerate(_chunks(groups, MAX_FACETS)):
-            fig, axes = _facets(len(chunk), width=max(3.5, 0.45 * agg["variant"].nunique() + 1.5))
-            for ax, group in zip(axes[0], chunk):
-                g = agg[agg["group"] == group]
-                order = op_order(g["variant"])
-                g = g.set_index("variant").loc[order].reset_index()
-                err = _ci(g, metric)
-                style = _styles(g["variant"])
-                hatches = {v: ("" if style[v][2] == "-" else "//") for v in style}  # variants of one op: hatched
-                for i, r in g.iterrows():
-                    ax.bar(i, r[metric], yerr=[[err[0][i]], [err[1][i]]], color=style[r["variant"]][0],
-                           hatch=hatches[r["variant"]], label=r["variant"], capsize=2, edgecolor="black", lw=0.5)
-                base = g[g["op"] == BASELINE]
-                if len(base):
-                    ax.axhline(base[metric].iloc[0], color="black", ls=":", lw=1)
-                lo = np.nanmin(g[metric] - err[0])
-                hi = np.nanmax(g[metric] + err[1])
-                pad = (hi - lo) * 0.15 or abs(hi) * 0.05 or 1.0
-                ax.set_ylim(lo - pad, hi + pad)  # bars of close values: zoom to where they differ
-                ax.set_xticks(range(len(order)))
-                ax.set_xticklabels(order, rotation=40, ha="right", fontsize=7)
-                ax.set_ylabel(_metric_name(metric, layout))
-                ax.set_title(group, fontsize=8)
-            legend = _legend(fig, axes, [])
-            name = f"bars-{slug(section)}" + (f"-{part + 1}" if len(groups) > MAX_FACETS else "")
-            out.append(Figure(_save(fig, folder, name),
+
+        def draw(ax, group):
+            g = agg[agg["group"] == group]
+            order = op_order(g["variant"])
+            g = g.set_index("variant").loc[order].reset_index()
+            err = _ci(g, metric)
+            style = _styles(g["variant"])
+            hatches = {v: ("" if style[v][2] == "-" else "//") for v in style}  # variants of one op: hatched
+            for i, r in g.iterrows():
+                ax.bar(i, r[metric], yerr=[[err[0][i]], [err[1][i]]], color=style[r["variant"]][0],
+                       hatch=hatches[r["variant"]], label=r["variant"], capsize=2, edgecolor="black", lw=0.5)
+            base = g[g["op"] == BASELINE]
+            if len(base):
+                ax.axhline(base[metric].iloc[0], color="black", ls=":", lw=1)
+            lo = np.nanmin(g[metric] - err[0])
+            hi = np.nanmax(g[metric] + err[1])
+            pad = (hi - lo) * 0.15 or abs(hi) * 0.05 or 1.0
+            ax.set_ylim(lo - pad, hi + pad)  # bars of close values: zoom to where they differ
+            ax.set_xticks(range(len(order)))
+            ax.set_xticklabels(order, rotation=40, ha="right", fontsize=7)
+            ax.set_ylabel(_metric_name(metric, layout))
+            ax.set_title(group, fontsize=8)
+
+        out += _group_figures(folder, "bars", section, sorted(agg["group"].unique()), draw,
                               f"{section}: {metric[len('metric.'):]} per operator, mean ± 95% CI over seeds "
-                              f"(dotted: conv). The axis is zoomed to the range of the values." + _drawn(groups, "groups"), "bars", legend, section))
+                              f"(dotted: conv). The axis is zoomed to the range of the values.",
+                              width=max(3.5, 0.45 * agg["variant"].nunique() + 1.5))
     return out
 
 
@@ -450,4 +456,4 @@ def all_figures(layout: Layout, folder: Path) -> list[Figure]:
     return figures
 
 
-__all__ = ["Figure", "all_figures", "pareto_front", "base_op"]
+__all__ = ["Figure", "all_figures", "pareto_front"]
