@@ -130,13 +130,11 @@ def build_layout(col: Collection) -> Layout:
 
 
 def _sort_rows(df: pd.DataFrame, context: list[str]) -> pd.DataFrame:
+    """Rows by the context factors (numbers before text), then in the report's operator order."""
     order = {v: i for i, v in enumerate(op_order(df["variant"]))}
-    keys = [df[c].map(lambda v: (0, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, str(v)))
-            for c in context]
-    frame = pd.DataFrame({f"k{i}": k for i, k in enumerate(keys)})
-    frame["variant"] = df["variant"].map(order)
-    idx = sorted(range(len(df)), key=lambda i: tuple(frame.iloc[i]))
-    return df.iloc[idx]
+    keys = list(zip(*[df[c].map(lambda v: (0, v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                                else (1, str(v))) for c in context], df["variant"].map(order)))
+    return df.iloc[sorted(range(len(df)), key=keys.__getitem__)]
 
 
 def section_table(layout: Layout, section: str) -> pd.DataFrame:

@@ -356,7 +356,7 @@ def _config_columns(trials: pd.DataFrame, suite_trials: dict, records: dict) -> 
     keys: list[str] = []
     seen = set()
     configs = [t.config for t in suite_trials.values()] + [d["config"] for d in records.values()]
-    for config in configs[:1] + configs:
+    for config in configs:
         for k in _flatten(config):
             if k not in seen:
                 seen.add(k)
