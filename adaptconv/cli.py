@@ -143,11 +143,21 @@ def cmd_trial(args: argparse.Namespace) -> int:
     return 0 if record["status"] == "ok" else 1
 
 
-def _load(args):
-    from .results.store import ResultStore
-    from .sweep.suite import load_suite, override_run_keys
+def _load(args, stored_copy: bool = False):
+    """The suite and its result store (``--results`` or results/<suite name>), with ``--set`` applied.
 
-    suite = load_suite(args.suite)
+    ``stored_copy``: if the suite file is gone or renamed, read the copy kept with its results (for
+    commands that only read results: collect, report)."""
+    from .results.store import ResultStore
+    from .sweep.suite import SuiteError, load_suite, override_run_keys
+
+    try:
+        suite = load_suite(args.suite)
+    except SuiteError:
+        stored = Path(args.results or Path("results") / Path(args.suite).stem) / "suite.yaml"
+        if not stored_copy or not stored.is_file():
+            raise
+        suite = load_suite(stored)
     if getattr(args, "set", None):
         override_run_keys(suite, parse_assignments(args.set))
     root = Path(args.results) if args.results else Path("results") / suite.name
@@ -266,25 +276,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _suite_and_store(name: str, results: str | None):
-    """The suite (from suites/, a path, or the copy stored with its results) and its result store."""
-    from .results.store import ResultStore
-    from .sweep.suite import SuiteError, load_suite
-
-    try:
-        suite = load_suite(name)
-    except SuiteError:
-        stored = Path(results or Path("results") / Path(name).stem) / "suite.yaml"
-        if not stored.is_file():
-            raise
-        suite = load_suite(stored)  # the suite file is gone or renamed: its results keep a copy
-    return suite, ResultStore(Path(results) if results else Path("results") / suite.name)
-
-
 def _collect(args):
     from .results.collect import collect
 
-    suite, store = _suite_and_store(args.suite, args.results)
+    suite, store = _load(args, stored_copy=True)
     t0 = time.perf_counter()
     col = collect(store, suite)
     paths = col.write(store.root)
