@@ -154,6 +154,11 @@ def _auxiliary_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if callable(getattr(m, "auxiliary_loss", None))]
 
 
+def _gated_modules(model: nn.Module) -> list[nn.Module]:
+    """Auxiliary-loss modules that also report ``active_fraction()`` (pixel-gated operators)."""
+    return [m for m in _auxiliary_modules(model) if callable(getattr(m, "active_fraction", None))]
+
+
 def _mean(xs: list) -> float | None:
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else None
@@ -193,7 +198,7 @@ def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record:
     schedule = build_schedule(cfg, optimizer, total)
     has_dynconv = any(isinstance(m, DynamicConv2d) for m in model.modules())
     aux_modules = _auxiliary_modules(model)
-    gated = [m for m in aux_modules if callable(getattr(m, "active_fraction", None))]
+    gated = _gated_modules(model)
     anneal_steps = max(1, int(cfg.dynconv_anneal * total))
     eval_at = sorted({max(1, round(total * (i + 1) / cfg.eval_points)) for i in range(cfg.eval_points)}) if total else []
     curve = record["curve"] = {"step": [], "loss": [], "lr": [], "eval": []}
@@ -269,12 +274,9 @@ def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record:
                 "curve": curve, "window": window, "aux_windows": (aux_window, active_window)})
             last_save = time.monotonic()
     record["steps"] = total
-    if gated:
-        train_fraction = curve["active_fraction"][-1] if curve["active_fraction"] else None
-        record["active_fraction"] = {
-            "eval": _evaluate_with_active_fraction(task, model, test_set, gated)["active_fraction"],
-            "train": train_fraction}
-        model.train()
+    if gated:  # "eval" is filled in by the final evaluation (run_trial)
+        record["active_fraction"] = {"eval": None,
+                                     "train": curve["active_fraction"][-1] if curve["active_fraction"] else None}
 
 
 def measure_model(task, model: nn.Module, cfg: TrialConfig) -> dict[str, Any]:
@@ -373,7 +375,13 @@ def run_trial(config: dict[str, Any] | TrialConfig, *, checkpoint: str | None = 
         train(task, model, train_set, test_set, cfg, record, checkpoint, checkpoint_every_s)
         record["timing"]["train_s"] = time.perf_counter() - phase_start
         phase_start = time.perf_counter()
-        record["metrics"] = task.evaluate(model, test_set)
+        gated = _gated_modules(model)
+        if gated:
+            metrics = _evaluate_with_active_fraction(task, model, test_set, gated)
+            record["active_fraction"]["eval"] = metrics.pop("active_fraction")
+            record["metrics"] = metrics
+        else:
+            record["metrics"] = task.evaluate(model, test_set)
         # what the report needs to rank without importing the task: headline metric and directions
         record["metric_info"] = {"primary": task.metrics[0] if task.metrics else None,
                                  "higher_is_better": dict(task.higher_is_better)}
