@@ -121,6 +121,8 @@ def run_local(plan: Plan, max_parallel: int | None = None, checkpoint_every_s: f
             env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
         args = ["--serve", str(plan.store.root), str(checkpoint_every_s)]
         # stderr to a file, not a pipe: a chatty worker must never block on a full pipe
+        if slot in errors:
+            errors[slot].close()  # the previous worker of this slot is gone
         errors[slot] = tempfile.TemporaryFile(mode="w+")
         return subprocess.Popen([sys.executable, "-m", "adaptconv.sweep.worker", *args], env=env, text=True,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors[slot])
@@ -136,7 +138,7 @@ def run_local(plan: Plan, max_parallel: int | None = None, checkpoint_every_s: f
         trial = running.pop(slot)
         state = plan.store.state(trial.id)
         if not answered and state not in ("done", "failed", "running"):
-            log.error("trial %s: worker exited and wrote no record:\n%s", trial.id, err[-2000:])
+            log.error("trial %s: worker exited and wrote no record:\n%s", trial.id, err)
             state = "crashed"
         out[state] = out.get(state, 0) + 1
         bar.update(1)
@@ -173,6 +175,8 @@ def run_local(plan: Plan, max_parallel: int | None = None, checkpoint_every_s: f
     finally:
         for proc in workers.values():
             _stop(proc)
+        for f in errors.values():
+            f.close()
         bar.close()
     return out
 
