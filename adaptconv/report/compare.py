@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..results.collect import MEASURES, Collection
+from .tables import environment_summary
 
 
 @dataclass
@@ -27,13 +28,8 @@ class Comparison:
 
 
 def _environment(col: Collection) -> pd.DataFrame:
-    t = col.trials[col.trials["state"] == "done"]
-    cols = [c for c in ("env.device_name", "env.torch", "env.git_commit", "env.git_dirty", "env.hostname") if c in t]
-    if t.empty or not cols:
-        return pd.DataFrame(columns=[c.replace("env.", "") for c in cols] + ["trials"])
-    out = t[cols].map(str).value_counts(sort=False).rename("trials").reset_index()
-    out.columns = [c.replace("env.", "") for c in out.columns]
-    return out.sort_values(list(out.columns[:-1])).reset_index(drop=True)
+    return environment_summary(col.trials, ("env.device_name", "env.torch", "env.git_commit", "env.git_dirty",
+                                            "env.hostname"))
 
 
 def compare(a: Collection, b: Collection) -> Comparison:

@@ -293,20 +293,24 @@ def status_table(layout: Layout) -> pd.DataFrame:
     return out.sort_values(["state", "trial_id"]).reset_index(drop=True)
 
 
-def environment_table(layout: Layout) -> pd.DataFrame:
-    """Where the finished trials ran: one row per distinct (device, threads, torch, commit)."""
-    t = layout.trials[layout.trials["state"] == "done"]
-    cols = [c for c in ("env.device", "env.device_name", "env.threads", "env.torch", "env.git_commit",
-                        "env.git_dirty", "env.precision") if c in t]
+def environment_summary(trials: pd.DataFrame, keys: tuple[str, ...], short_commit: bool = False) -> pd.DataFrame:
+    """Where the finished trials ran: one row per distinct combination of the ``env.*`` ``keys``, with
+    the number of trials (the ``env.`` prefix is dropped from the column names)."""
+    t = trials[trials["state"] == "done"]
+    cols = [c for c in keys if c in t]
     if not cols or t.empty:
-        return pd.DataFrame(columns=cols + ["trials"])
-    env = t[cols].map(str)
-    out = env.value_counts(sort=False).rename("trials").reset_index()
-    if "env.git_commit" in out:
+        return pd.DataFrame(columns=[c.replace("env.", "") for c in cols] + ["trials"])
+    out = t[cols].map(str).value_counts(sort=False).rename("trials").reset_index()
+    if short_commit and "env.git_commit" in out:
         out["env.git_commit"] = out["env.git_commit"].str[:10]
     out.columns = [c.replace("env.", "") for c in out.columns]
     return out.sort_values(list(out.columns[:-1])).reset_index(drop=True)
 
 
-__all__ = ["Layout", "MEASURES", "build_layout", "display_table", "environment_table", "section_table",
+def environment_table(layout: Layout) -> pd.DataFrame:
+    """The report's environment table: device, threads, torch, commit, precision."""
+    return environment_summary(layout.trials, ("env.device", "env.device_name", "env.threads", "env.torch",
+                                               "env.git_commit", "env.git_dirty", "env.precision"), short_commit=True)
+
+__all__ = ["Layout", "MEASURES", "build_layout", "display_table", "environment_summary", "environment_table", "section_table",
            "status_table", "to_html", "to_latex", "to_markdown"]
