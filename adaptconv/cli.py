@@ -166,9 +166,9 @@ def _load(args, stored_copy: bool = False):
 
 def _varying(trials) -> list[str]:
     """Dotted config keys whose value differs between trials (what the table should show)."""
-    from .sweep.suite import _flatten
+    from .sweep.suite import flatten_config
 
-    flat = [_flatten(t.config) for t in trials]
+    flat = [flatten_config(t.config) for t in trials]
     keys = sorted({k for f in flat for k in f})
     return [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
 
@@ -177,7 +177,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .sweep.executors import make_plan
-    from .sweep.suite import _flatten
+    from .sweep.suite import flatten_config
 
     suite, store = _load(args)
     plan = make_plan(suite, store, args.retry_failed)
@@ -185,7 +185,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(plan.summary())
     keys = _varying(suite.trials)
     rows = [{"id": t.id, "state": plan.states[t.id], **({"block": t.block} if suite.spec.blocks else {}),
-             **{k: _flatten(t.config).get(k) for k in keys}} for t in suite.trials]
+             **{k: flatten_config(t.config).get(k) for k in keys}} for t in suite.trials]
     limit = None if args.all else 50
     print(pd.DataFrame(rows[:limit]).to_markdown(index=False))
     if limit and len(rows) > limit:

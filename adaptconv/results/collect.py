@@ -30,6 +30,7 @@ import orjson
 import pandas as pd
 
 from ..schema import ConfigError
+from ..sweep.suite import flatten_config
 from ..trial.config import RUN_KEYS
 from .atomic import write_bytes_atomic
 from .store import ResultStore
@@ -112,17 +113,6 @@ def _serialise(df: pd.DataFrame, fmt: str) -> bytes:
 
 
 # ---- one record → rows -----------------------------------------------------------------------------
-
-def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in mapping.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))  # an empty mapping (no op options) adds no column
-        else:
-            out[key] = v
-    return out
-
 
 def _cell(value: Any) -> Any:
     """Config values as table cells: scalars stay, lists and mappings become canonical JSON."""
@@ -209,7 +199,7 @@ def record_rows(tid: str, record: dict) -> tuple[dict[str, Any], list[dict], tup
     # the task's headline metric (records before metric_info: the first metric the task reported)
     metrics = record.get("metrics") or {}
     row["primary_metric"] = (record.get("metric_info") or {}).get("primary") or next(iter(metrics), None)
-    row.update({k: _cell(v) for k, v in _flatten(record.get("config") or {}).items()})
+    row.update({k: _cell(v) for k, v in flatten_config(record.get("config") or {}, keep_empty=False).items()})
     for k, v in (record.get("metrics") or {}).items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             row[f"metric.{k}"] = float(v)
@@ -323,7 +313,7 @@ def collect(store: ResultStore | str | os.PathLike, suite=None) -> Collection:
                     config = store.read_config(tid)
                 except (FileNotFoundError, json.JSONDecodeError):
                     continue  # a folder with nothing in it yet
-            row = {"trial_id": tid, **{k: _cell(v) for k, v in _flatten(config).items()}}
+            row = {"trial_id": tid, **{k: _cell(v) for k, v in flatten_config(config, keep_empty=False).items()}}
             row["state"] = store.state(tid)
             row["status"] = row["state"]
         row["in_suite"] = tid in suite_trials or suite is None
@@ -357,7 +347,7 @@ def _config_columns(trials: pd.DataFrame, suite_trials: dict, records: dict) -> 
     seen = set()
     configs = [t.config for t in suite_trials.values()] + [d["config"] for d in records.values()]
     for config in configs:
-        for k in _flatten(config):
+        for k in flatten_config(config, keep_empty=False):
             if k not in seen:
                 seen.add(k)
                 keys.append(k)

@@ -247,7 +247,7 @@ def _check_spec(spec: SuiteSpec, problems: _Problems) -> None:
         problems.add(("base", "seed"), "given both here and in `seeds:`")
     swept = set(spec.product) | set(spec.zip) | {"seed"}
     for b in spec.blocks:
-        swept |= set(b.product) | set(b.zip) | set(_flatten(b.base))
+        swept |= set(b.product) | set(b.zip) | set(flatten_config(b.base))
     for i, rule in enumerate(spec.exclude):
         if not rule:
             problems.add(("exclude", i), "an empty rule would exclude everything")
@@ -265,12 +265,14 @@ def _freeze(value):
     return value
 
 
-def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
+def flatten_config(mapping: dict, prefix: str = "", keep_empty: bool = True) -> dict[str, Any]:
+    """Nested config → dotted keys (``{"op_options": {"k": 1}}`` → ``{"op_options.k": 1}``). An empty
+    mapping stays as a value with ``keep_empty``, else it adds no key."""
     out = {}
     for k, v in mapping.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, key + "."))
+        if isinstance(v, dict) and (v or not keep_empty):
+            out.update(flatten_config(v, key + ".", keep_empty))
         else:
             out[key] = v
     return out
