@@ -60,16 +60,14 @@ def _counts(layout: Layout) -> dict[str, int]:
 
 def _reading_notes(layout: Layout) -> list[str]:
     t = layout.trials[layout.trials["state"] == "done"]
-    batch = sorted({int(v) for v in t.get("measured_batch", pd.Series(dtype=float)).dropna()})
-    res = sorted({int(v) for v in t.get("measured_resolution", pd.Series(dtype=float)).dropna()})
     devices = sorted({str(v) for v in t.get("env.device_name", pd.Series(dtype=object)).dropna()})
     notes = [
         "Metrics: mean ± half-width of the 95% Student-t confidence interval over seeds; `n` is the number of "
         "seeds. With one seed there is no interval. The best mean of each column within a comparison group is "
         "in bold; `vs best` says whether the row's interval separates from the best row's (only then is the "
         "difference significant).",
-        f"Latency: median of timed repeats after warm-up, at batch {'/'.join(map(str, batch)) or '?'} and "
-        f"resolution {'/'.join(map(str, res)) or '?'} px (CUDA events on GPU, perf_counter on CPU); "
+        f"Latency: median of timed repeats after warm-up, at batch {layout.measured('measured_batch')} and "
+        f"resolution {layout.measured('measured_resolution')} px (CUDA events on GPU, perf_counter on CPU); "
         "`training step` is forward + backward + optimiser step. Peak memory: the CUDA allocator's peak on GPU, "
         "the profiler's peak of live tensor bytes on CPU. FLOPs count one multiply-add as 2 FLOPs, at batch 1. "
         "`×conv`: ratio to the `conv` baseline in the same comparison group.",

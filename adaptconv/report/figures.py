@@ -188,7 +188,7 @@ def pareto_figures(layout: Layout, folder: Path) -> list[Figure]:
                 fx, fy = zip(*front)
                 ax.step(fx, fy, where="post", color="0.5", ls="--", lw=1, zorder=0)
             _log_if_wide(ax, g["inference_ms"], "x")
-            ax.set_xlabel(f"inference latency, batch {_batch(layout)} (ms, ↓)")
+            ax.set_xlabel(f"inference latency, batch {layout.measured('measured_batch')} (ms, ↓)")
             ax.set_ylabel(_metric_name(metric, layout))
             ax.set_title(group, fontsize=8)
 
@@ -196,14 +196,6 @@ def pareto_figures(layout: Layout, folder: Path) -> list[Figure]:
                               f"{section}: {metric[len('metric.'):]} against inference latency, mean ± 95% CI over "
                               f"seeds (with one seed, the latency's bootstrap CI); dashed: the Pareto front.")
     return out
-
-
-def _batch(layout: Layout) -> str:
-    vals = layout.trials.get("measured_batch")
-    if vals is None or not vals.notna().any():
-        return "?"
-    u = sorted(set(int(v) for v in vals.dropna()))
-    return "/".join(map(str, u))
 
 
 # ---- latency and memory against resolution ------------------------------------------------------------

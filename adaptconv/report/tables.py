@@ -65,6 +65,11 @@ class Layout:
     sections: list[str] = field(default_factory=list)
     section_context: dict[str, list[str]] = field(default_factory=dict)
 
+    def measured(self, column: str) -> str:
+        """The distinct values of a measurement setting (``measured_batch``, ``measured_resolution``), as "1/8"."""
+        values = self.trials[column].dropna() if column in self.trials else []
+        return "/".join(str(v) for v in sorted({int(v) for v in values})) or "?"
+
     def context_of(self, section: str) -> list[str]:
         """The factors that vary inside one section (a block's constant settings are not factors)."""
         return self.section_context.get(section, [])
