@@ -129,6 +129,8 @@ def test_pareto_front():
     pts = [(1.0, 0.5), (2.0, 0.7), (3.0, 0.6), (4.0, 0.9), (0.5, 0.1)]
     assert pareto_front(pts, higher_is_better=True) == [(0.5, 0.1), (1.0, 0.5), (2.0, 0.7), (4.0, 0.9)]
     assert pareto_front(pts, higher_is_better=False) == [(0.5, 0.1)]
+    # the same metric at a higher latency is dominated, not a second point of the front
+    assert pareto_front([(1.0, 0.5), (2.0, 0.5), (3.0, 0.6)], higher_is_better=True) == [(1.0, 0.5), (3.0, 0.6)]
 
 
 def test_compare_two_result_sets(built, tmp_path):
