@@ -148,9 +148,14 @@ def _sync(dev: torch.device) -> None:
 
 
 def time_steps(steps: dict[str, tuple[Callable, Callable]], repeats: int, warmup: int = 1,
-               dev: torch.device | None = None) -> dict[str, list[float]]:
-    """Seconds per step for several cases, *interleaved* (one step of each case per round) so that a
-    change of machine load affects all of them alike."""
+               dev: torch.device | None = None, settle: int = 1) -> dict[str, list[float]]:
+    """Seconds per step for several cases, *interleaved* (one timed step of each case per round) so
+    that a change of machine load affects all of them alike.
+
+    In every round each case first runs ``settle`` untimed steps: the case before it (an unfold
+    reference allocating hundreds of MiB, say) leaves the caches and the allocator's free lists in a
+    state that the first step after it pays for and that a training loop, repeating the same layers,
+    never sees. Without it the lean operators measured up to 40% slower and far noisier on CPU."""
     dev = dev or device()
     for step, reset in steps.values():
         for _ in range(warmup):
@@ -159,6 +164,9 @@ def time_steps(steps: dict[str, tuple[Callable, Callable]], repeats: int, warmup
     samples: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(repeats):
         for key, (step, reset) in steps.items():
+            for _ in range(settle):
+                reset()
+                step()
             reset()
             _sync(dev)
             t0 = time.perf_counter()

@@ -55,6 +55,12 @@ def _safe(fn, default=None):
         return default
 
 
+def _pac_cpu_kernels() -> str:
+    from adaptconv.ops import cpu_pac
+
+    return cpu_pac.status(build=False)
+
+
 def backend_flags() -> dict[str, Any]:
     """Global backend settings that change which kernels run and how precisely.
 
@@ -71,6 +77,8 @@ def backend_flags() -> dict[str, Any]:
         "tf32_cudnn": _safe(lambda: bool(torch.backends.cudnn.allow_tf32)),
         "float32_matmul_precision": _safe(torch.get_float32_matmul_precision),
         "deterministic_algorithms": _safe(torch.are_deterministic_algorithms_enabled),
+        # PAC on the CPU runs compiled kernels when they could be built, else the slower PyTorch path
+        "pac_cpu_kernels": _safe(_pac_cpu_kernels),
     }
     fp32 = {}
     for key, getter in (

@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -120,10 +121,11 @@ def geometry(kernel_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1)) -> Geo
     return Geometry(tuple(kernel_size), tuple(stride), padding, tuple(dilation))
 
 
-def _chunks(b: int, ho: int, wo: int, per_pixel: int) -> Iterator[tuple[int, int, int, int]]:
-    """(b0, b1, r0, r1) tiles covering B×H': at most about ``_CHUNK/per_pixel`` pixels each (at least
-    one output row); whole samples when one fits, else balanced blocks of output rows of one sample."""
-    budget = _CHUNK[0]
+def _chunks(b: int, ho: int, wo: int, per_pixel: int, budget: int | None = None) -> Iterator[tuple[int, int, int, int]]:
+    """(b0, b1, r0, r1) tiles covering B×H': at most about ``budget/per_pixel`` pixels each (at least
+    one output row; ``budget`` defaults to :data:`_CHUNK`); whole samples when one fits, else balanced
+    blocks of output rows of one sample."""
+    budget = _CHUNK[0] if budget is None else budget
     per_sample = per_pixel * ho * wo
     if per_sample <= budget:
         nb = max(1, budget // max(per_sample, 1))
@@ -364,30 +366,34 @@ def pac_backward(x, kernel, weight, gy, geom: Geometry, groups: int, need_x: boo
     return gx, gk, gw
 
 
+def _pac_backend(*tensors):
+    """Where PAC runs: the Triton kernels on CUDA, the compiled CPU kernels on CPU (float32/64), else
+    this module's PyTorch code (any device and dtype). The backward pass uses the forward's choice."""
+    if _use_triton(tensors[0]):
+        from . import triton_pac
+
+        return triton_pac
+    from . import cpu_pac
+
+    if cpu_pac.usable(*tensors):
+        return cpu_pac
+    return sys.modules[__name__]
+
+
 class _PacContract(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel, weight, bias, geom, groups):
         ctx.geom, ctx.groups, ctx.has_bias = geom, groups, bias is not None
         ctx.save_for_backward(x, kernel, weight)
-        if _use_triton(x):
-            from . import triton_pac
-
-            ctx.triton = True
-            return triton_pac.pac_forward(x, kernel, weight, bias, geom, groups)
-        ctx.triton = False
-        return pac_forward(x, kernel, weight, bias, geom, groups)
+        ctx.backend = _pac_backend(x, kernel, weight, bias)
+        return ctx.backend.pac_forward(x, kernel, weight, bias, geom, groups)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
         x, kernel, weight = ctx.saved_tensors
         nx, nk, nw, nb = ctx.needs_input_grad[:4]
-        if ctx.triton:
-            from . import triton_pac
-
-            gx, gk, gw = triton_pac.pac_backward(x, kernel, weight, gy, ctx.geom, ctx.groups, nx, nk, nw)
-        else:
-            gx, gk, gw = pac_backward(x, kernel, weight, gy, ctx.geom, ctx.groups, nx, nk, nw)
+        gx, gk, gw = ctx.backend.pac_backward(x, kernel, weight, gy, ctx.geom, ctx.groups, nx, nk, nw)
         gb = gy.sum((0, 2, 3)) if ctx.has_bias and nb else None
         return gx, gk, gw, gb, None, None
 
@@ -592,15 +598,18 @@ class _PacDistance(torch.autograd.Function):
     def forward(ctx, guide, centre, scale, geom):
         ctx.geom = geom
         ctx.save_for_backward(guide, centre, scale)
-        return distance_forward(guide, centre, scale, geom)
+        from . import cpu_pac
+
+        ctx.backend = cpu_pac if cpu_pac.usable(guide, centre, scale) else sys.modules[__name__]
+        return ctx.backend.distance_forward(guide, centre, scale, geom)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gd):
         guide, centre, scale = ctx.saved_tensors
         nf, nc, ns = ctx.needs_input_grad[:3]
-        gf, gc, gs = distance_backward(guide, centre, scale, gd.contiguous(), ctx.geom, nf, nc,
-                                       ns and scale is not None)
+        gf, gc, gs = ctx.backend.distance_backward(guide, centre, scale, gd.contiguous(), ctx.geom, nf, nc,
+                                                   ns and scale is not None)
         return gf, gc, gs, None
 
 

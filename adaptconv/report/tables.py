@@ -302,7 +302,7 @@ def environment_summary(trials: pd.DataFrame, keys: tuple[str, ...], short_commi
     """Where the finished trials ran: one row per distinct combination of the ``env.*`` ``keys``, with
     the number of trials (the ``env.`` prefix is dropped from the column names)."""
     t = trials[trials["state"] == "done"]
-    cols = [c for c in keys if c in t]
+    cols = [c for c in keys if c in t and t[c].notna().any()]  # keys older records lack are left out
     if not cols or t.empty:
         return pd.DataFrame(columns=[c.replace("env.", "") for c in cols] + ["trials"])
     out = t[cols].map(str).value_counts(sort=False).rename("trials").reset_index()
@@ -313,9 +313,11 @@ def environment_summary(trials: pd.DataFrame, keys: tuple[str, ...], short_commi
 
 
 def environment_table(layout: Layout) -> pd.DataFrame:
-    """The report's environment table: device, threads, torch, commit, precision."""
+    """The report's environment table: device, threads, torch, commit, precision, and whether PAC ran
+    on its compiled CPU kernels (a CPU timing of PAC depends on it)."""
     return environment_summary(layout.trials, ("env.device", "env.device_name", "env.threads", "env.torch",
-                                               "env.git_commit", "env.git_dirty", "env.precision"), short_commit=True)
+                                               "env.git_commit", "env.git_dirty", "env.precision",
+                                               "env.pac_cpu_kernels"), short_commit=True)
 
 __all__ = ["Layout", "MEASURES", "build_layout", "display_table", "environment_summary", "environment_table", "section_table",
            "status_table", "to_html", "to_latex", "to_markdown"]

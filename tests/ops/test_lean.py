@@ -4,7 +4,9 @@ Every pixel-adaptive layer runs by default without the unfold; ``lean.implementa
 the straightforward reference. Here: the two agree (float32 tolerance) on outputs and on the
 gradients of inputs, guides and every parameter, over a grid of geometries and options, with tiles
 of whole batches, of single samples and of a few rows (``lean.chunk_elements``); the custom autograd
-Functions pass gradcheck in float64; and the lean path is actually lean.
+Functions pass gradcheck in float64; and the lean path is actually lean. The PAC tests run twice
+(fixture ``pac_backend``): with the compiled CPU kernels (adaptconv.ops.cpu_pac, the default on CPU)
+and with them disabled, i.e. on the PyTorch path that is the fallback everywhere else.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adaptconv.measure.memory import measure_peak_memory
-from adaptconv.ops import lean
+from adaptconv.ops import cpu_pac, lean
 from adaptconv.ops.acda import AcdaConv2d, acda_conv2d, acda_conv2d_unfold
 from adaptconv.ops.dfn import DfnConv2d, dynamic_filter2d, dynamic_filter2d_unfold
 from adaptconv.ops.pac import PacConv2d, PacConvTranspose2d, PacPool2d, pac_conv2d, pac_conv2d_unfold
@@ -58,6 +60,18 @@ def _compare(module: nn.Module, inputs: tuple, chunk: int = 1 << 20, **tol) -> N
         torch.testing.assert_close(a, b, **tol, msg=lambda m, name=name: f"gradient of {name}: {m}")
 
 
+@pytest.fixture(params=["cpu-kernels", "pytorch"])
+def pac_backend(request):
+    """PAC's contraction and distance on the compiled CPU kernels, then on the PyTorch path."""
+    if request.param == "pytorch":
+        with cpu_pac.disabled():
+            yield request.param
+        return
+    if not cpu_pac.available():
+        pytest.skip(f"the PAC CPU kernels are {cpu_pac.status()}")
+    yield request.param
+
+
 GEOMETRIES = [  # kernel, stride, padding, dilation, groups
     (3, 1, 1, 1, 1), (3, 2, 0, 1, 1), (3, 1, 2, 2, 2), (5, 2, 3, 1, 1), (1, 2, 0, 1, 2), (4, 1, 1, 1, 1),
     (2, 2, 1, 2, 2), ((3, 5), (1, 2), (1, 2), 1, 1),
@@ -66,6 +80,7 @@ GEOMETRIES = [  # kernel, stride, padding, dilation, groups
 
 # --------------------------------------------------------------------------------------------------
 # PAC
+@pytest.mark.usefixtures("pac_backend")
 @pytest.mark.parametrize("k,s,p,d,g", GEOMETRIES)
 @pytest.mark.parametrize("chunk", CHUNKS)
 def test_pac_guided_matches_unfold(k, s, p, d, g, chunk):
@@ -76,6 +91,7 @@ def test_pac_guided_matches_unfold(k, s, p, d, g, chunk):
     _compare(op, (x, guide), chunk)
 
 
+@pytest.mark.usefixtures("pac_backend")
 @pytest.mark.parametrize("kind,normalize", [("gaussian", True), ("inv", False), ("inv", True)])
 @pytest.mark.parametrize("k,s,p,d,g", [(3, 1, 1, 1, 1), (3, 2, 1, 1, 2), (4, 1, 2, 1, 1), (3, 1, 2, 2, 1)])
 @pytest.mark.parametrize("chunk", [1 << 20, 40])
@@ -96,6 +112,7 @@ def test_pac_shared_filters_match_unfold(k, p):
     _compare(op, (torch.randn(2, 3, 7, 8), torch.randn(2, 2, 7, 8)), 60)
 
 
+@pytest.mark.usefixtures("pac_backend")
 def test_pac_guide_scale_gradient_at_zero_matches_unfold():
     conv = nn.Conv2d(3, 4, 3, padding=1)
     op = PacConv2d.from_conv(conv)
@@ -104,6 +121,7 @@ def test_pac_guide_scale_gradient_at_zero_matches_unfold():
 
 @pytest.mark.parametrize("k,s,p,op_,d,g", [(3, 2, 1, 1, 1, 1), (4, 2, 1, 0, 1, 2), (3, 1, 0, 0, 2, 1),
                                             (5, 3, 1, 2, 1, 1), (3, 2, 4, 0, 1, 1), (1, 2, 0, 1, 1, 1)])
+@pytest.mark.usefixtures("pac_backend")
 @pytest.mark.parametrize("normalize", [False, True])
 def test_pac_transposed_matches_unfold(k, s, p, op_, d, g, normalize):
     torch.manual_seed(3)
@@ -114,6 +132,7 @@ def test_pac_transposed_matches_unfold(k, s, p, op_, d, g, normalize):
     _compare(m, (x, torch.randn(2, 2, ho, wo)), 200)
 
 
+@pytest.mark.usefixtures("pac_backend")
 @pytest.mark.parametrize("k,s,p,d", [(3, 1, 1, 1), (3, 2, 1, 1), (2, 2, 0, 1), (5, 1, 2, 2), (4, 2, 1, 1)])
 @pytest.mark.parametrize("guided", [False, True])
 def test_pac_pool_matches_unfold(k, s, p, d, guided):
@@ -124,6 +143,7 @@ def test_pac_pool_matches_unfold(k, s, p, d, guided):
     _compare(pool, (x, torch.randn(2, 2, 9, 8)) if guided else (x,), 50)
 
 
+@pytest.mark.usefixtures("pac_backend")
 def test_pac_functional_default_is_lean_and_matches_unfold():
     x = torch.randn(2, 4, 9, 8, dtype=torch.float64)
     w = torch.randn(6, 2, 3, 3, dtype=torch.float64)
@@ -134,6 +154,7 @@ def test_pac_functional_default_is_lean_and_matches_unfold():
         torch.testing.assert_close(pac_conv2d(*args), pac_conv2d_unfold(*args), rtol=0, atol=0)
 
 
+@pytest.mark.usefixtures("pac_backend")
 def test_tiny_gaussian_weights_are_flushed_the_same_in_both_paths():
     """K underflowing to subnormals (far-apart 64-channel features) is flushed to 0 in both paths."""
     torch.manual_seed(5)
@@ -207,6 +228,7 @@ def _rand(*shape, positive=False):
 GRAD_GEOMETRIES = [((3, 3), (1, 1), (1, 1), (1, 1), 1), ((2, 3), (2, 1), (1, 1), (1, 2), 2)]
 
 
+@pytest.mark.usefixtures("pac_backend")
 @pytest.mark.parametrize("kernel_size,stride,padding,dilation,groups", GRAD_GEOMETRIES)
 def test_gradcheck_pac_contract(kernel_size, stride, padding, dilation, groups):
     geom = lean.geometry(kernel_size, stride, padding, dilation)
@@ -225,6 +247,7 @@ def test_gradcheck_pac_contract(kernel_size, stride, padding, dilation, groups):
     ((2, 3), (2, 1), (1, 0), (1, 1), False),  # the general path, even kernel
     ((3, 3), (1, 1), (1, 1), (1, 1), True),   # an explicit centre (transposed PAC)
 ])
+@pytest.mark.usefixtures("pac_backend")
 def test_gradcheck_pac_distance(kernel_size, stride, padding, dilation, centre):
     geom = lean.geometry(kernel_size, stride, padding, dilation)
     ho, wo = geom.out_size(5, 4)
@@ -255,6 +278,7 @@ def test_gradcheck_dynamic_filter_paka_acda(kernel_size, stride, padding, dilati
                                             fast_mode=True)
 
 
+@pytest.mark.usefixtures("pac_backend")
 def test_gradcheck_full_jacobian_pac():
     """The full Jacobians (not random projections) of the PAC Functions, with tiles of one row."""
     geom = lean.geometry((3, 3), (1, 1), (1, 1), (1, 1))
@@ -267,6 +291,7 @@ def test_gradcheck_full_jacobian_pac():
 
 
 # --------------------------------------------------------------------------------------------------
+@pytest.mark.usefixtures("pac_backend")
 def test_lean_path_is_lean():
     """Peak memory of a training step: the unfold reference holds B·C·k²·H'·W' several times over; the
     lean path only tile-sized temporaries (here small tiles, so that they do not hide the difference

@@ -1,0 +1,350 @@
+"""Compiled CPU kernels for PAC (the contraction and the feature distance), used on CPU tensors.
+
+The PyTorch path of :mod:`adaptconv.ops.lean` is memory-lean but spends most of a training step in
+element-wise passes and in Python: every tile of every tap is a handful of small tensor operations.
+Here each of those groups is one pass of ``csrc/pac_cpu.cpp`` over padded inputs, while the GEMMs stay
+in PyTorch (MKL), on the same tiles and with the same memory bound:
+
+- forward, per tile: ``pac_cols`` writes the K-weighted taps (C·k² × pixels, F.unfold's order), one GEMM
+  with the weight gives the output;
+- backward, per tile: the same columns and one GEMM give ∂W; one GEMM gives ``q = Wᵀ·gy`` for all taps,
+  and ``pac_taps_backward`` turns it into ∂K (``Σ_c q ⊙ x_j``) and ∂x (``K_j ⊙ q`` at each tap's shift);
+- the distance ``Σ_c γ_c (f_j − centre)²`` and its gradient are one pass each over the whole guide.
+
+The library is compiled on first use with the system C++ compiler (``$CXX`` or ``g++``, with
+``-O3 -march=native -fopenmp``; about 3 s) into a per-user cache (``$ADAPTCONV_KERNEL_CACHE``, default
+``~/.cache/adaptconv/kernels``), keyed by the source, the compiler and the CPU, so a cluster with mixed
+nodes builds one copy per CPU kind. Without a compiler, or with ``ADAPTCONV_CPU_KERNELS=0``, the PyTorch
+path runs instead (a warning says why, once); :func:`disabled` switches them off inside a block, which
+is how the tests compare the two. float32 and float64 only; other dtypes use the PyTorch path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["available", "usable", "disabled", "status", "pac_forward", "pac_backward",
+           "distance_forward", "distance_backward"]
+
+SOURCE = Path(__file__).parent / "csrc" / "pac_cpu.cpp"
+ABI = 1
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+#: Tile size for the GEMMs, in elements of the K-weighted columns of one tile (C·k² × pixels), as a
+#: multiple of the PyTorch path's tile (:func:`adaptconv.ops.lean.chunk_elements`, which scales both):
+#: 16 × 2^17 float32 values = 8 MiB, which keeps a tile and its GEMM operands in the last-level cache
+#: and bounds the extra memory at any resolution. Fewer, larger tiles matter less here than there.
+TILE_FACTOR = 16
+_OFF = [os.environ.get("ADAPTCONV_CPU_KERNELS", "1") in ("0", "", "false", "off")]
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Building and loading
+def _cache_dir() -> Path:
+    root = os.environ.get("ADAPTCONV_KERNEL_CACHE")
+    if root:
+        return Path(root)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "adaptconv" / "kernels"
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: the CPU's model and feature flags."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))][:2]
+        return "\n".join(lines)
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _compiler_version(cxx: str) -> str:
+    out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60)
+    return out.stdout.splitlines()[0] if out.stdout else ""
+
+
+def _build() -> tuple[ctypes.CDLL | None, str]:
+    """(library, how) — the library is None when it cannot be built; ``how`` says why."""
+    cxx = os.environ.get("CXX", "g++")
+    if shutil.which(cxx) is None:
+        return None, f"no C++ compiler ({cxx!r} not found; set CXX)"
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), _compiler_version(cxx).encode(),
+                                     _cpu_signature().encode()])).hexdigest()[:16]
+    cache = _cache_dir()
+    lib_path = cache / f"pac_cpu-{key}.so"
+    if not lib_path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        # build beside the target, then rename: concurrent workers never load a half-written file
+        fd, tmp = tempfile.mkstemp(prefix=".pac_cpu-", suffix=".so", dir=cache)
+        os.close(fd)
+        try:
+            proc = subprocess.run([cxx, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
+                                  timeout=300)
+            if proc.returncode != 0:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+                return None, f"{cxx} failed on {SOURCE.name}: " + " | ".join(tail)
+            os.replace(tmp, lib_path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(lib_path))
+    if lib.adaptconv_pac_cpu_abi() != ABI:
+        return None, f"{lib_path} has ABI {lib.adaptconv_pac_cpu_abi()}, expected {ABI}"
+    _declare(lib)
+    return lib, f"built ({lib_path})"
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for sfx in _SUFFIX.values():
+        getattr(lib, f"pac_cols_{sfx}").argtypes = [p, p, p] + [i64] * 9 + [p, i32]
+        getattr(lib, f"pac_taps_backward_{sfx}").argtypes = [p] * 5 + [i64] * 9 + [p, i32]
+        getattr(lib, f"distance_forward_{sfx}").argtypes = [p] * 4 + [i64] * 6 + [p, i64, p, i32]
+        getattr(lib, f"distance_backward_{sfx}").argtypes = [p] * 7 + [i64] * 6 + [p, i64, p, i32]
+        getattr(lib, f"distance_forward_flat_{sfx}").argtypes = [p] * 3 + [i64] * 7 + [p, i32]
+        getattr(lib, f"distance_backward_flat_{sfx}").argtypes = [p] * 5 + [i64] * 7 + [p, i32]
+        for name in ("pac_cols", "pac_taps_backward", "distance_forward", "distance_backward",
+                     "distance_forward_flat", "distance_backward_flat"):
+            getattr(lib, f"{name}_{sfx}").restype = None
+
+
+@functools.lru_cache(maxsize=None)
+def _library() -> tuple[ctypes.CDLL | None, str]:
+    try:
+        lib, how = _build()
+    except Exception as err:  # a broken toolchain must not break the operators: fall back
+        lib, how = None, f"{type(err).__name__}: {err}"
+    if lib is None:
+        warnings.warn(f"adaptconv: the PAC CPU kernels are not available ({how}); PAC runs on the "
+                      "slower PyTorch path", RuntimeWarning, stacklevel=3)
+    return lib, how
+
+
+def available() -> bool:
+    """The kernels are enabled and built (building them on the first call)."""
+    return not _OFF[0] and _library()[0] is not None
+
+
+def status(build: bool = True) -> str:
+    """For the trial's environment record: "on (built …)", "off (…)", "unavailable (…)", or with
+    ``build=False`` "not loaded" when nothing has needed them in this process yet."""
+    if _OFF[0]:
+        return "off (ADAPTCONV_CPU_KERNELS=0 or disabled())"
+    if not build and _library.cache_info().currsize == 0:
+        return "not loaded (no PAC layer ran on the CPU in this process)"
+    lib, how = _library()
+    return ("on " if lib is not None else "unavailable ") + f"({how})"
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Run PAC on the PyTorch path inside the block (forward and backward)."""
+    old, _OFF[0] = _OFF[0], True
+    try:
+        yield
+    finally:
+        _OFF[0] = old
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """CPU tensors of one dtype the kernels take (float32/float64), and the kernels are on."""
+    t0 = tensors[0]
+    if t0.device.type != "cpu" or t0.dtype not in _SUFFIX:
+        return False
+    if any(t is not None and (t.device.type != "cpu" or t.dtype != t0.dtype) for t in tensors[1:]):
+        return False
+    return available()
+
+
+def _fn(name: str, dtype: torch.dtype):
+    return getattr(_library()[0], f"{name}_{_SUFFIX[dtype]}")
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def _geom_array(geom) -> ctypes.Array:
+    (kh, kw), (sh, sw), _, (dh, dw) = geom.kernel_size, geom.stride, geom.pads, geom.dilation
+    return (ctypes.c_int64 * 6)(kh, kw, sh, sw, dh, dw)
+
+
+def _pad(t: torch.Tensor, pads, mode: str) -> torch.Tensor:
+    top, bottom, left, right = pads
+    if not any(pads):
+        return t.contiguous()
+    return F.pad(t, (left, right, top, bottom), mode=mode).contiguous()
+
+
+def _tiles(b: int, ho: int, wo: int, per_pixel: int):
+    from .lean import _CHUNK, _chunks
+
+    chunks = list(_chunks(b, ho, wo, per_pixel, budget=TILE_FACTOR * _CHUNK[0]))
+    most = max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in chunks) * wo
+    return chunks, most
+
+
+# --------------------------------------------------------------------------------------------------
+# PAC:  y[b,o,p] = Σ_j Σ_c W[o,c,j] · K[b,j,p] · x_j[b,c,p] + bias[o]
+def pac_forward(x, kernel, weight, bias, geom, groups: int) -> torch.Tensor:
+    """Per tile: the K-weighted columns (one kernel pass), then one GEMM with the weight."""
+    from .lean import _gemm_tile
+
+    b, c, h, w = x.shape
+    o, t = weight.shape[0], geom.taps
+    g, cg, og = groups, c // groups, o // groups
+    ho, wo = geom.out_size(h, w)
+    xp = _pad(x, geom.pads, "constant")
+    k = kernel.contiguous()
+    hp, wp = xp.shape[-2:]
+    w2 = weight.reshape(g, og, cg * t)
+    y = x.new_empty(b, o, ho, wo)
+    chunks, most = _tiles(b, ho, wo, c * t)
+    cbuf, abuf = x.new_empty(c * t * most), x.new_empty(o * most)
+    cols_fn, ga, nt = _fn("pac_cols", x.dtype), _geom_array(geom), torch.get_num_threads()
+    for b0, b1, r0, r1 in chunks:
+        n = (b1 - b0) * (r1 - r0) * wo
+        cols = cbuf[: c * t * n]
+        cols_fn(_ptr(xp), _ptr(k), _ptr(cols), c, hp, wp, ho, wo, b0, b1 - b0, r0, r1 - r0, ga, nt)
+        _gemm_tile(y, w2, cols.view(g, cg * t, n), b0, b1, r0, r1, abuf)
+    if bias is not None:
+        y += bias.view(1, -1, 1, 1)
+    return y
+
+
+def pac_backward(x, kernel, weight, gy, geom, groups: int, need_x: bool, need_k: bool, need_w: bool):
+    """Per tile: ∂W from the recomputed columns (one GEMM); q = Wᵀ·gy for all taps (one GEMM), then
+    ∂K and ∂x from q in one kernel call."""
+    from .lean import _tile_out
+
+    b, c, h, w = x.shape
+    o, t = weight.shape[0], geom.taps
+    g, cg, og = groups, c // groups, o // groups
+    ho, wo = geom.out_size(h, w)
+    top, _, left, _ = geom.pads
+    xp = _pad(x, geom.pads, "constant")
+    k = kernel.contiguous()
+    hp, wp = xp.shape[-2:]
+    w2 = weight.reshape(g, og, cg * t)
+    w2t = w2.transpose(1, 2)
+    gxp = torch.zeros_like(xp) if need_x else None
+    gk = x.new_empty(b, t, ho, wo) if need_k else None
+    gw2 = x.new_zeros(g, og, cg * t) if need_w else None
+    chunks, most = _tiles(b, ho, wo, c * t)
+    cbuf = x.new_empty(c * t * most) if need_w else None
+    qbuf = x.new_empty(c * t * most) if (need_x or need_k) else None
+    gbuf = x.new_empty(o * most)
+    ga, nt = _geom_array(geom), torch.get_num_threads()
+    cols_fn, taps_fn = _fn("pac_cols", x.dtype), _fn("pac_taps_backward", x.dtype)
+    for b0, b1, r0, r1 in chunks:
+        nb, rows = b1 - b0, r1 - r0
+        n = nb * rows * wo
+        gyc = _tile_out(gy, b0, b1, r0, r1, g) if gy.is_contiguous() else None
+        if gyc is None:
+            gyc = gbuf[: o * n].view(g, og, n)
+            gyc.view(o, nb, rows, wo).copy_(gy[b0:b1, :, r0:r1].transpose(0, 1))
+        tile = (c, hp, wp, ho, wo, b0, nb, r0, rows, ga, nt)
+        if need_w:
+            cols = cbuf[: c * t * n]
+            cols_fn(_ptr(xp), _ptr(k), _ptr(cols), *tile)
+            gw2.baddbmm_(gyc, cols.view(g, cg * t, n).transpose(1, 2))
+        if need_x or need_k:
+            q = qbuf[: c * t * n].view(g, cg * t, n)
+            torch.bmm(w2t, gyc, out=q)
+            taps_fn(_ptr(q), _ptr(xp), _ptr(k), _ptr(gk), _ptr(gxp), *tile)
+    gx = gxp[:, :, top: top + h, left: left + w] if need_x else None
+    gw = gw2.view(weight.shape) if need_w else None
+    return gx, gk, gw
+
+
+# --------------------------------------------------------------------------------------------------
+# PAC's adapting-kernel distance:  d[b,j,p] = Σ_g γ_g (f_j[b,g,p] − c[b,g,p])²
+def _centre_taps(geom) -> ctypes.Array:
+    from .lean import _centre_taps
+
+    taps = _centre_taps(geom)
+    return (ctypes.c_int64 * len(taps))(*taps), len(taps)
+
+
+def _flat(geom, centre) -> bool:
+    """The flat kernels apply: stride 1, odd kernel, the window's middle tap as the centre."""
+    (kh, kw), (sh, sw) = geom.kernel_size, geom.stride
+    return centre is None and (sh, sw) == (1, 1) and kh % 2 == 1 and kw % 2 == 1
+
+
+def distance_forward(guide, centre, scale, geom) -> torch.Tensor:
+    b, cg_, h, w = guide.shape
+    ho, wo = geom.out_size(h, w)
+    fp = _pad(guide, geom.pads, "replicate")
+    hp, wp = fp.shape[-2:]
+    s = None if scale is None else scale.contiguous()
+    ga, nt = _geom_array(geom), torch.get_num_threads()
+    if _flat(geom, centre):
+        d = guide.new_empty(b, geom.taps, ho, wp)
+        _fn("distance_forward_flat", guide.dtype)(_ptr(fp), _ptr(s), _ptr(d), b, cg_, hp, wp, ho, wo,
+                                                  geom.taps // 2, ga, nt)
+        return d[..., :wo].contiguous()
+    cen = None if centre is None else centre.contiguous()
+    d = guide.new_empty(b, geom.taps, ho, wo)
+    ctaps, nct = _centre_taps(geom)
+    _fn("distance_forward", guide.dtype)(_ptr(fp), _ptr(cen), _ptr(s), _ptr(d), b, cg_, hp, wp, ho, wo,
+                                         ctaps, nct, ga, nt)
+    return d
+
+
+def distance_backward(guide, centre, scale, gd, geom, need_f: bool, need_c: bool, need_s: bool):
+    b, cg_, h, w = guide.shape
+    ho, wo = geom.out_size(h, w)
+    fp = _pad(guide, geom.pads, "replicate")
+    hp, wp = fp.shape[-2:]
+    s = None if scale is None else scale.contiguous()
+    gfp = torch.zeros_like(fp)  # also where an internal centre's gradient goes
+    gs_part = guide.new_empty(b, cg_) if (need_s and s is not None) else None
+    ga, nt = _geom_array(geom), torch.get_num_threads()
+    gcen = None
+    if _flat(geom, centre):
+        gdw = F.pad(gd, (0, wp - wo)).contiguous()  # on the padded width, zero in the junk columns
+        _fn("distance_backward_flat", guide.dtype)(_ptr(fp), _ptr(s), _ptr(gdw), _ptr(gfp), _ptr(gs_part),
+                                                   b, cg_, hp, wp, ho, wo, geom.taps // 2, ga, nt)
+    else:
+        cen = None if centre is None else centre.contiguous()
+        gcen = torch.empty_like(cen) if (cen is not None and need_c) else None
+        gd = gd.contiguous()
+        ctaps, nct = _centre_taps(geom)
+        _fn("distance_backward", guide.dtype)(
+            _ptr(fp), _ptr(cen), _ptr(s), _ptr(gd), _ptr(gfp), _ptr(gcen), _ptr(gs_part), b, cg_, hp, wp,
+            ho, wo, ctaps, nct, ga, nt)
+    gf = _fold_replicate(gfp, geom.pads, h, w) if need_f else None
+    gs = None if gs_part is None else gs_part.sum(0)
+    return gf, gcen, gs
+
+
+def _fold_replicate(gp: torch.Tensor, pads, h: int, w: int) -> torch.Tensor:
+    """The adjoint of replicate padding, in place on the padded gradient: the padded columns add into
+    the image's first/last column (on every row, corners included), then the padded rows into its
+    first/last row; returns the image part (a view)."""
+    top, bottom, left, right = pads
+    if left:
+        gp[..., left: left + 1] += gp[..., :left].sum(-1, keepdim=True)
+    if right:
+        gp[..., left + w - 1: left + w] += gp[..., left + w:].sum(-1, keepdim=True)
+    if top:
+        gp[..., top: top + 1, :] += gp[..., :top, :].sum(-2, keepdim=True)
+    if bottom:
+        gp[..., top + h - 1: top + h, :] += gp[..., top + h:, :].sum(-2, keepdim=True)
+    return gp[..., top: top + h, left: left + w]

@@ -1,0 +1,379 @@
+// CPU kernels for PAC: the element-wise work around its GEMMs, fused into single passes.
+//
+// Built on first use by adaptconv/ops/cpu_pac.py (g++ -O3 -march=native -fopenmp) and called through
+// ctypes; the GEMMs themselves stay in PyTorch (MKL). Everything works on *padded* inputs (the
+// caller pads x with zeros and the guide by replication), so there is no boundary test in any loop:
+// tap j = a·kw + b of output pixel (r, q) reads padded row r·sh + a·dh, column q·sw + b·dw.
+//
+// Layouts (all contiguous, row-major):
+//   xp   B × C × Hp × Wp       the zero-padded input
+//   K    B × T × Ho × Wo       the adapting kernel, T = kh·kw taps
+//   cols C × T × nb × rows × Wo the K-weighted taps of one tile (nb samples from b0, output rows
+//                             r0 … r0+rows−1): row c·T + j, F.unfold's order, so that one GEMM with the
+//                             O × (C/g·T) weight gives the tile's output
+//   fp   B × G × Hp × Wp       the replicate-padded guide (G guide channels)
+//   cen  B × G × Ho × Wo       an explicit window centre, or null for the window's middle tap(s)
+// Every function takes the thread count (torch.get_num_threads()) so it shares torch's pool.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <omp.h>
+
+namespace {
+
+struct Geom {
+  int64_t kh, kw, sh, sw, dh, dw;
+  int64_t taps() const { return kh * kw; }
+  // offset of tap j of output pixel (r, 0) in a padded plane of width wp
+  int64_t offset(int64_t j, int64_t r, int64_t wp) const {
+    return (r * sh + (j / kw) * dh) * wp + (j % kw) * dw;
+  }
+};
+
+// Column q of a row read with column stride sw; Unit (sw = 1, the common case) lets the compiler
+// vectorise the loops with plain loads instead of gathers.
+template <bool Unit>
+inline int64_t col(int64_t q, int64_t sw) { return Unit ? q : q * sw; }
+
+// ---------------------------------------------------------------------------------------------
+// PAC contraction
+
+template <typename T, bool Unit>
+void pac_cols(const T* xp, const T* K, T* cols, int64_t C, int64_t Hp, int64_t Wp, int64_t Ho,
+              int64_t Wo, int64_t b0, int64_t nb, int64_t r0, int64_t rows, Geom g, int nt) {
+  const int64_t Tn = g.taps(), n = nb * rows * Wo, sw = g.sw;
+  // one (channel, tap) row of cols per iteration; rows are short (W'), so no index arithmetic
+  // beyond pointer steps inside
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t cj = 0; cj < C * Tn; ++cj) {
+    const int64_t c = cj / Tn, j = cj % Tn;
+    T* __restrict__ d = cols + cj * n;
+    for (int64_t s = 0; s < nb; ++s) {
+      const T* __restrict__ src = xp + ((b0 + s) * C + c) * Hp * Wp + g.offset(j, r0, Wp);
+      const T* __restrict__ k = K + (((b0 + s) * Tn + j) * Ho + r0) * Wo;
+      for (int64_t r = 0; r < rows; ++r, src += g.sh * Wp, k += Wo, d += Wo)
+        for (int64_t q = 0; q < Wo; ++q) d[q] = src[col<Unit>(q, sw)] * k[q];
+    }
+  }
+}
+
+// Given qg = Wᵀ·gy for one tile (C × T × nb × rows × Wo, the gradient of the K-weighted taps):
+//   gK[s, j, r, q]  = Σ_c qg[c, j, s, r, q] · x_j[s, c, r, q]      (gK may be null)
+//   gxp[s, c, tap j of (r, q)] += K[s, j, r, q] · qg[c, j, s, r, q] (gxp may be null)
+// One pass over qg, parallel over (sample, channel): each thread sums its channels' share of gK in
+// its own buffer (tile-sized: T × nb × rows × Wo), and the buffers are added at the end.
+// Tiles of one sample overlap in gxp (the halo rows): the caller runs them one after another.
+template <typename T, bool Unit>
+void pac_taps_backward(const T* qg, const T* xp, const T* K, T* gK, T* gxp, int64_t C, int64_t Hp,
+                       int64_t Wp, int64_t Ho, int64_t Wo, int64_t b0, int64_t nb, int64_t r0,
+                       int64_t rows, Geom g, int nt) {
+  const int64_t Tn = g.taps(), n = nb * rows * Wo, sw = g.sw, plane = Hp * Wp;
+  const int64_t part_size = gK ? Tn * n : 0;  // layout T × nb × rows × Wo
+  std::vector<T> parts(size_t(nt) * part_size);
+#pragma omp parallel num_threads(nt)
+  {
+    const int tid = omp_get_thread_num();
+    T* part = gK ? parts.data() + tid * part_size : nullptr;
+    if (part) std::fill(part, part + part_size, T(0));
+#pragma omp for schedule(static)
+    for (int64_t sc = 0; sc < nb * C; ++sc) {
+      const int64_t s = sc / C, c = sc % C;
+      const T* xplane = xp + ((b0 + s) * C + c) * plane;
+      T* gplane = gxp ? gxp + ((b0 + s) * C + c) * plane : nullptr;
+      for (int64_t j = 0; j < Tn; ++j) {
+        const T* __restrict__ qr = qg + (c * Tn + j) * n + s * rows * Wo;
+        const T* __restrict__ k = K + (((b0 + s) * Tn + j) * Ho + r0) * Wo;
+        const int64_t off = g.offset(j, r0, Wp), step = g.sh * Wp;
+        const T* __restrict__ src = xplane + off;
+        if (part && gplane) {
+          T* __restrict__ acc = part + j * n + s * rows * Wo;
+          T* __restrict__ dst = gplane + off;
+          for (int64_t r = 0; r < rows; ++r, qr += Wo, k += Wo, src += step, dst += step, acc += Wo)
+            for (int64_t q = 0; q < Wo; ++q) {
+              acc[q] += qr[q] * src[col<Unit>(q, sw)];
+              dst[col<Unit>(q, sw)] += k[q] * qr[q];
+            }
+        } else if (part) {
+          T* __restrict__ acc = part + j * n + s * rows * Wo;
+          for (int64_t r = 0; r < rows; ++r, qr += Wo, src += step, acc += Wo)
+            for (int64_t q = 0; q < Wo; ++q) acc[q] += qr[q] * src[col<Unit>(q, sw)];
+        } else {
+          T* __restrict__ dst = gplane + off;
+          for (int64_t r = 0; r < rows; ++r, qr += Wo, k += Wo, dst += step)
+            for (int64_t q = 0; q < Wo; ++q) dst[col<Unit>(q, sw)] += k[q] * qr[q];
+        }
+      }
+    }
+    if (gK) {  // implicit barrier above; now gK rows = Σ over the threads' buffers
+      const int nth = omp_get_num_threads();
+#pragma omp for schedule(static) collapse(2)
+      for (int64_t s = 0; s < nb; ++s)
+        for (int64_t jr = 0; jr < Tn * rows; ++jr) {
+          const int64_t j = jr / rows, r = jr % rows;
+          T* __restrict__ out = gK + (((b0 + s) * Tn + j) * Ho + r0 + r) * Wo;
+          const int64_t at = j * n + (s * rows + r) * Wo;
+          std::copy(parts.data() + at, parts.data() + at + Wo, out);
+          for (int t = 1; t < nth; ++t) {
+            const T* __restrict__ p = parts.data() + t * part_size + at;
+            for (int64_t q = 0; q < Wo; ++q) out[q] += p[q];
+          }
+        }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PAC's feature distance  d[b, j, r, q] = Σ_c w_c (f_j[b, c, r, q] − centre[b, c, r, q])²
+
+// The window centre of one guide plane at output row r: cen's row, or the mean of the middle taps
+// (summed in their order, then divided, as the PyTorch path does), written to out[Wo].
+template <typename T, bool Unit>
+const T* centre_row(const T* fplane, const T* cen_row, const int64_t* ctaps, int64_t nct, int64_t r,
+                    int64_t Wp, int64_t Wo, Geom g, T* out) {
+  if (cen_row) return cen_row;
+  const T* first = fplane + g.offset(ctaps[0], r, Wp);
+  if (nct == 1 && Unit) return first;
+  for (int64_t q = 0; q < Wo; ++q) out[q] = first[col<Unit>(q, g.sw)];
+  for (int64_t i = 1; i < nct; ++i) {
+    const T* t = fplane + g.offset(ctaps[i], r, Wp);
+    for (int64_t q = 0; q < Wo; ++q) out[q] += t[col<Unit>(q, g.sw)];
+  }
+  if (nct > 1)
+    for (int64_t q = 0; q < Wo; ++q) out[q] /= T(nct);
+  return out;
+}
+
+template <typename T, bool Unit>
+void distance_forward(const T* fp, const T* cen, const T* w, T* d, int64_t B, int64_t G, int64_t Hp,
+                      int64_t Wp, int64_t Ho, int64_t Wo, const int64_t* ctaps, int64_t nct, Geom g,
+                      int nt) {
+  const int64_t Tn = g.taps(), sw = g.sw;
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<T> buf(Wo);
+#pragma omp for schedule(static) collapse(2)
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t r = 0; r < Ho; ++r) {
+        for (int64_t j = 0; j < Tn; ++j) {
+          T* dr = d + ((b * Tn + j) * Ho + r) * Wo;
+          for (int64_t q = 0; q < Wo; ++q) dr[q] = T(0);
+        }
+        for (int64_t c = 0; c < G; ++c) {
+          const T* plane = fp + (b * G + c) * Hp * Wp;
+          const T* cr = centre_row<T, Unit>(plane, cen ? cen + ((b * G + c) * Ho + r) * Wo : nullptr,
+                                            ctaps, nct, r, Wp, Wo, g, buf.data());
+          const T wc = w ? w[c] : T(1);
+          for (int64_t j = 0; j < Tn; ++j) {
+            const T* src = plane + g.offset(j, r, Wp);
+            T* dr = d + ((b * Tn + j) * Ho + r) * Wo;
+            for (int64_t q = 0; q < Wo; ++q) {
+              const T e = src[col<Unit>(q, sw)] - cr[q];
+              dr[q] += wc * e * e;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Backward of distance_forward for gd = ∂L/∂d (B × T × Ho × Wo). With t = gd_j · (f_j − c):
+//   gfp at tap j += 2 w_c t;   ∂centre = −2 w_c Σ_j t (into gcen when the centre is explicit, else
+//   into gfp at the middle taps);  gw_part[b, c] = Σ_j Σ_p t · (f_j − c)  (the caller sums over b).
+// gfp (B × G × Hp × Wp) must be zeroed by the caller; gcen (dropped: no gradient wanted for an
+// explicit centre) and gw_part may be null.
+template <typename T, bool Unit>
+void distance_backward(const T* fp, const T* cen, const T* w, const T* gd, T* gfp, T* gcen,
+                       T* gw_part, int64_t B, int64_t G, int64_t Hp, int64_t Wp, int64_t Ho,
+                       int64_t Wo, const int64_t* ctaps, int64_t nct, Geom g, int nt) {
+  const int64_t Tn = g.taps(), sw = g.sw, hw = Ho * Wo;
+#pragma omp parallel num_threads(nt)
+  {
+    // per thread: a centre row, −Σ_j t over the plane, and Σ t·e per column (a vector sum, so the
+    // loop vectorises; it is reduced in double at the end of the plane)
+    std::vector<T> buf(Wo), acc(hw), gwrow(Wo);
+#pragma omp for schedule(static) collapse(2)
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t c = 0; c < G; ++c) {
+        const T* plane = fp + (b * G + c) * Hp * Wp;
+        T* gplane = gfp + (b * G + c) * Hp * Wp;
+        const T w2 = T(2) * (w ? w[c] : T(1));
+        std::fill(acc.begin(), acc.end(), T(0));
+        std::fill(gwrow.begin(), gwrow.end(), T(0));
+        T* gwr = gwrow.data();
+        for (int64_t r = 0; r < Ho; ++r) {
+          const T* cr = centre_row<T, Unit>(plane, cen ? cen + ((b * G + c) * Ho + r) * Wo : nullptr,
+                                            ctaps, nct, r, Wp, Wo, g, buf.data());
+          T* ar = acc.data() + r * Wo;
+          for (int64_t j = 0; j < Tn; ++j) {
+            const T* src = plane + g.offset(j, r, Wp);
+            const T* gr = gd + ((b * Tn + j) * Ho + r) * Wo;
+            T* dst = gplane + g.offset(j, r, Wp);
+            for (int64_t q = 0; q < Wo; ++q) {
+              const T e = src[col<Unit>(q, sw)] - cr[q];
+              const T t = gr[q] * e;
+              gwr[q] += t * e;
+              dst[col<Unit>(q, sw)] += w2 * t;
+              ar[q] -= w2 * t;
+            }
+          }
+        }
+        if (gcen) {
+          std::memcpy(gcen + (b * G + c) * hw, acc.data(), sizeof(T) * hw);
+        } else if (!cen) {
+          const T share = T(1) / T(nct);
+          for (int64_t i = 0; i < nct; ++i)
+            for (int64_t r = 0; r < Ho; ++r) {
+              T* dst = gplane + g.offset(ctaps[i], r, Wp);
+              const T* ar = acc.data() + r * Wo;
+              for (int64_t q = 0; q < Wo; ++q) dst[col<Unit>(q, sw)] += nct == 1 ? ar[q] : ar[q] * share;
+            }
+        }
+        if (gw_part) {
+          double sum = 0.0;
+          for (int64_t q = 0; q < Wo; ++q) sum += double(gwr[q]);
+          gw_part[b * G + c] = T(sum);
+        }
+      }
+    }
+  }
+}
+
+// Stride 1 with the window's middle tap as the centre (odd kernels: PacConv2d's usual case). Then
+// tap j of output pixel (r, q) sits at a fixed offset from (r, q) in the padded plane, so a whole
+// plane is one loop over i = r·Wp + q, i < (Ho−1)·Wp + Wo: d is written on the padded width (Ho × Wp,
+// the Wp − Wo last columns of each row are junk the caller drops) and no loop is W' short.
+template <typename T>
+void distance_forward_flat(const T* fp, const T* w, T* d, int64_t B, int64_t G, int64_t Hp, int64_t Wp,
+                           int64_t Ho, int64_t Wo, int64_t ctap, Geom g, int nt) {
+  const int64_t Tn = g.taps(), len = (Ho - 1) * Wp + Wo, oc = g.offset(ctap, 0, Wp);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t bj = 0; bj < B * Tn; ++bj) {
+    const int64_t b = bj / Tn, j = bj % Tn, oj = g.offset(j, 0, Wp);
+    T* __restrict__ dr = d + bj * Ho * Wp;
+    std::fill(dr, dr + Ho * Wp, T(0));
+    if (j == ctap) continue;  // the centre's own distance is exactly 0
+    for (int64_t c = 0; c < G; ++c) {
+      const T* plane = fp + (b * G + c) * Hp * Wp;
+      const T* __restrict__ src = plane + oj;
+      const T* __restrict__ cen = plane + oc;
+      const T wc = w ? w[c] : T(1);
+      for (int64_t i = 0; i < len; ++i) {
+        const T e = src[i] - cen[i];
+        dr[i] += wc * e * e;
+      }
+    }
+  }
+}
+
+// Its backward; gd is on the padded width too (B × T × Ho × Wp) with zeros in the junk columns.
+template <typename T>
+void distance_backward_flat(const T* fp, const T* w, const T* gd, T* gfp, T* gw_part, int64_t B,
+                            int64_t G, int64_t Hp, int64_t Wp, int64_t Ho, int64_t Wo, int64_t ctap,
+                            Geom g, int nt) {
+  const int64_t Tn = g.taps(), len = (Ho - 1) * Wp + Wo, oc = g.offset(ctap, 0, Wp);
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<T> acc(len), gws(len);  // −Σ_j 2w·t (the centre's gradient), Σ_j t·e per position
+#pragma omp for schedule(static)
+    for (int64_t bc = 0; bc < B * G; ++bc) {
+      const int64_t b = bc / G, c = bc % G;
+      const T* plane = fp + bc * Hp * Wp;
+      T* gplane = gfp + bc * Hp * Wp;
+      const T w2 = T(2) * (w ? w[c] : T(1));
+      T* __restrict__ a = acc.data();
+      T* __restrict__ gw = gws.data();
+      std::fill(a, a + len, T(0));
+      std::fill(gw, gw + len, T(0));
+      const T* __restrict__ cen = plane + oc;
+      for (int64_t j = 0; j < Tn; ++j) {
+        if (j == ctap) continue;
+        const int64_t oj = g.offset(j, 0, Wp);
+        const T* __restrict__ src = plane + oj;
+        const T* __restrict__ gr = gd + (b * Tn + j) * Ho * Wp;
+        T* __restrict__ dst = gplane + oj;
+        for (int64_t i = 0; i < len; ++i) {
+          const T e = src[i] - cen[i];
+          const T t = gr[i] * e;
+          gw[i] += t * e;
+          dst[i] += w2 * t;
+          a[i] -= w2 * t;
+        }
+      }
+      T* __restrict__ dc = gplane + oc;
+      for (int64_t i = 0; i < len; ++i) dc[i] += a[i];
+      if (gw_part) {
+        double sum = 0.0;
+        for (int64_t i = 0; i < len; ++i) sum += double(gw[i]);
+        gw_part[bc] = T(sum);
+      }
+    }
+  }
+}
+
+// Run f<T, true> for unit column stride, f<T, false> otherwise.
+#define ADAPTCONV_DISPATCH(fn, T, sw, ...) \
+  ((sw) == 1 ? fn<T, true>(__VA_ARGS__) : fn<T, false>(__VA_ARGS__))
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// C entry points, one per dtype (f32, f64). geom = {kh, kw, sh, sw, dh, dw}.
+#define ADAPTCONV_EXPORT(T, SFX)                                                                      \
+  extern "C" void pac_cols_##SFX(const T* xp, const T* K, T* cols, int64_t C, int64_t Hp,           \
+                                 int64_t Wp, int64_t Ho, int64_t Wo, int64_t b0, int64_t nb,        \
+                                 int64_t r0, int64_t rows, const int64_t* geom, int nt) {           \
+    const Geom g{geom[0], geom[1], geom[2], geom[3], geom[4], geom[5]};                             \
+    ADAPTCONV_DISPATCH(pac_cols, T, g.sw, xp, K, cols, C, Hp, Wp, Ho, Wo, b0, nb, r0, rows, g, nt); \
+  }                                                                                                 \
+  extern "C" void pac_taps_backward_##SFX(const T* qg, const T* xp, const T* K, T* gK, T* gxp,      \
+                                          int64_t C, int64_t Hp, int64_t Wp, int64_t Ho,            \
+                                          int64_t Wo, int64_t b0, int64_t nb, int64_t r0,           \
+                                          int64_t rows, const int64_t* geom, int nt) {              \
+    const Geom g{geom[0], geom[1], geom[2], geom[3], geom[4], geom[5]};                             \
+    ADAPTCONV_DISPATCH(pac_taps_backward, T, g.sw, qg, xp, K, gK, gxp, C, Hp, Wp, Ho, Wo, b0, nb,   \
+                       r0, rows, g, nt);                                                            \
+  }                                                                                                 \
+  extern "C" void distance_forward_##SFX(const T* fp, const T* cen, const T* w, T* d, int64_t B,    \
+                                         int64_t G, int64_t Hp, int64_t Wp, int64_t Ho, int64_t Wo, \
+                                         const int64_t* ctaps, int64_t nct, const int64_t* geom,    \
+                                         int nt) {                                                  \
+    const Geom g{geom[0], geom[1], geom[2], geom[3], geom[4], geom[5]};                             \
+    ADAPTCONV_DISPATCH(distance_forward, T, g.sw, fp, cen, w, d, B, G, Hp, Wp, Ho, Wo, ctaps, nct,  \
+                       g, nt);                                                                      \
+  }                                                                                                 \
+  extern "C" void distance_backward_##SFX(const T* fp, const T* cen, const T* w, const T* gd,       \
+                                          T* gfp, T* gcen, T* gw_part, int64_t B, int64_t G,        \
+                                          int64_t Hp, int64_t Wp, int64_t Ho, int64_t Wo,           \
+                                          const int64_t* ctaps, int64_t nct, const int64_t* geom,   \
+                                          int nt) {                                                 \
+    const Geom g{geom[0], geom[1], geom[2], geom[3], geom[4], geom[5]};                             \
+    ADAPTCONV_DISPATCH(distance_backward, T, g.sw, fp, cen, w, gd, gfp, gcen, gw_part, B, G, Hp, Wp, \
+                       Ho, Wo, ctaps, nct, g, nt);                                                  \
+  }
+
+#define ADAPTCONV_EXPORT_FLAT(T, SFX)                                                                 \
+  extern "C" void distance_forward_flat_##SFX(const T* fp, const T* w, T* d, int64_t B, int64_t G,  \
+                                              int64_t Hp, int64_t Wp, int64_t Ho, int64_t Wo,       \
+                                              int64_t ctap, const int64_t* geom, int nt) {          \
+    distance_forward_flat<T>(fp, w, d, B, G, Hp, Wp, Ho, Wo, ctap,                                  \
+                             Geom{geom[0], geom[1], geom[2], geom[3], geom[4], geom[5]}, nt);       \
+  }                                                                                                 \
+  extern "C" void distance_backward_flat_##SFX(const T* fp, const T* w, const T* gd, T* gfp,        \
+                                               T* gw_part, int64_t B, int64_t G, int64_t Hp,        \
+                                               int64_t Wp, int64_t Ho, int64_t Wo, int64_t ctap,    \
+                                               const int64_t* geom, int nt) {                       \
+    distance_backward_flat<T>(fp, w, gd, gfp, gw_part, B, G, Hp, Wp, Ho, Wo, ctap,                  \
+                              Geom{geom[0], geom[1], geom[2], geom[3], geom[4], geom[5]}, nt);      \
+  }
+
+ADAPTCONV_EXPORT(float, f32)
+ADAPTCONV_EXPORT(double, f64)
+ADAPTCONV_EXPORT_FLAT(float, f32)
+ADAPTCONV_EXPORT_FLAT(double, f64)
+
+// The ABI version the Python side checks (bump it with any signature change).
+extern "C" int adaptconv_pac_cpu_abi() { return 1; }
