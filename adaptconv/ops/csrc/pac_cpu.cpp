@@ -244,40 +244,64 @@ void distance_backward(const T* fp, const T* cen, const T* w, const T* gd, T* gf
 
 // Stride 1 with the window's middle tap as the centre (odd kernels: PacConv2d's usual case). Then
 // tap j of output pixel (r, q) sits at a fixed offset from (r, q) in the padded plane, so a whole
-// plane is one loop over i = r·Wp + q, i < (Ho−1)·Wp + Wo: d is written on the padded width (Ho × Wp,
-// the Wp − Wo last columns of each row are junk the caller drops) and no loop is W' short.
+// plane is one loop over i = r·Wp + q, i < len = (Ho−1)·Wp + Wo: d and gd live on the padded width
+// (Ho × Wp, the Wp − Wo last columns of each row are junk: dropped from d, zero in gd), and no loop is
+// W' short. The distance is also symmetric: with δ = o_j − o_c, the mirror tap m = T−1−j has
+// o_m − o_c = −δ, and E(i) = f[i+o_j] − f[i+o_c] is tap j's difference at i and minus tap m's at
+// i + |δ|. So each pair of taps is computed once: d_j(i) = D(i), d_m(i) = D(i + |δ|) with
+// D = Σ_c w_c E², over i < len + |δ| (in bounds: |δ| ≤ o_c and len + 2·o_c = Hp·Wp).
 template <typename T>
 void distance_forward_flat(const T* fp, const T* w, T* d, int64_t B, int64_t G, int64_t Hp, int64_t Wp,
                            int64_t Ho, int64_t Wo, int64_t ctap, Geom g, int nt) {
-  const int64_t Tn = g.taps(), len = (Ho - 1) * Wp + Wo, oc = g.offset(ctap, 0, Wp);
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t bj = 0; bj < B * Tn; ++bj) {
-    const int64_t b = bj / Tn, j = bj % Tn, oj = g.offset(j, 0, Wp);
-    T* __restrict__ dr = d + bj * Ho * Wp;
-    std::fill(dr, dr + Ho * Wp, T(0));
-    if (j == ctap) continue;  // the centre's own distance is exactly 0
-    for (int64_t c = 0; c < G; ++c) {
-      const T* plane = fp + (b * G + c) * Hp * Wp;
-      const T* __restrict__ src = plane + oj;
-      const T* __restrict__ cen = plane + oc;
-      const T wc = w ? w[c] : T(1);
-      for (int64_t i = 0; i < len; ++i) {
-        const T e = src[i] - cen[i];
-        dr[i] += wc * e * e;
+  const int64_t Tn = g.taps(), len = (Ho - 1) * Wp + Wo, oc = g.offset(ctap, 0, Wp), hw = Ho * Wp;
+  std::fill(d, d + B * Tn * hw, T(0));  // the centre tap, the junk columns
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<T> dbuf(len + oc);
+#pragma omp for schedule(static)
+    for (int64_t bj = 0; bj < B * ctap; ++bj) {
+      const int64_t b = bj / ctap, j = bj % ctap, oj = g.offset(j, 0, Wp), dl = oc - oj;
+      const int64_t n = len + dl;
+      T* __restrict__ D = dbuf.data();
+      std::fill(D, D + n, T(0));
+      for (int64_t c = 0; c < G; ++c) {
+        const T* plane = fp + (b * G + c) * Hp * Wp;
+        const T* __restrict__ src = plane + oj;
+        const T* __restrict__ cen = plane + oc;
+        const T wc = w ? w[c] : T(1);
+        for (int64_t i = 0; i < n; ++i) {
+          const T e = src[i] - cen[i];
+          D[i] += wc * e * e;
+        }
       }
+      std::copy(D, D + len, d + (b * Tn + j) * hw);
+      std::copy(D + dl, D + dl + len, d + (b * Tn + Tn - 1 - j) * hw);
     }
   }
 }
 
-// Its backward; gd is on the padded width too (B × T × Ho × Wp) with zeros in the junk columns.
+// Its backward; gd on the padded width too (B × T × Ho × Wp), zero in the junk columns. Per pair,
+// G2(i) = gd_j(i) + gd_m(i − |δ|) (built once per sample), t = G2·E: tap j's position gets +2w·t, the
+// centre −2w·t, and ∂w gets Σ t·E.
 template <typename T>
 void distance_backward_flat(const T* fp, const T* w, const T* gd, T* gfp, T* gw_part, int64_t B,
                             int64_t G, int64_t Hp, int64_t Wp, int64_t Ho, int64_t Wo, int64_t ctap,
                             Geom g, int nt) {
-  const int64_t Tn = g.taps(), len = (Ho - 1) * Wp + Wo, oc = g.offset(ctap, 0, Wp);
+  const int64_t Tn = g.taps(), len = (Ho - 1) * Wp + Wo, oc = g.offset(ctap, 0, Wp), hw = Ho * Wp;
+  const int64_t span = len + oc;  // room for any pair's range
+  std::vector<T> g2(size_t(B * ctap * span));
 #pragma omp parallel num_threads(nt)
   {
-    std::vector<T> acc(len), gws(len);  // −Σ_j 2w·t (the centre's gradient), Σ_j t·e per position
+#pragma omp for schedule(static)
+    for (int64_t bj = 0; bj < B * ctap; ++bj) {
+      const int64_t b = bj / ctap, j = bj % ctap, dl = oc - g.offset(j, 0, Wp);
+      const T* gj = gd + (b * Tn + j) * hw;
+      const T* gm = gd + (b * Tn + Tn - 1 - j) * hw;
+      T* out = g2.data() + bj * span;
+      for (int64_t i = 0; i < len + dl; ++i)
+        out[i] = (i < len ? gj[i] : T(0)) + (i >= dl ? gm[i - dl] : T(0));
+    }
+    std::vector<T> acc(len + oc);  // −Σ t, to be added at the centre positions
 #pragma omp for schedule(static)
     for (int64_t bc = 0; bc < B * G; ++bc) {
       const int64_t b = bc / G, c = bc % G;
@@ -285,31 +309,28 @@ void distance_backward_flat(const T* fp, const T* w, const T* gd, T* gfp, T* gw_
       T* gplane = gfp + bc * Hp * Wp;
       const T w2 = T(2) * (w ? w[c] : T(1));
       T* __restrict__ a = acc.data();
-      T* __restrict__ gw = gws.data();
-      std::fill(a, a + len, T(0));
-      std::fill(gw, gw + len, T(0));
+      std::fill(a, a + len + oc, T(0));
       const T* __restrict__ cen = plane + oc;
-      for (int64_t j = 0; j < Tn; ++j) {
-        if (j == ctap) continue;
-        const int64_t oj = g.offset(j, 0, Wp);
+      T gw = T(0);
+      for (int64_t j = 0; j < ctap; ++j) {
+        const int64_t oj = g.offset(j, 0, Wp), n = len + oc - oj;
         const T* __restrict__ src = plane + oj;
-        const T* __restrict__ gr = gd + (b * Tn + j) * Ho * Wp;
+        const T* __restrict__ G2 = g2.data() + (b * ctap + j) * span;
         T* __restrict__ dst = gplane + oj;
-        for (int64_t i = 0; i < len; ++i) {
+        T part = T(0);
+#pragma omp simd reduction(+ : part)
+        for (int64_t i = 0; i < n; ++i) {
           const T e = src[i] - cen[i];
-          const T t = gr[i] * e;
-          gw[i] += t * e;
+          const T t = G2[i] * e;
+          part += t * e;
           dst[i] += w2 * t;
           a[i] -= w2 * t;
         }
+        gw += part;
       }
       T* __restrict__ dc = gplane + oc;
-      for (int64_t i = 0; i < len; ++i) dc[i] += a[i];
-      if (gw_part) {
-        double sum = 0.0;
-        for (int64_t i = 0; i < len; ++i) sum += double(gw[i]);
-        gw_part[bc] = T(sum);
-      }
+      for (int64_t i = 0; i < len + oc; ++i) dc[i] += a[i];
+      if (gw_part) gw_part[bc] = gw;
     }
   }
 }
