@@ -86,9 +86,15 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), _compiler_version(cxx).encode(),
                                      _cpu_signature().encode()])).hexdigest()[:16]
     cache = _cache_dir()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        if not os.access(cache, os.W_OK):
+            raise PermissionError(cache)
+    except OSError:  # a read-only home (some clusters): a private folder under the temp dir
+        cache = Path(tempfile.gettempdir()) / f"adaptconv-kernels-{os.getuid()}"
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
     lib_path = cache / f"pac_cpu-{key}.so"
     if not lib_path.exists():
-        cache.mkdir(parents=True, exist_ok=True)
         # build beside the target, then rename: concurrent workers never load a half-written file
         fd, tmp = tempfile.mkstemp(prefix=".pac_cpu-", suffix=".so", dir=cache)
         os.close(fd)

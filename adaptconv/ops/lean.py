@@ -31,9 +31,11 @@ tap ``j = a·kw + b`` of output pixel ``(i, q)`` reads the padded input at
 replicate padded.
 
 :func:`implementation` switches the operators back to the unfold reference (kept for the tests and the
-benchmarks); the default is ``"lean"``. On CUDA the PAC contraction runs the Triton kernels of
-:mod:`adaptconv.ops.triton_pac` when Triton is available; this PyTorch code is the CPU implementation
-and the fallback.
+benchmarks); the default is ``"lean"``. PAC's contraction and distance run elsewhere where they can
+(:func:`_pac_backend`): on CUDA the Triton kernels of :mod:`adaptconv.ops.triton_pac`, on the CPU the
+compiled kernels of :mod:`adaptconv.ops.cpu_pac` (same tiles, same GEMMs, the element-wise passes
+fused); this PyTorch code is the fallback for every other case, and the reference both are tested
+against.
 """
 
 from __future__ import annotations
