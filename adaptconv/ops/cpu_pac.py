@@ -45,9 +45,9 @@ ABI = 1
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 #: Tile size for the GEMMs, in elements of the K-weighted columns of one tile (C·k² × pixels), as a
 #: multiple of the PyTorch path's tile (:func:`adaptconv.ops.lean.chunk_elements`, which scales both):
-#: 16 × 2^17 float32 values = 8 MiB, which keeps a tile and its GEMM operands in the last-level cache
-#: and bounds the extra memory at any resolution. Fewer, larger tiles matter less here than there.
-TILE_FACTOR = 16
+#: 8 × 2^17 float32 values = 4 MiB, which keeps a tile and its GEMM operands in the last-level cache
+#: and bounds the extra memory at any resolution (measured: 4 and 32 were 5–10% slower, 16 a little).
+TILE_FACTOR = 8
 _OFF = [os.environ.get("ADAPTCONV_CPU_KERNELS", "1") in ("0", "", "false", "off")]
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
@@ -207,8 +207,10 @@ def _tiles(b: int, ho: int, wo: int, per_pixel: int):
 
 # --------------------------------------------------------------------------------------------------
 # PAC:  y[b,o,p] = Σ_j Σ_c W[o,c,j] · K[b,j,p] · x_j[b,c,p] + bias[o]
-def pac_forward(x, kernel, weight, bias, geom, groups: int) -> torch.Tensor:
-    """Per tile: the K-weighted columns (one kernel pass), then one GEMM with the weight."""
+def pac_forward(x, kernel, weight, bias, geom, groups: int, keep_padded: bool = False):
+    """Per tile: the K-weighted columns (one kernel pass), then one GEMM with the weight. With
+    ``keep_padded`` returns ``(y, xp)``: the zero-padded input, which the backward pass takes instead
+    of padding ``x`` again (the autograd Function saves it in place of ``x``)."""
     from .lean import _gemm_tile
 
     b, c, h, w = x.shape
@@ -230,33 +232,35 @@ def pac_forward(x, kernel, weight, bias, geom, groups: int) -> torch.Tensor:
         _gemm_tile(y, w2, cols.view(g, cg * t, n), b0, b1, r0, r1, abuf)
     if bias is not None:
         y += bias.view(1, -1, 1, 1)
-    return y
+    return (y, xp) if keep_padded else y
 
 
-def pac_backward(x, kernel, weight, gy, geom, groups: int, need_x: bool, need_k: bool, need_w: bool):
+def pac_backward(x, kernel, weight, gy, geom, groups: int, need_x: bool, need_k: bool, need_w: bool,
+                 xp: torch.Tensor | None = None):
     """Per tile: ∂W from the recomputed columns (one GEMM); q = Wᵀ·gy for all taps (one GEMM), then
-    ∂K and ∂x from q in one kernel call."""
+    ∂K and ∂x from q in one kernel call. ``xp`` (the forward's padded input) replaces ``x``."""
     from .lean import _tile_out
 
-    b, c, h, w = x.shape
+    top, bottom, left, right = geom.pads
+    if xp is None:
+        xp = _pad(x, geom.pads, "constant")
+    b, c, hp, wp = xp.shape
+    h, w = hp - top - bottom, wp - left - right
     o, t = weight.shape[0], geom.taps
     g, cg, og = groups, c // groups, o // groups
     ho, wo = geom.out_size(h, w)
-    top, _, left, _ = geom.pads
-    xp = _pad(x, geom.pads, "constant")
     k = kernel.contiguous()
-    hp, wp = xp.shape[-2:]
     w2 = weight.reshape(g, og, cg * t)
     w2t = w2.transpose(1, 2)
     gxp = torch.zeros_like(xp) if need_x else None
-    gk = x.new_empty(b, t, ho, wo) if need_k else None
-    gw2 = x.new_zeros(g, og, cg * t) if need_w else None
+    gk = xp.new_empty(b, t, ho, wo) if need_k else None
+    gw2 = xp.new_zeros(g, og, cg * t) if need_w else None
     chunks, most = _tiles(b, ho, wo, c * t)
-    cbuf = x.new_empty(c * t * most) if need_w else None
-    qbuf = x.new_empty(c * t * most) if (need_x or need_k) else None
-    gbuf = x.new_empty(o * most)
+    cbuf = xp.new_empty(c * t * most) if need_w else None
+    qbuf = xp.new_empty(c * t * most) if (need_x or need_k) else None
+    gbuf = xp.new_empty(o * most)
     ga, nt = _geom_array(geom), torch.get_num_threads()
-    cols_fn, taps_fn = _fn("pac_cols", x.dtype), _fn("pac_taps_backward", x.dtype)
+    cols_fn, taps_fn = _fn("pac_cols", xp.dtype), _fn("pac_taps_backward", xp.dtype)
     for b0, b1, r0, r1 in chunks:
         nb, rows = b1 - b0, r1 - r0
         n = nb * rows * wo
@@ -293,7 +297,13 @@ def _flat(geom, centre) -> bool:
     return centre is None and (sh, sw) == (1, 1) and kh % 2 == 1 and kw % 2 == 1
 
 
-def distance_forward(guide, centre, scale, geom) -> torch.Tensor:
+def distance_forward(guide, centre, scale, geom, keep_padded: bool = False):
+    """d (B×T×H'×W'); with ``keep_padded`` ``(d, fp)``, the replicate-padded guide, for the backward."""
+    d, fp = _distance_forward(guide, centre, scale, geom)
+    return (d, fp) if keep_padded else d
+
+
+def _distance_forward(guide, centre, scale, geom):
     b, cg_, h, w = guide.shape
     ho, wo = geom.out_size(h, w)
     fp = _pad(guide, geom.pads, "replicate")
@@ -304,35 +314,39 @@ def distance_forward(guide, centre, scale, geom) -> torch.Tensor:
         d = guide.new_empty(b, geom.taps, ho, wp)
         _fn("distance_forward_flat", guide.dtype)(_ptr(fp), _ptr(s), _ptr(d), b, cg_, hp, wp, ho, wo,
                                                   geom.taps // 2, ga, nt)
-        return d[..., :wo].contiguous()
+        return d[..., :wo].contiguous(), fp
     cen = None if centre is None else centre.contiguous()
     d = guide.new_empty(b, geom.taps, ho, wo)
     ctaps, nct = _centre_taps(geom)
     _fn("distance_forward", guide.dtype)(_ptr(fp), _ptr(cen), _ptr(s), _ptr(d), b, cg_, hp, wp, ho, wo,
                                          ctaps, nct, ga, nt)
-    return d
+    return d, fp
 
 
-def distance_backward(guide, centre, scale, gd, geom, need_f: bool, need_c: bool, need_s: bool):
-    b, cg_, h, w = guide.shape
+def distance_backward(guide, centre, scale, gd, geom, need_f: bool, need_c: bool, need_s: bool,
+                      fp: torch.Tensor | None = None):
+    """∂guide, ∂centre, ∂scale; ``fp`` (the forward's padded guide) replaces ``guide``."""
+    top, bottom, left, right = geom.pads
+    if fp is None:
+        fp = _pad(guide, geom.pads, "replicate")
+    b, cg_, hp, wp = fp.shape
+    h, w = hp - top - bottom, wp - left - right
     ho, wo = geom.out_size(h, w)
-    fp = _pad(guide, geom.pads, "replicate")
-    hp, wp = fp.shape[-2:]
     s = None if scale is None else scale.contiguous()
     gfp = torch.zeros_like(fp)  # also where an internal centre's gradient goes
-    gs_part = guide.new_empty(b, cg_) if (need_s and s is not None) else None
+    gs_part = fp.new_empty(b, cg_) if (need_s and s is not None) else None
     ga, nt = _geom_array(geom), torch.get_num_threads()
     gcen = None
     if _flat(geom, centre):
         gdw = F.pad(gd, (0, wp - wo)).contiguous()  # on the padded width, zero in the junk columns
-        _fn("distance_backward_flat", guide.dtype)(_ptr(fp), _ptr(s), _ptr(gdw), _ptr(gfp), _ptr(gs_part),
+        _fn("distance_backward_flat", fp.dtype)(_ptr(fp), _ptr(s), _ptr(gdw), _ptr(gfp), _ptr(gs_part),
                                                    b, cg_, hp, wp, ho, wo, geom.taps // 2, ga, nt)
     else:
         cen = None if centre is None else centre.contiguous()
         gcen = torch.empty_like(cen) if (cen is not None and need_c) else None
         gd = gd.contiguous()
         ctaps, nct = _centre_taps(geom)
-        _fn("distance_backward", guide.dtype)(
+        _fn("distance_backward", fp.dtype)(
             _ptr(fp), _ptr(cen), _ptr(s), _ptr(gd), _ptr(gfp), _ptr(gcen), _ptr(gs_part), b, cg_, hp, wp,
             ho, wo, ctaps, nct, ga, nt)
     gf = _fold_replicate(gfp, geom.pads, h, w) if need_f else None

@@ -386,8 +386,13 @@ class _PacContract(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel, weight, bias, geom, groups):
         ctx.geom, ctx.groups, ctx.has_bias = geom, groups, bias is not None
-        ctx.save_for_backward(x, kernel, weight)
         ctx.backend = _pac_backend(x, kernel, weight, bias)
+        ctx.padded = ctx.backend.__name__.endswith(".cpu_pac")
+        if ctx.padded:  # the compiled kernels read the padded input: keep it rather than pad x twice
+            y, xp = ctx.backend.pac_forward(x, kernel, weight, bias, geom, groups, keep_padded=True)
+            ctx.save_for_backward(xp, kernel, weight)
+            return y
+        ctx.save_for_backward(x, kernel, weight)
         return ctx.backend.pac_forward(x, kernel, weight, bias, geom, groups)
 
     @staticmethod
@@ -395,7 +400,10 @@ class _PacContract(torch.autograd.Function):
     def backward(ctx, gy):
         x, kernel, weight = ctx.saved_tensors
         nx, nk, nw, nb = ctx.needs_input_grad[:4]
-        gx, gk, gw = ctx.backend.pac_backward(x, kernel, weight, gy, ctx.geom, ctx.groups, nx, nk, nw)
+        if ctx.padded:
+            gx, gk, gw = ctx.backend.pac_backward(None, kernel, weight, gy, ctx.geom, ctx.groups, nx, nk, nw, xp=x)
+        else:
+            gx, gk, gw = ctx.backend.pac_backward(x, kernel, weight, gy, ctx.geom, ctx.groups, nx, nk, nw)
         gb = gy.sum((0, 2, 3)) if ctx.has_bias and nb else None
         return gx, gk, gw, gb, None, None
 
@@ -599,19 +607,29 @@ class _PacDistance(torch.autograd.Function):
     @staticmethod
     def forward(ctx, guide, centre, scale, geom):
         ctx.geom = geom
-        ctx.save_for_backward(guide, centre, scale)
         from . import cpu_pac
 
-        ctx.backend = cpu_pac if cpu_pac.usable(guide, centre, scale) else sys.modules[__name__]
-        return ctx.backend.distance_forward(guide, centre, scale, geom)
+        ctx.compiled = cpu_pac.usable(guide, centre, scale)
+        if ctx.compiled:  # the kernels read the replicate-padded guide: keep it for the backward
+            d, fp = cpu_pac.distance_forward(guide, centre, scale, geom, keep_padded=True)
+            ctx.save_for_backward(fp, centre, scale)
+            return d
+        ctx.save_for_backward(guide, centre, scale)
+        return distance_forward(guide, centre, scale, geom)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gd):
         guide, centre, scale = ctx.saved_tensors
         nf, nc, ns = ctx.needs_input_grad[:3]
-        gf, gc, gs = ctx.backend.distance_backward(guide, centre, scale, gd.contiguous(), ctx.geom, nf, nc,
-                                                   ns and scale is not None)
+        if ctx.compiled:
+            from . import cpu_pac
+
+            gf, gc, gs = cpu_pac.distance_backward(None, centre, scale, gd, ctx.geom, nf, nc,
+                                                   ns and scale is not None, fp=guide)
+        else:
+            gf, gc, gs = distance_backward(guide, centre, scale, gd.contiguous(), ctx.geom, nf, nc,
+                                           ns and scale is not None)
         return gf, gc, gs, None
 
 
