@@ -41,7 +41,7 @@ __all__ = ["available", "usable", "disabled", "status", "pac_forward", "pac_back
            "distance_forward", "distance_backward"]
 
 SOURCE = Path(__file__).parent / "csrc" / "pac_cpu.cpp"
-ABI = 1
+ABI = 2
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 #: Tile size for the GEMMs, in elements of the K-weighted columns of one tile (C·k² × pixels), as a
 #: multiple of the PyTorch path's tile (:func:`adaptconv.ops.lean.chunk_elements`, which scales both):
@@ -124,8 +124,10 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"distance_backward_{sfx}").argtypes = [p] * 7 + [i64] * 6 + [p, i64, p, i32]
         getattr(lib, f"distance_forward_flat_{sfx}").argtypes = [p] * 3 + [i64] * 7 + [p, i32]
         getattr(lib, f"distance_backward_flat_{sfx}").argtypes = [p] * 5 + [i64] * 7 + [p, i32]
+        getattr(lib, f"pad_planes_{sfx}").argtypes = [p, p] + [i64] * 7 + [i32, i32]
+        getattr(lib, f"unpad_planes_{sfx}").argtypes = [p, p] + [i64] * 7 + [i32, i32]
         for name in ("pac_cols", "pac_taps_backward", "distance_forward", "distance_backward",
-                     "distance_forward_flat", "distance_backward_flat"):
+                     "distance_forward_flat", "distance_backward_flat", "pad_planes", "unpad_planes"):
             getattr(lib, f"{name}_{sfx}").restype = None
 
 
@@ -191,10 +193,28 @@ def _geom_array(geom) -> ctypes.Array:
 
 
 def _pad(t: torch.Tensor, pads, mode: str) -> torch.Tensor:
+    """``t`` padded by zeros (mode "constant") or replication, in one pass (F.pad fills, then copies)."""
+    top, bottom, left, right = pads
+    t = t.contiguous()
+    if not any(pads):
+        return t
+    b, c, h, w = t.shape
+    out = t.new_empty(b, c, h + top + bottom, w + left + right)
+    _fn("pad_planes", t.dtype)(_ptr(t), _ptr(out), b * c, h, w, top, left, *out.shape[-2:],
+                               int(mode == "replicate"), torch.get_num_threads())
+    return out
+
+
+def _unpad(tp: torch.Tensor, pads, fold: bool) -> torch.Tensor:
+    """The image part of a padded gradient, or with ``fold`` the adjoint of replicate padding."""
     top, bottom, left, right = pads
     if not any(pads):
-        return t.contiguous()
-    return F.pad(t, (left, right, top, bottom), mode=mode).contiguous()
+        return tp
+    b, c, hp, wp = tp.shape
+    out = tp.new_empty(b, c, hp - top - bottom, wp - left - right)
+    _fn("unpad_planes", tp.dtype)(_ptr(tp), _ptr(out), b * c, *out.shape[-2:], top, left, hp, wp, int(fold),
+                                  torch.get_num_threads())
+    return out
 
 
 def _tiles(b: int, ho: int, wo: int, per_pixel: int):
@@ -277,7 +297,7 @@ def pac_backward(x, kernel, weight, gy, geom, groups: int, need_x: bool, need_k:
             q = qbuf[: c * t * n].view(g, cg * t, n)
             torch.bmm(w2t, gyc, out=q)
             taps_fn(_ptr(q), _ptr(xp), _ptr(k), _ptr(gk), _ptr(gxp), *tile)
-    gx = gxp[:, :, top: top + h, left: left + w] if need_x else None
+    gx = _unpad(gxp, geom.pads, fold=False) if need_x else None
     gw = gw2.view(weight.shape) if need_w else None
     return gx, gk, gw
 
@@ -349,22 +369,6 @@ def distance_backward(guide, centre, scale, gd, geom, need_f: bool, need_c: bool
         _fn("distance_backward", fp.dtype)(
             _ptr(fp), _ptr(cen), _ptr(s), _ptr(gd), _ptr(gfp), _ptr(gcen), _ptr(gs_part), b, cg_, hp, wp,
             ho, wo, ctaps, nct, ga, nt)
-    gf = _fold_replicate(gfp, geom.pads, h, w) if need_f else None
+    gf = _unpad(gfp, geom.pads, fold=True) if need_f else None
     gs = None if gs_part is None else gs_part.sum(0)
     return gf, gcen, gs
-
-
-def _fold_replicate(gp: torch.Tensor, pads, h: int, w: int) -> torch.Tensor:
-    """The adjoint of replicate padding, in place on the padded gradient: the padded columns add into
-    the image's first/last column (on every row, corners included), then the padded rows into its
-    first/last row; returns the image part (a view)."""
-    top, bottom, left, right = pads
-    if left:
-        gp[..., left: left + 1] += gp[..., :left].sum(-1, keepdim=True)
-    if right:
-        gp[..., left + w - 1: left + w] += gp[..., left + w:].sum(-1, keepdim=True)
-    if top:
-        gp[..., top: top + 1, :] += gp[..., :top, :].sum(-2, keepdim=True)
-    if bottom:
-        gp[..., top + h - 1: top + h, :] += gp[..., top + h:, :].sum(-2, keepdim=True)
-    return gp[..., top: top + h, left: left + w]

@@ -335,6 +335,59 @@ void distance_backward_flat(const T* fp, const T* w, const T* gd, T* gfp, T* gw_
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Padding and its adjoint, one pass per plane (P = B·C planes of H × W; the padded ones Hp × Wp).
+
+// dst = src padded by zeros (replicate = 0) or by repeating the edge (replicate = 1).
+template <typename T>
+void pad_planes(const T* src, T* dst, int64_t P, int64_t H, int64_t W, int64_t top, int64_t left,
+                int64_t Hp, int64_t Wp, int replicate, int nt) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t pl = 0; pl < P; ++pl) {
+    const T* s = src + pl * H * W;
+    T* d = dst + pl * Hp * Wp;
+    for (int64_t r = 0; r < Hp; ++r) {
+      T* dr = d + r * Wp;
+      const int64_t ir = r - top;
+      if (!replicate && (ir < 0 || ir >= H)) {
+        std::fill(dr, dr + Wp, T(0));
+        continue;
+      }
+      const T* sr = s + std::min(std::max(ir, int64_t(0)), H - 1) * W;
+      const T lv = replicate ? sr[0] : T(0), rv = replicate ? sr[W - 1] : T(0);
+      for (int64_t q = 0; q < left; ++q) dr[q] = lv;
+      std::copy(sr, sr + W, dr + left);
+      for (int64_t q = left + W; q < Wp; ++q) dr[q] = rv;
+    }
+  }
+}
+
+// dst = the image part of src (fold = 0), or the adjoint of replicate padding (fold = 1): each padded
+// value added into the edge pixel it was copied from.
+template <typename T>
+void unpad_planes(const T* src, T* dst, int64_t P, int64_t H, int64_t W, int64_t top, int64_t left,
+                  int64_t Hp, int64_t Wp, int fold, int nt) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t pl = 0; pl < P; ++pl) {
+    const T* s = src + pl * Hp * Wp;
+    T* d = dst + pl * H * W;
+    for (int64_t r = 0; r < H; ++r) std::copy(s + (r + top) * Wp + left, s + (r + top) * Wp + left + W, d + r * W);
+    if (!fold) continue;
+    for (int64_t r = 0; r < Hp; ++r) {  // padded columns (every padded row too), into the edge columns
+      const int64_t ir = std::min(std::max(r - top, int64_t(0)), H - 1);
+      const bool inside = r >= top && r < top + H;
+      T lsum = T(0), rsum = T(0);
+      for (int64_t q = 0; q < left; ++q) lsum += s[r * Wp + q];
+      for (int64_t q = left + W; q < Wp; ++q) rsum += s[r * Wp + q];
+      if (!inside) {  // a padded row: all of it folds into the edge row
+        for (int64_t q = 0; q < W; ++q) d[ir * W + q] += s[r * Wp + left + q];
+      }
+      d[ir * W] += lsum;
+      d[ir * W + W - 1] += rsum;
+    }
+  }
+}
+
 // Run f<T, true> for unit column stride, f<T, false> otherwise.
 #define ADAPTCONV_DISPATCH(fn, T, sw, ...) \
   ((sw) == 1 ? fn<T, true>(__VA_ARGS__) : fn<T, false>(__VA_ARGS__))
@@ -391,10 +444,24 @@ void distance_backward_flat(const T* fp, const T* w, const T* gd, T* gfp, T* gw_
                               Geom{geom[0], geom[1], geom[2], geom[3], geom[4], geom[5]}, nt);      \
   }
 
+#define ADAPTCONV_EXPORT_PAD(T, SFX)                                                                  \
+  extern "C" void pad_planes_##SFX(const T* src, T* dst, int64_t P, int64_t H, int64_t W,          \
+                                   int64_t top, int64_t left, int64_t Hp, int64_t Wp, int replicate,\
+                                   int nt) {                                                        \
+    pad_planes<T>(src, dst, P, H, W, top, left, Hp, Wp, replicate, nt);                             \
+  }                                                                                                 \
+  extern "C" void unpad_planes_##SFX(const T* src, T* dst, int64_t P, int64_t H, int64_t W,        \
+                                     int64_t top, int64_t left, int64_t Hp, int64_t Wp, int fold,   \
+                                     int nt) {                                                      \
+    unpad_planes<T>(src, dst, P, H, W, top, left, Hp, Wp, fold, nt);                                \
+  }
+
 ADAPTCONV_EXPORT(float, f32)
 ADAPTCONV_EXPORT(double, f64)
 ADAPTCONV_EXPORT_FLAT(float, f32)
 ADAPTCONV_EXPORT_FLAT(double, f64)
+ADAPTCONV_EXPORT_PAD(float, f32)
+ADAPTCONV_EXPORT_PAD(double, f64)
 
 // The ABI version the Python side checks (bump it with any signature change).
-extern "C" int adaptconv_pac_cpu_abi() { return 1; }
+extern "C" int adaptconv_pac_cpu_abi() { return 2; }
