@@ -41,7 +41,7 @@ __all__ = ["available", "usable", "disabled", "status", "pac_forward", "pac_back
            "distance_forward", "distance_backward"]
 
 SOURCE = Path(__file__).parent / "csrc" / "pac_cpu.cpp"
-ABI = 2
+ABI = 3
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 #: Tile size for the GEMMs, in elements of the K-weighted columns of one tile (C·k² × pixels), as a
 #: multiple of the PyTorch path's tile (:func:`adaptconv.ops.lean.chunk_elements`, which scales both):
@@ -119,7 +119,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for sfx in _SUFFIX.values():
         getattr(lib, f"pac_cols_{sfx}").argtypes = [p, p, p] + [i64] * 9 + [p, i32]
-        getattr(lib, f"pac_taps_backward_{sfx}").argtypes = [p] * 5 + [i64] * 9 + [p, i32]
+        getattr(lib, f"pac_taps_backward_{sfx}").argtypes = [p] * 5 + [i64] * 9 + [i32, p, i32]
         getattr(lib, f"distance_forward_{sfx}").argtypes = [p] * 4 + [i64] * 6 + [p, i64, p, i32]
         getattr(lib, f"distance_backward_{sfx}").argtypes = [p] * 7 + [i64] * 6 + [p, i64, p, i32]
         getattr(lib, f"distance_forward_flat_{sfx}").argtypes = [p] * 3 + [i64] * 7 + [p, i32]
@@ -272,7 +272,7 @@ def pac_backward(x, kernel, weight, gy, geom, groups: int, need_x: bool, need_k:
     k = kernel.contiguous()
     w2 = weight.reshape(g, og, cg * t)
     w2t = w2.transpose(1, 2)
-    gxp = torch.zeros_like(xp) if need_x else None
+    gxp = torch.empty_like(xp) if need_x else None  # zeroed by the kernel, sample by sample
     gk = xp.new_empty(b, t, ho, wo) if need_k else None
     gw2 = xp.new_zeros(g, og, cg * t) if need_w else None
     chunks, most = _tiles(b, ho, wo, c * t)
@@ -296,7 +296,7 @@ def pac_backward(x, kernel, weight, gy, geom, groups: int, need_x: bool, need_k:
         if need_x or need_k:
             q = qbuf[: c * t * n].view(g, cg * t, n)
             torch.bmm(w2t, gyc, out=q)
-            taps_fn(_ptr(q), _ptr(xp), _ptr(k), _ptr(gk), _ptr(gxp), *tile)
+            taps_fn(_ptr(q), _ptr(xp), _ptr(k), _ptr(gk), _ptr(gxp), *tile[:-2], int(r0 == 0), *tile[-2:])
     gx = _unpad(gxp, geom.pads, fold=False) if need_x else None
     gw = gw2.view(weight.shape) if need_w else None
     return gx, gk, gw
@@ -353,7 +353,7 @@ def distance_backward(guide, centre, scale, gd, geom, need_f: bool, need_c: bool
     h, w = hp - top - bottom, wp - left - right
     ho, wo = geom.out_size(h, w)
     s = None if scale is None else scale.contiguous()
-    gfp = torch.zeros_like(fp)  # also where an internal centre's gradient goes
+    gfp = torch.empty_like(fp)  # written whole by the kernels; an internal centre's gradient goes here too
     gs_part = fp.new_empty(b, cg_) if (need_s and s is not None) else None
     ga, nt = _geom_array(geom), torch.get_num_threads()
     gcen = None

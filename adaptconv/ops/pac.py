@@ -95,7 +95,13 @@ def kernel_from_distance(
 ) -> torch.Tensor:
     """K from the scaled squared feature distances ``dist2`` (taps along ``dim``)."""
     if kernel_type == "gaussian":
-        kernel = torch.exp(-0.5 * dist2)
+        arg = -0.5 * dist2
+        if arg.dtype != torch.float16:
+            # Below this floor exp() would be flushed to 0 by _flush_tiny anyway; clamping first keeps
+            # exp() off subnormal results, which run ~50× slower on CPUs (3.4 ms instead of 0.07 ms
+            # for a B=8, 56×56 kernel). The clamped entries' gradient is 0, as the flush makes it.
+            arg = arg.clamp(min=math.log(math.sqrt(torch.finfo(arg.dtype).tiny)) - 1.0)
+        kernel = torch.exp(arg)
     elif kernel_type == "inv":
         alpha = inv_alpha.clamp(min=1e-4) if isinstance(inv_alpha, torch.Tensor) else inv_alpha
         lam = inv_lambda.clamp(min=0) if isinstance(inv_lambda, torch.Tensor) else inv_lambda

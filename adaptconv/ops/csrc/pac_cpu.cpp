@@ -65,11 +65,12 @@ void pac_cols(const T* xp, const T* K, T* cols, int64_t C, int64_t Hp, int64_t W
 //   gxp[s, c, tap j of (r, q)] += K[s, j, r, q] · qg[c, j, s, r, q] (gxp may be null)
 // One pass over qg, parallel over (sample, channel): each thread sums its channels' share of gK in
 // its own buffer (tile-sized: T × nb × rows × Wo), and the buffers are added at the end.
-// Tiles of one sample overlap in gxp (the halo rows): the caller runs them one after another.
+// Tiles of one sample overlap in gxp (the halo rows): the caller runs them one after another, the
+// first one (zero = 1) zeroing the sample's planes, which saves a pass over gxp.
 template <typename T, bool Unit>
 void pac_taps_backward(const T* qg, const T* xp, const T* K, T* gK, T* gxp, int64_t C, int64_t Hp,
                        int64_t Wp, int64_t Ho, int64_t Wo, int64_t b0, int64_t nb, int64_t r0,
-                       int64_t rows, Geom g, int nt) {
+                       int64_t rows, int zero, Geom g, int nt) {
   const int64_t Tn = g.taps(), n = nb * rows * Wo, sw = g.sw, plane = Hp * Wp;
   const int64_t part_size = gK ? Tn * n : 0;  // layout T × nb × rows × Wo
   std::vector<T> parts(size_t(nt) * part_size);
@@ -83,6 +84,7 @@ void pac_taps_backward(const T* qg, const T* xp, const T* K, T* gK, T* gxp, int6
       const int64_t s = sc / C, c = sc % C;
       const T* xplane = xp + ((b0 + s) * C + c) * plane;
       T* gplane = gxp ? gxp + ((b0 + s) * C + c) * plane : nullptr;
+      if (gplane && zero) std::fill(gplane, gplane + plane, T(0));  // the sample's first tile
       for (int64_t j = 0; j < Tn; ++j) {
         const T* __restrict__ qr = qg + (c * Tn + j) * n + s * rows * Wo;
         const T* __restrict__ k = K + (((b0 + s) * Tn + j) * Ho + r0) * Wo;
@@ -183,7 +185,7 @@ void distance_forward(const T* fp, const T* cen, const T* w, T* d, int64_t B, in
 // Backward of distance_forward for gd = ∂L/∂d (B × T × Ho × Wo). With t = gd_j · (f_j − c):
 //   gfp at tap j += 2 w_c t;   ∂centre = −2 w_c Σ_j t (into gcen when the centre is explicit, else
 //   into gfp at the middle taps);  gw_part[b, c] = Σ_j Σ_p t · (f_j − c)  (the caller sums over b).
-// gfp (B × G × Hp × Wp) must be zeroed by the caller; gcen (dropped: no gradient wanted for an
+// gfp (B × G × Hp × Wp) is written whole (each plane zeroed first); gcen (dropped: no gradient wanted for an
 // explicit centre) and gw_part may be null.
 template <typename T, bool Unit>
 void distance_backward(const T* fp, const T* cen, const T* w, const T* gd, T* gfp, T* gcen,
@@ -200,6 +202,7 @@ void distance_backward(const T* fp, const T* cen, const T* w, const T* gd, T* gf
       for (int64_t c = 0; c < G; ++c) {
         const T* plane = fp + (b * G + c) * Hp * Wp;
         T* gplane = gfp + (b * G + c) * Hp * Wp;
+        std::fill(gplane, gplane + Hp * Wp, T(0));
         const T w2 = T(2) * (w ? w[c] : T(1));
         std::fill(acc.begin(), acc.end(), T(0));
         std::fill(gwrow.begin(), gwrow.end(), T(0));
@@ -307,6 +310,7 @@ void distance_backward_flat(const T* fp, const T* w, const T* gd, T* gfp, T* gw_
       const int64_t b = bc / G, c = bc % G;
       const T* plane = fp + bc * Hp * Wp;
       T* gplane = gfp + bc * Hp * Wp;
+      std::fill(gplane, gplane + Hp * Wp, T(0));
       const T w2 = T(2) * (w ? w[c] : T(1));
       T* __restrict__ a = acc.data();
       std::fill(a, a + len + oc, T(0));
@@ -406,10 +410,10 @@ void unpad_planes(const T* src, T* dst, int64_t P, int64_t H, int64_t W, int64_t
   extern "C" void pac_taps_backward_##SFX(const T* qg, const T* xp, const T* K, T* gK, T* gxp,      \
                                           int64_t C, int64_t Hp, int64_t Wp, int64_t Ho,            \
                                           int64_t Wo, int64_t b0, int64_t nb, int64_t r0,           \
-                                          int64_t rows, const int64_t* geom, int nt) {              \
+                                          int64_t rows, int zero, const int64_t* geom, int nt) {    \
     const Geom g{geom[0], geom[1], geom[2], geom[3], geom[4], geom[5]};                             \
     ADAPTCONV_DISPATCH(pac_taps_backward, T, g.sw, qg, xp, K, gK, gxp, C, Hp, Wp, Ho, Wo, b0, nb,   \
-                       r0, rows, g, nt);                                                            \
+                       r0, rows, zero, g, nt);                                                      \
   }                                                                                                 \
   extern "C" void distance_forward_##SFX(const T* fp, const T* cen, const T* w, T* d, int64_t B,    \
                                          int64_t G, int64_t Hp, int64_t Wp, int64_t Ho, int64_t Wo, \
@@ -464,4 +468,4 @@ ADAPTCONV_EXPORT_PAD(float, f32)
 ADAPTCONV_EXPORT_PAD(double, f64)
 
 // The ABI version the Python side checks (bump it with any signature change).
-extern "C" int adaptconv_pac_cpu_abi() { return 2; }
+extern "C" int adaptconv_pac_cpu_abi() { return 3; }
