@@ -58,7 +58,7 @@ def _safe(fn, default=None):
 def _pac_cpu_kernels() -> str:
     from adaptconv.ops import cpu_pac
 
-    return cpu_pac.status(build=False)
+    return cpu_pac.status()
 
 
 def backend_flags() -> dict[str, Any]:

@@ -154,13 +154,12 @@ def available() -> bool:
     return not _OFF[0] and _library()[0] is not None
 
 
-def status(build: bool = True) -> str:
-    """For the trial's environment record: "on (built …)", "off (…)", "unavailable (…)", or with
-    ``build=False`` "not loaded" when nothing has needed them in this process yet."""
+def status() -> str:
+    """For the trial's environment record: "on (built …)", "off (…)" or "unavailable (…)". Loads the
+    library (building it if this machine has no copy yet, once), so every record of a machine says the
+    same whether or not its trial ran PAC."""
     if _OFF[0]:
         return "off (ADAPTCONV_CPU_KERNELS=0 or disabled())"
-    if not build and _library.cache_info().currsize == 0:
-        return "not loaded (no PAC layer ran on the CPU in this process)"
     lib, how = _library()
     return ("on " if lib is not None else "unavailable ") + f"({how})"
 

@@ -190,7 +190,7 @@ def _environment(env: dict) -> dict[str, Any]:
         "env.hostname": env.get("hostname"), "env.precision": env.get("precision"),
         "env.slurm_job_id": slurm.get("job_id") or slurm.get("SLURM_JOB_ID"),
         "env.timestamp": env.get("timestamp_utc"),
-        # "on" / "off" / "unavailable" / "not loaded": whether PAC ran on its compiled CPU kernels
+        # "on" / "off" / "unavailable": whether PAC on the CPU runs its compiled kernels (cpu_pac)
         "env.pac_cpu_kernels": (str((env.get("backends") or {}).get("pac_cpu_kernels") or "").split(" (")[0]
                                 or None),
     }

@@ -103,3 +103,19 @@ def test_nvidia_smi_output_is_parsed(monkeypatch):
                                         ("x", "x"), (None, None)])
 def test_names(value, name):
     assert env_mod._name(value) == name
+
+
+def test_environment_says_whether_pac_runs_compiled_cpu_kernels():
+    """A CPU timing of PAC depends on it; collect keeps the first word for the report's table."""
+    from adaptconv.ops import cpu_pac
+    from adaptconv.results.collect import _environment
+
+    env = environment()
+    status = env["backends"]["pac_cpu_kernels"]
+    assert status == cpu_pac.status()
+    assert status.split(" (")[0] in ("on", "unavailable")
+    assert _environment(env)["env.pac_cpu_kernels"] == status.split(" (")[0]
+    with cpu_pac.disabled():
+        off = environment()
+    assert _environment(off)["env.pac_cpu_kernels"] == "off"
+    assert _environment({})["env.pac_cpu_kernels"] is None  # records from before the key
