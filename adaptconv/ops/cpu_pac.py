@@ -293,15 +293,16 @@ def pac_backward(x, kernel, weight, gy, geom, groups: int, need_x: bool, need_k:
         if gyc is None:
             gyc = gbuf[: o * n].view(g, og, n)
             gyc.view(o, nb, rows, wo).copy_(gy[b0:b1, :, r0:r1].transpose(0, 1))
-        tile = (c, hp, wp, ho, wo, b0, nb, r0, rows, ga, nt)
+        tile = (c, hp, wp, ho, wo, b0, nb, r0, rows)
         if need_w:
             cols = cbuf[: c * t * n]
-            cols_fn(_ptr(xp), _ptr(k), _ptr(cols), *tile)
+            cols_fn(_ptr(xp), _ptr(k), _ptr(cols), *tile, ga, nt)
             gw2.baddbmm_(gyc, cols.view(g, cg * t, n).transpose(1, 2))
         if need_x or need_k:
             q = qbuf[: c * t * n].view(g, cg * t, n)
             torch.bmm(w2t, gyc, out=q)
-            taps_fn(_ptr(q), _ptr(xp), _ptr(k), _ptr(gk), _ptr(gxp), *tile[:-2], int(r0 == 0), *tile[-2:])
+            # the sample's first tile (r0 = 0) zeroes its ∂x planes before accumulating
+            taps_fn(_ptr(q), _ptr(xp), _ptr(k), _ptr(gk), _ptr(gxp), *tile, int(r0 == 0), ga, nt)
     gx = _unpad(gxp, geom.pads, fold=False) if need_x else None
     gw = gw2.view(weight.shape) if need_w else None
     return gx, gk, gw
@@ -309,7 +310,7 @@ def pac_backward(x, kernel, weight, gy, geom, groups: int, need_x: bool, need_k:
 
 # --------------------------------------------------------------------------------------------------
 # PAC's adapting-kernel distance:  d[b,j,p] = Σ_g γ_g (f_j[b,g,p] − c[b,g,p])²
-def _centre_taps(geom) -> ctypes.Array:
+def _centre_taps(geom) -> tuple[ctypes.Array, int]:
     from .lean import _centre_taps
 
     taps = _centre_taps(geom)
@@ -317,9 +318,11 @@ def _centre_taps(geom) -> ctypes.Array:
 
 
 def _flat(geom, centre) -> bool:
-    """The flat kernels apply: stride 1, odd kernel, the window's middle tap as the centre."""
-    (kh, kw), (sh, sw) = geom.kernel_size, geom.stride
-    return centre is None and (sh, sw) == (1, 1) and kh % 2 == 1 and kw % 2 == 1
+    """The flat (pairwise) kernels apply where the PyTorch path's pairs do: stride 1, odd kernel of
+    more than one tap, the window's middle tap as the centre."""
+    from .lean import _symmetric
+
+    return _symmetric(geom, centre)
 
 
 def distance_forward(guide, centre, scale, geom, keep_padded: bool = False):

@@ -51,6 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from . import cpu_pac
+
 __all__ = [
     "Geometry", "geometry", "implementation", "get_implementation", "chunk_elements",
     "pac_contract", "pac_distance", "dynamic_filter", "paka_contract", "acda_contract",
@@ -375,8 +377,6 @@ def _pac_backend(*tensors):
         from . import triton_pac
 
         return triton_pac
-    from . import cpu_pac
-
     if cpu_pac.usable(*tensors):
         return cpu_pac
     return sys.modules[__name__]
@@ -387,7 +387,7 @@ class _PacContract(torch.autograd.Function):
     def forward(ctx, x, kernel, weight, bias, geom, groups):
         ctx.geom, ctx.groups, ctx.has_bias = geom, groups, bias is not None
         ctx.backend = _pac_backend(x, kernel, weight, bias)
-        ctx.padded = ctx.backend.__name__.endswith(".cpu_pac")
+        ctx.padded = ctx.backend is cpu_pac
         if ctx.padded:  # the compiled kernels read the padded input: keep it rather than pad x twice
             y, xp = ctx.backend.pac_forward(x, kernel, weight, bias, geom, groups, keep_padded=True)
             ctx.save_for_backward(xp, kernel, weight)
@@ -607,8 +607,6 @@ class _PacDistance(torch.autograd.Function):
     @staticmethod
     def forward(ctx, guide, centre, scale, geom):
         ctx.geom = geom
-        from . import cpu_pac
-
         ctx.compiled = cpu_pac.usable(guide, centre, scale)
         if ctx.compiled:  # the kernels read the replicate-padded guide: keep it for the backward
             d, fp = cpu_pac.distance_forward(guide, centre, scale, geom, keep_padded=True)
@@ -623,8 +621,6 @@ class _PacDistance(torch.autograd.Function):
         guide, centre, scale = ctx.saved_tensors
         nf, nc, ns = ctx.needs_input_grad[:3]
         if ctx.compiled:
-            from . import cpu_pac
-
             gf, gc, gs = cpu_pac.distance_backward(None, centre, scale, gd, ctx.geom, nf, nc,
                                                    ns and scale is not None, fp=guide)
         else:
