@@ -116,6 +116,15 @@ class Task:
     def evaluate(self, model: nn.Module, test_set: Dataset) -> dict[str, float]:
         raise NotImplementedError
 
+    @torch.no_grad()
+    def baselines(self, test_set: Dataset) -> dict[str, dict[str, float]]:
+        """Trivial, non-learned predictors scored on the same test data with the task's own metrics:
+        ``{name: {metric: value}}`` (bilinear upsampling, the majority class, the noisy input...).
+
+        Stored in the record (``record["baselines"]``); the report shows each as a row of its own and
+        as a line in the figures, so a reader sees at once whether a network learned anything."""
+        return {}
+
     def example_inputs(self, batch_size: int, resolution: int | None = None) -> tuple[torch.Tensor, ...]:
         """Inputs of the network's forward for latency/memory/FLOPs measurement."""
         raise NotImplementedError

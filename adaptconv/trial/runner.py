@@ -382,6 +382,8 @@ def run_trial(config: dict[str, Any] | TrialConfig, *, checkpoint: str | None = 
             record["metrics"] = metrics
         else:
             record["metrics"] = task.evaluate(model, test_set)
+        # the task's trivial baselines on the same test data (what a trained network must beat)
+        record["baselines"] = task.baselines(test_set)
         # what the report needs to rank without importing the task: headline metric and directions
         record["metric_info"] = {"primary": task.metrics[0] if task.metrics else None,
                                  "higher_is_better": dict(task.higher_is_better)}
