@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import pandas as pd
 from ..results.atomic import write_text_atomic
 from ..results.collect import Collection
 from .figures import Figure, all_figures, slug
+from .findings import METHOD, findings
 from .tables import (Layout, build_layout, display_table, environment_table, section_table, status_table,
                      to_html, to_latex, to_markdown)
 
@@ -62,19 +64,56 @@ def _reading_notes(layout: Layout) -> list[str]:
     t = layout.trials[layout.trials["state"] == "done"]
     devices = sorted({str(v) for v in t.get("env.device_name", pd.Series(dtype=object)).dropna()})
     notes = [
-        "Metrics: mean ± half-width of the 95% Student-t confidence interval over seeds; `n` is the number of "
-        "seeds. With one seed there is no interval. The best mean of each column within a comparison group is "
-        "in bold; `vs best` says whether the row's interval separates from the best row's (only then is the "
-        "difference significant).",
+        "Rows: in each comparison group (the same task, data, backbone and swept settings), the operators, the "
+        "*network variants* (the same network with a learned upsampler or a CRF head, labelled e.g. "
+        "`conv (upsampler=carafe)`) and the task's *trivial baselines* (non-learned predictors such as "
+        "`bilinear` or `majority`, scored on the same test data).",
+        "Metrics: mean ± half-width of the 95% Student-t confidence interval over seeds, printed to the digits "
+        "the interval supports; `n` is the number of seeds. With one seed there is no interval and the value "
+        "has 4 significant digits.",
+        "`Δ vs conv`: the mean over seeds of the per-seed difference row − `conv` on the headline metric "
+        "(paired by seed: both share the data order and the initial convolution), with its 95% t interval; "
+        "a network variant is compared with the same network without it (`vs ...`). `verdict`: better / worse "
+        "/ no detectable difference after Holm–Bonferroni correction over the comparisons of the group "
+        "(family-wise α = 0.05); `n<2, no CI` below two seeds. A baseline row's verdict is the baseline's "
+        "against `conv`. `vs trivial baseline`: the row against the strongest baseline of its group, paired "
+        "and Holm-corrected the same way.",
+        "Bold: a value whose advantage over `conv` is significant after Holm (or `conv` itself, when it is "
+        "significantly better than every other row of its group) — never a row alone, never on one seed.",
         f"Latency: median of timed repeats after warm-up, at batch {layout.measured('measured_batch')} and "
         f"resolution {layout.measured('measured_resolution')} px (CUDA events on GPU, perf_counter on CPU); "
         "`training step` is forward + backward + optimiser step. Peak memory: the CUDA allocator's peak on GPU, "
         "the profiler's peak of live tensor bytes on CPU. FLOPs count one multiply-add as 2 FLOPs, at batch 1. "
-        "`×conv`: ratio to the `conv` baseline in the same comparison group.",
+        "`×conv`: ratio to the `conv` row of the same comparison group; measurements are not tested for "
+        "significance here.",
     ]
     if devices:
         notes.append(f"Measured on: {', '.join(devices)}.")
     return notes
+
+
+_CODE = re.compile(r"`([^`]+)`")
+_STRONG = re.compile(r"\*\*([^*]+)\*\*")
+_EM = re.compile(r"(?<![*\w])\*([^*\s][^*]*)\*(?![*\w])")
+
+
+def inline_html(text: str) -> str:
+    """The inline Markdown the report's own text uses, as HTML: `code`, **strong**, *emphasis*; the rest
+    escaped (code spans are escaped and never read as emphasis)."""
+    parts = []
+    for k, piece in enumerate(_CODE.split(str(text))):
+        if k % 2:
+            parts.append(f"<code>{html.escape(piece)}</code>")
+        else:
+            piece = html.escape(piece)
+            piece = _STRONG.sub(r"<strong>\1</strong>", piece)
+            parts.append(_EM.sub(r"<em>\1</em>", piece))
+    return "".join(parts)
+
+
+def plain_text(text: str) -> str:
+    """The same text without Markdown marks (for an image's alt text)."""
+    return _EM.sub(r"\1", _STRONG.sub(r"\1", _CODE.sub(r"\1", str(text))))
 
 
 def build_report(col: Collection, out: str | os.PathLike, *, command: str | None = None) -> Report:
@@ -105,9 +144,12 @@ def build_report(col: Collection, out: str | os.PathLike, *, command: str | None
         write_text_atomic(out / rel, df.to_csv(index=False))
         report.tables.append(rel)
     notes = _reading_notes(layout)
+    found = findings(layout)
     cmd = command or f"adaptconv report {col.suite}"
-    write_text_atomic(out / "README.md", _markdown(col, layout, sections, figures, status, env, counts, notes, cmd))
-    write_text_atomic(out / "index.html", _html(col, layout, sections, figures, status, env, counts, notes, cmd))
+    write_text_atomic(out / "README.md", _markdown(col, layout, sections, figures, status, env, counts, notes, cmd,
+                                                   found))
+    write_text_atomic(out / "index.html", _html(col, layout, sections, figures, status, env, counts, notes, cmd,
+                                                found))
     manifest = {"suite": col.suite, "counts": counts, "primary_metric": col.primary,
                 "figures": [asdict(f) for f in figures], "tables": report.tables}
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True) + "\n")
@@ -137,8 +179,12 @@ def _section_figures(figures: list[Figure], section: str) -> list[Figure]:
     return [f for f in figures if f.section == section and f.kind != "scaling"]
 
 
-def _markdown(col, layout, sections, figures, status, env, counts, notes, cmd) -> str:
+def _markdown(col, layout, sections, figures, status, env, counts, notes, cmd, found=()) -> str:
     lines = [f"# adaptconv report: {col.suite}", ""]
+    if found:
+        lines += ["## Findings", "", METHOD, ""]
+        for section, paragraphs in found:
+            lines += [f"**{section}.** " + paragraphs[0], ""] + [p for q in paragraphs[1:] for p in (q, "")]
     if col.description:
         lines += [col.description, ""]
     lines += [f"{_summary(col, counts)} Regenerate with `{cmd}`; [the HTML version](index.html).", ""]
@@ -159,14 +205,21 @@ def _markdown(col, layout, sections, figures, status, env, counts, notes, cmd) -
     return "\n".join(lines)
 
 
-def _html(col, layout, sections, figures, status, env, counts, notes, cmd) -> str:
+def _html(col, layout, sections, figures, status, env, counts, notes, cmd, found=()) -> str:
     esc = html.escape
     parts = [f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>adaptconv report: {esc(col.suite)}"
              f"</title><style>{CSS}</style></head><body>", f"<h1>adaptconv report: {esc(col.suite)}</h1>"]
+    if found:
+        parts.append("<h2>Findings</h2>")
+        parts.append(f"<p class=\"note\">{inline_html(METHOD)}</p>")
+        for section, paragraphs in found:
+            parts.append(f"<p><strong>{esc(section)}.</strong> {inline_html(paragraphs[0])}</p>")
+            parts += [f"<p>{inline_html(p)}</p>" for p in paragraphs[1:]]
     if col.description:
-        parts.append(f"<p>{esc(col.description)}</p>")
+        parts.append(f"<p>{inline_html(col.description)}</p>")
     parts.append(f"<p>{esc(_summary(col, counts))} Regenerate with <code>{esc(cmd)}</code>.</p>")
-    parts.append("<h2>How to read it</h2><ul>" + "".join(f"<li class=\"note\">{esc(n)}</li>" for n in notes) + "</ul>")
+    parts.append("<h2>How to read it</h2><ul>" + "".join(f"<li class=\"note\">{inline_html(n)}</li>" for n in notes)
+                 + "</ul>")
     for section, name, cells, marks in sections:
         parts.append(f"<h2>{esc(section)}</h2>")
         parts.append(to_html(cells, marks))
@@ -188,5 +241,5 @@ def _html(col, layout, sections, figures, status, env, counts, notes, cmd) -> st
 
 
 def _figure_html(f: Figure) -> str:
-    return (f"<figure><img src=\"{html.escape(f.file)}\" alt=\"{html.escape(f.caption)}\">"
-            f"<figcaption>{html.escape(f.caption)}</figcaption></figure>")
+    return (f"<figure><img src=\"{html.escape(f.file)}\" alt=\"{html.escape(plain_text(f.caption))}\">"
+            f"<figcaption>{inline_html(f.caption)}</figcaption></figure>")

@@ -1,24 +1,38 @@
 """The comparison tables of a report: per task, dataset and backbone, one row per operator variant.
 
 A *section* is one (task, dataset, backbone). Inside a section, rows that share the values of every
-other swept factor (scale, swapped stages, ...) form a *comparison group*: the best value per column
-and the ratios to the ``conv`` baseline are taken inside it. Operator options that a suite sweeps
-(``op_options.*``) make operator *variants*, e.g. ``pac (kernel_type=inv_0.5)``.
+other swept factor (scale, training budget, ...) form a *comparison group*. A group holds
 
-Each table is kept raw (numbers: mean, CI bounds, n, ratio, rank) for CSV, and rendered with the best
-value per column marked for Markdown, LaTeX and HTML.
+- *operator* rows: the operator and how it is applied (``op_options.*``, ``swap.*``, ``guide``,
+  ``dynconv_anneal``) make its label, e.g. ``pac (kernel_type=inv_0.5)``;
+- *network variant* rows: the same network with a different upsampler or a CRF head
+  (``task_options.upsampler``/``crf``/``crf_iters``), e.g. ``conv (upsampler=carafe)``; each is compared
+  with the same network without them, never left alone in a group of its own;
+- *baseline* rows: the task's trivial, non-learned predictors on the same test data (``bilinear``,
+  ``majority``, ...), from the records' ``baselines``.
+
+Every row is compared with its reference (``conv`` of the group; for a network variant, the same
+operator without the variant) *paired by seed*, with the 95% t interval of the mean per-seed
+difference, and Holm–Bonferroni over the comparisons of the group decides which differences count
+(:mod:`adaptconv.results.stats`). A value is in bold only when its advantage over conv is significant.
+
+Each table is kept raw (numbers: means, CI bounds, n, differences, p-values, Holm decisions) for CSV,
+and rendered with the digits the intervals support for Markdown, LaTeX and HTML.
 """
 
 from __future__ import annotations
 
 import html
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from ..results.collect import MEASURES, Collection, aggregate, rank
+from ..results import stats
+from ..results.collect import (BASELINE_COLUMN, MEASURES, NETWORK_VARIANT_KEYS, NOT_A_FACTOR, Collection, aggregate,
+                               is_op_key)
 from .palette import BASELINE, op_order
 
 SECTION_KEYS = ("task", "dataset", "backbone")
@@ -30,11 +44,18 @@ TABLE_MEASURES = {
     "params": ("params", 1e-3, "k"),
     "flops": ("FLOPs", 1e-9, "G"),
 }
+#: what a row of a comparison group is
+OPERATOR, VARIANT, TRIVIAL = "operator", "network variant", "baseline"
+KIND_ORDER = {OPERATOR: 0, VARIANT: 1, TRIVIAL: 2}
+REFERENCE = "reference"  # the verdict of the row the others are compared with
+NO_REFERENCE = "no conv to compare"
+#: config keys that cannot change a plain convolution (swapping conv for conv is the identity)
+_CONV_IGNORES = ("swap.", "guide", "dynconv_anneal")
 
 
 def short_key(key: str) -> str:
     """``op_options.kernel_type`` → ``kernel_type`` (the prefix is clear from context)."""
-    for prefix in ("op_options.", "task_options."):
+    for prefix in ("op_options.", "task_options.", "swap."):
         if key.startswith(prefix):
             return key[len(prefix):]
     return key
@@ -54,16 +75,27 @@ def fmt_factor(v) -> str:
     return "default" if text == "–" else text
 
 
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
 @dataclass
 class Layout:
     col: Collection
-    trials: pd.DataFrame  # in-suite trials, with `variant` and `section`
-    agg: pd.DataFrame  # aggregated over seeds, with `variant`, `section`, `group`
+    trials: pd.DataFrame  # in-suite trials, with `variant`, `section`, `group`, `kind`, `row_key`
+    agg: pd.DataFrame  # operator and network-variant rows aggregated over seeds (the same columns, + `reference`)
     section_keys: list[str]
-    context: list[str]  # swept factors besides the operator and its options (in any section)
-    op_factors: list[str]
+    context: list[str]  # swept factors that make comparison groups (in any section)
+    op_factors: list[str]  # swept keys of how the operator is applied (op_options.*, swap.*, guide, ...)
     sections: list[str] = field(default_factory=list)
     section_context: dict[str, list[str]] = field(default_factory=dict)
+    variant_factors: list[str] = field(default_factory=list)  # swept network variant keys (upsampler, crf)
+    #: the trivial baselines per seed (in-suite rows of ``col.baselines``), with `variant`, `section`, `group`
+    baseline_trials: pd.DataFrame = None
+    #: the trivial baselines aggregated over seeds, one row per (comparison group, baseline)
+    baseline_agg: pd.DataFrame = None
+    _values: dict = field(default_factory=dict, repr=False)
+    _comparisons: dict = field(default_factory=dict, repr=False)
 
     def measured(self, column: str) -> str:
         """The distinct values of a measurement setting (``measured_batch``, ``measured_resolution``), as "1/8"."""
@@ -92,15 +124,87 @@ class Layout:
     def higher_is_better(self, metric: str) -> bool:
         return bool(self.col.directions.get(metric[len("metric."):], True))
 
+    def baselines_of(self, section: str) -> pd.DataFrame:
+        """The trivial baselines of a section: one row per (comparison group, baseline), with columns
+        ``baseline`` (its name), ``section``, ``group``, the section's context columns, and for each metric
+        ``<metric>``, ``<metric>.ci_low``, ``<metric>.ci_high``, ``<metric>.n`` (mean and 95% t interval
+        over seeds, as in :attr:`agg`). Empty (with those columns) when the records carry no baselines."""
+        metrics = self.metrics_of(section)
+        cols = [BASELINE_COLUMN, "section", "group"] + self.context_of(section)
+        for m in metrics:
+            cols += [m, f"{m}.ci_low", f"{m}.ci_high", f"{m}.n"]
+        b = self.baseline_agg
+        b = b[b["section"] == section] if len(b) else b
+        if not len(b):
+            return pd.DataFrame(columns=cols)
+        for m in metrics:  # a metric the baselines do not report (e.g. top5 of chance): no value
+            if m not in b:
+                b = b.assign(**{m: np.nan, f"{m}.ci_low": np.nan, f"{m}.ci_high": np.nan, f"{m}.n": 0})
+        return b[cols].reset_index(drop=True)
 
-def _variant(row: pd.Series, op_factors: list[str]) -> str:
-    opts = [f"{short_key(k)}={fmt_value(row[k])}" for k in op_factors
-            if row[k] is not None and not (isinstance(row[k], float) and math.isnan(row[k]))]
+    def rows_of(self, section: str) -> pd.DataFrame:
+        """Every row of a section's table (operators, network variants, baselines), in the table's order."""
+        parts = [self.agg[self.agg["section"] == section]]
+        if len(self.baseline_agg):
+            parts.append(self.baseline_agg[self.baseline_agg["section"] == section])
+        rows = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+        return _sort_rows(rows, self.context_of(section))
+
+    def values_by_seed(self, row_key: str, metric: str) -> dict:
+        """``{seed: value}`` of one table row (its ``row_key``) over its finished trials."""
+        if not self._values:
+            self._values = _values_by_seed(self)
+        return self._values.get((row_key, metric), {})
+
+    def seed_values(self, section: str, label: str, metric: str, group: str | None = None) -> dict:
+        """``{seed: value}`` of the row labelled ``label`` (an operator variant such as ``pac`` or
+        ``conv (upsampler=carafe)``, or a baseline's name) in a section; ``group`` picks the comparison
+        group when the section has several. Raises ``KeyError`` naming what exists when there is no such row."""
+        rows = self.rows_of(section)
+        hit = rows[rows["variant"] == label]
+        if group is not None:
+            hit = hit[hit["group"] == group]
+        if hit.empty:
+            raise KeyError(f"section {section!r}: no row {label!r}"
+                           + (f" in group {group!r}" if group else "")
+                           + f"; rows: {', '.join(sorted(set(rows['variant'])))}")
+        if hit["group"].nunique() > 1:
+            raise KeyError(f"section {section!r}: {label!r} is in several comparison groups; pick one of "
+                           f"{', '.join(sorted(set(hit['group'])))}")
+        return self.values_by_seed(hit["row_key"].iloc[0], metric)
+
+    def comparisons(self, section: str, metric: str | None = None) -> pd.DataFrame:
+        """The paired comparisons of every row of a section with its reference on ``metric`` (default:
+        the headline metric); one row per table row, aligned with :meth:`rows_of`. See :func:`compare_rows`."""
+        metric = metric or self.primary_of(section)
+        key = (section, metric)
+        if key not in self._comparisons:
+            self._comparisons[key] = compare_rows(self, section, metric)
+        return self._comparisons[key]
+
+
+def _variant(row: pd.Series, op_factors: list[str], variant_factors: list[str] = ()) -> str:
+    """The row's label: the operator, how it is applied, and the network variant (``conv (upsampler=carafe)``)."""
+    conv = row["op"] == BASELINE
+    keys = [k for k in op_factors if not (conv and any(k.startswith(p) for p in _CONV_IGNORES))]
+    opts = [f"{short_key(k)}={fmt_value(row[k])}" for k in [*keys, *variant_factors] if not _missing(row[k])]
     return f"{row['op']} ({', '.join(opts)})" if opts else str(row["op"])
+
+
+def _kind(row: pd.Series, variant_factors: list[str]) -> str:
+    return VARIANT if any(not _missing(row[k]) for k in variant_factors) else OPERATOR
 
 
 def _section(row: pd.Series, keys: list[str]) -> str:
     return " · ".join(fmt_value(row[k]) for k in keys)
+
+
+def _row_keys(df: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """One string per distinct config without the seed: ties trials to their aggregated row."""
+    if df.empty:
+        return pd.Series([], dtype=object, index=df.index)
+    present = [k for k in keys if k in df]
+    return df[present].apply(lambda r: repr(tuple(repr(v) for v in r)), axis=1)
 
 
 def build_layout(col: Collection) -> Layout:
@@ -108,64 +212,185 @@ def build_layout(col: Collection) -> Layout:
     if "op" not in trials:
         trials["op"] = "?"
     sub = Collection(col.suite, col.description, trials, col.runs, col.curves, col.config_columns,
-                     col.directions, col.primary)
+                     col.directions, col.primary, col.baselines)
     factors = sub.factors()
-    op_factors = [f for f in factors if f.startswith("op_options.")]
+    op_factors = [f for f in factors if is_op_key(f) and f != "op"]
+    variant_factors = [f for f in factors if f in NETWORK_VARIANT_KEYS]
     section_keys = [k for k in SECTION_KEYS if k in trials.columns]
-    context = [f for f in factors if f not in section_keys and f != "op" and f not in op_factors]
-    trials["variant"] = trials.apply(_variant, axis=1, op_factors=op_factors) if len(trials) else []
-    trials["section"] = trials.apply(_section, axis=1, keys=section_keys) if len(trials) else []
+    context = [f for f in factors if f not in section_keys and f != "op" and f not in op_factors
+               and f not in variant_factors]
+    keys = [c for c in col.config_columns if c not in NOT_A_FACTOR]
     section_context = {}
-    for section, rows in trials.groupby("section", sort=True):
-        section_context[section] = [k for k in context if rows[k].map(repr).nunique() > 1]
+    if len(trials):
+        trials["section"] = trials.apply(_section, axis=1, keys=section_keys)
+        for section, rows in trials.groupby("section", sort=True):
+            section_context[section] = [k for k in context if rows[k].map(repr).nunique() > 1]
 
     def group(r: pd.Series) -> str:
-        return " · ".join([r["section"]] + [f"{short_key(k)}={fmt_factor(r[k])}" for k in section_context[r["section"]]])
+        return " · ".join([r["section"]] + [f"{short_key(k)}={fmt_factor(r[k])}"
+                                            for k in section_context.get(r["section"], [])])
 
-    trials["group"] = trials.apply(group, axis=1) if len(trials) else []
-    agg = aggregate(sub)
-    if len(agg):
-        agg["variant"] = agg.apply(_variant, axis=1, op_factors=op_factors)
-        agg["section"] = agg.apply(_section, axis=1, keys=section_keys)
-        agg["group"] = agg.apply(group, axis=1)
-    else:
-        agg["variant"] = agg["section"] = agg["group"] = []
+    def label(df: pd.DataFrame, baseline: bool = False) -> pd.DataFrame:
+        if not len(df):
+            for c in ("variant", "section", "group", "kind", "row_key", "base_label"):
+                df[c] = []
+            return df
+        df["variant"] = df[BASELINE_COLUMN] if baseline else df.apply(_variant, axis=1, op_factors=op_factors,
+                                                                        variant_factors=variant_factors)
+        df["base_label"] = df["variant"] if baseline else df.apply(_variant, axis=1, op_factors=op_factors)
+        df["kind"] = TRIVIAL if baseline else df.apply(_kind, axis=1, variant_factors=variant_factors)
+        df["section"] = df.apply(_section, axis=1, keys=section_keys)
+        df["group"] = df.apply(group, axis=1)
+        df["row_key"] = _row_keys(df, keys + ([BASELINE_COLUMN] if baseline else []))
+        return df
+
+    trials = label(trials)
+    agg = label(aggregate(sub))
+    base = col.baselines
+    if len(base) and "in_suite" in base:
+        base = base[base["in_suite"].astype(bool)]
+    # a baseline belongs to the sections whose trials carry it; its group is built like theirs
+    base = base[base.apply(_section, axis=1, keys=section_keys).isin(section_context)].copy() if len(base) else base
+    base_trials = label(base.copy(), baseline=True)
+    base_agg = label(aggregate(sub, trials=base), baseline=True) if len(base) else label(pd.DataFrame(), True)
     sections = sorted(agg["section"].unique().tolist()) if len(agg) else []
-    return Layout(col, trials, agg, section_keys, context, op_factors, sections, section_context)
+    return Layout(col, trials, agg, section_keys, context, op_factors, sections, section_context, variant_factors,
+                  base_trials, base_agg)
+
+
+def _values_by_seed(layout: Layout) -> dict:
+    """``{(row_key, metric): {seed: value}}`` for every finished trial and baseline row."""
+    out: dict = {}
+    for df in (layout.trials, layout.baseline_trials):
+        if df is None or not len(df) or "seed" not in df:
+            continue
+        ok = df[df["status"] == "ok"]
+        for m in [c for c in ok.columns if c.startswith("metric.")]:
+            for key, seed, v in zip(ok["row_key"], ok["seed"], ok[m]):
+                if v is not None and np.isfinite(v):
+                    out.setdefault((key, m), {})[seed] = float(v)
+    return out
 
 
 def _sort_rows(df: pd.DataFrame, context: list[str]) -> pd.DataFrame:
-    """Rows by the context factors (numbers before text), then in the report's operator order."""
+    """Rows by the context factors (numbers before text), then operators in the report's order, the
+    network variants, and the trivial baselines last."""
     order = {v: i for i, v in enumerate(op_order(df["variant"]))}
+    kinds = df["kind"].map(KIND_ORDER) if "kind" in df else pd.Series(0, index=df.index)
     keys = list(zip(*[df[c].map(lambda v: (0, v) if isinstance(v, (int, float)) and not isinstance(v, bool)
-                                else (1, str(v))) for c in context], df["variant"].map(order)))
-    return df.iloc[sorted(range(len(df)), key=keys.__getitem__)]
+                                else (1, str(v))) for c in context], kinds, df["variant"].map(order)))
+    return df.iloc[sorted(range(len(df)), key=keys.__getitem__)].reset_index(drop=True)
+
+
+def compare_rows(layout: Layout, section: str, metric: str) -> pd.DataFrame:
+    """Paired comparisons of each row of a section's table with its reference, on ``metric``.
+
+    The reference of an operator or baseline row is ``conv`` of the same comparison group (the conv row
+    without a network variant); of a network variant, the same operator without the variant. Per row:
+    ``reference`` (its label), ``delta`` = mean over the common seeds of value − reference value, its 95%
+    t interval ``delta_ci_low``/``delta_ci_high``, ``delta_n`` (pairs), ``p_value``, ``holm_reject``
+    (Holm–Bonferroni over the comparisons of the group), ``verdict`` (better / worse / no detectable
+    difference / n<2, no CI, from the row's side; ``reference`` for the reference row, ``no conv to compare``
+    without one) and ``best``: the advantage is significant — the row is better than conv after Holm, or
+    it is conv and every other row of the group is worse after Holm. Then, against the strongest trivial
+    baseline of the group (best mean), for the rows that are not baselines: ``vs_baseline`` (its name),
+    ``vs_baseline_delta``, ``_ci_low``, ``_ci_high``, ``_n``, ``_p_value``, ``_holm_reject`` (Holm over those
+    comparisons) and ``vs_baseline_verdict``."""
+    rows = layout.rows_of(section)
+    hib = layout.higher_is_better(metric)
+    cols = ["reference", "delta", "delta_ci_low", "delta_ci_high", "delta_n", "p_value", "holm_reject", "verdict",
+            "best", "vs_baseline", "vs_baseline_delta", "vs_baseline_ci_low", "vs_baseline_ci_high", "vs_baseline_n",
+            "vs_baseline_p_value", "vs_baseline_holm_reject", "vs_baseline_verdict"]
+    out = pd.DataFrame({c: [None] * len(rows) for c in cols}, index=rows.index)
+    for c in ("delta", "delta_ci_low", "delta_ci_high", "p_value", "vs_baseline_delta", "vs_baseline_ci_low",
+              "vs_baseline_ci_high", "vs_baseline_p_value"):
+        out[c] = np.nan
+    out["delta_n"] = out["vs_baseline_n"] = 0
+    out["holm_reject"] = out["vs_baseline_holm_reject"] = out["best"] = False
+    out["verdict"] = NO_REFERENCE
+    out["vs_baseline_verdict"] = ""
+    out["vs_baseline"] = ""
+    if metric is None or not len(rows):
+        return out
+    values = {i: layout.values_by_seed(rows.at[i, "row_key"], metric) for i in rows.index}
+    for _, g in rows.groupby("group", sort=False):
+        convs = [i for i in g.index if g.at[i, "op"] == BASELINE and g.at[i, "kind"] == OPERATOR]
+        conv = convs[0] if convs else None
+        refs = {}
+        for i in g.index:
+            if i == conv:
+                continue
+            if g.at[i, "kind"] == VARIANT:  # the same network without the variant
+                same = [j for j in g.index if g.at[j, "kind"] == OPERATOR and g.at[j, "variant"] == g.at[i, "base_label"]]
+                refs[i] = same[0] if same else None
+            else:
+                refs[i] = conv
+        compared = [i for i, r in refs.items() if r is not None]
+        diffs = {i: stats.paired_difference(values[i], values[refs[i]]) for i in compared}
+        reject = dict(zip(compared, stats.holm([diffs[i].p_value for i in compared])))
+        for i in compared:
+            d = diffs[i]
+            out.loc[i, ["reference", "delta", "delta_ci_low", "delta_ci_high", "delta_n", "p_value"]] = [
+                rows.at[refs[i], "variant"], d.mean, d.low, d.high, d.n, d.p_value]
+            out.at[i, "holm_reject"] = bool(reject[i])
+            out.at[i, "verdict"] = stats.verdict(d, hib, significant=reject[i])
+        if conv is not None:
+            out.at[conv, "verdict"] = REFERENCE
+            out.at[conv, "reference"] = rows.at[conv, "variant"]
+            vs_conv = [i for i in compared if refs[i] == conv]
+            for i in vs_conv:
+                out.at[i, "best"] = out.at[i, "verdict"] == stats.BETTER
+            others = [i for i in g.index if i != conv and np.isfinite(rows.at[i, metric])]
+            out.at[conv, "best"] = bool(others) and all(refs.get(i) == conv and out.at[i, "verdict"] == stats.WORSE
+                                                       for i in others)
+        # the strongest trivial baseline of the group: what every trained row must beat
+        trivial = [i for i in g.index if g.at[i, "kind"] == TRIVIAL and np.isfinite(rows.at[i, metric])]
+        if not trivial:
+            continue
+        strongest = sorted(trivial, key=lambda i: (-rows.at[i, metric] if hib else rows.at[i, metric]))[0]
+        trained = [i for i in g.index if g.at[i, "kind"] != TRIVIAL]
+        diffs = {i: stats.paired_difference(values[i], values[strongest]) for i in trained}
+        reject = dict(zip(trained, stats.holm([diffs[i].p_value for i in trained])))
+        for i in trained:
+            d = diffs[i]
+            out.loc[i, ["vs_baseline", "vs_baseline_delta", "vs_baseline_ci_low", "vs_baseline_ci_high",
+                        "vs_baseline_n", "vs_baseline_p_value"]] = [rows.at[strongest, "variant"], d.mean, d.low,
+                                                                    d.high, d.n, d.p_value]
+            out.at[i, "vs_baseline_holm_reject"] = bool(reject[i])
+            out.at[i, "vs_baseline_verdict"] = stats.verdict(d, hib, significant=reject[i])
+    return out
 
 
 def section_table(layout: Layout, section: str) -> pd.DataFrame:
-    """The raw table of one section: numbers only (means, CI bounds, n, ranks, ratios to conv)."""
-    agg = layout.agg[layout.agg["section"] == section].copy()
+    """The raw table of one section: numbers only (means, CI bounds, n, paired differences with their
+    intervals, p-values, Holm decisions and verdicts per metric, ratios to conv)."""
+    rows = layout.rows_of(section)
     metrics = layout.metrics_of(section)
+    raw = rows.copy()
     for m in metrics:
-        agg = rank(agg, m, layout.higher_is_better(m), ["group"]).rename(
-            columns={"rank": f"{m}.rank", "best": f"{m}.best", "significant": f"{m}.significant_vs_best"})
-    measures = [c for c in TABLE_MEASURES if c in agg]
+        cmp = layout.comparisons(section, m)
+        for c in cmp.columns:
+            if c == "reference" and m != metrics[0]:
+                continue  # the same for every metric
+            raw[f"{m}.{c}" if c != "reference" else "reference"] = cmp[c].values
+    measures = [c for c in TABLE_MEASURES if c in raw]
     for c in measures:
-        base = agg[agg["op"] == BASELINE].groupby("group")[c].first()
-        agg[f"{c}.x_conv"] = agg[c] / agg["group"].map(base)
-        finite = agg[np.isfinite(agg[c].astype(float))]
-        best = finite.groupby("group")[c].transform("min") if len(finite) else pd.Series(dtype=float)
-        agg[f"{c}.best"] = False
-        agg.loc[finite.index, f"{c}.best"] = finite[c] == best
+        base = raw[(raw["op"] == BASELINE) & (raw["kind"] == OPERATOR)].groupby("group")[c].first()
+        raw[f"{c}.x_conv"] = raw[c] / raw["group"].map(base)
     context = layout.context_of(section)
-    agg = _sort_rows(agg, context)
-    cols = context + ["variant", "n_trials", "n_done", "n_failed", "n_running", "n_pending"]
+    counts = ["n_trials", "n_done", "n_failed", "n_running", "n_pending"]
+    for c in counts:  # a baseline row counts the seeds it was stored for
+        raw[c] = raw[c].fillna(0).astype(int) if c in raw else 0
+    cols = context + ["variant", "kind", "reference"] + counts
     for m in metrics:
-        cols += [m, f"{m}.ci_low", f"{m}.ci_high", f"{m}.n", f"{m}.std", f"{m}.rank", f"{m}.best", f"{m}.significant_vs_best"]
+        cols += [m, f"{m}.ci_low", f"{m}.ci_high", f"{m}.n", f"{m}.std"]
+        cols += [f"{m}.{c}" for c in layout.comparisons(section, m).columns if c != "reference"]
     for c in measures:
-        cols += [c, f"{c}.x_conv", f"{c}.best"]
-    out = agg[cols].rename(columns={"variant": "operator"}).reset_index(drop=True)
-    return out
+        cols += [c, f"{c}.x_conv"]
+    for c in cols:
+        if c not in raw:
+            raw[c] = np.nan
+    return raw[cols].rename(columns={"variant": "operator"}).reset_index(drop=True)
 
 
 # ---- rendering -------------------------------------------------------------------------------------
@@ -173,24 +398,57 @@ def section_table(layout: Layout, section: str) -> pd.DataFrame:
 def _num(v: float, digits: int = 4) -> str:
     if v is None or not np.isfinite(v):
         return "–"
-    if v == 0:
-        return "0"
-    mag = math.floor(math.log10(abs(v)))
-    decimals = max(0, digits - 1 - mag)
-    return f"{v:.{decimals}f}"
+    return stats.format_significant(v, digits)
 
 
 def _metric_cell(row: pd.Series, m: str) -> str:
+    """``3.56 ± 0.04`` to the digits the interval supports; one seed: 4 significant digits."""
     mean, lo, hi, n = row[m], row[f"{m}.ci_low"], row[f"{m}.ci_high"], row[f"{m}.n"]
-    if not np.isfinite(mean):
+    if mean is None or not np.isfinite(mean):
         return "–"
-    if n >= 2 and np.isfinite(lo):
-        half = (hi - lo) / 2
-        return f"{_num(mean)} ± {_num(half, 2)}"
-    return _num(mean)
+    half = (hi - lo) / 2 if n >= 2 and np.isfinite(lo) and np.isfinite(hi) else math.nan
+    return stats.format_mean_ci(mean, half)
+
+
+def _delta_cell(row: pd.Series, m: str) -> str:
+    """The paired difference to the reference: ``-0.31 ± 0.04`` (``(n=1)`` without an interval);
+    ``vs <label>`` when the reference is not conv (a network variant against the same network)."""
+    verdict = row[f"{m}.verdict"]
+    if verdict == REFERENCE:
+        return REFERENCE
+    if verdict == NO_REFERENCE or not row[f"{m}.delta_n"]:
+        return "–"
+    lo, hi = row[f"{m}.delta_ci_low"], row[f"{m}.delta_ci_high"]
+    half = (hi - lo) / 2 if row[f"{m}.delta_n"] >= 2 and np.isfinite(lo) else math.nan
+    text = stats.format_delta(row[f"{m}.delta"], half)
+    if row[f"{m}.delta_n"] < 2:
+        text += " (n=1)"
+    ref = row["reference"]
+    if isinstance(ref, str) and ref != BASELINE:
+        text += f" vs {ref}"
+    return text
+
+
+def _verdict_cell(row: pd.Series, m: str) -> str:
+    verdict = row[f"{m}.verdict"]
+    if row["kind"] == TRIVIAL and verdict in (stats.BETTER, stats.WORSE):
+        # from the baseline's side, so say what it means for the network
+        return f"{verdict} (conv {'beats it' if verdict == stats.WORSE else 'does not beat it'})"
+    return verdict
+
+
+def _vs_baseline_cell(row: pd.Series, m: str) -> str:
+    if row["kind"] == TRIVIAL or not row[f"{m}.vs_baseline"]:
+        return "–"
+    verdict, name = row[f"{m}.vs_baseline_verdict"], row[f"{m}.vs_baseline"]
+    if verdict == stats.NO_CI:
+        return f"{verdict} ({name})"
+    return f"{verdict} {'from' if verdict == stats.NO_DIFFERENCE else 'than'} {name}"
 
 
 def _status_cell(row: pd.Series) -> str:
+    if row["kind"] == TRIVIAL:
+        return "trivial baseline"
     parts = [f"{row['n_done']}/{row['n_trials']} done"]
     for s in ("failed", "running", "pending"):
         if row[f"n_{s}"]:
@@ -199,46 +457,37 @@ def _status_cell(row: pd.Series) -> str:
 
 
 def display_table(raw: pd.DataFrame, layout: Layout, section: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Strings for each cell and a same-shaped boolean frame saying which cells are the best of their column."""
+    """Strings for each cell and a same-shaped boolean frame saying which cells are in bold: a metric whose
+    advantage over conv is significant after Holm (see :func:`compare_rows`)."""
     metrics = layout.metrics_of(section)
     cells: dict[str, list] = {}
     marks: dict[str, list] = {}
+
+    def put(head: str, values: list, bold: list | None = None) -> None:
+        cells[head] = values
+        marks[head] = bold if bold is not None else [False] * len(raw)
+
     for c in layout.context_of(section):
-        cells[short_key(c)] = [fmt_factor(v) for v in raw[c]]
-        marks[short_key(c)] = [False] * len(raw)
-    cells["operator"] = list(raw["operator"])
-    marks["operator"] = [False] * len(raw)
+        put(short_key(c), [fmt_factor(v) for v in raw[c]])
+    put("operator", list(raw["operator"]))
     for m in metrics:
         arrow = "↑" if layout.higher_is_better(m) else "↓"
-        head = f"{m[len('metric.'):]} {arrow}"
-        cells[head] = [_metric_cell(r, m) for _, r in raw.iterrows()]
-        marks[head] = list(raw[f"{m}.best"].astype(bool))
+        put(f"{m[len('metric.'):]} {arrow}", [_metric_cell(r, m) for _, r in raw.iterrows()],
+            list(raw[f"{m}.best"].astype(bool)))
     primary = layout.primary_of(section)
     if primary:
-        verdict = []
-        for _, r in raw.iterrows():
-            if not np.isfinite(r[primary]):
-                verdict.append("–")
-            elif r[f"{primary}.best"]:
-                verdict.append("best")
-            elif r[f"{primary}.n"] < 2:
-                verdict.append("n=1, no CI")
-            else:
-                verdict.append("worse (CIs separate)" if r[f"{primary}.significant_vs_best"] else "tied (CIs overlap)")
-        cells["vs best"] = verdict
-        marks["vs best"] = [False] * len(raw)
-        cells["n"] = [str(int(v)) for v in raw[f"{primary}.n"]]
-        marks["n"] = [False] * len(raw)
+        put("n", [str(int(v)) if np.isfinite(v) else "0" for v in raw[f"{primary}.n"].astype(float)])
+        put("Δ vs conv (95% CI)", [_delta_cell(r, primary) for _, r in raw.iterrows()])
+        put("verdict", [_verdict_cell(r, primary) for _, r in raw.iterrows()])
+        if (raw["kind"] == TRIVIAL).any():
+            put("vs trivial baseline", [_vs_baseline_cell(r, primary) for _, r in raw.iterrows()])
     for c, (head, scale, unit) in TABLE_MEASURES.items():
         if c not in raw:
             continue
-        cells[f"{head} ({unit})"] = [_num(v * scale, 3) for v in raw[c]]
-        marks[f"{head} ({unit})"] = list(raw[f"{c}.best"].astype(bool))
-        cells[f"{head} ×conv"] = [("×" + _num(v, 3)) if np.isfinite(v) else "–" for v in raw[f"{c}.x_conv"]]
-        marks[f"{head} ×conv"] = [False] * len(raw)
-    if (raw["n_done"] < raw["n_trials"]).any():
-        cells["trials"] = [_status_cell(r) for _, r in raw.iterrows()]
-        marks["trials"] = [False] * len(raw)
+        put(f"{head} ({unit})", [_num(v * scale, 3) for v in raw[c].astype(float)])
+        put(f"{head} ×conv", [("×" + _num(v, 3)) if np.isfinite(v) else "–" for v in raw[f"{c}.x_conv"].astype(float)])
+    if ((raw["n_done"] < raw["n_trials"]) & (raw["kind"] != TRIVIAL)).any():
+        put("trials", [_status_cell(r) for _, r in raw.iterrows()])
     return pd.DataFrame(cells), pd.DataFrame(marks)
 
 
@@ -252,7 +501,7 @@ def to_markdown(cells: pd.DataFrame, marks: pd.DataFrame) -> str:
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                   "±": r"$\pm$", "×": r"$\times$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "–": "--",
-                  "·": r"$\cdot$"}
+                  "·": r"$\cdot$", "Δ": r"$\Delta$", "<": r"$<$", ">": r"$>$", "−": "-"}
 
 
 def latex_escape(text: str) -> str:
@@ -260,7 +509,7 @@ def latex_escape(text: str) -> str:
 
 
 def to_latex(cells: pd.DataFrame, marks: pd.DataFrame, caption: str, label: str) -> str:
-    """A booktabs table (needs ``\\usepackage{booktabs}``); the best value of each column in bold."""
+    """A booktabs table (needs ``\\usepackage{booktabs}``); significant advantages over conv in bold."""
     align = "l" * (list(cells.columns).index("operator") + 1) + "r" * (len(cells.columns) - list(cells.columns).index("operator") - 1)
     lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{latex_escape(caption)}}}",
              rf"\label{{{label}}}", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
@@ -319,5 +568,5 @@ def environment_table(layout: Layout) -> pd.DataFrame:
                                                "env.git_commit", "env.git_dirty", "env.precision",
                                                "env.pac_cpu_kernels"), short_commit=True)
 
-__all__ = ["Layout", "MEASURES", "build_layout", "display_table", "environment_summary", "environment_table", "section_table",
+__all__ = ["Layout", "MEASURES", "build_layout", "compare_rows", "display_table", "environment_summary", "environment_table", "section_table",
            "status_table", "to_html", "to_latex", "to_markdown"]

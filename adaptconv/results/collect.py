@@ -43,8 +43,13 @@ NOT_A_FACTOR = set(RUN_KEYS) | {"seed"}
 PARALLEL_ABOVE = 2000
 #: known metrics whose direction a record without ``metric_info`` cannot tell (records before it existed)
 KNOWN_DIRECTIONS = {"top1": True, "top5": True, "loss": False, "miou": True, "pixel_acc": True,
-                    "psnr": True, "ssim": True, "noisy_psnr": True, "rmse": False, "mae": False,
-                    "bilinear_rmse": False}
+                    "psnr": True, "ssim": True, "rmse": False, "mae": False}
+#: config keys that say how the operator is applied: they make operator *variants* inside a comparison
+#: group (``pac (kernel_type=inv)``), not groups of their own, and a trivial baseline does not depend on them
+OP_KEYS = ("op", "op_options.", "swap.", "guide", "dynconv_anneal")
+#: task options that change the network around the operators (a learned upsampler, a CRF head): rows with
+#: them are *network variants*, compared with the same network without them (and with the trivial baselines)
+NETWORK_VARIANT_KEYS = ("task_options.upsampler", "task_options.crf", "task_options.crf_iters")
 #: headline measurements: column → (higher is better)
 MEASURES = {"inference_ms": False, "train_step_ms": False, "inference_peak_mb": False,
             "train_step_peak_mb": False, "throughput_ips": True, "params": False, "flops": False}
@@ -73,6 +78,13 @@ class Collection:
     directions: dict[str, bool]
     #: the headline metric of the suite (the first task's first metric)
     primary: str | None
+    #: the trivial baselines of the records (``record["baselines"]``): one row per baseline, seed and
+    #: config without the operator keys (see :func:`baseline_table`); empty for older stores
+    baselines: pd.DataFrame = None
+
+    def __post_init__(self) -> None:
+        if self.baselines is None:
+            self.baselines = empty_baselines()
 
     @property
     def metric_columns(self) -> list[str]:
@@ -92,7 +104,8 @@ class Collection:
         """Write ``results.parquet``/``.csv``, ``runs.*`` and ``curves.parquet`` atomically; returns the paths."""
         root = Path(root)
         written = []
-        for name, df in (("results", self.trials), ("runs", self.runs), ("curves", self.curves)):
+        for name, df in (("results", self.trials), ("runs", self.runs), ("curves", self.curves),
+                         ("baselines", self.baselines)):
             for fmt in ("parquet", "csv"):
                 if name == "curves" and fmt == "csv":
                     continue  # long and only useful for plotting; parquet keeps it small
@@ -265,7 +278,7 @@ def _digest(root: str, tid: str) -> dict | None:
     metrics = record.get("metrics") or {}
     return {"row": row, "runs": runs, "curves": curves, "status": record.get("status"),
             "config": record.get("config") or {}, "metric_info": record.get("metric_info") or {},
-            "first_metric": next(iter(metrics), None)}
+            "first_metric": next(iter(metrics), None), "baselines": record.get("baselines") or {}}
 
 
 def _read_all(store: ResultStore, tids: Iterable[str]) -> dict[str, dict]:
@@ -342,7 +355,79 @@ def collect(store: ResultStore | str | os.PathLike, suite=None) -> Collection:
                            ["trial_id", "phase", "batch_size", "resolution", "status", "latency_ms", "peak_mb"])
     curves_df = pd.DataFrame(curves)
     curves_df["series"] = curves_df["series"].astype("category")
-    return Collection(name, description.strip(), trials, runs_df, curves_df, config_columns, directions, primary)
+    baselines = baseline_table(trials, {t: d["baselines"] for t, d in records.items()}, config_columns)
+    return Collection(name, description.strip(), trials, runs_df, curves_df, config_columns, directions, primary,
+                      baselines)
+
+
+# ---- trivial baselines -----------------------------------------------------------------------------
+
+#: the column that marks a row of the baselines table (the baseline's name; ``op`` repeats it)
+BASELINE_COLUMN = "baseline"
+#: two records of one seed and config whose baseline values differ by more than this (relative) disagree
+BASELINE_RTOL = 1e-9
+
+
+def is_op_key(key: str) -> bool:
+    """Whether a config column says how the operator is applied (see :data:`OP_KEYS`)."""
+    return any(key.startswith(k) if k.endswith(".") else key == k for k in OP_KEYS)
+
+
+def baseline_key_columns(config_columns: list[str]) -> list[str]:
+    """The config columns a trivial baseline's value can depend on: everything but the operator keys, the
+    network variant keys and the run keys (the seed stays: a seed may draw its own data split)."""
+    return [c for c in config_columns if not is_op_key(c) and c not in NETWORK_VARIANT_KEYS and c not in RUN_KEYS]
+
+
+def empty_baselines() -> pd.DataFrame:
+    return pd.DataFrame(columns=["trial_id", "state", "status", "in_suite", BASELINE_COLUMN, "op"])
+
+
+def baseline_table(trials: pd.DataFrame, baselines: dict[str, dict], config_columns: list[str]) -> pd.DataFrame:
+    """One row per (config without the operator keys, seed, baseline) from the records' ``baselines``.
+
+    Every operator of one seed and config scores the same trivial baseline on the same test data, so the
+    copies are merged into one row (``n_records`` says how many carried it; the row's ``trial_id`` is the
+    first of them). Copies that disagree are logged and the first is kept. The row has the config columns
+    (the operator keys empty, ``op`` = the baseline's name), ``baseline`` = the name, ``state``/``status``
+    done/ok, and ``metric.<name>`` for each of the baseline's metrics, so :func:`aggregate` gives it a
+    mean and confidence interval over seeds like any operator."""
+    keys = baseline_key_columns(config_columns)
+    rows: dict[tuple, dict[str, Any]] = {}
+    if not baselines or trials.empty:
+        return empty_baselines()
+    for _, trial in trials.iterrows():
+        found = baselines.get(trial["trial_id"])
+        if not found:
+            continue
+        where = tuple(repr(trial[c]) if c in trial else "nan" for c in keys)
+        for name in sorted(found):
+            metrics = {f"metric.{m}": float(v) for m, v in (found[name] or {}).items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            row = rows.get((where, name))
+            if row is None:
+                rows[(where, name)] = {
+                    "trial_id": trial["trial_id"], "state": "done", "status": "ok",
+                    "in_suite": trial.get("in_suite", True), BASELINE_COLUMN: name, "op": name,
+                    **{c: trial[c] for c in keys if c in trial}, "primary_metric": trial.get("primary_metric"),
+                    **metrics, "n_records": 1}
+                continue
+            row["n_records"] += 1
+            for m, v in metrics.items():
+                if m in row and not math.isclose(row[m], v, rel_tol=BASELINE_RTOL, abs_tol=0.0):
+                    log.warning("baseline %s: %s is %r in trial %s but %r in trial %s (same seed and config); "
+                                "keeping the first", name, m[len("metric."):], row[m], row["trial_id"], v,
+                                trial["trial_id"])
+    if not rows:
+        return empty_baselines()
+    df = pd.DataFrame(list(rows.values()))
+    for c in config_columns:  # the operator keys stay empty: a baseline has no operator
+        if c not in df:
+            df[c] = None
+    head = ["trial_id", "state", "status", "in_suite", BASELINE_COLUMN]
+    metrics = sorted(c for c in df.columns if c.startswith("metric."))
+    rest = [c for c in df.columns if c not in head and c not in config_columns and c not in metrics]
+    return df[head + config_columns + metrics + rest].reset_index(drop=True)
 
 
 def _config_columns(trials: pd.DataFrame, suite_trials: dict, records: dict) -> list[str]:
@@ -384,17 +469,21 @@ def t_quantile(n: np.ndarray) -> np.ndarray:
     return out
 
 
-def aggregate(col: Collection, values: list[str] | None = None) -> pd.DataFrame:
+def aggregate(col: Collection, values: list[str] | None = None, *, trials: pd.DataFrame | None = None) -> pd.DataFrame:
     """Mean, std, n and a 95% t confidence interval of every metric and measurement, over seeds.
 
     Groups are the config without the seed (and without run keys such as the device or data path);
     only finished trials (status ok) enter the statistics, and each group also counts its trials by
-    state so a partly run group is visible.
+    state so a partly run group is visible. ``trials``: another table with the collection's config
+    columns to aggregate instead of ``col.trials`` (e.g. ``col.baselines``).
     """
-    df = col.trials
-    keys = [c for c in col.config_columns if c not in NOT_A_FACTOR]
+    df = col.trials if trials is None else trials
+    keys = [c for c in col.config_columns if c not in NOT_A_FACTOR and c in df.columns]
+    if trials is not None and BASELINE_COLUMN in df.columns:
+        keys.append(BASELINE_COLUMN)
     if values is None:
-        values = col.metric_columns + [c for c in (*MEASURES, *MEASURED_CI) if c in df.columns]
+        values = sorted(c for c in df.columns if c.startswith("metric.")) if trials is not None else col.metric_columns
+        values = values + [c for c in (*MEASURES, *MEASURED_CI) if c in df.columns]
     label = df.groupby(keys, dropna=False, sort=False).ngroup() if keys else pd.Series(0, index=df.index)
     states = pd.crosstab(label, df["state"])
     for s in ("done", "failed", "running", "pending"):

@@ -134,22 +134,56 @@ def verdict(diff: PairedDifference, higher_is_better: bool, significant: bool | 
     return BETTER if (diff.mean > 0) == higher_is_better else WORSE
 
 
-def decimals_for(half: float, significant: int = 2) -> int | None:
-    """Decimal places that show ``significant`` digits of a CI half-width (None without a CI)."""
+def decimals_for(half: float, significant: int | None = 2) -> int | None:
+    """Decimal places that show ``significant`` digits of a CI half-width (None without a CI).
+
+    ``significant=None``: the usual rounding rule — two digits when the half-width's leading digit is
+    1 or 2 (0.013, 0.24: one digit would change it by up to 40%), one otherwise (0.04, 0.7)."""
     if half is None or not np.isfinite(half) or half <= 0:
         return None
-    return max(0, significant - 1 - int(math.floor(math.log10(half))))
+    mag = int(math.floor(math.log10(half)))
+    if significant is None:
+        lead = int(f"{half:.1e}"[0])  # after rounding to two digits (0.0299 → 3.0e-02)
+        mag = int(math.floor(math.log10(float(f"{half:.1e}"))))
+        significant = 2 if lead in (1, 2) else 1
+    return max(0, significant - 1 - mag)
 
 
-def format_mean_ci(mean: float, half: float, *, significant: int = 2, fallback_digits: int = 4) -> str:
-    """``3.56 ± 0.04``: the mean to the digits its interval supports (two significant digits of the
-    half-width); without an interval, the mean to ``fallback_digits`` significant digits."""
+def format_significant(value: float, digits: int = 4) -> str:
+    """``value`` to ``digits`` significant digits in plain notation (``3.565``, ``92.89``, ``12345``);
+    scientific only below 1e-3, where plain notation would be all zeros."""
+    if value is None or not np.isfinite(value):
+        return "—"
+    if value == 0:
+        return "0"
+    mag = int(math.floor(math.log10(abs(value))))
+    if mag < -3:
+        return f"{value:.{digits - 1}e}"
+    return f"{value:.{max(0, digits - 1 - mag)}f}"
+
+
+def format_mean_ci(mean: float, half: float, *, significant: int | None = None, fallback_digits: int = 4) -> str:
+    """``3.56 ± 0.04``: the mean to the digits its interval supports (``significant`` digits of the
+    half-width; by default one, two when it starts with 1 or 2: ``92.7 ± 1.3``); without an interval (NaN: fewer than two values), the mean to ``fallback_digits``
+    significant digits; an interval of width zero (every seed gave the same value): ``3.565 ± 0``."""
     if mean is None or not np.isfinite(mean):
         return "—"
+    if half is not None and np.isfinite(half) and half == 0:
+        return f"{format_significant(mean, fallback_digits)} ± 0"
     d = decimals_for(half, significant)
     if d is None:
-        return f"{mean:.{fallback_digits}g}"
+        return format_significant(mean, fallback_digits)
     return f"{mean:.{d}f} ± {half:.{d}f}"
+
+
+def format_delta(mean: float, half: float, *, significant: int | None = None, fallback_digits: int = 3) -> str:
+    """A signed difference with its interval: ``+0.012 ± 0.004``, ``-1.3 ± 0.9``; without an interval,
+    ``fallback_digits`` significant digits (``+0.0123``)."""
+    if mean is None or not np.isfinite(mean):
+        return "—"
+    text = format_mean_ci(abs(mean), half, significant=significant, fallback_digits=fallback_digits)
+    sign = "+" if mean > 0 else "-" if mean < 0 else ""
+    return f"{sign}{text}"
 
 
 def _finite(v) -> bool:
