@@ -148,6 +148,7 @@ class AdaptiveConv2d(nn.Module):
         """Validate ``x`` and ``guide``; return the tensor the adaptive branch should read."""
         label = self.name or type(self).__name__
         check_input_tensor(label, x, self.in_channels)
+        check_input_dtype(label, self, x)
         eff = [d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size)]
         if any(n + 2 * p < e for n, p, e in zip(x.shape[2:], self.padding, eff)):
             raise ValueError(
@@ -269,6 +270,7 @@ class AdaptiveModule(nn.Module):
         """Validate ``x`` and ``guide``; return the guide (None for an unguided operator)."""
         label = self.name or type(self).__name__
         check_input_tensor(label, x, self.in_channels)
+        check_input_dtype(label, self, x)
         if guide is None:
             if self.guide_channels is not None:
                 raise ValueError(f"{label} was built with guide_channels={self.guide_channels} and needs a guide: "
@@ -322,6 +324,20 @@ def check_input_tensor(label: str, x, in_channels: int) -> None:
                          f"the layer was built for in_channels={in_channels}")
     if not x.is_floating_point():
         raise TypeError(f"{label}: input must be a floating-point tensor, got {x.dtype}")
+
+
+def check_input_dtype(label: str, module: nn.Module, x: torch.Tensor) -> None:
+    """The input must have the layer's dtype (that of its first floating-point parameter), else the
+    kernels fail deep inside with "expected scalar type Double but found Float". Under autocast the
+    dtypes differ on purpose (autocast casts per operation), so nothing is checked there."""
+    if torch.is_autocast_enabled(x.device.type):
+        return
+    for p in module.parameters():
+        if p.is_floating_point():
+            if p.dtype != x.dtype:
+                raise TypeError(f"{label}: input dtype {x.dtype} differs from the layer's dtype {p.dtype} (its "
+                                f"parameters); convert one of them: layer.to({x.dtype}) or x.to({p.dtype})")
+            return
 
 
 def check_guide_tensor(label: str, x: torch.Tensor, guide: torch.Tensor, guide_channels: int) -> None:

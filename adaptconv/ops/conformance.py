@@ -241,6 +241,16 @@ def _precisions(op: nn.Module, x: torch.Tensor, guide: torch.Tensor | None, refu
     _expect(y64.dtype == torch.float64, f"float64 module returned {y64.dtype}")
     _close(y64.float(), y32, 1e-4, 1e-3, "float64 vs float32")
     notes = ["float32", "float64"]
+    try:  # an input in another dtype than the layer's is refused naming both
+        with torch.no_grad():
+            op(x.double(), None if guide is None else guide.double())
+    except TypeError as exc:
+        _expect("float64" in str(exc) and "float32" in str(exc),
+                f"a float64 input into the float32 layer raised an error not naming both dtypes: {exc}")
+        notes.append("float64 input into float32 refused naming both")
+    except RuntimeError as exc:
+        raise CheckFailed(f"a float64 input into the float32 layer raised a raw error instead of a TypeError naming "
+                          f"the operator and both dtypes: {str(exc).splitlines()[0]}") from None
     for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
         for dtype in (torch.float16, torch.bfloat16):
             low = copy.deepcopy(op).to(device=device, dtype=dtype)
@@ -338,6 +348,131 @@ def check_from_conv(cls) -> str:
     return f"runs and keeps shapes; not function-preserving by design (max |Δ| {worst:.2g}): {cls.from_conv_note}"
 
 
+def _live(cls, guided: bool, **geo) -> tuple[AdaptiveConv2d, torch.Tensor, torch.Tensor | None]:
+    """A perturbed float64 layer in eval mode whose output on its inputs is not constant (a gated
+    operator may switch every pixel off for some weights, and then any two geometries agree)."""
+    for seed in range(1, 9):
+        op = _build(cls, 4, 4, guided=guided, **geo).double().eval()
+        _perturb(op, seed=seed)
+        x, guide = _inputs(op, 2, 10, 10, torch.float64, seed=seed)
+        with torch.no_grad():
+            if op(x, guide).std() > 1e-6:
+                return op, x, guide
+    raise CheckFailed(f"the output is constant for 8 random weights and inputs ({geo})")
+
+
+def _shared(cls, guided: bool, state: dict, **geo) -> AdaptiveConv2d:
+    """The operator in float64 eval mode with ``geo`` (3×3, stride 1, padding 1 unless given) and the
+    parameters and buffers of ``state`` (another geometry of the same operator)."""
+    full = dict(kernel_size=3, stride=1, padding=1, dilation=1, groups=1, bias=True)
+    full.update(geo)
+    op = _build(cls, 4, 4, guided=guided, **_geometry(cls, **full)).double().eval()
+    try:
+        op.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckFailed(f"the state of the 3×3 stride-1 layer does not load into the layer with {geo} "
+                          f"(the checks compare the two with the same weights): {str(exc).splitlines()[0]}") from None
+    return op
+
+
+def check_arguments_take_effect(cls) -> str:
+    """Each supported argument does what it does to a convolution, shown on the operator itself with
+    its weights shared between geometries — not through ``from_conv``, which need not be exact:
+
+    - ``stride`` 2 gives the stride-1 output at every second pixel (with a constant guide, so an
+      operator may pool what generates its kernels, as involution does);
+    - ``padding`` 0 gives the interior of the padding-1 output, whose border depends on the input's;
+    - ``dilation`` 2 (padding 2) changes the output of dilation 1 (padding 1), whose shape it keeps;
+    - ``groups`` 2: an output group does not depend on the input channels of the other group (guided,
+      so the adaptive branch reads the guide only);
+    - ``bias`` changes the output.
+
+    An operator that ignores an argument while keeping the output shape fails here even when every
+    shape matches nn.Conv2d."""
+    guided = cls.guide != "none"
+    base, x, guide = _live(cls, guided, **_geometry(cls, 3, 1, 1, 1))
+    state = base.state_dict()
+    with torch.no_grad():
+        y = base(x, guide)
+
+    def stride() -> str:
+        strided = _shared(cls, guided, state, stride=2)
+        what = "stride=2 against the stride-1 output at every second pixel (same weights)"
+        try:
+            _close(strided(x, guide), y[..., ::2, ::2], 1e-9, 1e-7, what)
+        except CheckFailed:
+            if guide is None:
+                raise
+            # an operator may pool what generates its kernels (involution): then the identity holds
+            # for a constant guide, as long as the output still varies with the input
+            flat = torch.full_like(guide, 0.5)
+            ref = base(x, flat)
+            if ref.std() < 1e-6:
+                raise
+            _close(strided(x, flat), ref[..., ::2, ::2], 1e-9, 1e-7, what + " with a constant guide")
+        return "stride"
+
+    def padding() -> str:
+        _close(_shared(cls, guided, state, padding=0)(x, guide), y[..., 1:-1, 1:-1], 1e-9, 1e-7,
+               "padding=0 against the interior of the padding=1 output (same weights)")
+        # the padded border is computed from the input's border, not filled in
+        frame = torch.ones_like(x, dtype=torch.bool)
+        frame[..., 1:-1, 1:-1] = False
+        y2 = base(torch.where(frame, x + 1.0, x), guide)
+        _expect(not torch.allclose(y2[frame[:, :1].expand_as(y2)], y[frame[:, :1].expand_as(y)]),
+                "padding=1: the output's border does not change when the input's border does")
+        return "padding"
+
+    def dilation() -> str:
+        y2 = _shared(cls, guided, state, dilation=2, padding=2)(x, guide)
+        _expect(y2.shape == y.shape, f"dilation=2 padding=2 gives {tuple(y2.shape)}, dilation=1 padding=1 "
+                                     f"{tuple(y.shape)}: nn.Conv2d gives the same shape for both")
+        _expect(not torch.allclose(y2, y, atol=1e-9, rtol=1e-7),
+                "dilation=2 (padding 2) gives the same output as dilation=1 (padding 1) with the same weights: "
+                "the operator ignores dilation")
+        return "dilation"
+
+    def groups() -> str:
+        if not guided:
+            return "groups skipped (self-guided only: its kernels may read every channel)"
+        op, xg, g = _live(cls, True, **_geometry(cls, groups=2))
+        y0 = op(xg, g)
+        for changed, kept in ((slice(2, 4), slice(0, 2)), (slice(0, 2), slice(2, 4))):
+            x2 = xg.clone()
+            x2[:, changed] += 1.0
+            y1 = op(x2, g)
+            _close(y1[:, kept], y0[:, kept], 1e-9, 1e-7,
+                   f"groups=2: output channels {kept.start}-{kept.stop - 1} after changing input channels "
+                   f"{changed.start}-{changed.stop - 1} (the other group)")
+            _expect(not torch.allclose(y1[:, changed], y0[:, changed]),
+                    f"groups=2: output channels {changed.start}-{changed.stop - 1} do not depend on their own "
+                    "input channels")
+        return "groups"
+
+    def bias() -> str:
+        nobias = _build(cls, 4, 4, guided=guided, **_geometry(cls, 3, 1, 1, 1, bias=False)).double().eval()
+        nobias.load_state_dict(state, strict=False)
+        _expect(not torch.allclose(nobias(x, guide), y, atol=1e-9, rtol=1e-7),
+                "bias=False gives the same output as bias=True with the same other weights: the bias is ignored")
+        return "bias"
+
+    done, failures = [], []
+    for arg, sub in (("stride", stride), ("padding", padding), ("dilation", dilation), ("groups", groups),
+                     ("bias", bias)):
+        if not _supports(cls, arg):
+            continue
+        try:
+            with torch.no_grad():
+                done.append(sub())
+        except CheckFailed as exc:  # every argument is tried, so one report names all that misbehave
+            failures.append(str(exc))
+    if failures:
+        raise CheckFailed("; ".join(failures))
+    if not done:
+        raise Skip("supports none of stride, padding, dilation, groups, bias")
+    return "with shared weights: " + ", ".join(done)
+
+
 def check_state_dict(cls) -> str:
     op = _build(cls, 4, 6, **_geometry(cls)).eval()
     _perturb(op)
@@ -353,6 +488,7 @@ CHECKS: list[tuple[str, Callable[[type[AdaptiveConv2d]], str]]] = [
     ("metadata", check_metadata),
     ("unsupported arguments raise", check_unsupported_args_raise),
     ("output shapes", check_shapes),
+    ("arguments take effect", check_arguments_take_effect),
     ("gradients (gradcheck)", check_gradients),
     ("batch independence", check_batch_independence),
     ("batch size 1 in train mode", check_train_batch1),

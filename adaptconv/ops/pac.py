@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import lean
-from .base import AdaptiveConv2d, ConvWeightMixin, conv_bias_init_, kaiming_uniform_
+from .base import AdaptiveConv2d, ConvWeightMixin, check_input_dtype, conv_bias_init_, kaiming_uniform_
 from .registry import register_op
 from .taps import Pair, grouped_tap_matmul, pair, unfold_taps, valid_taps, window_centres
 
@@ -358,6 +358,7 @@ class PacConvTranspose2d(_PacOptions, nn.Module):
     def forward(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"PacConvTranspose2d: input must be B×{self.in_channels}×H×W, got {tuple(x.shape)}")
+        check_input_dtype("PacConvTranspose2d", self, x)
         size = self.output_size(*x.shape[-2:])
         if guide is None or guide.dim() != 4 or guide.shape[0] != x.shape[0] \
                 or guide.shape[1] != self.guide_channels or tuple(guide.shape[-2:]) != size:
