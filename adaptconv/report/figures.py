@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,12 +24,16 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from ..results.atomic import write_bytes_atomic  # noqa: E402
-from .palette import BASELINE, op_order, variant_styles  # noqa: E402
+from .palette import BASELINE, CONV_LINE, TRIVIAL_LINE, op_order, variant_styles  # noqa: E402
 from .tables import Layout, fmt_factor, fmt_value, short_key  # noqa: E402
 
 MAX_FACETS = 6
 MAX_PARTS = 4  # figure files per kind and section; a sweep with more groups is in the tables
 DPI = 110
+PANEL_HEIGHT = 3.2  # inches per row of panels
+LABEL_ROOM = 0.8  # inches right of a panel for the names of its reference lines
+AXIS_ROOM = 0.8  # inches of a panel outside its plotting area: the metric axis's ticks and label
+TITLE_CHARS_PER_INCH = 14  # characters of an 8-pt panel title per inch of panel width
 _USED: set[str] = set()  # figure names written by the current all_figures call
 _REPORT_STYLES: dict = {}  # the style of every operator variant of the report, fixed once per report
 
@@ -46,6 +51,7 @@ class Figure:
     kind: str
     legend: list[str] = field(default_factory=list)
     section: str | None = None  # the task · dataset · backbone it belongs to, if one
+    baselines: list[str] = field(default_factory=list)  # trivial baselines drawn as reference lines
 
 
 def slug(text: str) -> str:
@@ -72,11 +78,15 @@ def _save(fig, folder: Path, name: str) -> str:
     return f"{folder.name}/{path.name}"
 
 
-def _legend(fig, axes) -> list[str]:
-    """One legend for the whole figure, in the report's operator order; returns its entries."""
+def _finish(fig, axes) -> list[str]:
+    """Readable ticks on every panel and one legend for the whole figure, in the report's operator
+    order; returns the legend's entries."""
     handles = {}
     for ax in np.ravel(axes):
+        if not ax.get_visible():
+            continue
         _plain_ticks(ax)
+        _log_ticks(ax)
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
     order = [lab for lab in op_order(handles) if lab in handles]
@@ -84,6 +94,9 @@ def _legend(fig, axes) -> list[str]:
         # "outside": constrained layout makes room for it, so no second (tight-bbox) draw is needed
         fig.legend([handles[lab] for lab in order], order, loc="outside right upper", frameon=False,
                    title="operator")
+        # room for the legend on top of the panels' own width, so it never squeezes them
+        w, h = fig.get_size_inches()
+        fig.set_size_inches(w + 0.6 + 0.055 * max(len(lab) for lab in order), h)
     return order
 
 
@@ -95,16 +108,47 @@ def _plain_ticks(ax) -> None:
             fmt.set_useOffset(False)
 
 
+def _plain_number(v: float, _pos=None) -> str:
+    return f"{v:g}"
+
+
+def log_subs(low: float, high: float) -> tuple[float, ...]:
+    """Mantissas of the labelled ticks of a log axis over [low, high]: every decade alone only when
+    the range spans many; 1-2-5 over a few; 1-2-3-5-7 over about one, so an axis never shows just
+    one or two labels."""
+    decades = math.log10(high / low) if low > 0 and high > low else 0.0
+    if decades > 4:
+        return (1.0,)
+    if decades > 1.6:
+        return (1.0, 2.0, 5.0)
+    return (1.0, 2.0, 3.0, 5.0, 7.0)
+
+
+def _log_ticks(ax) -> None:
+    """Log axes labelled with plain numbers (0.5, 1, 2, 5, 10 - not 10^0) at enough places to read
+    a value off; axes with ticks set explicitly (the measured resolutions) are left alone."""
+    for axis, lim in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        if axis.get_scale() != "log" or not isinstance(axis.get_major_locator(), matplotlib.ticker.LogLocator):
+            continue
+        low, high = sorted(lim)
+        axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=log_subs(low, high), numticks=12))
+        axis.set_major_formatter(matplotlib.ticker.FuncFormatter(_plain_number))
+        axis.set_minor_locator(matplotlib.ticker.LogLocator(base=10, subs=np.arange(1, 10), numticks=12))
+        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def _log_if_wide(ax, values, axis: str) -> None:
     v = np.asarray([x for x in values if np.isfinite(x) and x > 0])
     if len(v) >= 2 and v.max() / v.min() >= 10:
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
-        # unlabelled minor ticks: labelling them is most of the drawing time and clutters the axis
-        (ax.xaxis if axis == "x" else ax.yaxis).set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
-def _facets(n: int, rows: int = 1, width: float = 4.0, height: float = 3.2):
-    fig, axes = plt.subplots(rows, n, figsize=(width * n, height * rows), squeeze=False, layout="constrained")
+def _facets(widths: list[float], rows: int = 1, height: float = PANEL_HEIGHT, room: float = AXIS_ROOM):
+    """Panels whose plotting areas are ``widths`` inches wide (their content: a one-bar panel is
+    narrow), each with ``room`` inches for its axis and labels; the legend's room is added by
+    :func:`_finish`."""
+    fig = plt.figure(figsize=(sum(widths) + room * len(widths), height * rows), layout="constrained")
+    axes = fig.subplots(rows, len(widths), squeeze=False, gridspec_kw={"width_ratios": widths})
     return fig, axes
 
 
@@ -120,23 +164,35 @@ def _drawn(groups: list, what: str) -> str:
 
 
 def _group_figures(folder: Path, kind: str, section: str, groups: list, draw, caption: str,
-                   width: float = 4.0) -> list[Figure]:
-    """One facet per comparison group, ``draw(ax, group)`` in each: at most MAX_FACETS facets per
-    file and MAX_PARTS files (the caption says when groups were left out)."""
+                   widths: dict | None = None, rows: int = 1, room: float = AXIS_ROOM) -> list[Figure]:
+    """One facet per comparison group, ``draw(axes, group)`` in each (``axes``: the column of
+    ``rows`` panels, or the one panel; it returns the names of the trivial baselines it drew): at most
+    MAX_FACETS facets per file and MAX_PARTS files (the caption says when groups were left out).
+    ``widths``: inches of plotting area per group (default 3.2), ``room``: inches around each."""
     out = []
     for part, chunk in enumerate(_chunks(groups, MAX_FACETS)):
-        fig, axes = _facets(len(chunk), width=width)
-        for ax, group in zip(axes[0], chunk):
-            draw(ax, group)
-        legend = _legend(fig, axes)
+        fig, axes = _facets([(widths or {}).get(g, 3.2) for g in chunk], rows=rows, room=room)
+        drawn: set[str] = set()
+        for j, group in enumerate(chunk):
+            drawn.update(draw(axes[:, j] if rows > 1 else axes[0][j], group) or ())
+        legend = _finish(fig, axes)
         name = f"{kind}-{slug(section)}" + (f"-{part + 1}" if len(groups) > MAX_FACETS else "")
-        out.append(Figure(_save(fig, folder, name), caption + _drawn(groups, "groups"), kind, legend, section))
+        out.append(Figure(_save(fig, folder, name), caption + _reference_caption(sorted(drawn))
+                          + _drawn(groups, "groups"), kind, legend, section, sorted(drawn)))
     return out
 
 
 def _metric_name(metric: str, layout: Layout) -> str:
     arrow = "↑" if layout.higher_is_better(metric) else "↓"
     return f"{metric[len('metric.'):]} ({arrow} better)"
+
+
+def panel_title(section: str, group: str, width: float) -> str:
+    """A panel's title: what sets its comparison group apart (``upsampler=carafe``), never the section
+    again (the caption names it), wrapped to the panel's width."""
+    rest = group[len(section):].lstrip(" ·") if group.startswith(section) else group
+    return textwrap.fill(rest, max(12, int((width + AXIS_ROOM) * TITLE_CHARS_PER_INCH)), break_long_words=False,
+                         break_on_hyphens=False)
 
 
 def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> list[tuple[float, float]]:
@@ -152,14 +208,121 @@ def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> l
 
 
 def _ci(agg: pd.DataFrame, col: str, measured: tuple[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Error bar half-widths: the t-CI over seeds, or with one seed the measurement's own CI if it has one."""
+    """Error bar half-widths (below, above): the t-CI over seeds, or with one seed the measurement's own
+    CI if it has one. NaN where there is no interval (one seed): no error bar is drawn there."""
     mean = agg[col].astype(float).values
     lo, hi = agg[f"{col}.ci_low"].astype(float).values, agg[f"{col}.ci_high"].astype(float).values
     if measured is not None:
         one = agg[f"{col}.n"].values < 2
         lo = np.where(one, agg[measured[0]].astype(float).values if measured[0] in agg else np.nan, lo)
         hi = np.where(one, agg[measured[1]].astype(float).values if measured[1] in agg else np.nan, hi)
-    return np.nan_to_num(mean - lo, nan=0.0).clip(0), np.nan_to_num(hi - mean, nan=0.0).clip(0)
+    return (mean - lo).clip(0), (hi - mean).clip(0)
+
+
+def _err(err: tuple[np.ndarray, np.ndarray], i: int):
+    """The error bar of point ``i`` for matplotlib, or None without an interval (no cap is drawn)."""
+    lo, hi = err[0][i], err[1][i]
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo == hi == 0:
+        return None
+    return [[lo], [hi]]
+
+
+# ---- reference lines: conv's mean and the task's trivial baselines ----------------------------------
+
+@dataclass
+class Reference:
+    name: str
+    value: float
+    low: float = math.nan  # the baseline's 95% CI over seeds, when it has one
+    high: float = math.nan
+    style: dict = field(default_factory=lambda: dict(TRIVIAL_LINE))
+
+
+def _baseline_frame(layout: Layout, section: str) -> pd.DataFrame:
+    """``Layout.baselines_of(section)``: one row per comparison group × trivial baseline (empty when
+    the layout or the records have none)."""
+    get = getattr(layout, "baselines_of", None)
+    frame = get(section) if get is not None else None
+    if frame is None or len(frame) == 0 or "baseline" not in frame:
+        return pd.DataFrame()
+    return frame
+
+
+def _metric_column(frame: pd.DataFrame, metric: str) -> str | None:
+    """The baseline frame's column of ``metric`` (``metric.rmse``, or ``rmse`` without the prefix)."""
+    for c in (metric, metric.removeprefix("metric.")):
+        if c in frame and pd.to_numeric(frame[c], errors="coerce").notna().any():
+            return c
+    return None
+
+
+def _matching(frame: pd.DataFrame, values: dict) -> pd.DataFrame:
+    """Rows of ``frame`` whose columns agree with ``values`` (as the tables print them); a column the
+    frame lacks does not separate its rows."""
+    for k, v in values.items():
+        if k in frame:
+            frame = frame[frame[k].map(fmt_factor) == fmt_factor(v)]
+    return frame
+
+
+def _references(frame: pd.DataFrame, metric: str, where: dict) -> list[Reference]:
+    """The trivial baselines of one comparison group (``where``: its group and context values)."""
+    col = _metric_column(frame, metric) if len(frame) else None
+    if col is None:
+        return []
+    rows = _matching(frame, where)
+    out = []
+    for name, g in rows.groupby("baseline", sort=True):
+        r = g.iloc[0]  # one row per group and baseline (the layout's contract)
+        value = float(r[col])
+        if not np.isfinite(value):
+            continue
+        lo, hi = (float(r.get(f"{col}.{b}", math.nan)) for b in ("ci_low", "ci_high"))
+        out.append(Reference(str(name), value, lo, hi))
+    return out
+
+
+def _group_where(layout: Layout, section: str, rows: pd.DataFrame) -> dict:
+    """The group and context values shared by ``rows`` (one comparison group)."""
+    if rows.empty:
+        return {}
+    first = rows.iloc[0]
+    return {k: first[k] for k in ["group"] + layout.context_of(section) if k in rows}
+
+
+def _draw_references(ax, refs: list[Reference]) -> None:
+    """Horizontal lines across the panel, with a band for a baseline's CI when it has one."""
+    for ref in refs:
+        ax.axhline(ref.value, zorder=1.5, **ref.style)
+        if np.isfinite(ref.low) and np.isfinite(ref.high) and ref.high > ref.low:
+            ax.axhspan(ref.low, ref.high, color=ref.style["color"], alpha=0.12, lw=0, zorder=0.5)
+
+
+def _label_lines(ax, labels: list[tuple[float, str, tuple]]) -> None:
+    """Name reference lines just right of the panel at their height, nudged apart so close lines
+    (chance and majority class) stay readable. Call once the axis limits are final."""
+    if not labels:
+        return
+    to_axes = ax.transData + ax.transAxes.inverted()
+    # minimum gap: one line of 6.5-pt text in a panel about PANEL_HEIGHT - 1 inches tall
+    gap = 1.25 * 6.5 / (72 * (PANEL_HEIGHT - 1.0))
+    placed = sorted((float(to_axes.transform((0, y))[1]), text, color) for y, text, color in labels)
+    ys = [min(max(p[0], 0.0), 1.0) for p in placed]
+    for i in range(1, len(ys)):
+        ys[i] = max(ys[i], ys[i - 1] + gap)
+    if ys[-1] > 1.0:  # pushed off the top: shift the stack down
+        ys[-1] = 1.0
+        for i in range(len(ys) - 2, -1, -1):
+            ys[i] = min(ys[i], ys[i + 1] - gap)
+    for y, (_, text, color) in zip(ys, placed):
+        ax.annotate(text, xy=(1.0, y), xycoords="axes fraction", xytext=(3, 0), textcoords="offset points",
+                    va="center", ha="left", fontsize=6.5, color=color, annotation_clip=False)
+
+
+def _reference_caption(names: list[str]) -> str:
+    if not names:
+        return ""
+    return f" Dotted: the task's trivial baselines ({', '.join(names)}) on the same test data."
 
 
 # ---- metric vs latency, with the Pareto front -----------------------------------------------------
@@ -171,30 +334,43 @@ def pareto_figures(layout: Layout, folder: Path) -> list[Figure]:
         agg = layout.agg[layout.agg["section"] == section]
         if metric is None or "inference_ms" not in agg or not agg["inference_ms"].notna().any():
             continue
+        agg = agg[agg[metric].notna() & agg["inference_ms"].notna()]
+        frame = _baseline_frame(layout, section)
 
         def draw(ax, group):
-            g = agg[(agg["group"] == group) & agg[metric].notna() & agg["inference_ms"].notna()]
+            g = agg[agg["group"] == group]
             g = g.set_index("variant").loc[[v for v in op_order(g["variant"])]].reset_index()
             xerr = _ci(g, "inference_ms", ("inference_ms_ci_low", "inference_ms_ci_high"))
             yerr = _ci(g, metric)
             style = _styles(g["variant"])
             for i, r in g.iterrows():
                 color, marker, _ = style[r["variant"]]
-                ax.errorbar(r["inference_ms"], r[metric], xerr=[[xerr[0][i]], [xerr[1][i]]],
-                            yerr=[[yerr[0][i]], [yerr[1][i]]], fmt=marker, ms=6,
-                            color=color, capsize=2, label=r["variant"], lw=1)
+                ax.plot(r["inference_ms"], r[metric], marker, ms=6, color=color, label=r["variant"], zorder=3)
+                xe, ye = _err(xerr, i), _err(yerr, i)
+                if xe is not None or ye is not None:  # no interval (one seed): no bar, no cap
+                    ax.errorbar(r["inference_ms"], r[metric], xerr=xe, yerr=ye, fmt="none", color=color,
+                                capsize=2, lw=1, zorder=2)
             front = pareto_front(list(zip(g["inference_ms"], g[metric])), layout.higher_is_better(metric))
             if len(front) >= 2:
                 fx, fy = zip(*front)
                 ax.step(fx, fy, where="post", color="0.5", ls="--", lw=1, zorder=0)
+            # a trivial baseline has no latency: a horizontal line at its metric, across every latency
+            refs = _references(frame, metric, _group_where(layout, section, g))
+            _draw_references(ax, refs)
             _log_if_wide(ax, g["inference_ms"], "x")
             ax.set_xlabel(f"inference latency, batch {layout.measured('measured_batch')} (ms, ↓)")
             ax.set_ylabel(_metric_name(metric, layout))
-            ax.set_title(group, fontsize=8)
+            ax.set_title(panel_title(section, group, widths[group]), fontsize=8)
+            _label_lines(ax, [(r.value, r.name, r.style["color"]) for r in refs])
+            return [r.name for r in refs]
 
-        out += _group_figures(folder, "pareto", section, sorted(agg["group"].unique()), draw,
+        groups = sorted(agg["group"].unique())
+        # content-sized: a group of one or two points needs less room than a cloud of thirteen
+        widths = {gr: 1.8 + 0.1 * min(int((agg["group"] == gr).sum()), 10) for gr in groups}
+        out += _group_figures(folder, "pareto", section, groups, draw,
                               f"{section}: {metric[len('metric.'):]} against inference latency, mean ± 95% CI over "
-                              f"seeds (with one seed, the latency's bootstrap CI); dashed: the Pareto front.")
+                              f"seeds (with one seed, the latency's bootstrap CI; no bar where there is no "
+                              f"interval); dashed: the Pareto front.", widths, room=AXIS_ROOM + LABEL_ROOM)
     return out
 
 
@@ -223,7 +399,7 @@ def scaling_figures(layout: Layout, folder: Path) -> list[Figure]:
             for c, v in zip(context, combo):
                 sub = sub[sub[c].map(fmt_factor) == v]
             phases = [p for p in ("inference", "train_step") if p in set(sub["phase"])]
-            fig, axes = _facets(len(phases), rows=2)
+            fig, axes = _facets([3.2] * len(phases), rows=2)
             for j, phase in enumerate(phases):
                 p = sub[sub["phase"] == phase]
                 stats = p.groupby(["variant", "resolution"], sort=True)[["latency_ms", "peak_mb"]].median().reset_index()
@@ -242,7 +418,7 @@ def scaling_figures(layout: Layout, folder: Path) -> list[Figure]:
                     ax.set_xlabel("input resolution (px)")
                     ax.set_ylabel(label)
                     ax.set_title(f"{phase.replace('_', ' ')}, batch {batch}", fontsize=8)
-            legend = _legend(fig, axes)
+            legend = _finish(fig, axes)
             where = ", ".join(f"{short_key(c.removeprefix('config.'))}={v}" for c, v in zip(context, combo))
             name = f"scaling-{slug(section)}" + (f"-{slug(where)}" if where else "")
             method = ", ".join(sorted(set(sub["memory_method"].dropna().astype(str)))) if "memory_method" in sub else ""
@@ -282,13 +458,15 @@ def _moves_with(rows: pd.DataFrame, key: str, other: str) -> bool:
 
 def ablation_figures(layout: Layout, folder: Path) -> list[Figure]:
     """One figure per swept factor: the metric and latency against it, one line per operator variant,
-    with the section's other swept factors held at their most common values (one factor at a time)."""
+    with the section's other swept factors held at their most common values (one factor at a time).
+    A variant measured at only one value of the factor is no line and is left out (the caption says
+    so); a factor with no line of two points or more gets no figure."""
     out = []
     agg = layout.agg
     for key in layout.context + layout.op_factors:
         if key not in agg:
             continue
-        facets = []  # (section, rows, values, held)
+        facets = []  # (section, rows, values, held, left out)
         for section in layout.sections:
             rows = agg[agg["section"] == section]
             if key in layout.op_factors:  # the operators that take the option; a missing value is its default
@@ -308,34 +486,50 @@ def ablation_figures(layout: Layout, folder: Path) -> list[Figure]:
             ref = _reference(rows, others)
             for k, v in ref.items():
                 rows = rows[rows[k].map(fmt_factor) == v]
+            metric = layout.primary_of(section)
+            if metric is None or rows.empty:
+                continue
+            rows = rows.copy()
+            rows["line"] = rows.apply(lambda r: _line_label(r, key, layout), axis=1)
+            # a line needs two points of the headline metric; fewer is a bar in the bars figure, not a trend
+            points = rows[rows[metric].notna()].groupby("line")[key].nunique()
+            lines = sorted(points[points >= 2].index)
+            left_out = op_order(set(rows["line"]) - set(lines))
+            rows = rows[rows["line"].isin(lines)]
             values = sorted(set(rows[key]), key=lambda v: (str(type(v)), v)) if len(rows) else []
-            if len(values) >= 2:
-                facets.append((section, rows, values, ref))
+            if lines and len(values) >= 2:
+                facets.append((section, rows, values, ref, left_out))
         if not facets:
             continue
         facets = facets[:MAX_FACETS]
         panels = ("primary", "inference_ms")
-        fig, axes = _facets(len(facets), rows=len(panels))
-        for j, (section, s, values, ref) in enumerate(facets):
+        widths = [min(3.2, 1.1 + 0.35 * len(f[2])) for f in facets]
+        fig, axes = _facets(widths, rows=len(panels), room=AXIS_ROOM + LABEL_ROOM)
+        drawn: set[str] = set()
+        for j, (section, s, values, ref, _) in enumerate(facets):
             numeric = _is_numeric(values)
             metric = layout.primary_of(section)
-            s = s.copy()
-            s["line"] = s.apply(lambda r: _line_label(r, key, layout), axis=1)
             style = _styles(s["line"])
+            position = {v: float(v) if numeric else i for i, v in enumerate(values)}
             for i, panel in enumerate(panels):
                 ax = axes[i][j]
                 col = metric if panel == "primary" else "inference_ms"
-                if col is None or col not in s or not s[col].notna().any():
+                if col not in s or not s[col].notna().any():
                     ax.set_visible(False)
                     continue
                 for line in op_order(s["line"]):
-                    g = s[s["line"] == line].copy()
-                    g["_x"] = g[key].map(lambda v: float(v) if numeric else values.index(v))
-                    g = g.sort_values("_x")
-                    err = _ci(g.reset_index(drop=True), col)
+                    g = s[(s["line"] == line) & s[col].notna()].copy()
+                    g["_x"] = g[key].map(position)
+                    g = g.sort_values("_x").reset_index(drop=True)
                     color, marker, dash = style[line]
-                    ax.errorbar(g["_x"], g[col], yerr=err, marker=marker, ls=dash, color=color, label=line,
-                                capsize=2, ms=4, lw=1.2)
+                    ax.plot(g["_x"], g[col], marker=marker, ls=dash, color=color, label=line, ms=4, lw=1.2)
+                    err = _ci(g, col)
+                    has = np.isfinite(err[0]) & np.isfinite(err[1]) & ((err[0] > 0) | (err[1] > 0))
+                    if has.any():  # only where there is an interval: no caps at n=1
+                        ax.errorbar(g["_x"][has], g[col][has], yerr=[err[0][has], err[1][has]], fmt="none",
+                                    color=color, capsize=2, lw=1)
+                if panel == "primary":
+                    drawn.update(_ablation_references(ax, layout, section, key, metric, ref, position))
                 if numeric:
                     _log_if_wide(ax, [float(v) for v in values], "x")
                     if len(values) <= 8:
@@ -345,18 +539,57 @@ def ablation_figures(layout: Layout, folder: Path) -> list[Figure]:
                 else:
                     ax.set_xticks(range(len(values)))
                     ax.set_xticklabels([fmt_value(v) for v in values], rotation=30, ha="right")
+                    ax.set_xlim(-0.4, len(values) - 0.6)
                 ax.set_xlabel(short_key(key))
                 ax.set_ylabel(_metric_name(col, layout) if panel == "primary" else "inference latency (ms, ↓)")
                 if i == 0:
                     held = ", ".join(f"{short_key(k)}={v}" for k, v in ref.items())
-                    ax.set_title(section + (f"\n({held})" if held else ""), fontsize=8)
-        legend = _legend(fig, axes)
+                    ax.set_title(textwrap.fill(section + (f" ({held})" if held else ""),
+                                               int((widths[j] + AXIS_ROOM) * TITLE_CHARS_PER_INCH),
+                                               break_long_words=False), fontsize=8)
+        legend = _finish(fig, axes)
         helds = ["; ".join(f"{short_key(k)}={v}" for k, v in f[3].items()) for f in facets]
         held = f"; other swept factors held at {', '.join(h for h in helds if h)}" if any(helds) else ""
+        left = op_order({v for f in facets for v in f[4]})
+        left_note = ""
+        if left:
+            names = ", ".join(left) if len(left) <= 4 else f"{len(left)} variants"
+            left_note = f" Left out, measured at only one {short_key(key)} (see the tables): {names}."
         out.append(Figure(_save(fig, folder, f"ablation-{slug(key)}"),
                           f"Ablation over {key}: headline metric and inference latency, mean ± 95% CI over seeds"
-                          f"{held}.", "ablation", legend))
+                          f"{held}.{left_note}{_reference_caption(sorted(drawn))}", "ablation", legend,
+                          baselines=sorted(drawn)))
     return out
+
+
+def _ablation_references(ax, layout: Layout, section: str, key: str, metric: str, held: dict,
+                         position: dict) -> list[str]:
+    """The trivial baselines in an ablation panel: across the panel when the factor is the
+    operator's (the baseline does not depend on it), else a dotted line over the factor's values (a
+    baseline depends on the scale, say). Returns the names drawn."""
+    frame = _baseline_frame(layout, section)
+    col = _metric_column(frame, metric) if len(frame) else None
+    if col is None:
+        return []
+    rows = _matching(frame, held)
+    names, labels = [], []
+    for name, g in rows.groupby("baseline", sort=True):
+        if key in g:
+            g = g.assign(_x=g[key].map(lambda v: position.get(DEFAULT if fmt_factor(v) == "default" else v)))
+            g = g[g["_x"].notna() & pd.to_numeric(g[col], errors="coerce").notna()].sort_values("_x")
+            if g.empty:
+                continue
+            ax.plot(g["_x"], g[col].astype(float), marker=".", ms=3, zorder=1.5, **TRIVIAL_LINE)
+            value = float(g[col].iloc[-1])
+        else:
+            value = float(g[col].iloc[0])
+            if not np.isfinite(value):
+                continue
+            ax.axhline(value, zorder=1.5, **TRIVIAL_LINE)
+        names.append(str(name))
+        labels.append((value, str(name), TRIVIAL_LINE["color"]))
+    _label_lines(ax, labels)
+    return names
 
 
 def _line_label(row: pd.Series, key: str, layout: Layout) -> str:
@@ -368,19 +601,53 @@ def _line_label(row: pd.Series, key: str, layout: Layout) -> str:
 
 # ---- training curves -------------------------------------------------------------------------------
 
+def smoothing_window(steps: int) -> int:
+    """Trailing moving-average window over the per-step losses: a tenth of the run (1 below 20 steps),
+    so the batch-to-batch noise every operator shares does not hide the trend."""
+    return 1 if steps < 20 else max(2, round(steps / 10))
+
+
+def _smoothed(ls: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Per (group, variant, seed): the loss by step, moving-averaged; one column per seed run."""
+    window = smoothing_window(int(ls.groupby("trial_id")["step"].nunique().max()))
+    ls = ls.sort_values(["trial_id", "step"])
+    ls = ls.assign(value=ls.groupby("trial_id")["value"].transform(lambda v: v.rolling(window, min_periods=1).mean()))
+    return ls, window
+
+
 def curve_figures(layout: Layout, folder: Path) -> list[Figure]:
+    """Training loss per comparison group (top) and, where the group has conv and another variant,
+    each variant's loss divided by conv's at the same step and seed (bottom): operators that share
+    the seed share the batches, so the ratio separates lines the shared batch noise puts on top of
+    each other."""
     curves = layout.col.curves
     if curves.empty:
         return []
-    loss = curves[curves["series"] == "loss"]
-    t = layout.trials[layout.trials["state"] == "done"][["trial_id", "variant", "section"]]
-    loss = loss.merge(t, on="trial_id").merge(layout.trials[["trial_id", "group"]], on="trial_id")
+    loss = curves[curves["series"] == "loss"][["trial_id", "step", "value"]]
+    t = layout.trials[layout.trials["state"] == "done"]
+    t = t[["trial_id", "variant", "section", "group"] + [c for c in ("seed", "kind") if c in t]]
+    if "seed" not in t:
+        t = t.assign(seed=0)
+    if "kind" not in t:
+        t = t.assign(kind="operator")
+    loss = loss.merge(t, on="trial_id")
+    loss = loss[np.isfinite(loss["value"].astype(float))]
     out = []
     for section in sorted(loss["section"].unique()):
-        ls = loss[loss["section"] == section]
+        ls, window = _smoothed(loss[loss["section"] == section])
         stats = ls.groupby(["group", "variant", "step"], sort=True)["value"].agg(["mean", "min", "max"]).reset_index()
+        # each variant against conv, paired by seed and step
+        conv = ls[ls["variant"] == BASELINE][["group", "seed", "step", "value"]].rename(columns={"value": "conv"})
+        # operators only: a network variant (another upsampler) has its own loss scale and is in the top row
+        paired = ls[(ls["variant"] != BASELINE) & (ls["kind"] == "operator")].merge(conv, on=["group", "seed", "step"])
+        paired = paired[paired["conv"] > 0].assign(ratio=lambda d: d["value"] / d["conv"])
+        ratios = paired.groupby(["group", "variant", "step"], sort=True)["ratio"].mean().reset_index()
+        groups = sorted(stats["group"].unique())
+        with_ratio = bool(len(ratios))
 
-        def draw(ax, group):
+        def draw(axes, group):
+            axes = np.atleast_1d(axes)
+            ax = axes[0]
             g = stats[stats["group"] == group]
             style = _styles(g["variant"])
             for variant in op_order(g["variant"]):
@@ -391,14 +658,45 @@ def curve_figures(layout: Layout, folder: Path) -> list[Figure]:
             _log_if_wide(ax, g["mean"], "y")
             ax.set_xlabel("step")
             ax.set_ylabel("training loss")
-            ax.set_title(" · ".join(x for x in (section, group) if x), fontsize=8)
+            ax.set_title(panel_title(section, group, widths[group]), fontsize=8)
+            if len(axes) < 2:
+                return []
+            ax = axes[1]
+            r = ratios[ratios["group"] == group]
+            if r.empty:  # conv alone (or no conv): nothing to divide by
+                ax.set_visible(False)
+                return []
+            ax.axhline(1.0, zorder=1.5, **CONV_LINE)
+            for variant in op_order(r["variant"]):
+                v = r[r["variant"] == variant]
+                color, _, dash = style[variant]
+                ax.plot(v["step"], v["ratio"], color=color, ls=dash, lw=1.1, label=variant)
+            _log_if_wide(ax, r["ratio"], "y")
+            ax.set_xlabel("step")
+            ax.set_ylabel("loss ÷ conv's loss")
+            return []
 
-        out += _group_figures(folder, "curves", section, sorted(stats["group"].unique()), draw,
-                              f"{section}: training loss (mean over seeds; band: min to max).")
+        widths = {gr: 1.8 if stats.loc[stats["group"] == gr, "variant"].nunique() == 1 else 3.0 for gr in groups}
+        smooth = f"moving average over {window} steps, " if window > 1 else ""
+        caption = (f"{section}: training loss ({smooth}mean over seeds; band: min to max over seeds)"
+                   + ("; below, each variant's loss divided by conv's at the same step and seed (the same "
+                      "batches), mean over seeds — under 1 (dashed) is lower than conv" if with_ratio else "")
+                   + ".")
+        out += _group_figures(folder, "curves", section, groups, draw, caption, widths, rows=2 if with_ratio else 1)
     return out
 
 
 # ---- per-task bars ---------------------------------------------------------------------------------
+
+def bar_limits(values: list[float]) -> tuple[float, float]:
+    """The metric axis of a bar panel: from zero (a bar's length is its value, so a 1e-7 difference
+    stays invisible) to past the largest value, error bar or reference line; below zero only when a
+    value is negative."""
+    v = [x for x in values if np.isfinite(x)] + [0.0]
+    lo, hi = min(v), max(v)
+    pad = 0.06 * (hi - lo) or 1.0
+    return (lo - pad if lo < 0 else 0.0), (hi + pad if hi > 0 else 0.0)
+
 
 def bar_figures(layout: Layout, folder: Path) -> list[Figure]:
     out = []
@@ -407,6 +705,7 @@ def bar_figures(layout: Layout, folder: Path) -> list[Figure]:
         if metric is None:
             continue
         agg = layout.agg[(layout.agg["section"] == section) & layout.agg[metric].notna()]
+        frame = _baseline_frame(layout, section)
 
         def draw(ax, group):
             g = agg[agg["group"] == group]
@@ -416,24 +715,38 @@ def bar_figures(layout: Layout, folder: Path) -> list[Figure]:
             style = _styles(g["variant"])
             hatches = {v: ("" if style[v][2] == "-" else "//") for v in style}  # variants of one op: hatched
             for i, r in g.iterrows():
-                ax.bar(i, r[metric], yerr=[[err[0][i]], [err[1][i]]], color=style[r["variant"]][0],
-                       hatch=hatches[r["variant"]], label=r["variant"], capsize=2, edgecolor="black", lw=0.5)
-            base = g[g["op"] == BASELINE]
-            if len(base):
-                ax.axhline(base[metric].iloc[0], color="black", ls=":", lw=1)
-            lo = np.nanmin(g[metric] - err[0])
-            hi = np.nanmax(g[metric] + err[1])
-            pad = (hi - lo) * 0.15 or abs(hi) * 0.05 or 1.0
-            ax.set_ylim(lo - pad, hi + pad)  # bars of close values: zoom to where they differ
+                e = _err(err, i)
+                color = style[r["variant"]][0]
+                ax.bar(i, r[metric], yerr=e, color=color, hatch=hatches[r["variant"]], label=r["variant"],
+                       capsize=3 if e is not None else 0, edgecolor="black", lw=0.5, width=0.7,
+                       hatchcolor="white" if sum(color) < 0.6 else "black")  # a hatch shows on conv's black too
+            labels = []
+            conv = g[g["variant"] == BASELINE]
+            if len(conv) and len(g) > 1:  # conv's line reads across the other bars
+                ax.axhline(conv[metric].iloc[0], zorder=1.5, **CONV_LINE)
+                labels.append((float(conv[metric].iloc[0]), BASELINE, CONV_LINE["color"]))
+            refs = _references(frame, metric, _group_where(layout, section, g))
+            _draw_references(ax, refs)
+            labels += [(r.value, r.name, r.style["color"]) for r in refs]
+            ends = list(g[metric] - np.nan_to_num(err[0])) + list(g[metric] + np.nan_to_num(err[1]))
+            ends += [x for r in refs for x in (r.value, r.low, r.high)]
+            ax.set_ylim(*bar_limits(ends))
+            ax.set_xlim(-0.6, len(order) - 0.4)
             ax.set_xticks(range(len(order)))
             ax.set_xticklabels(order, rotation=40, ha="right", fontsize=7)
+            ax.grid(False, axis="x")
             ax.set_ylabel(_metric_name(metric, layout))
-            ax.set_title(group, fontsize=8)
+            ax.set_title(panel_title(section, group, widths[group]), fontsize=8)
+            _label_lines(ax, labels)
+            return [r.name for r in refs]
 
-        out += _group_figures(folder, "bars", section, sorted(agg["group"].unique()), draw,
-                              f"{section}: {metric[len('metric.'):]} per operator, mean ± 95% CI over seeds "
-                              f"(dotted: conv). The axis is zoomed to the range of the values.",
-                              width=max(3.5, 0.45 * agg["variant"].nunique() + 1.5))
+        groups = sorted(agg["group"].unique())
+        # a panel as wide as its bars (plus the axis and the reference lines' names)
+        widths = {gr: 0.3 + 0.38 * int((agg["group"] == gr).sum()) for gr in groups}
+        out += _group_figures(folder, "bars", section, groups, draw,
+                              f"{section}: {metric[len('metric.'):]} per operator, mean ± 95% CI over seeds (no "
+                              f"bar where one seed gives no interval); the axis starts at zero. Dashed: conv.",
+                              widths, room=AXIS_ROOM + LABEL_ROOM)
     return out
 
 

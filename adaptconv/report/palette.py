@@ -3,7 +3,8 @@
 Colours come from seaborn's colour-blind-safe palette. An operator's colour depends only on its
 name (a fixed order for the built-in operators, a stable hash for plugins), never on which operators a
 report happens to contain, so two reports can be read side by side. The baseline ``conv`` is black.
-With more operators than colours, colours repeat with a different marker and line style.
+With more operators than colours, colours repeat with a different marker and line style. Reference
+lines (conv's mean, the task's trivial baselines) have their own fixed styles.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ KNOWN_OPS = ("pac", "paka", "acda", "dfn", "deform", "mdeform", "condconv", "dyn
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 DASHES = ("-", "--", "-.", ":")
 BASELINE = "conv"
+#: reference lines drawn across a panel: conv's mean (black, dashed) and each trivial, non-learned
+#: baseline of the task (grey, dotted), so neither can be mistaken for an operator's line
+CONV_LINE = {"color": (0.0, 0.0, 0.0), "ls": "--", "lw": 1.0}
+TRIVIAL_LINE = {"color": (0.4, 0.4, 0.4), "ls": ":", "lw": 1.4}
 
 
 def _index(op: str) -> int:
