@@ -316,6 +316,18 @@ def _check_names(cf: ClaimsFile, problems: _Problems, operators: str) -> None:
                                             f"{message} (not installed here? it must then be in the results)"))
 
 
+def report_claims(col, *, claims_path: str | Path | None = None,
+                  suite_path: str | Path | None = None) -> ClaimsTable | None:
+    """The claims table of a report, as ``adaptconv report`` builds it: ``claims_path`` given, every claim
+    must judge a section of this suite; else the project's default file (:func:`default_claims_path`)
+    judges the sections this suite has and lists the others; None without a file."""
+    explicit = claims_path is not None
+    path = Path(claims_path) if explicit else default_claims_path(suite_path)
+    if path is None:
+        return None
+    return evaluate_claims(load_claims(path), col, require_sections=explicit)
+
+
 # ---- judging claims on a collection ----------------------------------------------------------------
 
 @dataclass
@@ -409,6 +421,62 @@ class ClaimsTable:
                          f"judge{'s' if len(self.skipped) == 1 else ''} sections this suite does not run: "
                          + "; ".join(f"{c.id} ({why})" for c, why in self.skipped) + ".")
         return notes
+
+    def summary(self) -> str:
+        """One sentence: how many claims got which verdict (for the report's findings)."""
+        counts: dict[str, int] = {}
+        for r in self.results:
+            counts[r.verdict] = counts.get(r.verdict, 0) + 1
+        order = (SUPPORTED, NOT_SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_MEASURED)
+        parts = [f"{counts[v]} {v}" for v in order if counts.get(v)]
+        n = len(self.results)
+        return (f"Of {n} published claim{'s' if n != 1 else ''} judged on this suite: " + ", ".join(parts) + "."
+                if n else "No published claim could be judged on this suite.")
+
+    def files(self) -> dict[str, str]:
+        """The table files a report writes, relative to its folder."""
+        return {"tables/claims.csv": self.to_csv(), "tables/claims.md": self.to_markdown() + "\n",
+                "tables/claims.tex": self.to_latex(f"{self.suite}: published claims",
+                                                   f"tab:{re.sub(r'[^A-Za-z0-9]+', '-', self.suite)}-claims")}
+
+    def markdown_lines(self) -> list[str]:
+        """The report's "Published claims" section in Markdown."""
+        lines = ["## Published claims", "", self.summary(), ""]
+        if self.results:
+            lines += [self.to_markdown(), "", "Tables: [CSV](tables/claims.csv) · [LaTeX](tables/claims.tex)", ""]
+        lines += [f"- {n}" for n in self.notes()] + [""]
+        lines += [f"- warning: {w}" for w in self.warnings] + ([""] if self.warnings else [])
+        return lines
+
+    def html_parts(self) -> list[str]:
+        """The same section as HTML (the report's page styles bare ``<table>`` elements)."""
+        parts = ["<h2>Published claims</h2>", f"<p>{html.escape(self.summary())}</p>"]
+        if self.results:
+            parts += [self.to_html(), "<p class=\"note\">Tables: <a href=\"tables/claims.csv\">CSV</a> · "
+                                      "<a href=\"tables/claims.tex\">LaTeX</a></p>"]
+        items = [html.escape(n) for n in self.notes()] + [f"warning: {html.escape(w)}" for w in self.warnings]
+        parts.append("<ul>" + "".join(f"<li class=\"note\">{n}</li>" for n in items) + "</ul>")
+        return parts
+
+    def to_latex(self, caption: str, label: str) -> str:
+        """A booktabs table (needs ``\\usepackage{booktabs}``)."""
+        from .tables import latex_escape as _escape
+
+        def latex_escape(text) -> str:  # what the report's escaper leaves as Unicode
+            out = _escape(text)
+            for ch, tex in (("−", "$-$"), ("≤", r"$\leq$"), ("≥", r"$\geq$"), ("✓", "(holds)"), ("✗", "(fails)"),
+                            ("Δ", r"$\Delta$")):
+                out = out.replace(ch, tex)
+            return out
+
+        cells = self.display()
+        lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{latex_escape(caption)}}}",
+                 rf"\label{{{label}}}", r"\begin{tabular}{" + "l" * len(cells.columns) + "}", r"\toprule",
+                 " & ".join(latex_escape(c) for c in cells.columns) + r" \\", r"\midrule"]
+        for row in cells.itertuples(index=False):
+            lines.append(" & ".join(latex_escape(v) for v in row) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+        return "\n".join(lines)
 
     def to_csv(self) -> str:
         return self.frame().to_csv(index=False)
@@ -836,4 +904,4 @@ def _decide(results: list[ClaimResult], alpha: float) -> None:
 
 
 __all__ = ["Claim", "ClaimResult", "ClaimsError", "ClaimsFile", "ClaimsTable", "NonInferior", "default_claims_path",
-           "evaluate_claims", "load_claims"]
+           "evaluate_claims", "load_claims", "report_claims"]

@@ -436,3 +436,36 @@ def test_table_renderers(tmp_path):
     col = collection(rows("conv", CONV), rows("pac", better))
     html = judge(tmp_path, col, PAC_LOWER.replace("op: pac", "op: pac\n    op_where: {steps: 30}")).to_html()
     assert html.startswith("<table>") and "<td>" in html and "&lt;" not in html.split("<tbody>")[0]
+
+
+def test_report_section_and_files(tmp_path):
+    better = [v - 0.1 + d for v, d in zip(CONV, [0.01, -0.01, 0.005, -0.005])]
+    col = collection(rows("conv", CONV), rows("pac", better))
+    table = judge(tmp_path, col, PAC_LOWER, PAC_HIGHER, PAC_LOWER.replace("pac", "paka"))
+    assert table.summary() == ("Of 3 published claims judged on this suite: 1 supported, 1 contradicted, "
+                               "1 not measured.")
+    files = table.files()
+    assert set(files) == {"tables/claims.csv", "tables/claims.md", "tables/claims.tex"}
+    tex = files["tables/claims.tex"]
+    assert r"\begin{tabular}{lllllll}" in tex and "−" not in tex and "✓" not in tex
+    md = "\n".join(table.markdown_lines())
+    assert md.startswith("## Published claims") and "Holm" in md and "tables/claims.csv" in md
+    page = "\n".join(table.html_parts())
+    assert page.startswith("<h2>Published claims</h2>") and "<table>" in page
+
+
+def test_report_claims_default_file_is_lenient_and_an_explicit_one_strict(tmp_path, monkeypatch):
+    from adaptconv.report.claims import report_claims
+
+    col = collection(rows("conv", CONV), rows("pac", CONV))
+    other = ("  - id: seg\n    claim: deform helps\n    source: Dai et al. 2017\n"
+             "    section: {task: segmentation, dataset: synthetic}\n    op: deform\n    metric: miou\n"
+             "    direction: higher\n")
+    (tmp_path / "suites").mkdir()
+    write(tmp_path, CLAIM + other)
+    monkeypatch.chdir(tmp_path / "suites")
+    assert report_claims(col, suite_path=tmp_path / "elsewhere.yaml") is None  # no file: no claims table
+    table = report_claims(col, suite_path=tmp_path / "suites" / "s.yaml")
+    assert [r.claim.id for r in table.results] == ["pac-lowers-rmse"] and len(table.skipped) == 1
+    with pytest.raises(ClaimsError, match="is not in suite"):
+        report_claims(col, claims_path=tmp_path / "claims.yaml")
