@@ -275,8 +275,10 @@ def _values_by_seed(layout: Layout) -> dict:
 def _sort_rows(df: pd.DataFrame, context: list[str]) -> pd.DataFrame:
     """Rows by the context factors (numbers before text), then operators in the report's order, the
     network variants, and the trivial baselines last."""
-    order = {v: i for i, v in enumerate(op_order(df["variant"]))}
     kinds = df["kind"].map(KIND_ORDER) if "kind" in df else pd.Series(0, index=df.index)
+    trivial = set(df.loc[kinds == KIND_ORDER[TRIVIAL], "variant"])
+    order = {v: i for i, v in enumerate(op_order(set(df["variant"]) - trivial))}
+    order.update({v: len(order) + i for i, v in enumerate(sorted(trivial))})  # baselines by name
     keys = list(zip(*[df[c].map(lambda v: (0, v) if isinstance(v, (int, float)) and not isinstance(v, bool)
                                 else (1, str(v))) for c in context], kinds, df["variant"].map(order)))
     return df.iloc[sorted(range(len(df)), key=keys.__getitem__)].reset_index(drop=True)

@@ -12,7 +12,7 @@ import statistics
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures.records import OP_MS, rmse, write_fixture
+from fixtures.records import OP_MS, baselines, rmse, write_fixture
 from PIL import Image
 
 from adaptconv.cli import main
@@ -22,6 +22,7 @@ from adaptconv.results.collect import collect
 
 SECTION = "upsampling-middlebury-jointnet"
 VARIANTS = ["conv", "pac", "pac (kernel_type=inv)", "dfn"]
+BASELINES = ["bilinear", "guided_filter"]
 
 
 @pytest.fixture(scope="module")
@@ -36,36 +37,84 @@ def built(tmp_path_factory):
 def test_section_table_rows_and_values(built):
     root, *_ = built
     t = pd.read_csv(root / "report" / "tables" / f"{SECTION}.csv")
-    assert list(zip(t["task_options.scale"], t["operator"])) == [(s, v) for s in (4, 8) for v in VARIANTS]
+    assert list(zip(t["task_options.scale"], t["operator"])) == [(s, v) for s in (4, 8) for v in VARIANTS + BASELINES]
+    assert list(t["kind"]) == (["operator"] * 4 + ["baseline"] * 2) * 2
     for _, r in t.iterrows():
-        if r["operator"] == "pac (kernel_type=inv)" and r["task_options.scale"] == 8:
-            # one failed and two pending: listed, counted, no value invented
+        scale = r["task_options.scale"]
+        if r["operator"] == "pac (kernel_type=inv)" and scale == 8:
+            # one failed and two pending: listed, counted, no value invented, no verdict
             assert (r["n_done"], r["n_failed"], r["n_pending"]) == (0, 1, 2)
             assert math.isnan(r["metric.rmse"]) and math.isnan(r["inference_ms"])
+            assert r["metric.rmse.verdict"] == "n<2, no CI" and not r["metric.rmse.best"]
             continue
-        op = r["operator"].split(" ")[0]
-        kt = "inv" if "inv" in r["operator"] else None
-        assert r["metric.rmse"] == pytest.approx(statistics.mean(rmse(op, r["task_options.scale"], s, kt) for s in range(3)))
-        assert r["metric.rmse.n"] == 3
-        assert r["inference_ms.x_conv"] == pytest.approx(OP_MS[op] / OP_MS["conv"])
-        assert r["params.x_conv"] == pytest.approx(OP_MS[op])
-    best = t[t["metric.rmse.best"]]
-    assert list(best["operator"]) == ["pac", "pac"]  # lowest rmse at both scales
-    verdict = t.set_index(["task_options.scale", "operator"])["metric.rmse.significant_vs_best"]
-    assert verdict[(4, "conv")] and verdict[(4, "dfn")] and not verdict[(4, "pac (kernel_type=inv)")]
+        if r["kind"] == "baseline":
+            values = [baselines(scale, s)[r["operator"]]["rmse"] for s in range(3)]
+            assert math.isnan(r["inference_ms"])
+        else:
+            op = r["operator"].split(" ")[0]
+            kt = "inv" if "inv" in r["operator"] else None
+            values = [rmse(op, scale, s, kt) for s in range(3)]
+            assert r["inference_ms.x_conv"] == pytest.approx(OP_MS[op] / OP_MS["conv"])
+            assert r["params.x_conv"] == pytest.approx(OP_MS[op])
+        assert r["metric.rmse"] == pytest.approx(statistics.mean(values)) and r["metric.rmse.n"] == 3
+        # the difference to conv, seed by seed (the same seed of both rows)
+        conv = [rmse("conv", scale, s) for s in range(3)]
+        if r["operator"] == "conv":
+            assert r["metric.rmse.verdict"] == "reference" and math.isnan(r["metric.rmse.delta"])
+            continue
+        diffs = [v - c for v, c in zip(values, conv)]
+        assert r["metric.rmse.delta"] == pytest.approx(statistics.mean(diffs)) and r["metric.rmse.delta_n"] == 3
+        assert r["reference"] == "conv"
+    v = t.set_index(["task_options.scale", "operator"])
+    assert v.loc[(4, "pac"), "metric.rmse.verdict"] == "better" and v.loc[(4, "dfn"), "metric.rmse.verdict"] == "worse"
+    # a baseline's verdict is the baseline's against conv: worse, so the network learned
+    assert v.loc[(8, "bilinear"), "metric.rmse.verdict"] == "worse"
+    assert v.loc[(8, "conv"), "metric.rmse.vs_baseline"] == "guided_filter"  # the stronger baseline
+    assert v.loc[(8, "conv"), "metric.rmse.vs_baseline_verdict"] == "better"
+    # bold only where the advantage over conv is significant: pac and its inv variant at scale 4
+    assert list(t.loc[t["metric.rmse.best"], "operator"]) == ["pac", "pac (kernel_type=inv)", "pac"]
+    assert t["metric.rmse.holm_reject"].dtype == bool and "metric.rmse.p_value" in t
 
 
-def test_best_is_marked_in_markdown_latex_and_html(built):
+def test_values_print_the_digits_their_interval_supports(built):
     root, *_ = built
     md = (root / "report" / "tables" / f"{SECTION}.md").read_text()
-    pac_row = next(line for line in md.splitlines() if "| pac  " in line or "| pac " in line and "inv" not in line)
-    assert "**1.103 ± 0.038**" in pac_row  # mean and t-CI half-width of pac at scale 4
+    head = md.splitlines()[0]
+    assert "Δ vs conv (95% CI)" in head and "verdict" in head and "vs trivial baseline" in head
+    pac_row = next(line for line in md.splitlines() if re.match(r"\|\s+4 \| pac\s+\|", line))
+    assert "**1.10 ± 0.04**" in pac_row  # mean and t-CI half-width of pac at scale 4 (1.1033 ± 0.038)
+    assert "| -0.300 ± 0 " in pac_row and "| better " in pac_row
+    assert "1.103333" not in md
     tex = (root / "report" / "tables" / f"{SECTION}.tex").read_text()
-    assert r"\textbf{1.103 $\pm$ 0.038}" in tex and r"\begin{tabular}" in tex and r"\toprule" in tex
+    assert r"\textbf{1.10 $\pm$ 0.04}" in tex and r"\begin{tabular}" in tex and r"\toprule" in tex
     assert "kernel\\_type=inv" in tex  # escaped for LaTeX
+    assert r"$\Delta$ vs conv" in tex and r"n$<$2, no CI" in tex
     html = (root / "report" / "index.html").read_text()
-    assert '<td class="best">1.103 ± 0.038</td>' in html
-    assert "worse (CIs separate)" in html and "tied (CIs overlap)" in html
+    assert '<td class="best">1.10 ± 0.04</td>' in html
+    assert "<td>worse (conv beats it)</td>" in html and "<td>reference</td>" in html
+    assert "CIs separate" not in html and "vs best" not in html
+
+
+def test_findings_open_the_report_in_words(built):
+    root, *_ = built
+    readme = (root / "report" / "README.md").read_text()
+    assert readme.startswith("# adaptconv report: fixture\n\n## Findings\n")
+    findings = readme[:readme.index("## How to read it")]
+    assert "Holm–Bonferroni" in findings and "paired by seed" in findings
+    assert "*scale=4:* `conv` scores 1.40 ± 0.04 (`rmse`, n=3). It beats every trivial baseline" in findings
+    assert "so the budget learns" in findings
+    assert "Better than `conv`: `pac` (Δ -0.300 ± 0), `pac (kernel_type=inv)` (Δ -0.250 ± 0). Worse: `dfn` (Δ +0.100 ± 0)." in findings
+    assert "No result to compare: `pac (kernel_type=inv)`." in findings  # scale 8: failed and pending
+    notes = readme[readme.index("## How to read it"):].split("\n## ")[0]
+    assert "paired by seed" in notes and "Holm–Bonferroni" in notes
+
+
+def test_index_html_renders_the_markdown_of_its_text(built):
+    root, *_ = built
+    html = (root / "report" / "index.html").read_text()
+    assert "`" not in html and "**" not in html
+    assert "<code>conv</code>" in html and "<h2>Findings</h2>" in html
+    assert html.index("<h2>Findings</h2>") < html.index("<h2>How to read it</h2>")
 
 
 def test_figures_are_images_with_the_expected_legends(built):
@@ -85,6 +134,8 @@ def test_figures_are_images_with_the_expected_legends(built):
         elif f["file"] == "figures/ablation-op-options-kernel-type.png":
             assert f["legend"] == ["pac"]  # only pac takes the option: default against inv
             assert "held at scale=4" in f["caption"]
+        elif f["file"] == "figures/ablation-task-options-scale.png":
+            assert f["legend"] == ["conv", "pac", "dfn"]  # pac (kernel_type=inv) has one scale: no line
         else:
             assert f["legend"] == VARIANTS, f["file"]
     assert any(f["file"] == "figures/ablation-task-options-scale.png" for f in manifest["figures"])
@@ -213,3 +264,144 @@ def test_factors_swept_together_get_one_ablation_figure(tmp_path):
     ablations = sorted(f.file for f in report.figures if f.kind == "ablation")
     assert len(ablations) == 1, ablations
     assert ablations[0] in ("figures/ablation-optimizer-lr.png", "figures/ablation-batch-size.png")
+
+
+# ---- verdicts: paired by seed, Holm, network variants, groups of one, one seed --------------------
+
+SHARED = [0.0, 0.3, -0.25, 0.2, -0.15]  # what a seed does to every row alike (data order, init)
+Z = np.array([-1.2, -0.4, 0.1, 0.5, 1.0])
+Z = (Z - Z.mean()) / Z.std(ddof=1)  # per-seed scatter of a difference: mean 0, sd 1
+
+
+def _differences(p_value: float, sd: float = 0.01, n: int = 5) -> np.ndarray:
+    """Per-seed differences (lower RMSE: negative) whose paired t-test has two-sided ``p_value``."""
+    from scipy import stats as sps
+
+    t = sps.t.isf(p_value / 2, n - 1)
+    return -(t * sd / math.sqrt(n)) + sd * Z[:n]
+
+
+def _table(tmp_path, text: str, values: dict, baselines_fn=None):
+    """Write a suite whose trials score ``values[label][seed]`` and return its section table."""
+    from adaptconv.report.tables import build_layout, section_table
+
+    def value(cfg):
+        opts = cfg.get("op_options") or {}
+        label = cfg["op"] + "".join(f"+{v}" for v in opts.values())
+        label += "".join(f"+{cfg['task_options'][k]}" for k in ("upsampler",) if k in cfg["task_options"])
+        label += f"@{cfg['steps']}" if cfg["steps"] != 20 else ""
+        return values[label][cfg["seed"]]
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    suite, store = write_fixture(tmp_path, text=text, value_fn=value, baselines_fn=baselines_fn or (lambda c: None))
+    layout = build_layout(collect(store, suite))
+    return layout, section_table(layout, layout.sections[0]).set_index("operator")
+
+
+def _suite(ops, seeds, extra_blocks: str = "") -> str:
+    return (f"name: fixture\ndescription: verdict fixture\nbase: {{task: upsampling, dataset: middlebury, steps: 20, task_options: {{scale: 8}}}}\n"
+            f"seeds: {list(seeds)}\nblocks:\n  - {{name: operators, product: {{op: [{', '.join(ops)}]}}}}\n"
+            + extra_blocks)
+
+
+def test_verdicts_are_paired_by_seed_and_holm_corrected(tmp_path):
+    """p-values 0.001, 0.03, 0.04 against conv in one group: every interval excludes zero, but Holm
+    rejects only the first (0.03 > 0.05/2); pairing is what makes pac's difference visible at all."""
+    from scipy import stats as sps
+
+    conv = 2.0 + 0.5 * np.array(SHARED)
+    diffs = {"pac": _differences(0.001), "dfn": _differences(0.03), "paka": _differences(0.04)}
+    values = {"conv": conv, **{op: conv + d for op, d in diffs.items()}}
+    _, t = _table(tmp_path, _suite(["conv", "pac", "dfn", "paka"], range(5)), values)
+    for op, d in diffs.items():
+        r = t.loc[op]
+        assert r["metric.rmse.p_value"] == pytest.approx(sps.ttest_rel(values[op], conv).pvalue)
+        assert r["metric.rmse.delta"] == pytest.approx(d.mean())
+        assert r["metric.rmse.delta_ci_high"] < 0  # each interval alone excludes zero
+    assert t.loc["pac", "metric.rmse.p_value"] == pytest.approx(0.001)
+    assert list(t["metric.rmse.holm_reject"]) == [False, True, False, False]  # conv, pac, paka, dfn
+    assert t.loc["pac", "metric.rmse.verdict"] == "better" and t.loc["pac", "metric.rmse.best"]
+    for op in ("dfn", "paka"):
+        assert t.loc[op, "metric.rmse.verdict"] == "no detectable difference" and not t.loc[op, "metric.rmse.best"]
+    # unpaired, pac's interval overlaps conv's: only the pairing separates them
+    assert t.loc["pac", "metric.rmse.ci_high"] > t.loc["conv", "metric.rmse.ci_low"]
+
+
+def test_conv_is_best_only_when_it_beats_every_other_row(tmp_path):
+    conv = 2.0 + 0.5 * np.array(SHARED)
+    values = {"conv": conv, "pac": conv - _differences(0.001), "dfn": conv - _differences(0.002)}
+    _, t = _table(tmp_path / "a", _suite(["conv", "pac", "dfn"], range(5)), values)
+    assert list(t["metric.rmse.verdict"]) == ["reference", "worse", "worse"]
+    assert list(t["metric.rmse.best"]) == [True, False, False]
+    values["dfn"] = conv + 0.3 * Z  # no detectable difference: conv is not the best any more
+    _, t = _table(tmp_path / "b", _suite(["conv", "pac", "dfn"], range(5)), values)
+    assert t.loc["dfn", "metric.rmse.verdict"] == "no detectable difference"
+    assert not t["metric.rmse.best"].any()
+
+
+def test_network_variants_are_compared_with_the_same_network_and_never_alone(tmp_path):
+    """CARAFE as the upsampler (3× worse than bilinear, as on main) and a row alone in its group: neither
+    can be best; a variant's reference is the same network without it."""
+    conv = 2.0 + 0.2 * np.array(SHARED[:3])
+    values = {"conv": conv, "pac": conv - 0.1 + 0.01 * Z[:3], "conv+carafe": 3 * 3.565 + 0.1 * Z[:3],
+              "pac+carafe": conv - 0.2 + 0.01 * Z[:3], "pac@40": [0.5, 0.51, 0.49]}
+    blocks = ("  - {name: carafe, base: {task_options: {scale: 8, upsampler: carafe}}, product: {op: [conv, pac]}}\n"
+              "  - {name: longer, base: {op: pac, steps: 40}}\n")
+    layout, t = _table(tmp_path, _suite(["conv", "pac"], range(3), blocks), values,
+                       baselines_fn=lambda c: {"bilinear": {"rmse": 3.565 + 0.01 * c["seed"]}})
+    assert list(t.index) == ["conv", "pac", "conv (upsampler=carafe)", "pac (upsampler=carafe)", "bilinear",
+                             "pac", "bilinear"]
+    assert list(t["steps"]) == [20] * 5 + [40] * 2  # the budget makes groups; the upsampler does not
+    first = t[t["steps"] == 20]
+    carafe = first.loc["conv (upsampler=carafe)"]
+    assert (carafe["kind"], carafe["reference"], carafe["metric.rmse.verdict"]) == ("network variant", "conv", "worse")
+    assert carafe["metric.rmse.vs_baseline_verdict"] == "worse" and not carafe["metric.rmse.best"]
+    pac_carafe = first.loc["pac (upsampler=carafe)"]
+    assert pac_carafe["reference"] == "pac"  # the same network without the variant
+    assert pac_carafe["metric.rmse.delta"] == pytest.approx(-0.1)
+    # pac is better than conv in the first group, and the lower value of pac at 40 steps is alone
+    assert first.loc["pac", "metric.rmse.best"]
+    alone = t[t["steps"] == 40].loc["pac"]
+    assert alone["metric.rmse.verdict"] == "no conv to compare" and not alone["metric.rmse.best"]
+    assert t["metric.rmse.best"].sum() == 1
+    from adaptconv.report.findings import findings
+
+    (section, paragraphs), = findings(layout)
+    assert "`conv (upsampler=carafe)` (Δ +" in paragraphs[0] and "Worse:" in paragraphs[0]
+    assert "no `conv` row to compare with (`pac`, `bilinear`)" in paragraphs[1]
+
+
+def test_one_seed_is_never_best_and_says_so(tmp_path):
+    values = {"conv": [2.0], "pac": [1.0], "dfn": [3.0]}
+    layout, t = _table(tmp_path, _suite(["conv", "pac", "dfn"], [0]), values,
+                       baselines_fn=lambda c: {"bilinear": {"rmse": 2.5}})
+    assert list(t["metric.rmse.verdict"]) == ["reference", "n<2, no CI", "n<2, no CI", "n<2, no CI"]
+    assert not t["metric.rmse.best"].any()
+    from adaptconv.report.tables import display_table, to_markdown
+
+    cells, marks = display_table(t.reset_index(), layout, layout.sections[0])
+    assert not marks.values.any() and "**" not in to_markdown(cells, marks)
+    assert list(cells["rmse ↓"]) == ["2.000", "1.000", "3.000", "2.500"]  # 4 significant digits, no ±
+    assert list(cells["Δ vs conv (95% CI)"]) == ["reference", "-1.00 (n=1)", "+1.00 (n=1)", "+0.500 (n=1)"]
+    from adaptconv.report.findings import section_findings
+
+    text = section_findings(layout, layout.sections[0])[0]
+    assert "fewer than two seeds" in text and "One seed only, no verdict: `pac`, `dfn`." in text
+
+
+def test_findings_say_when_the_network_has_not_learned(tmp_path):
+    conv = 3.6 + 0.2 * np.array(SHARED[:3])
+    values = {"conv": conv, "pac": conv + 0.001 * Z[:3]}
+    layout, _ = _table(tmp_path, _suite(["conv", "pac"], range(3)), values,
+                       baselines_fn=lambda c: {"bilinear": {"rmse": 3.5 + 0.2 * SHARED[c["seed"]]}})
+    from adaptconv.report.findings import section_findings
+
+    text = section_findings(layout, layout.sections[0])[0]
+    assert "It is **worse** than `bilinear` (Δ +0.100 ± 0): at this budget the network has not learned" in text
+    assert "No operator is better than `conv`." in text and "No detectable difference at this budget: `pac`." in text
+    b = layout.baselines_of(layout.sections[0])
+    assert list(b.columns) == ["baseline", "section", "group", "metric.rmse", "metric.rmse.ci_low",
+                               "metric.rmse.ci_high", "metric.rmse.n", "metric.mae", "metric.mae.ci_low",
+                               "metric.mae.ci_high", "metric.mae.n"]
+    assert b["metric.rmse"].iloc[0] == pytest.approx(3.5 + 0.2 * np.mean(SHARED[:3]))
+    assert b["metric.rmse.n"].iloc[0] == 3 and math.isnan(b["metric.mae"].iloc[0])

@@ -8,7 +8,7 @@ import statistics
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures.records import OP_MS, TEMPLATE, latency_ms, params, peak_bytes, rmse, write_fixture
+from fixtures.records import OP_MS, TEMPLATE, baselines, latency_ms, params, peak_bytes, rmse, write_fixture
 from scipy import stats
 
 from adaptconv.results.collect import CollectError, aggregate, collect, intervals_separate, rank
@@ -65,12 +65,14 @@ def test_runs_and_curves_tables(col):
     assert np.allclose(one["latency_ms"].values, [latency_ms(o, "train_step", 2, 128) for o in ops])
     loss = col.curves[col.curves["series"] == "loss"]
     assert len(loss) == 22 * 20  # the failed trial keeps the curve it had when it failed
-    assert set(col.curves["series"]) == {"loss", "lr", "eval.rmse", "eval.mae", "eval.bilinear_rmse"}
+    assert set(col.curves["series"]) == {"loss", "lr", "eval.rmse", "eval.mae"}
 
 
 def test_written_tables_read_back(col, tmp_path):
     paths = col.write(tmp_path)
-    assert sorted(p.name for p in paths) == ["curves.parquet", "results.csv", "results.parquet", "runs.csv", "runs.parquet"]
+    assert sorted(p.name for p in paths) == ["baselines.csv", "baselines.parquet", "curves.parquet", "results.csv",
+                                             "results.parquet", "runs.csv", "runs.parquet"]
+    assert len(pd.read_csv(tmp_path / "baselines.csv")) == len(col.baselines) == 12
     back = pd.read_parquet(tmp_path / "results.parquet")
     def plain(df):  # Parquet reads a missing value back as None or NaN depending on the column type
         return df.astype(object).where(df.notna(), None)
@@ -95,6 +97,54 @@ def test_aggregate_over_seeds_matches_an_independent_computation(col):
     partial = agg[(agg["op_options.kernel_type"] == "inv") & (agg["task_options.scale"] == 8)].iloc[0]
     assert (partial["n_trials"], partial["n_done"], partial["n_failed"], partial["n_pending"]) == (3, 0, 1, 2)
     assert math.isnan(partial["metric.rmse"]) and partial["metric.rmse.n"] == 0
+
+
+def test_baselines_are_rows_one_per_seed_config_and_name(col):
+    """Every operator of a seed and scale carries the same baselines: one row each, with the config
+    columns of the trials (without the operator keys), op = the baseline's name, and its metrics."""
+    b = col.baselines
+    assert len(b) == 2 * 3 * 2  # scales × seeds × (bilinear, guided_filter)
+    assert set(b["baseline"]) == {"bilinear", "guided_filter"} and (b["op"] == b["baseline"]).all()
+    assert b["op_options.kernel_type"].isna().all()  # an operator key: a baseline has none
+    assert (b["state"] == "done").all() and (b["status"] == "ok").all()
+    for _, r in b.iterrows():
+        expected = baselines(r["task_options.scale"], r["seed"])[r["baseline"]]
+        assert (r["metric.rmse"], r["metric.mae"]) == pytest.approx((expected["rmse"], expected["mae"]))
+    # the copies merged: 4 records per seed at scale 4 (conv, pac, dfn, pac-inv); at scale 8 the
+    # kernel-type trials failed or are pending, and seed 0 of it is the failed one (no baselines)
+    counts = b.groupby(["task_options.scale", "seed"])["n_records"].first().to_dict()
+    assert counts == {(4, 0): 4, (4, 1): 4, (4, 2): 4, (8, 0): 3, (8, 1): 3, (8, 2): 3}
+
+
+def test_baselines_aggregate_over_seeds(col):
+    agg = aggregate(col, trials=col.baselines)
+    assert len(agg) == 4  # (bilinear, guided_filter) × 2 scales
+    row = agg[(agg["baseline"] == "bilinear") & (agg["task_options.scale"] == 8)].iloc[0]
+    values = [baselines(8, s)["bilinear"]["rmse"] for s in (0, 1, 2)]
+    half = stats.t.ppf(0.975, 2) * statistics.stdev(values) / math.sqrt(3)
+    assert row["metric.rmse"] == pytest.approx(statistics.mean(values)) and row["metric.rmse.n"] == 3
+    assert (row["metric.rmse.ci_low"], row["metric.rmse.ci_high"]) == pytest.approx(
+        (statistics.mean(values) - half, statistics.mean(values) + half))
+
+
+def test_records_without_baselines_have_none(tmp_path):
+    suite, store = write_fixture(tmp_path, ops=("conv", "pac"), scales=(4,), seeds=(0, 1), kernel_types=(),
+                                 baselines_fn=lambda cfg: None)
+    col = collect(store, suite)
+    assert col.baselines.empty and "baseline" in col.baselines.columns
+    assert len(aggregate(col)) == 2
+
+
+def test_baseline_copies_that_disagree_are_logged(tmp_path, caplog):
+    def differ(cfg):  # pac's copy of the test set differs: not the same test data
+        return {"bilinear": {"rmse": 2.0 + (0.5 if cfg["op"] == "pac" else 0.0)}}
+
+    suite, store = write_fixture(tmp_path, ops=("conv", "pac"), scales=(4,), seeds=(0,), kernel_types=(),
+                                 baselines_fn=differ)
+    with caplog.at_level("WARNING"):
+        col = collect(store, suite)
+    assert len(col.baselines) == 1 and col.baselines["metric.rmse"].iloc[0] == 2.0  # the first kept
+    assert "bilinear: rmse is 2.0" in caplog.text and "2.5" in caplog.text
 
 
 def _agg(rows):
@@ -145,7 +195,7 @@ def test_fixture_template_has_the_shape_of_a_real_record():
                                                 "min_time_s": 0.0})
     rec = run_trial(cfg)
     assert rec["status"] == "ok", rec.get("error")
-    fixture_only = {"metric_info"}  # the template predates this key; the fixtures add it
+    fixture_only = {"metric_info", "baselines"}  # the template predates these keys; the fixtures add them
     assert set(TEMPLATE) | fixture_only >= set(rec) - {"resumed_from_step"}
     assert set(rec) >= set(TEMPLATE)
     assert set(rec["measurements"]) == set(TEMPLATE["measurements"])
