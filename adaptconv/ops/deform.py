@@ -60,7 +60,20 @@ def _deform(x, offset, weight, bias, stride, padding, dilation, mask, fname):
     if mask is not None and tuple(mask.shape) != (b, groups * taps, ho, wo):
         raise ValueError(f"{fname}: mask must be B×(offset_groups·{taps})×{ho}×{wo} = "
                          f"{(b, groups * taps, ho, wo)}, got shape {tuple(mask.shape)}")
-    return _tv_deform_conv2d(x, offset, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask)
+    return _sample(x, offset, weight, bias, stride, padding, dilation, mask)
+
+
+def _sample(x, offset, weight, bias, stride, padding, dilation, mask):
+    """``torchvision.ops.deform_conv2d`` with the non-finite offsets kept out of it (see the module
+    docstring): they are sampled as 0 and the output pixels that had one are set to NaN."""
+    finite = torch.isfinite(offset)
+    # on the CPU the check is cheap and saves the extra passes; on CUDA a branch would synchronise
+    if offset.device.type == "cpu" and bool(finite.all()):
+        return _tv_deform_conv2d(x, offset, weight, bias, stride=stride, padding=padding, dilation=dilation,
+                                 mask=mask)
+    safe = torch.where(finite, offset, torch.zeros((), dtype=offset.dtype, device=offset.device))
+    y = _tv_deform_conv2d(x, safe, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask)
+    return y.masked_fill(~finite.all(dim=1, keepdim=True), float("nan"))
 
 
 def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -113,8 +126,7 @@ class _DeformConvBase(ConvWeightMixin, AdaptiveConv2d):
 
     def adaptive_forward(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         offset, mask = self.offsets_and_mask(guide)
-        return _tv_deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
-                                 dilation=self.dilation, mask=mask)
+        return _sample(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **options):

@@ -1,0 +1,88 @@
+"""Deformable convolution with non-finite values: torchvision's kernel never sees a non-finite offset.
+
+Its CPU kernel turns each offset into an integer pixel index; a NaN one is undefined behaviour and
+segfaults at random (issue 14: ``x[0,0,3,3] = nan`` killed the process, exit 139). The operators
+sample non-finite offsets as 0 and make the output pixels that had one NaN, as ``nn.Conv2d`` would.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from adaptconv.ops import create_op
+from adaptconv.ops import deform as deform_module
+
+
+@pytest.fixture
+def checked_kernel(monkeypatch):
+    """torchvision's kernel behind a check that fails the test on any non-finite offset."""
+    calls = []
+    real = deform_module._tv_deform_conv2d
+
+    def kernel(x, offset, *args, **kwargs):
+        assert torch.isfinite(offset).all(), "a non-finite offset reached torchvision's kernel"
+        calls.append(offset.shape)
+        return real(x, offset, *args, **kwargs)
+
+    monkeypatch.setattr(deform_module, "_tv_deform_conv2d", kernel)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["deform", "mdeform"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_input_never_reaches_the_kernel(checked_kernel, name, bad):
+    torch.manual_seed(0)
+    op = create_op(name, 4, 6, 3, padding=1)
+    torch.nn.init.normal_(op.offset_conv.weight)  # offsets depend on the input
+    x = torch.randn(2, 4, 10, 10, requires_grad=True)
+    with torch.no_grad():
+        x[0, 1, 3, 3] = bad
+    y = op(x)
+    assert checked_kernel, "the kernel was not called"
+    # the pixels whose offsets were not finite are NaN in every channel; the other image is untouched
+    assert y[0, :, 3, 3].isnan().all()
+    assert torch.isfinite(y[1]).all()
+    clean = op(x.detach()[1:])
+    torch.testing.assert_close(y[1:], clean)
+    y.nan_to_num().sum().backward()  # backward runs on the sanitised offsets too
+
+
+def test_functional_forms_sanitise_explicit_offsets(checked_kernel):
+    x = torch.randn(1, 2, 6, 6)
+    w = torch.randn(3, 2, 3, 3)
+    offset = torch.zeros(1, 18, 6, 6)
+    offset[0, 5, 2, 4] = float("nan")
+    y = deform_module.deform_conv2d(x, offset, w, padding=1)
+    assert y[0, :, 2, 4].isnan().all()
+    finite = torch.ones(6, 6, dtype=torch.bool)
+    finite[2, 4] = False
+    # everywhere else it is the plain convolution (zero offsets)
+    torch.testing.assert_close(y[0][:, finite], torch.nn.functional.conv2d(x, w, padding=1)[0][:, finite])
+    mask = torch.ones(1, 9, 6, 6)
+    y2 = deform_module.modulated_deform_conv2d(x, offset, mask, w, padding=1)
+    torch.testing.assert_close(y2, y, equal_nan=True)
+
+
+def test_the_issue_command_no_longer_crashes():
+    """The exact reproduction from issue 14, in a child process (a segfault must not take pytest down)."""
+    code = ("import torch,adaptconv;op=adaptconv.create_op('deform',8,8,3,padding=1).eval();"
+            "x=torch.randn(2,8,16,16);x[0,0,3,3]=float('nan');y=op(x);"
+            "print(int(y.isnan().any(dim=1).sum()))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    assert int(done.stdout.strip()) > 0  # NaN propagated to the neighbourhood, as a conv's would
+
+
+def test_a_diverging_deform_trial_is_recorded_as_diverged():
+    from adaptconv.trial import run_trial
+
+    record = run_trial({"task": "upsampling", "op": "deform", "steps": 6, "batch_size": 2, "threads": 1,
+                        "optimizer": {"name": "sgd", "lr": 1.0e30}, "eval_points": 1,
+                        "task_options": {"patch": 16, "crops": 4, "width": 4, "layers": 2},
+                        "measure": {"latency": False, "memory": False, "flops": False}})
+    assert record["status"] == "diverged", record.get("error")
+    assert "non-finite loss" in record["error"]["message"]
