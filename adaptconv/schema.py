@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
@@ -95,14 +96,34 @@ def _convert(value: Any, tp, path: str, problems: list[str]) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else as_float(value)
+        if number is not None:
+            if not math.isfinite(number):  # a config is hashed as strict JSON, and nothing here means inf
+                problems.append(f"{path}: expected a finite number, got {value!r}")
+                return None
+            return number
+        if isinstance(value, str):
+            problems.append(f"{path}: expected float, got {value!r}, which is not a number (write e.g. 0.001, "
+                            f"1e-3 or 1.0e-3)")
+            return None
     elif tp is str:
         if isinstance(value, str):
             return value
     elif isinstance(value, tp):
         return value
     problems.append(f"{path}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    return None
+
+
+def as_float(value: Any) -> float | None:
+    """A string that Python's ``float()`` reads (``"1e-3"``, ``"1_000.5"``, ``" 2 "``, ``"inf"``), as a
+    float; None for anything else. YAML 1.1 (PyYAML) reads ``1e-3`` as a string — only ``1.0e-3`` is a
+    float there — so a float field accepts what a user means by a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
     return None
 
 
@@ -129,15 +150,16 @@ def _parse(cls, mapping: dict, path: str, problems: list[str]):
     return cls(**kwargs)
 
 
-def parse(cls, mapping: dict, where: str = "") -> Any:
-    """Build dataclass ``cls`` from ``mapping``, raising :class:`ConfigError` listing every problem."""
+def parse(cls, mapping: dict, where: str = "", validate: bool = True) -> Any:
+    """Build dataclass ``cls`` from ``mapping``, raising :class:`ConfigError` listing every problem
+    (with ``validate``, also those of the dataclass's own ``validate()``)."""
     if not isinstance(mapping, dict):
         raise ConfigError([f"expected a mapping, got {type(mapping).__name__}"], where)
     problems: list[str] = []
     out = _parse(cls, mapping, "", problems)
     if problems:
         raise ConfigError(problems, where)
-    post = getattr(out, "validate", None)
+    post = getattr(out, "validate", None) if validate else None
     if post is not None:
         extra = post()
         if extra:

@@ -39,12 +39,15 @@ from typing import Any
 
 import yaml
 
-from ..schema import ConfigError, did_you_mean, parse
+from ..schema import ConfigError, as_float, did_you_mean, parse
 from ..trial.config import TrialConfig, parse_trial_config
 from .ids import trial_id
 
 SUITES_DIR = Path(__file__).resolve().parents[2] / "suites"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+#: a suite's name is a folder name (results/<name>/, report/<name>/) and goes into file names; file
+#: systems allow 255 bytes, and this leaves room for what is derived from it
+MAX_NAME = 128
 
 
 class SuiteError(ConfigError):
@@ -94,6 +97,9 @@ class Trial:
     id: str
     config: dict[str, Any]  # the normalised trial config
     block: str | None = None
+    #: False for a trial read without the registry (``load_suite(..., check_registry=False)``) whose
+    #: operator is not installed: its config could not be checked nor fully normalised
+    checked: bool = True
 
 
 @dataclass
@@ -101,6 +107,8 @@ class Suite:
     spec: SuiteSpec
     path: Path
     trials: list[Trial]
+    #: what could not be checked when read with ``check_registry=False`` (printed as warnings)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -110,16 +118,24 @@ class Suite:
 # --------------------------------------------------------------------------------------------------
 # Locating lines in the YAML source
 
-def _line_index(text: str) -> dict[tuple, int]:
-    """Key path (tuple of keys / list indices) → 1-based line, from the YAML node tree."""
+def _line_index(text: str) -> tuple[dict[tuple, int], list[tuple[tuple, int, int]]]:
+    """Key path (tuple of keys / list indices) → 1-based line, from the YAML node tree; and the keys
+    given twice in one mapping, as (key path, first line, repeated line) — YAML loaders keep the last
+    silently."""
     index: dict[tuple, int] = {}
+    duplicates: list[tuple[tuple, int, int]] = []
 
     def walk(node, path):
         index.setdefault(path, node.start_mark.line + 1)  # a key's own line wins over its value's
         if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
             for k, v in node.value:
                 key = k.value
-                index[path + (key,)] = k.start_mark.line + 1
+                line = k.start_mark.line + 1
+                if key in first and key != "<<":
+                    duplicates.append((path + (key,), first[key], line))
+                first.setdefault(key, line)
+                index.setdefault(path + (key,), line)
                 walk(v, path + (key,))
         elif isinstance(node, yaml.SequenceNode):
             for i, v in enumerate(node.value):
@@ -128,10 +144,10 @@ def _line_index(text: str) -> dict[tuple, int]:
     try:
         root = yaml.compose(text)
     except yaml.YAMLError:
-        return index
+        return index, duplicates
     if root is not None:
         walk(root, ())
-    return index
+    return index, duplicates
 
 
 class _Problems:
@@ -154,9 +170,15 @@ class _Problems:
 def resolve_suite_path(suite: str | Path) -> Path:
     """A suite name in ``suites/`` or a path to a suite file."""
     p = Path(suite)
+    if p.is_dir():
+        inside = sorted(f.name for f in p.iterdir() if f.suffix in (".yaml", ".yml"))
+        raise SuiteError(["is a directory, not a suite file" + (f"; the suite files in it: {', '.join(inside)}"
+                                                                 if inside else "")], p)
     if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise SuiteError(["no such suite file"], p)
         if not p.is_file():
-            raise SuiteError([f"no such suite file"], p)
+            raise SuiteError(["is not a regular file"], p)
         return p
     candidate = SUITES_DIR / f"{suite}.yaml"
     if candidate.is_file():
@@ -166,19 +188,50 @@ def resolve_suite_path(suite: str | Path) -> Path:
                       f"known: {', '.join(known) or 'none'}"], suite)
 
 
-def load_suite(suite: str | Path) -> Suite:
-    """Read, validate and expand a suite. Raises :class:`SuiteError` listing every problem."""
+def _read_text(path: Path) -> str:
+    """The file's text, or a SuiteError saying why it cannot be read as a suite."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SuiteError([f"cannot be read: {exc.strerror or exc}"], path) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SuiteError([f"is not UTF-8 text: byte 0x{data[exc.start]:02x} at line {line}, column {column} is "
+                          f"not UTF-8 (save the file as UTF-8)"], path) from None
+    if not text.strip():
+        raise SuiteError(["the file is empty; a suite is a mapping with keys name, description, base, ... "
+                          "(see suites/quick.yaml)"], path)
+    return text
+
+
+def load_suite(suite: str | Path, check_registry: bool = True) -> Suite:
+    """Read, validate and expand a suite. Raises :class:`SuiteError` listing every problem.
+
+    ``check_registry=False`` reads a suite whose results are being collected whatever is installed
+    now: a trial whose operator is not installed (or no longer takes its options) is kept, unchecked
+    (``Trial.checked``), with a warning in ``Suite.warnings`` instead of an error; match such trials
+    to their stored records with :func:`match_stored`. Validation against the registry belongs to
+    ``plan`` and ``run``."""
     path = resolve_suite_path(suite)
-    text = path.read_text(encoding="utf-8")
-    problems = _Problems(_line_index(text))
+    text = _read_text(path)
+    lines, duplicates = _line_index(text)
+    problems = _Problems(lines)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise SuiteError([f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"], path) from None
+    if raw is None:
+        raise SuiteError(["has only comments and blank lines; a suite is a mapping with keys name, "
+                          "description, base, ..."], path)
     if not isinstance(raw, dict):
         raise SuiteError(["a suite file is a mapping with keys name, description, base, ..."], path)
+    for key, first, again in duplicates:
+        problems.add(key, f"given twice (lines {first} and {again}); YAML would keep the second silently")
     try:
         spec = parse(SuiteSpec, raw)
     except ConfigError as exc:
@@ -189,10 +242,11 @@ def load_suite(suite: str | Path) -> Suite:
     _check_spec(spec, problems)
     if problems.items:
         raise SuiteError(problems.items, path)
-    trials = expand(spec, problems)
+    warnings: list[str] = []
+    trials = expand(spec, problems, check_registry=check_registry, warnings=warnings)
     if problems.items:
         raise SuiteError(problems.items, path)
-    return Suite(spec, path, trials)
+    return Suite(spec, path, trials, warnings)
 
 
 def _split_key(key: str) -> tuple:
@@ -209,6 +263,9 @@ def _split_key(key: str) -> tuple:
 def _check_spec(spec: SuiteSpec, problems: _Problems) -> None:
     if not NAME.fullmatch(spec.name):
         problems.add(("name",), f"{spec.name!r} must be letters, digits, '-', '_' or '.' (it names a folder)")
+    elif len(spec.name) > MAX_NAME:
+        problems.add(("name",), f"is {len(spec.name)} characters long; it names the results and report folders "
+                                f"(results/<name>/), so at most {MAX_NAME}")
     if not spec.description.strip():
         problems.add(("description",), "say what the suite answers (and, for real data, where it must be)")
     if spec.resources.time is not None and not re.fullmatch(r"(\d+-)?\d{1,2}:\d{2}:\d{2}", spec.resources.time):
@@ -311,58 +368,146 @@ def _grid(product: dict[str, list], zipped: dict[str, list]) -> list[dict[str, A
     return points
 
 
+def _same(have, want) -> bool:
+    """Equal, also as numbers written differently (``1e-3`` is a string in YAML 1.1, 0.001 a float)."""
+    if have == want:
+        return True
+    if isinstance(have, bool) or isinstance(want, bool):
+        return False
+    a = have if isinstance(have, (int, float)) else as_float(have)
+    b = want if isinstance(want, (int, float)) else as_float(want)
+    return a is not None and b is not None and float(a) == float(b)
+
+
 def _matches(rule: dict[str, Any], config: dict) -> bool:
     for key, want in rule.items():
         have = _get(config, key)
         if isinstance(want, list):
-            if have not in want:
+            if not any(_same(have, w) for w in want):
                 return False
-        elif have != want:
+        elif not _same(have, want):
             return False
     return True
 
 
-def expand(spec: SuiteSpec, problems: _Problems | None = None) -> list[Trial]:
-    """The suite's trials, each validated and with its stable id, in a deterministic order."""
+def expand(spec: SuiteSpec, problems: _Problems | None = None, check_registry: bool = True,
+           warnings: list[str] | None = None) -> list[Trial]:
+    """The suite's trials, each validated and with its stable id, in a deterministic order.
+
+    A problem found in several trials is reported once, with how many trials have it and the axis
+    values they share (the axis is blamed when the problem comes with one of its values); an exclude
+    rule that drops no trial is a problem."""
     problems = problems or _Problems({})
+    warnings = warnings if warnings is not None else []
     blocks = spec.blocks or [Block(name="", base={}, product={}, zip={})]
     seeds = spec.seeds if spec.seeds is not None else [None]
     top = _grid(spec.product, spec.zip)
     trials: dict[str, Trial] = {}
-    errors_seen: set[str] = set()
     excluded = 0
+    rule_hits = [0] * len(spec.exclude)
+    rule_values: dict[str, list] = {k: [] for rule in spec.exclude for k in rule}  # values met, for the hint
+    failures: dict[tuple[int, str], list[dict]] = {}  # (block, problem) → the swept values of its trials
+    points: dict[int, list[dict]] = {}  # block → the swept values of every trial it keeps
+    unchecked: dict[str, int] = {}  # operator → trials read without checking it (check_registry=False)
     for bi, block in enumerate(blocks):
         base = _deep_merge(spec.base, block.base)
-        for point in (_grid(block.product, block.zip)):
+        for point in _grid(block.product, block.zip):
             for tp in top:
                 for seed in seeds:
                     config = _deep_merge(base, {})
-                    for key, value in {**tp, **point}.items():
+                    swept = {**tp, **point}
+                    for key, value in swept.items():
                         _set(config, key, value)
                     if seed is not None:
                         config["seed"] = seed
-                    if any(_matches(rule, config) for rule in spec.exclude):
+                        swept["seed"] = seed
+                    for key, seen in rule_values.items():
+                        value = _get(config, key)
+                        if value is not _MISSING and not any(_same(value, v) for v in seen):
+                            seen.append(value)
+                    hits = [i for i, rule in enumerate(spec.exclude) if _matches(rule, config)]
+                    for i in hits:
+                        rule_hits[i] += 1
+                    if hits:
                         excluded += 1
                         continue
+                    points.setdefault(bi, []).append(swept)
+                    checked = True
                     try:
                         cfg = parse_trial_config(config)
                     except ConfigError as exc:
-                        where = ("blocks", bi) if spec.blocks else ("base",)
-                        for p in exc.problems:
-                            key = p.split(":", 1)[0]
-                            axis = _axis_of(key, spec, block, bi)
-                            msg = f"{p}" + (f" (in the trial {_short(point, tp, seed)})" if (point or tp) else "")
-                            if msg not in errors_seen:
-                                errors_seen.add(msg)
-                                problems.add(axis or where, msg)
-                        continue
+                        cfg = None if check_registry else _unchecked(config, exc, warnings)
+                        if cfg is None:
+                            for p in exc.problems:
+                                failures.setdefault((bi, p), []).append(swept)
+                            continue
+                        checked = False
+                        unchecked[cfg.op] = unchecked.get(cfg.op, 0) + 1
                     normalised = cfg.normalised()
                     tid = trial_id(normalised)
-                    trials.setdefault(tid, Trial(tid, normalised, block.name or None))
+                    trials.setdefault(tid, Trial(tid, normalised, block.name or None, checked))
+    for (bi, problem), failed in failures.items():
+        _report(problems, spec, blocks[bi], bi, problem, failed, points[bi])
+    for i, hits in enumerate(rule_hits):
+        if not hits and spec.exclude[i]:
+            problems.add(("exclude", i), f"matches no trial, so it excludes nothing{_rule_hint(spec.exclude[i], rule_values)}")
+    for op, n in unchecked.items():
+        warnings.append(f"operator {op!r} is not installed here (or refuses its options now): its {n} trial(s) are "
+                        "read as the suite gives them, unchecked; plan and run would refuse them")
     if not trials and not problems.items:
         problems.add(("exclude",) if excluded else (), "the suite expands to no trial"
                      + (f" ({excluded} excluded)" if excluded else ""))
     return list(trials.values())
+
+
+def _unchecked(config: dict, exc: ConfigError, warnings: list[str]):
+    """For check_registry=False: the config read without asking the operator registry, or None when it
+    has problems of its own (reported as usual)."""
+    try:
+        return parse_trial_config(config, registry=False)
+    except ConfigError:
+        return None
+
+
+def _report(problems: _Problems, spec: SuiteSpec, block: Block, bi: int, problem: str, failed: list[dict],
+            every: list[dict]) -> None:
+    """One problem found in the trials ``failed`` (swept values) out of ``every`` trial of the block."""
+    key = problem.split(":", 1)[0]
+    keys = list(dict.fromkeys(k for pt in every for k in pt))
+    varying = [k for k in keys if len({repr(_freeze(pt.get(k))) for pt in every}) > 1]
+    first = failed[0]
+    shared = {k: first.get(k) for k in varying
+              if all(repr(_freeze(pt.get(k))) == repr(_freeze(first.get(k))) for pt in failed)}
+    where = _axis_of(key, spec, block, bi)
+    if where is None and shared and len(failed) < len(every):
+        # the problem names another key (task_options.patch) but comes with an axis value (scale=7):
+        # blame the axis; the message still names its own key, so both are named
+        where = _axis_of(next(iter(shared)), spec, block, bi)
+    if where is None:
+        where = ("blocks", bi) if spec.blocks else ("base",)
+    if len(every) == 1 or not first:
+        context = ""
+    elif len(failed) == 1:
+        context = f" (in the trial {_short(first)})"
+    elif len(failed) == len(every):
+        context = f" (in all {len(failed)} trials{' of block ' + repr(block.name) if block.name else ''})"
+    elif shared:
+        context = f" (in {len(failed)} trials: every one with {_short(shared)})"
+    else:
+        context = f" (in {len(failed)} trials, e.g. {_short(first)})"
+    problems.add(where, problem + context)
+
+
+def _rule_hint(rule: dict[str, Any], seen: dict[str, list]) -> str:
+    """Why an exclude rule matches nothing: a value no trial has, or values never together."""
+    for key, want in rule.items():
+        wanted = want if isinstance(want, list) else [want]
+        missing = [w for w in wanted if not any(_same(v, w) for v in seen[key])]
+        if len(missing) == len(wanted):
+            shown = ", ".join(map(str, seen[key][:12])) or "none"
+            return (f": no trial has {key}={missing[0] if len(missing) == 1 else missing}"
+                    f"{did_you_mean(missing[0], [str(v) for v in seen[key]])} (its values: {shown})")
+    return ": no trial has all of its values together"
 
 
 def _axis_of(key: str, spec: SuiteSpec, block: Block, bi: int) -> tuple | None:
@@ -379,8 +524,7 @@ def _axis_of(key: str, spec: SuiteSpec, block: Block, bi: int) -> tuple | None:
     return None
 
 
-def _short(point: dict, tp: dict, seed) -> str:
-    items = {**tp, **point}
+def _short(items: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in items.items())
 
 

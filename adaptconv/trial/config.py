@@ -14,7 +14,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..schema import ConfigError, did_you_mean, parse, to_dict
+from ..schema import ConfigError, as_float, did_you_mean, parse, to_dict
 
 TASK_NAMES = ("classification", "segmentation", "upsampling", "denoising", "opbench")
 
@@ -109,14 +109,15 @@ class TrialConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None  # CPU threads (default: torch's)
 
-    def validate(self) -> list[str]:
+    def validate(self, registry: bool = True) -> list[str]:
+        """Every problem of the config; ``registry=False`` leaves out what depends on the operators
+        installed now (for reading stored results, see :func:`parse_trial_config`)."""
         from ..models.swap import ConvSelection
-        from ..ops import list_ops
 
         problems = []
-        if self.op not in list_ops():
-            problems.append(f"op: unknown operator {self.op!r}{did_you_mean(self.op, list_ops())}; "
-                            f"choices: {', '.join(list_ops())}")
+        problem = op_problem(self.op) if registry else None
+        if problem:
+            problems.append(problem)
         if self.steps is not None and self.epochs is not None:
             problems.append("steps and epochs: give one training budget, not both")
         for key in ("steps", "epochs", "batch_size", "eval_batch_size", "threads"):
@@ -140,19 +141,129 @@ class TrialConfig:
         return to_dict(self)
 
 
-def parse_trial_config(mapping: dict[str, Any], where: str = "trial config") -> TrialConfig:
-    """Validate a mapping into a :class:`TrialConfig`, then let the task check its own parts."""
-    config = parse(TrialConfig, mapping, where)
+#: where operators of the other kinds go in a trial config (they are task options, not swapped in)
+KIND_KEYS = {"upsampler": ("task_options.upsampler", "tasks upsampling and segmentation"),
+             "refiner": ("task_options.crf", "task segmentation")}
+
+
+def conv_ops() -> list[str]:
+    """The operators a trial can swap in: those of kind conv."""
+    from ..ops import get_op, list_ops
+
+    return [n for n in list_ops() if getattr(get_op(n), "kind", "conv") == "conv"]
+
+
+def op_problem(op: str) -> str | None:
+    """Why ``op`` cannot be a trial's ``op`` (unknown, or an operator of another kind), or None."""
+    from ..ops import get_op, list_ops
+
+    choices = conv_ops()
+    if op in choices:
+        return None
+    if op in list_ops():
+        kind = getattr(get_op(op), "kind", "conv")
+        key, tasks = KIND_KEYS.get(kind, ("a task option", "its task"))
+        return (f"op: {op!r} is an operator of kind {kind!r}, not a convolution, so it cannot be swapped in for "
+                f"nn.Conv2d; choose it with `{key}: {op}` ({tasks}); `op` takes operators of kind conv: "
+                f"{', '.join(choices)}")
+    return f"op: unknown operator {op!r}{did_you_mean(op, choices)}; choices: {', '.join(choices)}"
+
+
+def parse_trial_config(mapping: dict[str, Any], where: str = "trial config", registry: bool = True) -> TrialConfig:
+    """Validate a mapping into a :class:`TrialConfig`, then let the task check its own parts and build
+    the operator with its options once (what the trial would refuse is refused here).
+
+    ``registry=False`` is for reading results whatever is installed now: an operator that is not
+    installed (a plugin uninstalled, an operator renamed) is not an error, and its options are kept
+    as written (without the operator, its defaults are unknown); what only the operator can say is
+    not checked."""
+    config = parse(TrialConfig, mapping, where, validate=False)
+    problems = config.validate(registry=registry)
+    if problems:
+        raise ConfigError(problems, where)
+    from ..ops import get_op
     from ..tasks import get_task
 
     task_cls = get_task(config.task)
     problems = task_cls.check_config(config)
+    installed = config.op in conv_ops()
     op_options, op_problems = canonical_op_options(config.op, config.op_options)
     problems += op_problems
+    guide = config.guide or task_cls.default_guide
+    if installed:
+        need = get_op(config.op).guide
+        if need == "required" and guide == "self":
+            problems.append(f"guide: operator {config.op!r} needs an external guide; use guide: image")
+        if op_options and not problems and registry:
+            problems += op_build_problems(config.op, op_options, guide == "image" and need != "none")
     if problems:
         raise ConfigError(problems, where)
-    return task_cls.fill_defaults(dataclasses.replace(config, op_options=op_options,
-                                                      measure=config.measure.canonical()))
+    config = dataclasses.replace(config, op_options=op_options, measure=config.measure.canonical())
+    if not installed:  # a task's own defaults that ask the operator (opbench's guide) cannot be applied
+        from ..tasks.base import Task
+
+        return Task.fill_defaults.__func__(task_cls, config)
+    return task_cls.fill_defaults(config)
+
+
+#: channel counts an operator is built with to check its options (the first that builds is enough):
+#: divisible by 1-8, 12, 16, 24, 32 and 48, then by 5 and by 7, so an option that must divide the
+#: channels is not refused only because of the width chosen here
+CHECK_CHANNELS = (96, 80, 112)
+
+
+def op_build_problems(op: str, options: dict[str, Any], guided: bool) -> list[str]:
+    """Build ``op`` with ``options`` from an ``nn.Conv2d`` (as the hot-swap does) and return why it
+    refuses, naming the option; each distinct configuration is built once per process."""
+    import json
+
+    try:
+        key = json.dumps(options, sort_keys=True)
+    except (TypeError, ValueError):
+        key = repr(sorted(options.items()))
+    return list(_op_build_problems(op, key, guided))
+
+
+@functools.lru_cache(maxsize=None)
+def _op_build_problems(op: str, key: str, guided: bool) -> tuple[str, ...]:
+    import json
+
+    import torch
+    from torch import nn
+
+    from ..ops import get_op
+
+    try:
+        options = json.loads(key)
+    except ValueError:  # not JSON-able: nothing a suite file can hold; the trial will say
+        return ()
+    cls = get_op(op)
+    first = None
+    for channels in CHECK_CHANNELS:
+        conv = nn.Conv2d(channels, channels, 3, padding=1)
+        try:
+            with torch.no_grad():
+                cls.from_conv(conv, **options, **({"guide_channels": 3} if guided else {}))
+            return ()
+        except Exception as exc:  # the operator's own refusal, whatever its type
+            first = first or exc
+    message = str(first).splitlines()[0] if str(first) else type(first).__name__
+    named = [k for k in options if k in message] or list(options)
+    shown = ", ".join(f"{k}={options[k]!r}" for k in named)
+    return (f"op_options.{named[0]}: operator {op!r} refuses {shown}: {message}{_suggestion(cls, named[0], options)}",)
+
+
+def _suggestion(cls, key: str, options: dict[str, Any]) -> str:
+    """A did-you-mean for a misspelt choice of an option annotated with a Literal."""
+    import typing
+
+    try:
+        hint = typing.get_type_hints(cls.__init__).get(key)
+    except Exception:
+        return ""
+    if typing.get_origin(hint) is Literal and isinstance(options[key], str):
+        return did_you_mean(options[key], typing.get_args(hint))
+    return ""
 
 
 def canonical_op_options(op: str, options: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -160,19 +271,42 @@ def canonical_op_options(op: str, options: dict[str, Any]) -> tuple[dict[str, An
     defaults, so ``{kernel_type: gaussian}`` and ``{}`` are the same trial."""
     import inspect
 
-    from ..ops import get_op, list_ops
+    from ..ops import get_op
 
-    if op not in list_ops():
+    if op not in conv_ops():
         return options, []  # reported by validate()
-    allowed = _op_options(get_op(op))
+    cls = get_op(op)
+    allowed = _op_options(cls)
+    floats = _float_options(cls)
     problems, out = [], {}
     for key, value in options.items():
         if key not in allowed:
             problems.append(f"op_options.{key}: {op!r} has no option {key!r}{did_you_mean(key, allowed)}; "
                             f"options: {', '.join(allowed) or 'none'}")
-        elif allowed[key].default is inspect.Parameter.empty or allowed[key].default != value:
+            continue
+        if key in floats and isinstance(value, str):  # "1e-3" (YAML 1.1 reads it as a string)
+            value = as_float(value) if as_float(value) is not None else value
+        if allowed[key].default is inspect.Parameter.empty or allowed[key].default != value:
             out[key] = value
     return dict(sorted(out.items())), problems
+
+
+@functools.lru_cache(maxsize=None)
+def _float_options(cls) -> frozenset[str]:
+    """The options annotated as a float (or float | None), whose values may be written as strings
+    that float() reads; str options are never converted."""
+    import typing
+
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # a plugin's annotations that do not resolve: no conversion, the constructor decides
+        return frozenset()
+    out = set()
+    for name, hint in hints.items():
+        args = set(typing.get_args(hint)) or {hint}
+        if float in args and str not in args:
+            out.add(name)
+    return frozenset(out)
 
 
 @functools.lru_cache(maxsize=None)
