@@ -47,6 +47,7 @@ note, when the project's default claims file is applied to a suite it was not wr
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import html
 import json
 import math
@@ -166,8 +167,13 @@ def load_claims(path: str | Path, operators: Literal["error", "warn"] = "warn") 
     path = Path(path)
     if not path.is_file():
         raise ClaimsError(["no such claims file"], path)
-    text = path.read_text(encoding="utf-8")
-    lines = _line_index(text)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ClaimsError([f"not UTF-8 text ({exc.reason} at byte {exc.start})"], path) from None
+    index = _line_index(text)
+    # sweep.suite's index also lists the keys given twice (older versions returned the index alone)
+    lines, duplicates = index if isinstance(index, tuple) else (index, [])
     problems = _Problems(lines)
     try:
         raw = yaml.safe_load(text)
@@ -176,8 +182,10 @@ def load_claims(path: str | Path, operators: Literal["error", "warn"] = "warn") 
         where = f" (line {mark.line + 1})" if mark else ""
         raise ClaimsError([f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"], path) from None
     if not isinstance(raw, dict):
-        raise ClaimsError(["a claims file is a mapping with one key, `claims:`, a list of claims "
+        raise ClaimsError([("the file is empty: " if raw is None else "") + "a claims file is a mapping with one key, `claims:`, a list of claims "
                            "(id, claim, source, section, op, metric, direction, ...)"], path)
+    for key, first, again in duplicates:
+        problems.add(key, f"given twice (lines {first} and {again}); YAML would keep the second silently")
     try:
         spec = parse(_ClaimsSpec, raw)
     except ConfigError as exc:
@@ -625,6 +633,18 @@ def _sections_of(trials: pd.DataFrame) -> list[str]:
     return sorted(labels.unique().tolist())
 
 
+def _closest_section(c: Claim, trials: pd.DataFrame) -> str:
+    """A did-you-mean among the suite's sections of the claim's task (another task is no near miss)."""
+    same = trials[trials["task"].astype(str) == c.section["task"]] if "task" in trials else trials.iloc[:0]
+    keys = [k for k in SECTION_KEYS if k in c.section]
+    candidates = sorted({" · ".join(str(r[k]) for k in keys) for _, r in same[keys].drop_duplicates().iterrows()}) \
+        if len(same) and all(k in same for k in keys) else []
+    if not candidates:
+        return f" (it has no section of task {c.section['task']!r})"
+    close = difflib.get_close_matches(c.section_label(), candidates, n=1, cutoff=0.0)
+    return f" (did you mean {close[0]!r}?)"
+
+
 @dataclass
 class _Side:
     values: dict  # seed → metric value
@@ -715,7 +735,7 @@ def evaluate_claims(claims: ClaimsFile, col, *, require_sections: bool = True,
         if sec.empty:
             why = f"section {c.section_label()} is not in suite {col.suite!r}"
             if require_sections:
-                problems.add(at + ("section",), f"{why}{did_you_mean(c.section_label(), sections)}; "
+                problems.add(at + ("section",), f"{why}{_closest_section(c, trials)}; "
                                                 f"its sections: {', '.join(sections) or 'none'}")
             else:
                 table.skipped.append((c, f"section {c.section_label()}"))

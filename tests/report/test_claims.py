@@ -136,6 +136,9 @@ BAD = [
     ("bad ratio", CLAIM + "    flops_ratio_max: 0\n", r"claims\.0\.flops_ratio_max \(line 10\): a ratio must be > 0"),
     ("wrong type", CLAIM + "    flops_ratio_max: nearly\n", r"claims\.0\.flops_ratio_max \(line 10\): expected float"),
     ("no claims", "claims: []\n", r"claims \(line 1\): no claims"),
+    ("empty file", "", r"the file is empty: a claims file is a mapping"),
+    ("key given twice", CLAIM.replace("    metric: rmse\n", "    metric: rmse\n    metric: mae\n"),
+     r"claims\.0\.metric \(line 8\): given twice \(lines 8 and 9\)"),
 ]
 
 
@@ -359,7 +362,8 @@ def test_a_section_the_suite_does_not_have(tmp_path):
     with pytest.raises(ClaimsError) as info:
         evaluate_claims(cf, col)
     message = str(info.value)
-    assert re.search(r"claims\.1\.section \(line 13\): section segmentation · synthetic is not in suite 'synthetic'; "
+    assert re.search(r"claims\.1\.section \(line 13\): section segmentation · synthetic is not in suite 'synthetic' "
+                     r"\(it has no section of task 'segmentation'\); "
                      r"its sections: upsampling · middlebury · jointnet", message), message
     table = evaluate_claims(cf, col, require_sections=False)  # the project's file on another suite: skipped
     assert [r.claim.id for r in table.results] == ["pac-lowers-rmse"]
@@ -370,7 +374,8 @@ def test_a_section_the_suite_does_not_have(tmp_path):
 def test_a_near_miss_section_gets_a_did_you_mean(tmp_path):
     col = collection(rows("conv", CONV), rows("pac", CONV))
     cf = load_claims(write(tmp_path, CLAIM.replace("dataset: middlebury", "dataset: synthetic")))
-    with pytest.raises(ClaimsError, match=r"did you mean 'upsampling · middlebury · jointnet'"):
+    with pytest.raises(ClaimsError, match=r"section upsampling · synthetic is not in suite 'synthetic' "
+                                          r"\(did you mean 'upsampling · middlebury'\?\)"):
         evaluate_claims(cf, col)
 
 
