@@ -146,22 +146,42 @@ def cmd_trial(args: argparse.Namespace) -> int:
 def _load(args, stored_copy: bool = False):
     """The suite and its result store (``--results`` or results/<suite name>), with ``--set`` applied.
 
-    ``stored_copy``: if the suite file is gone or renamed, read the copy kept with its results (for
-    commands that only read results: collect, report)."""
+    ``stored_copy`` is for the commands that only read results (collect, report): if the suite file is
+    gone or renamed, read the copy kept with its results; and read it without checking it against
+    the operators installed now (a plugin uninstalled, an operator renamed): the records are what
+    counts, so such trials are matched to their stored configs and a warning says so. ``plan`` and
+    ``run`` check everything."""
     from .results.store import ResultStore
-    from .sweep.suite import SuiteError, load_suite, override_run_keys
+    from .sweep.suite import SuiteError, load_suite, match_stored, override_run_keys
 
+    check = not stored_copy
     try:
-        suite = load_suite(args.suite)
+        suite = load_suite(args.suite, check_registry=check)
     except SuiteError:
         stored = Path(args.results or Path("results") / Path(args.suite).stem) / "suite.yaml"
         if not stored_copy or not stored.is_file():
             raise
-        suite = load_suite(stored)
+        suite = load_suite(stored, check_registry=check)
     if getattr(args, "set", None):
         override_run_keys(suite, parse_assignments(args.set))
     root = Path(args.results) if args.results else Path("results") / suite.name
-    return suite, ResultStore(root)
+    store = ResultStore(root)
+    if any(not t.checked for t in suite.trials):
+        from .sweep.ids import ID_PATTERN
+
+        configs = {}
+        folders = sorted(store.trials_dir.iterdir()) if store.trials_dir.is_dir() else []
+        for folder in folders:
+            if not ID_PATTERN.fullmatch(folder.name):
+                continue
+            try:
+                configs[folder.name] = store.read_config(folder.name)
+            except (OSError, ValueError):
+                continue  # a folder without its config: collect reports what it holds
+        match_stored(suite, configs)
+    for warning in suite.warnings:
+        print(f"adaptconv {args.command}: warning: {warning}", file=sys.stderr)
+    return suite, store
 
 
 def _varying(trials) -> list[str]:
@@ -203,6 +223,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not plan.to_run:
         print("nothing to run")
         return 0
+    if args.executor == "slurm" and plan.scheduler_note:  # cannot tell which trials are still queued
+        print("adaptconv run: not submitting: trials submitted before may still be queued and would run "
+              "twice; run again when squeue answers", file=sys.stderr)
+        return 2
     missing = executors.missing_data(plan)
     if missing and args.executor != "slurm":
         raise ConfigError(missing, f"suite {suite.name} ({suite.path}): data not found; "
@@ -213,12 +237,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .sweep import slurm
 
         profile, name = slurm.load_profile(args.profile)
+        print(f"SLURM profile: {name}", flush=True)
         ids = slurm.submit(plan, profile, name)
         print(f"submitted {len(plan.to_run)} trials as {len(set(i.split('_')[0] for i in ids))} job array(s): "
               f"{', '.join(sorted(set(i.split('_')[0] for i in ids)))}")
         if not args.wait:
             return 0
         states = slurm.wait_for(store, [t.id for t in plan.to_run])
+        _print_problems(store, [t.id for t in plan.to_run], states)
         out = {}
         for st in states.values():
             out[st] = out.get(st, 0) + 1
@@ -230,38 +256,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if set(out) <= {"done"} else 1
 
 
+def _print_problems(store, tids, states) -> None:
+    """One line per trial that failed, crashed or whose record was damaged, with what went wrong."""
+    for tid in tids:
+        state = states.get(tid)
+        if state in ("failed", "crashed"):
+            rec = store.read_record(tid) or {}
+            msg = (rec.get("error") or {}).get("message", "")
+            print(f"  {state} {tid}: {rec.get('status')}: {msg[:200]}")
+        elif state == "corrupt":
+            moved = store.corrupt_records(tid)
+            print(f"  corrupt {tid}: damaged record moved aside to {moved[-1] if moved else '?'}")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from .sweep import executors
 
     suite, store = _load(args)
     plan = executors.make_plan(suite, store)
     print(plan.summary())
-    for t in suite.trials:
-        if plan.states[t.id] == "failed":
-            rec = store.read_record(t.id) or {}
-            msg = (rec.get("error") or {}).get("message", "")
-            print(f"  failed {t.id}: {rec.get('status')}: {msg[:200]}")
+    _print_problems(store, [t.id for t in suite.trials], plan.states)
     jobs = store.jobs()
     if jobs:
-        from .sweep.slurm import job_states
+        from .sweep.slurm import SchedulerUnavailable, job_states
 
         ids = sorted({j for e in jobs for j in e.get("jobs", {}).values()})
         try:
             states = job_states(ids)
-        except (FileNotFoundError, subprocess_error()) as exc:
-            print(f"SLURM jobs: {len(ids)} submitted (cannot ask sacct: {exc})")
+        except SchedulerUnavailable as exc:
+            print(f"SLURM jobs: {len(ids)} submitted (cannot ask the scheduler: {exc})")
             return 0
-        counts = {}
-        for st in states.values():
+        counts: dict[str, int] = {}
+        for jid in ids:
+            st = states.get(jid, "UNKNOWN")
             counts[st] = counts.get(st, 0) + 1
         print(f"SLURM jobs ({len(ids)} submitted): " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     return 0
-
-
-def subprocess_error():
-    import subprocess
-
-    return subprocess.SubprocessError
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -306,16 +336,53 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
+    from .report.claims import report_claims
+    from .sweep.suite import SuiteError, resolve_suite_path
 
     col, _, seconds = _collect(args)
     out = Path(args.out) if args.out else Path("report") / col.suite
     t0 = time.perf_counter()
+    try:
+        suite_path = resolve_suite_path(args.suite)
+    except SuiteError:  # reported from the copy kept with the results: the working directory's claims
+        suite_path = None
+    claims = None if args.no_claims else report_claims(col, claims_path=args.claims, suite_path=suite_path)
+    for warning in claims.warnings if claims is not None else ():
+        print(f"warning: {warning}", file=sys.stderr)
     command = f"adaptconv report {args.suite}" + (f" --results {args.results}" if args.results else "") \
-        + (f" --out {args.out}" if args.out else "")
-    report = build_report(col, out, command=command)
+        + (f" --out {args.out}" if args.out else "") + (f" --claims {args.claims}" if args.claims else "") \
+        + (" --no-claims" if args.no_claims else "")
+    report = build_report(col, out, command=command, claims=claims)
     print(f"collected {len(col.trials)} trials in {seconds:.1f} s; wrote {len(report.figures)} figures and "
           f"{len(report.tables)} tables in {time.perf_counter() - t0:.1f} s")
+    if claims is not None:
+        print(f"claims ({claims.path}): {claims.summary()}")
     print(f"report: {report.index}")
+    return 0
+
+
+def cmd_claims_check(args: argparse.Namespace) -> int:
+    """Validate a claims file against this installation (and, with --suite, the suite's sections)."""
+    import pandas as pd
+
+    from .report.claims import evaluate_claims, load_claims
+
+    claims = load_claims(args.file, operators="error")
+    for warning in claims.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    rows = [{"id": c.id, "section": c.section_label(), "op": c.op, "against": c.against, "metric": c.metric,
+             "direction": c.direction, "source": c.source} for c in claims.claims]
+    print(f"{args.file}: {len(rows)} claims, names valid")
+    if args.suite:
+        from .results.collect import collect
+
+        suite, store = _load(args, stored_copy=True)
+        table = evaluate_claims(claims, collect(store, suite), require_sections=True)
+        verdicts = {r.claim.id: r.verdict + (f": {r.reason}" if r.reason else "") for r in table.results}
+        for row in rows:
+            row["on " + suite.name] = verdicts.get(row["id"], "")
+        print(f"every claim judges a section of suite {suite.name}")
+    print(pd.DataFrame(rows).to_markdown(index=False))
     return 0
 
 
@@ -383,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, text in (("plan", cmd_plan, "expand a suite and show each trial's state; runs nothing"),
                              ("run", cmd_run, "run a suite's pending trials (local, debug or SLURM)"),
-                             ("status", cmd_status, "counts of done/failed/running/pending trials and SLURM jobs"),
+                             ("status", cmd_status, "counts of done/failed/crashed/corrupt/running/queued/pending trials and "
+                              "SLURM jobs"),
                              ("cancel", cmd_cancel, "cancel a suite's submitted SLURM jobs")):
         p = sub.add_parser(name, help=text)
         p.add_argument("suite", help="a suite name in suites/ or a path to a suite file")
@@ -398,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--all", action="store_true", help="list every trial")
         if name == "run":
             p.add_argument("--executor", choices=("local", "debug", "slurm"), default="local")
-            p.add_argument("--profile", help="SLURM profile: slurm/NAME.yaml or a path")
+            p.add_argument("--profile", help="SLURM profile: NAME (slurm/NAME.yaml of the working directory, "
+                                             "else of the adaptconv repository) or a path to a .yaml file")
             p.add_argument("--max-parallel", type=int, help="local: trials at once (default: one per GPU, or 1)")
             p.add_argument("--wait", action="store_true", help="slurm: wait until every trial has a record")
     p = sub.add_parser("collect", help="gather a suite's records into results/<suite>/results.parquet (and CSV)")
@@ -409,7 +478,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="a suite name in suites/ or a path to a suite file")
     p.add_argument("--results", help="results folder (default: results/<suite name>)")
     p.add_argument("--out", help="report folder (default: report/<suite name>)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--claims", metavar="FILE",
+                       help="published claims to judge; each must name a section of this suite (default: "
+                            "claims.yaml next to the suites/ folder, judging only the sections this suite has)")
+    group.add_argument("--no-claims", action="store_true", help="no claims table")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("claims", help="published claims (claims.yaml): check a claims file")
+    claims_sub = p.add_subparsers(dest="claims_command", required=True)
+    p = claims_sub.add_parser("check", help="validate a claims file: keys, names of tasks, datasets, operators, "
+                                            "metrics (and, with --suite, that the suite has every section)")
+    p.add_argument("file", help="a claims file (YAML)")
+    p.add_argument("--suite", help="also check the sections against this suite (a name in suites/ or a path); "
+                                   "with its results, print each claim's verdict")
+    p.add_argument("--results", help="results folder of --suite (default: results/<suite name>)")
+    p.set_defaults(func=cmd_claims_check)
     p = sub.add_parser("compare", help="two result sets side by side, with the ratio B/A per metric")
     p.add_argument("a", help="results folder (or suite name) A")
     p.add_argument("b", help="results folder (or suite name) B")

@@ -63,6 +63,9 @@ def _convert(value: Any, tp, path: str, problems: list[str]) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        others = [a for a in args if a is not type(None)]
+        if len(others) == 1:  # an optional value: the value's own message (choices, did-you-mean) says more
+            return _convert(value, others[0], path, problems)
         for arg in args:
             if arg is type(None):
                 continue

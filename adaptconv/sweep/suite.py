@@ -408,7 +408,7 @@ def expand(spec: SuiteSpec, problems: _Problems | None = None, check_registry: b
     rule_values: dict[str, list] = {k: [] for rule in spec.exclude for k in rule}  # values met, for the hint
     failures: dict[tuple[int, str], list[dict]] = {}  # (block, problem) → the swept values of its trials
     points: dict[int, list[dict]] = {}  # block → the swept values of every trial it keeps
-    unchecked: dict[str, int] = {}  # operator → trials read without checking it (check_registry=False)
+    unchecked: dict[str, None] = {}  # operators of trials read unchecked (check_registry=False), in order
     for bi, block in enumerate(blocks):
         base = _deep_merge(spec.base, block.base)
         for point in _grid(block.product, block.zip):
@@ -436,13 +436,13 @@ def expand(spec: SuiteSpec, problems: _Problems | None = None, check_registry: b
                     try:
                         cfg = parse_trial_config(config)
                     except ConfigError as exc:
-                        cfg = None if check_registry else _unchecked(config, exc, warnings)
+                        cfg = None if check_registry else _unchecked(config)
                         if cfg is None:
                             for p in exc.problems:
                                 failures.setdefault((bi, p), []).append(swept)
                             continue
                         checked = False
-                        unchecked[cfg.op] = unchecked.get(cfg.op, 0) + 1
+                        unchecked.setdefault(cfg.op, None)
                     normalised = cfg.normalised()
                     tid = trial_id(normalised)
                     trials.setdefault(tid, Trial(tid, normalised, block.name or None, checked))
@@ -451,16 +451,17 @@ def expand(spec: SuiteSpec, problems: _Problems | None = None, check_registry: b
     for i, hits in enumerate(rule_hits):
         if not hits and spec.exclude[i]:
             problems.add(("exclude", i), f"matches no trial, so it excludes nothing{_rule_hint(spec.exclude[i], rule_values)}")
-    for op, n in unchecked.items():
-        warnings.append(f"operator {op!r} is not installed here (or refuses its options now): its {n} trial(s) are "
-                        "read as the suite gives them, unchecked; plan and run would refuse them")
+    for op in unchecked:
+        warnings.append(f"operator {op!r} is not installed here (or no longer takes the suite's options): its "
+                        "trials are read as the suite gives them, unchecked, and matched to their stored records; "
+                        "plan and run would refuse them")
     if not trials and not problems.items:
         problems.add(("exclude",) if excluded else (), "the suite expands to no trial"
                      + (f" ({excluded} excluded)" if excluded else ""))
     return list(trials.values())
 
 
-def _unchecked(config: dict, exc: ConfigError, warnings: list[str]):
+def _unchecked(config: dict):
     """For check_registry=False: the config read without asking the operator registry, or None when it
     has problems of its own (reported as usual)."""
     try:
@@ -479,6 +480,15 @@ def _report(problems: _Problems, spec: SuiteSpec, block: Block, bi: int, problem
     shared = {k: first.get(k) for k in varying
               if all(repr(_freeze(pt.get(k))) == repr(_freeze(first.get(k))) for pt in failed)}
     where = _axis_of(key, spec, block, bi)
+    if where is None:
+        # the problem names another key (task_options.patch) because of a swept value (scale=7): blame
+        # the swept key it mentions; the message still names its own key, so both are named
+        text = problem.split(":", 1)[-1]
+        for k in first:
+            leaf = k.split(".")[-1]
+            if k != key and len(leaf) >= 3 and re.search(rf"\b{re.escape(leaf)}\b", text):
+                where = _axis_of(k, spec, block, bi)
+                break
     if where is None and shared and len(failed) < len(every):
         # the problem names another key (task_options.patch) but comes with an axis value (scale=7):
         # blame the axis; the message still names its own key, so both are named
@@ -536,6 +546,40 @@ def _deep_merge(a: dict, b: dict) -> dict:
         else:
             out[k] = _deep_merge(v, {}) if isinstance(v, dict) else v
     return out
+
+
+def match_stored(suite: Suite, stored: dict[str, dict[str, Any]]) -> int:
+    """Give each unchecked trial of ``suite`` (see ``load_suite(check_registry=False)``) the id and
+    config of its stored trial (``stored``: id → the ``trial.json`` config written when it ran).
+
+    Without its operator an unchecked trial keeps its options as written, so its id differs from the
+    stored one wherever an option equal to the operator's default was dropped (``{gain: 1.0}`` stored
+    as ``{}``): a stored config matches when it equals the trial's in everything but those dropped
+    options. Returns how many trials were matched this way; in place."""
+    from .ids import identity
+
+    out: dict[str, Trial] = {}
+    matched = 0
+    for t in suite.trials:
+        if not t.checked and t.id not in stored:
+            mine = identity(t.config)
+            found = [tid for tid, cfg in stored.items() if _stored_match(mine, identity(cfg))]
+            if len(found) == 1:  # the same trial as another of the suite's is counted once, as when checked
+                t = Trial(found[0], stored[found[0]], t.block, False)
+                matched += 1
+        out.setdefault(t.id, t)
+    suite.trials[:] = list(out.values())
+    return matched
+
+
+def _stored_match(mine: dict[str, Any], theirs: dict[str, Any]) -> bool:
+    """``theirs`` (stored) is ``mine`` (as written) with some operator options dropped as defaults."""
+    if set(mine) - {"op_options"} != set(theirs) - {"op_options"}:
+        return False
+    if any(_freeze(v) != _freeze(theirs[k]) for k, v in mine.items() if k != "op_options"):
+        return False
+    written = mine.get("op_options") or {}
+    return all(k in written and _same(written[k], v) for k, v in (theirs.get("op_options") or {}).items())
 
 
 def trial_config(trial: Trial) -> TrialConfig:

@@ -188,13 +188,15 @@ def parse_trial_config(mapping: dict[str, Any], where: str = "trial config", reg
     problems = task_cls.check_config(config)
     installed = config.op in conv_ops()
     op_options, op_problems = canonical_op_options(config.op, config.op_options)
+    if op_problems and not registry:  # options the installed operator no longer takes: kept as written
+        op_options, op_problems = dict(sorted(config.op_options.items())), []
     problems += op_problems
     guide = config.guide or task_cls.default_guide
-    if installed:
+    if installed and registry:
         need = get_op(config.op).guide
         if need == "required" and guide == "self":
             problems.append(f"guide: operator {config.op!r} needs an external guide; use guide: image")
-        if op_options and not problems and registry:
+        if op_options and not problems:
             problems += op_build_problems(config.op, op_options, guide == "image" and need != "none")
     if problems:
         raise ConfigError(problems, where)
