@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import get_dataset
 from ..models.backbones import BUILTIN_BACKBONES, build_backbone
+from ..models.norm import warm_start_batchnorm
 from .base import Task
 
 
@@ -45,6 +47,8 @@ class Classification(Task):
         test = get_dataset(cfg.dataset, "classification", "test", root=cfg.data_root, **extra)
         self.num_classes = train.num_classes
         self.in_channels = train.in_channels
+        # what the majority baseline predicts is learned from the training labels only
+        self.train_class_counts = torch.bincount(class_labels(train), minlength=self.num_classes)
         self.native_size = tuple(train[0]["image"].shape[-2:])
         return train, test
 
@@ -54,6 +58,13 @@ class Classification(Task):
     def build_network(self, train_set: Dataset) -> nn.Module:
         model, _ = build_backbone(self.config.backbone, self.in_channels, self.num_classes)
         return _Resized(model, self.options.image_size)
+
+    def build_model(self, train_set: Dataset):
+        model, summary = super().build_model(train_set)
+        # after the swap, so operator-internal BatchNorms are included: at short budgets the default
+        # running statistics still remember their (0, 1) start and the eval-mode network is not the trained one
+        warm_start_batchnorm(model)
+        return model, summary
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         return F.cross_entropy(model(batch["image"]), batch["label"], label_smoothing=self.options.label_smoothing)
@@ -75,9 +86,44 @@ class Classification(Task):
             total += labels.numel()
         return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "loss": loss_sum / total}
 
+    @torch.no_grad()
+    def baselines(self, test_set: Dataset) -> dict[str, dict[str, float]]:
+        """``majority``: the constant prediction of the training set's class frequencies — top-1 is
+        its most frequent class, top-5 its five most frequent (ties: lower class index first), loss the
+        cross-entropy of those frequencies (add-one smoothed, so a class absent from training costs a
+        finite loss). ``chance``: a uniformly random guess — top-1 100/C, top-5 100·min(5, C)/C,
+        loss ln C."""
+        c = self.num_classes
+        labels = class_labels(test_set)
+        counts = self.train_class_counts.double()
+        order = torch.sort(counts, descending=True, stable=True).indices
+        k = min(5, c)
+        prior = (counts + 1) / (counts.sum() + c)
+        majority = {
+            "top1": 100.0 * (labels == order[0]).double().mean().item(),
+            "top5": 100.0 * torch.isin(labels, order[:k]).double().mean().item(),
+            "loss": -prior.log()[labels].mean().item(),
+        }
+        chance = {"top1": 100.0 / c, "top5": 100.0 * k / c, "loss": math.log(c)}
+        return {"majority": majority, "chance": chance}
+
     def example_inputs(self, batch_size: int, resolution: int | None = None):
         size = (resolution, resolution) if resolution else self.native_size
         return (torch.rand(batch_size, self.in_channels, *size, device=self.device),)
+
+
+def class_labels(dataset: Dataset) -> torch.Tensor:
+    """All labels of a classification data set as an int64 tensor, read from what it keeps in memory
+    (``labels``: digits, CIFAR; ``samples``: image folders) or else sample by sample."""
+    labels = getattr(dataset, "labels", None)
+    if isinstance(labels, torch.Tensor) and labels.ndim == 1 and len(labels) == len(dataset):
+        return labels.long()
+    samples = getattr(dataset, "samples", None)
+    if isinstance(samples, list) and len(samples) == len(dataset):
+        return torch.tensor([int(s[1]) for s in samples], dtype=torch.int64)
+    loader = DataLoader(dataset, batch_size=256, shuffle=False)
+    out = [batch["label"].long().reshape(-1) for batch in loader]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
 
 
 class _Resized(nn.Module):
