@@ -183,9 +183,15 @@ class Layout:
         return self._comparisons[key]
 
 
-def _variant(row: pd.Series, op_factors: list[str], variant_factors: list[str] = ()) -> str:
-    """The row's label: the operator, how it is applied, and the network variant (``conv (upsampler=carafe)``)."""
+def _variant(row: pd.Series, op_factors: dict | list[str], variant_factors: list[str] = ()) -> str:
+    """The row's label: the operator, how it is applied, and the network variant (``conv (upsampler=carafe)``).
+
+    ``op_factors``: the operator keys to show, or ``{(section, op): keys}`` — those that vary among the
+    trials of that operator in that section (a key constant for an operator, such as the guide every
+    ``pac`` of a block takes, does not need saying)."""
     conv = row["op"] == BASELINE
+    if isinstance(op_factors, dict):
+        op_factors = op_factors.get((row["section"], row["op"]), [])
     keys = [k for k in op_factors if not (conv and any(k.startswith(p) for p in _CONV_IGNORES))]
     opts = [f"{short_key(k)}={fmt_value(row[k])}" for k in [*keys, *variant_factors] if not _missing(row[k])]
     return f"{row['op']} ({', '.join(opts)})" if opts else str(row["op"])
@@ -214,17 +220,21 @@ def build_layout(col: Collection) -> Layout:
     sub = Collection(col.suite, col.description, trials, col.runs, col.curves, col.config_columns,
                      col.directions, col.primary, col.baselines)
     factors = sub.factors()
-    op_factors = [f for f in factors if is_op_key(f) and f != "op"]
+    op_keys = [f for f in factors if is_op_key(f) and f != "op"]
     variant_factors = [f for f in factors if f in NETWORK_VARIANT_KEYS]
     section_keys = [k for k in SECTION_KEYS if k in trials.columns]
-    context = [f for f in factors if f not in section_keys and f != "op" and f not in op_factors
+    context = [f for f in factors if f not in section_keys and f != "op" and f not in op_keys
                and f not in variant_factors]
     keys = [c for c in col.config_columns if c not in NOT_A_FACTOR]
     section_context = {}
+    label_keys: dict[tuple, list[str]] = {}  # (section, op) → the operator keys that tell its rows apart
     if len(trials):
         trials["section"] = trials.apply(_section, axis=1, keys=section_keys)
         for section, rows in trials.groupby("section", sort=True):
             section_context[section] = [k for k in context if rows[k].map(repr).nunique() > 1]
+        for (section, op), rows in trials.groupby(["section", "op"], sort=True):
+            label_keys[(section, op)] = [k for k in op_keys if rows[k].map(repr).nunique() > 1]
+    op_factors = [k for k in op_keys if any(k in ks for ks in label_keys.values())]
 
     def group(r: pd.Series) -> str:
         return " · ".join([r["section"]] + [f"{short_key(k)}={fmt_factor(r[k])}"
@@ -235,11 +245,11 @@ def build_layout(col: Collection) -> Layout:
             for c in ("variant", "section", "group", "kind", "row_key", "base_label"):
                 df[c] = []
             return df
-        df["variant"] = df[BASELINE_COLUMN] if baseline else df.apply(_variant, axis=1, op_factors=op_factors,
-                                                                        variant_factors=variant_factors)
-        df["base_label"] = df["variant"] if baseline else df.apply(_variant, axis=1, op_factors=op_factors)
-        df["kind"] = TRIVIAL if baseline else df.apply(_kind, axis=1, variant_factors=variant_factors)
         df["section"] = df.apply(_section, axis=1, keys=section_keys)
+        df["variant"] = df[BASELINE_COLUMN] if baseline else df.apply(_variant, axis=1, op_factors=label_keys,
+                                                                        variant_factors=variant_factors)
+        df["base_label"] = df["variant"] if baseline else df.apply(_variant, axis=1, op_factors=label_keys)
+        df["kind"] = TRIVIAL if baseline else df.apply(_kind, axis=1, variant_factors=variant_factors)
         df["group"] = df.apply(group, axis=1)
         df["row_key"] = _row_keys(df, keys + ([BASELINE_COLUMN] if baseline else []))
         return df
