@@ -27,6 +27,7 @@ import pandas as pd
 
 from ..results.atomic import write_text_atomic
 from ..results.collect import Collection
+from .claims import ClaimsTable
 from .figures import Figure, all_figures, slug
 from .findings import METHOD, findings
 from .tables import (Layout, build_layout, display_table, environment_table, section_table, status_table,
@@ -116,8 +117,11 @@ def plain_text(text: str) -> str:
     return _EM.sub(r"\1", _STRONG.sub(r"\1", _CODE.sub(r"\1", str(text))))
 
 
-def build_report(col: Collection, out: str | os.PathLike, *, command: str | None = None) -> Report:
-    """Write the report of ``col`` into ``out`` and return what it contains."""
+def build_report(col: Collection, out: str | os.PathLike, *, command: str | None = None,
+                 claims: "ClaimsTable | None" = None) -> Report:
+    """Write the report of ``col`` into ``out`` and return what it contains; ``claims``: the published
+    claims judged on ``col`` (:func:`adaptconv.report.claims.report_claims`), a section and
+    ``tables/claims.*`` of their own."""
     out = Path(out)
     layout = build_layout(col)
     report = Report(out)
@@ -143,13 +147,16 @@ def build_report(col: Collection, out: str | os.PathLike, *, command: str | None
     for rel, df in (("tables/status.csv", status), ("tables/environment.csv", env)):
         write_text_atomic(out / rel, df.to_csv(index=False))
         report.tables.append(rel)
+    for rel, text in (claims.files() if claims is not None else {}).items():
+        write_text_atomic(out / rel, text)
+        report.tables.append(rel)
     notes = _reading_notes(layout)
     found = findings(layout)
     cmd = command or f"adaptconv report {col.suite}"
     write_text_atomic(out / "README.md", _markdown(col, layout, sections, figures, status, env, counts, notes, cmd,
-                                                   found))
+                                                   found, claims))
     write_text_atomic(out / "index.html", _html(col, layout, sections, figures, status, env, counts, notes, cmd,
-                                                found))
+                                                found, claims))
     manifest = {"suite": col.suite, "counts": counts, "primary_metric": col.primary,
                 "figures": [asdict(f) for f in figures], "tables": report.tables}
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True) + "\n")
@@ -179,7 +186,7 @@ def _section_figures(figures: list[Figure], section: str) -> list[Figure]:
     return [f for f in figures if f.section == section and f.kind != "scaling"]
 
 
-def _markdown(col, layout, sections, figures, status, env, counts, notes, cmd, found=()) -> str:
+def _markdown(col, layout, sections, figures, status, env, counts, notes, cmd, found=(), claims=None) -> str:
     lines = [f"# adaptconv report: {col.suite}", ""]
     if found:
         lines += ["## Findings", "", METHOD, ""]
@@ -189,6 +196,8 @@ def _markdown(col, layout, sections, figures, status, env, counts, notes, cmd, f
         lines += [col.description, ""]
     lines += [f"{_summary(col, counts)} Regenerate with `{cmd}`; [the HTML version](index.html).", ""]
     lines += ["## How to read it", ""] + [f"- {n}" for n in notes] + [""]
+    if claims is not None:
+        lines += claims.markdown_lines()
     for section, name, cells, marks in sections:
         lines += [f"## {section}", "", to_markdown(cells, marks), "",
                   f"Tables: [CSV](tables/{name}.csv) · [LaTeX](tables/{name}.tex)", ""]
@@ -205,7 +214,7 @@ def _markdown(col, layout, sections, figures, status, env, counts, notes, cmd, f
     return "\n".join(lines)
 
 
-def _html(col, layout, sections, figures, status, env, counts, notes, cmd, found=()) -> str:
+def _html(col, layout, sections, figures, status, env, counts, notes, cmd, found=(), claims=None) -> str:
     esc = html.escape
     parts = [f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>adaptconv report: {esc(col.suite)}"
              f"</title><style>{CSS}</style></head><body>", f"<h1>adaptconv report: {esc(col.suite)}</h1>"]
@@ -220,6 +229,8 @@ def _html(col, layout, sections, figures, status, env, counts, notes, cmd, found
     parts.append(f"<p>{esc(_summary(col, counts))} Regenerate with <code>{esc(cmd)}</code>.</p>")
     parts.append("<h2>How to read it</h2><ul>" + "".join(f"<li class=\"note\">{inline_html(n)}</li>" for n in notes)
                  + "</ul>")
+    if claims is not None:
+        parts += claims.html_parts()
     for section, name, cells, marks in sections:
         parts.append(f"<h2>{esc(section)}</h2>")
         parts.append(to_html(cells, marks))

@@ -137,11 +137,13 @@ class ClaimsFile:
     lines: dict[tuple, int] = field(default_factory=dict, repr=False)
     #: names the registry does not know but that the results may hold (an operator not installed here,
     #: a trivial baseline of a task that does not list its baselines): (name, message)
-    unresolved: list[tuple[str, str]] = field(default_factory=list)
+    #: names the registry does not know but that the results may hold (an operator not installed here,
+    #: a trivial baseline of a task that does not list its baselines): (claim id, name, message)
+    unresolved: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def warnings(self) -> list[str]:
-        return [message for _, message in self.unresolved]
+        return [message for _, _, message in self.unresolved]
 
     def problems(self) -> _Problems:
         return _Problems(self.lines)
@@ -310,7 +312,7 @@ def _check_names(cf: ClaimsFile, problems: _Problems, operators: str) -> None:
                 continue
             if side == "against" and not baselines:
                 # this task does not list its baselines: the results will say whether it is one
-                cf.unresolved.append((name, f"{cf.path}: claim {c.id!r} (line {cf.lines.get(at + (side,), '?')}): "
+                cf.unresolved.append((c.id, name, f"{cf.path}: claim {c.id!r} (line {cf.lines.get(at + (side,), '?')}): "
                                    f"{name!r} is not a registered operator; taken to be a trivial baseline of "
                                    f"task {task!r}, checked against the results when a report is built"))
                 continue
@@ -320,7 +322,7 @@ def _check_names(cf: ClaimsFile, problems: _Problems, operators: str) -> None:
             if operators == "error":
                 problems.add(at + (side,), message)
             else:
-                cf.unresolved.append((name, f"{cf.path}: claim {c.id!r} (line {cf.lines.get(at + (side,), '?')}): "
+                cf.unresolved.append((c.id, name, f"{cf.path}: claim {c.id!r} (line {cf.lines.get(at + (side,), '?')}): "
                                             f"{message} (not installed here? it must then be in the results)"))
 
 
@@ -425,9 +427,11 @@ class ClaimsTable:
             "statement about this budget.",
         ]
         if self.skipped:
-            notes.append(f"{len(self.skipped)} claim{'s' if len(self.skipped) != 1 else ''} of {self.path.name} "
-                         f"judge{'s' if len(self.skipped) == 1 else ''} sections this suite does not run: "
-                         + "; ".join(f"{c.id} ({why})" for c, why in self.skipped) + ".")
+            why: dict[str, list[str]] = {}
+            for c, reason in self.skipped:
+                why.setdefault(reason, []).append(c.id)
+            notes.append(f"Not judged here ({len(self.skipped)} of the claims in {self.path.name}): "
+                         + "; ".join(f"{reason}: {', '.join(ids)}" for reason, ids in why.items()) + ".")
         return notes
 
     def summary(self) -> str:
@@ -453,7 +457,6 @@ class ClaimsTable:
         if self.results:
             lines += [self.to_markdown(), "", "Tables: [CSV](tables/claims.csv) · [LaTeX](tables/claims.tex)", ""]
         lines += [f"- {n}" for n in self.notes()] + [""]
-        lines += [f"- warning: {w}" for w in self.warnings] + ([""] if self.warnings else [])
         return lines
 
     def html_parts(self) -> list[str]:
@@ -462,8 +465,7 @@ class ClaimsTable:
         if self.results:
             parts += [self.to_html(), "<p class=\"note\">Tables: <a href=\"tables/claims.csv\">CSV</a> · "
                                       "<a href=\"tables/claims.tex\">LaTeX</a></p>"]
-        items = [html.escape(n) for n in self.notes()] + [f"warning: {html.escape(w)}" for w in self.warnings]
-        parts.append("<ul>" + "".join(f"<li class=\"note\">{n}</li>" for n in items) + "</ul>")
+        parts.append("<ul>" + "".join(f"<li class=\"note\">{html.escape(n)}</li>" for n in self.notes()) + "</ul>")
         return parts
 
     def to_latex(self, caption: str, label: str) -> str:
@@ -478,12 +480,12 @@ class ClaimsTable:
             return out
 
         cells = self.display()
-        lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{latex_escape(caption)}}}",
-                 rf"\label{{{label}}}", r"\begin{tabular}{" + "l" * len(cells.columns) + "}", r"\toprule",
+        lines = [r"\begin{table*}[t]", r"\centering", r"\small", rf"\caption{{{latex_escape(caption)}}}",
+                 rf"\label{{{label}}}", r"\begin{tabular}{" + _LATEX_COLUMNS + "}", r"\toprule",
                  " & ".join(latex_escape(c) for c in cells.columns) + r" \\", r"\midrule"]
         for row in cells.itertuples(index=False):
             lines.append(" & ".join(latex_escape(v) for v in row) + r" \\")
-        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table*}", ""]
         return "\n".join(lines)
 
     def to_csv(self) -> str:
@@ -495,9 +497,15 @@ class ClaimsTable:
     def to_html(self) -> str:
         cells = self.display()
         head = "".join(f"<th>{html.escape(c)}</th>" for c in cells.columns)
-        rows = ["<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
-                for row in cells.itertuples(index=False)]
+        # the report's page keeps table cells on one line; the claims' sentences wrap instead
+        rows = ["<tr>" + "".join(f"<td style=\"white-space:normal;text-align:left\">{html.escape(str(v))}</td>"
+                                 for v in row) + "</tr>" for row in cells.itertuples(index=False)]
         return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>"
+
+
+#: paragraph columns for the claims table's sentences (claim, source, section, effect, condition,
+#: budget, verdict): about 17 cm, a full-width table of a two-column paper
+_LATEX_COLUMNS = "p{3cm}p{2.6cm}p{2.2cm}p{3.2cm}p{2cm}p{1.4cm}p{2.2cm}"
 
 
 def _section_text(c: Claim) -> str:
@@ -525,7 +533,8 @@ def _effect_text(r: ClaimResult) -> str:
     half = d.half if d.n >= 2 else math.nan
     digits = _decimals(half)
     means = (f"{_fmt(r.op_mean, digits)} vs {_fmt(r.against_mean, digits)}")
-    return f"{head} = {format_mean_ci(d.mean, half)} ({means}; n={d.n})"
+    effect = f"{int(d.mean)} ± 0" if half == 0 and float(d.mean).is_integer() else format_mean_ci(d.mean, half)
+    return f"{head} = {effect} ({means}; n={d.n})"
 
 
 def _decimals(half: float) -> int | None:
@@ -535,9 +544,13 @@ def _decimals(half: float) -> int | None:
 
 
 def _fmt(v: float, decimals: int | None) -> str:
+    from ..results.stats import format_significant
+
     if v is None or not np.isfinite(v):
         return "–"
-    return f"{v:.{decimals}f}" if decimals is not None else f"{v:.4g}"
+    if decimals is None and float(v).is_integer():  # exact counts (parameters, FLOPs)
+        return str(int(v))
+    return f"{v:.{decimals}f}" if decimals is not None else format_significant(v, 4)
 
 
 def _conditions_text(r: ClaimResult) -> str:
@@ -724,8 +737,6 @@ def evaluate_claims(claims: ClaimsFile, col, *, require_sections: bool = True,
     sections = _sections_of(trials)
     known_ops = set(list_ops())
     result_ops = {str(v) for df in (trials, baselines) if "op" in df for v in df["op"].dropna()}
-    # what the registry did not know at load and the results do not hold either stays a warning
-    table.warnings = [m for name, m in claims.unresolved if name not in result_ops]
     from ..results.collect import NOT_A_FACTOR
 
     factors = [c for c in col.config_columns if c not in NOT_A_FACTOR]
@@ -738,7 +749,7 @@ def evaluate_claims(claims: ClaimsFile, col, *, require_sections: bool = True,
                 problems.add(at + ("section",), f"{why}{_closest_section(c, trials)}; "
                                                 f"its sections: {', '.join(sections) or 'none'}")
             else:
-                table.skipped.append((c, f"section {c.section_label()}"))
+                table.skipped.append((c, f"section {c.section_label()} is not in this suite"))
             continue
         bad = False
         done = sec[sec["status"] == "ok"] if "status" in sec else sec
@@ -776,6 +787,9 @@ def evaluate_claims(claims: ClaimsFile, col, *, require_sections: bool = True,
     if problems.items:
         raise ClaimsError(problems.items, claims.path)
     _decide(table.results, alpha)
+    # a name neither the registry nor these results know leaves its claim not measured: say why
+    judged = {r.claim.id for r in table.results}
+    table.warnings = [m for cid, name, m in claims.unresolved if cid in judged and name not in result_ops]
     return table
 
 
@@ -844,7 +858,7 @@ def _judge(c: Claim, sec: pd.DataFrame, baselines: pd.DataFrame, col, factors: l
             continue
         ratio = a / b
         setattr(result, "flops_ratio" if column == "flops" else "params_ratio", ratio)
-        result.conditions.append(Condition(f"{label} ×{ratio:.3g} {'≤' if ratio <= limit else '>'} {limit:g}",
+        result.conditions.append(Condition(f"{label} ×{ratio:#.3g} {'≤' if ratio <= limit else '>'} {limit:g}",
                                            "holds" if ratio <= limit else "fails"))
     if c.non_inferior is not None:
         result.conditions.append(_non_inferior(c, op, against, col))

@@ -244,6 +244,12 @@ def test_one_seed_is_inconclusive_not_a_verdict(tmp_path):
     assert "n=1" in table_text(judge(tmp_path, col, PAC_LOWER))
 
 
+def table_effect(result) -> str:
+    from adaptconv.report.claims import _effect_text
+
+    return _effect_text(result)
+
+
 def table_text(table) -> str:
     return table.to_markdown()
 
@@ -287,7 +293,7 @@ def test_flops_condition(tmp_path):
     assert r.verdict == SUPPORTED and r.flops_ratio == pytest.approx(1.05)
     col = collection(rows("conv", CONV, flops=1e6), rows("pac", better, flops=1.5e6))
     (r,) = judge(tmp_path, col, cond).results
-    assert r.verdict == NOT_SUPPORTED and "FLOPs ×1.5 > 1.1" in r.reason
+    assert r.verdict == NOT_SUPPORTED and "FLOPs ×1.50 > 1.1" in r.reason
     col = collection(rows("conv", CONV, flops=1e6), rows("pac", better, flops=np.nan))
     (r,) = judge(tmp_path, col, cond).results
     assert r.verdict == INCONCLUSIVE and "condition not established" in r.reason
@@ -304,6 +310,7 @@ def test_params_claim_with_non_inferiority(tmp_path):
     close = rows("involution", [v + 0.05 for v in CONV], metric="mae", params=400)
     (r,) = judge(tmp_path, collection(conv, close), claim).results
     assert r.verdict == SUPPORTED and r.diff.mean == -600
+    assert "= -600 ± 0 (400 vs 1000; n=4)" in table_effect(r)
     far = rows("involution", [v + 1.0 + 0.01 * i for i, v in enumerate(CONV)], metric="mae", params=400)
     (r,) = judge(tmp_path, collection(conv, far), claim).results
     assert r.verdict == NOT_SUPPORTED and "mae" in r.reason
@@ -368,7 +375,7 @@ def test_a_section_the_suite_does_not_have(tmp_path):
     table = evaluate_claims(cf, col, require_sections=False)  # the project's file on another suite: skipped
     assert [r.claim.id for r in table.results] == ["pac-lowers-rmse"]
     assert [c.id for c, _ in table.skipped] == ["seg"]
-    assert any("seg (section segmentation · synthetic)" in n for n in table.notes())
+    assert any("section segmentation · synthetic is not in this suite: seg." in n for n in table.notes())
 
 
 def test_a_near_miss_section_gets_a_did_you_mean(tmp_path):
@@ -430,7 +437,7 @@ def test_table_renderers(tmp_path):
     assert list(shown.columns) == ["claim", "source", "section", "measured effect", "condition", "budget", "verdict"]
     effect = shown["measured effect"][0]
     assert re.fullmatch(r"rmse ↓: pac − conv = -0\.10\d ± 0\.0\d+ \(2\.950 vs 3\.050; n=4\)", effect), effect
-    assert shown["condition"][0] == "FLOPs ×1 ≤ 1.1 ✓"
+    assert shown["condition"][0] == "FLOPs ×1.00 ≤ 1.1 ✓"
     assert shown["verdict"][0] == SUPPORTED
     assert shown["verdict"][1] == "not measured: no trials of paka in this section"
     md = table.to_markdown()
@@ -440,7 +447,11 @@ def test_table_renderers(tmp_path):
     assert bool(raw["significant_holm"][0]) and raw["verdict"][1] == NOT_MEASURED
     col = collection(rows("conv", CONV), rows("pac", better))
     html = judge(tmp_path, col, PAC_LOWER.replace("op: pac", "op: pac\n    op_where: {steps: 30}")).to_html()
-    assert html.startswith("<table>") and "<td>" in html and "&lt;" not in html.split("<tbody>")[0]
+    assert html.startswith("<table>") and "<td style=" in html and "not measured: no trials of pac (steps=30)" in html
+    text = ("claims:\n  - id: x\n    claim: 'PAC <b>wins</b> & more'\n    source: a paper\n"
+            "    section: {task: upsampling, dataset: middlebury}\n" + PAC_LOWER)
+    html = evaluate_claims(load_claims(write(tmp_path, text)), col).to_html()
+    assert "PAC &lt;b&gt;wins&lt;/b&gt; &amp; more" in html and "<b>" not in html
 
 
 def test_report_section_and_files(tmp_path):
@@ -452,7 +463,7 @@ def test_report_section_and_files(tmp_path):
     files = table.files()
     assert set(files) == {"tables/claims.csv", "tables/claims.md", "tables/claims.tex"}
     tex = files["tables/claims.tex"]
-    assert r"\begin{tabular}{lllllll}" in tex and "−" not in tex and "✓" not in tex
+    assert r"\begin{tabular}{p{3cm}" in tex and r"\end{table*}" in tex and "−" not in tex and "✓" not in tex
     md = "\n".join(table.markdown_lines())
     assert md.startswith("## Published claims") and "Holm" in md and "tables/claims.csv" in md
     page = "\n".join(table.html_parts())
