@@ -27,6 +27,14 @@ crossed with the top-level ``product``/``zip`` and ``seeds``, and takes the unio
 count once). Without ``blocks`` it is the top-level ``product × zip × seeds`` over ``base``.
 
 Every problem is reported at once, naming the file, the key path and the line, with a did-you-mean.
+What a trial would refuse is refused here: each trial config is validated as the trial validates it,
+and each distinct operator configuration (operator, options, guide) is built once from an
+``nn.Conv2d``, as the hot-swap builds it, so an option value the operator refuses is an error of the
+suite. A key given twice in one mapping, an exclude rule that drops no trial and a name too long for
+a folder are errors too. A problem shared by several trials is reported once, with how many trials
+have it and the axis value they share (``scale=7`` is blamed for a ``patch`` that is not a multiple
+of it). Numbers are read as a user writes them: a float field takes every spelling ``float()`` reads
+(``1e-3``, which YAML 1.1 leaves a string).
 """
 
 from __future__ import annotations
@@ -170,6 +178,9 @@ class _Problems:
 def resolve_suite_path(suite: str | Path) -> Path:
     """A suite name in ``suites/`` or a path to a suite file."""
     p = Path(suite)
+    named = SUITES_DIR / f"{suite}.yaml"
+    if p.is_dir() and len(p.parts) == 1 and named.is_file():  # a bare name: the suite, not a folder here
+        return named
     if p.is_dir():
         inside = sorted(f.name for f in p.iterdir() if f.suffix in (".yaml", ".yml"))
         raise SuiteError(["is a directory, not a suite file" + (f"; the suite files in it: {', '.join(inside)}"
