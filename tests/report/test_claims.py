@@ -485,3 +485,70 @@ def test_report_claims_default_file_is_lenient_and_an_explicit_one_strict(tmp_pa
     assert [r.claim.id for r in table.results] == ["pac-lowers-rmse"] and len(table.skipped) == 1
     with pytest.raises(ClaimsError, match="is not in suite"):
         report_claims(col, claims_path=tmp_path / "claims.yaml")
+
+
+# ---- end to end: a stored suite, `adaptconv report --claims` and `adaptconv claims check` ----------
+
+E2E = """\
+claims:
+  - id: pac-lowers-rmse
+    claim: PAC lowers RMSE
+    source: Su et al., CVPR 2019
+    section: {task: upsampling, dataset: middlebury}
+    op: pac
+    metric: rmse
+    direction: lower
+  - id: conv-beats-bilinear
+    claim: the network beats bilinear
+    source: sanity check
+    section: {task: upsampling, dataset: middlebury}
+    op: conv
+    against: bilinear
+    metric: rmse
+    direction: lower
+  - id: dfn-lowers-rmse
+    claim: DFN lowers RMSE
+    source: Jia et al., NIPS 2016
+    section: {task: upsampling, dataset: middlebury}
+    op: dfn
+    metric: rmse
+    direction: lower
+"""
+
+
+def test_cli_report_with_claims_and_claims_check(tmp_path, capsys):
+    from adaptconv.cli import main
+    from fixtures.records import write_fixture
+
+    # records: pac is 0.30 below conv and dfn 0.10 above it at every seed; bilinear about 1 above conv
+    suite, store = write_fixture(tmp_path, ops=("conv", "pac", "dfn"), scales=(8,), seeds=(0, 1, 2), kernel_types=())
+    claims = write(tmp_path, E2E, name="mine.yaml")
+    dest = tmp_path / "rep"
+    args = ["report", str(suite.path), "--results", str(store.root), "--out", str(dest)]
+    assert main(args + ["--claims", str(claims)]) == 0
+    out = capsys.readouterr().out
+    assert "Of 3 published claims judged on this suite: 2 supported, 1 contradicted." in out
+    table = pd.read_csv(dest / "tables" / "claims.csv").set_index("id")
+    assert table.loc["pac-lowers-rmse", "verdict"] == SUPPORTED
+    assert table.loc["pac-lowers-rmse", "diff_mean"] == pytest.approx(-0.30)
+    assert table.loc["conv-beats-bilinear", "verdict"] == SUPPORTED
+    assert table.loc["dfn-lowers-rmse", "verdict"] == CONTRADICTED
+    readme = (dest / "README.md").read_text()
+    assert "## Published claims" in readme and "Holm" in readme and "(tables/claims.csv)" in readme
+    assert "<h2>Published claims</h2>" in (dest / "index.html").read_text()
+    assert "tables/claims.csv" in (dest / "manifest.json").read_text()
+    # no claims: no table, and the files of the last report are not left behind
+    assert main(args + ["--no-claims"]) == 0
+    assert not (dest / "tables" / "claims.csv").exists() and "Published claims" not in (dest / "README.md").read_text()
+    # a claims file with a mistake: refused, nothing half-written, the file, line and a close match said
+    capsys.readouterr()
+    bad = write(tmp_path, E2E.replace("op: dfn", "op: dfm"), name="bad.yaml")
+    assert main(args + ["--claims", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: invalid claims" in err and "claims.2.op (line 21)" in err and "did you mean 'dfn'" in err
+    assert main(["claims", "check", str(bad)]) == 2
+    assert "claims.2.op (line 21): unknown operator 'dfm' (did you mean 'dfn'?)" in capsys.readouterr().err
+    assert main(["claims", "check", str(claims), "--suite", str(suite.path), "--results", str(store.root)]) == 0
+    out = capsys.readouterr().out
+    assert "3 claims, names valid" in out and "every claim judges a section of suite fixture" in out
+    assert "contradicted" in out
