@@ -377,7 +377,7 @@ def cmd_claims_check(args: argparse.Namespace) -> int:
         from .results.collect import collect
 
         suite, store = _load(args, stored_copy=True)
-        table = evaluate_claims(claims, collect(store, suite), require_sections=True)
+        table = evaluate_claims(claims, collect(store, suite), strict=True)
         verdicts = {r.claim.id: r.verdict + (f": {r.reason}" if r.reason else "") for r in table.results}
         for row in rows:
             row["on " + suite.name] = verdicts.get(row["id"], "")

@@ -40,8 +40,9 @@ unknown keys, a bad direction, YAML errors, an unknown task, dataset, backbone, 
 (when the registry is asked to be strict, as ``adaptconv claims check`` does) an unknown operator.
 Reports are built from stored records, so by default an operator that is not installed here is only
 a warning at load; at report time it must then appear in the results. A section the suite does not
-have is refused when the file was given explicitly (``require_sections=True``) and skipped, with a
-note, when the project's default claims file is applied to a suite it was not written for.
+have (or a name or metric its results lack, or a claim they cannot tell apart) is refused when the
+file was given explicitly (``strict=True``) and left out with a note when the project's default
+claims file is applied to a suite it was not written for: the default file never stops a report.
 """
 
 from __future__ import annotations
@@ -335,7 +336,7 @@ def report_claims(col, *, claims_path: str | Path | None = None,
     path = Path(claims_path) if explicit else default_claims_path(suite_path)
     if path is None:
         return None
-    return evaluate_claims(load_claims(path), col, require_sections=explicit)
+    return evaluate_claims(load_claims(path), col, strict=explicit)
 
 
 # ---- judging claims on a collection ----------------------------------------------------------------
@@ -716,17 +717,19 @@ def _budget(rows: pd.DataFrame, n: int) -> str:
     return ", ".join(parts)
 
 
-def evaluate_claims(claims: ClaimsFile, col, *, require_sections: bool = True,
-                    alpha: float = ALPHA) -> ClaimsTable:
+def evaluate_claims(claims: ClaimsFile, col, *, strict: bool = True, alpha: float = ALPHA) -> ClaimsTable:
     """Judge every claim of ``claims`` on the collection ``col`` (``adaptconv.results.collect.Collection``).
 
-    ``require_sections``: a claim whose section this suite does not have is refused (a file given
-    explicitly for this report); otherwise it is skipped with a note (the project's default file,
-    written for several suites). Also refused, naming the claim's line: an operator or baseline found
-    neither in the results nor in the registry, a metric the section's results do not have, and a
-    claim that matches several configurations whose results differ (``where:`` must tell them apart).
+    What only the results can tell is checked here, naming the claim's line: a section the suite does
+    not have, an operator or baseline found neither in the results nor in the registry, a metric the
+    section's results lack, and a claim that matches several configurations whose results differ
+    (``where:`` must tell them apart). ``strict`` (a file given for this report): each is refused with
+    a :class:`ClaimsError` listing them all. Otherwise (the project's default file, written for several
+    suites) the claim is left out of the table and the notes say why, so a report is never stopped by
+    a claim meant for another suite.
     """
     from ..ops import list_ops
+    from ..results.collect import NOT_A_FACTOR
 
     trials = _in_suite(col.trials)
     # the trivial baselines (adaptconv.results.collect.baseline_table): their own rows, op = their name
@@ -737,33 +740,27 @@ def evaluate_claims(claims: ClaimsFile, col, *, require_sections: bool = True,
     sections = _sections_of(trials)
     known_ops = set(list_ops())
     result_ops = {str(v) for df in (trials, baselines) if "op" in df for v in df["op"].dropna()}
-    from ..results.collect import NOT_A_FACTOR
-
     factors = [c for c in col.config_columns if c not in NOT_A_FACTOR]
     for i, c in enumerate(claims.claims):
         at = ("claims", i)
+        issues: list[tuple[tuple, str, str]] = []  # (key path, message for the error, reason for the notes)
         sec = _section_rows(trials, c)
         if sec.empty:
-            why = f"section {c.section_label()} is not in suite {col.suite!r}"
-            if require_sections:
-                problems.add(at + ("section",), f"{why}{_closest_section(c, trials)}; "
-                                                f"its sections: {', '.join(sections) or 'none'}")
-            else:
-                table.skipped.append((c, f"section {c.section_label()} is not in this suite"))
-            continue
-        bad = False
+            issues.append((at + ("section",), f"section {c.section_label()} is not in suite {col.suite!r}"
+                           f"{_closest_section(c, trials)}; its sections: {', '.join(sections) or 'none'}",
+                           f"section {c.section_label()} is not in this suite"))
         done = sec[sec["status"] == "ok"] if "status" in sec else sec
         sec_baselines = _section_rows(baselines, c)
-        for side, name in (("op", c.op), ("against", c.against)):
+        for side, name in (("op", c.op), ("against", c.against)) if len(sec) else ():
             # a name nobody knows is a mistake once the section has results to tell (finished trials
             # carry their task's baselines; records from before baselines were stored carry none, and
             # a claim against one is then only not measured)
             tells = len(done) and (side == "op" or len(sec_baselines))
             if name not in result_ops and name not in known_ops and tells:
                 choices = sorted(known_ops | result_ops)
-                problems.add(at + (side,), f"{name!r} is neither in the results of suite {col.suite!r} nor a "
-                                           f"registered operator{did_you_mean(name, choices)}")
-                bad = True
+                issues.append((at + (side,), f"{name!r} is neither in the results of suite {col.suite!r} nor a "
+                                             f"registered operator{did_you_mean(name, choices)}",
+                               f"no {name!r} in these results{did_you_mean(name, choices)}"))
         metric_cols = {c.metric, *([c.non_inferior.metric] if c.non_inferior else [])}
         present = [m[len("metric."):] for m in col.metric_columns if m in done and done[m].notna().any()] \
             + [m for m in MEASURE_METRICS if m in done and done[m].notna().any()]
@@ -771,19 +768,19 @@ def evaluate_claims(claims: ClaimsFile, col, *, require_sections: bool = True,
                                              if c.non_inferior else [])
         for key, m in checks:
             if len(done) and m not in present:
-                problems.add(at + key, f"no {m!r} in the results of section {c.section_label()}"
-                                       f"{did_you_mean(m, present)}; they have {', '.join(present) or 'no metric'}")
-                bad = True
-        if bad:
-            continue
-        try:
-            table.results.append(_judge(c, sec, sec_baselines, col, factors, metric_cols))
-        except _Ambiguous as exc:
-            message = f"{exc}"
-            if require_sections:
-                problems.add(at, f"claim {c.id!r} is ambiguous in suite {col.suite!r}: {message}")
-            else:
-                table.skipped.append((c, f"ambiguous: {message}"))
+                issues.append((at + key, f"no {m!r} in the results of section {c.section_label()}"
+                                         f"{did_you_mean(m, present)}; they have {', '.join(present) or 'no metric'}",
+                               f"no {m!r} in the results of its section"))
+        if not issues:
+            try:
+                table.results.append(_judge(c, sec, sec_baselines, col, factors, metric_cols))
+            except _Ambiguous as exc:
+                issues.append((at, f"claim {c.id!r} is ambiguous in suite {col.suite!r}: {exc}", f"ambiguous: {exc}"))
+        for key, message, reason in issues:
+            if strict:
+                problems.add(key, message)
+        if issues and not strict:
+            table.skipped.append((c, "; ".join(reason for _, _, reason in issues)))
     if problems.items:
         raise ClaimsError(problems.items, claims.path)
     _decide(table.results, alpha)

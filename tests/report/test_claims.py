@@ -356,7 +356,7 @@ def test_an_ambiguous_claim_is_refused_naming_what_differs(tmp_path):
     with pytest.raises(ClaimsError, match=r"claims\.0 \(line 2\): claim 'c0' is ambiguous .* differ in "
                                           r"task_options\.upsampler = carafe, default"):
         judge(tmp_path, col, PAC_LOWER)
-    table = judge(tmp_path, col, PAC_LOWER, require_sections=False)
+    table = judge(tmp_path, col, PAC_LOWER, strict=False)
     assert not table.results and "ambiguous" in table.skipped[0][1]
 
 
@@ -372,7 +372,7 @@ def test_a_section_the_suite_does_not_have(tmp_path):
     assert re.search(r"claims\.1\.section \(line 13\): section segmentation · synthetic is not in suite 'synthetic' "
                      r"\(it has no section of task 'segmentation'\); "
                      r"its sections: upsampling · middlebury · jointnet", message), message
-    table = evaluate_claims(cf, col, require_sections=False)  # the project's file on another suite: skipped
+    table = evaluate_claims(cf, col, strict=False)  # the project's file on another suite: skipped
     assert [r.claim.id for r in table.results] == ["pac-lowers-rmse"]
     assert [c.id for c, _ in table.skipped] == ["seg"]
     assert any("section segmentation · synthetic is not in this suite: seg." in n for n in table.notes())
@@ -391,6 +391,27 @@ def test_metric_missing_from_the_results_is_refused(tmp_path):
     with pytest.raises(ClaimsError, match=r"claims\.0\.metric \(line 8\): no 'rmse' in the results of section "
                                           r"upsampling · middlebury.*; they have mae"):
         evaluate_claims(load_claims(write(tmp_path, CLAIM)), col)
+
+
+def test_the_default_file_never_stops_a_report(tmp_path):
+    """What only the results can refuse (a baseline or metric name they lack) leaves the claim out of the
+    table with a note when the file is the project's default, applied to any suite."""
+    base = [{"trial_id": f"conv-{s}", "state": "done", "status": "ok", "in_suite": True, "baseline": "bilinear",
+             **SECTION, "op": "bilinear", "seed": s, "metric.rmse": v + 0.4} for s, v in enumerate(CONV)]
+    col = collection(rows("conv", CONV), rows("pac", [v - 0.2 for v in CONV]), baselines=base)
+    cf = load_claims(write(tmp_path, "claims:\n" + "".join(
+        f"  - id: {cid}\n    claim: x\n    source: y\n    section: {{task: upsampling, dataset: middlebury}}\n{body}"
+        for cid, body in [("ok", PAC_LOWER), ("name", "    op: conv\n    against: bilinear_up\n    metric: rmse\n"
+                                                      "    direction: lower\n"),
+                          ("metric", PAC_LOWER.replace("rmse", "mae"))])))
+    with pytest.raises(ClaimsError) as info:
+        evaluate_claims(cf, col, strict=True)
+    assert len(info.value.problems) == 2 and "did you mean 'bilinear'" in str(info.value)
+    table = evaluate_claims(cf, col, strict=False)
+    assert [r.claim.id for r in table.results] == ["ok"] and table.results[0].verdict == SUPPORTED
+    assert dict((c.id, why) for c, why in table.skipped) == {
+        "name": "no 'bilinear_up' in these results (did you mean 'bilinear'?)",
+        "metric": "no 'mae' in the results of its section"}
 
 
 def test_unknown_operator_at_report_time(tmp_path):
