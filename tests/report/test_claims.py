@@ -75,6 +75,38 @@ def test_the_project_claims_file_loads_and_judges_sections_of_the_quick_suite():
     assert flops["condconv"] and flops["dynconv"]  # "at nearly the same FLOPs" is a condition, not prose
 
 
+def test_the_project_claims_name_baselines_the_tasks_compute():
+    """A claim against a trivial baseline names one its task really reports, on the quick suite's data
+    (the registry cannot tell: tasks compute their baselines from their test data)."""
+    import torch
+
+    from adaptconv.ops import list_ops
+    from adaptconv.sweep.suite import load_suite
+    from adaptconv.tasks import get_task
+    from adaptconv.trial.config import parse_trial_config
+
+    claims = [c for c in load_claims(ROOT / "claims.yaml").claims if c.against not in list_ops()]
+    assert claims, "the project's claims include the sanity checks against trivial baselines"
+    trials = load_suite("quick").trials
+    missing = []
+    for c in claims:
+        config = next(t.config for t in trials if t.config["seed"] == 0 and t.config["op"] == "conv"
+                      and all(t.config.get(k) == v for k, v in c.section.items())
+                      and not t.config["task_options"].get("crf", "none") != "none"
+                      and t.config["task_options"].get("upsampler", "bilinear") == "bilinear")
+        cfg = parse_trial_config({**config, "threads": 1})
+        task = get_task(cfg.task)(cfg, torch.device("cpu"))
+        _, test = task.build_data()
+        found = task.baselines(test)
+        if not found:
+            missing.append(cfg.task)
+            continue
+        assert c.against in found, f"{c.id}: task {cfg.task} reports the baselines {sorted(found)}"
+        assert c.metric in found[c.against]
+    if missing:
+        pytest.skip(f"tasks without baselines yet: {', '.join(sorted(set(missing)))}")
+
+
 def test_default_claims_path_is_next_to_the_suites_folder(tmp_path, monkeypatch):
     (tmp_path / "suites").mkdir()
     suite = tmp_path / "suites" / "s.yaml"
