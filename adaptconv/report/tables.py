@@ -390,7 +390,7 @@ def section_table(layout: Layout, section: str) -> pd.DataFrame:
         base = raw[(raw["op"] == BASELINE) & (raw["kind"] == OPERATOR)].groupby("group")[c].first()
         raw[f"{c}.x_conv"] = raw[c] / raw["group"].map(base)
     context = layout.context_of(section)
-    counts = ["n_trials", "n_done", "n_failed", "n_running", "n_pending"]
+    counts = ["n_trials"] + [c for c in rows.columns if c.startswith("n_") and c not in ("n_trials", "n_records")]
     for c in counts:  # a baseline row counts the seeds it was stored for
         raw[c] = raw[c].fillna(0).astype(int) if c in raw else 0
     cols = context + ["variant", "kind", "reference"] + counts

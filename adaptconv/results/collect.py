@@ -33,6 +33,7 @@ from ..schema import ConfigError
 from ..sweep.suite import flatten_config
 from ..trial.config import RUN_KEYS
 from .atomic import write_bytes_atomic
+from .stats import t_quantile
 from .store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -458,17 +459,6 @@ def _order_columns(df: pd.DataFrame, config_columns: list[str]) -> pd.DataFrame:
 
 # ---- aggregation over seeds ------------------------------------------------------------------------
 
-def t_quantile(n: np.ndarray) -> np.ndarray:
-    """Two-sided 95% Student-t quantile for n samples (NaN below two)."""
-    from scipy import stats
-
-    n = np.asarray(n, dtype=float)
-    out = np.full(n.shape, np.nan)
-    ok = n >= 2
-    out[ok] = stats.t.ppf(0.975, n[ok] - 1)
-    return out
-
-
 def aggregate(col: Collection, values: list[str] | None = None, *, trials: pd.DataFrame | None = None) -> pd.DataFrame:
     """Mean, std, n and a 95% t confidence interval of every metric and measurement, over seeds.
 
@@ -515,36 +505,3 @@ def aggregate(col: Collection, values: list[str] | None = None, *, trials: pd.Da
             columns.update({v: np.nan, f"{v}.std": np.nan, f"{v}.n": 0, f"{v}.ci_low": np.nan, f"{v}.ci_high": np.nan})
     stats_df = pd.DataFrame(columns, index=out.index)
     return pd.concat([out, stats_df], axis=1).reset_index(drop=True)
-
-
-def intervals_separate(a_low: float, a_high: float, b_low: float, b_high: float) -> bool:
-    """True only when both intervals exist and do not overlap."""
-    if any(v is None or not np.isfinite(v) for v in (a_low, a_high, b_low, b_high)):
-        return False
-    return a_high < b_low or b_high < a_low
-
-
-def rank(agg: pd.DataFrame, value: str, higher_is_better: bool, within: list[str]) -> pd.DataFrame:
-    """Rank rows by ``value`` inside each group of ``within`` columns.
-
-    Adds ``rank`` (1 = best mean), ``best`` (the best mean) and ``significant``: whether this row's 95%
-    interval separates from the best row's (False for the best row and whenever an interval is missing,
-    e.g. with one seed: a difference inside the noise is not a win).
-    """
-    agg = agg.copy()
-    agg["rank"] = np.nan
-    agg["best"] = False
-    agg["significant"] = False
-    groups = agg.groupby([agg[c].map(repr) for c in within], sort=False) if within else [(None, agg)]
-    for _, g in groups:
-        g = g[np.isfinite(g[value].astype(float))]
-        if g.empty:
-            continue
-        order = g[value].astype(float).sort_values(ascending=not higher_is_better, kind="stable")
-        agg.loc[order.index, "rank"] = np.arange(1, len(order) + 1)
-        top = order.index[0]
-        agg.loc[order.index[order.values == order.values[0]], "best"] = True  # ties share the mark
-        lo, hi = agg.at[top, f"{value}.ci_low"], agg.at[top, f"{value}.ci_high"]
-        for i in order.index[1:]:
-            agg.at[i, "significant"] = intervals_separate(agg.at[i, f"{value}.ci_low"], agg.at[i, f"{value}.ci_high"], lo, hi)
-    return agg

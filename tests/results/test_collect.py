@@ -11,7 +11,7 @@ import pytest
 from fixtures.records import OP_MS, TEMPLATE, baselines, latency_ms, params, peak_bytes, rmse, write_fixture
 from scipy import stats
 
-from adaptconv.results.collect import CollectError, aggregate, collect, intervals_separate, rank
+from adaptconv.results.collect import CollectError, aggregate, collect
 
 
 @pytest.fixture(scope="module")
@@ -145,22 +145,6 @@ def test_baseline_copies_that_disagree_are_logged(tmp_path, caplog):
         col = collect(store, suite)
     assert len(col.baselines) == 1 and col.baselines["metric.rmse"].iloc[0] == 2.0  # the first kept
     assert "bilinear: rmse is 2.0" in caplog.text and "2.5" in caplog.text
-
-
-def _agg(rows):
-    return pd.DataFrame([{"op": op, "g": "x", "m": m, "m.ci_low": lo, "m.ci_high": hi} for op, m, lo, hi in rows])
-
-
-def test_rank_marks_significance_only_when_intervals_separate():
-    agg = _agg([("a", 1.00, 0.90, 1.10), ("b", 1.05, 0.95, 1.15), ("c", 2.0, 1.9, 2.1), ("d", 3.0, np.nan, np.nan)])
-    r = rank(agg, "m", higher_is_better=False, within=["g"]).set_index("op")
-    assert r.loc["a", "best"] and r.loc["a", "rank"] == 1
-    assert not r.loc["b", "significant"]  # overlapping intervals: tied, whatever the means say
-    assert r.loc["c", "significant"]
-    assert not r.loc["d", "significant"]  # no interval (one seed): never significant
-    up = rank(agg, "m", higher_is_better=True, within=["g"]).set_index("op")
-    assert up.loc["d", "best"] and list(up.sort_values("rank").index) == ["d", "c", "b", "a"]
-    assert intervals_separate(0, 1, 1.5, 2) and not intervals_separate(0, 1, 0.5, 2)
 
 
 def test_records_without_resolution_key_use_the_input_shape(tmp_path):
