@@ -317,6 +317,7 @@ def test_collect_and_report_work_when_an_operator_is_no_longer_installed(tmp_pat
 
     from adaptconv.cli import main
     from adaptconv.ops import registry
+    from adaptconv.results.store import ResultStore
     from adaptconv.ops.conv import Conv2d
 
     class SEConv(Conv2d):
@@ -334,13 +335,17 @@ def test_collect_and_report_work_when_an_operator_is_no_longer_installed(tmp_pat
     # gain 1.0 is the default: the stored trial has no op_options, the suite file says gain: 1.0
     text = fx.suite_text("gone", ops=("conv", "seconv"), scales=(4,), seeds=(0, 1), kernel_types=()) + \
         "  - {name: gains, base: {op: seconv}, product: {op_options.gain: [1.0, 2.0]}}\n"
+    path = write(tmp_path, text, "gone.yaml")
+    store = ResultStore(tmp_path / "results" / "gone")
     try:
-        suite, store = fx.write_fixture(tmp_path, name="gone", text=text)
+        suite = load_suite(path)
+        for trial in suite.trials:  # every trial finished while the plugin was installed
+            store.write_config(trial.id, trial.config)
+            store.write_record(trial.id, fx.make_record(trial, "gone"))
     finally:
         registry._REGISTRY.pop("seconv")
         registry._SOURCES.pop("seconv")
     assert len(suite.trials) == 6
-    path = tmp_path / "gone.yaml"
     # plan still refuses it (the registry is checked there) ...
     assert main(["plan", str(path), "--results", str(store.root)]) == 2
     assert "unknown operator 'seconv'" in capsys.readouterr().err
