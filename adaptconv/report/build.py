@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..results.atomic import write_text_atomic
+from ..results.store import STATES
 from ..results.collect import Collection
 from .claims import ClaimsTable
 from .figures import Figure, all_figures, slug
@@ -58,7 +59,7 @@ figcaption{font-size:13px;color:#555}code{background:#f4f4f4;padding:0 3px}.note
 
 def _counts(layout: Layout) -> dict[str, int]:
     states = layout.trials["state"].value_counts()
-    return {s: int(states.get(s, 0)) for s in ("done", "failed", "running", "pending")}
+    return {s: int(states.get(s, 0)) for s in STATES}
 
 
 def _reading_notes(layout: Layout) -> list[str]:
@@ -176,7 +177,7 @@ def _remove_stale(out: Path, keep: set[str]) -> None:
 def _summary(col: Collection, counts: dict[str, int]) -> str:
     total = sum(counts.values())
     text = f"{counts['done']} of {total} trials finished"
-    rest = [f"{counts[s]} {s}" for s in ("failed", "running", "pending") if counts[s]]
+    rest = [f"{counts[s]} {s}" for s in STATES[1:] if counts[s]]
     if rest:
         text += " (" + ", ".join(rest) + "). Tables and figures use the finished trials only; the others are listed at the end"
     return text + "."

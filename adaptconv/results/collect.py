@@ -34,7 +34,7 @@ from ..sweep.suite import flatten_config
 from ..trial.config import RUN_KEYS
 from .atomic import write_bytes_atomic
 from .stats import t_quantile
-from .store import ResultStore
+from .store import STATES, ResultStore, run_columns, set_aside_corrupt, state_of_status
 
 log = logging.getLogger(__name__)
 
@@ -272,10 +272,15 @@ def _digest(root: str, tid: str) -> dict | None:
     except FileNotFoundError:
         return None
     except orjson.JSONDecodeError as exc:
-        # cannot happen through the store's atomic writes; a record edited or damaged by hand is set aside
-        log.warning("unreadable record %s (%s): treated as missing", path, exc)
+        # cannot happen through the store's atomic writes: a damaged record is moved aside (warned once);
+        # the trial's state is then "corrupt"
+        set_aside_corrupt(path, str(exc))
+        return None
+    if not isinstance(record, dict):
+        set_aside_corrupt(path, f"not a JSON object but {type(record).__name__}")
         return None
     row, runs, curves = record_rows(tid, record)
+    row.update(run_columns(record))  # SLURM job/array ids, attempts, requeues, the time of every attempt
     metrics = record.get("metrics") or {}
     return {"row": row, "runs": runs, "curves": curves, "status": record.get("status"),
             "config": record.get("config") or {}, "metric_info": record.get("metric_info") or {},
@@ -316,7 +321,7 @@ def collect(store: ResultStore | str | os.PathLike, suite=None) -> Collection:
         digest = records.get(tid)
         if digest is not None:
             row, r, c = digest["row"], digest["runs"], digest["curves"]
-            row["state"] = "done" if digest["status"] == "ok" else "failed"
+            row["state"] = state_of_status(digest["status"])
             runs += r
             curves["trial_id"] += [tid] * len(c[0])
             curves["step"] += c[0]
@@ -476,7 +481,7 @@ def aggregate(col: Collection, values: list[str] | None = None, *, trials: pd.Da
         values = values + [c for c in (*MEASURES, *MEASURED_CI) if c in df.columns]
     label = df.groupby(keys, dropna=False, sort=False).ngroup() if keys else pd.Series(0, index=df.index)
     states = pd.crosstab(label, df["state"])
-    for s in ("done", "failed", "running", "pending"):
+    for s in STATES:
         if s not in states:
             states[s] = 0
     ok = df[df["status"] == "ok"]
@@ -487,7 +492,7 @@ def aggregate(col: Collection, values: list[str] | None = None, *, trials: pd.Da
         out["primary_metric"] = prim.reindex(label[~label.duplicated()].values).values
     out.index = label[~label.duplicated()].values
     out["n_trials"] = states.sum(axis=1).reindex(out.index).values
-    for s in ("done", "failed", "running", "pending"):
+    for s in STATES:
         out[f"n_{s}"] = states[s].reindex(out.index).values
     columns: dict[str, Any] = {}
     if len(ok):

@@ -1,8 +1,9 @@
 """Dispatching a suite's trials: ``debug`` (in process), ``local`` (subprocesses), ``slurm`` (submitit).
 
 All three go through :func:`adaptconv.sweep.worker.execute_trial`, so a trial behaves the same
-wherever it runs: finished trials are never run again, failed ones only with ``retry_failed``, a
-trial another process is running is left alone.
+wherever it runs: finished trials are never run again, failed, crashed and corrupt ones only with
+``retry_failed``, a trial another process is running is left alone, and so is one whose SLURM job
+is queued, running or requeued in the scheduler.
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..results.store import ResultStore
+from ..results.store import RETRY_STATES, STATES, ResultStore
 from .suite import Suite, Trial
-from .worker import execute_trial
+from .worker import execute_trial, handle_dead_worker
 
 log = logging.getLogger(__name__)
 
@@ -33,22 +32,44 @@ class Plan:
     states: dict[str, str]
     to_run: list[Trial]
     counts: dict[str, int] = field(default_factory=dict)
+    #: why the scheduler could not be asked (SLURM jobs were submitted but squeue failed), else None
+    scheduler_note: str | None = None
+    retry_failed: bool = False
 
     def summary(self) -> str:
         c = self.counts
-        return (f"{len(self.states)} trials: {c.get('done', 0)} done, {c.get('failed', 0)} failed, "
-                f"{c.get('running', 0)} running, {c.get('pending', 0)} pending; a run would start {len(self.to_run)}")
+        shown = [s for s in PLAN_STATES if c.get(s) or s in ("done", "failed", "running", "pending")]
+        text = f"{len(self.states)} trials: " + ", ".join(f"{c.get(s, 0)} {s}" for s in shown)
+        text += f"; a run would start {len(self.to_run)}"
+        held = sum(c.get(s, 0) for s in RETRY_STATES)
+        if held and not self.retry_failed:
+            text += f" (--retry-failed would also run the {held} failed/crashed/corrupt)"
+        if self.scheduler_note:
+            text += f"\nwarning: {self.scheduler_note}"
+        return text
+
+
+#: a plan's states: the store's, plus ``queued`` (a submitted SLURM job that waits in the scheduler)
+PLAN_STATES = STATES[:-1] + ("queued", STATES[-1])
 
 
 def make_plan(suite: Suite, store: ResultStore, retry_failed: bool = False) -> Plan:
-    reap_slurm_claims(store, [t.id for t in suite.trials])
-    states = store.states(t.id for t in suite.trials)
+    """Each trial's state, and the trials a run would start: the pending ones (and with ``retry_failed``
+    the failed, crashed and corrupt ones), never one whose SLURM job is still in the scheduler."""
+    tids = [t.id for t in suite.trials]
+    live, note = scheduler_jobs_of(store)
+    reap_slurm_claims(store, tids, live)
+    states = store.states(tids)
+    if live:
+        for tid, (job, slurm_state) in latest_jobs(store, live).items():
+            if tid in states and states[tid] not in ("done", "failed", "crashed"):
+                states[tid] = "running" if slurm_state in RUNNING_STATES else "queued"
     counts: dict[str, int] = {}
     for s in states.values():
         counts[s] = counts.get(s, 0) + 1
-    wanted = {"pending", "failed"} if retry_failed else {"pending"}
+    wanted = {"pending", *RETRY_STATES} if retry_failed else {"pending"}
     to_run = [t for t in suite.trials if states[t.id] in wanted]
-    return Plan(suite, store, states, to_run, counts)
+    return Plan(suite, store, states, to_run, counts, note, retry_failed)
 
 
 def missing_data(plan: Plan) -> list[str]:
@@ -76,8 +97,8 @@ def prepare(plan: Plan) -> None:
     write_text_atomic(plan.store.root / "suite.yaml", plan.suite.path.read_text(encoding="utf-8"))
     for t in plan.to_run:
         plan.store.write_config(t.id, t.config)
-        if plan.states[t.id] == "failed":  # --retry-failed: the old record goes, its log stays
-            plan.store.record_path(t.id).unlink()
+        if plan.states[t.id] in ("failed", "crashed"):  # --retry-failed: the old record goes, its log stays
+            plan.store.record_path(t.id).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -94,6 +115,8 @@ def run_debug(plan: Plan, checkpoint_every_s: float = 120.0) -> dict[str, int]:
 
 def default_parallelism() -> int:
     """One trial at a time per GPU, or one on the CPU: latency is measured on a quiet device."""
+    import torch
+
     return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
 
 
@@ -105,6 +128,8 @@ def run_local(plan: Plan, max_parallel: int | None = None, checkpoint_every_s: f
     (``python -m adaptconv.sweep.worker --serve``), so short trials do not each pay the interpreter and
     torch start-up; otherwise each trial gets a fresh process. Either way a crash loses one trial only.
     """
+    import torch
+
     prepare(plan)
     slots = max_parallel or default_parallelism()
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -119,7 +144,7 @@ def run_local(plan: Plan, max_parallel: int | None = None, checkpoint_every_s: f
         env = dict(os.environ)
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
-        args = ["--serve", str(plan.store.root), str(checkpoint_every_s)]
+        args = ["--executor", "local", "--serve", str(plan.store.root), str(checkpoint_every_s)]
         # stderr to a file, not a pipe: a chatty worker must never block on a full pipe
         if slot in errors:
             errors[slot].close()  # the previous worker of this slot is gone
@@ -132,14 +157,17 @@ def run_local(plan: Plan, max_parallel: int | None = None, checkpoint_every_s: f
         if f is None:
             return ""
         f.seek(0)
-        return f.read()[-2000:]
+        return f.read()[-16000:]
 
-    def finish(slot: int, answered: bool, err: str = "") -> None:
+    def finish(slot: int, answered: bool) -> None:
         trial = running.pop(slot)
-        state = plan.store.state(trial.id)
-        if not answered and state not in ("done", "failed", "running"):
-            log.error("trial %s: worker exited and wrote no record:\n%s", trial.id, err)
-            state = "crashed"
+        if answered:
+            state = plan.store.state(trial.id)
+        else:  # the worker died mid-trial: its parent (here) records a crash, or notes the interruption
+            proc = workers[slot]
+            state, message = handle_dead_worker(plan.store, trial.id, proc.pid, proc.returncode, "local",
+                                                stderr_tail(slot))
+            (log.warning if state in ("interrupted", "pending") else log.error)("trial %s: %s", trial.id, message)
         out[state] = out.get(state, 0) + 1
         bar.update(1)
         bar.set_postfix(out)
@@ -167,7 +195,7 @@ def run_local(plan: Plan, max_parallel: int | None = None, checkpoint_every_s: f
                             _stop(proc)
                         continue
                 if proc.poll() is not None:  # died mid-trial (killed, out of memory, segfault)
-                    finish(slot, False, stderr_tail(slot))
+                    finish(slot, False)
     except KeyboardInterrupt:
         for proc in workers.values():
             proc.terminate()  # they leave their checkpoints and no record: the next run resumes them
@@ -214,20 +242,67 @@ def _progress(items, desc: str, total: int | None = None):
 
 
 # --------------------------------------------------------------------------------------------------
-def reap_slurm_claims(store: ResultStore, tids) -> int:
-    """Release the claims of SLURM jobs that no longer run (ended, cancelled, lost); returns how many."""
+#: SLURM job states in which the job holds its trial (it will run, runs or is being requeued)
+LIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
+                         "SUSPENDED", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "STOPPED",
+                         "RESV_DEL_HOLD", "SPECIAL_EXIT"})
+#: ... of which these mean it runs now
+RUNNING_STATES = frozenset({"RUNNING", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT"})
+
+
+def submitted_job_names(store: ResultStore) -> set[str]:
+    return {e["job_name"] for e in store.jobs() if e.get("job_name")}
+
+
+def scheduler_jobs_of(store: ResultStore) -> tuple[dict[str, tuple[str, str]], str | None]:
+    """The suite's jobs that are still in the scheduler: ``{job id: (raw job id, state)}``, with each
+    array task under its own id (``11_2``), and a note when SLURM jobs were submitted but the
+    scheduler cannot be asked (then nothing is known to be live). ``({}, None)`` without submissions."""
+    jobs = store.jobs()
+    if not jobs:
+        return {}, None
+    from .slurm import SchedulerUnavailable, live_jobs
+
+    try:
+        live = live_jobs()
+    except SchedulerUnavailable as exc:
+        return {}, (f"SLURM jobs were submitted for this suite but the scheduler cannot be asked ({exc}): "
+                    "trials whose jobs wait in its queue show as pending")
+    names = submitted_job_names(store)
+    ids = {jid for e in jobs for jid in (e.get("jobs") or {}).values()}
+    ids |= {str(e["array_job_id"]) for e in jobs if e.get("array_job_id")}
+    # a job of ours: its id was submitted here and (where recorded) its name matches, so a job id reused
+    # after the scheduler's state was purged is not mistaken for ours
+    return {jid: (raw, state) for jid, (raw, state, name) in live.items()
+            if jid in ids and (not names or name in names)}, None
+
+
+def latest_jobs(store: ResultStore, live: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
+    """Trials whose most recent submission is still in the scheduler: ``{trial id: (job id, state)}``."""
+    latest: dict[str, str] = {}
+    for entry in store.jobs():  # in submission order: a later submission replaces an earlier one
+        for tid, jid in (entry.get("jobs") or {}).items():
+            latest[tid] = jid
+    return {tid: (jid, live[jid][1]) for tid, jid in latest.items() if jid in live}
+
+
+def reap_slurm_claims(store: ResultStore, tids, live: dict[str, tuple[str, str]] | None = None) -> int:
+    """Release the claims of SLURM jobs that no longer run (ended, cancelled, lost); returns how many.
+
+    A job killed without a chance to clean up (cancelled, node lost) leaves its claim; the scheduler
+    says whether the job behind it is still there. ``live``: :func:`scheduler_jobs_of`, if known."""
     claims = {tid: store.read_claim(tid) for tid in tids if store.claim_path(tid).exists()}
-    jobs = {tid: c.get("slurm_job_id") for tid, c in claims.items() if c and c.get("slurm_job_id")}
+    jobs = {tid: str(c.get("slurm_job_id")) for tid, c in claims.items() if c and c.get("slurm_job_id")}
     if not jobs:
         return 0
-    try:
-        out = subprocess.run(["squeue", "-h", "-o", "%A", "-j", ",".join(sorted(set(jobs.values())))],
-                             capture_output=True, text=True, timeout=30)
-    except (FileNotFoundError, subprocess.TimeoutExpired):
-        return 0  # no scheduler to ask: keep the claims
-    if out.returncode != 0 and "Invalid job id" not in out.stderr:
-        return 0
-    alive = set(out.stdout.split())
+    if live is None:
+        from .slurm import SchedulerUnavailable, live_jobs
+
+        try:
+            live = {jid: (raw, state) for jid, (raw, state, _) in live_jobs().items()}
+        except SchedulerUnavailable:
+            return 0  # no scheduler to ask: keep the claims
+    alive = {raw for raw, _ in live.values()} | set(live)
     reaped = 0
     for tid, job in jobs.items():
         if job not in alive:

@@ -1,11 +1,18 @@
 """SLURM dispatch through submitit: profiles, job arrays within MaxArraySize, requeue with checkpoints.
 
-A profile (``slurm/NAME.yaml``) says how to reach a cluster; the suite's ``resources`` say what each
-trial needs (time, GPUs, CPUs, memory): where a suite states one, it wins over the profile's.
+A profile (``slurm/NAME.yaml`` of the project the command runs in, i.e. the working directory) says
+how to reach a cluster; the suite's ``resources`` say what each trial needs (time, GPUs, CPUs,
+memory): where a suite states one, it wins over the profile's.
+
+Each array task runs its trial in a child process (:func:`adaptconv.sweep.worker.run_in_child`), so
+a trial that kills its process (a native kernel's segfault) still gets a ``crashed`` record from the
+job. The scheduler is asked which of a suite's jobs are still queued, running or being requeued
+(``squeue -r``: one line per array task), so a second ``run`` never submits those trials again.
 """
 
 from __future__ import annotations
 
+import getpass
 import logging
 import re
 import subprocess
@@ -20,7 +27,12 @@ from ..schema import ConfigError, parse
 from .executors import Plan, prepare
 
 log = logging.getLogger(__name__)
+#: the profiles shipped with the package's repository (the last place a profile name is looked up)
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "slurm"
+
+
+class SchedulerUnavailable(RuntimeError):
+    """squeue/sacct cannot be run or do not answer (no SLURM here, controller down)."""
 
 
 @dataclass
@@ -41,20 +53,34 @@ class SlurmProfile:
     setup: list[str] = field(default_factory=list)  # lines run before the job (module load, ...)
 
 
-def load_profile(profile: str | Path | None) -> tuple[SlurmProfile, str]:
-    """A profile by path or by name in ``slurm/``; no profile gives the defaults."""
+def profile_dirs(cwd: str | Path | None = None) -> list[Path]:
+    """Where a profile name is looked up, in order: ``slurm/`` of the working directory (the project the
+    user runs in, whose code the jobs import), then the package's own ``slurm/`` if that is elsewhere."""
+    here = (Path(cwd) if cwd is not None else Path.cwd()).resolve() / "slurm"
+    dirs = [here]
+    if PROFILES_DIR.resolve() != here:
+        dirs.append(PROFILES_DIR.resolve())
+    return dirs
+
+
+def load_profile(profile: str | Path | None, cwd: str | Path | None = None) -> tuple[SlurmProfile, str]:
+    """A profile by path, or by name in :func:`profile_dirs`; no profile gives the defaults.
+    Returns the profile and the file it came from (an absolute path)."""
     if profile is None:
         return SlurmProfile(), "(defaults)"
     p = Path(profile)
     if not p.is_file():
-        p = PROFILES_DIR / f"{profile}.yaml"
-    if not p.is_file():
-        known = sorted(f.stem for f in PROFILES_DIR.glob("*.yaml")) if PROFILES_DIR.is_dir() else []
-        raise ConfigError([f"no SLURM profile {str(profile)!r} (known in {PROFILES_DIR}: {', '.join(known) or 'none'})"])
+        found = [d / f"{profile}.yaml" for d in profile_dirs(cwd) if (d / f"{profile}.yaml").is_file()]
+        if not found:
+            known = "; ".join(f"{d}: {', '.join(sorted(f.stem for f in d.glob('*.yaml'))) or 'none'}"
+                              if d.is_dir() else f"{d}: no such folder" for d in profile_dirs(cwd))
+            raise ConfigError([f"no SLURM profile {str(profile)!r} (looked for {profile}.yaml in {known}); "
+                               "give a profile name or a path to a .yaml file"])
+        p = found[0]
     import yaml
 
-    raw = yaml.safe_load(p.read_text()) or {}
-    return parse(SlurmProfile, raw, f"SLURM profile {p}"), str(p)
+    raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    return parse(SlurmProfile, raw, f"SLURM profile {p}"), str(p.resolve())
 
 
 def time_to_minutes(text: str) -> int:
@@ -83,10 +109,9 @@ class TrialTask:
         self.checkpoint_every_s = checkpoint_every_s
 
     def __call__(self, tid: str) -> str:
-        from .worker import execute_trial
+        from .worker import run_in_child
 
-        return execute_trial(self.store_root, tid, checkpoint_every_s=self.checkpoint_every_s,
-                             extra={"executor": "slurm"})
+        return run_in_child(self.store_root, tid, checkpoint_every_s=self.checkpoint_every_s, executor="slurm")
 
     def checkpoint(self, tid: str):
         import submitit
@@ -145,44 +170,113 @@ def submit(plan: Plan, profile: SlurmProfile, profile_name: str, folder: Path | 
         job_ids = [j.job_id for j in jobs]
         ids += job_ids
         plan.store.add_jobs({"time": time.time(), "profile": profile_name, "folder": str(folder),
+                             "job_name": params["job_name"],
                              "array_job_id": job_ids[0].split("_")[0] if job_ids else None,
                              "jobs": dict(zip((t.id for t in part), job_ids))})
     return ids
 
 
 def wait_for(store: ResultStore, tids: list[str], timeout_s: float | None = None, poll_s: float = 2.0) -> dict[str, str]:
-    """Block until every trial has a record (or the timeout); return the states."""
-    from .executors import reap_slurm_claims
+    """Block until every trial has a record, or none is held by a job any more, or the timeout;
+    return the states."""
+    from .executors import latest_jobs, reap_slurm_claims, scheduler_jobs_of
 
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    quiet = 0
     while True:
         states = store.states(tids)
-        if all(s in ("done", "failed") for s in states.values()):
+        if all(s in ("done", "failed", "crashed") for s in states.values()):
             return states
         if deadline is not None and time.monotonic() > deadline:
             return states
-        reap_slurm_claims(store, tids)
+        live, note = scheduler_jobs_of(store)
+        reap_slurm_claims(store, tids, live if note is None else None)
+        held = set(latest_jobs(store, live)) & set(tids)
+        # nothing of ours left in the scheduler (sacct/squeue lag a few seconds: ask three times)
+        quiet = quiet + 1 if note is None and not held and "running" not in states.values() else 0
+        if quiet >= 3:
+            return store.states(tids)
         time.sleep(poll_s)
 
 
+def _run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise SchedulerUnavailable(f"{cmd[0]} is not on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise SchedulerUnavailable(f"{cmd[0]} did not answer within {timeout:.0f} s") from None
+    if out.returncode != 0:
+        raise SchedulerUnavailable(f"{' '.join(cmd[:2])}... failed: {out.stderr.strip() or out.returncode}")
+    return out
+
+
+def live_jobs() -> dict[str, tuple[str, str, str]]:
+    """This user's jobs in the scheduler (queued, running, requeued...), one entry per array task:
+    ``{job id ("11_2" or "12"): (raw job id, state, job name)}``. Raises :class:`SchedulerUnavailable`."""
+    out = _run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%A|%T|%j"])
+    jobs = {}
+    for line in out.stdout.splitlines():
+        parts = line.strip().split("|", 3)
+        if len(parts) == 4:
+            jid, raw, state, name = parts
+            jobs[jid] = (raw, state, name)
+    return jobs
+
+
+def expand_job_ids(text: str) -> list[str]:
+    """sacct's/squeue's compact array ids, one per task: ``11_[2-3%2]`` → ``11_2, 11_3``;
+    ``11_[1,4-5]`` → ``11_1, 11_4, 11_5``; anything else unchanged."""
+    m = re.fullmatch(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]", text.strip())
+    if not m:
+        return [text.strip()]
+    base, spec = m.groups()
+    ids = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit():
+            ids += [f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return ids
+
+
 def job_states(job_ids: list[str]) -> dict[str, str]:
-    """SLURM state of each job id (sacct), e.g. PENDING, RUNNING, COMPLETED, FAILED, CANCELLED."""
+    """SLURM state of each job id (an array task as ``11_2``), e.g. PENDING, RUNNING, COMPLETED, FAILED,
+    CANCELLED: the scheduler's queue for the jobs still in it (sacct lags it and lists queued array
+    tasks as one ``11_[2-3%2]`` line, expanded here), accounting (sacct) for the ones that ended."""
     if not job_ids:
         return {}
-    out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(job_ids)],
-                         capture_output=True, text=True, timeout=60)
-    states = {}
-    for line in out.stdout.splitlines():
+    wanted = set(job_ids)
+    states: dict[str, str] = {}
+    bases = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        out = _run(["sacct", "-n", "-P", "-X", "--array", "-o", "JobID,State", "-j", ",".join(bases)])
+    except SchedulerUnavailable:
+        out = None
+    for line in (out.stdout.splitlines() if out else []):
         jid, _, state = line.partition("|")
-        states[jid.strip()] = state.split()[0] if state else "UNKNOWN"
+        for one in expand_job_ids(jid):
+            if one in wanted:
+                states[one] = state.split()[0] if state else "UNKNOWN"
+    try:
+        live = live_jobs()
+    except SchedulerUnavailable:
+        if out is None:
+            raise
+        live = {}
+    for jid, (_, state, _) in live.items():
+        if jid in wanted:
+            states[jid] = state
     return states
 
 
 def cancel(store: ResultStore) -> list[str]:
-    """scancel every submitted job of the suite that has not ended; return their ids."""
+    """scancel every submitted job of the suite that is still queued, running or being requeued;
+    return their ids."""
+    from .executors import LIVE_STATES
+
     ids = sorted({jid for entry in store.jobs() for jid in entry.get("jobs", {}).values()})
     states = job_states(ids)
-    live = [j for j in ids if states.get(j, "PENDING") in ("PENDING", "RUNNING", "REQUEUED", "SUSPENDED", "CONFIGURING")]
+    live = [j for j in ids if states.get(j) in LIVE_STATES]
     if live:
         out = subprocess.run(["scancel", *live], capture_output=True, text=True, timeout=60)
         if out.returncode != 0:

@@ -114,23 +114,12 @@ class EpochBatches:
 
 
 def _save_checkpoint(path: str, state: dict) -> None:
-    """torch.save through a temporary file and a rename: a kill never leaves half a checkpoint."""
-    import os
-    import tempfile
+    """torch.save through a temporary file and a rename: a kill never leaves half a checkpoint.
+    The file gets the umask's mode, like the records beside it."""
+    from ..results.atomic import open_atomic
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt.", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with open_atomic(path) as f:
+        torch.save(state, f)
 
 
 def _finite(obj: Any) -> Any:
@@ -178,7 +167,7 @@ def _evaluate_with_active_fraction(task, model: nn.Module, test_set, gated: list
 
 
 def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record: dict,
-          checkpoint: str | None = None, checkpoint_every_s: float = 120.0) -> None:
+          checkpoint: str | None = None, checkpoint_every_s: float = 120.0, progress=None) -> None:
     """The training loop; fills ``record["curve"]`` as it goes.
 
     With ``checkpoint`` (a file path) the full training state (weights, optimiser, schedule, RNG,
@@ -189,6 +178,9 @@ def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record:
     ``curve["aux_loss"]`` is the sum added); modules with ``active_fraction()`` (pixel-gated operators)
     get ``curve["active_fraction"]`` (training masks), ``active_fraction`` in each evaluation and
     ``record["active_fraction"]`` (``eval``: final model on the test set; ``train``: last window).
+
+    ``progress(phase, step, total)``, if given, is called at the start and at every logged step (the
+    sweep worker notes it beside the trial, so a process that dies still says how far it got).
     """
     import os
 
@@ -228,6 +220,8 @@ def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record:
     last_save = time.monotonic()
     batches = data.batches(start)
     model.train()
+    if progress:
+        progress("train", start, total)
     for step in range(start + 1, total + 1):
         if has_dynconv:
             anneal_temperature(model, (step - 1) / anneal_steps)  # 30 → 1 over the first part, as the paper
@@ -261,6 +255,8 @@ def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record:
             if gated:
                 curve["active_fraction"].append(_mean(active_window))
                 active_window = []
+            if progress:
+                progress("train", step, total)
         if step in eval_at and step != total:
             metrics = _evaluate_with_active_fraction(task, model, test_set, gated) if gated else \
                 task.evaluate(model, test_set)
@@ -340,11 +336,12 @@ def measure_model(task, model: nn.Module, cfg: TrialConfig) -> dict[str, Any]:
 
 
 def run_trial(config: dict[str, Any] | TrialConfig, *, checkpoint: str | None = None,
-              checkpoint_every_s: float = 120.0) -> dict[str, Any]:
+              checkpoint_every_s: float = 120.0, progress=None) -> dict[str, Any]:
     """Run one trial and return its JSON-serialisable record (see the README for the schema).
 
     ``checkpoint``: a file for the training state, saved every ``checkpoint_every_s`` seconds; a
     trial started again with the same file resumes where it was (``record["resumed_from_step"]``).
+    ``progress(phase, step, total)``: called as the trial moves on (phases setup, train, eval, measure).
     """
     t0 = time.perf_counter()
     if isinstance(config, TrialConfig):
@@ -366,15 +363,19 @@ def run_trial(config: dict[str, Any] | TrialConfig, *, checkpoint: str | None = 
         torch.set_num_threads(cfg.threads)
     try:
         seed_everything(cfg.seed)
+        if progress:
+            progress("setup", 0, 0)
         task = get_task(cfg.task)(cfg, device)
         phase_start = time.perf_counter()
         train_set, test_set = task.build_data()
         model, record["swap"] = task.build_model(train_set)
         record["timing"]["setup_s"] = time.perf_counter() - phase_start
         phase_start = time.perf_counter()
-        train(task, model, train_set, test_set, cfg, record, checkpoint, checkpoint_every_s)
+        train(task, model, train_set, test_set, cfg, record, checkpoint, checkpoint_every_s, progress)
         record["timing"]["train_s"] = time.perf_counter() - phase_start
         phase_start = time.perf_counter()
+        if progress:
+            progress("eval", record["steps"], record["steps"])
         gated = _gated_modules(model)
         if gated:
             metrics = _evaluate_with_active_fraction(task, model, test_set, gated)
@@ -390,6 +391,8 @@ def run_trial(config: dict[str, Any] | TrialConfig, *, checkpoint: str | None = 
         record["curve"].setdefault("eval", []).append({"step": record.get("steps", 0), **record["metrics"]})
         record["timing"]["eval_s"] = time.perf_counter() - phase_start
         phase_start = time.perf_counter()
+        if progress:
+            progress("measure", record["steps"], record["steps"])
         record["measurements"] = measure_model(task, model, cfg)
         record["timing"]["measure_s"] = time.perf_counter() - phase_start
         record["status"] = "ok"

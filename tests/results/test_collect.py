@@ -167,7 +167,8 @@ def test_a_damaged_record_is_set_aside_not_fatal(tmp_path):
     suite, store = write_fixture(tmp_path, ops=("conv", "pac"), scales=(4,), seeds=(0,), kernel_types=())
     store.record_path(suite.trials[1].id).write_text('{"status": "ok", "metr')  # edited by hand, cut short
     col = collect(store, suite)
-    assert col.trials["state"].tolist() == ["done", "pending"]
+    assert col.trials["state"].tolist() == ["done", "corrupt"]  # moved aside, counted, not shown as pending
+    assert not store.record_path(suite.trials[1].id).exists() and store.corrupt_records(suite.trials[1].id)
 
 
 def test_fixture_template_has_the_shape_of_a_real_record():

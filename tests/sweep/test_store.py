@@ -156,3 +156,122 @@ def test_extending_an_axis_runs_only_the_new_trials_and_retry_failed(tmp_path, m
     plan = make_plan(load_suite(path), store, retry_failed=True)
     assert [t.config["op"] for t in plan.to_run] == ["paka"]
     assert run_debug(plan) == {"done": 1}
+
+
+# ---- damaged records (issue 14, item 5) ------------------------------------------------------------
+
+def test_a_truncated_record_is_moved_aside_counted_as_corrupt_and_warned_about_once(tmp_path, caplog, capsys):
+    from adaptconv.cli import main as cli
+    from adaptconv.results.collect import collect
+
+    text = textwrap.dedent("""\
+        name: damaged
+        description: two trials, one record cut short
+        base: {task: classification, dataset: digits, backbone: simplecnn-s, steps: 1, threads: 1,
+               measure: {latency: false, memory: false, flops: false}}
+        product: {op: [conv, paka]}
+        """)
+    path = tmp_path / "damaged.yaml"
+    path.write_text(text)
+    suite = load_suite(path)
+    store = ResultStore(tmp_path / "r")
+    plan = make_plan(suite, store)
+    from adaptconv.sweep.executors import prepare
+
+    prepare(plan)
+    good, bad = (t.id for t in suite.trials)
+    store.write_record(good, {"status": "ok", "config": suite.trials[0].config, "metrics": {"top1": 0.5}})
+    whole = json.dumps({"status": "ok", "config": suite.trials[1].config, "metrics": {"top1": 0.7}})
+    store.record_path(bad).write_text(whole[:25])  # a copy cut short / a disk that filled up
+    with caplog.at_level("WARNING"):
+        assert store.state(bad) == "corrupt"
+        assert store.state(bad) == "corrupt"  # asked again: the same, and no second warning
+        col = collect(store, suite)
+        assert cli(["status", str(path), "--results", str(store.root)]) == 0
+    warnings = [r.getMessage() for r in caplog.records if "damaged record" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert f"{bad}/record.json" in warnings[0] and "moved aside to record.json.corrupt-" in warnings[0]
+    (moved,) = store.corrupt_records(bad)
+    assert moved.read_text() == whole[:25]  # kept, byte for byte, for whoever looks into it
+    assert not store.record_path(bad).exists()
+    assert dict(zip(col.trials["trial_id"], col.trials["state"])) == {good: "done", bad: "corrupt"}
+    out = capsys.readouterr().out
+    assert "2 trials: 1 done, 0 failed, 1 corrupt, 0 running, 0 pending; a run would start 0" in out
+    assert f"corrupt {bad}: damaged record moved aside to {moved}" in out
+    # not run again unless asked; then the new record replaces it and the damaged one stays aside
+    assert make_plan(suite, store).to_run == []
+    assert [t.id for t in make_plan(suite, store, retry_failed=True).to_run] == [bad]
+
+
+def test_a_record_that_is_not_an_object_is_corrupt_too(tmp_path):
+    store = ResultStore(tmp_path)
+    tid = "c" * 16
+    store.record_path(tid).parent.mkdir(parents=True)
+    store.record_path(tid).write_text("[1, 2]")
+    assert store.read_record(tid) is None and store.state(tid) == "corrupt"
+
+
+# ---- shareable results: the umask decides file modes (issue 14, item 6) ------------------------------
+
+@pytest.fixture(params=[0o022, 0o077, 0o002], ids=["umask022", "umask077", "umask002"])
+def umask(request):
+    old = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
+
+
+def _mode(path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def test_every_atomically_written_file_gets_the_umask_mode(tmp_path, umask):
+    import torch
+
+    from adaptconv.results.atomic import write_bytes_atomic, write_text_atomic
+    from adaptconv.results.collect import collect
+    from adaptconv.trial.runner import _save_checkpoint
+
+    normal = 0o666 & ~umask
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # what a normal file gets here
+    assert _mode(plain) == normal
+    store = ResultStore(tmp_path / "r")
+    tid = "d" * 16
+    store.write_config(tid, {"task": "classification", "op": "conv"})
+    store.write_record(tid, {"status": "ok", "trial_id": tid, "config": {"op": "conv"}, "metrics": {"top1": 1.0}})
+    assert store.claim(tid)
+    _save_checkpoint(str(store.checkpoint_path(tid)), {"step": 1, "w": torch.zeros(2)})
+    store.note_progress(tid, "train", 1, 2)
+    store.add_jobs({"jobs": {}})
+    write_text_atomic(tmp_path / "report" / "index.html", "<html></html>")
+    write_bytes_atomic(tmp_path / "report" / "figures" / "a.png", b"\x89PNG")
+    paths = collect(store).write(store.root)
+    files = [store.trial_dir(tid) / "trial.json", store.record_path(tid), store.checkpoint_path(tid),
+             store.claim_path(tid), store.root / "jobs.jsonl", tmp_path / "report" / "index.html",
+             tmp_path / "report" / "figures" / "a.png", *paths]
+    modes = {str(p.relative_to(tmp_path)): oct(_mode(p)) for p in files}
+    assert set(modes.values()) == {oct(normal)}, modes
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_a_whole_report_is_readable_by_the_group_when_the_umask_says_so(tmp_path):
+    """The report (HTML, Markdown, tables, figures, manifest) and the results tables, under umask 027."""
+    from fixtures.records import write_fixture
+
+    from adaptconv.report import build_report
+    from adaptconv.results.collect import collect
+
+    old = os.umask(0o027)
+    try:
+        suite, store = write_fixture(tmp_path, ops=("conv", "pac"), scales=(4,), seeds=(0, 1), kernel_types=())
+        col = collect(store, suite)
+        written = col.write(store.root)
+        build_report(col, tmp_path / "report")
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "report").rglob("*") if p.is_file()] + written
+    assert len(files) > 10
+    wrong = {str(p.relative_to(tmp_path)): oct(_mode(p)) for p in files if _mode(p) != 0o640}
+    assert not wrong, wrong
