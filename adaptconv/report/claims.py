@@ -387,7 +387,8 @@ class ClaimsTable:
             c, d = r.claim, r.diff
             rows.append({
                 "id": c.id, "claim": c.claim, "source": c.source, "section": c.section_label(),
-                "where": json.dumps({**c.where}, sort_keys=True) if c.where else "",
+                **{key: json.dumps(getattr(c, key), sort_keys=True) if getattr(c, key) else ""
+                   for key in ("where", "op_where", "against_where")},
                 "op": c.op, "against": c.against, "metric": c.metric, "direction": c.direction,
                 "n": r.n, "op_mean": r.op_mean, "against_mean": r.against_mean,
                 "diff_mean": d.mean if d else math.nan, "diff_ci_low": d.low if d else math.nan,
