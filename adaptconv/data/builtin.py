@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .base import BenchDataset, DatasetError, Transform, as_hw, center_crop_array, check_choice, uint8_to_float
 
@@ -129,7 +130,11 @@ class MiddleburyMotorcycle(BenchDataset):
 
     - train with ``patch``: ``crops`` random crops of ``patch`` (int or (h, w)) from the train region
       per epoch; crop *i* of epoch *e* is a pure function of ``(seed, e, i)`` (``set_epoch`` changes
-      *e*). Crops with fewer than ``min_valid`` valid pixels are redrawn (up to 20 times).
+      *e*). Crops with fewer than ``min_valid`` valid pixels are redrawn (up to 20 times). With
+      ``edge_fraction`` > 0, that fraction of the crops (on average) is drawn with probability
+      proportional to the number of depth-edge pixels it holds (a jump of more than ``EDGE_JUMP`` px
+      to the right or lower neighbour), the rest uniformly: upsampling errors live at depth edges,
+      which uniform crops of this mostly smooth scene seldom show.
     - train without ``patch``: the whole train region (500×464) as one sample.
     - test / full with ``patch``: the non-overlapping ``patch`` tiles of the region in raster order (a
       remainder narrower than a tile is dropped); without ``patch``: the whole region as one sample.
@@ -139,10 +144,17 @@ class MiddleburyMotorcycle(BenchDataset):
     task = "upsampling"
     depth_unit = "disparity px"
 
+    #: disparity jump (px) between neighbouring valid pixels that counts as a depth edge
+    EDGE_JUMP = 1.0
+
     def __init__(self, split: str = "train", patch: int | Sequence[int] | None = None, crops: int = 256,
-                 seed: int = 0, min_valid: float = 0.5, transform: Transform | None = None) -> None:
+                 seed: int = 0, min_valid: float = 0.5, transform: Transform | None = None,
+                 edge_fraction: float = 0.0) -> None:
         super().__init__(transform)
         check_choice(split, ("train", "test", "full"), "split", self.name)
+        if not 0 <= edge_fraction <= 1:
+            raise DatasetError(f"{self.name}: edge_fraction must be in [0, 1], got {edge_fraction}")
+        self.edge_fraction = float(edge_fraction)
         rgb, depth, valid = _load_motorcycle()
         cols = {"train": MIDDLEBURY_TRAIN_COLS, "test": MIDDLEBURY_TEST_COLS, "full": (0, rgb.shape[-1])}[split]
         self.columns = cols
@@ -163,6 +175,36 @@ class MiddleburyMotorcycle(BenchDataset):
             self.tiles = [(y, x) for y in range(0, h - ph + 1, ph) for x in range(0, w - pw + 1, pw)]
         else:
             self.tiles = [(0, 0)]
+        self._edge_cdf: np.ndarray | None = None
+
+    def depth_stats(self) -> tuple[float, float]:
+        """(mean, standard deviation) of the valid depths of the whole region (whatever the crops)."""
+        v = self.depth[self.valid].double()
+        return float(v.mean()), float(v.std())
+
+    def edge_map(self) -> torch.Tensor:
+        """H×W bool: valid pixels whose right or lower valid neighbour differs by more than ``EDGE_JUMP``."""
+        d, v = self.depth[0], self.valid[0]
+        edges = torch.zeros_like(v)
+        for dy, dx in ((0, 1), (1, 0)):
+            a, b = d[: d.shape[0] - dy, : d.shape[1] - dx], d[dy:, dx:]
+            both = v[: d.shape[0] - dy, : d.shape[1] - dx] & v[dy:, dx:]
+            edges[: d.shape[0] - dy, : d.shape[1] - dx] |= both & ((a - b).abs() > self.EDGE_JUMP)
+        return edges
+
+    def _edge_crop_cdf(self) -> np.ndarray:
+        """Cumulative distribution over the crop positions (row-major top-left corners), proportional
+        to the number of edge pixels in each crop."""
+        if self._edge_cdf is None:
+            ph, pw = self.patch  # type: ignore[misc]
+            e = self.edge_map().double()
+            counts = F.avg_pool2d(e[None, None], (ph, pw), stride=1)[0, 0].flatten().numpy()
+            total = counts.sum()
+            if total <= 0:  # no edge at all: uniform
+                counts = np.ones_like(counts)
+                total = counts.sum()
+            self._edge_cdf = np.cumsum(counts / total)
+        return self._edge_cdf
 
     def set_epoch(self, epoch: int) -> None:
         """Draw a different (still deterministic) set of training crops for ``epoch``."""
@@ -181,7 +223,12 @@ class MiddleburyMotorcycle(BenchDataset):
         ph, pw = self.patch  # type: ignore[misc]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         for _ in range(20):
-            top, left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+            if self.edge_fraction > 0 and rng.random() < self.edge_fraction:
+                cdf = self._edge_crop_cdf()
+                pos = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(cdf) - 1)
+                top, left = divmod(pos, w - pw + 1)
+            else:
+                top, left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
             if self.valid[0, top : top + ph, left : left + pw].float().mean() >= self.min_valid:
                 break
         return top, left, ph, pw
@@ -193,7 +240,8 @@ class MiddleburyMotorcycle(BenchDataset):
 
     def _details(self) -> str:
         h = self.rgb.shape[-2]
-        what = (f"{self.crops} random {self.patch[0]}×{self.patch[1]} crops/epoch (seed {self.seed})"
+        edges = f", {self.edge_fraction:.0%} drawn by their depth edges" if self.edge_fraction else ""
+        what = (f"{self.crops} random {self.patch[0]}×{self.patch[1]} crops/epoch (seed {self.seed}{edges})"
                 if self.random_crops else
                 f"{self.patch[0]}×{self.patch[1]} tiles" if self.patch else "whole region")
         return (f"Middlebury 2014 Motorcycle (scikit-image), columns {self.columns[0]}–{self.columns[1] - 1} "
@@ -201,12 +249,12 @@ class MiddleburyMotorcycle(BenchDataset):
 
 
 def middlebury_motorcycle(split: str = "train", patch: int | Sequence[int] | None = None, crops: int = 256,
-                          seed: int = 0, min_valid: float = 0.5,
-                          transform: Transform | None = None) -> MiddleburyMotorcycle:
+                          seed: int = 0, min_valid: float = 0.5, transform: Transform | None = None,
+                          edge_fraction: float = 0.0) -> MiddleburyMotorcycle:
     """Middlebury 2014 Motorcycle (scikit-image) for guided depth upsampling; see
     :class:`MiddleburyMotorcycle` for the column split and the crops."""
     return MiddleburyMotorcycle(split, patch=patch, crops=crops, seed=seed, min_valid=min_valid,
-                                transform=transform)
+                                transform=transform, edge_fraction=edge_fraction)
 
 
 # --------------------------------------------------------------------------------------------------

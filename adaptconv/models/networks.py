@@ -6,8 +6,9 @@
 - :class:`FCNSegmenter` — any feature backbone + a light FCN decoder (its feature upsampling
   bilinear or CARAFE; optionally a PAC-CRF refinement head on the logits, guided by the image).
 - :class:`JointUpsamplingNet` — guided depth upsampling: a guidance branch on the RGB image and a
-  target branch on the upsampled depth (bilinear, or CARAFE), whose 3×3 convs (``target.layers.*``)
-  are the operator under test; the output is a residual on that upsampling.
+  target branch on the upsampled depth, whose 3×3 convs (``target.layers.*``) are the operator under
+  test; they compute a per-pixel embedding that reweights the low-resolution samples around each pixel
+  (a learned joint bilateral upsampling starting as bilinear, or CARAFE, upsampling).
 - :class:`DnCNN` — residual denoiser (Zhang et al. 2017): conv-ReLU, (depth−2)×(conv-BN-ReLU), conv;
   its body convs (``body.*``) are the operator under test.
 """
@@ -130,22 +131,92 @@ class FCNSegmenter(nn.Module):
         return y if self.refiner is None else self.refiner(y, x)
 
 
+def bilinear_tap_weights(size: int, scale: int, radius: int = 1) -> torch.Tensor:
+    """Weights of bilinear upsampling (``align_corners=False``) by ``scale`` along one axis of ``size``
+    low-resolution pixels, as a ``(size·scale)×(2·radius+1)`` matrix over the low-resolution pixels
+    ``cell + (−radius..radius)`` around each output pixel's own cell ``cell = ⌊p/scale⌋``.
+
+    Clamped source indices at the borders (what ``F.interpolate`` does) are the same as reading a
+    replicate-padded input, which is how :func:`lr_taps` reads the taps."""
+    if radius < 1:
+        raise ValueError(f"bilinear_tap_weights: radius must be >= 1, got {radius}")
+    p = torch.arange(size * scale, dtype=torch.float64)
+    src = (p + 0.5) / scale - 0.5
+    i0 = torch.floor(src)
+    frac = src - i0
+    rel = (i0 - torch.div(p, scale, rounding_mode="floor")).long() + radius  # tap of i0: −1 or 0 (+radius)
+    w = torch.zeros(size * scale, 2 * radius + 1, dtype=torch.float64)
+    rows = torch.arange(size * scale)
+    w[rows, rel] += 1 - frac
+    w[rows, rel + 1] += frac
+    return w
+
+
+def lr_taps(x: torch.Tensor, scale: int, radius: int = 1) -> torch.Tensor:
+    """The (2r+1)² low-resolution pixels around each high-resolution pixel's cell, replicate-padded:
+    B×C×h×w → B×(2r+1)²×C×(h·scale)×(w·scale), taps row-major."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (radius,) * 4, mode="replicate")
+    k = 2 * radius + 1
+    shifted = [padded[..., dy : dy + h, dx : dx + w] for dy in range(k) for dx in range(k)]
+    b, c = x.shape[:2]
+    t = torch.stack(shifted, 1)  # B×k²×C×h×w
+    # nearest upsampling by repetition (exact, no floating-point source index)
+    return t[..., :, None, :, None].expand(b, k * k, c, h, scale, w, scale).reshape(b, k * k, c, h * scale, w * scale)
+
+
 class JointUpsamplingNet(nn.Module):
-    """forward(rgb at high resolution, depth at low resolution) → depth at high resolution."""
+    """forward(rgb B×3×H×W at high resolution, depth_lr B×1×(H/s)×(W/s)) → depth B×1×H×W.
+
+    A learned joint bilateral upsampling (kernel prediction, as in Kopf et al. 2007 / Kim et al.'s
+    deformable kernel networks): every output pixel is a convex combination of the 3×3 low-resolution
+    samples around its cell,
+
+        out(p) = Σ_q softmax_q( base_q(p) − ‖φ(p) − φ(q)‖² ) · depth_lr(q)
+
+    where ``base`` is the log-weight of bilinear upsampling (floored at ``floor``; or, with
+    ``upsampler="carafe"``, CARAFE's content-aware logits from the depth, initialised to the same
+    bilinear weights) and φ is a per-pixel embedding computed by the target branch from the depth and
+    the guidance features; φ(q) is read at the high-resolution pixel each sample was taken at
+    (centre-pixel decimation: offset ⌊s/2⌋ of its cell). φ starts near zero, so the network starts as
+    bilinear upsampling and learns *which* neighbouring sample each pixel belongs with — the
+    multiplicative "jump × side of the edge" that a plain residual CNN must build from ReLUs (and did
+    not, at CPU budgets).
+
+    Guidance branch: two 3×3 convs on the standardised RGB. Target branch: ``head`` on the base
+    upsampling of the depth minus its per-image mean (so features do not depend on the absolute depth;
+    the output, a convex combination of the input depths, is in the input's units whatever they are),
+    then ``layers`` 3×3 convs on [depth features, guidance features] (``target.layers.*``: the operator
+    under test), then ``tail`` to the ``embed``-dimensional φ.
+    """
+
+    #: RGB standardisation (ImageNet statistics: a fixed, conventional choice)
+    RGB_MEAN = (0.485, 0.456, 0.406)
+    RGB_STD = (0.229, 0.224, 0.225)
 
     def __init__(self, width: int = 32, layers: int = 4, guide_channels: int = 3, *, upsampler: str = "bilinear",
-                 scale: int | None = None) -> None:
+                 scale: int | None = None, embed: int = 4, floor: float = 1e-3, radius: int = 1) -> None:
         super().__init__()
         _check_upsampler(upsampler)
-        # CARAFE upsamples the depth by ``scale`` (sizes are multiples of it); kept outside ``target``
-        # so the task's default swap selection leaves it alone.
+        if scale is not None and (not isinstance(scale, int) or scale < 2):
+            raise ValueError(f"JointUpsamplingNet: scale must be an integer >= 2, got {scale!r}")
+        if not 0 < floor < 1:
+            raise ValueError(f"JointUpsamplingNet: floor must be in (0, 1), got {floor}")
+        self.scale, self.radius, self.floor = scale, radius, floor
+        # CARAFE predicts the base kernels from the depth; kept outside ``target`` so the task's
+        # default swap selection leaves it alone.
         self.upsample = None
         if upsampler == "carafe":
             from ..ops.carafe import Carafe
 
-            if not scale or scale < 2:
-                raise ValueError(f"JointUpsamplingNet: upsampler='carafe' needs the integer scale (>= 2), got {scale}")
-            self.upsample = Carafe(1, scale, compressed_channels=width)
+            if scale is None:
+                raise ValueError("JointUpsamplingNet: upsampler='carafe' needs the integer scale (>= 2)")
+            self.upsample = Carafe(1, scale, k_up=2 * radius + 1, compressed_channels=width, init="bilinear",
+                                   init_floor=floor)
+        self.register_buffer("rgb_mean", torch.tensor(self.RGB_MEAN[:guide_channels]).view(1, -1, 1, 1)
+                             if guide_channels == 3 else torch.full((1, guide_channels, 1, 1), 0.5), persistent=False)
+        self.register_buffer("rgb_std", torch.tensor(self.RGB_STD[:guide_channels]).view(1, -1, 1, 1)
+                             if guide_channels == 3 else torch.full((1, guide_channels, 1, 1), 0.25), persistent=False)
         self.guidance = nn.Sequential(nn.Conv2d(guide_channels, width, 3, padding=1), nn.ReLU(inplace=True),
                                       nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True))
         self.target = nn.Module()
@@ -153,20 +224,45 @@ class JointUpsamplingNet(nn.Module):
         # Each layer sees the depth features and the guidance features side by side, so a plain conv
         # can use the guidance too; adaptive operators can additionally adapt to their guide.
         self.target.layers = nn.ModuleList(nn.Conv2d(2 * width, width, 3, padding=1) for _ in range(layers))
-        self.target.tail = nn.Conv2d(width, 1, 3, padding=1)
-        nn.init.zeros_(self.target.tail.weight)  # start as plain bilinear upsampling
-        nn.init.zeros_(self.target.tail.bias)
+        self.target.tail = nn.Conv2d(width, embed, 3, padding=1, bias=False)  # a bias cancels in φ(p) − φ(q)
+        # Small φ: the kernels start at the base (bilinear) weights, yet φ gets gradients from step one.
+        nn.init.normal_(self.target.tail.weight, std=1e-2)
+        self._prior: dict = {}
+
+    def base_logits(self, depth_lr: torch.Tensor, s: int) -> torch.Tensor:
+        """B×k²×H×W (or 1×k²×H×W) log-weights of the base ×``s`` upsampling (bilinear, or CARAFE's)."""
+        h, w = depth_lr.shape[-2:]
+        if self.upsample is not None:
+            return F.pixel_shuffle(self.upsample.encoder(self.upsample.compressor(depth_lr)), s)
+        key = (h, w, s, depth_lr.device, depth_lr.dtype)
+        if key not in self._prior:
+            wy = bilinear_tap_weights(h, s, self.radius)
+            wx = bilinear_tap_weights(w, s, self.radius)
+            k = 2 * self.radius + 1
+            prior = (wy[:, None, :, None] * wx[None, :, None, :]).reshape(h * s, w * s, k * k)
+            self._prior = {key: prior.clamp(min=self.floor).log().permute(2, 0, 1)[None].to(depth_lr)}
+        return self._prior[key]
 
     def forward(self, rgb: torch.Tensor, depth_lr: torch.Tensor) -> torch.Tensor:
-        if self.upsample is None:
-            up = F.interpolate(depth_lr, size=rgb.shape[-2:], mode="bilinear", align_corners=False)
-        else:
-            up = _fit(self.upsample(depth_lr), rgb.shape[-2:])
-        g = self.guidance(rgb)
-        t = F.relu(self.target.head(up), inplace=True)
+        (hh, ww), (h, w) = rgb.shape[-2:], depth_lr.shape[-2:]
+        s = hh // h
+        if s < 2 or (hh, ww) != (h * s, w * s) or (self.scale is not None and s != self.scale):
+            raise ValueError(f"JointUpsamplingNet: rgb {tuple(rgb.shape)} must be exactly the depth "
+                             f"{tuple(depth_lr.shape)} × {self.scale or 'an integer scale >= 2'}")
+        mean = depth_lr.mean(dim=(1, 2, 3), keepdim=True)
+        centred = depth_lr - mean
+        base = self.base_logits(centred, s)
+        taps = lr_taps(centred, s, self.radius)[:, :, 0]  # B×k²×H×W
+        up_centred = (F.softmax(base, 1) * taps).sum(1, keepdim=True)
+        g = self.guidance((rgb - self.rgb_mean) / self.rgb_std)
+        t = F.relu(self.target.head(up_centred), inplace=True)
         for layer in self.target.layers:
             t = F.relu(layer(torch.cat([t, g], 1)), inplace=True)
-        return up + self.target.tail(t)
+        phi = self.target.tail(t)
+        o = s // 2
+        phi_q = lr_taps(phi[..., o::s, o::s], s, self.radius)  # B×k²×E×H×W
+        dist = (phi_q - phi[:, None]).square().sum(2)
+        return (F.softmax(base - dist, 1) * taps).sum(1, keepdim=True) + mean
 
 
 class DnCNN(nn.Module):
