@@ -4,6 +4,18 @@ Every figure function takes the report :class:`~adaptconv.report.tables.Layout` 
 zero or more PNG files and returns a :class:`Figure` for each: its file, a caption and the legend
 entries actually drawn (the report's tests check them). PNGs are written without a timestamp or
 software tag so a regenerated report is byte-identical.
+
+What keeps them honest (tests/report/test_figures.py):
+
+- a bar's length is its value: bar axes start at zero, and conv's mean (dashed, black) and the task's
+  trivial baselines (dotted, grey; ``Layout.baselines_of``) are named reference lines, also in the
+  Pareto figures (a baseline has no latency: a horizontal line) and the ablations;
+- no error bar where there is no interval (one seed);
+- panels are as wide as their content, titled only by what sets their comparison group apart;
+- log axes carry several plain-number labels;
+- training curves are smoothed and, below them, each operator's loss is divided by conv's at the same
+  step and seed, which takes out the batch noise that every operator shares;
+- an ablation line needs two points; a factor with no such line gets no figure.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ MAX_PARTS = 4  # figure files per kind and section; a sweep with more groups is 
 DPI = 110
 PANEL_HEIGHT = 3.2  # inches per row of panels
 LABEL_ROOM = 0.8  # inches right of a panel for the names of its reference lines
+MAX_BANDS = 4  # training-curve panels with more lines than this draw no min-max bands
 AXIS_ROOM = 0.8  # inches of a panel outside its plotting area: the metric axis's ticks and label
 TITLE_CHARS_PER_INCH = 14  # characters of an 8-pt panel title per inch of panel width
 _USED: set[str] = set()  # figure names written by the current all_figures call
@@ -358,6 +371,8 @@ def pareto_figures(layout: Layout, folder: Path) -> list[Figure]:
             refs = _references(frame, metric, _group_where(layout, section, g))
             _draw_references(ax, refs)
             _log_if_wide(ax, g["inference_ms"], "x")
+            if ax.get_xscale() == "linear" and ax.get_xlim()[0] < 0:
+                ax.set_xlim(left=0)  # a latency's t-interval over few seeds can reach below zero; a latency cannot
             ax.set_xlabel(f"inference latency, batch {layout.measured('measured_batch')} (ms, ↓)")
             ax.set_ylabel(_metric_name(metric, layout))
             ax.set_title(panel_title(section, group, widths[group]), fontsize=8)
@@ -650,11 +665,13 @@ def curve_figures(layout: Layout, folder: Path) -> list[Figure]:
             ax = axes[0]
             g = stats[stats["group"] == group]
             style = _styles(g["variant"])
+            band = g["variant"].nunique() <= MAX_BANDS  # more bands than that cover each other and the lines
             for variant in op_order(g["variant"]):
                 v = g[g["variant"] == variant]
                 color, _, dash = style[variant]
                 ax.plot(v["step"], v["mean"], color=color, ls=dash, lw=1.1, label=variant)
-                ax.fill_between(v["step"], v["min"], v["max"], color=color, alpha=0.12, lw=0)
+                if band:
+                    ax.fill_between(v["step"], v["min"], v["max"], color=color, alpha=0.12, lw=0)
             _log_if_wide(ax, g["mean"], "y")
             ax.set_xlabel("step")
             ax.set_ylabel("training loss")
@@ -678,7 +695,8 @@ def curve_figures(layout: Layout, folder: Path) -> list[Figure]:
 
         widths = {gr: 1.8 if stats.loc[stats["group"] == gr, "variant"].nunique() == 1 else 3.0 for gr in groups}
         smooth = f"moving average over {window} steps, " if window > 1 else ""
-        caption = (f"{section}: training loss ({smooth}mean over seeds; band: min to max over seeds)"
+        caption = (f"{section}: training loss ({smooth}mean over seeds; band, in panels of at most {MAX_BANDS} "
+                   f"lines: min to max over seeds)"
                    + ("; below, each variant's loss divided by conv's at the same step and seed (the same "
                       "batches), mean over seeds — under 1 (dashed) is lower than conv" if with_ratio else "")
                    + ".")
@@ -688,12 +706,15 @@ def curve_figures(layout: Layout, folder: Path) -> list[Figure]:
 
 # ---- per-task bars ---------------------------------------------------------------------------------
 
-def bar_limits(values: list[float]) -> tuple[float, float]:
+def bar_limits(values: list[float], ends: list[float] = ()) -> tuple[float, float]:
     """The metric axis of a bar panel: from zero (a bar's length is its value, so a 1e-7 difference
-    stays invisible) to past the largest value, error bar or reference line; below zero only when a
-    value is negative."""
+    stays invisible) to past the largest value, error bar end or reference line. It goes below zero
+    only for a negative value: a t-interval reaching below zero around a positive mean (mIoU 9 ± 18)
+    is cut at the axis, as the metric is."""
     v = [x for x in values if np.isfinite(x)] + [0.0]
-    lo, hi = min(v), max(v)
+    e = [x for x in ends if np.isfinite(x)]
+    hi = max(v + e)
+    lo = min(v + e) if min(v) < 0 else 0.0
     pad = 0.06 * (hi - lo) or 1.0
     return (lo - pad if lo < 0 else 0.0), (hi + pad if hi > 0 else 0.0)
 
@@ -729,8 +750,8 @@ def bar_figures(layout: Layout, folder: Path) -> list[Figure]:
             _draw_references(ax, refs)
             labels += [(r.value, r.name, r.style["color"]) for r in refs]
             ends = list(g[metric] - np.nan_to_num(err[0])) + list(g[metric] + np.nan_to_num(err[1]))
-            ends += [x for r in refs for x in (r.value, r.low, r.high)]
-            ax.set_ylim(*bar_limits(ends))
+            ends += [x for r in refs for x in (r.low, r.high)]
+            ax.set_ylim(*bar_limits(list(g[metric]) + [r.value for r in refs], ends))
             ax.set_xlim(-0.6, len(order) - 0.4)
             ax.set_xticks(range(len(order)))
             ax.set_xticklabels(order, rotation=40, ha="right", fontsize=7)

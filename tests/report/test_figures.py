@@ -148,6 +148,8 @@ def test_bar_limits():
     low, high = F.bar_limits([-1.0, 2.0])
     assert low < -1.0 and high > 2.0  # a negative value is drawn below zero
     assert F.bar_limits([float("nan"), 1.0]) == (0.0, pytest.approx(1.06))
+    # mIoU 9 ± 18: the interval's end above counts, the one below zero is cut at the axis
+    assert F.bar_limits([9.0], [-9.0, 27.0]) == (0.0, pytest.approx(27 * 1.06))
 
 
 def test_pareto_draws_baselines_as_horizontal_lines(three_seeds):
