@@ -11,13 +11,16 @@ What a scene holds:
   different types (so two objects never share a class), each rotated, scaled and placed at random.
   Shape types (``SHAPES``): disc, rectangle (aspect 0.45–0.8), equilateral triangle, ring (hole
   0.45–0.6 of the radius), cross (arm width 0.28–0.38). Sizes are set by *area*: the main object covers
-  11–22 % of the image, a distractor 2–4.5 %, whatever its type.
+  11–22 % of the image, a distractor 2–4.5 %, whatever its type (``main_area``, ``distractor_area``:
+  fractions of the square of the shorter side).
 - **Textures**: every object and the background gets one of ``"noise"`` (two octaves of seeded value
   noise), ``"stripes"``, ``"checks"`` (random frequency, orientation, phase and edge sharpness) or
   ``"real"`` (a random zoomed crop of scikit-image's brick / grass / gravel photographs, with
   ``real_textures=True``), coloured along a random colour range around a random mean colour. An
   object's mean colour differs from the background's by ≥ 0.3 (Euclidean, RGB in [0, 1]) so every
-  shape is visible, but textures put many edges inside regions that are not object edges.
+  shape is visible, but textures put many edges inside regions that are not object edges: at full
+  ``texture_contrast`` (1) a texture spans up to ±0.175 per channel, as much as the smallest contrast
+  between regions; ``texture_contrast`` scales it (0: flat colours; masks and depth do not change).
 - **Image**: rendered at ``supersample``× and box-filtered (anti-aliased edges), stored 8-bit
   (values k/255, like a real photograph).
 - **Segmentation**: per pixel (at pixel centres) 0 = background, ``1 + SHAPES.index(type)`` for the
@@ -64,8 +67,6 @@ TEXTURES = ("noise", "stripes", "checks", "real")
 SPLIT_CODES = {"train": 0, "test": 1, "val": 2}
 REAL_TEXTURE_NAMES = ("brick", "grass", "gravel")
 
-_MAIN_AREA = (0.45, 0.9)  # in normalised units: the shorter image side spans [-1, 1] (area 4)
-_DISTRACTOR_AREA = (0.08, 0.18)
 _MIN_COLOUR_DISTANCE = 0.3
 _OBJECT_DEPTH = (0.1, 0.5)
 _LUMA = (0.299, 0.587, 0.114)
@@ -80,9 +81,27 @@ class SceneConfig:
     max_distractors: int = 2
     real_textures: bool = True
     supersample: int = 2
+    # object areas as fractions of the (shorter side)² square, drawn uniformly in [lo, hi]
+    main_area: tuple[float, float] = (0.1125, 0.225)
+    distractor_area: tuple[float, float] = (0.02, 0.045)
+    texture_contrast: float = 1.0  # scales every layer's texture amplitude (0: flat colours)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", as_hw(self.size))
+        for name in ("main_area", "distractor_area"):
+            value = getattr(self, name)
+            try:
+                lo, hi = (float(a) for a in value)
+            except (TypeError, ValueError):
+                raise DatasetError(f"synthetic: {name} must be a pair (lo, hi) of area fractions, "
+                                   f"got {value!r}") from None
+            if not 0 < lo <= hi <= 1:
+                raise DatasetError(f"synthetic: {name} must satisfy 0 < lo <= hi <= 1 (fractions of the "
+                                   f"image's (shorter side)² area), got {value!r}")
+            object.__setattr__(self, name, (lo, hi))
+        if not 0 <= self.texture_contrast <= 1:
+            raise DatasetError(f"synthetic: texture_contrast must be in [0, 1] (0: flat colours), "
+                               f"got {self.texture_contrast}")
         if min(self.size) < 8:
             raise DatasetError(f"synthetic: scenes must be at least 8×8 pixels, got {self.size}")
         if not 0 <= self.max_distractors <= len(SHAPES) - 1:
@@ -157,8 +176,9 @@ def _params(block: np.ndarray, cfg: SceneConfig) -> dict[str, np.ndarray]:
     types = np.argsort(draw(0, 1, len(SHAPES)), axis=1, kind="stable")[:, :M]  # distinct; [:, 0] = main
     aspect, hole, width = draw(0.45, 0.8, M), draw(0.45, 0.6, M), draw(0.28, 0.38, M)
     area = draw(0, 1, M)
-    lo = np.where(np.arange(M) == 0, _MAIN_AREA[0], _DISTRACTOR_AREA[0])
-    hi = np.where(np.arange(M) == 0, _MAIN_AREA[1], _DISTRACTOR_AREA[1])
+    # in normalised units the shorter image side spans [-1, 1]: its square has area 4 (×4 is exact)
+    lo = 4.0 * np.where(np.arange(M) == 0, cfg.main_area[0], cfg.distractor_area[0])
+    hi = 4.0 * np.where(np.arange(M) == 0, cfg.main_area[1], cfg.distractor_area[1])
     area = lo + (hi - lo) * area
     unit = np.take_along_axis(_unit_areas(aspect, hole, width), types[..., None], axis=2)[..., 0]
     radius = np.sqrt(area / unit)
@@ -204,7 +224,7 @@ def _params(block: np.ndarray, cfg: SceneConfig) -> dict[str, np.ndarray]:
     ], axis=2)], axis=2)
     noise4 = draw(0, 1, L, 4, 4)
     noise8 = draw(0, 1, L, 8, 8)
-    colour_delta = draw(-0.35, 0.35, L, 3)
+    colour_delta = draw(-0.35, 0.35, L, 3) * cfg.texture_contrast
     bg_colour = draw(0.15, 0.85, 3)
     # each object's mean colour: the first of 16 candidates ≥ 0.3 away from the background's (the
     # farthest if none is: probability < 1e-7)
@@ -466,7 +486,9 @@ class SyntheticScenes(BenchDataset):
 
     def __init__(self, task: str, n: int, size: int | Sequence[int] = 32, seed: int = 0, split: str = "train",
                  *, max_distractors: int = 2, real_textures: bool = True, supersample: int = 2,
-                 gray: bool = False, precompute: bool | str = "auto", precompute_limit_mb: float = 512,
+                 main_area: Sequence[float] = SceneConfig.main_area,
+                 distractor_area: Sequence[float] = SceneConfig.distractor_area,
+                 texture_contrast: float = SceneConfig.texture_contrast, gray: bool = False, precompute: bool | str = "auto", precompute_limit_mb: float = 512,
                  chunk: int = 256, transform: Transform | None = None) -> None:
         super().__init__(transform)
         check_choice(task, TASKS, "task", self.name)
@@ -480,7 +502,8 @@ class SyntheticScenes(BenchDataset):
                                f"({task} samples are RGB)")
         check_choice(precompute, (True, False, "auto"), "precompute", self.name)
         self.task, self.n, self.seed, self.split, self.gray = task, int(n), int(seed), split, bool(gray)
-        self.config = SceneConfig(as_hw(size), max_distractors, real_textures, supersample)
+        self.config = SceneConfig(as_hw(size), max_distractors, real_textures, supersample, main_area,
+                                  distractor_area, texture_contrast)
         self.chunk = max(1, int(chunk))
         self.in_channels = 1 if gray else 3
         if task == "classification":

@@ -4,6 +4,9 @@ Training: clean images (synthetic scenes by default) with fresh Gaussian noise o
 deviation ``sigma``/255 each step. Test: scikit-image's real photographs (or a folder of clean images)
 with noise drawn from a generator seeded by (seed, image index), so every operator sees the very same
 noisy test images. PSNR and SSIM (scikit-image's implementation, data range 1) per image, averaged.
+
+Baseline (:meth:`Denoising.baselines`): ``noisy_input``, the PSNR and SSIM of those very noisy test
+images themselves — what a network that learned nothing (the identity) would score.
 """
 
 from __future__ import annotations
@@ -56,8 +59,8 @@ def ssim(pred: torch.Tensor, clean: torch.Tensor) -> float:
 
 class Denoising(Task):
     name = "denoising"
-    metrics = ("psnr", "ssim", "noisy_psnr")
-    higher_is_better = {"psnr": True, "ssim": True, "noisy_psnr": True}
+    metrics = ("psnr", "ssim")
+    higher_is_better = {"psnr": True, "ssim": True}
     Options = DenoisingOptions
     datasets = ("synthetic", "photos", "image_folder_denoise")
     default_dataset = "synthetic"
@@ -93,19 +96,32 @@ class Denoising(Task):
         noisy = clean + torch.randn_like(clean) * (self.options.sigma / 255.0)
         return F.mse_loss(model(noisy), clean)
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, test_set: Dataset) -> dict[str, float]:
-        model.eval()
-        scores = {"psnr": [], "ssim": [], "noisy_psnr": []}
+    def test_pairs(self, test_set: Dataset):
+        """(clean, noisy) 1×C×H×W pairs of the test set: the noise of image ``i`` comes from a generator
+        seeded by (seed, i), so every operator and the baselines see the very same noisy images."""
         for i in range(len(test_set)):
             clean = test_set[i]["clean"].unsqueeze(0)
             gen = torch.Generator().manual_seed(self.config.seed * 100_003 + i)
-            noisy = clean + torch.randn(clean.shape, generator=gen) * (self.options.sigma / 255.0)
-            pred = model(noisy.to(self.device)).cpu()
+            yield clean, clean + torch.randn(clean.shape, generator=gen) * (self.options.sigma / 255.0)
+
+    @staticmethod
+    def _scores(pairs) -> dict[str, float]:
+        """Mean PSNR and SSIM over (prediction, clean) pairs."""
+        scores = {"psnr": [], "ssim": []}
+        for pred, clean in pairs:
             scores["psnr"].append(psnr(pred[0], clean[0]))
             scores["ssim"].append(ssim(pred[0], clean[0]))
-            scores["noisy_psnr"].append(psnr(noisy[0], clean[0]))
         return {k: float(np.mean(v)) for k, v in scores.items()}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, test_set: Dataset) -> dict[str, float]:
+        model.eval()
+        return self._scores((model(noisy.to(self.device)).cpu(), clean) for clean, noisy in self.test_pairs(test_set))
+
+    @torch.no_grad()
+    def baselines(self, test_set: Dataset) -> dict[str, dict[str, float]]:
+        """``noisy_input``: the noisy test images themselves (the identity), scored like a prediction."""
+        return {"noisy_input": self._scores((noisy, clean) for clean, noisy in self.test_pairs(test_set))}
 
     def example_inputs(self, batch_size: int, resolution: int | None = None):
         size = resolution or self.options.size

@@ -21,6 +21,7 @@ from .base import Task
 
 IGNORE = 255
 CRFS = ("none", "paccrf")
+CLASS_WEIGHTS = ("none", "sqrt_inverse")
 
 
 @dataclass
@@ -33,6 +34,8 @@ class SegmentationOptions:
     upsampler: str = "bilinear"  # "bilinear" | "carafe": the decoder's feature upsampling
     crf: str = "none"  # "none" | "paccrf": refinement head on the logits, guided by the image
     crf_iters: int = 5  # mean-field iterations of the CRF head
+    class_weights: str = "none"  # "none" | "sqrt_inverse": cross-entropy weights from the training masks
+    texture_contrast: float = 1.0  # synthetic scenes only: texture amplitude (1 = the generator's default)
 
     def validate(self) -> list[str]:
         problems = []
@@ -42,6 +45,11 @@ class SegmentationOptions:
             problems.append(f"crf: one of {', '.join(CRFS)}, got {self.crf!r}")
         if self.crf_iters < 0:
             problems.append(f"crf_iters: must be >= 0, got {self.crf_iters}")
+        if self.class_weights not in CLASS_WEIGHTS:
+            problems.append(f"class_weights: one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weights!r}")
+        if not 0 <= self.texture_contrast <= 1:
+            problems.append(f"texture_contrast: in [0, 1] (0 = flat colours, 1 = full texture), "
+                            f"got {self.texture_contrast}")
         return problems
 
 
@@ -61,6 +69,19 @@ def segmentation_scores(conf: torch.Tensor) -> dict[str, float]:
     return {"miou": 100.0 * iou.mean().item(), "pixel_acc": 100.0 * (tp.sum() / conf.sum().clamp(min=1)).item()}
 
 
+def class_counts(dataset: Dataset, num_classes: int, batch_size: int = 256) -> torch.Tensor:
+    """Pixels of each class over the masks of ``dataset`` (ignored pixels left out): int64, num_classes."""
+    counts = torch.zeros(num_classes, dtype=torch.long)
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        mask = batch["mask"]
+        mask = mask[mask != IGNORE]
+        if mask.numel() and int(mask.max()) >= num_classes:
+            raise ValueError(f"segmentation: a training mask holds class {int(mask.max())}, but the data set "
+                             f"has {num_classes} classes (0..{num_classes - 1}, {IGNORE} = ignore)")
+        counts += torch.bincount(mask, minlength=num_classes)
+    return counts
+
+
 class Segmentation(Task):
     name = "segmentation"
     metrics = ("miou", "pixel_acc")
@@ -74,19 +95,42 @@ class Segmentation(Task):
     default_guide = "self"
     default_steps = 300
 
-    late_options = {"upsampler": "bilinear", "crf": "none", "crf_iters": 5}  # see Task.late_options
+    # see Task.late_options
+    late_options = {"upsampler": "bilinear", "crf": "none", "crf_iters": 5, "class_weights": "none",
+                    "texture_contrast": 1.0}
 
     def _dataset(self, split: str) -> Dataset:
         o, cfg = self.options, self.config
         if cfg.dataset == "synthetic":
             n, seed = (o.n_train, cfg.seed) if split == "train" else (o.n_test, cfg.seed + 10_000)
-            return get_dataset("synthetic", "segmentation", split, n=n, size=o.size, seed=seed)
+            return get_dataset("synthetic", "segmentation", split, n=n, size=o.size, seed=seed,
+                               texture_contrast=o.texture_contrast)
+        if o.texture_contrast != 1.0:
+            raise ValueError(f"segmentation: texture_contrast is an option of the synthetic scenes, not of "
+                             f"{cfg.dataset!r}")
         return get_dataset(cfg.dataset, "segmentation", split, root=cfg.data_root, size=o.size)
 
     def build_data(self) -> tuple[Dataset, Dataset]:
         train, test = self._dataset("train"), self._dataset("test" if self.config.dataset == "synthetic" else "val")
         self.num_classes = train.num_classes
+        self._train_set = train
+        self._train_counts: torch.Tensor | None = None
+        self.class_weight = None
+        if self.options.class_weights == "sqrt_inverse":
+            freq = self.train_class_counts().double()
+            freq = freq / freq.sum()
+            # classes absent from the training masks get no weight (they contribute no loss anyway)
+            weight = torch.where(freq > 0, freq.clamp(min=1e-12).rsqrt(), torch.zeros_like(freq))
+            self.class_weight = (weight / (weight * freq).sum()).float().to(self.device)
         return train, test
+
+    def train_class_counts(self) -> torch.Tensor:
+        """Pixels of each class in the training masks (counted once, on first use)."""
+        if self._train_counts is None:
+            self._train_counts = class_counts(self._train_set, self.num_classes)
+            if int(self._train_counts.sum()) == 0:
+                raise ValueError("segmentation: the training masks hold no labelled pixel")
+        return self._train_counts
 
     def build_network(self, train_set: Dataset) -> nn.Module:
         o = self.options
@@ -100,7 +144,7 @@ class Segmentation(Task):
                             reductions=_reductions(backbone) if o.upsampler == "carafe" else None, refiner=refiner)
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
-        return F.cross_entropy(model(batch["image"]), batch["mask"], ignore_index=IGNORE)
+        return F.cross_entropy(model(batch["image"]), batch["mask"], weight=self.class_weight, ignore_index=IGNORE)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, test_set: Dataset) -> dict[str, float]:
@@ -112,6 +156,19 @@ class Segmentation(Task):
             pred = model(batch["image"]).argmax(1)
             conf += confusion_matrix(pred, batch["mask"], self.num_classes)
         return segmentation_scores(conf)
+
+    @torch.no_grad()
+    def baselines(self, test_set: Dataset) -> dict[str, dict[str, float]]:
+        """``majority``: the training masks' most frequent class at every pixel; ``chance``: each pixel's
+        class drawn from the training masks' class frequencies (the expected confusion matrix, so no
+        random draw is involved). Both scored on ``test_set`` with the task's metrics."""
+        train = self.train_class_counts().double()
+        prior = train / train.sum()
+        test = class_counts(test_set, self.num_classes).double()  # ground-truth pixels per class
+        majority = torch.zeros(self.num_classes, self.num_classes, dtype=torch.double)
+        majority[:, int(train.argmax())] = test
+        chance = test[:, None] * prior[None, :]  # E[conf[t, p]] = n_t · P(p)
+        return {"majority": segmentation_scores(majority), "chance": segmentation_scores(chance)}
 
     def example_inputs(self, batch_size: int, resolution: int | None = None):
         size = resolution or self.options.size

@@ -151,6 +151,43 @@ def test_options_change_the_scenes():
     assert not torch.equal(aliased["image"], base[:4]) and torch.equal(aliased["mask"], render_scenes(5, range(4), CFG)["mask"])
 
 
+def test_object_areas_and_texture_contrast():
+    """Areas are fractions of the image; texture_contrast scales only the textures (0: flat regions)."""
+    def fg(cfg):
+        return (render_scenes(5, range(64), cfg)["mask"] > 0).float().mean().item()
+
+    one = SceneConfig((32, 32), max_distractors=0, main_area=(0.3, 0.3))
+    # a single object of 30 % of the image, less what falls outside it (centres keep most of it inside)
+    assert 0.22 < fg(one) <= 0.31
+    assert fg(SceneConfig((32, 32), main_area=(0.3, 0.45))) > fg(CFG) + 0.1
+    # the defaults are the documented 11–22 % main object and 2–4.5 % distractors
+    assert SceneConfig().main_area == (0.1125, 0.225) and SceneConfig().distractor_area == (0.02, 0.045)
+
+    flat = render_scenes(5, range(20), SceneConfig((32, 32), texture_contrast=0.0, supersample=1))
+    half = render_scenes(5, range(20), SceneConfig((32, 32), texture_contrast=0.5))
+    base = render_scenes(5, range(20), CFG)
+    assert torch.equal(half["mask"], base["mask"]) and torch.equal(half["depth"], base["depth"])
+    image, mask = flat["image"].long(), flat["mask"]
+    for i in range(20):  # without anti-aliasing and texture, every region is one colour
+        for c in mask[i].unique():
+            region = image[i][:, mask[i] == c]
+            assert int((region - region[:, :1]).abs().max()) == 0
+
+    def spread(images):  # the colours' standard deviation over each image, averaged
+        return float(images["image"].float().std(dim=(2, 3)).mean())
+
+    assert spread(flat) < spread(half) < spread(base)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"main_area": (0.3, 0.2)}, "main_area"), ({"distractor_area": (0.0, 0.1)}, "distractor_area"),
+    ({"main_area": 0.2}, "main_area"), ({"texture_contrast": -0.1}, "texture_contrast"),
+])
+def test_bad_scene_options(kwargs, match):
+    with pytest.raises(DatasetError, match=match):
+        SceneConfig((32, 32), **kwargs)
+
+
 def test_dataloader_batches():
     ds = SyntheticScenes("segmentation", 10, seed=0, precompute=False)
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
