@@ -193,6 +193,8 @@ class JointUpsamplingNet(nn.Module):
     #: RGB standardisation (ImageNet statistics: a fixed, conventional choice)
     RGB_MEAN = (0.485, 0.456, 0.406)
     RGB_STD = (0.229, 0.224, 0.225)
+    #: standard deviation of the embedding layer's initial weights (small: starts near the base kernels)
+    EMBED_INIT_STD = 1e-2
 
     def __init__(self, width: int = 32, layers: int = 4, guide_channels: int = 3, *, upsampler: str = "bilinear",
                  scale: int | None = None, embed: int = 4, floor: float = 1e-3, radius: int = 1) -> None:
@@ -226,7 +228,7 @@ class JointUpsamplingNet(nn.Module):
         self.target.layers = nn.ModuleList(nn.Conv2d(2 * width, width, 3, padding=1) for _ in range(layers))
         self.target.tail = nn.Conv2d(width, embed, 3, padding=1, bias=False)  # a bias cancels in φ(p) − φ(q)
         # Small φ: the kernels start at the base (bilinear) weights, yet φ gets gradients from step one.
-        nn.init.normal_(self.target.tail.weight, std=1e-2)
+        nn.init.normal_(self.target.tail.weight, std=self.EMBED_INIT_STD)
         self._prior: dict = {}
 
     def base_logits(self, depth_lr: torch.Tensor, s: int) -> torch.Tensor:

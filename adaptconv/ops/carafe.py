@@ -50,7 +50,7 @@ def bilinear_logits(scale_factor: int, k_up: int, floor: float = 1e-3) -> torch.
     w1[(i0 + 1 + r).long(), torch.arange(s)] += frac
     # (tap_y, tap_x, sub_y, sub_x) → (tap, sub): channel tap·σ² + sub as pixel_shuffle reads it
     w2 = w1[:, None, :, None] * w1[None, :, None, :]
-    return w2.reshape(k_up * k_up, s * s).clamp(min=floor).log().float()
+    return w2.reshape(k_up * k_up, s * s).clamp(min=floor).log()
 
 
 def carafe(x: torch.Tensor, kernels: torch.Tensor, scale_factor: int) -> torch.Tensor:
