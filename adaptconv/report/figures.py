@@ -44,6 +44,7 @@ MAX_PARTS = 4  # figure files per kind and section; a sweep with more groups is 
 DPI = 110
 PANEL_HEIGHT = 3.2  # inches per row of panels
 LABEL_ROOM = 0.8  # inches right of a panel for the names of its reference lines
+RATIO_SPAN = 0.01  # the loss-ratio axis shows at least 1 ± this
 MAX_BANDS = 4  # training-curve panels with more lines than this draw no min-max bands
 AXIS_ROOM = 0.8  # inches of a panel outside its plotting area: the metric axis's ticks and label
 TITLE_CHARS_PER_INCH = 14  # characters of an 8-pt panel title per inch of panel width
@@ -689,6 +690,9 @@ def curve_figures(layout: Layout, folder: Path) -> list[Figure]:
                 color, _, dash = style[variant]
                 ax.plot(v["step"], v["ratio"], color=color, ls=dash, lw=1.1, label=variant)
             _log_if_wide(ax, r["ratio"], "y")
+            if ax.get_yscale() == "linear":  # at least 1 ± 1%: a 1e-4 relative difference must look flat
+                low, high = ax.get_ylim()
+                ax.set_ylim(min(low, 1 - RATIO_SPAN), max(high, 1 + RATIO_SPAN))
             ax.set_xlabel("step")
             ax.set_ylabel("loss ÷ conv's loss")
             return []

@@ -254,6 +254,22 @@ def test_curves_separate_operators_by_their_loss_relative_to_conv(three_seeds):
     for op, value in expected.items():
         assert np.allclose(lines[op], value)
     assert "divided by conv's" in figures["curves-upsampling-middlebury-jointnet"].caption
+    low, high = bottom.get_ylim()
+    assert low <= 0.99 and high >= 1.01  # tiny relative differences are drawn as tiny
+
+
+def test_tiny_loss_ratios_look_flat(tmp_path):
+    """Operators within 1e-4 of conv's loss: the ratio axis still spans 1 ± 1%."""
+    suite, store = write_fixture(tmp_path, ops=("conv", "pac"), scales=(4,), seeds=(0,), kernel_types=())
+    for path in store.root.glob("trials/*/record.json"):
+        rec = json.loads(path.read_text())
+        factor = 1.0001 if rec["config"]["op"] == "pac" else 1.0
+        rec["curve"]["loss"] = [factor * math.exp(-s / 10) for s in rec["curve"]["step"]]
+        path.write_text(json.dumps(rec))
+    _, _, drawn = draw_all(store, suite, tmp_path / "figures")
+    bottom = drawn["curves-upsampling-middlebury-jointnet"].axes[1]
+    low, high = bottom.get_ylim()
+    assert low <= 0.99 and high >= 1.01
 
 
 def test_smoothing_window():
