@@ -249,7 +249,8 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
     states: dict[str, str] = {}
     bases = sorted({j.split("_")[0] for j in job_ids})
     try:
-        out = _run(["sacct", "-n", "-P", "-X", "--array", "-o", "JobID,State", "-j", ",".join(bases)])
+        # (sacct's --array, one line per task, exists only from Slurm 23.02: the ranges are expanded here)
+        out = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(bases)])
     except SchedulerUnavailable:
         out = None
     for line in (out.stdout.splitlines() if out else []):

@@ -10,14 +10,12 @@ SIGSEGV at training step k.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import textwrap
 
 import pytest
+from fixtures import segv_plugin as segv
 
 from adaptconv.cli import main as cli
-from adaptconv.ops import registry
 from adaptconv.results.collect import collect
 from adaptconv.results.store import ResultStore
 from adaptconv.sweep.executors import make_plan, run_local
@@ -25,26 +23,6 @@ from adaptconv.sweep.suite import load_suite
 
 CRASH_AT_STEP = 4
 STEPS = 6
-
-PLUGIN = """
-    import os
-    import signal
-
-    import torch
-
-    from adaptconv.ops.conv import Conv2d
-
-
-    class SegvConv2d(Conv2d):
-        paper = "test plugin: kills its process with SIGSEGV at training step $ACPLUG_SEGV_AT_STEP"
-
-        def adaptive_forward(self, x, guide):
-            if self.training and torch.is_grad_enabled():
-                self.train_calls = getattr(self, "train_calls", 0) + 1
-                if self.train_calls == int(os.environ.get("ACPLUG_SEGV_AT_STEP", "0")):
-                    os.kill(os.getpid(), signal.SIGSEGV)
-            return super().adaptive_forward(x, guide)
-"""
 
 SUITE = f"""\
 name: crashtest
@@ -57,24 +35,8 @@ product: {{op: [conv, segv]}}
 
 @pytest.fixture
 def segv_plugin(tmp_path, monkeypatch):
-    """The plugin installed for this process (registry) and for the worker processes (PYTHONPATH)."""
-    root = tmp_path / "site"
-    info = root / "acplug_segv-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acplug-segv\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[adaptconv.ops]\nsegv = acplug_segv:SegvConv2d\n")
-    (root / "acplug_segv.py").write_text(textwrap.dedent(PLUGIN))
-    monkeypatch.syspath_prepend(str(root))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv("ACPLUG_SEGV_AT_STEP", str(CRASH_AT_STEP))
-    registry.reload_plugins()
-    assert "segv" in registry.list_ops()
-    yield root
-    monkeypatch.undo()
-    import sys
-
-    sys.modules.pop("acplug_segv", None)
-    registry.reload_plugins()
+    with segv.installed(tmp_path / "site", monkeypatch, CRASH_AT_STEP) as root:
+        yield root
 
 
 def test_a_segfaulting_worker_leaves_a_crashed_record_that_is_counted_and_not_rerun(segv_plugin, tmp_path, capsys):
