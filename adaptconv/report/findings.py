@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..results import stats
-from .tables import OPERATOR, REFERENCE, TRIVIAL, VARIANT, Layout
+from .tables import NO_REFERENCE, OPERATOR, REFERENCE, TRIVIAL, VARIANT, Layout
 from .palette import BASELINE
 
 METHOD = ("Every difference is paired by seed with `conv` of the same comparison group (a network variant with "
@@ -111,21 +111,63 @@ def _n(row: pd.Series, m: str) -> int:
     return int(row[f"{m}.n"]) if np.isfinite(row[f"{m}.n"]) else 0
 
 
+#: a section with more comparison groups than this gets one summary paragraph instead of one per group
+MAX_GROUPS = 6
+
+
 def section_findings(layout: Layout, section: str) -> list[str]:
-    """The findings of one section, one paragraph per comparison group (Markdown)."""
+    """The findings of one section (Markdown): one paragraph per comparison group, or, for a sweep with
+    more than :data:`MAX_GROUPS` groups, one paragraph counting the verdicts over the groups."""
     metric = layout.primary_of(section)
     if metric is None:
         return []
     rows = layout.rows_of(section)
     cmp = layout.comparisons(section, metric)
-    out = []
     groups = list(dict.fromkeys(rows["group"]))
+    if len(groups) > MAX_GROUPS:
+        return [summary_findings(rows, cmp, metric, len(groups))]
+    out = []
     for group in groups:
         idx = rows.index[rows["group"] == group]
         text = group_findings(layout, section, metric, rows.loc[idx], cmp.loc[idx])
         where = group[len(section):].lstrip(" ·") if group.startswith(section) else group
         out.append(f"*{where}:* {text}" if len(groups) > 1 and where else text)
     return out
+
+
+def summary_findings(rows: pd.DataFrame, cmp: pd.DataFrame, metric: str, n_groups: int) -> str:
+    """Verdicts counted over many comparison groups: how often conv beats the trivial baselines, and per
+    operator in how many groups it is better, worse or not distinguishable from conv."""
+    name = f"`{metric[len('metric.'):]}`"
+    out = [f"{n_groups} comparison groups (the settings this section sweeps); verdicts on {name} counted over them."]
+    trivial = rows["kind"] == TRIVIAL
+    if trivial.any():
+        by_group = {}
+        for i in rows.index[trivial]:  # conv learns in a group when it beats every baseline there
+            by_group.setdefault(rows.at[i, "group"], []).append(cmp.at[i, "verdict"])
+        learns = sum(all(v == stats.WORSE for v in vs) for vs in by_group.values())
+        loses = sum(any(v == stats.BETTER for v in vs) for vs in by_group.values())
+        out.append(f"`conv` beats every trivial baseline in {learns} of {len(by_group)} groups"
+                   + (f" and is worse than one in {loses}" if loses else "") + ".")
+    else:
+        out.append("The records carry no trivial baseline, so whether the network learned at all is not shown.")
+    counts: dict[str, dict[str, int]] = {}
+    for i in rows.index[rows["kind"].isin([OPERATOR, VARIANT])]:
+        v = cmp.at[i, "verdict"]
+        if v == REFERENCE:
+            continue
+        counts.setdefault(rows.at[i, "variant"], {}).setdefault(v, 0)
+        counts[rows.at[i, "variant"]][v] += 1
+    parts = []
+    for label, c in counts.items():
+        said = [f"{c[v]} {word}" for v, word in ((stats.BETTER, "better"), (stats.WORSE, "worse"),
+                                                  (stats.NO_DIFFERENCE, "no detectable difference"),
+                                                  (stats.NO_CI, "too few seeds"), (NO_REFERENCE, "no conv"))
+                if c.get(v)]
+        parts.append(f"`{label}` {', '.join(said)}")
+    if parts:
+        out.append("Against `conv`, in groups: " + "; ".join(parts) + ". The tables give each group's Δ and interval.")
+    return " ".join(out)
 
 
 def findings(layout: Layout) -> list[tuple[str, list[str]]]:
@@ -138,4 +180,4 @@ def findings(layout: Layout) -> list[tuple[str, list[str]]]:
     return out
 
 
-__all__ = ["METHOD", "findings", "group_findings", "section_findings"]
+__all__ = ["MAX_GROUPS", "METHOD", "findings", "group_findings", "section_findings", "summary_findings"]

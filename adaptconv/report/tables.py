@@ -31,7 +31,6 @@ import numpy as np
 import pandas as pd
 
 from ..results import stats
-from ..results.store import STATES
 from ..results.collect import (BASELINE_COLUMN, MEASURES, NETWORK_VARIANT_KEYS, NOT_A_FACTOR, Collection, aggregate,
                                is_op_key)
 from .palette import BASELINE, op_order
@@ -310,31 +309,33 @@ def compare_rows(layout: Layout, section: str, metric: str) -> pd.DataFrame:
     ``vs_baseline_delta``, ``_ci_low``, ``_ci_high``, ``_n``, ``_p_value``, ``_holm_reject`` (Holm over those
     comparisons) and ``vs_baseline_verdict``."""
     rows = layout.rows_of(section)
-    hib = layout.higher_is_better(metric)
-    cols = ["reference", "delta", "delta_ci_low", "delta_ci_high", "delta_n", "p_value", "holm_reject", "verdict",
-            "best", "vs_baseline", "vs_baseline_delta", "vs_baseline_ci_low", "vs_baseline_ci_high", "vs_baseline_n",
-            "vs_baseline_p_value", "vs_baseline_holm_reject", "vs_baseline_verdict"]
-    out = pd.DataFrame({c: [None] * len(rows) for c in cols}, index=rows.index)
-    for c in ("delta", "delta_ci_low", "delta_ci_high", "p_value", "vs_baseline_delta", "vs_baseline_ci_low",
-              "vs_baseline_ci_high", "vs_baseline_p_value"):
-        out[c] = np.nan
-    out["delta_n"] = out["vs_baseline_n"] = 0
-    out["holm_reject"] = out["vs_baseline_holm_reject"] = out["best"] = False
-    out["verdict"] = NO_REFERENCE
-    out["vs_baseline_verdict"] = ""
-    out["vs_baseline"] = ""
-    if metric is None or not len(rows):
-        return out
-    values = {i: layout.values_by_seed(rows.at[i, "row_key"], metric) for i in rows.index}
-    for _, g in rows.groupby("group", sort=False):
-        convs = [i for i in g.index if g.at[i, "op"] == BASELINE and g.at[i, "kind"] == OPERATOR]
+    hib = layout.higher_is_better(metric) if metric else True
+    n = len(rows)
+    # plain lists, filled per group and made a frame once (per-cell pandas writes are slow at scale)
+    out: dict[str, list] = {
+        "reference": [None] * n, "delta": [math.nan] * n, "delta_ci_low": [math.nan] * n,
+        "delta_ci_high": [math.nan] * n, "delta_n": [0] * n, "p_value": [math.nan] * n,
+        "holm_reject": [False] * n, "verdict": [NO_REFERENCE] * n, "best": [False] * n,
+        "vs_baseline": [""] * n, "vs_baseline_delta": [math.nan] * n, "vs_baseline_ci_low": [math.nan] * n,
+        "vs_baseline_ci_high": [math.nan] * n, "vs_baseline_n": [0] * n, "vs_baseline_p_value": [math.nan] * n,
+        "vs_baseline_holm_reject": [False] * n, "vs_baseline_verdict": [""] * n}
+    if metric is None or not n:
+        return pd.DataFrame(out, index=rows.index)
+    label, kind, op, base = (list(rows[c]) for c in ("variant", "kind", "op", "base_label"))
+    mean = [float(v) for v in rows[metric]]
+    values = [layout.values_by_seed(k, metric) for k in rows["row_key"]]
+    groups: dict[str, list[int]] = {}
+    for i, g in enumerate(rows["group"]):
+        groups.setdefault(g, []).append(i)
+    for g in groups.values():
+        convs = [i for i in g if op[i] == BASELINE and kind[i] == OPERATOR]
         conv = convs[0] if convs else None
         refs = {}
-        for i in g.index:
+        for i in g:
             if i == conv:
                 continue
-            if g.at[i, "kind"] == VARIANT:  # the same network without the variant
-                same = [j for j in g.index if g.at[j, "kind"] == OPERATOR and g.at[j, "variant"] == g.at[i, "base_label"]]
+            if kind[i] == VARIANT:  # the same network without the variant
+                same = [j for j in g if kind[j] == OPERATOR and label[j] == base[i]]
                 refs[i] = same[0] if same else None
             else:
                 refs[i] = conv
@@ -343,35 +344,36 @@ def compare_rows(layout: Layout, section: str, metric: str) -> pd.DataFrame:
         reject = dict(zip(compared, stats.holm([diffs[i].p_value for i in compared])))
         for i in compared:
             d = diffs[i]
-            out.loc[i, ["reference", "delta", "delta_ci_low", "delta_ci_high", "delta_n", "p_value"]] = [
-                rows.at[refs[i], "variant"], d.mean, d.low, d.high, d.n, d.p_value]
-            out.at[i, "holm_reject"] = bool(reject[i])
-            out.at[i, "verdict"] = stats.verdict(d, hib, significant=reject[i])
+            out["reference"][i] = label[refs[i]]
+            out["delta"][i], out["delta_ci_low"][i], out["delta_ci_high"][i] = d.mean, d.low, d.high
+            out["delta_n"][i], out["p_value"][i] = d.n, d.p_value
+            out["holm_reject"][i] = bool(reject[i])
+            out["verdict"][i] = stats.verdict(d, hib, significant=reject[i])
         if conv is not None:
-            out.at[conv, "verdict"] = REFERENCE
-            out.at[conv, "reference"] = rows.at[conv, "variant"]
-            vs_conv = [i for i in compared if refs[i] == conv]
-            for i in vs_conv:
-                out.at[i, "best"] = out.at[i, "verdict"] == stats.BETTER
-            others = [i for i in g.index if i != conv and np.isfinite(rows.at[i, metric])]
-            out.at[conv, "best"] = bool(others) and all(refs.get(i) == conv and out.at[i, "verdict"] == stats.WORSE
-                                                       for i in others)
+            out["verdict"][conv] = REFERENCE
+            out["reference"][conv] = label[conv]
+            for i in compared:
+                if refs[i] == conv:
+                    out["best"][i] = out["verdict"][i] == stats.BETTER
+            others = [i for i in g if i != conv and np.isfinite(mean[i])]
+            out["best"][conv] = bool(others) and all(refs.get(i) == conv and out["verdict"][i] == stats.WORSE
+                                                     for i in others)
         # the strongest trivial baseline of the group: what every trained row must beat
-        trivial = [i for i in g.index if g.at[i, "kind"] == TRIVIAL and np.isfinite(rows.at[i, metric])]
+        trivial = [i for i in g if kind[i] == TRIVIAL and np.isfinite(mean[i])]
         if not trivial:
             continue
-        strongest = sorted(trivial, key=lambda i: (-rows.at[i, metric] if hib else rows.at[i, metric]))[0]
-        trained = [i for i in g.index if g.at[i, "kind"] != TRIVIAL]
+        strongest = sorted(trivial, key=lambda i: -mean[i] if hib else mean[i])[0]
+        trained = [i for i in g if kind[i] != TRIVIAL]
         diffs = {i: stats.paired_difference(values[i], values[strongest]) for i in trained}
         reject = dict(zip(trained, stats.holm([diffs[i].p_value for i in trained])))
         for i in trained:
             d = diffs[i]
-            out.loc[i, ["vs_baseline", "vs_baseline_delta", "vs_baseline_ci_low", "vs_baseline_ci_high",
-                        "vs_baseline_n", "vs_baseline_p_value"]] = [rows.at[strongest, "variant"], d.mean, d.low,
-                                                                    d.high, d.n, d.p_value]
-            out.at[i, "vs_baseline_holm_reject"] = bool(reject[i])
-            out.at[i, "vs_baseline_verdict"] = stats.verdict(d, hib, significant=reject[i])
-    return out
+            out["vs_baseline"][i] = label[strongest]
+            out["vs_baseline_delta"][i], out["vs_baseline_ci_low"][i] = d.mean, d.low
+            out["vs_baseline_ci_high"][i], out["vs_baseline_n"][i], out["vs_baseline_p_value"][i] = d.high, d.n, d.p_value
+            out["vs_baseline_holm_reject"][i] = bool(reject[i])
+            out["vs_baseline_verdict"][i] = stats.verdict(d, hib, significant=reject[i])
+    return pd.DataFrame(out, index=rows.index)
 
 
 def section_table(layout: Layout, section: str) -> pd.DataFrame:
@@ -463,8 +465,8 @@ def _status_cell(row: pd.Series) -> str:
     if row["kind"] == TRIVIAL:
         return "trivial baseline"
     parts = [f"{row['n_done']}/{row['n_trials']} done"]
-    for s in STATES[1:]:  # every state but done, crashed and corrupt included
-        if row.get(f"n_{s}"):
+    for s in ("failed", "running", "pending"):
+        if row[f"n_{s}"]:
             parts.append(f"{row[f'n_{s}']} {s}")
     return ", ".join(parts)
 

@@ -405,3 +405,16 @@ def test_findings_say_when_the_network_has_not_learned(tmp_path):
                                "metric.mae.ci_high", "metric.mae.n"]
     assert b["metric.rmse"].iloc[0] == pytest.approx(3.5 + 0.2 * np.mean(SHARED[:3]))
     assert b["metric.rmse.n"].iloc[0] == 3 and math.isnan(b["metric.mae"].iloc[0])
+
+
+def test_findings_of_a_wide_sweep_count_verdicts_over_groups(built, monkeypatch):
+    from adaptconv.report import findings as findings_module
+    from adaptconv.report.tables import build_layout
+
+    _, _, _, col, _ = built
+    monkeypatch.setattr(findings_module, "MAX_GROUPS", 1)  # the fixture's two scales count as many
+    (section, (text,)), = findings_module.findings(build_layout(col))
+    assert text.startswith("2 comparison groups")
+    assert "`conv` beats every trivial baseline in 2 of 2 groups." in text
+    assert ("Against `conv`, in groups: `pac` 2 better; `pac (kernel_type=inv)` 1 better, 1 too few seeds; "
+            "`dfn` 2 worse.") in text
