@@ -516,7 +516,7 @@ def to_markdown(cells: pd.DataFrame, marks: pd.DataFrame) -> str:
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                   "±": r"$\pm$", "×": r"$\times$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "–": "--",
-                  "·": r"$\cdot$", "Δ": r"$\Delta$", "<": r"$<$", ">": r"$>$", "−": "-"}
+                  "·": r"$\cdot$", "Δ": r"$\Delta$", "<": r"$<$", ">": r"$>$", "−": "-", "—": "---"}
 
 
 def latex_escape(text: str) -> str:
