@@ -7,21 +7,24 @@ logits, guided by the input image, with ``crf_iters`` mean-field iterations).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import get_dataset
+from ..data import DatasetError, SceneConfig, get_dataset
 from ..models.backbones import BUILTIN_BACKBONES, build_backbone
 from ..models.networks import UPSAMPLERS, FCNSegmenter
+from ..schema import did_you_mean
 from .base import Task
 
 IGNORE = 255
 CRFS = ("none", "paccrf")
 CLASS_WEIGHTS = ("none", "sqrt_inverse")
+#: what ``task_options.scene`` may set of the synthetic scenes (:class:`~adaptconv.data.synthetic.SceneConfig`)
+SCENE_OPTIONS = ("max_distractors", "real_textures", "supersample", "main_area", "distractor_area", "texture_contrast")
 
 
 @dataclass
@@ -35,7 +38,8 @@ class SegmentationOptions:
     crf: str = "none"  # "none" | "paccrf": refinement head on the logits, guided by the image
     crf_iters: int = 5  # mean-field iterations of the CRF head
     class_weights: str = "none"  # "none" | "sqrt_inverse": cross-entropy weights from the training masks
-    texture_contrast: float = 1.0  # synthetic scenes only: texture amplitude (1 = the generator's default)
+    # synthetic scenes only: options of the scene generator (SCENE_OPTIONS), e.g. {texture_contrast: 0.25}
+    scene: dict = field(default_factory=dict)
 
     def validate(self) -> list[str]:
         problems = []
@@ -47,9 +51,19 @@ class SegmentationOptions:
             problems.append(f"crf_iters: must be >= 0, got {self.crf_iters}")
         if self.class_weights not in CLASS_WEIGHTS:
             problems.append(f"class_weights: one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weights!r}")
-        if not 0 <= self.texture_contrast <= 1:
-            problems.append(f"texture_contrast: in [0, 1] (0 = flat colours, 1 = full texture), "
-                            f"got {self.texture_contrast}")
+        if not isinstance(self.scene, dict):
+            problems.append(f"scene: a mapping of scene-generator options ({', '.join(SCENE_OPTIONS)}), "
+                            f"got {self.scene!r}")
+        else:
+            unknown = sorted(set(self.scene) - set(SCENE_OPTIONS))
+            if unknown:
+                problems.append(f"scene: unknown option(s) {', '.join(map(str, unknown))}"
+                                f"{did_you_mean(str(unknown[0]), SCENE_OPTIONS)}; choices: {', '.join(SCENE_OPTIONS)}")
+            else:
+                try:
+                    SceneConfig(**self.scene)
+                except (DatasetError, TypeError) as exc:
+                    problems.append(f"scene: {exc}")
         return problems
 
 
@@ -97,17 +111,15 @@ class Segmentation(Task):
 
     # see Task.late_options
     late_options = {"upsampler": "bilinear", "crf": "none", "crf_iters": 5, "class_weights": "none",
-                    "texture_contrast": 1.0}
+                    "scene": {}}
 
     def _dataset(self, split: str) -> Dataset:
         o, cfg = self.options, self.config
         if cfg.dataset == "synthetic":
             n, seed = (o.n_train, cfg.seed) if split == "train" else (o.n_test, cfg.seed + 10_000)
-            return get_dataset("synthetic", "segmentation", split, n=n, size=o.size, seed=seed,
-                               texture_contrast=o.texture_contrast)
-        if o.texture_contrast != 1.0:
-            raise ValueError(f"segmentation: texture_contrast is an option of the synthetic scenes, not of "
-                             f"{cfg.dataset!r}")
+            return get_dataset("synthetic", "segmentation", split, n=n, size=o.size, seed=seed, **o.scene)
+        if o.scene:
+            raise ValueError(f"segmentation: task_options.scene sets the synthetic scenes, not {cfg.dataset!r}")
         return get_dataset(cfg.dataset, "segmentation", split, root=cfg.data_root, size=o.size)
 
     def build_data(self) -> tuple[Dataset, Dataset]:
