@@ -13,10 +13,8 @@ import os
 import subprocess
 import tempfile
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..results.store import RETRY_STATES, STATES, ResultStore
 from .suite import Suite, Trial

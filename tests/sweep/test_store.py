@@ -275,3 +275,25 @@ def test_a_whole_report_is_readable_by_the_group_when_the_umask_says_so(tmp_path
     assert len(files) > 10
     wrong = {str(p.relative_to(tmp_path)): oct(_mode(p)) for p in files if _mode(p) != 0o640}
     assert not wrong, wrong
+
+
+def test_the_report_counts_and_lists_crashed_and_corrupt_trials(tmp_path):
+    from fixtures.records import write_fixture
+
+    from adaptconv.report import build_report
+    from adaptconv.results.collect import collect
+
+    suite, store = write_fixture(tmp_path, ops=("conv", "pac"), scales=(4,), seeds=(0, 1), kernel_types=())
+    crashed, damaged = suite.trials[1].id, suite.trials[2].id
+    rec = store.read_record(crashed)
+    message = "worker process killed by SIGSEGV (signal 11) in training, after step 3 of 20"
+    rec.update(status="crashed", error={"message": message, "signal": "SIGSEGV", "last_step": 3})
+    store.write_record(crashed, rec)
+    store.record_path(damaged).write_text('{"status": "ok", "me')
+    col = collect(store, suite)
+    build_report(col, tmp_path / "report")
+    readme = (tmp_path / "report" / "README.md").read_text()
+    assert "2 of 4 trials finished (1 crashed, 1 corrupt)" in readme
+    status = (tmp_path / "report" / "tables" / "status.csv").read_text()
+    assert f"{crashed},crashed,crashed" in status and message in status
+    assert f"{damaged},corrupt,corrupt" in status
