@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..results import stats
+from ..results.store import STATES
 from ..results.collect import (BASELINE_COLUMN, MEASURES, NETWORK_VARIANT_KEYS, NOT_A_FACTOR, Collection, aggregate,
                                is_op_key)
 from .palette import BASELINE, op_order
@@ -464,8 +465,8 @@ def _status_cell(row: pd.Series) -> str:
     if row["kind"] == TRIVIAL:
         return "trivial baseline"
     parts = [f"{row['n_done']}/{row['n_trials']} done"]
-    for s in ("failed", "running", "pending"):
-        if row[f"n_{s}"]:
+    for s in STATES[1:]:  # every state but done, crashed and corrupt included
+        if row.get(f"n_{s}"):
             parts.append(f"{row[f'n_{s}']} {s}")
     return ", ".join(parts)
 
