@@ -80,9 +80,10 @@ def test_the_issue_command_no_longer_crashes():
 def test_a_diverging_deform_trial_is_recorded_as_diverged():
     from adaptconv.trial import run_trial
 
-    record = run_trial({"task": "upsampling", "op": "deform", "steps": 6, "batch_size": 2, "threads": 1,
-                        "optimizer": {"name": "sgd", "lr": 1.0e30}, "eval_points": 1,
-                        "task_options": {"patch": 16, "crops": 4, "width": 4, "layers": 2},
-                        "measure": {"latency": False, "memory": False, "flops": False}})
+    # lr 1e30 sends the weights, then the offsets, to inf/NaN within a step or two (issue 14: the
+    # process died with a segfault instead of recording "diverged")
+    record = run_trial({"task": "classification", "dataset": "digits", "backbone": "simplecnn-s", "op": "deform",
+                        "steps": 6, "batch_size": 8, "threads": 1, "optimizer": {"name": "sgd", "lr": 1.0e30},
+                        "eval_points": 1, "measure": {"latency": False, "memory": False, "flops": False}})
     assert record["status"] == "diverged", record.get("error")
     assert "non-finite loss" in record["error"]["message"]
