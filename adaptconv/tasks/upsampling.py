@@ -12,9 +12,9 @@
 - The network (:class:`~adaptconv.models.networks.JointUpsamplingNet`) sees depth standardised by
   the training set's mean and standard deviation; its output (a convex combination of the input
   samples) is mapped back, and metrics are in the original unit.
-- Training: the loss is taken on each crop's interior only (``loss_border``, default: one scale
-  cell): the outermost cell of a crop has low-resolution neighbours outside the crop that the network
-  cannot see, so its targets are noise that the whole-image evaluation never meets. ``l2`` (default)
+- Training: the loss is taken on each crop's interior only (``loss_border``, default ⌊s/2⌋ pixels):
+  the pixels outside the outermost low-resolution samples of a crop are extrapolations from samples
+  the crop does not hold, noise that the whole-image evaluation (border excluded) never meets. ``l2`` (default)
   is the squared error that RMSE measures. On Middlebury, a fraction ``edge_crops`` of the training
   crops is drawn in proportion to the depth edges they hold: RMSE is made almost entirely at depth
   edges (98% of bilinear's squared error comes from the 10% of pixels off by more than 2 px), which
@@ -55,7 +55,7 @@ class UpsamplingOptions:
     layers: int = 4
     border: int = 6
     loss: str = "l2"
-    loss_border: int | None = None  # pixels of each training crop left out of the loss (None: one cell = scale)
+    loss_border: int | None = None  # pixels of each training crop left out of the loss (None: scale // 2)
     edge_crops: float = 0.5  # Middlebury: fraction of training crops drawn in proportion to their depth edges
     embed: int = 4  # the network's per-pixel embedding
     n_train: int = 512  # synthetic scenes only
@@ -171,7 +171,7 @@ class Upsampling(Task):
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         rgb, lr, depth, valid, (mean, std) = self._inputs(batch)
         pred = model(rgb, lr)
-        b = self.options.scale if self.options.loss_border is None else self.options.loss_border
+        b = self.options.scale // 2 if self.options.loss_border is None else self.options.loss_border
         target = (depth - mean) / std
         if b:
             pred, target, valid = (t[..., b:-b, b:-b] for t in (pred, target, valid))

@@ -23,16 +23,17 @@ def _gen(seed=0):
 # ---- learning ----------------------------------------------------------------------------------
 
 LEARN = dict(task="upsampling", dataset="middlebury", op="conv", steps=100, batch_size=4, seed=0, threads=1,
-             eval_points=1, optimizer={"lr": 1e-2}, measure=dict(latency=False, memory=False, flops=False),
+             eval_points=1, measure=dict(latency=False, memory=False, flops=False),
              task_options=dict(scale=8, patch=64, width=8, layers=2))
 
 
 def test_conv_network_beats_bilinear_on_middlebury_x8():
-    """Fails when learning breaks (e.g. optimizer.lr=1e-9 leaves the network at bilinear: ratio 1.00)."""
+    """Fails when learning breaks (e.g. optimizer.lr=1e-9 leaves the network at bilinear: ratio 1.00;
+    seeds 0-2 give 0.73-0.76 with this config)."""
     rec = run_trial(LEARN)
     assert rec["status"] == "ok", rec.get("error")
     rmse, bilinear = rec["metrics"]["rmse"], rec["baselines"]["bilinear"]["rmse"]
-    assert rmse < 0.93 * bilinear, f"conv RMSE {rmse:.3f} vs bilinear {bilinear:.3f}: not learning"
+    assert rmse < 0.85 * bilinear, f"conv RMSE {rmse:.3f} vs bilinear {bilinear:.3f}: not learning"
     assert "bilinear_rmse" not in rec["metrics"]
     assert set(rec["baselines"]) == {"bilinear", "guided_filter", "jbu"}
     # the guided baselines use the RGB: both beat bilinear on this test region
@@ -47,7 +48,7 @@ def test_carafe_variant_starts_as_bilinear_and_does_not_lose_to_it():
     assert start["metrics"]["rmse"] == pytest.approx(bilinear, rel=2e-3)  # the floored taps' leak only
     rec = run_trial(cfg)
     assert rec["status"] == "ok", rec.get("error")
-    assert rec["metrics"]["rmse"] < 0.97 * bilinear
+    assert rec["metrics"]["rmse"] < 0.85 * bilinear
 
 
 # ---- the network's bilinear start ---------------------------------------------------------------
@@ -140,7 +141,7 @@ def _guided_filter_loop(guide: torch.Tensor, src: torch.Tensor, r: int, eps: flo
     return out
 
 
-@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("channels", [1, 2, 3])  # the scalar, batched-solve and adjugate paths
 def test_guided_filter_matches_per_window_least_squares(channels):
     guide = torch.rand(1, channels, 6, 7, dtype=D, generator=_gen(7))
     src = torch.rand(1, 1, 6, 7, dtype=D, generator=_gen(8))
