@@ -18,7 +18,7 @@ blocks:                                 # ablations: each block expands on its o
     product: {op_options.kernel_type: [gaussian, inv]}
 exclude:                                # drop trials matching every key of a rule (a list = any of)
   - {op: conv, guide: image}
-seeds: [0, 1, 2]                        # the seed axis, crossed with everything
+seeds: [0, 1, 2]                        # the seed axis, crossed with everything (a block may give its own)
 resources: {time: "01:00:00", gpus: 1, cpus: 4, mem_gb: 16}
 ```
 
@@ -85,6 +85,8 @@ class Block:
     base: dict[str, Any] = field(default_factory=dict)
     product: dict[str, list] = field(default_factory=dict)
     zip: dict[str, list] = field(default_factory=dict)
+    #: this block's seed axis in place of the suite's (e.g. one seed for a latency-only block)
+    seeds: list[int] | None = None
 
 
 @dataclass
@@ -306,6 +308,10 @@ def _check_spec(spec: SuiteSpec, problems: _Problems) -> None:
             problems.add(("blocks", i, key), "is swept at the top level too (contradictory axes)")
         for key in sorted(set(b.product) & set(b.zip)):
             problems.add(("blocks", i, "zip", key), "is also a product axis of this block")
+        if b.seeds is not None and (not b.seeds or len(set(b.seeds)) != len(b.seeds)):
+            problems.add(("blocks", i, "seeds"), "a non-empty list of distinct seeds")
+        if b.seeds is not None and "seed" in b.base:
+            problems.add(("blocks", i, "base", "seed"), "given both here and in the block's `seeds:`")
     names = [b.name for b in spec.blocks]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.add(("blocks",), f"block name {dup!r} is used twice")
@@ -424,7 +430,7 @@ def expand(spec: SuiteSpec, problems: _Problems | None = None, check_registry: b
         base = _deep_merge(spec.base, block.base)
         for point in _grid(block.product, block.zip):
             for tp in top:
-                for seed in seeds:
+                for seed in (block.seeds if block.seeds is not None else seeds):
                     config = _deep_merge(base, {})
                     swept = {**tp, **point}
                     for key, value in swept.items():

@@ -62,6 +62,30 @@ blocks:
     assert [t.block for t in s.trials] == ["ops", "ops", "pac-kernels"]
 
 
+def test_a_block_may_give_its_own_seeds(tmp_path):
+    s = load_suite(write(tmp_path, BASE + """\
+blocks:
+  - name: trained
+    product: {op: [conv, pac]}
+  - name: measured-once
+    seeds: [7]
+    base: {op: paka}
+seeds: [0, 1, 2]
+"""))
+    by_block = {}
+    for t in s.trials:
+        by_block.setdefault(t.block, []).append((t.config["op"], t.config["seed"]))
+    assert sorted(by_block["trained"]) == [(op, s_) for op in ("conv", "pac") for s_ in (0, 1, 2)]
+    assert by_block["measured-once"] == [("paka", 7)]
+    with pytest.raises(SuiteError, match=r"blocks\.0\.seeds.*distinct seeds"):
+        load_suite(write(tmp_path, BASE + """\
+blocks:
+  - name: b
+    seeds: [1, 1]
+    product: {op: [conv]}
+"""))
+
+
 def test_exclude_rules_with_lists(tmp_path):
     s = load_suite(write(tmp_path, BASE + """\
 product:
