@@ -279,6 +279,7 @@ _REDUCTIONS: dict[str, tuple[int, int]] = {  # name: (per input element, per out
     "logsumexp": (3, 1), "cumsum": (1, 0), "cumprod": (1, 0), "norm": (2, 1), "linalg_vector_norm": (2, 1),
     "var": (3, 1), "std": (3, 2), "var_mean": (3, 2), "std_mean": (3, 3), "_adaptive_avg_pool2d": (1, 1),
     "_adaptive_avg_pool3d": (1, 1), "adaptive_max_pool2d": (1, 0), "col2im": (1, 0),
+    "all": (1, 0), "any": (1, 0),  # logical reductions (e.g. deform's finiteness check): one AND/OR each
 }
 
 _NORM_NOTE = "per input element: 2 to normalise, +2 with an affine weight, +4 computing batch statistics"
