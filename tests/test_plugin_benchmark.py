@@ -41,7 +41,8 @@ def test_plugin_runs_in_a_suite_and_is_in_the_report(tmp_path, capsys):
     assert "finished: 6 done" in capsys.readouterr().out
     assert main(["report", str(suite), "--results", str(results), "--out", str(report)]) == 0
     manifest = json.loads((report / "manifest.json").read_text())
-    assert manifest["counts"] == {"done": 6, "failed": 0, "running": 0, "pending": 0}
+    assert manifest["counts"]["done"] == 6
+    assert sum(manifest["counts"].values()) == 6  # nothing failed, crashed, corrupt or pending
     for fig in manifest["figures"]:
         assert fig["legend"] == ["conv", "pac", "gated"], fig["file"]  # built-ins first, then the plugin
     table = (report / "tables" / "classification-digits-simplecnn-s.md").read_text()
