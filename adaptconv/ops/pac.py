@@ -9,6 +9,20 @@ feature distance, 1 by default (the paper's kernel). It is learnable (``learn_gu
 ``from_conv`` can start at γ = 0, where K ≡ 1 and the layer is exactly the pretrained convolution,
 and learn how much to adapt.
 
+A learnable γ is stored as a raw value θ, γ = :data:`GUIDE_SCALE_GAIN` · |θ| (``guide_scale_raw``);
+``op.guide_scale`` (read-only; :meth:`_PacOptions.set_guide_scale` writes it) computes γ. Why:
+
+* the gain: Adam moves a parameter by about the learning rate per step whatever its gradient, so a γ
+  stored as is stays ≤ ~0.06 after 60 steps at lr 1e-3 from 0: K differs from 1 by < 1e-3 and a
+  swapped-in PAC trains as the plain convolution. Through the gain γ moves up to GAIN× faster (O(1)
+  in ~50 steps at lr 1e-3). With plain SGD the gain multiplies γ's step by GAIN².
+* |θ|, with slope +1 at θ = 0: at γ = 0 (from_conv) the gradient's sign is noise, and Adam's first
+  step is a full lr whatever the gradient's size. A γ clipped at 0 (negative values cut to 0, with
+  no gradient there) is lost for good once a step takes it below 0, and the layer stays the conv;
+  |θ| reflects it back, so γ stays free to grow.
+
+A state dict that holds the older ``guide_scale`` (γ itself, negative values meaning 0) still loads.
+
 Implementation: by default the layers never materialise the ``B·C·k²·H'·W'`` unfold. The kernel's
 feature distances come from :func:`adaptconv.ops.lean.pac_distance` and the contraction from
 :func:`adaptconv.ops.lean.pac_contract` (Triton kernels on CUDA): custom autograd Functions that
@@ -40,6 +54,11 @@ from .taps import Pair, grouped_tap_matmul, pair, unfold_taps, valid_taps, windo
 
 KernelType = Literal["gaussian", "inv"]
 KERNEL_TYPES = ("gaussian", "inv")
+
+# γ = GUIDE_SCALE_GAIN · |guide_scale_raw| for a learnable γ: Adam's ~lr-sized steps on the raw value
+# then move γ by up to ~32·lr, to O(1) within ~50 steps at lr 1e-3 (see the module docstring). A power
+# of two, so that γ ↔ raw is exact in every float dtype (γ = 1 stays exactly 1).
+GUIDE_SCALE_GAIN = 32.0
 
 
 def guide_taps(guide: torch.Tensor, kernel_size: Pair, stride: Pair, padding: Pair | tuple[int, int, int, int],
@@ -201,16 +220,42 @@ class _PacOptions:
             raise ValueError(f"{label}: guide_scale must be a number >= 0, got {guide_scale!r}")
         self.kernel_type = kernel_type
         self.normalize_kernel = normalize_kernel
-        scale = torch.full((guide_channels,), float(guide_scale))
+        # A fixed γ is stored as is (gain 1); a learnable one divided by the gain (module docstring).
+        self.guide_scale_gain = GUIDE_SCALE_GAIN if learn_guide_scale else 1.0
+        raw = torch.full((guide_channels,), float(guide_scale) / self.guide_scale_gain)
         if learn_guide_scale:
-            self.guide_scale = nn.Parameter(scale)
+            self.guide_scale_raw = nn.Parameter(raw)
         else:
-            self.register_buffer("guide_scale", scale)
+            self.register_buffer("guide_scale_raw", raw)
         if kernel_type == "inv":
             self.inv_alpha = nn.Parameter(torch.tensor(1.0))
             self.inv_lambda = nn.Parameter(torch.tensor(0.5))
         else:
             self.inv_alpha = self.inv_lambda = None
+
+    @property
+    def guide_scale(self) -> torch.Tensor:
+        """γ (per guide channel), differentiable. Computed: write it with :meth:`set_guide_scale`
+        (an in-place change of this tensor would not reach the layer)."""
+        raw = self.guide_scale_raw
+        # |θ| whose slope at 0 is +1 (torch.abs has 0 there, which would freeze from_conv's γ = 0)
+        return torch.where(raw >= 0, raw, -raw) * self.guide_scale_gain
+
+    def set_guide_scale(self, value) -> None:
+        """Set γ (a number or one value per guide channel, >= 0)."""
+        value = torch.as_tensor(value, dtype=self.guide_scale_raw.dtype)
+        if (value < 0).any() or not torch.isfinite(value).all():
+            raise ValueError(f"{type(self).__name__}.set_guide_scale: γ must be finite and >= 0, got {value.tolist()}")
+        with torch.no_grad():
+            self.guide_scale_raw.copy_(value / self.guide_scale_gain)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # State dicts from before the gain hold γ itself as "guide_scale" (a negative γ then acted as
+        # 0): convert it to the raw value.
+        old, new = prefix + "guide_scale", prefix + "guide_scale_raw"
+        if old in state_dict and new not in state_dict:
+            state_dict[new] = state_dict.pop(old).clamp(min=0) / self.guide_scale_gain
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _kernel(self, taps, centre, valid):
         """K from unfolded guide taps (the reference path): B×1×T×H'×W'."""
@@ -290,8 +335,7 @@ class PacConv2d(ConvWeightMixin, _PacOptions, AdaptiveConv2d):
             raise ValueError("pac.from_conv: normalize_kernel=True divides by the tap count and cannot "
                              "reproduce the conv; build it directly instead")
         op = cls.build_like(conv, **options)
-        with torch.no_grad():
-            op.guide_scale.zero_()
+        op.set_guide_scale(0.0)
         op.copy_conv_weight(conv)
         return op
 

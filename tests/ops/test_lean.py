@@ -100,7 +100,7 @@ def test_pac_options_match_unfold(kind, normalize, k, s, p, d, g, chunk):
     op = PacConv2d(4, 4, k, s, p, d, g, kernel_type=kind, normalize_kernel=normalize)  # self-guided
     _perturb(op, scale=0.1)
     with torch.no_grad():
-        op.guide_scale.copy_(torch.rand(4) * 0.5)
+        op.set_guide_scale(torch.rand(4) * 0.5)
     _compare(op, (torch.randn(2, 4, 8, 9),), chunk)
 
 

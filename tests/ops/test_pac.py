@@ -98,7 +98,7 @@ def _loop_pac(x, guide, weight, bias, stride, pad, dil, scale=None):
 def test_matches_explicit_loop(k, s, p, d):
     op = _pac(3, 4, k, s, p, d, 1, guide_channels=2)
     with torch.no_grad():
-        op.guide_scale.copy_(torch.tensor([0.5, 2.0]))
+        op.set_guide_scale([0.5, 2.0])
     x = torch.randn(2, 3, 7, 6, dtype=D)
     guide = torch.randn(2, 2, 7, 6, dtype=D)
     expected = _loop_pac(x, guide, op.weight.detach(), op.bias.detach(), s, p, d, scale=torch.tensor([0.5, 2.0], dtype=D))
@@ -177,7 +177,64 @@ def test_from_conv_starts_exact_and_learns_to_adapt():
     # the same function: equal up to float64 summation order (the tap-wise kernel adds in another order)
     torch.testing.assert_close(op(x), conv(x), rtol=0, atol=1e-12)
     op(x).square().sum().backward()
-    assert op.guide_scale.grad is not None and op.guide_scale.grad.abs().sum() > 0  # γ = 0 is not a dead end
+    assert op.guide_scale_raw.grad is not None and op.guide_scale_raw.grad.abs().sum() > 0  # γ = 0 is not a dead end
+
+
+def test_from_conv_guide_scale_grows_within_a_short_adam_run():
+    """γ must reach a size that changes K within a benchmark's budget: 20 Adam steps at lr 1e-3 move
+    a γ stored as is by ≤ 0.02 (the layer stays a conv); through the gain it moves ~gain× further."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 3, padding=1).double()
+    teacher = PacConv2d.from_conv(conv, guide_channels=1)
+    teacher.set_guide_scale(2.0)
+    student = PacConv2d.from_conv(conv, guide_channels=1)
+    x, guide = torch.randn(4, 2, 10, 10, dtype=D), torch.randn(4, 1, 10, 10, dtype=D)
+    target = teacher(x, guide).detach()
+    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    for _ in range(20):
+        opt.zero_grad()
+        (student(x, guide) - target).square().mean().backward()
+        opt.step()
+    assert 0.2 < student.guide_scale.item() < 20 * student.guide_scale_gain * 1e-3 * 1.01  # ≤ ~gain·lr a step
+    kernel = student.adapting_kernel(guide)
+    assert (1 - kernel).abs().mean() > 1e-2  # the layer now adapts
+
+
+def test_guide_scale_below_zero_is_reflected_not_frozen():
+    """A step that takes the raw value below 0 (likely from γ = 0, where the gradient's sign is noise)
+    must not freeze γ at 0: γ = gain·|θ| keeps a gradient there, and at θ = 0 itself."""
+    torch.manual_seed(0)
+    op = PacConv2d.from_conv(nn.Conv2d(2, 2, 3, padding=1).double(), guide_channels=1)
+    x, guide = torch.randn(2, 2, 8, 8, dtype=D), torch.randn(2, 1, 8, 8, dtype=D)
+    for raw in (0.0, -0.01):
+        with torch.no_grad():
+            op.guide_scale_raw.fill_(raw)
+        assert op.guide_scale.item() == pytest.approx(abs(raw) * op.guide_scale_gain)
+        op.guide_scale_raw.grad = None
+        op(x, guide).square().sum().backward()
+        assert op.guide_scale_raw.grad.abs().item() > 0
+    with pytest.raises(ValueError, match="set_guide_scale"):
+        op.set_guide_scale(-1.0)
+
+
+def test_guide_scale_is_stored_through_the_gain_and_old_state_dicts_load():
+    op = PacConv2d(2, 2, 3, guide_channels=2)
+    torch.testing.assert_close(op.guide_scale, torch.ones(2))  # the constructor's guide_scale is γ
+    op.set_guide_scale([0.5, 2.0])
+    torch.testing.assert_close(op.guide_scale, torch.tensor([0.5, 2.0]))
+    torch.testing.assert_close(op.guide_scale_raw * op.guide_scale_gain, op.guide_scale)
+    assert op.guide_scale_gain > 1 and "guide_scale_raw" in op.state_dict()
+    # a state dict written before the gain holds γ itself under "guide_scale"
+    old = {("guide_scale" if k == "guide_scale_raw" else k): v.clone() for k, v in op.state_dict().items()}
+    old["guide_scale"] = torch.tensor([0.25, 3.0])
+    fresh = PacConv2d(2, 2, 3, guide_channels=2)
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(fresh.guide_scale, torch.tensor([0.25, 3.0]))
+    old["guide_scale"] = torch.tensor([-0.5, 1.0])  # negative γ acted as 0 before
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(fresh.guide_scale, torch.tensor([0.0, 1.0]))
+    fixed = PacPool2d(3, channels=2, guide_scale=0.7)  # not learned: stored as is
+    assert fixed.guide_scale_gain == 1.0 and fixed.guide_scale_raw.tolist() == pytest.approx([0.7, 0.7])
 
 
 @pytest.mark.parametrize("k,s,p,op_,d,g", [(3, 2, 1, 1, 1, 1), (4, 2, 1, 0, 1, 2), (3, 1, 0, 0, 2, 1),
