@@ -62,7 +62,10 @@ def group_findings(layout: Layout, section: str, metric: str, rows: pd.DataFrame
             if loses:
                 out.append(f"It is **worse** than {', '.join(loses)}: at this budget the network has not learned "
                            "what a trivial predictor does, so its comparisons between operators say little.")
-            if ties:
+            if ties and beats:
+                out.append(f"It is not distinguishable from {', '.join(ties)}: it learns, but not yet beyond "
+                           "every classical predictor.")
+            elif ties:
                 out.append(f"It is not distinguishable from {', '.join(ties)}: the budget is too small to show "
                            "that the network learns.")
             if untold:

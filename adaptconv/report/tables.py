@@ -301,7 +301,8 @@ def compare_rows(layout: Layout, section: str, metric: str) -> pd.DataFrame:
     without a network variant); of a network variant, the same operator without the variant. Per row:
     ``reference`` (its label), ``delta`` = mean over the common seeds of value − reference value, its 95%
     t interval ``delta_ci_low``/``delta_ci_high``, ``delta_n`` (pairs), ``p_value``, ``holm_reject``
-    (Holm–Bonferroni over the comparisons of the group), ``verdict`` (better / worse / no detectable
+    (Holm–Bonferroni over the operator and variant comparisons of the group; the trivial baselines'
+    comparisons with conv are a family of their own), ``verdict`` (better / worse / no detectable
     difference / n<2, no CI, from the row's side; ``reference`` for the reference row, ``no conv to compare``
     without one) and ``best``: the advantage is significant — the row is better than conv after Holm, or
     it is conv and every other row of the group is worse after Holm. Then, against the strongest trivial
@@ -341,7 +342,11 @@ def compare_rows(layout: Layout, section: str, metric: str) -> pd.DataFrame:
                 refs[i] = conv
         compared = [i for i, r in refs.items() if r is not None]
         diffs = {i: stats.paired_difference(values[i], values[refs[i]]) for i in compared}
-        reject = dict(zip(compared, stats.holm([diffs[i].p_value for i in compared])))
+        # two families, each Holm-corrected on its own: the operators and variants against their
+        # reference (which operator wins), and conv against the trivial baselines (does it learn at all)
+        reject = {}
+        for family in ([i for i in compared if kind[i] != TRIVIAL], [i for i in compared if kind[i] == TRIVIAL]):
+            reject.update(zip(family, stats.holm([diffs[i].p_value for i in family])))
         for i in compared:
             d = diffs[i]
             out["reference"][i] = label[refs[i]]

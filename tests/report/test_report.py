@@ -327,6 +327,22 @@ def test_verdicts_are_paired_by_seed_and_holm_corrected(tmp_path):
     assert t.loc["pac", "metric.rmse.ci_high"] > t.loc["conv", "metric.rmse.ci_low"]
 
 
+def test_baselines_are_a_holm_family_of_their_own(tmp_path):
+    """conv against bilinear at p = 0.02 beside three operators: within one family of four, Holm would
+    need p <= 0.05/4 and keep the question 'does the network learn' open; as its own family it is
+    answered, while the operators' verdicts are corrected among themselves only."""
+    conv = 2.0 + 0.5 * np.array(SHARED)
+    values = {"conv": conv, "pac": conv + 0.3 * Z, "dfn": conv + 0.2 * Z, "paka": conv + 0.1 * Z}
+    bilinear = conv - _differences(0.02)
+    _, t = _table(tmp_path, _suite(["conv", "pac", "dfn", "paka"], range(5)), values,
+                  baselines_fn=lambda c: {"bilinear": {"rmse": float(bilinear[c["seed"]])}})
+    b = t.loc["bilinear"]
+    assert b["metric.rmse.p_value"] == pytest.approx(0.02)
+    assert b["metric.rmse.holm_reject"] and b["metric.rmse.verdict"] == "worse"
+    for op in ("pac", "dfn", "paka"):
+        assert t.loc[op, "metric.rmse.verdict"] == "no detectable difference"
+
+
 def test_conv_is_best_only_when_it_beats_every_other_row(tmp_path):
     conv = 2.0 + 0.5 * np.array(SHARED)
     values = {"conv": conv, "pac": conv - _differences(0.001), "dfn": conv - _differences(0.002)}
