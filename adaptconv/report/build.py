@@ -76,9 +76,9 @@ def _reading_notes(layout: Layout) -> list[str]:
         "`Δ vs conv`: the mean over seeds of the per-seed difference row − `conv` on the headline metric "
         "(paired by seed: both share the data order and the initial convolution), with its 95% t interval; "
         "a network variant is compared with the same network without it (`vs ...`). `verdict`: better / worse "
-        "/ no detectable difference after Holm–Bonferroni correction over the comparisons of the group "
-        "(family-wise α = 0.05); `n<2, no CI` below two seeds. A baseline row's verdict is the baseline's "
-        "against `conv`. `vs trivial baseline`: the row against the strongest baseline of its group, paired "
+        "/ no detectable difference after Holm–Bonferroni correction over the operator and variant comparisons "
+        "of the group (family-wise α = 0.05); `n<2, no CI` below two seeds. A baseline row's verdict is the "
+        "baseline's against `conv`, Holm-corrected over the group's baselines (a family of its own). `vs trivial baseline`: the row against the strongest baseline of its group, paired "
         "and Holm-corrected the same way.",
         "Bold: a value whose advantage over `conv` is significant after Holm (or `conv` itself, when it is "
         "significantly better than every other row of its group) — never a row alone, never on one seed.",

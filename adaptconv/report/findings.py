@@ -20,8 +20,9 @@ from .palette import BASELINE
 
 METHOD = ("Every difference is paired by seed with `conv` of the same comparison group (a network variant with "
           "the same network without it): mean per-seed difference Δ with its 95% Student-t interval. Verdicts "
-          "and bold values are decided after Holm–Bonferroni correction over the comparisons of each group "
-          "(family-wise α = 0.05); a row with fewer than two seeds gets no verdict.")
+          "and bold values are decided after Holm–Bonferroni correction within each group (family-wise α = 0.05), "
+          "in two families: the operators and network variants against their reference, and `conv` against "
+          "the trivial baselines; a row with fewer than two seeds gets no verdict.")
 
 
 def _names(labels: list[str]) -> str:
