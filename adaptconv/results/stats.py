@@ -182,7 +182,9 @@ def format_delta(mean: float, half: float, *, significant: int | None = None, fa
     if mean is None or not np.isfinite(mean):
         return "—"
     text = format_mean_ci(abs(mean), half, significant=significant, fallback_digits=fallback_digits)
-    sign = "+" if mean > 0 else "-" if mean < 0 else ""
+    # no sign on a mean that rounds to zero at the digits shown ("0 ± 4", not "-0 ± 4")
+    shown = text.split(" ±")[0]
+    sign = "" if not any(ch in "123456789" for ch in shown) else "+" if mean > 0 else "-" if mean < 0 else ""
     return f"{sign}{text}"
 
 

@@ -79,4 +79,5 @@ def test_digits_follow_the_interval():
     assert stats.format_mean_ci(math.nan, 0.1) == "—"
     assert stats.format_delta(-0.3123, 0.041) == "-0.31 ± 0.04"
     assert stats.format_delta(0.0123456, math.nan) == "+0.0123"
+    assert stats.format_delta(-0.3, 4.0) == "0 ± 4"  # rounds to zero: no sign
     assert stats.format_significant(0.00001234, 3) == "1.23e-05"
