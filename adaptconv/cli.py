@@ -152,16 +152,23 @@ def _load(args, stored_copy: bool = False):
     counts, so such trials are matched to their stored configs and a warning says so. ``plan`` and
     ``run`` check everything."""
     from .results.store import ResultStore
-    from .sweep.suite import SuiteError, load_suite, match_stored, override_run_keys
+    from .sweep.cache import load_suite_cached
+    from .sweep.suite import SuiteError, match_stored, override_run_keys
 
     check = not stored_copy
+
+    def read(path):
+        # run expands and checks afresh (and refreshes the cache); the others reuse an expansion
+        # checked before by this very code and these plugins (sweep/cache.py), so need no torch
+        return load_suite_cached(path, check_registry=check, force=args.command == "run")[0]
+
     try:
-        suite = load_suite(args.suite, check_registry=check)
+        suite = read(args.suite)
     except SuiteError:
         stored = Path(args.results or Path("results") / Path(args.suite).stem) / "suite.yaml"
         if not stored_copy or not stored.is_file():
             raise
-        suite = load_suite(stored, check_registry=check)
+        suite = read(stored)
     if getattr(args, "set", None):
         override_run_keys(suite, parse_assignments(args.set))
     root = Path(args.results) if args.results else Path("results") / suite.name
