@@ -191,32 +191,117 @@ def _load(args, stored_copy: bool = False):
     return suite, store
 
 
-def _varying(trials) -> list[str]:
-    """Dotted config keys whose value differs between trials (what the table should show)."""
+def _swept_keys(suite) -> list[str]:
+    """The keys a suite sweeps (its and its blocks' product/zip axes, and the seed), in the suite's
+    order, keeping those whose value differs between its trials: what tells its trials apart."""
     from .sweep.suite import flatten_config
 
-    flat = [flatten_config(t.config) for t in trials]
-    keys = sorted({k for f in flat for k in f})
-    return [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
+    spec = suite.spec
+    keys: list[str] = []
+    for axes in (spec.product, spec.zip, *(a for b in spec.blocks for a in (b.product, b.zip))):
+        keys += [k for k in axes if k not in keys]
+    if "seed" not in keys and (spec.seeds is not None or any(b.seeds is not None for b in spec.blocks)):
+        keys.append("seed")
+    flat = [flatten_config(t.config) for t in suite.trials]
+
+    def values(key):  # a swept mapping (e.g. op_options) shows as its flattened sub-keys
+        return {repr(f.get(key, {k[len(key) + 1:]: v for k, v in f.items() if k.startswith(key + ".")}))
+                for f in flat}
+
+    return [k for k in keys if len(values(k)) > 1]
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={_cell(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_cell(v) for v in value) + "]"
+    return str(value)
+
+
+def _text_table(header: list[str], rows: list[list[str]]) -> str:
+    """A plain aligned table (no pandas: plan must answer at once)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _estimate(suite, store, states) -> tuple[float, int] | None:
+    """Estimated serial time of the trials a run would start: per block, the median ``total_s`` of its
+    done trials times its pending ones; (seconds, trials without an estimate), or None without records."""
+    import statistics
+
+    done: dict = {}
+    for t in suite.trials:
+        if states[t.id] == "done":
+            total = ((store.read_record(t.id) or {}).get("timing") or {}).get("total_s")
+            if isinstance(total, (int, float)):
+                done.setdefault(t.block, []).append(total)
+    if not done:
+        return None
+    seconds, unknown = 0.0, 0
+    for t in suite.trials:
+        if states[t.id] != "done":
+            if t.block in done:
+                seconds += statistics.median(done[t.block])
+            else:
+                unknown += 1
+    return seconds, unknown
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from .sweep.executors import make_plan
     from .sweep.suite import flatten_config
 
     suite, store = _load(args)
     plan = make_plan(suite, store, args.retry_failed)
     print(f"suite {suite.name} ({suite.path}) → {store.root}")
-    print(plan.summary())
-    keys = _varying(suite.trials)
-    rows = [{"id": t.id, "state": plan.states[t.id], **({"block": t.block} if suite.spec.blocks else {}),
-             **{k: flatten_config(t.config).get(k) for k in keys}} for t in suite.trials]
+    keys = _swept_keys(suite)
+    extra = [c.strip() for c in (args.columns or "").split(",") if c.strip()]
+    flat = {t.id: flatten_config(t.config) for t in suite.trials}
+    known = {k for f in flat.values() for k in f} | {k.rsplit(".", 1)[0] for f in flat.values() for k in f if "." in k}
+    unknown = [c for c in extra if c not in known]
+    if unknown:
+        from .schema import did_you_mean
+
+        print(f"adaptconv plan: --columns: no trial has {', '.join(map(repr, unknown))}"
+              f"{did_you_mean(unknown[0], sorted(known))}", file=sys.stderr)
+        return 2
+    columns = keys + [c for c in extra if c not in keys]
+    header = ["id", "state"] + (["block"] if suite.spec.blocks else []) + columns
+
+    def value(f, key):
+        if key in f:
+            return f[key]
+        sub = {k[len(key) + 1:]: v for k, v in f.items() if k.startswith(key + ".")}
+        return sub or None
+
+    rows = [[t.id, plan.states[t.id]] + ([t.block or ""] if suite.spec.blocks else [])
+            + [_cell(value(flat[t.id], k)) for k in columns] for t in suite.trials]
     limit = None if args.all else 50
-    print(pd.DataFrame(rows[:limit]).to_markdown(index=False))
+    print(_text_table(header, rows[:limit]))
     if limit and len(rows) > limit:
         print(f"... {len(rows) - limit} more (--all to list every trial)")
+    first, *rest = plan.summary().splitlines()
+    estimate = _estimate(suite, store, plan.states) if plan.counts.get("done") and plan.to_run else None
+    if estimate is not None:
+        seconds, unknown = estimate
+        first += (f"; ≈ {_duration(seconds)} one at a time (median time of the done trials of each block"
+                  + (f"; {unknown} trials of blocks with none done not counted" if unknown else "") + ")")
+    print("\n".join([first, *rest]))
     return 0
 
 
@@ -470,7 +555,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="where the trials run, for this machine: data_root=PATH, device=cuda, threads=N "
                                 "(run keys only: they are not part of the trial ids)")
         if name == "plan":
-            p.add_argument("--all", action="store_true", help="list every trial")
+            p.add_argument("--all", action="store_true", help="list every trial (default: the first 50)")
+            p.add_argument("--columns", metavar="A,B",
+                           help="more config keys to show (dotted, e.g. steps,optimizer.lr); by default "
+                                "only the keys the suite sweeps")
         if name == "run":
             p.add_argument("--executor", choices=("local", "debug", "slurm"), default="local")
             p.add_argument("--profile", help="SLURM profile: NAME (slurm/NAME.yaml of the working directory, "
