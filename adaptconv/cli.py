@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -126,7 +127,8 @@ def cmd_trial(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"adaptconv trial: {exc}", file=sys.stderr)
         return 2
-    record = run_trial(config)
+    with _trial_progress() as progress:
+        record = run_trial(config, progress=progress)
     text = json.dumps(record, indent=1 if args.full else None, sort_keys=False)
     if args.out:
         from .results.atomic import write_text_atomic
@@ -141,6 +143,42 @@ def cmd_trial(args: argparse.Namespace) -> int:
             summary["error"] = record["error"].get("message")
         print(json.dumps(summary, indent=1))
     return 0 if record["status"] == "ok" else 1
+
+
+@contextlib.contextmanager
+def _trial_progress():
+    """A progress bar for ``adaptconv trial`` on a terminal; else a line every tenth of training
+    (step, loss, elapsed, ETA) on stderr, from the runner's ``adaptconv.progress`` log."""
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=0, unit="step", desc="setup")
+
+        def progress(phase: str, step: int, total: int) -> None:
+            bar.set_description(phase, refresh=False)
+            if total:
+                bar.total = total
+            bar.n = step
+            bar.refresh()
+
+        try:
+            yield progress
+        finally:
+            bar.close()
+        return
+    logger = logging.getLogger("adaptconv.progress")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s trial: %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    level, propagate = logger.level, logger.propagate
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield None
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def _load(args, stored_copy: bool = False):
@@ -340,10 +378,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = {}
         for st in states.values():
             out[st] = out.get(st, 0) + 1
-    elif args.executor == "debug":
-        out = executors.run_debug(plan)
     else:
-        out = executors.run_local(plan, args.max_parallel)
+        try:
+            if args.executor == "debug":
+                out = executors.run_debug(plan, checkpoint_every_s=args.checkpoint_every)
+            else:
+                out = executors.run_local(plan, args.max_parallel, checkpoint_every_s=args.checkpoint_every)
+        except KeyboardInterrupt:
+            again = f"adaptconv run {args.suite}" + (f" --results {args.results}" if args.results else "")
+            print(f"\ninterrupted: the trials that were running keep their checkpoints (saved every "
+                  f"{args.checkpoint_every:g} s) and resume from them; run `{again}` again", file=sys.stderr,
+                  flush=True)
+            return 130
     print("finished: " + ", ".join(f"{v} {k}" for k, v in sorted(out.items())))
     return 0 if set(out) <= {"done"} else 1
 
@@ -565,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
                                              "else of the adaptconv repository) or a path to a .yaml file")
             p.add_argument("--max-parallel", type=int, help="local: trials at once (default: one per GPU, or 1)")
             p.add_argument("--wait", action="store_true", help="slurm: wait until every trial has a record")
+            p.add_argument("--checkpoint-every", type=float, default=120.0, metavar="SECONDS",
+                           help="local/debug: save a running trial's state this often (default 120 s); an "
+                                "interrupted trial resumes from its last save")
     p = sub.add_parser("collect", help="gather a suite's records into results/<suite>/results.parquet (and CSV)")
     p.add_argument("suite", help="a suite name in suites/ or a path to a suite file")
     p.add_argument("--results", help="results folder (default: results/<suite name>)")

@@ -353,15 +353,27 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) > 1 and argv[0] == "--executor":
         extra = {"executor": argv[1]}
         argv = argv[2:]
-    if argv and argv[0] == "--serve":
-        return serve(argv[1], float(argv[2]) if len(argv) > 2 else 120.0, extra)
-    if len(argv) < 2:
-        print("usage: python -m adaptconv.sweep.worker [--executor NAME] STORE_DIR TRIAL_ID [CHECKPOINT_EVERY_S]",
-              file=sys.stderr)
-        return 2
-    every = float(argv[2]) if len(argv) > 2 else 120.0
-    state = execute_trial(argv[0], argv[1], checkpoint_every_s=every, extra=extra)
-    return 0 if state in ("done", "running") else 1
+    try:
+        if argv and argv[0] == "--serve":
+            return serve(argv[1], float(argv[2]) if len(argv) > 2 else 120.0, extra)
+        if len(argv) < 2:
+            print("usage: python -m adaptconv.sweep.worker [--executor NAME] STORE_DIR TRIAL_ID [CHECKPOINT_EVERY_S]",
+                  file=sys.stderr)
+            return 2
+        # a single trial (a SLURM job's child): its progress lines go to stderr too, i.e. the job's output
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s trial " + argv[1] + ": %(message)s", "%H:%M:%S"))
+        logging.getLogger("adaptconv.progress").addHandler(handler)
+        every = float(argv[2]) if len(argv) > 2 else 120.0
+        state = execute_trial(argv[0], argv[1], checkpoint_every_s=every, extra=extra)
+        return 0 if state in ("done", "running") else 1
+    except KeyboardInterrupt:
+        # Ctrl-C: the claim is released and the checkpoint stays. End by SIGINT, without a traceback,
+        # so a parent sees an interruption (resumable), not an exit of the trial's own fault
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        return 130
 
 
 if __name__ == "__main__":

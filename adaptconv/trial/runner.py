@@ -27,6 +27,14 @@ from ..tasks import get_task
 from .config import TrialConfig, parse_trial_config
 
 log = logging.getLogger(__name__)
+#: one line every tenth of training (step, loss, elapsed, ETA): where no progress bar can be seen
+#: (a worker's log, SLURM's output, ``adaptconv trial`` redirected), this says the trial moves on
+progress_log = logging.getLogger("adaptconv.progress")
+PROGRESS_LINES = 10
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 RECORD_SCHEMA = 1
 
@@ -217,7 +225,9 @@ def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record:
         start = state["step"]
         record["resumed_from_step"] = start
         log.info("resumed from step %d of %d (%s)", start, total, checkpoint)
-    last_save = time.monotonic()
+    last_save = started = time.monotonic()
+    line_every = max(1, total // PROGRESS_LINES)
+    line_window: list[float] = []
     batches = data.batches(start)
     model.train()
     if progress:
@@ -244,6 +254,12 @@ def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record:
         optimizer.step()
         schedule.step()
         window.append(value)
+        line_window.append(value)
+        if step % line_every == 0 or step == total:
+            elapsed = time.monotonic() - started
+            progress_log.info("step %d/%d  loss %.4g  %s  ETA %s", step, total, sum(line_window) / len(line_window),
+                              _duration(elapsed), _duration(elapsed / (step - start) * (total - step)))
+            line_window = []
         if step % every == 0 or step == total:
             curve["step"].append(step)
             curve["loss"].append(sum(window) / len(window))
