@@ -20,7 +20,63 @@ def _short_source(source: str, verbose: bool) -> str:
     return source.split(" (")[0] if source.startswith("plugin ") else source.split(":")[0]
 
 
+#: the README's words on each built-in operator, beside what the registry says (method: ``cls.paper``,
+#: guide: ``cls.guide``, from_conv: exact/approx from ``cls.function_preserving``): how exact
+#: ``from_conv`` is and the operator's options. A plugin may give its own as class attributes
+#: ``from_conv_detail`` and ``notes``.
+FROM_CONV_DETAIL = {
+    "pac": "γ = 0 ⇒ K ≡ 1", "paka": "zero-init attention", "deform": "zero offsets",
+    "mdeform": "mask 2·σ(0) = 1", "acda": "least-squares; exact for k ≤ 3 with complete bases",
+    "dfn": "best rank-1 fit; exact for 1×1", "involution": "best rank-1 fit; exact for 1×1",
+    "ddf": "exact for depthwise/1×1/separable weights", "sparse_gated": "exact in eval",
+}
+OP_NOTES = {
+    "conv": "the baseline",
+    "pac": "`kernel_type` gaussian/inv, `normalize_kernel`, `shared_filters`, learnable guide scale γ; also "
+           "`PacConvTranspose2d` (guided upsampling) and `PacPool2d`",
+    "paka": "`reduction`, `hidden_channels`",
+    "acda": "`num_atoms`, `bases_per_scale` (Fourier–Bessel)",
+    "dfn": "`filter_groups`, `normalize` softmax/none, 1×1 projection when O ≠ C",
+    "deform": "`offset_groups`; torchvision's kernel",
+    "mdeform": "`mask_scale` (1.0 = the paper's plain sigmoid, which halves the output at init)",
+    "condconv": "`num_experts`; the guide drives the routing",
+    "dynconv": "`num_kernels`, `reduction`, `temperature`; `anneal_temperature(model, progress)`; the guide "
+               "drives the attention",
+    "involution": "kernel from the pixel itself, shared per channel group (`group_channels`), 1×1 projection "
+                  "when O ≠ C",
+    "ddf": "channel filter (GAP) × spatial filter, each FilterNorm'd; `heads`; runs on the CPU and in fp16/bf16",
+    "odconv": "`num_kernels`; four attentions, driven by the guide if given; LayerNorm (the reference's "
+              "BatchNorm crashes at batch 1)",
+    "sparse_gated": "Gumbel straight-through mask in training, `logit ≥ 0` in eval; `budget` + sparsity loss "
+                    "(`auxiliary_loss`, added by the trial's training loop); `residual=True` for "
+                    "`x + m ⊙ conv(x)`; eval computes only the active pixels; the guide drives the mask",
+}
+
+
+def ops_markdown(plugins: bool = False) -> str:
+    """The conv-kind operators as the README's Markdown table (name, method, guide, from_conv, notes),
+    from the registry: ``adaptconv ops --markdown`` prints it and a test keeps the README equal to it.
+    Built-in operators only unless ``plugins``; ``conv`` first, then by name."""
+    from .ops import get_op, list_ops, op_source
+
+    names = [n for n in list_ops() if getattr(get_op(n), "kind", "conv") == "conv"
+             and (plugins or not op_source(n).startswith("plugin "))]
+    names.sort(key=lambda n: (n != "conv", n))
+    lines = ["| name | method | guide | from_conv | notes |", "|---|---|---|---|---|"]
+    for name in names:
+        cls = get_op(name)
+        exact = "exact" if cls.function_preserving else "approx"
+        detail = getattr(cls, "from_conv_detail", None) or FROM_CONV_DETAIL.get(name)
+        notes = getattr(cls, "notes", None) or OP_NOTES.get(name, "")
+        cells = [f"`{name}`", cls.paper, cls.guide, f"{exact} ({detail})" if detail else exact, notes]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def cmd_ops(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(ops_markdown(plugins=True))
+        return 0
     import pandas as pd
     from torch import nn
 
@@ -572,6 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ops", help="list the registered operators (built-in and plugins)")
+    p.add_argument("--markdown", action="store_true",
+                   help="the conv-kind operators as the README's table (name, method, guide, from_conv, notes)")
     p.set_defaults(func=cmd_ops)
 
     p = sub.add_parser("check-op", help="run the conformance checks on operators (non-zero exit on failure)")
