@@ -382,6 +382,7 @@ def run_trial(config: dict[str, Any] | TrialConfig, *, checkpoint: str | None = 
         if progress:
             progress("setup", 0, 0)
         task = get_task(cfg.task)(cfg, device)
+        progress_log.info("building the data and the %s network", cfg.task)
         phase_start = time.perf_counter()
         train_set, test_set = task.build_data()
         model, record["swap"] = task.build_model(train_set)
@@ -392,6 +393,7 @@ def run_trial(config: dict[str, Any] | TrialConfig, *, checkpoint: str | None = 
         phase_start = time.perf_counter()
         if progress:
             progress("eval", record["steps"], record["steps"])
+        progress_log.info("trained in %s; evaluating (and the trivial baselines)", _duration(record["timing"]["train_s"]))
         gated = _gated_modules(model)
         if gated:
             metrics = _evaluate_with_active_fraction(task, model, test_set, gated)
@@ -409,8 +411,10 @@ def run_trial(config: dict[str, Any] | TrialConfig, *, checkpoint: str | None = 
         phase_start = time.perf_counter()
         if progress:
             progress("measure", record["steps"], record["steps"])
+        progress_log.info("evaluated in %s; measuring latency, memory and FLOPs", _duration(record["timing"]["eval_s"]))
         record["measurements"] = measure_model(task, model, cfg)
         record["timing"]["measure_s"] = time.perf_counter() - phase_start
+        progress_log.info("measured in %s", _duration(record["timing"]["measure_s"]))
         record["status"] = "ok"
     except Diverged as exc:
         record.update(status="diverged", error={"message": str(exc), "step": exc.step})

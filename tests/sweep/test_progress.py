@@ -50,6 +50,7 @@ def test_trial_command_prints_step_lines_when_not_on_a_terminal(tmp_path):
                           "batch_size=8", "threads=1", "measure.latency=false", "measure.memory=false",
                           "measure.flops=false"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
+    assert "trial: evaluated in" in out.stderr and "trial: measured in" in out.stderr
     steps = re.findall(r"trial: step (\d+)/10  loss [0-9.]+  [0-9.]+ s  ETA [0-9.]+ s", out.stderr)
     assert steps == [str(s) for s in range(1, 11)], out.stderr
     assert '"status": "ok"' in out.stdout
