@@ -495,7 +495,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     suite, store = _load(args)
     live = cancel(store)
     print(f"cancelled {len(live)} SLURM job(s)" + (f": {', '.join(live)}" if live else ""))
-    time.sleep(1)
+    if live:
+        time.sleep(1)  # let the scheduler take the cancelled jobs off before their claims are reaped
     reap_slurm_claims(store, [t.id for t in suite.trials])
     return 0
 

@@ -88,3 +88,16 @@ def test_a_suite_error_is_not_cached(tmp_path, monkeypatch):
     for _ in range(2):
         with pytest.raises(SuiteError, match="num_experts"):
             load_suite_cached(path)
+
+
+def test_the_cache_keeps_the_most_recent_entries_only(tmp_path, monkeypatch):
+    import adaptconv.sweep.cache as cache
+
+    monkeypatch.setenv("ADAPTCONV_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "KEEP", 2)
+    for seeds in ("[0]", "[1]", "[2]"):
+        path = tmp_path / f"s{seeds[1]}.yaml"
+        path.write_text(SUITE.replace("seeds: [0, 1]", f"seeds: {seeds}"))
+        load_suite_cached(path)
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2
+    assert load_suite_cached(tmp_path / "s2.yaml")[1] and not load_suite_cached(tmp_path / "s0.yaml")[1]

@@ -23,6 +23,8 @@ from .suite import Block, Resources, Suite, SuiteSpec, Trial, load_suite, resolv
 
 #: bump when the cached layout changes
 FORMAT = 1
+#: cache entries kept (the most recently written)
+KEEP = 64
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -104,6 +106,10 @@ def load_suite_cached(suite: str | Path, check_registry: bool = True, force: boo
 
         file.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(file, json.dumps(_to_json(loaded)))
+        # every edit of a suite or of the code makes a new entry: keep the most recent ones only
+        entries = sorted(file.parent.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in entries[KEEP:]:
+            old.unlink(missing_ok=True)
     except OSError:
         pass  # a read-only home: the next command expands again, nothing else changes
     return loaded, False
