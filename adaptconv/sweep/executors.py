@@ -126,7 +126,7 @@ def default_parallelism() -> int:
 
 
 def run_local(plan: Plan, max_parallel: int | None = None, checkpoint_every_s: float = 120.0,
-              reuse_workers: bool = True) -> dict[str, int]:
+              reuse_workers: bool = True, heartbeat_s: float = 60.0) -> dict[str, int]:
     """Run the plan in worker subprocesses, at most ``max_parallel`` at once (GPU i for slot i).
 
     With ``reuse_workers`` each slot keeps one worker process that runs its trials one after the other
@@ -189,6 +189,8 @@ def run_local(plan: Plan, max_parallel: int | None = None, checkpoint_every_s: f
                 began[slot] = time.monotonic()
             # wait for any busy worker to answer (a line) or to die
             ready = _wait_readable([workers[s].stdout for s in running], timeout=1.0)
+            for slot, trial in running.items():  # a long trial says how far it got, now and then
+                progress.heartbeat(trial, time.monotonic() - began[slot], heartbeat_s)
             for slot in list(running):
                 proc = workers[slot]
                 if proc.stdout in ready:
@@ -267,6 +269,7 @@ class TrialProgress:
         interactive = sys.stderr.isatty()
         self.bar = tqdm(total=total, desc="trials", unit="trial", disable=not interactive)
         self.lines = not (interactive and sys.stdout.isatty())
+        self.last_beat: dict[str, float] = {}
 
     def finished(self, trial: Trial, state: str, seconds: float) -> None:
         self.done += 1
@@ -290,6 +293,17 @@ class TrialProgress:
         width = len(str(self.total))
         print(f"[{self.done:>{width}}/{self.total}] {state:<8} {trial.id}  {what}  {shown}  {_duration(seconds)}  {eta}",
               flush=True)
+
+    def heartbeat(self, trial: Trial, seconds: float, every_s: float) -> None:
+        """Where lines are printed: every ``every_s`` a running trial's phase and step (from its claim)."""
+        if not self.lines or seconds < self.last_beat.get(trial.id, 0.0) + every_s:
+            return
+        self.last_beat[trial.id] = seconds
+        claim = self.store.read_claim(trial.id) or {}
+        where = claim.get("phase") or "starting"
+        if claim.get("phase") == "train" and claim.get("total"):
+            where = f"step {claim.get('step')}/{claim['total']}"
+        print(f"{'':>{2 * len(str(self.total)) + 3}} running  {trial.id}  {where}  {_duration(seconds)}", flush=True)
 
     def close(self) -> None:
         self.bar.close()

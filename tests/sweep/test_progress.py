@@ -87,3 +87,16 @@ def test_ctrl_c_stops_cleanly_keeps_the_checkpoint_and_releases_the_claim(tmp_pa
     assert store.checkpoint_path(tid).exists()
     assert not store.claim_path(tid).exists() and store.read_record(tid) is None
     assert store.state(tid) == "pending"
+
+
+def test_a_long_trial_says_how_far_it_got_now_and_then(tmp_path, capsys):
+    from adaptconv.sweep.executors import make_plan, run_local
+
+    (tmp_path / "progress.yaml").write_text(SUITE.replace("steps: 20", "steps: 400").replace("[conv, condconv]", "[conv]"))
+    suite = load_suite(tmp_path / "progress.yaml")
+    assert run_local(make_plan(suite, ResultStore(tmp_path / "res")), max_parallel=1, heartbeat_s=1.0) == {"done": 1}
+    out = capsys.readouterr().out
+    beats = re.findall(r"^ +running  [0-9a-f]{16}  (step \d+/400|setup|train|eval|measure|starting)  [0-9.]+ s$",
+                       out, flags=re.M)
+    assert any(b.startswith("step ") for b in beats), out
+    assert re.search(r"^\[1/1\] done", out, flags=re.M)
