@@ -28,6 +28,19 @@ class ConfigError(ValueError):
                                  "\n  - " + "\n  - ".join(problems)))
 
 
+class FileConfigError(ConfigError):
+    """Problems in one configuration file (a suite, a claims file), each naming its key path and line;
+    the message starts with the file. Subclasses say what the file is (``kind``)."""
+
+    kind = "configuration"
+
+    def __init__(self, problems: list[str], path) -> None:
+        self.path = str(path)
+        ValueError.__init__(self, f"{path}: invalid {self.kind}:\n  - " + "\n  - ".join(problems))
+        self.problems = problems
+        self.where = str(path)
+
+
 def did_you_mean(word: str, choices) -> str:
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""

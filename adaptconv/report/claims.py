@@ -59,11 +59,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from ..results.stats import ALPHA, PairedDifference, format_mean_ci, holm, paired_difference
-from ..schema import ConfigError, did_you_mean, parse
-from ..sweep.suite import _line_index, _Problems, _split_key
+from ..schema import ConfigError, FileConfigError, did_you_mean, parse
+from ..sweep.suite import _line_index, _Problems, _split_key, load_yaml
 
 #: the keys that name a section of a report (as in adaptconv.report.tables.SECTION_KEYS)
 SECTION_KEYS = ("task", "dataset", "backbone")
@@ -82,14 +81,10 @@ SUPPORTED, NOT_SUPPORTED, CONTRADICTED = "supported", "not supported", "contradi
 INCONCLUSIVE, NOT_MEASURED = "inconclusive at this budget", "not measured"
 
 
-class ClaimsError(ConfigError):
+class ClaimsError(FileConfigError):
     """Problems in a claims file, each naming the key path and line; the message starts with the file."""
 
-    def __init__(self, problems: list[str], path: str | Path) -> None:
-        self.path = str(path)
-        ValueError.__init__(self, f"{path}: invalid claims:\n  - " + "\n  - ".join(problems))
-        self.problems = problems
-        self.where = str(path)
+    kind = "claims"
 
 
 # ---- the file --------------------------------------------------------------------------------------
@@ -174,16 +169,9 @@ def load_claims(path: str | Path, operators: Literal["error", "warn"] = "warn") 
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ClaimsError([f"not UTF-8 text ({exc.reason} at byte {exc.start})"], path) from None
-    index = _line_index(text)
-    # sweep.suite's index also lists the keys given twice (older versions returned the index alone)
-    lines, duplicates = index if isinstance(index, tuple) else (index, [])
+    lines, duplicates = _line_index(text)
     problems = _Problems(lines)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ClaimsError([f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"], path) from None
+    raw = load_yaml(text, path, ClaimsError)
     if not isinstance(raw, dict):
         raise ClaimsError([("the file is empty: " if raw is None else "") + "a claims file is a mapping with one key, `claims:`, a list of claims "
                            "(id, claim, source, section, op, metric, direction, ...)"], path)

@@ -47,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from ..schema import ConfigError, as_float, did_you_mean, parse
+from ..schema import ConfigError, FileConfigError, as_float, did_you_mean, parse
 from ..trial.config import TrialConfig, parse_trial_config
 from .ids import trial_id
 
@@ -58,14 +58,10 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 MAX_NAME = 128
 
 
-class SuiteError(ConfigError):
+class SuiteError(FileConfigError):
     """Problems in a suite file, each naming the file, key path and line."""
 
-    def __init__(self, problems: list[str], path: str | Path) -> None:
-        self.path = str(path)
-        ValueError.__init__(self, f"{path}: invalid suite:\n  - " + "\n  - ".join(problems))
-        self.problems = problems
-        self.where = str(path)
+    kind = "suite"
 
 
 @dataclass
@@ -201,6 +197,16 @@ def resolve_suite_path(suite: str | Path) -> Path:
                       f"known: {', '.join(known) or 'none'}"], suite)
 
 
+def load_yaml(text: str, path: Path, error: type[FileConfigError]):
+    """``yaml.safe_load(text)``, or ``error`` naming the line where the YAML is broken."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise error([f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"], path) from None
+
+
 def _read_text(path: Path) -> str:
     """The file's text, or a SuiteError saying why it cannot be read as a suite."""
     try:
@@ -232,12 +238,7 @@ def load_suite(suite: str | Path, check_registry: bool = True) -> Suite:
     text = _read_text(path)
     lines, duplicates = _line_index(text)
     problems = _Problems(lines)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise SuiteError([f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"], path) from None
+    raw = load_yaml(text, path, SuiteError)
     if raw is None:
         raise SuiteError(["has only comments and blank lines; a suite is a mapping with keys name, "
                           "description, base, ..."], path)
