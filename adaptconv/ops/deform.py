@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torchvision.ops import deform_conv2d as _tv_deform_conv2d
 
+from . import deform_cpu
 from .base import AdaptiveConv2d, ConvWeightMixin
 from .registry import register_op
 from .taps import conv_output_size, pair
@@ -63,16 +64,23 @@ def _deform(x, offset, weight, bias, stride, padding, dilation, mask, fname):
     return _sample(x, offset, weight, bias, stride, padding, dilation, mask)
 
 
+def _kernel(x, offset, weight, bias, stride, padding, dilation, mask):
+    """The sampling kernel: the compiled CPU one (float32/float64 CPU tensors, :mod:`.deform_cpu`),
+    else torchvision's (CUDA, other dtypes, or the CPU kernels off)."""
+    if deform_cpu.usable(x, offset, weight, bias, mask):
+        return deform_cpu.deform_conv2d(x, offset, weight, bias, pair(stride), pair(padding), pair(dilation), mask)
+    return _tv_deform_conv2d(x, offset, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask)
+
+
 def _sample(x, offset, weight, bias, stride, padding, dilation, mask):
-    """``torchvision.ops.deform_conv2d`` with the non-finite offsets kept out of it (see the module
-    docstring): they are sampled as 0 and the output pixels that had one are set to NaN."""
+    """The kernel with the non-finite offsets kept out of it (see the module docstring): they are
+    sampled as 0 and the output pixels that had one are set to NaN."""
     finite = torch.isfinite(offset)
     # on the CPU the check is cheap and saves the extra passes; on CUDA a branch would synchronise
     if offset.device.type == "cpu" and bool(finite.all()):
-        return _tv_deform_conv2d(x, offset, weight, bias, stride=stride, padding=padding, dilation=dilation,
-                                 mask=mask)
+        return _kernel(x, offset, weight, bias, stride, padding, dilation, mask)
     safe = torch.where(finite, offset, torch.zeros((), dtype=offset.dtype, device=offset.device))
-    y = _tv_deform_conv2d(x, safe, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask)
+    y = _kernel(x, safe, weight, bias, stride, padding, dilation, mask)
     return y.masked_fill(~finite.all(dim=1, keepdim=True), float("nan"))
 
 

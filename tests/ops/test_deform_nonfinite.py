@@ -1,8 +1,11 @@
-"""Deformable convolution with non-finite values: torchvision's kernel never sees a non-finite offset.
+"""Deformable convolution with non-finite values: the sampling kernel never sees a non-finite offset.
 
-Its CPU kernel turns each offset into an integer pixel index; a NaN one is undefined behaviour and
-segfaults at random (issue 14: ``x[0,0,3,3] = nan`` killed the process, exit 139). The operators
-sample non-finite offsets as 0 and make the output pixels that had one NaN, as ``nn.Conv2d`` would.
+torchvision's CPU kernel turns each offset into an integer pixel index; a NaN one is undefined
+behaviour and segfaults at random (issue 14: ``x[0,0,3,3] = nan`` killed the process, exit 139). The
+operators sample non-finite offsets as 0 and make the output pixels that had one NaN, as
+``nn.Conv2d`` would. That holds for whichever kernel runs (the compiled CPU one of
+:mod:`adaptconv.ops.deform_cpu` or torchvision's): both are checked. The compiled kernel is itself
+safe with non-finite offsets (``tests/ops/test_deform_cpu.py``), but the contract is the operators'.
 """
 
 from __future__ import annotations
@@ -15,20 +18,29 @@ import torch
 
 from adaptconv.ops import create_op
 from adaptconv.ops import deform as deform_module
+from adaptconv.ops import deform_cpu
 
 
-@pytest.fixture
-def checked_kernel(monkeypatch):
-    """torchvision's kernel behind a check that fails the test on any non-finite offset."""
+@pytest.fixture(params=["compiled", "torchvision"])
+def checked_kernel(request, monkeypatch):
+    """The sampling kernel (compiled, or torchvision's) behind a check that fails the test on any
+    non-finite offset."""
     calls = []
-    real = deform_module._tv_deform_conv2d
+    compiled = request.param == "compiled"
+    if compiled and not deform_cpu.available():
+        pytest.skip(f"deformable CPU kernels: {deform_cpu.status()}")
+    if not compiled:
+        monkeypatch.setattr(deform_cpu, "_OFF", [True])
+    name = "deform_conv2d" if compiled else "_tv_deform_conv2d"
+    owner = deform_cpu if compiled else deform_module
+    real = getattr(owner, name)
 
     def kernel(x, offset, *args, **kwargs):
-        assert torch.isfinite(offset).all(), "a non-finite offset reached torchvision's kernel"
+        assert torch.isfinite(offset).all(), "a non-finite offset reached the sampling kernel"
         calls.append(offset.shape)
         return real(x, offset, *args, **kwargs)
 
-    monkeypatch.setattr(deform_module, "_tv_deform_conv2d", kernel)
+    monkeypatch.setattr(owner, name, kernel)
     return calls
 
 

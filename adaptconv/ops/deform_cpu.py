@@ -1,0 +1,286 @@
+"""Deformable convolution v1/v2 on the CPU: compiled bilinear sampling around MKL GEMMs.
+
+torchvision's CPU ``deform_conv2d`` samples the whole B·C·k²·H'·W' column buffer one element at a
+time and then loops over the batch; a training step of a 64→64 layer at 56×56 costs about 70×
+``nn.Conv2d``. Here the work is split the way :mod:`adaptconv.ops.cpu_pac` splits PAC's:
+
+- forward, per tile of output pixels of one sample: ``deform_cols`` (``csrc/deform_cpu.cpp``) writes
+  the sampled taps (pixels × k²·C, mask folded in) from the channels-last input, where a corner's C
+  values are contiguous; one GEMM per conv group with the weight gives the tile's output;
+- backward, per tile: the same columns again and one GEMM give ∂W; one GEMM gives the columns'
+  gradient ``gyᵀ·W``, and ``deform_backward`` turns it, in one pass, into ∂x (scattered to the four
+  corners, threads split over channels so they never write the same element) and ∂offset / ∂mask
+  (the sampled values' derivatives summed over the channels of each offset group).
+
+Nothing of size k²·C per pixel outlives a tile (about :data:`TILE_BYTES`), so the extra memory is the
+channels-last copy of x (kept for the backward) and the tile buffers.
+
+The arithmetic is torchvision's: the same sampling points, the four corners each read only inside
+the image, the same gradients (``tests/ops/test_deform_cpu.py`` compares them in float64). A point
+with no corner in the image (a NaN or infinite offset included) reads 0 and gets no gradient.
+
+The library is compiled on first use like ``cpu_pac``'s (``$CXX`` or ``g++ -O3 -march=native
+-fopenmp``, about 2 s, cached per source, compiler and CPU under ``$ADAPTCONV_KERNEL_CACHE``, default
+``~/.cache/adaptconv/kernels``); the loader below is a short copy of that one. Without a compiler, with
+``ADAPTCONV_CPU_KERNELS=0`` / ``config.cpu_kernels = False`` or inside :func:`disabled`, and for
+dtypes other than float32/float64, the operators call torchvision's kernel instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from . import config
+
+__all__ = ["available", "usable", "disabled", "status", "deform_conv2d", "TILE_BYTES"]
+
+SOURCE = Path(__file__).parent / "csrc" / "deform_cpu.cpp"
+ABI = 1
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+#: Bytes of one tile's column buffer (pixels × k²·C); the backward holds two. Half the last-level
+#: cache share of a core keeps a tile and its GEMM operands in cache (see the benchmark's notes).
+TILE_BYTES = [1 << 20]
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+_OFF = [False]
+
+
+# --------------------------------------------------------------------------------------------------
+# Building and loading (a short copy of cpu_pac's loader: same cache folder and key ingredients)
+def _cache_dir() -> Path:
+    root = os.environ.get("ADAPTCONV_KERNEL_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adaptconv" / "kernels"
+
+
+def _build() -> tuple[ctypes.CDLL | None, str]:
+    cxx = os.environ.get("CXX", "g++")
+    if shutil.which(cxx) is None:
+        return None, f"no C++ compiler ({cxx!r} not found; set CXX)"
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
+    try:
+        cpu = "\n".join([ln for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                         if ln.startswith(("model name", "flags"))][:2])
+    except OSError:
+        cpu = platform.processor() or platform.machine()
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(), version.encode(),
+                                     cpu.encode()])).hexdigest()[:16]
+    cache = _cache_dir()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        if not os.access(cache, os.W_OK):
+            raise PermissionError(cache)
+    except OSError:  # a read-only home: a private folder under the temp dir
+        cache = Path(tempfile.gettempdir()) / f"adaptconv-kernels-{os.getuid()}"
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lib_path = cache / f"deform_cpu-{key}.so"
+    if not lib_path.exists():
+        # build beside the target, then rename: concurrent workers never load a half-written file
+        fd, tmp = tempfile.mkstemp(prefix=".deform_cpu-", suffix=".so", dir=cache)
+        os.close(fd)
+        try:
+            proc = subprocess.run([cxx, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
+                                  timeout=300)
+            if proc.returncode != 0:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+                return None, f"{cxx} failed on {SOURCE.name}: " + " | ".join(tail)
+            os.replace(tmp, lib_path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(lib_path))
+    if lib.adaptconv_deform_cpu_abi() != ABI:
+        return None, f"{lib_path} has ABI {lib.adaptconv_deform_cpu_abi()}, expected {ABI}"
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for sfx in _SUFFIX.values():
+        getattr(lib, f"deform_cols_{sfx}").argtypes = [p] * 4 + [i64] * 9 + [p, i32]
+        getattr(lib, f"deform_backward_{sfx}").argtypes = [p] * 7 + [i64] * 9 + [p, i32]
+        getattr(lib, f"deform_cols_{sfx}").restype = None
+        getattr(lib, f"deform_backward_{sfx}").restype = None
+    return lib, f"built ({lib_path})"
+
+
+@functools.lru_cache(maxsize=None)
+def _library() -> tuple[ctypes.CDLL | None, str]:
+    try:
+        lib, how = _build()
+    except Exception as err:  # a broken toolchain must not break the operators: torchvision runs instead
+        lib, how = None, f"{type(err).__name__}: {err}"
+    if lib is None:
+        warnings.warn(f"adaptconv: the deformable-convolution CPU kernels are not available ({how}); "
+                      "deform/mdeform run torchvision's slower CPU kernel", RuntimeWarning, stacklevel=3)
+    return lib, how
+
+
+def _enabled() -> bool:
+    return config.cpu_kernels and not _OFF[0]
+
+
+def available() -> bool:
+    """The kernels are enabled and built (building them on the first call)."""
+    return _enabled() and _library()[0] is not None
+
+
+def status() -> str:
+    """"on (built …)", "off (…)" or "unavailable (…)", for an environment record."""
+    if not _enabled():
+        return "off (ADAPTCONV_CPU_KERNELS=0, config.cpu_kernels or disabled())"
+    lib, how = _library()
+    return ("on " if lib is not None else "unavailable ") + f"({how})"
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Run torchvision's kernel inside the block (forward; a graph built outside keeps its backward)."""
+    old, _OFF[0] = _OFF[0], True
+    try:
+        yield
+    finally:
+        _OFF[0] = old
+
+
+def usable(*tensors: torch.Tensor | None) -> bool:
+    """CPU tensors of one dtype the kernels take (float32/float64; ``None`` skipped), kernels on."""
+    t0 = tensors[0]
+    if t0.device.type != "cpu" or t0.dtype not in _SUFFIX:
+        return False
+    if any(t is not None and (t.device.type != "cpu" or t.dtype != t0.dtype) for t in tensors[1:]):
+        return False
+    return available()
+
+
+def _fn(name: str, dtype: torch.dtype):
+    return getattr(_library()[0], f"{name}_{_SUFFIX[dtype]}")
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def _tiles(pixels: int, row_elems: int, itemsize: int) -> list[tuple[int, int]]:
+    """(p0, n) blocks of one sample's output pixels, balanced, each about TILE_BYTES of columns."""
+    most = max(1, TILE_BYTES[0] // max(1, row_elems * itemsize))
+    count = math.ceil(pixels / most)
+    size = math.ceil(pixels / count)
+    return [(p0, min(size, pixels - p0)) for p0 in range(0, pixels, size)]
+
+
+# --------------------------------------------------------------------------------------------------
+class _Geometry:
+    """Everything the kernels and the GEMMs need, from the shapes (already validated by the caller)."""
+
+    def __init__(self, x, offset, weight, stride, padding, dilation):
+        self.b, self.c, self.h, self.w = x.shape
+        self.o, self.cg, self.kh, self.kw = weight.shape
+        self.taps = self.kh * self.kw
+        self.groups = self.c // self.cg
+        self.og = self.o // self.groups
+        self.ogroups = offset.shape[1] // (2 * self.taps)
+        self.ho, self.wo = offset.shape[2:]
+        self.g8 = (ctypes.c_int64 * 8)(self.kh, self.kw, stride[0], stride[1], padding[0], padding[1],
+                                       dilation[0], dilation[1])
+        self.tiles = _tiles(self.ho * self.wo, self.taps * self.c, x.element_size())
+        self.most = max(n for _, n in self.tiles)
+
+    def sample_args(self, p0, n):
+        return (self.c, self.h, self.w, self.ho, self.wo, self.groups, self.ogroups, p0, n, self.g8)
+
+    def block(self, k):
+        """Columns of conv group k in a cols row, and its output channels."""
+        tcg = self.taps * self.cg
+        return slice(k * tcg, (k + 1) * tcg), slice(k * self.og, (k + 1) * self.og)
+
+
+def _weight_rows(weight, geo):
+    """The weight as groups × O/groups × (tap, channel), the columns' order."""
+    return weight.permute(0, 2, 3, 1).reshape(geo.groups, geo.og, geo.taps * geo.cg)
+
+
+class _DeformConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, offset, mask, weight, bias, stride, padding, dilation):
+        geo = _Geometry(x, offset, weight, stride, padding, dilation)
+        xh = x.permute(0, 2, 3, 1).contiguous()  # channels last
+        offset = offset.contiguous()
+        mask = None if mask is None else mask.contiguous()
+        wr = _weight_rows(weight, geo)
+        hw = geo.ho * geo.wo
+        y = x.new_empty(geo.b, geo.o, hw)
+        cols = x.new_empty(geo.most, geo.taps * geo.c)
+        sample, nt = _fn("deform_cols", x.dtype), torch.get_num_threads()
+        for b in range(geo.b):
+            for p0, n in geo.tiles:
+                sample(_ptr(xh[b]), _ptr(offset[b]), _ptr(None if mask is None else mask[b]), _ptr(cols),
+                       *geo.sample_args(p0, n), nt)
+                for k in range(geo.groups):
+                    cblock, oblock = geo.block(k)
+                    out = y[b, oblock, p0:p0 + n]
+                    if bias is None:
+                        torch.mm(wr[k], cols[:n, cblock].t(), out=out)
+                    else:
+                        torch.addmm(bias[oblock, None], wr[k], cols[:n, cblock].t(), out=out)
+        ctx.geo = geo
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(xh, offset, mask, weight)
+        return y.view(geo.b, geo.o, geo.ho, geo.wo)
+
+    @staticmethod
+    def backward(ctx, gy):
+        xh, offset, mask, weight = ctx.saved_tensors
+        geo = ctx.geo
+        need_x, need_off, need_mask, need_w, need_b = ctx.needs_input_grad[:5]
+        need_mask = need_mask and mask is not None
+        hw = geo.ho * geo.wo
+        gy = gy.contiguous().view(geo.b, geo.o, hw)
+        wr = _weight_rows(weight, geo)
+        gxh = torch.zeros_like(xh) if need_x else None
+        goff = torch.empty_like(offset) if need_off else None
+        gmask = torch.empty_like(mask) if need_mask else None
+        gwr = weight.new_zeros(geo.groups, geo.og, geo.taps * geo.cg) if need_w else None
+        sample_back = need_x or need_off or need_mask
+        cols = xh.new_empty(geo.most, geo.taps * geo.c) if need_w else None
+        gcols = xh.new_empty(geo.most, geo.taps * geo.c) if sample_back else None
+        sample, scatter = _fn("deform_cols", xh.dtype), _fn("deform_backward", xh.dtype)
+        nt = torch.get_num_threads()
+        for b in range(geo.b):
+            mb = None if mask is None else mask[b]
+            for p0, n in geo.tiles:
+                if need_w:
+                    sample(_ptr(xh[b]), _ptr(offset[b]), _ptr(mb), _ptr(cols), *geo.sample_args(p0, n), nt)
+                for k in range(geo.groups):
+                    cblock, oblock = geo.block(k)
+                    gyt = gy[b, oblock, p0:p0 + n]
+                    if need_w:
+                        gwr[k].addmm_(gyt, cols[:n, cblock])
+                    if sample_back:
+                        torch.mm(gyt.t(), wr[k], out=gcols[:n, cblock])
+                if sample_back:
+                    scatter(_ptr(xh[b]), _ptr(offset[b]), _ptr(mb), _ptr(gcols),
+                            _ptr(None if gxh is None else gxh[b]), _ptr(None if goff is None else goff[b]),
+                            _ptr(None if gmask is None else gmask[b]), *geo.sample_args(p0, n), nt)
+        gx = gxh.permute(0, 3, 1, 2).contiguous() if need_x else None
+        gw = None
+        if need_w:
+            gw = gwr.view(geo.o, geo.kh, geo.kw, geo.cg).permute(0, 3, 1, 2).contiguous()
+        gb = gy.sum((0, 2)) if (need_b and ctx.has_bias) else None
+        return gx, goff, gmask, gw, gb, None, None, None
+
+
+def deform_conv2d(x, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+    """torchvision's ``deform_conv2d`` computed by the compiled kernels (shapes validated by the
+    caller, :func:`adaptconv.ops.deform.deform_conv2d`; stride/padding/dilation as pairs)."""
+    return _DeformConv.apply(x, offset, mask, weight, bias, tuple(stride), tuple(padding), tuple(dilation))
