@@ -1,0 +1,326 @@
+"""Blocks of a feature map, and a block-wise executor for conv backbones.
+
+A B×C×H×W map is cut into a gh×gw grid of square blocks; block ``n`` of the flat grid is
+``(b, i, j) = (n // (gh·gw), (n // gw) % gh, n % gw)``. The selected blocks are gathered into a batch
+(N×C×s×s), run through the backbone's layers with the backbone's own weights, and scattered back.
+
+**BlockPad.** A conv of padding p on a block needs p pixels beyond its border. Zero padding there
+makes the block grid show in the output; BlockPad takes them from the neighbouring blocks instead
+(resampled to the block's resolution when the neighbour is processed at another one), and pads
+with the op's own value (0 for a conv, −∞ for a max-pool) only at the image border. The padded
+blocks then go through the op with padding 0, so a block's output pixels are exactly the dense
+network's wherever its neighbours hold the dense features: with every block selected, the
+block-wise network *is* the dense one (to float round-off).
+
+Where the neighbours come from is the job of a :class:`BlockContext`:
+:class:`~adaptconv.spatial.segblocks.DualResContext` (SegBlocks: the other blocks of the same
+frame, at high or low resolution) and :class:`~adaptconv.spatial.blockcopy.CacheContext`
+(BlockCopy: the feature cache of the previous frame, updated with this frame's recomputed blocks).
+
+:func:`run_blockwise` walks a backbone made of the usual parts (``nn.Sequential``, ``Conv2d``,
+``BatchNorm2d``, activations, ``MaxPool2d``, timm's ``BasicBlock``/``Bottleneck``, the built-in
+``SimpleCNN``, timm's ``FeatureListNet``) and applies each to every resolution group of blocks;
+anything else is refused with its module path, never silently run densely.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Groups = dict[str, torch.Tensor]  # resolution group ("high"/"low", or "all") -> N_g×C×s_g×s_g blocks
+
+
+class BlockSizeError(ValueError):
+    """A block size that does not divide the image or a stage's feature map."""
+
+
+def check_fraction(value: float, what: str) -> float:
+    """A fraction of blocks in (0, 1]; anything else is refused naming ``what``."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: a fraction of blocks in (0, 1], got {value!r}") from None
+    if not (0.0 < f <= 1.0) or math.isnan(f):
+        raise ValueError(f"{what}: a fraction of blocks in (0, 1], got {value!r}")
+    return f
+
+
+def max_reduction(backbone: nn.Module) -> int:
+    """The output stride of the backbone's deepest feature map (timm ``feature_info`` or the built-in
+    list of dicts); 1 when the backbone does not say."""
+    info = getattr(backbone, "feature_info", None)
+    if info is None:
+        return 1
+    if hasattr(info, "reduction"):
+        return int(max(info.reduction()))
+    return int(max(f["reduction"] for f in info))
+
+
+def check_block_size(block_size: int, reduction: int, image_hw: tuple[int, int] | None = None,
+                     dual_resolution: bool = False) -> None:
+    """Refuse a block size that does not divide every stage's feature map.
+
+    A block of ``block_size`` input pixels is ``block_size / stride`` pixels at a stage of that
+    stride, and half that when processed at low resolution: both must be whole numbers down to the
+    deepest stage (``reduction``). ``image_hw``, if given, must be a whole number of blocks."""
+    if int(block_size) != block_size or block_size < 1:
+        raise BlockSizeError(f"block_size: a positive number of input pixels, got {block_size!r}")
+    need = reduction * (2 if dual_resolution else 1)
+    if block_size % need:
+        where = "at low resolution (half size) " if dual_resolution else ""
+        raise BlockSizeError(
+            f"block_size {block_size} px does not divide the feature map at the deepest stage (stride "
+            f"{reduction}) {where}— a block there would be {block_size / need:g} px; use a multiple of {need}")
+    if image_hw is not None:
+        h, w = image_hw
+        if h % block_size or w % block_size:
+            raise BlockSizeError(f"block_size {block_size} px does not divide the input of {h}×{w} px into whole "
+                                 f"blocks; use a size that divides both sides")
+
+
+@dataclass
+class Grid:
+    """The block grid of a batch: ``batch`` images of ``gh``×``gw`` blocks."""
+
+    batch: int
+    gh: int
+    gw: int
+
+    @property
+    def n(self) -> int:
+        return self.batch * self.gh * self.gw
+
+    def coords(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(b, i, j) of flat block ids."""
+        per = self.gh * self.gw
+        return index // per, (index // self.gw) % self.gh, index % self.gw
+
+
+def split_blocks(x: torch.Tensor, side: int) -> torch.Tensor:
+    """B×C×H×W → (B·gh·gw)×C×side×side, blocks in flat grid order."""
+    b, c, h, w = x.shape
+    if h % side or w % side:
+        raise BlockSizeError(f"split_blocks: block side {side} does not divide the map of {h}×{w}")
+    gh, gw = h // side, w // side
+    return x.reshape(b, c, gh, side, gw, side).permute(0, 2, 4, 1, 3, 5).reshape(b * gh * gw, c, side, side)
+
+
+def merge_blocks(blocks: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """(B·gh·gw)×C×s×s in flat grid order → B×C×(gh·s)×(gw·s) (inverse of :func:`split_blocks`)."""
+    n, c, s, t = blocks.shape
+    if n != grid.n:
+        raise ValueError(f"merge_blocks: {n} blocks for a grid of {grid.batch}×{grid.gh}×{grid.gw}")
+    return blocks.reshape(grid.batch, grid.gh, grid.gw, c, s, t).permute(0, 3, 1, 4, 2, 5).reshape(
+        grid.batch, c, grid.gh * s, grid.gw * t)
+
+
+def gather_blocks(x: torch.Tensor, index: torch.Tensor, side: int) -> torch.Tensor:
+    """The blocks ``index`` (flat grid ids) of map ``x``: N×C×side×side (a copy)."""
+    b, c, h, w = x.shape
+    grid = Grid(b, h // side, w // side)
+    bi, ii, jj = grid.coords(index)
+    view = x.unflatten(2, (grid.gh, side)).unflatten(4, (grid.gw, side)).permute(0, 2, 4, 1, 3, 5)
+    return view[bi, ii, jj]
+
+
+def scatter_blocks(x: torch.Tensor, blocks: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Write ``blocks`` (N×C×s×s) at flat grid ids ``index`` of map ``x`` in place; returns ``x``."""
+    b, c, h, w = x.shape
+    side = blocks.shape[-1]
+    grid = Grid(b, h // side, w // side)
+    bi, ii, jj = grid.coords(index)
+    view = x.unflatten(2, (grid.gh, side)).unflatten(4, (grid.gw, side)).permute(0, 2, 4, 1, 3, 5)
+    view[bi, ii, jj] = blocks.to(x.dtype)
+    return x
+
+
+class Canvas:
+    """A B×C×(gh·s+2p)×(gw·s+2p) map with a border of ``pad`` pixels of ``fill`` (the image border of
+    the op), into which blocks are written and from which padded blocks are read."""
+
+    def __init__(self, grid: Grid, channels: int, side: int, pad: int, fill: float, like: torch.Tensor) -> None:
+        self.grid, self.side, self.pad = grid, side, pad
+        self.data = like.new_full((grid.batch, channels, grid.gh * side + 2 * pad, grid.gw * side + 2 * pad), fill)
+
+    def _blocks_view(self) -> torch.Tensor:
+        g, s, p = self.grid, self.side, self.pad
+        inner = self.data[:, :, p:p + g.gh * s, p:p + g.gw * s]
+        return inner.unflatten(2, (g.gh, s)).unflatten(4, (g.gw, s)).permute(0, 2, 4, 1, 3, 5)
+
+    def write(self, blocks: torch.Tensor, index: torch.Tensor) -> None:
+        if index.numel():
+            bi, ii, jj = self.grid.coords(index)
+            self._blocks_view()[bi, ii, jj] = blocks
+
+    def read_padded(self, index: torch.Tensor) -> torch.Tensor:
+        """Blocks ``index`` with ``pad`` pixels of their neighbours around them: N×C×(s+2p)×(s+2p)."""
+        s, p = self.side, self.pad
+        windows = self.data.unfold(2, s + 2 * p, s).unfold(3, s + 2 * p, s)  # B×C×gh×gw×(s+2p)×(s+2p)
+        bi, ii, jj = self.grid.coords(index)
+        return windows.permute(0, 2, 3, 1, 4, 5)[bi, ii, jj]
+
+    def interior(self) -> torch.Tensor:
+        g, s, p = self.grid, self.side, self.pad
+        return self.data[:, :, p:p + g.gh * s, p:p + g.gw * s]
+
+
+class BlockContext:
+    """Where BlockPad finds the neighbours of the blocks being run: subclasses implement :meth:`pad`
+    (padded blocks of every group) and :meth:`assemble` (a stage's full feature map)."""
+
+    grid: Grid
+    #: multiply-adds ×2 of the convolutions run since the last reset (what was executed)
+    conv_flops: int = 0
+
+    def count(self, out: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+        kh, kw = _pair(conv.kernel_size)
+        self.conv_flops += 2 * out.numel() * (conv.in_channels // conv.groups) * kh * kw
+        return out
+
+    def pad(self, name: str, feats: Groups, pad: int, fill: float) -> Groups:
+        raise NotImplementedError
+
+    def assemble(self, name: str, feats: Groups) -> torch.Tensor:
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------------
+# The executor
+# ------------------------------------------------------------------------------------------------
+
+_POINTWISE = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh,
+              nn.Hardswish, nn.Identity, nn.Dropout)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _check_stride(name: str, feats: Groups, stride: int) -> None:
+    for group, t in feats.items():
+        if t.shape[-1] % stride or t.shape[-2] % stride:
+            raise BlockSizeError(
+                f"{name}: stride {stride} does not divide the {group}-resolution blocks of "
+                f"{t.shape[-2]}×{t.shape[-1]} px here; choose a block size that is a multiple of the "
+                f"network's total stride (×2 for dual resolution)")
+
+
+def _map(feats: Groups, fn) -> Groups:
+    return {g: fn(t) for g, t in feats.items()}
+
+
+def _conv(name: str, conv: nn.Conv2d, feats: Groups, ctx: BlockContext) -> Groups:
+    (kh, kw), (sh, sw), (ph, pw) = _pair(conv.kernel_size), _pair(conv.stride), _pair(conv.padding)
+    if isinstance(conv.padding, str) or ph != pw or sh != sw or conv.padding_mode != "zeros":
+        raise TypeError(f"{name}: block-wise execution needs square zero padding and stride, got "
+                        f"padding={conv.padding!r}, stride={conv.stride}, padding_mode={conv.padding_mode!r}")
+    _check_stride(name, feats, sh)
+    if ph == 0 and kh == 1 and kw == 1:  # a 1×1 conv needs no neighbours
+        padded = feats
+    else:
+        padded = ctx.pad(name, feats, ph, 0.0)
+    return {g: ctx.count(F.conv2d(t, conv.weight, conv.bias, sh, 0, conv.dilation, conv.groups), conv)
+            for g, t in padded.items()}
+
+
+def _maxpool(name: str, pool: nn.MaxPool2d, feats: Groups, ctx: BlockContext) -> Groups:
+    k, s, p = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size), _pair(pool.padding)
+    if pool.ceil_mode or p[0] != p[1] or s[0] != s[1]:
+        raise TypeError(f"{name}: block-wise max-pool needs ceil_mode=False and square padding/stride")
+    _check_stride(name, feats, s[0])
+    padded = ctx.pad(name, feats, p[0], float("-inf")) if p[0] else feats
+    return {g: F.max_pool2d(t, k, s, 0, pool.dilation) for g, t in padded.items()}
+
+
+def _add_(a: Groups, b: Groups) -> Groups:
+    return {g: a[g] + b[g] for g in a}
+
+
+def _timm_block(name: str, block: nn.Module, feats: Groups, ctx: BlockContext) -> Groups:
+    """timm's BasicBlock / Bottleneck: the layers of its forward, each on the blocks."""
+    if getattr(block, "se", None) is not None and not isinstance(block.se, nn.Identity):
+        raise TypeError(f"{name}: squeeze-excitation pools over the whole image and cannot run block-wise")
+    kind = type(block).__name__
+    shortcut = feats
+    x = run_module(f"{name}.conv1", block.conv1, feats, ctx)
+    x = run_module(f"{name}.bn1", block.bn1, x, ctx)
+    if kind == "BasicBlock":
+        for part in ("drop_block", "act1", "aa", "conv2", "bn2"):
+            x = run_module(f"{name}.{part}", getattr(block, part), x, ctx)
+    else:  # Bottleneck
+        for part in ("act1", "conv2", "bn2", "drop_block", "act2", "aa", "conv3", "bn3"):
+            x = run_module(f"{name}.{part}", getattr(block, part), x, ctx)
+    if getattr(block, "drop_path", None) is not None:
+        x = run_module(f"{name}.drop_path", block.drop_path, x, ctx)
+    if block.downsample is not None:
+        shortcut = run_module(f"{name}.downsample", block.downsample, shortcut, ctx)
+    x = _add_(x, shortcut)
+    last = "act2" if kind == "BasicBlock" else "act3"
+    return run_module(f"{name}.{last}", getattr(block, last), x, ctx)
+
+
+def _simple_block(name: str, block: nn.Module, feats: Groups, ctx: BlockContext) -> Groups:
+    """adaptconv.models.networks.BasicBlock."""
+    y = run_module(f"{name}.conv1", block.conv1, feats, ctx)
+    y = _map(run_module(f"{name}.bn1", block.bn1, y, ctx), F.relu)
+    y = run_module(f"{name}.bn2", block.bn2, run_module(f"{name}.conv2", block.conv2, y, ctx), ctx)
+    return _map(_add_(y, run_module(f"{name}.shortcut", block.shortcut, feats, ctx)), F.relu)
+
+
+def run_module(name: str, module: nn.Module, feats: Groups, ctx: BlockContext) -> Groups:
+    """Apply ``module`` to every group of blocks (the dense module's function, block by block)."""
+    kind = type(module).__name__
+    if isinstance(module, nn.Conv2d) and type(module) is nn.Conv2d:
+        return _conv(name, module, feats, ctx)
+    if isinstance(module, nn.MaxPool2d):
+        return _maxpool(name, module, feats, ctx)
+    if isinstance(module, _POINTWISE):
+        if isinstance(module, nn.Dropout) and module.training and module.p > 0:
+            raise TypeError(f"{name}: dropout in training mode is not supported block-wise")
+        return _map(feats, module)
+    if isinstance(module, nn.Sequential):
+        for child_name, child in module.named_children():
+            feats = run_module(f"{name}.{child_name}" if name else child_name, child, feats, ctx)
+        return feats
+    if kind in ("BasicBlock", "Bottleneck") and hasattr(module, "downsample"):
+        return _timm_block(name, module, feats, ctx)
+    if kind == "BasicBlock" and hasattr(module, "shortcut"):
+        return _simple_block(name, module, feats, ctx)
+    raise TypeError(f"{name or 'backbone'}: block-wise execution does not know module {kind}; supported: "
+                    f"Conv2d, BatchNorm2d, activations, MaxPool2d, Sequential, timm BasicBlock/Bottleneck, "
+                    f"SimpleCNN")
+
+
+def backbone_parts(backbone: nn.Module) -> list[tuple[str, nn.Module, bool]]:
+    """(name, module, returns a feature map) in execution order, for the backbones the executor knows:
+    timm's ``FeatureListNet`` (``features_only=True``), the built-in ``SimpleCNN(features_only=True)``,
+    or an ``nn.Sequential`` (whose last output is the one feature map)."""
+    kind = type(backbone).__name__
+    if kind == "FeatureListNet":
+        outputs = set(backbone.return_layers)
+        return [(n, m, n in outputs) for n, m in backbone.items()]
+    if kind == "SimpleCNN":
+        if not backbone.features_only:
+            raise TypeError("SimpleCNN: build it with features_only=True to run it block-wise")
+        return [("stem", backbone.stem, False)] + [(f"stages.{i}", s, True) for i, s in enumerate(backbone.stages)]
+    if isinstance(backbone, nn.Sequential):
+        parts = list(backbone.named_children())
+        return [(n, m, i == len(parts) - 1) for i, (n, m) in enumerate(parts)]
+    raise TypeError(f"block-wise execution: unknown backbone {kind}; use a timm model with features_only=True, "
+                    f"the built-in SimpleCNN (features_only) or an nn.Sequential")
+
+
+def run_blockwise(backbone: nn.Module, feats: Groups, ctx: BlockContext) -> list[tuple[str, Groups]]:
+    """Run the backbone on the blocks of ``feats``; the (name, blocks) of each feature map it returns
+    (still as blocks: ``ctx.assemble(name, blocks)`` makes a full map of one)."""
+    outputs = []
+    for name, module, is_output in backbone_parts(backbone):
+        feats = run_module(name, module, feats, ctx)
+        if is_output:
+            outputs.append((name, feats))
+    return outputs
