@@ -22,7 +22,7 @@ with no corner in the image (a NaN or infinite offset included) reads 0 and gets
 The library is compiled on first use like ``cpu_pac``'s (``$CXX`` or ``g++ -O3 -march=native
 -fopenmp``, about 2 s, cached per source, compiler and CPU under ``$ADAPTCONV_KERNEL_CACHE``, default
 ``~/.cache/adaptconv/kernels``); the loader below is a short copy of that one. Without a compiler, with
-``ADAPTCONV_CPU_KERNELS=0`` / ``config.cpu_kernels = False`` or inside :func:`disabled`, and for
+``ADAPTCONV_CPU_KERNELS=0`` or inside :func:`disabled`, and for
 dtypes other than float32/float64, the operators call torchvision's kernel instead.
 """
 
@@ -44,8 +44,6 @@ from pathlib import Path
 
 import torch
 
-from . import config
-
 __all__ = ["available", "usable", "disabled", "status", "deform_conv2d", "TILE_BYTES"]
 
 SOURCE = Path(__file__).parent / "csrc" / "deform_cpu.cpp"
@@ -55,7 +53,8 @@ FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 #: cache share of a core keeps a tile and its GEMM operands in cache (see the benchmark's notes).
 TILE_BYTES = [1 << 20]
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
-_OFF = [False]
+#: Off when ``ADAPTCONV_CPU_KERNELS=0`` (the switch PAC's compiled kernels read too) or inside disabled().
+_OFF = [os.environ.get("ADAPTCONV_CPU_KERNELS", "1") in ("0", "", "false", "off")]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -126,19 +125,15 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     return lib, how
 
 
-def _enabled() -> bool:
-    return config.cpu_kernels and not _OFF[0]
-
-
 def available() -> bool:
     """The kernels are enabled and built (building them on the first call)."""
-    return _enabled() and _library()[0] is not None
+    return not _OFF[0] and _library()[0] is not None
 
 
 def status() -> str:
     """"on (built …)", "off (…)" or "unavailable (…)", for an environment record."""
-    if not _enabled():
-        return "off (ADAPTCONV_CPU_KERNELS=0, config.cpu_kernels or disabled())"
+    if _OFF[0]:
+        return "off (ADAPTCONV_CPU_KERNELS=0 or disabled())"
     lib, how = _library()
     return ("on " if lib is not None else "unavailable ") + f"({how})"
 
