@@ -53,7 +53,6 @@ class BlockPolicy(nn.Module):
         with torch.no_grad():  # start near the target fraction
             f = min(max(init_fraction, 1e-3), 1 - 1e-3)
             self.net[-1].bias.fill_(math.log(f / (1 - f)))
-            self.net[-1].weight.mul_(0.1)
 
     def forward(self, x: torch.Tensor | list[torch.Tensor], grid_hw: tuple[int, int]) -> torch.Tensor:
         """``x``: a map, or several (image, frame difference, ...) each pooled to the policy's size."""

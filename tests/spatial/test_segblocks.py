@@ -1,0 +1,107 @@
+"""SegBlocks: equal to the dense network with every block high, FLOPs falling with the fraction of
+high blocks, REINFORCE moving the policy (toward the useful blocks and toward the target fraction)."""
+
+import pytest
+import timm
+import torch
+
+from adaptconv.measure import count_flops
+from adaptconv.models.backbones import build_backbone
+from adaptconv.spatial import BlockSegmenter, DualResSegmenter, SegBlocks
+
+
+def _randomise_bn(model):
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+
+
+def _segmenter(backbone: str):
+    torch.manual_seed(0)
+    if backbone == "resnet18":
+        bb = timm.create_model("resnet18", features_only=True, out_indices=(1, 2, 3, 4), pretrained=False)
+        channels = bb.feature_info.channels()
+    else:
+        bb, channels = build_backbone(backbone, 3, features_only=True)
+    net = BlockSegmenter(bb, channels, 6, width=16)
+    _randomise_bn(net)
+    return net.eval().double()
+
+
+@pytest.mark.parametrize("backbone,block,size", [("simplecnn-s", 8, 32), ("resnet18", 64, 128)])
+def test_every_block_high_equals_the_dense_network(backbone, block, size):
+    net = _segmenter(backbone)
+    x = torch.rand(2, 3, size, size, dtype=torch.float64)
+    with torch.no_grad():
+        dense = net(x)
+        blockwise = DualResSegmenter(net, block_size=block, policy="all").eval()(x)
+        feats_dense = net.backbone(x)
+        feats_blocks = SegBlocks(net.backbone, block_size=block, policy="all").eval()(x)
+    torch.testing.assert_close(blockwise, dense, rtol=1e-10, atol=1e-10)
+    for a, b in zip(feats_blocks, feats_dense):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_flops_fall_with_the_fraction_of_high_blocks():
+    net = _segmenter("simplecnn-s").float()
+    model = DualResSegmenter(net, block_size=8, policy="all").eval()
+    x = torch.rand(1, 3, 32, 32)
+    counted, executed = [], []
+    for k in (4, 8, 12, 16):  # of 16 blocks
+        high = torch.zeros(16, dtype=torch.bool)
+        high[torch.randperm(16, generator=torch.Generator().manual_seed(k))[:k]] = True
+        high = high.view(1, 4, 4)
+        counted.append(count_flops(model, (x, high)).flops)
+        executed.append(model.segblocks.context.conv_flops)
+    assert counted == sorted(counted) and counted[0] < 0.55 * counted[-1]
+    # a low block costs a quarter of a high one: conv FLOPs ∝ f + (1 − f) / 4
+    for k, f in zip((4, 8, 12, 16), executed):
+        frac = k / 16
+        assert f == pytest.approx(executed[-1] * (frac + (1 - frac) / 4), rel=0.02)
+
+
+def test_reinforce_prefers_blocks_whose_loss_falls_at_high_resolution():
+    """Textured blocks lose 1 when run at low resolution, flat ones nothing either way. Under the
+    complexity penalty (target: 40% high), REINFORCE must spend the high blocks on the textured ones.
+    (Without a penalty, flat blocks are indifferent and would drift with the shared bias.)"""
+    torch.manual_seed(0)
+    bb, _ = build_backbone("simplecnn-s", 3, features_only=True)
+    sb = SegBlocks(bb, block_size=8, target=0.4, policy="learned", penalty=10.0).train()
+    opt = torch.optim.Adam(sb.policy.parameters(), lr=0.01)
+    textured = torch.rand(16, 1, 4, 4) < 0.4
+    detail = torch.nn.functional.interpolate(textured.float(), scale_factor=8)
+    images = 0.5 + (torch.rand(16, 3, 32, 32) - 0.5) * detail  # flat grey where not textured
+    textured = textured[:, 0]
+    before = torch.sigmoid(sb.policy(images, (4, 4))).detach()
+    for _ in range(40):
+        high = sb.decide(images)
+        sb.reinforce((textured & ~high).float())
+        opt.zero_grad()
+        sb.auxiliary_loss().backward()
+        opt.step()
+    with torch.no_grad():
+        p = torch.sigmoid(sb.policy(images, (4, 4)))
+    assert abs(before[textured].mean() - before[~textured].mean()) < 0.05
+    assert p[textured].mean() > p[~textured].mean() + 0.2
+
+
+def test_complexity_penalty_moves_the_high_fraction_to_the_target():
+    torch.manual_seed(0)
+    bb, _ = build_backbone("simplecnn-s", 3, features_only=True)
+    sb = SegBlocks(bb, block_size=8, target=0.25, policy="learned", init_fraction=0.9).train()
+    opt = torch.optim.Adam(sb.policy.parameters(), lr=0.01)
+    images = torch.rand(8, 3, 32, 32)
+    start = float(sb.decide(images).float().mean())
+    for _ in range(40):
+        sb(images)  # a full forward: the decision, then the backbone on the blocks
+        sb.reinforce(torch.rand(8, 4, 4))
+        opt.zero_grad()
+        sb.auxiliary_loss().backward()
+        opt.step()
+    sb.eval()
+    with torch.no_grad():
+        sb(images)
+    assert start > 0.8
+    assert abs(sb.active_fraction() - 0.25) < 0.15
