@@ -4,12 +4,12 @@ Three implementations side by side, on the same inputs and parameters:
 
 - ``conv``: ``nn.Conv2d`` with the same geometry (the baseline);
 - ``unfold``: the operator with the straightforward unfold formulation
-  (``adaptconv.ops.lean.implementation("unfold")``; the reference kept for the tests and these
+  (``adaptconv.ops.config.override(implementation="unfold")``; the reference kept for the tests and these
   benchmarks);
 - ``lean``: the operator as it runs by default (no unfold; for PAC, Triton kernels on CUDA and the
   compiled kernels of ``adaptconv.ops.cpu_pac`` on the CPU);
 - ``lean-pytorch`` (PAC on the CPU only): the lean path with those kernels off, i.e. the PyTorch
-  fallback a machine without a C++ compiler runs.
+  backend (``adaptconv.ops.torch_pac``) a machine without a C++ compiler runs.
 
 Two phases: ``forward`` (inference, ``torch.no_grad``) and ``train`` (forward + backward of a fixed
 output gradient, the input requiring a gradient as in a middle layer; parameter gradients are
@@ -21,7 +21,6 @@ the start of the step (PyTorch profiler memory events), on CUDA the allocator's 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -36,7 +35,7 @@ import torch
 from torch import nn
 
 from adaptconv.measure.memory import measure_peak_memory
-from adaptconv.ops import cpu_pac, lean
+from adaptconv.ops import config, cpu_pac
 from adaptconv.ops.acda import AcdaConv2d
 from adaptconv.ops.dfn import DfnConv2d
 from adaptconv.ops.pac import PacConv2d
@@ -75,7 +74,7 @@ def implementations(op: str) -> tuple[str, ...]:
 def environment() -> dict:
     return dict(torch=torch.__version__, threads=torch.get_num_threads(), device=str(device()),
                 cpu=platform.processor() or platform.machine(), python=platform.python_version(),
-                chunk_elements=lean._CHUNK[0], pac_cpu_kernels=cpu_pac.status())
+                chunk_elements=config.chunk_elements, pac_cpu_kernels=cpu_pac.status())
 
 
 @dataclass
@@ -126,19 +125,19 @@ def build(case: Case, dev: torch.device | None = None) -> tuple[Callable[[], obj
     x = torch.randn(b, c, s, s, generator=gen).to(dev)
     guide = torch.rand(b, 3, s, s, generator=gen).to(dev) if case.op == "pac-rgb" else None
     grad_out = torch.randn(b, c, s, s, generator=gen).to(dev)
-    impl = "unfold" if case.impl == "unfold" else "lean"
-    kernels = cpu_pac.disabled if case.impl == "lean-pytorch" else contextlib.nullcontext
+    settings = dict(implementation="unfold" if case.impl == "unfold" else "lean",
+                    cpu_kernels=config.cpu_kernels and case.impl != "lean-pytorch")
     args = (x,) if guide is None else (x, guide)
 
     if case.phase == "forward":
         def step():
-            with torch.no_grad(), lean.implementation(impl), kernels():
+            with torch.no_grad(), config.override(**settings):
                 return module(*args)
     else:
         x.requires_grad_(True)
 
         def step():
-            with lean.implementation(impl), kernels():
+            with config.override(**settings):
                 y = module(*args)
                 y.backward(grad_out)
             return y

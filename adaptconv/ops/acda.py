@@ -14,7 +14,7 @@ The output is computed as in the paper, first filtering every channel with every
 
 and then mixing channels and atoms with a grouped 1×1 convolution, ``y = Conv1×1(Z; coef) + bias``.
 Unlike the reference code this works for any stride, padding, dilation and groups, and never leaves
-the device. Both steps are one custom autograd Function (:func:`adaptconv.ops.lean.acda_contract`)
+the device. Both steps are one custom autograd Function (:func:`adaptconv.ops.acda_contraction.acda_contract`)
 that accumulates ``Z`` over the taps chunk by chunk and recomputes it in backward, so neither the
 unfolded input (B·C·k²·H'·W') nor ``Z`` (B·C·M·H'·W') is ever stored; ``acda_conv2d_unfold`` is the
 straightforward reference.
@@ -30,11 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import lean
+from . import config
 from . import taps as _taps
+from .acda_contraction import acda_contract
 from .base import AdaptiveConv2d, conv_bias_init_, kaiming_uniform_
 from .registry import register_op
 from .taps import pair
+from .tiling import geometry
 
 __all__ = ["AcdaConv2d", "acda_conv2d", "acda_conv2d_unfold", "fourier_bessel_bases"]
 
@@ -179,14 +181,14 @@ def acda_conv2d(
             f"acda_conv2d: coef shape {tuple(coef.shape)} must be O×(C/groups·M)×1×1 = O×{c // groups * m}×1×1 "
             f"(C={c}, M={m}, groups={groups})"
         )
-    if lean.get_implementation() == "unfold":
+    if config.implementation == "unfold":
         return _acda_unfold(x, atoms, coef, bias, stride, padding, dilation, groups, kernel_size)
-    return lean.acda_contract(x, atoms, coef, bias, lean.geometry(kernel_size, stride, padding, dilation), groups)
+    return acda_contract(x, atoms, coef, bias, geometry(kernel_size, stride, padding, dilation), groups)
 
 
 def acda_conv2d_unfold(x, atoms, coef, bias=None, stride=1, padding=0, dilation=1, groups=1, *, kernel_size=None):
     """The straightforward reference of :func:`acda_conv2d`: unfold, einsum to Z, 1×1 conv."""
-    with lean.implementation("unfold"):
+    with config.override(implementation="unfold"):
         return acda_conv2d(x, atoms, coef, bias, stride, padding, dilation, groups, kernel_size=kernel_size)
 
 

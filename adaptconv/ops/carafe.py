@@ -9,7 +9,7 @@ The compressor is a 1×1 conv to ``compressed_channels``, the content encoder a 
 σ²·k_up² channels (the paper's defaults: 64, k_enc = 3, k_up = 5). Taps outside the image read 0.
 
 Implementation: the neighbourhood of source pixel ⌊p'/σ⌋ is exactly the σ-dilated neighbourhood of
-p' in the nearest-upsampled input, so the reassembly is :func:`adaptconv.ops.lean.dynamic_filter`
+p' in the nearest-upsampled input, so the reassembly is :func:`adaptconv.ops.dfn_contraction.dynamic_filter`
 (a per-pixel filter, no unfold kept for backward) on ``nearest(x)`` with dilation σ and padding σ·r.
 A one-hot centre kernel therefore gives nearest upsampling exactly.
 """
@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import lean
 from .base import AdaptiveModule
+from .dfn_contraction import dynamic_filter
 from .registry import register_op
+from .tiling import geometry
 
 
 def nearest_upsample(x: torch.Tensor, scale_factor: int) -> torch.Tensor:
@@ -66,8 +67,8 @@ def carafe(x: torch.Tensor, kernels: torch.Tensor, scale_factor: int) -> torch.T
         raise ValueError(f"carafe: kernels of shape {tuple(kernels.shape)} do not fit input {tuple(x.shape)} "
                          f"upsampled ×{s} (expected B×{taps}×{h * s}×{w * s})")
     r = k // 2
-    geom = lean.geometry((k, k), (1, 1), (s * r, s * r), (s, s))
-    return lean.dynamic_filter(nearest_upsample(x, s), kernels.unsqueeze(1), geom)
+    geom = geometry((k, k), (1, 1), (s * r, s * r), (s, s))
+    return dynamic_filter(nearest_upsample(x, s), kernels.unsqueeze(1), geom)
 
 
 @register_op("carafe")

@@ -1,9 +1,10 @@
-"""Compiled CPU kernels for PAC (the contraction and the feature distance), used on CPU tensors.
+"""PAC's compiled CPU backend: the contraction and the feature distance in C++ kernels, for CPU tensors.
 
-The PyTorch path of :mod:`adaptconv.ops.lean` is memory-lean but spends most of a training step in
-element-wise passes and in Python: every tile of every tap is a handful of small tensor operations.
+It implements :class:`adaptconv.ops.pac_contraction.PacBackend`, like the PyTorch backend
+(:mod:`adaptconv.ops.torch_pac`, memory-lean but spending most of a training step in element-wise passes
+and in Python: every tile of every tap is a handful of small tensor operations) and the Triton one.
 Here each of those groups is one pass of ``csrc/pac_cpu.cpp`` over padded inputs, while the GEMMs stay
-in PyTorch (MKL), on the same tiles and with the same memory bound:
+in PyTorch (MKL), on tiles of :mod:`adaptconv.ops.tiling` and with the same memory bound:
 
 - forward, per tile: ``pac_cols`` writes the K-weighted taps (C·k² × pixels, F.unfold's order), one GEMM
   with the weight gives the output;
@@ -11,8 +12,8 @@ in PyTorch (MKL), on the same tiles and with the same memory bound:
   and ``pac_taps_backward`` turns it into ∂K (``Σ_c q ⊙ x_j``) and ∂x (``K_j ⊙ q`` at each tap's shift);
 - the distance ``Σ_c γ_c (f_j − centre)²`` and its gradient are one pass each over the whole guide
   (each pair of mirrored taps once where the window is symmetric);
-- padding (zeros for x, replication for the guide) and its adjoint are one pass per plane; the
-  autograd Functions keep the padded tensors from forward for the backward pass.
+- padding (zeros for x, replication for the guide) and its adjoint are one pass per plane; what the
+  backward pass reads (``saved``) is the padded input (guide), so it is padded once per step.
 
 On the benchmark's training step (B=8, 64→64, 56×56, k=3, 2 threads) this takes PAC from 4.1× to
 1.9× ``nn.Conv2d`` (``benchmarks/RESULTS.md``); the GEMMs are now most of the rest.
@@ -20,9 +21,10 @@ On the benchmark's training step (B=8, 64→64, 56×56, k=3, 2 threads) this tak
 The library is compiled on first use with the system C++ compiler (``$CXX`` or ``g++``, with
 ``-O3 -march=native -fopenmp``; about 3 s) into a per-user cache (``$ADAPTCONV_KERNEL_CACHE``, default
 ``~/.cache/adaptconv/kernels``), keyed by the source, the compiler and the CPU, so a cluster with mixed
-nodes builds one copy per CPU kind. Without a compiler, or with ``ADAPTCONV_CPU_KERNELS=0``, the PyTorch
-path runs instead (a warning says why, once); :func:`disabled` switches them off inside a block, which
-is how the tests compare the two. float32 and float64 only; other dtypes use the PyTorch path.
+nodes builds one copy per CPU kind. Without a compiler, or with ``config.cpu_kernels`` off
+(``ADAPTCONV_CPU_KERNELS=0``, ``config.override(cpu_kernels=False)``, :func:`disabled`), the PyTorch
+backend runs instead (a warning says why, once, when the build fails). float32 and float64 only; other
+dtypes use the PyTorch backend.
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from . import config
+from .tiling import Plan, gemm_columns, output_tile, plan
 
 __all__ = ["available", "usable", "disabled", "status", "pac_forward", "pac_backward",
            "distance_forward", "distance_backward"]
@@ -50,11 +54,10 @@ SOURCE = Path(__file__).parent / "csrc" / "pac_cpu.cpp"
 ABI = 3
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 #: Tile size for the GEMMs, in elements of the K-weighted columns of one tile (C·k² × pixels), as a
-#: multiple of the PyTorch path's tile (:func:`adaptconv.ops.lean.chunk_elements`, which scales both):
+#: multiple of the PyTorch path's tile (``config.chunk_elements``, which scales both):
 #: 8 × 2^17 float32 values = 4 MiB, which keeps a tile and its GEMM operands in the last-level cache
 #: and bounds the extra memory at any resolution (measured: 4 and 32 were 5–10% slower, 16 a little).
 TILE_FACTOR = 8
-_OFF = [os.environ.get("ADAPTCONV_CPU_KERNELS", "1") in ("0", "", "false", "off")]
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
@@ -151,27 +154,22 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
 
 def available() -> bool:
     """The kernels are enabled and built (building them on the first call)."""
-    return not _OFF[0] and _library()[0] is not None
+    return config.cpu_kernels and _library()[0] is not None
 
 
 def status() -> str:
     """For the trial's environment record: "on (built …)", "off (…)" or "unavailable (…)". Loads the
     library (building it if this machine has no copy yet, once), so every record of a machine says the
     same whether or not its trial ran PAC."""
-    if _OFF[0]:
-        return "off (ADAPTCONV_CPU_KERNELS=0 or disabled())"
+    if not config.cpu_kernels:
+        return "off (ADAPTCONV_CPU_KERNELS=0 or config.cpu_kernels off)"
     lib, how = _library()
     return ("on " if lib is not None else "unavailable ") + f"({how})"
 
 
-@contextlib.contextmanager
-def disabled() -> Iterator[None]:
-    """Run PAC on the PyTorch path inside the block (forward and backward)."""
-    old, _OFF[0] = _OFF[0], True
-    try:
-        yield
-    finally:
-        _OFF[0] = old
+def disabled() -> contextlib.AbstractContextManager[None]:
+    """Run PAC on the PyTorch backend inside the block: ``config.override(cpu_kernels=False)``."""
+    return config.override(cpu_kernels=False)
 
 
 def usable(*tensors: torch.Tensor) -> bool:
@@ -222,53 +220,38 @@ def _unpad(tp: torch.Tensor, pads, fold: bool) -> torch.Tensor:
     return out
 
 
-def _tiles(b: int, ho: int, wo: int, per_pixel: int):
-    from .lean import _CHUNK, _chunks
-
-    chunks = list(_chunks(b, ho, wo, per_pixel, budget=TILE_FACTOR * _CHUNK[0]))
-    most = max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in chunks) * wo
-    return chunks, most
+def _tiles(b: int, ho: int, wo: int, per_pixel: int) -> Plan:
+    return plan(b, ho, wo, per_pixel, budget=TILE_FACTOR * config.chunk_elements)
 
 
 # --------------------------------------------------------------------------------------------------
 # PAC:  y[b,o,p] = Σ_j Σ_c W[o,c,j] · K[b,j,p] · x_j[b,c,p] + bias[o]
-def pac_forward(x, kernel, weight, bias, geom, groups: int, keep_padded: bool = False):
-    """Per tile: the K-weighted columns (one kernel pass), then one GEMM with the weight. With
-    ``keep_padded`` returns ``(y, xp)``: the zero-padded input, which the backward pass takes instead
-    of padding ``x`` again (the autograd Function saves it in place of ``x``)."""
-    from .lean import _gemm_tile
-
+def pac_forward(x, kernel, weight, bias, geom, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, xp): per tile, the K-weighted columns (one kernel pass), then one GEMM with the weight. ``xp``
+    (the zero-padded input) is what :func:`pac_backward` reads, so x is padded once per step."""
     b, c, h, w = x.shape
-    o, t = weight.shape[0], geom.taps
-    g, cg, og = groups, c // groups, o // groups
+    t = geom.taps
     ho, wo = geom.out_size(h, w)
     xp = _pad(x, geom.pads, "constant")
     k = kernel.contiguous()
     hp, wp = xp.shape[-2:]
-    w2 = weight.reshape(g, og, cg * t)
-    y = x.new_empty(b, o, ho, wo)
-    chunks, most = _tiles(b, ho, wo, c * t)
-    cbuf, abuf = x.new_empty(c * t * most), x.new_empty(o * most)
+    y = x.new_empty(b, weight.shape[0], ho, wo)
     cols_fn, ga, nt = _fn("pac_cols", x.dtype), _geom_array(geom), torch.get_num_threads()
-    for b0, b1, r0, r1 in chunks:
-        n = (b1 - b0) * (r1 - r0) * wo
-        cols = cbuf[: c * t * n]
-        cols_fn(_ptr(xp), _ptr(k), _ptr(cols), c, hp, wp, ho, wo, b0, b1 - b0, r0, r1 - r0, ga, nt)
-        _gemm_tile(y, w2, cols.view(g, cg * t, n), b0, b1, r0, r1, abuf)
+
+    def fill(tile, cols):
+        cols_fn(_ptr(xp), _ptr(k), _ptr(cols), c, hp, wp, ho, wo, tile.b0, tile.nb, tile.r0, tile.rows, ga, nt)
+
+    gemm_columns(y, weight, groups, _tiles(b, ho, wo, c * t), fill)
     if bias is not None:
         y += bias.view(1, -1, 1, 1)
-    return (y, xp) if keep_padded else y
+    return y, xp
 
 
-def pac_backward(x, kernel, weight, gy, geom, groups: int, need_x: bool, need_k: bool, need_w: bool,
-                 xp: torch.Tensor | None = None):
-    """Per tile: ∂W from the recomputed columns (one GEMM); q = Wᵀ·gy for all taps (one GEMM), then
-    ∂K and ∂x from q in one kernel call. ``xp`` (the forward's padded input) replaces ``x``."""
-    from .lean import _tile_out
-
+def pac_backward(saved, kernel, weight, gy, geom, groups: int, need_x: bool, need_k: bool, need_w: bool):
+    """(∂x, ∂K, ∂W); ``saved`` is the forward's zero-padded input. Per tile: ∂W from the recomputed
+    columns (one GEMM); q = Wᵀ·gy for all taps (one GEMM), then ∂K and ∂x from q in one kernel call."""
+    xp = saved
     top, bottom, left, right = geom.pads
-    if xp is None:
-        xp = _pad(x, geom.pads, "constant")
     b, c, hp, wp = xp.shape
     h, w = hp - top - bottom, wp - left - right
     o, t = weight.shape[0], geom.taps
@@ -280,29 +263,25 @@ def pac_backward(x, kernel, weight, gy, geom, groups: int, need_x: bool, need_k:
     gxp = torch.empty_like(xp) if need_x else None  # zeroed by the kernel, sample by sample
     gk = xp.new_empty(b, t, ho, wo) if need_k else None
     gw2 = xp.new_zeros(g, og, cg * t) if need_w else None
-    chunks, most = _tiles(b, ho, wo, c * t)
-    cbuf = xp.new_empty(c * t * most) if need_w else None
-    qbuf = xp.new_empty(c * t * most) if (need_x or need_k) else None
-    gbuf = xp.new_empty(o * most)
+    tiles = _tiles(b, ho, wo, c * t)
+    cbuf = xp.new_empty(c * t * tiles.most) if need_w else None
+    qbuf = xp.new_empty(c * t * tiles.most) if (need_x or need_k) else None
+    gbuf = xp.new_empty(o * tiles.most)
     ga, nt = _geom_array(geom), torch.get_num_threads()
     cols_fn, taps_fn = _fn("pac_cols", xp.dtype), _fn("pac_taps_backward", xp.dtype)
-    for b0, b1, r0, r1 in chunks:
-        nb, rows = b1 - b0, r1 - r0
-        n = nb * rows * wo
-        gyc = _tile_out(gy, b0, b1, r0, r1, g) if gy.is_contiguous() else None
-        if gyc is None:
-            gyc = gbuf[: o * n].view(g, og, n)
-            gyc.view(o, nb, rows, wo).copy_(gy[b0:b1, :, r0:r1].transpose(0, 1))
-        tile = (c, hp, wp, ho, wo, b0, nb, r0, rows)
+    for tile in tiles.tiles:
+        n = tile.nb * tile.rows * wo
+        gyc = output_tile(gy, tile, g, gbuf)
+        dims = (c, hp, wp, ho, wo, tile.b0, tile.nb, tile.r0, tile.rows)
         if need_w:
             cols = cbuf[: c * t * n]
-            cols_fn(_ptr(xp), _ptr(k), _ptr(cols), *tile, ga, nt)
+            cols_fn(_ptr(xp), _ptr(k), _ptr(cols), *dims, ga, nt)
             gw2.baddbmm_(gyc, cols.view(g, cg * t, n).transpose(1, 2))
         if need_x or need_k:
             q = qbuf[: c * t * n].view(g, cg * t, n)
             torch.bmm(w2t, gyc, out=q)
             # the sample's first tile (r0 = 0) zeroes its ∂x planes before accumulating
-            taps_fn(_ptr(q), _ptr(xp), _ptr(k), _ptr(gk), _ptr(gxp), *tile, int(r0 == 0), ga, nt)
+            taps_fn(_ptr(q), _ptr(xp), _ptr(k), _ptr(gk), _ptr(gxp), *dims, int(tile.r0 == 0), ga, nt)
     gx = _unpad(gxp, geom.pads, fold=False) if need_x else None
     gw = gw2.view(weight.shape) if need_w else None
     return gx, gk, gw
@@ -311,27 +290,18 @@ def pac_backward(x, kernel, weight, gy, geom, groups: int, need_x: bool, need_k:
 # --------------------------------------------------------------------------------------------------
 # PAC's adapting-kernel distance:  d[b,j,p] = Σ_g γ_g (f_j[b,g,p] − c[b,g,p])²
 def _centre_taps(geom) -> tuple[ctypes.Array, int]:
-    from .lean import _centre_taps
-
-    taps = _centre_taps(geom)
+    taps = geom.centre_taps
     return (ctypes.c_int64 * len(taps))(*taps), len(taps)
 
 
 def _flat(geom, centre) -> bool:
-    """The flat (pairwise) kernels apply where the PyTorch path's pairs do: stride 1, odd kernel of
-    more than one tap, the window's middle tap as the centre."""
-    from .lean import _symmetric
-
-    return _symmetric(geom, centre)
+    """The flat (pairwise) kernels apply where the PyTorch backend's pairs do: the window's own centre,
+    stride 1, an odd kernel of more than one tap (``Geometry.symmetric``)."""
+    return centre is None and geom.symmetric
 
 
-def distance_forward(guide, centre, scale, geom, keep_padded: bool = False):
-    """d (B×T×H'×W'); with ``keep_padded`` ``(d, fp)``, the replicate-padded guide, for the backward."""
-    d, fp = _distance_forward(guide, centre, scale, geom)
-    return (d, fp) if keep_padded else d
-
-
-def _distance_forward(guide, centre, scale, geom):
+def distance_forward(guide, centre, scale, geom) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d B×T×H'×W', fp): ``fp``, the replicate-padded guide, is what :func:`distance_backward` reads."""
     b, cg_, h, w = guide.shape
     ho, wo = geom.out_size(h, w)
     fp = _pad(guide, geom.pads, "replicate")
@@ -351,12 +321,10 @@ def _distance_forward(guide, centre, scale, geom):
     return d, fp
 
 
-def distance_backward(guide, centre, scale, gd, geom, need_f: bool, need_c: bool, need_s: bool,
-                      fp: torch.Tensor | None = None):
-    """∂guide, ∂centre, ∂scale; ``fp`` (the forward's padded guide) replaces ``guide``."""
+def distance_backward(saved, centre, scale, gd, geom, need_f: bool, need_c: bool, need_s: bool):
+    """∂guide, ∂centre, ∂scale; ``saved`` is the forward's replicate-padded guide."""
+    fp = saved
     top, bottom, left, right = geom.pads
-    if fp is None:
-        fp = _pad(guide, geom.pads, "replicate")
     b, cg_, hp, wp = fp.shape
     h, w = hp - top - bottom, wp - left - right
     ho, wo = geom.out_size(h, w)

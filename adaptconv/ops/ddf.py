@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from . import lean
+from . import config
 from .base import AdaptiveConv2d, ChannelMixMixin
 from .registry import register_op
 from .taps import Pair, conv_output_size, unfold_taps, window_centres
@@ -129,9 +129,9 @@ def ddf2d(x: torch.Tensor, channel_filter: torch.Tensor, spatial_filter: torch.T
 
     ``channel_filter`` B×C×k², ``spatial_filter`` B×heads×k²×H'×W' (channel c uses head
     ``c // (C/heads)``). Tap-wise, without the unfold, unless the "unfold" implementation of
-    :mod:`adaptconv.ops.lean` is selected."""
+    :mod:`adaptconv.ops.config` is selected."""
     _check(x, channel_filter, spatial_filter, kernel_size, stride, padding, dilation)
-    if lean.get_implementation() == "unfold":
+    if config.implementation == "unfold":
         return ddf2d_unfold(x, channel_filter, spatial_filter, kernel_size, stride, padding, dilation)
     return _DecoupledFilter.apply(x, channel_filter.contiguous(), spatial_filter.contiguous(),
                                   tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))

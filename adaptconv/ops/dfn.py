@@ -9,7 +9,7 @@ channel group), softmax-normalised over the taps by default:
 The filters are generated at the input resolution and read at each window's centre, so stride,
 padding and dilation behave as in nn.Conv2d. ``groups`` applies to the 1×1 projection.
 
-The filtering is a custom autograd Function (:func:`adaptconv.ops.lean.dynamic_filter`) accumulating
+The filtering is a custom autograd Function (:func:`adaptconv.ops.dfn_contraction.dynamic_filter`) accumulating
 over the k² taps and recomputing them in backward; :func:`dynamic_filter2d_unfold` is the
 straightforward reference.
 """
@@ -19,10 +19,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import lean
+from . import config
 from .base import AdaptiveConv2d, ChannelMixMixin, rank1_kernel_fit
+from .dfn_contraction import dynamic_filter
 from .registry import register_op
 from .taps import unfold_taps, window_centres
+from .tiling import geometry
 
 NORMALIZATIONS = ("softmax", "none")
 
@@ -31,9 +33,9 @@ def dynamic_filter2d(x, filters, kernel_size, stride=(1, 1), padding=(0, 0), dil
     """Per-pixel filtering: ``filters`` is B×G×T×H'×W' (G channel groups, C % G == 0): B×C×H'×W'.
 
     Computed without the unfold unless the "unfold" implementation is selected."""
-    if lean.get_implementation() == "unfold":
+    if config.implementation == "unfold":
         return dynamic_filter2d_unfold(x, filters, kernel_size, stride, padding, dilation)
-    return lean.dynamic_filter(x, filters, lean.geometry(tuple(kernel_size), stride, padding, dilation))
+    return dynamic_filter(x, filters, geometry(tuple(kernel_size), stride, padding, dilation))
 
 
 def dynamic_filter2d_unfold(x, filters, kernel_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):

@@ -18,7 +18,7 @@ this is exactly ``AvgPool2d(s, s)`` of the input, with ``ceil_mode`` so odd size
 output size. The generator then runs on the output grid only.
 
 The per-pixel filtering is :func:`adaptconv.ops.dfn.dynamic_filter2d` (the tap-wise autograd Function
-of :mod:`adaptconv.ops.lean`, which never materialises the B·C·k²·H'·W' unfold).
+of :mod:`adaptconv.ops.dfn_contraction`, which never materialises the B·C·k²·H'·W' unfold).
 """
 
 from __future__ import annotations

@@ -24,11 +24,13 @@ A learnable γ is stored as a raw value θ, γ = :data:`GUIDE_SCALE_GAIN` · |θ
 A state dict that holds the older ``guide_scale`` (γ itself, negative values meaning 0) still loads.
 
 Implementation: by default the layers never materialise the ``B·C·k²·H'·W'`` unfold. The kernel's
-feature distances come from :func:`adaptconv.ops.lean.pac_distance` and the contraction from
-:func:`adaptconv.ops.lean.pac_contract` (Triton kernels on CUDA): custom autograd Functions that
-recompute the shifted taps in backward, so memory is O(input + output + K) with K one B×k²×H'×W'
-map. The straightforward unfold formulation (:func:`pac_conv2d_unfold`, :func:`guide_taps`,
-:func:`pac_kernel`) is kept as the reference; ``with adaptconv.ops.lean.implementation("unfold")``
+feature distances come from :func:`adaptconv.ops.pac_contraction.pac_distance` and the contraction from
+:func:`adaptconv.ops.pac_contraction.pac_contract` (Triton kernels on CUDA, compiled kernels on the
+CPU, else PyTorch): custom autograd Functions that recompute the shifted taps in backward, so memory
+is O(input + output + K) with K one B×k²×H'×W' map; ``shared_filters`` and :class:`PacPool2d` do not
+mix channels and run DFN's per-pixel filtering (:func:`adaptconv.ops.dfn_contraction.dynamic_filter`).
+The straightforward unfold formulation (:func:`pac_conv2d_unfold`, :func:`guide_taps`,
+:func:`pac_kernel`) is kept as the reference; ``with adaptconv.ops.config.override(implementation="unfold")``
 runs the layers with it. Both share :func:`kernel_from_distance`, which flushes weights below
 √(smallest normal) to 0 (they would make the CPU's arithmetic subnormal, and slow, for no visible
 change of the result).
@@ -47,10 +49,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import lean
+from . import config
 from .base import AdaptiveConv2d, ConvWeightMixin, check_input_dtype, conv_bias_init_, kaiming_uniform_
+from .dfn_contraction import dynamic_filter
+from .pac_contraction import pac_contract, pac_distance
 from .registry import register_op
 from .taps import Pair, grouped_tap_matmul, pair, unfold_taps, valid_taps, window_centres
+from .tiling import geometry
 
 KernelType = Literal["gaussian", "inv"]
 KERNEL_TYPES = ("gaussian", "inv")
@@ -168,19 +173,19 @@ def pac_conv2d(
     """PAC given its adapting kernel (B×1×T×H'×W'): Σ_c Σ_j W[o,c,j]·K_j·x_j + bias.
 
     ``weight`` is O×(C/g)×kh×kw, or with ``shared_filters`` 1×1×kh×kw: one filter applied to every
-    channel, no channel mixing (O = C). Computed without the unfold (see :mod:`adaptconv.ops.lean`)
+    channel, no channel mixing (O = C). Computed without the unfold (see :mod:`adaptconv.ops.pac_contraction`)
     unless the "unfold" implementation is selected; :func:`pac_conv2d_unfold` is the reference.
     """
-    if lean.get_implementation() == "unfold":
+    if config.implementation == "unfold":
         return pac_conv2d_unfold(x, kernel, weight, bias, stride, padding, dilation, groups, shared_filters)
-    geom = lean.geometry(tuple(weight.shape[-2:]), stride, padding, dilation)
+    geom = geometry(tuple(weight.shape[-2:]), stride, padding, dilation)
     if kernel.dim() == 5:
         kernel = kernel.squeeze(1)
     if shared_filters:
         # one filter for every channel: a per-pixel filter K_j·w_j, no channel mixing
-        out = lean.dynamic_filter(x, (kernel * weight.reshape(1, -1, 1, 1)).unsqueeze(1), geom)
+        out = dynamic_filter(x, (kernel * weight.reshape(1, -1, 1, 1)).unsqueeze(1), geom)
         return out if bias is None else out + bias.view(1, -1, 1, 1)
-    return lean.pac_contract(x, kernel, weight, bias, geom, groups)
+    return pac_contract(x, kernel, weight, bias, geom, groups)
 
 
 def pac_conv2d_unfold(
@@ -264,9 +269,9 @@ class _PacOptions:
                           0.5 if self.inv_lambda is None else self.inv_lambda,
                           valid=valid, normalize=self.normalize_kernel)
 
-    def _lean_kernel(self, guide, geom, valid, centre=None):
+    def _tiled_kernel(self, guide, geom, valid, centre=None):
         """K without unfolding the guide: B×T×H'×W' (``valid``: 1×T×H'×W' or None)."""
-        dist2 = lean.pac_distance(guide, geom, _nonneg(self.guide_scale), centre)
+        dist2 = pac_distance(guide, geom, _nonneg(self.guide_scale), centre)
         return kernel_from_distance(dist2, self.kernel_type,
                                     1.0 if self.inv_alpha is None else self.inv_alpha,
                                     0.5 if self.inv_lambda is None else self.inv_lambda,
@@ -318,9 +323,9 @@ class PacConv2d(ConvWeightMixin, _PacOptions, AdaptiveConv2d):
         args = (self.kernel_size, self.stride, self.padding, self.dilation)
         valid = valid_taps(guide.shape[-2:], *args, device=guide.device, dtype=guide.dtype) \
             if self.normalize_kernel else None
-        if lean.get_implementation() == "unfold":
+        if config.implementation == "unfold":
             return self._kernel(guide_taps(guide, *args), window_centres(guide, *args), valid)
-        return self._lean_kernel(guide, lean.geometry(*args), None if valid is None else valid[:, 0]).unsqueeze(1)
+        return self._tiled_kernel(guide, geometry(*args), None if valid is None else valid[:, 0]).unsqueeze(1)
 
     def adaptive_forward(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         kernel = self.adapting_kernel(guide)
@@ -426,7 +431,7 @@ class PacConvTranspose2d(_PacOptions, nn.Module):
             valid = unfold_taps(F.pad(ones, (pads[2], pads[3], pads[0], pads[1])), self.kernel_size, (1, 1),
                                 (0, 0), self.dilation)
         weight = self.conv_equivalent_weight()
-        if lean.get_implementation() == "unfold":
+        if config.implementation == "unfold":
             xz = F.pad(xz, (frame[2], frame[3], frame[0], frame[1]))
             taps = guide_taps(guide, self.kernel_size, (1, 1), pads, self.dilation)
             kernel = self._kernel(taps, guide, valid)
@@ -434,10 +439,10 @@ class PacConvTranspose2d(_PacOptions, nn.Module):
         if min(frame) < 0:  # crop first; the rest of the frame is the contraction's zero padding
             xz = F.pad(xz, tuple(min(p, 0) for p in (frame[2], frame[3], frame[0], frame[1])))
             frame = tuple(max(p, 0) for p in frame)
-        kernel = self._lean_kernel(guide, lean.geometry(self.kernel_size, (1, 1), pads, self.dilation),
+        kernel = self._tiled_kernel(guide, geometry(self.kernel_size, (1, 1), pads, self.dilation),
                                    None if valid is None else valid[:, 0], centre=guide)
-        geom = lean.geometry(self.kernel_size, (1, 1), frame, self.dilation)
-        return lean.pac_contract(xz, kernel, weight, self.bias, geom, self.groups)
+        geom = geometry(self.kernel_size, (1, 1), frame, self.dilation)
+        return pac_contract(xz, kernel, weight, self.bias, geom, self.groups)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -478,12 +483,12 @@ class PacPool2d(_PacOptions, nn.Module):
                              f"got {tuple(guide.shape)}")
         args = (self.kernel_size, self.stride, self.padding, self.dilation)
         valid = valid_taps(x.shape[-2:], *args, device=x.device, dtype=x.dtype) if self.normalize_kernel else None
-        if lean.get_implementation() == "unfold":
+        if config.implementation == "unfold":
             kernel = self._kernel(guide_taps(guide, *args), window_centres(guide, *args), valid)
             return (unfold_taps(x, *args) * kernel).sum(2)
-        geom = lean.geometry(*args)
-        kernel = self._lean_kernel(guide, geom, None if valid is None else valid[:, 0])
-        return lean.dynamic_filter(x, kernel.unsqueeze(1), geom)
+        geom = geometry(*args)
+        kernel = self._tiled_kernel(guide, geom, None if valid is None else valid[:, 0])
+        return dynamic_filter(x, kernel.unsqueeze(1), geom)
 
     def extra_repr(self) -> str:
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "

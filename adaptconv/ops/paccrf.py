@@ -18,10 +18,10 @@ logarithms so they stay positive). ``C`` is a learnable L×L matrix (a 1×1 conv
 initialised to the Potts model, ``C = −w·(1 − I)``: a neighbour of another label costs ``w``. With
 ``C = 0`` the output is the unaries unchanged.
 
-Implementation: the PAC machinery of :mod:`adaptconv.ops.lean`: :func:`~adaptconv.ops.lean.pac_distance`
+Implementation: PAC's machinery: :func:`~adaptconv.ops.pac_contraction.pac_distance`
 on the guide with two coordinate channels prepended (so the scales are its per-channel ``scale``), the
 kernel from :func:`~adaptconv.ops.pac.kernel_from_distance`, and every message a
-:func:`~adaptconv.ops.lean.dynamic_filter` (no unfold is kept for backward). K is computed once and
+:func:`~adaptconv.ops.dfn_contraction.dynamic_filter` (no unfold is kept for backward). K is computed once and
 reused by every iteration.
 """
 
@@ -33,11 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import lean
 from .base import AdaptiveModule
+from .dfn_contraction import dynamic_filter
 from .pac import kernel_from_distance
+from .pac_contraction import pac_distance
 from .registry import register_op
 from .taps import valid_taps
+from .tiling import geometry
 
 
 def message_mask(size: tuple[int, int], kernel_size: int, dilation: int, device=None,
@@ -68,10 +70,10 @@ def crf_kernel(guide: torch.Tensor, kernel_size: int, dilation: int, pos_scale: 
         guide = guide.float()
     cg = guide.shape[1]
     r = kernel_size // 2
-    geom = lean.geometry((kernel_size, kernel_size), (1, 1), (r * dilation, r * dilation), (dilation, dilation))
+    geom = geometry((kernel_size, kernel_size), (1, 1), (r * dilation, r * dilation), (dilation, dilation))
     gamma = torch.cat([pos_scale.to(guide.dtype).pow(-2).reshape(1).expand(2),
                        color_scale.to(guide.dtype).pow(-2).reshape(1).expand(cg)])
-    dist2 = lean.pac_distance(with_coordinates(guide), geom, gamma)
+    dist2 = pac_distance(with_coordinates(guide), geom, gamma)
     mask = message_mask(tuple(guide.shape[-2:]), kernel_size, dilation, guide.device, guide.dtype)
     kernel = kernel_from_distance(dist2, "gaussian", valid=mask, normalize=normalize, dim=1)
     return (kernel if normalize else kernel * mask).to(dtype)
@@ -83,12 +85,12 @@ def mean_field(unary: torch.Tensor, kernel: torch.Tensor, compat: torch.Tensor, 
     and compatibility ``compat`` (L×L): the refined logits."""
     labels = unary.shape[1]
     r = kernel_size // 2
-    geom = lean.geometry((kernel_size, kernel_size), (1, 1), (r * dilation, r * dilation), (dilation, dilation))
+    geom = geometry((kernel_size, kernel_size), (1, 1), (r * dilation, r * dilation), (dilation, dilation))
     weight = compat.to(unary.dtype).view(labels, labels, 1, 1)
     filters = kernel.unsqueeze(1)
     logits = unary
     for _ in range(num_iters):
-        message = lean.dynamic_filter(F.softmax(logits, dim=1), filters, geom)
+        message = dynamic_filter(F.softmax(logits, dim=1), filters, geom)
         logits = unary + F.conv2d(message, weight)
     return logits
 

@@ -8,7 +8,7 @@ input's resolution, then read at each conv window's centre. Their last convs sta
 factor starts at exactly 1 and a freshly built or hot-swapped PAKA is exactly the convolution.
 
 The factor is per (channel, tap) and pixel, so it cannot leave the channel sum: the contraction is a
-custom autograd Function (:func:`adaptconv.ops.lean.paka_contract`) that builds the factor-weighted
+custom autograd Function (:func:`adaptconv.ops.paka_contraction.paka_contract`) that builds the factor-weighted
 taps chunk by chunk and recomputes them in backward, never holding the B·C·k²·H'·W' unfold.
 :func:`paka_conv2d_unfold` is the straightforward reference.
 """
@@ -18,10 +18,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import lean
+from . import config
 from .base import AdaptiveConv2d, ConvWeightMixin
+from .paka_contraction import paka_contract
 from .registry import register_op
 from .taps import grouped_tap_matmul, unfold_taps, window_centres
+from .tiling import geometry
 
 
 def paka_conv2d(x, channel_att, tap_att, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
@@ -29,10 +31,10 @@ def paka_conv2d(x, channel_att, tap_att, weight, bias=None, stride=(1, 1), paddi
     """PAKA given its attention maps at the output grid: ``channel_att`` B×C×H'×W', ``tap_att`` B×T×H'×W'.
 
     Computed without the unfold unless the "unfold" implementation is selected."""
-    if lean.get_implementation() == "unfold":
+    if config.implementation == "unfold":
         return paka_conv2d_unfold(x, channel_att, tap_att, weight, bias, stride, padding, dilation, groups)
-    geom = lean.geometry(tuple(weight.shape[-2:]), stride, padding, dilation)
-    return lean.paka_contract(x, channel_att, tap_att, weight, bias, geom, groups)
+    geom = geometry(tuple(weight.shape[-2:]), stride, padding, dilation)
+    return paka_contract(x, channel_att, tap_att, weight, bias, geom, groups)
 
 
 def paka_conv2d_unfold(x, channel_att, tap_att, weight, bias=None, stride=(1, 1), padding=(0, 0),

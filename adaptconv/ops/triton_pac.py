@@ -1,4 +1,8 @@
-"""Triton kernels for the PAC contraction, forward and backward (used on CUDA).
+"""PAC's Triton backend: kernels for the PAC contraction, forward and backward (used on CUDA).
+
+It implements :class:`adaptconv.ops.pac_contraction.PacBackend`; the feature distance has no Triton
+kernel and runs the PyTorch backend's code (:mod:`adaptconv.ops.torch_pac`), which is cheap next to
+the contraction.
 
     y[b,o,p] = Σ_j Σ_c W[o,c,j] · K[b,j,p] · x[b,c,p·s + j·d − pad] + bias[o]
 
@@ -18,7 +22,8 @@ Float32 tiles use TF32 tensor cores exactly when ``torch.backends.cudnn.allow_tf
 
 The kernels are built lazily, so importing this module does not import Triton. With the environment
 variable ``TRITON_INTERPRET=1`` they run in Triton's interpreter on CPU tensors: that is how the test
-suite checks them against the PyTorch path on a machine without a GPU.
+suite checks them against the PyTorch backend on a machine without a GPU (passing this module as
+``pac_contract``'s ``backend``; :func:`usable` itself accepts CUDA tensors only).
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ import os
 
 import torch
 
-__all__ = ["available", "interpreting", "pac_forward", "pac_backward", "pac_conv2d_triton"]
+from . import torch_pac
+
+__all__ = ["available", "interpreting", "usable", "pac_forward", "pac_backward", "distance_forward",
+           "distance_backward"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -49,6 +57,12 @@ def interpreting() -> bool:
 def available() -> bool:
     """Triton can be imported (it is needed only for CUDA tensors, or in interpreter mode)."""
     return _triton() is not None
+
+
+def usable(*tensors: torch.Tensor | None) -> bool:
+    """CUDA tensors in float16/bfloat16/float32, and Triton importable (checked last: importing it is slow)."""
+    x = tensors[0]
+    return x.is_cuda and x.dtype in (torch.float16, torch.bfloat16, torch.float32) and available()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -282,8 +296,9 @@ def _geom_args(geom):
     return kh, kw, sh, sw, pt, pl, dh, dw
 
 
-def pac_forward(x, kernel, weight, bias, geom, groups: int) -> torch.Tensor:
-    """Forward of the PAC contraction (see :func:`adaptconv.ops.lean.pac_forward`)."""
+def pac_forward(x, kernel, weight, bias, geom, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, x): the forward of the PAC contraction; the backward reads x itself."""
+    saved = x
     interpret = _check(x)
     fwd = _kernels(interpret)[0]
     x, kernel, weight = x.contiguous(), kernel.contiguous(), weight.contiguous()
@@ -298,11 +313,12 @@ def pac_forward(x, kernel, weight, bias, geom, groups: int) -> torch.Tensor:
     fwd[grid](x, kernel, weight, bias if bias is not None else weight, y,
               b, c, h, w, o, ho, wo, cg, og, sh, sw, pt, pl, dh, dw,
               KH=kh, KW=kw, HAS_BIAS=bias is not None, BLOCK_P=bp, BLOCK_O=bo, BLOCK_C=bc, PREC=_prec(x.dtype))
-    return y
+    return y, saved
 
 
-def pac_backward(x, kernel, weight, gy, geom, groups: int, need_x: bool, need_k: bool, need_w: bool):
-    """Gradients of the PAC contraction for x, K and W (see :func:`adaptconv.ops.lean.pac_backward`)."""
+def pac_backward(saved, kernel, weight, gy, geom, groups: int, need_x: bool, need_k: bool, need_w: bool):
+    """(∂x, ∂K, ∂W) of the PAC contraction; ``saved`` is x."""
+    x = saved
     interpret = _check(x)
     _, bwd_x, bwd_k, bwd_w = _kernels(interpret)
     x, kernel, weight, gy = x.contiguous(), kernel.contiguous(), weight.contiguous(), gy.contiguous()
@@ -342,29 +358,6 @@ def pac_backward(x, kernel, weight, gy, geom, groups: int, need_x: bool, need_k:
     return gx, gk, gw
 
 
-class _PacTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, kernel, weight, bias, geom, groups):
-        ctx.geom, ctx.groups, ctx.has_bias = geom, groups, bias is not None
-        ctx.save_for_backward(x, kernel, weight)
-        return pac_forward(x, kernel, weight, bias, geom, groups)
-
-    @staticmethod
-    def backward(ctx, gy):
-        x, kernel, weight = ctx.saved_tensors
-        nx, nk, nw, nb = ctx.needs_input_grad[:4]
-        gx, gk, gw = pac_backward(x, kernel, weight, gy, ctx.geom, ctx.groups, nx, nk, nw)
-        gb = gy.sum((0, 2, 3)) if ctx.has_bias and nb else None
-        return gx, gk, gw, gb, None, None
-
-
-def pac_conv2d_triton(x, kernel, weight, bias, geom, groups: int = 1) -> torch.Tensor:
-    """The PAC contraction through the Triton kernels whatever the device (CUDA, or CPU tensors under
-    ``TRITON_INTERPRET=1``); ``kernel`` B×T×H'×W'. The operators call it through
-    :func:`adaptconv.ops.lean.pac_contract`, which picks it on CUDA."""
-    b = x.shape[0]
-    if kernel.dim() == 5:
-        kernel = kernel.squeeze(1)
-    ho, wo = geom.out_size(*x.shape[-2:])
-    kernel = kernel.expand(b, geom.taps, ho, wo)
-    return _PacTriton.apply(x, kernel, weight, bias, geom, groups)
+# The feature distance: the PyTorch backend's code (no Triton kernel).
+distance_forward = torch_pac.distance_forward
+distance_backward = torch_pac.distance_backward

@@ -1,12 +1,13 @@
-"""The memory-lean implementations (adaptconv.ops.lean) against the unfold references.
+"""The tiled contractions (pac_contraction, paka_contraction, dfn_contraction, acda_contraction, on the
+tiling core) against the unfold references.
 
-Every pixel-adaptive layer runs by default without the unfold; ``lean.implementation("unfold")`` runs
-the straightforward reference. Here: the two agree (float32 tolerance) on outputs and on the
+Every pixel-adaptive layer runs by default without the unfold; ``config.override(implementation="unfold")``
+runs the straightforward reference. Here: the two agree (float32 tolerance) on outputs and on the
 gradients of inputs, guides and every parameter, over a grid of geometries and options, with tiles
-of whole batches, of single samples and of a few rows (``lean.chunk_elements``); the custom autograd
-Functions pass gradcheck in float64; and the lean path is actually lean. The PAC tests run twice
-(fixture ``pac_backend``): with the compiled CPU kernels (adaptconv.ops.cpu_pac, the default on CPU)
-and with them disabled, i.e. on the PyTorch path that is the fallback everywhere else.
+of whole batches, of single samples and of a few rows (``chunk_elements``); the custom autograd
+Functions pass gradcheck in float64; and the tiled path is actually lean. The PAC tests run twice
+(fixture ``pac_backend``): with the compiled CPU backend (adaptconv.ops.cpu_pac, the default on CPU)
+and with it off, i.e. on the PyTorch backend (adaptconv.ops.torch_pac) that runs everywhere else.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from adaptconv.measure.memory import measure_peak_memory
-from adaptconv.ops import cpu_pac, lean
+from adaptconv.ops import config, cpu_pac
+from adaptconv.ops.acda_contraction import acda_contract
+from adaptconv.ops.dfn_contraction import dynamic_filter
+from adaptconv.ops.pac_contraction import pac_contract, pac_distance
+from adaptconv.ops.paka_contraction import paka_contract
+from adaptconv.ops.tiling import geometry
 from adaptconv.ops.acda import AcdaConv2d, acda_conv2d, acda_conv2d_unfold
 from adaptconv.ops.dfn import DfnConv2d, dynamic_filter2d, dynamic_filter2d_unfold
 from adaptconv.ops.pac import PacConv2d, PacConvTranspose2d, PacPool2d, pac_conv2d, pac_conv2d_unfold
@@ -38,13 +43,13 @@ def _perturb(module: nn.Module, seed: int = 0, scale: float = 0.3) -> None:
 
 
 def _compare(module: nn.Module, inputs: tuple, chunk: int = 1 << 20, **tol) -> None:
-    """Forward and every gradient (inputs and parameters) of the lean path against the unfold one."""
+    """Forward and every gradient (inputs and parameters) of the tiled path against the unfold one."""
     tol = tol or F32
     results = []
     for impl in ("unfold", "lean"):
         module.zero_grad(set_to_none=True)
         leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in inputs]
-        with lean.implementation(impl), lean.chunk_elements(chunk):
+        with config.override(implementation=impl, chunk_elements=chunk):
             y = module(*leaves)
         g = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
         y.backward(g)
@@ -62,9 +67,9 @@ def _compare(module: nn.Module, inputs: tuple, chunk: int = 1 << 20, **tol) -> N
 
 @pytest.fixture(params=["cpu-kernels", "pytorch"])
 def pac_backend(request):
-    """PAC's contraction and distance on the compiled CPU kernels, then on the PyTorch path."""
+    """PAC's contraction and distance on the compiled CPU backend, then on the PyTorch backend."""
     if request.param == "pytorch":
-        with cpu_pac.disabled():
+        with config.override(cpu_kernels=False):
             yield request.param
         return
     if not cpu_pac.available():
@@ -144,13 +149,13 @@ def test_pac_pool_matches_unfold(k, s, p, d, guided):
 
 
 @pytest.mark.usefixtures("pac_backend")
-def test_pac_functional_default_is_lean_and_matches_unfold():
+def test_pac_functional_default_is_tiled_and_matches_unfold():
     x = torch.randn(2, 4, 9, 8, dtype=torch.float64)
     w = torch.randn(6, 2, 3, 3, dtype=torch.float64)
     kernel = torch.rand(2, 1, 9, 5, 4, dtype=torch.float64)
     args = (x, kernel, w, None, (2, 2), (1, 1), (1, 1), 2)
     torch.testing.assert_close(pac_conv2d(*args), pac_conv2d_unfold(*args))
-    with lean.implementation("unfold"):
+    with config.override(implementation="unfold"):
         torch.testing.assert_close(pac_conv2d(*args), pac_conv2d_unfold(*args), rtol=0, atol=0)
 
 
@@ -162,7 +167,7 @@ def test_tiny_gaussian_weights_are_flushed_the_same_in_both_paths():
     x = torch.randn(1, 64, 6, 6) * 3
     kernel = op.adapting_kernel(x)
     assert (kernel == 0).any() and kernel[kernel > 0].min() >= 1e-19
-    with lean.implementation("unfold"):
+    with config.override(implementation="unfold"):
         torch.testing.assert_close(op.adapting_kernel(x), kernel, **F32)
 
 
@@ -231,13 +236,13 @@ GRAD_GEOMETRIES = [((3, 3), (1, 1), (1, 1), (1, 1), 1), ((2, 3), (2, 1), (1, 1),
 @pytest.mark.usefixtures("pac_backend")
 @pytest.mark.parametrize("kernel_size,stride,padding,dilation,groups", GRAD_GEOMETRIES)
 def test_gradcheck_pac_contract(kernel_size, stride, padding, dilation, groups):
-    geom = lean.geometry(kernel_size, stride, padding, dilation)
+    geom = geometry(kernel_size, stride, padding, dilation)
     ho, wo = geom.out_size(5, 4)
     x, k = _rand(2, 4, 5, 4), _rand(2, geom.taps, ho, wo, positive=True)
     w, b = _rand(4, 4 // groups, *kernel_size), _rand(4)
     for chunk in (1 << 20, 2 * 4 * wo):  # whole batch; two rows of one sample
-        with lean.chunk_elements(chunk):
-            assert torch.autograd.gradcheck(lambda *a: lean.pac_contract(*a, geom, groups), (x, k, w, b),
+        with config.override(chunk_elements=chunk):
+            assert torch.autograd.gradcheck(lambda *a: pac_contract(*a, geom, groups), (x, k, w, b),
                                             fast_mode=True)
 
 
@@ -249,19 +254,19 @@ def test_gradcheck_pac_contract(kernel_size, stride, padding, dilation, groups):
 ])
 @pytest.mark.usefixtures("pac_backend")
 def test_gradcheck_pac_distance(kernel_size, stride, padding, dilation, centre):
-    geom = lean.geometry(kernel_size, stride, padding, dilation)
+    geom = geometry(kernel_size, stride, padding, dilation)
     ho, wo = geom.out_size(5, 4)
     guide, scale = _rand(2, 3, 5, 4), _rand(3, positive=True)
     inputs = (guide, scale) + ((_rand(2, 3, ho, wo),) if centre else ())
     for chunk in (1 << 20, 2 * 3 * wo):
-        with lean.chunk_elements(chunk):
-            assert torch.autograd.gradcheck(lambda f, s, *c: lean.pac_distance(f, geom, s, *c), inputs,
+        with config.override(chunk_elements=chunk):
+            assert torch.autograd.gradcheck(lambda f, s, *c: pac_distance(f, geom, s, *c), inputs,
                                             fast_mode=True)
 
 
 @pytest.mark.parametrize("kernel_size,stride,padding,dilation,groups", GRAD_GEOMETRIES)
 def test_gradcheck_dynamic_filter_paka_acda(kernel_size, stride, padding, dilation, groups):
-    geom = lean.geometry(kernel_size, stride, padding, dilation)
+    geom = geometry(kernel_size, stride, padding, dilation)
     ho, wo = geom.out_size(5, 4)
     t = geom.taps
     x = _rand(2, 4, 5, 4)
@@ -270,31 +275,31 @@ def test_gradcheck_dynamic_filter_paka_acda(kernel_size, stride, padding, dilati
     w, b = _rand(4, 4 // groups, *kernel_size), _rand(4)
     atoms, coef = _rand(2, 2, t, ho, wo), _rand(4, 4 // groups * 2, 1, 1)
     for chunk in (1 << 20, 2 * 4 * wo):
-        with lean.chunk_elements(chunk):
-            assert torch.autograd.gradcheck(lambda *a: lean.dynamic_filter(*a, geom), (x, filters), fast_mode=True)
-            assert torch.autograd.gradcheck(lambda *a: lean.paka_contract(*a, geom, groups), (x, a_c, a_s, w, b),
+        with config.override(chunk_elements=chunk):
+            assert torch.autograd.gradcheck(lambda *a: dynamic_filter(*a, geom), (x, filters), fast_mode=True)
+            assert torch.autograd.gradcheck(lambda *a: paka_contract(*a, geom, groups), (x, a_c, a_s, w, b),
                                             fast_mode=True)
-            assert torch.autograd.gradcheck(lambda *a: lean.acda_contract(*a, geom, groups), (x, atoms, coef, b),
+            assert torch.autograd.gradcheck(lambda *a: acda_contract(*a, geom, groups), (x, atoms, coef, b),
                                             fast_mode=True)
 
 
 @pytest.mark.usefixtures("pac_backend")
 def test_gradcheck_full_jacobian_pac():
     """The full Jacobians (not random projections) of the PAC Functions, with tiles of one row."""
-    geom = lean.geometry((3, 3), (1, 1), (1, 1), (1, 1))
+    geom = geometry((3, 3), (1, 1), (1, 1), (1, 1))
     x, k = _rand(1, 2, 3, 2), _rand(1, 9, 3, 2, positive=True)
     w, b = _rand(2, 2, 3, 3), _rand(2)
     guide, scale = _rand(1, 2, 3, 2), _rand(2, positive=True)
-    with lean.chunk_elements(2 * 2):
-        assert torch.autograd.gradcheck(lambda *a: lean.pac_contract(*a, geom, 1), (x, k, w, b))
-        assert torch.autograd.gradcheck(lambda f, s: lean.pac_distance(f, geom, s), (guide, scale))
+    with config.override(chunk_elements=2 * 2):
+        assert torch.autograd.gradcheck(lambda *a: pac_contract(*a, geom, 1), (x, k, w, b))
+        assert torch.autograd.gradcheck(lambda f, s: pac_distance(f, geom, s), (guide, scale))
 
 
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.usefixtures("pac_backend")
-def test_lean_path_is_lean():
+def test_tiled_path_is_lean():
     """Peak memory of a training step: the unfold reference holds B·C·k²·H'·W' several times over; the
-    lean path only tile-sized temporaries (here small tiles, so that they do not hide the difference
+    tiled path only tile-sized temporaries (here small tiles, so that they do not hide the difference
     at this small size)."""
     torch.manual_seed(10)
     op = PacConv2d(16, 16, 3, padding=1)
@@ -303,32 +308,12 @@ def test_lean_path_is_lean():
 
     def step(impl):
         def run():
-            with lean.chunk_elements(16 * 128):  # tiles of 128 pixels
-                with lean.implementation(impl):
-                    y = op(x)
+            with config.override(chunk_elements=16 * 128, implementation=impl):  # tiles of 128 pixels
+                y = op(x)
                 y.backward(g)
         return measure_peak_memory(run, "cpu").peak_bytes
 
-    unfold, lean_ = step("unfold"), step("lean")
+    unfold, tiled = step("unfold"), step("lean")
     taps_bytes = 2 * 16 * 9 * 32 * 32 * 4
     assert unfold > 2 * taps_bytes
-    assert lean_ < unfold / 4
-
-
-def test_options_are_validated():
-    with pytest.raises(ValueError, match="implementation"):
-        with lean.implementation("fast"):
-            pass
-    with pytest.raises(ValueError, match="chunk_elements"):
-        with lean.chunk_elements(0):
-            pass
-    assert lean.get_implementation() == "lean"
-
-
-def test_tiles_cover_the_output_once():
-    for b, ho, wo, per_pixel, budget in itertools.product((1, 3), (1, 7), (1, 5), (1, 16), (1, 50, 10**6)):
-        with lean.chunk_elements(budget):
-            seen = torch.zeros(b, ho, dtype=torch.int64)
-            for b0, b1, r0, r1 in lean._chunks(b, ho, wo, per_pixel):
-                seen[b0:b1, r0:r1] += 1
-            assert (seen == 1).all()
+    assert tiled < unfold / 4

@@ -1,7 +1,7 @@
-"""The compiled CPU kernels of PAC (adaptconv.ops.cpu_pac) against the PyTorch path of lean.
+"""PAC's compiled CPU backend (adaptconv.ops.cpu_pac) against its PyTorch backend (adaptconv.ops.torch_pac).
 
-test_lean.py runs every PAC test (against the unfold references, and gradcheck) on both backends;
-here the kernels are checked function by function against the PyTorch implementation they replace,
+test_contractions.py runs every PAC test (against the unfold references, and gradcheck) on both
+backends; here the kernels are checked function by function against the PyTorch backend they replace,
 on geometries the layers do not reach (asymmetric padding, pads larger than the image, strided and
 dilated even kernels), with the tiling forced down to single rows, on non-contiguous and broadcast
 inputs, in float32 and float64; plus the loader: the cache, the switch, and the fallback when no
@@ -19,8 +19,10 @@ import textwrap
 import pytest
 import torch
 
-from adaptconv.ops import cpu_pac, lean
+from adaptconv.ops import config, cpu_pac, torch_pac
 from adaptconv.ops.pac import PacConv2d
+from adaptconv.ops.pac_contraction import pac_contract
+from adaptconv.ops.tiling import Geometry
 
 pytestmark = pytest.mark.skipif(not cpu_pac.available(), reason=f"PAC CPU kernels: {cpu_pac.status()}")
 
@@ -58,19 +60,18 @@ def _assert_all_close(got, want, dtype, what):
 @pytest.mark.parametrize("chunk", [1 << 20, 24, 2])  # whole batch; one sample; one row per tile
 @pytest.mark.parametrize("k,s,p,d,g", GEOMS)
 def test_contraction_matches_pytorch_path(k, s, p, d, g, chunk, dtype):
-    geom = lean.Geometry(k, s, p, d)
+    geom = Geometry(k, s, p, d)
     x, kern, weight, bias, gy = _inputs(geom, g, dtype)
-    with lean.chunk_elements(chunk):
-        y = cpu_pac.pac_forward(x, kern, weight, bias, geom, g)
-        grads = cpu_pac.pac_backward(x, kern, weight, gy, geom, g, True, True, True)
-        with cpu_pac.disabled():
-            y0 = lean.pac_forward(x, kern, weight, bias, geom, g)
-            grads0 = lean.pac_backward(x, kern, weight, gy, geom, g, True, True, True)
+    with config.override(chunk_elements=chunk):
+        y, xp = cpu_pac.pac_forward(x, kern, weight, bias, geom, g)
+        grads = cpu_pac.pac_backward(xp, kern, weight, gy, geom, g, True, True, True)
+        y0, saved = torch_pac.pac_forward(x, kern, weight, bias, geom, g)
+        grads0 = torch_pac.pac_backward(saved, kern, weight, gy, geom, g, True, True, True)
     _assert_all_close([y, *grads], [y0, *grads0], dtype, f"pac {geom}")
     # each gradient alone (the kernels skip what is not needed)
     for need in ((True, False, False), (False, True, False), (False, False, True)):
-        with lean.chunk_elements(chunk):
-            part = cpu_pac.pac_backward(x, kern, weight, gy, geom, g, *need)
+        with config.override(chunk_elements=chunk):
+            part = cpu_pac.pac_backward(xp, kern, weight, gy, geom, g, *need)
         _assert_all_close(part, [t if n else None for t, n in zip(grads, need)], dtype, f"pac {geom} {need}")
 
 
@@ -79,31 +80,31 @@ def test_contraction_matches_pytorch_path(k, s, p, d, g, chunk, dtype):
 @pytest.mark.parametrize("scaled", [False, True])
 @pytest.mark.parametrize("k,s,p,d,g", GEOMS)
 def test_distance_matches_pytorch_path(k, s, p, d, g, centre, scaled, dtype):
-    geom = lean.Geometry(k, s, p, d)
+    geom = Geometry(k, s, p, d)
     gen = torch.Generator().manual_seed(3)
     f = torch.randn(2, 4, 9, 11, generator=gen, dtype=torch.float64).to(dtype)
     ho, wo = geom.out_size(9, 11)
     cen = torch.randn(2, 4, ho, wo, generator=gen, dtype=torch.float64).to(dtype) if centre else None
     scale = torch.rand(4, generator=gen, dtype=torch.float64).to(dtype) if scaled else None
     gd = torch.randn(2, geom.taps, ho, wo, generator=gen, dtype=torch.float64).to(dtype)
-    got = [cpu_pac.distance_forward(f, cen, scale, geom),
-           *cpu_pac.distance_backward(f, cen, scale, gd, geom, True, centre, scaled)]
-    want = [lean.distance_forward(f, cen, scale, geom),
-            *lean.distance_backward(f, cen, scale, gd, geom, True, centre, scaled)]
+    d, fp = cpu_pac.distance_forward(f, cen, scale, geom)
+    got = [d, *cpu_pac.distance_backward(fp, cen, scale, gd, geom, True, centre, scaled)]
+    d0, saved = torch_pac.distance_forward(f, cen, scale, geom)
+    want = [d0, *torch_pac.distance_backward(saved, cen, scale, gd, geom, True, centre, scaled)]
     _assert_all_close(got, want, dtype, f"distance {geom} centre={centre} scaled={scaled}")
 
 
 def test_broadcast_kernel_and_non_contiguous_inputs():
     """A batch-1 kernel broadcast over the batch, a channels-last input and a permuted gy."""
-    geom = lean.Geometry((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+    geom = Geometry((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
     x, kern, weight, bias, _ = _inputs(geom, 1, torch.float64, b=3)
     results = []
-    for backend in (contextlib.nullcontext, cpu_pac.disabled):
+    for backend in (contextlib.nullcontext, lambda: config.override(cpu_kernels=False)):
         xl = x.to(memory_format=torch.channels_last).requires_grad_()
         kl = kern[:1].clone().requires_grad_()
         wl = weight.clone().requires_grad_()
         with backend():
-            y = lean.pac_contract(xl, kl, wl, bias, geom)
+            y = pac_contract(xl, kl, wl, bias, geom)
             gy = torch.randn(y.shape[::-1], generator=torch.Generator().manual_seed(1), dtype=y.dtype)
             y.backward(gy.permute(3, 2, 1, 0))
         results.append([y.detach(), xl.grad, kl.grad, wl.grad])
@@ -128,7 +129,7 @@ def test_layer_uses_the_kernels_and_agrees_with_pytorch_path():
             op.zero_grad(set_to_none=True)
             x = x0.clone().requires_grad_()
             if off:
-                with cpu_pac.disabled():
+                with config.override(cpu_kernels=False):
                     y = op(x)
                     y.square().sum().backward()
             else:
@@ -145,18 +146,18 @@ def test_layer_uses_the_kernels_and_agrees_with_pytorch_path():
 def test_threads_agree_with_one_thread(threads):
     """The test session runs single-threaded (conftest); the kernels split channels and rows over
     threads and add per-thread partial sums of ∂K, which only more threads exercise."""
-    geom = lean.Geometry((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+    geom = Geometry((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
     x, kern, weight, bias, gy = _inputs(geom, 1, torch.float64, b=3, c=7, o=5, h=13, w=9)
     f = torch.randn(3, 4, 13, 9, dtype=torch.float64)
     gd = torch.randn(3, 9, 13, 9, dtype=torch.float64)
     scale = torch.rand(4, dtype=torch.float64)
 
     def run():
-        with lean.chunk_elements(50):  # row tiles too
-            return [cpu_pac.pac_forward(x, kern, weight, bias, geom, 1),
-                    *cpu_pac.pac_backward(x, kern, weight, gy, geom, 1, True, True, True),
-                    cpu_pac.distance_forward(f, None, scale, geom),
-                    *cpu_pac.distance_backward(f, None, scale, gd, geom, True, False, True)]
+        with config.override(chunk_elements=50):  # row tiles too
+            y, xp = cpu_pac.pac_forward(x, kern, weight, bias, geom, 1)
+            d, fp = cpu_pac.distance_forward(f, None, scale, geom)
+            return [y, *cpu_pac.pac_backward(xp, kern, weight, gy, geom, 1, True, True, True),
+                    d, *cpu_pac.distance_backward(fp, None, scale, gd, geom, True, False, True)]
 
     one = run()
     old = torch.get_num_threads()
@@ -169,10 +170,11 @@ def test_threads_agree_with_one_thread(threads):
 
 
 def test_repeated_runs_are_bitwise_equal():
-    geom = lean.Geometry((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+    geom = Geometry((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
     x, kern, weight, _, gy = _inputs(geom, 1, torch.float32, b=2, c=16, o=16, h=20, w=20)
-    a = cpu_pac.pac_backward(x, kern, weight, gy, geom, 1, True, True, True)
-    b = cpu_pac.pac_backward(x, kern, weight, gy, geom, 1, True, True, True)
+    _, xp = cpu_pac.pac_forward(x, kern, weight, None, geom, 1)
+    a = cpu_pac.pac_backward(xp, kern, weight, gy, geom, 1, True, True, True)
+    b = cpu_pac.pac_backward(xp, kern, weight, gy, geom, 1, True, True, True)
     for u, v in zip(a, b):
         assert torch.equal(u, v)
 
@@ -181,7 +183,7 @@ def test_unsupported_inputs_use_the_pytorch_path():
     assert cpu_pac.usable(torch.ones(1), torch.ones(1))
     assert not cpu_pac.usable(torch.ones(1, dtype=torch.bfloat16))
     assert not cpu_pac.usable(torch.ones(1), torch.ones(1, dtype=torch.float64))
-    with cpu_pac.disabled():
+    with config.override(cpu_kernels=False):
         assert not cpu_pac.usable(torch.ones(1))
         assert cpu_pac.status().startswith("off")
     assert cpu_pac.status().startswith("on ")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adaptconv.ops import create_op, get_op, lean
+from adaptconv.ops import config, create_op, get_op
 from adaptconv.ops.conformance import as_function_of_everything, gradcheck_operator
 from adaptconv.ops.ddf import DdfConv2d, ddf2d, ddf2d_unfold, filter_norm
 
@@ -61,7 +61,7 @@ def test_functional_matches_loop(k, s, p, d, heads):
     expected = loop_ddf(x, ch, sp, k, s, p, d)
     torch.testing.assert_close(ddf2d(x, ch, sp, (k, k), (s, s), (p, p), (d, d)), expected)
     torch.testing.assert_close(ddf2d_unfold(x, ch, sp, (k, k), (s, s), (p, p), (d, d)), expected)
-    with lean.implementation("unfold"):
+    with config.override(implementation="unfold"):
         torch.testing.assert_close(ddf2d(x, ch, sp, (k, k), (s, s), (p, p), (d, d)), expected)
 
 

@@ -1,4 +1,4 @@
-"""The Triton PAC kernels (forward and backward) against the PyTorch path, in Triton's interpreter.
+"""PAC's Triton backend (forward and backward) against its PyTorch backend, in Triton's interpreter.
 
 On CUDA the PAC contraction runs these kernels; here, without a GPU, ``TRITON_INTERPRET=1`` runs the
 very same kernel code on CPU tensors (numpy underneath), which checks the indexing, masking, tap
@@ -16,7 +16,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaptconv.ops import cpu_pac, lean
+from adaptconv.ops import torch_pac
+from adaptconv.ops.pac_contraction import backend_for, pac_contract
+from adaptconv.ops.tiling import geometry
 
 triton_pac = pytest.importorskip("adaptconv.ops.triton_pac")
 if not triton_pac.available():  # pragma: no cover - triton missing or broken in this environment
@@ -31,7 +33,7 @@ def interpret(monkeypatch):
 
 def _check(k, s, p, d, g, b=2, c=4, o=6, h=7, w=8, bias=True):
     """Forward and the gradients of x, K, W and bias: Triton kernels vs the PyTorch path."""
-    geom = lean.geometry(k if isinstance(k, tuple) else (k, k), (s, s), (p, p), (d, d))
+    geom = geometry(k if isinstance(k, tuple) else (k, k), (s, s), (p, p), (d, d))
     ho, wo = geom.out_size(h, w)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(b, c, h, w, generator=gen).requires_grad_()
@@ -39,9 +41,8 @@ def _check(k, s, p, d, g, b=2, c=4, o=6, h=7, w=8, bias=True):
     weight = torch.randn(o, c // g, *geom.kernel_size, generator=gen).requires_grad_()
     bias_ = torch.randn(o, generator=gen).requires_grad_() if bias else None
     leaves = [t for t in (x, kernel, weight, bias_) if t is not None]
-    with cpu_pac.disabled():  # the PyTorch path (on CPU tensors the compiled kernels would run)
-        y_ref = lean.pac_contract(x, kernel, weight, bias_, geom, g)
-    y_tri = triton_pac.pac_conv2d_triton(x, kernel, weight, bias_, geom, g)
+    y_ref = pac_contract(x, kernel, weight, bias_, geom, g, backend=torch_pac)
+    y_tri = pac_contract(x, kernel, weight, bias_, geom, g, backend=triton_pac)
     torch.testing.assert_close(y_tri, y_ref, rtol=1e-5, atol=1e-5)
     gy = torch.randn(y_ref.shape, generator=gen)
     ref = torch.autograd.grad(y_ref, leaves, gy)
@@ -72,7 +73,7 @@ def test_wide_channels_span_several_blocks(interpret):
 def test_cpu_tensors_use_the_pytorch_path_outside_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     x = torch.randn(1, 2, 4, 4)
-    assert not lean._use_triton(x)
+    assert not triton_pac.usable(x) and backend_for(x) is not triton_pac
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         triton_pac.pac_forward(x, torch.ones(1, 9, 4, 4), torch.randn(2, 2, 3, 3), None,
-                               lean.geometry((3, 3), (1, 1), (1, 1)), 1)
+                               geometry((3, 3), (1, 1), (1, 1)), 1)
