@@ -129,7 +129,8 @@ class BlockCopy(nn.Module):
         if self.policy_name == "difference":
             return topk_mask(block_mean(diff.abs(), grid_hw), self.target), None
         inputs = [frame, diff, self._prev_probs]
-        learn = self.online and self.optimizer is not None
+        # no online learning under torch.inference_mode (a latency measurement): nothing can be trained there
+        learn = self.online and self.optimizer is not None and not torch.is_inference_mode_enabled()
         with torch.enable_grad() if learn else torch.no_grad():
             logits = self.policy([t.detach() for t in inputs], grid_hw)
         if learn:

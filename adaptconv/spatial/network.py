@@ -72,6 +72,6 @@ class DualResSegmenter(nn.Module):
         self.segblocks = SegBlocks(net.backbone, **segblocks_options)
 
     def forward(self, image: torch.Tensor, high: torch.Tensor | None = None) -> torch.Tensor:
-        ctx, outs = self.segblocks.forward_blocks(image, high)
+        ctx, outs = self.segblocks(image, high, as_blocks=True)
         logits = ctx.assemble("logits", self.net.head_blocks(outs, ctx))
         return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)

@@ -206,8 +206,11 @@ class SegBlocks(nn.Module):
     _fraction: float | None = None
 
     # ---- forward --------------------------------------------------------------------------------
-    def forward(self, image: torch.Tensor, high: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """The backbone's feature maps, each assembled at full size (low blocks upsampled)."""
+    def forward(self, image: torch.Tensor, high: torch.Tensor | None = None, as_blocks: bool = False):
+        """The backbone's feature maps, each assembled at full size (low blocks upsampled); with
+        ``as_blocks`` what :meth:`forward_blocks` returns (through ``__call__``, so hooks see it)."""
+        if as_blocks:
+            return self.forward_blocks(image, high)
         ctx, outs = self.forward_blocks(image, high)
         return [ctx.assemble(name, f) for name, f in outs]
 

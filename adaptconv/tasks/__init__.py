@@ -13,6 +13,8 @@ _MODULES = {
     "upsampling": ("adaptconv.tasks.upsampling", "Upsampling"),
     "denoising": ("adaptconv.tasks.denoising", "Denoising"),
     "opbench": ("adaptconv.tasks.opbench", "OpBench"),
+    "spatial_segmentation": ("adaptconv.tasks.spatial_segmentation", "SpatialSegmentation"),
+    "spatial_video": ("adaptconv.tasks.spatial_video", "SpatialVideo"),
 }
 
 

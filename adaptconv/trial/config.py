@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from ..schema import ConfigError, as_float, did_you_mean, parse, to_dict
 
-TASK_NAMES = ("classification", "segmentation", "upsampling", "denoising", "opbench")
+TASK_NAMES = ("classification", "segmentation", "upsampling", "denoising", "opbench", "spatial_segmentation",
+              "spatial_video")
 
 #: Keys that choose where/how a trial runs, not what it computes.
 RUN_KEYS = ("device", "threads", "data_root")  # `pretrained` is a path too, but it changes the result
@@ -86,7 +87,8 @@ class MeasureConfig:
 
 @dataclass
 class TrialConfig:
-    task: Literal["classification", "segmentation", "upsampling", "denoising", "opbench"]
+    task: Literal["classification", "segmentation", "upsampling", "denoising", "opbench", "spatial_segmentation",
+                  "spatial_video"]
     dataset: str | None = None  # default: the task's built-in data
     data_root: str | None = None  # where a real dataset lives on disk
     backbone: str | None = None  # default: the task's network

@@ -1,0 +1,91 @@
+"""The spatial-execution tasks end to end at toy sizes, the synthetic video and the frames folder."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from adaptconv.data import DatasetError
+from adaptconv.data.video import FrameFolder, SyntheticVideo
+from adaptconv.schema import ConfigError
+from adaptconv.trial.runner import run_trial
+from adaptconv.trial.config import parse_trial_config
+
+MEASURE_OFF = {"latency": False, "memory": False, "flops": False}
+
+
+def test_synthetic_video_is_seeded_labelled_and_moving():
+    a, b = SyntheticVideo(2, 32, 4, seed=3, split="test"), SyntheticVideo(2, 32, 4, seed=3, split="test")
+    assert torch.equal(a[1]["frames"], b[1]["frames"]) and torch.equal(a[1]["masks"], b[1]["masks"])
+    v = a[0]
+    assert v["frames"].shape == (4, 3, 32, 32) and v["masks"].shape == (4, 32, 32)
+    assert int(v["masks"].max()) >= 1  # an object is labelled
+    assert not torch.equal(v["masks"][0], v["masks"][-1])  # and it moves
+    assert not torch.equal(SyntheticVideo(1, 32, 4, seed=4, split="test")[0]["frames"], v["frames"])
+
+
+def _save(path, array):
+    Image.fromarray(array).save(path)
+
+
+def test_frame_folder_refuses_frames_of_different_sizes(tmp_path):
+    (tmp_path / "frames").mkdir()
+    _save(tmp_path / "frames" / "000.png", np.zeros((16, 16, 3), np.uint8))
+    _save(tmp_path / "frames" / "001.png", np.zeros((16, 24, 3), np.uint8))
+    with pytest.raises(DatasetError, match=r"different sizes.*000\.png is 16×16 but 001\.png is 16×24"):
+        FrameFolder(tmp_path)
+    with pytest.raises(DatasetError, match="no folder"):
+        FrameFolder(tmp_path / "nowhere")
+
+
+def test_video_task_on_a_folder_of_frames_without_labels(tmp_path):
+    (tmp_path / "frames").mkdir()
+    video = SyntheticVideo(1, 32, 3, seed=0, split="test")[0]["frames"]
+    for t in range(3):
+        _save(tmp_path / "frames" / f"{t:03d}.png", (video[t].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+    base = {"task": "spatial_video", "dataset": "frames", "data_root": str(tmp_path), "backbone": "simplecnn-s",
+            "task_options": {"size": 32, "block_size": 8, "policy": "random", "target": 0.25},
+            "measure": MEASURE_OFF, "threads": 1}
+    record = run_trial({**base, "steps": 2})
+    assert record["status"] == "error" and "masks is missing" in record["error"]["message"]
+    record = run_trial({**base, "steps": 0})
+    assert record["status"] == "ok", record.get("error")
+    m = record["metrics"]
+    assert m["miou"] is None  # no labels
+    assert m["block_fraction"] == pytest.approx((1 + 2 * 0.25) / 3)
+    assert m["flops_ratio"] == pytest.approx(m["block_fraction"], rel=1e-6)
+
+
+def test_video_task_all_blocks_is_the_dense_network():
+    record = run_trial({"task": "spatial_video", "backbone": "simplecnn-s", "steps": 3, "batch_size": 4,
+                        "task_options": {"size": 32, "frames": 3, "n_train": 2, "n_test": 2, "block_size": 8,
+                                         "policy": "all"}, "measure": MEASURE_OFF, "threads": 1})
+    assert record["status"] == "ok", record.get("error")
+    m = record["metrics"]
+    assert m["dense_agreement"] == 100.0 and m["miou"] == pytest.approx(m["dense_miou"])
+    assert m["block_fraction"] == 1.0 and m["flops_ratio"] == 1.0
+
+
+def test_dual_resolution_task_records_fraction_flops_and_policy_loss():
+    record = run_trial({"task": "spatial_segmentation", "backbone": "simplecnn-s", "steps": 4, "batch_size": 4,
+                        "task_options": {"size": 32, "n_train": 8, "n_test": 8, "block_size": 8, "target": 0.25,
+                                         "policy": "heuristic"},
+                        "measure": {**MEASURE_OFF, "flops": True, "batch_sizes": [1]}, "threads": 1})
+    assert record["status"] == "ok", record.get("error")
+    m = record["metrics"]
+    assert m["high_fraction"] == 0.25 and record["active_fraction"]["eval"] == 0.25
+    assert m["flops_ratio"] == pytest.approx(0.25 + 0.75 / 4, rel=0.05)
+    learned = run_trial({"task": "spatial_segmentation", "backbone": "simplecnn-s", "steps": 3, "batch_size": 4,
+                         "task_options": {"size": 32, "n_train": 8, "n_test": 8, "block_size": 8},
+                         "measure": MEASURE_OFF, "threads": 1})
+    assert learned["status"] == "ok" and len(learned["curve"]["aux_loss"]) == 3  # the policy's loss is added
+
+
+def test_bad_options_are_refused_before_running():
+    with pytest.raises(ConfigError, match=r"block_size 96 px.*stride 32"):
+        parse_trial_config({"task": "spatial_segmentation", "backbone": "resnet18",
+                            "task_options": {"block_size": 96, "size": 192}})
+    with pytest.raises(ConfigError, match=r"target.*\(0, 1\]"):
+        parse_trial_config({"task": "spatial_video", "task_options": {"target": 1.5}})
+    with pytest.raises(ConfigError, match="takes op: conv"):
+        parse_trial_config({"task": "spatial_video", "op": "pac"})
