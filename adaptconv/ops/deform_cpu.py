@@ -9,8 +9,10 @@ time and then loops over the batch; a training step of a 64→64 layer at 56×56
   values are contiguous; one GEMM per conv group with the weight gives the tile's output;
 - backward, per tile: the same columns again and one GEMM give ∂W; one GEMM gives the columns'
   gradient ``gyᵀ·W``, and ``deform_backward`` turns it, in one pass, into ∂x (scattered to the four
-  corners, threads split over channels so they never write the same element) and ∂offset / ∂mask
-  (the sampled values' derivatives summed over the channels of each offset group).
+  corners) and ∂offset / ∂mask (the sampled values' derivatives summed over the channels of each offset
+  group). The threads split the tile's pixels, each but the first scattering into its own ∂x plane of
+  one sample, added up after the sample (:data:`PRIVATE_BYTES` caps those planes; past it they split
+  the channels, in whole cache lines, so that no two write the same element).
 
 Nothing of size k²·C per pixel outlives a tile (about :data:`TILE_BYTES`), so the extra memory is the
 channels-last copy of x (kept for the backward) and the tile buffers.
@@ -44,14 +46,18 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "usable", "disabled", "status", "deform_conv2d", "TILE_BYTES"]
+__all__ = ["available", "usable", "disabled", "status", "deform_conv2d", "TILE_BYTES", "PRIVATE_BYTES"]
 
 SOURCE = Path(__file__).parent / "csrc" / "deform_cpu.cpp"
-ABI = 1
+ABI = 2
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 #: Bytes of one tile's column buffer (pixels × k²·C); the backward holds two. Half the last-level
 #: cache share of a core keeps a tile and its GEMM operands in cache (see the benchmark's notes).
 TILE_BYTES = [1 << 20]
+#: Most bytes of the per-thread ∂x planes (one sample each, for every thread but the first) that let
+#: the backward split a tile's pixels between threads; above it they split the channels instead, which
+#: repeats the per-tap set-up in every thread and scales worse.
+PRIVATE_BYTES = [64 << 20]
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 #: Off when ``ADAPTCONV_CPU_KERNELS=0`` (the switch PAC's compiled kernels read too) or inside disabled().
 _OFF = [os.environ.get("ADAPTCONV_CPU_KERNELS", "1") in ("0", "", "false", "off")]
@@ -107,9 +113,10 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for sfx in _SUFFIX.values():
         getattr(lib, f"deform_cols_{sfx}").argtypes = [p] * 4 + [i64] * 9 + [p, i32]
-        getattr(lib, f"deform_backward_{sfx}").argtypes = [p] * 7 + [i64] * 9 + [p, i32]
-        getattr(lib, f"deform_cols_{sfx}").restype = None
-        getattr(lib, f"deform_backward_{sfx}").restype = None
+        getattr(lib, f"deform_backward_{sfx}").argtypes = [p] * 8 + [i64] * 9 + [p, i32]
+        getattr(lib, f"deform_reduce_{sfx}").argtypes = [p, p, i64, i64, i32]
+        for name in ("deform_cols", "deform_backward", "deform_reduce"):
+            getattr(lib, f"{name}_{sfx}").restype = None
     return lib, f"built ({lib_path})"
 
 
@@ -251,6 +258,10 @@ class _DeformConv(torch.autograd.Function):
         gcols = xh.new_empty(geo.most, geo.taps * geo.c) if sample_back else None
         sample, scatter = _fn("deform_cols", xh.dtype), _fn("deform_backward", xh.dtype)
         nt = torch.get_num_threads()
+        plane = geo.h * geo.w * geo.c
+        priv = None
+        if need_x and nt > 1 and (nt - 1) * plane * xh.element_size() <= PRIVATE_BYTES[0]:
+            priv = xh.new_zeros(nt - 1, plane)
         for b in range(geo.b):
             mb = None if mask is None else mask[b]
             for p0, n in geo.tiles:
@@ -265,8 +276,11 @@ class _DeformConv(torch.autograd.Function):
                         torch.mm(gyt.t(), wr[k], out=gcols[:n, cblock])
                 if sample_back:
                     scatter(_ptr(xh[b]), _ptr(offset[b]), _ptr(mb), _ptr(gcols),
-                            _ptr(None if gxh is None else gxh[b]), _ptr(None if goff is None else goff[b]),
-                            _ptr(None if gmask is None else gmask[b]), *geo.sample_args(p0, n), nt)
+                            _ptr(None if gxh is None else gxh[b]), _ptr(priv),
+                            _ptr(None if goff is None else goff[b]), _ptr(None if gmask is None else gmask[b]),
+                            *geo.sample_args(p0, n), nt)
+            if priv is not None:
+                _fn("deform_reduce", xh.dtype)(_ptr(gxh[b]), _ptr(priv), nt - 1, plane, nt)
         gx = gxh.permute(0, 3, 1, 2).contiguous() if need_x else None
         gw = None
         if need_w:

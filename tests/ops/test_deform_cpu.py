@@ -98,11 +98,14 @@ def test_equals_torchvision_float64(kernel, stride, padding, dilation, groups, o
         assert_same(got, ref, 1e-11, 1e-10, f"{h}x{w} bias={bias}")
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads,split", [(1, "pixels"), (2, "pixels"), (2, "channels")])
 @pytest.mark.parametrize("masked", [False, True], ids=["v1", "v2"])
-def test_tiles_and_thread_splits(tiny_tiles, threads, masked):
-    """Several tiles per sample, and channel counts whose thread blocks (whole cache lines, 8 float64)
-    cut through conv groups and offset groups."""
+def test_tiles_and_thread_splits(tiny_tiles, monkeypatch, threads, split, masked):
+    """Several tiles per sample, split between threads by pixels (each thread its own ∂x plane) or by
+    channels (no room for those planes), with channel counts whose thread blocks (whole cache lines,
+    8 float64) cut through conv groups and offset groups."""
+    if split == "channels":
+        monkeypatch.setattr(deform_cpu, "PRIVATE_BYTES", [0])
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -115,72 +115,106 @@ void deform_cols(const T* xh, const T* off, const T* mask, T* cols, int64_t C, i
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward of one tile, given gcols = ∂L/∂cols (n × T·C, cols' layout):
-//   gxh  (H×W×C, may be null) += m · w_corner · gcols           (scatter to the four corners)
-//   goff (G·T·2 × H'×W', may be null) at the tile's pixels = m · Σ_c gcols · ∂bilinear/∂(dy, dx)
-//   gmask (G·T × H'×W', may be null) at the tile's pixels  = Σ_c gcols · bilinear
-// Parallel over blocks of channels (whole cache lines), so the scatter into gxh never races; each
-// thread sums its channels' share of goff/gmask into its own buffer, added up at the end.
+// Backward of pixels [i0, i1) of a tile, channels [lo, hi), given gcols = ∂L/∂cols (n × T·C):
+//   gx (H×W×C, may be null) += m · w_corner · gcols            (scatter to the four corners)
+//   acc[(3·gj + 0/1/2)·n + i] += m·Σ_c gcols·∂bilinear/∂dy, m·Σ_c gcols·∂bilinear/∂dx, Σ_c gcols·bilinear
+// (acc may be null), over the channels [lo, hi) of offset group g, tap j (gj = g·T + j).
 template <typename T>
-void deform_backward(const T* xh, const T* off, const T* mask, const T* gcols, T* gxh, T* goff,
+void backward_block(const T* xh, const T* off, const T* mask, const T* gcols, T* gx, T* acc, int64_t C,
+                    int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t groups, int64_t ogroups, int64_t p0,
+                    int64_t n, const Geom& g, int64_t i0, int64_t i1, int64_t lo, int64_t hi, T* sink,
+                    const T* zeros) {
+  const int64_t Tn = g.kh * g.kw, hw = Ho * Wo, cg = C / groups, TC = Tn * C;
+  const std::vector<Segment> segs = segments(C, groups, ogroups, lo, hi);
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t p = p0 + i, r = p / Wo, q = p % Wo;
+    const T* grow = gcols + i * TC;
+    for (int64_t j = 0; j < Tn; ++j) {
+      const T by = T(r * g.sh - g.ph + (j / g.kw) * g.dh), bx = T(q * g.sw - g.pw + (j % g.kw) * g.dw);
+      for (const Segment& s : segs) {
+        const int64_t gj = s.og * Tn + j, len = s.c1 - s.c0;
+        Point<T> pt;
+        if (!locate(by + off[2 * gj * hw + p], bx + off[(2 * gj + 1) * hw + p], H, W, C, pt)) continue;
+        const T* __restrict__ gc = grow + s.k * Tn * cg + j * cg + (s.c0 - s.k * cg);
+        const T m = mask ? mask[gj * hw + p] : T(1);
+        const T ly = pt.ly, lx = pt.lx, hy = T(1) - ly, hx = T(1) - lx;
+        const T w0 = m * hy * hx, w1 = m * hy * lx, w2 = m * ly * hx, w3 = m * ly * lx;
+        if (acc) {
+          const T* __restrict__ a = pt.at[0] >= 0 ? xh + pt.at[0] + s.c0 : zeros;
+          const T* __restrict__ b = pt.at[1] >= 0 ? xh + pt.at[1] + s.c0 : zeros;
+          const T* __restrict__ c = pt.at[2] >= 0 ? xh + pt.at[2] + s.c0 : zeros;
+          const T* __restrict__ e = pt.at[3] >= 0 ? xh + pt.at[3] + s.c0 : zeros;
+          // a corner outside the image sends its gradient to a row of the sink (or nowhere)
+          T* __restrict__ ga = gx && pt.at[0] >= 0 ? gx + pt.at[0] + s.c0 : sink;
+          T* __restrict__ gb = gx && pt.at[1] >= 0 ? gx + pt.at[1] + s.c0 : sink + C;
+          T* __restrict__ gcc = gx && pt.at[2] >= 0 ? gx + pt.at[2] + s.c0 : sink + 2 * C;
+          T* __restrict__ ge = gx && pt.at[3] >= 0 ? gx + pt.at[3] + s.c0 : sink + 3 * C;
+          T sy = 0, sx = 0, sv = 0;
+#pragma omp simd reduction(+ : sy, sx, sv)
+          for (int64_t t = 0; t < len; ++t) {
+            const T v = gc[t];
+            sy += v * (hx * (c[t] - a[t]) + lx * (e[t] - b[t]));
+            sx += v * (hy * (b[t] - a[t]) + ly * (e[t] - c[t]));
+            sv += v * (hy * (hx * a[t] + lx * b[t]) + ly * (hx * c[t] + lx * e[t]));
+            ga[t] += w0 * v;
+            gb[t] += w1 * v;
+            gcc[t] += w2 * v;
+            ge[t] += w3 * v;
+          }
+          acc[(3 * gj) * n + i] += m * sy;
+          acc[(3 * gj + 1) * n + i] += m * sx;
+          acc[(3 * gj + 2) * n + i] += sv;
+        } else if (gx) {
+          const T wk[4] = {w0, w1, w2, w3};
+          for (int k = 0; k < 4; ++k) {
+            if (pt.at[k] < 0) continue;
+            T* __restrict__ d = gx + pt.at[k] + s.c0;
+            const T w = wk[k];
+            for (int64_t t = 0; t < len; ++t) d[t] += w * gc[t];
+          }
+        }
+      }
+    }
+  }
+}
+
+// Backward of one tile: ∂x into gxh (H×W×C, may be null), ∂offset into goff (G·T·2 × H'×W', may be
+// null) and ∂mask into gmask (G·T × H'×W', may be null) at the tile's pixels. Two ways to share it
+// between threads without two of them ever adding to the same element of gxh:
+// - with priv (nt−1 planes H×W×C, zero on entry to a sample's first tile): the threads split the
+//   pixels; thread t > 0 scatters into its own plane, which deform_reduce adds to gxh after the
+//   sample's last tile. ∂offset/∂mask of a pixel are then one thread's sums;
+// - without: the threads split the channels in whole cache lines and scatter straight into gxh, each
+//   summing its channels' share of ∂offset/∂mask in its own buffer, added up at the end.
+template <typename T>
+void deform_backward(const T* xh, const T* off, const T* mask, const T* gcols, T* gxh, T* priv, T* goff,
                      T* gmask, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t groups,
                      int64_t ogroups, int64_t p0, int64_t n, const int64_t* g8, int nt) {
   const Geom g{g8[0], g8[1], g8[2], g8[3], g8[4], g8[5], g8[6], g8[7]};
-  const int64_t Tn = g.kh * g.kw, hw = Ho * Wo, cg = C / groups, TC = Tn * C, GT = ogroups * Tn;
+  const int64_t Tn = g.kh * g.kw, hw = Ho * Wo, GT = ogroups * Tn;
   const bool want_coord = goff || gmask;
+  const bool by_pixels = priv != nullptr || !gxh;
   const int64_t line = std::max<int64_t>(1, 64 / int64_t(sizeof(T)));
   const int64_t blocks = (C + line - 1) / line;
-  const int nth = int(std::max<int64_t>(1, std::min<int64_t>(nt, blocks)));
-  const int64_t part = want_coord ? 3 * GT * n : 0;  // per thread: [gj][dy, dx, mask][i]
-  std::vector<T> parts(size_t(nth) * part);
+  const int nth = by_pixels ? nt : int(std::max<int64_t>(1, std::min<int64_t>(nt, blocks)));
+  const int64_t part = want_coord ? 3 * GT * n : 0;  // [gj][dy, dx, mask][i]
+  const int nparts = by_pixels ? 1 : nth;
+  std::vector<T> parts(size_t(nparts) * part, T(0));
   const std::vector<T> zeros(C, T(0));
 #pragma omp parallel num_threads(nth)
   {
     const int tid = omp_get_thread_num(), nthr = omp_get_num_threads();
-    const int64_t lo = std::min(C, (blocks * tid / nthr) * line), hi = std::min(C, (blocks * (tid + 1) / nthr) * line);
-    const std::vector<Segment> segs = segments(C, groups, ogroups, lo, hi);
-    T* acc = want_coord ? parts.data() + tid * part : nullptr;
-    if (acc) std::fill(acc, acc + part, T(0));
-    for (int64_t i = 0; i < n && lo < hi; ++i) {
-      const int64_t p = p0 + i, r = p / Wo, q = p % Wo;
-      const T* grow = gcols + i * TC;
-      for (int64_t j = 0; j < Tn; ++j) {
-        const T by = T(r * g.sh - g.ph + (j / g.kw) * g.dh), bx = T(q * g.sw - g.pw + (j % g.kw) * g.dw);
-        for (const Segment& s : segs) {
-          const int64_t gj = s.og * Tn + j, len = s.c1 - s.c0;
-          Point<T> pt;
-          if (!locate(by + off[2 * gj * hw + p], bx + off[(2 * gj + 1) * hw + p], H, W, C, pt)) continue;
-          const T* __restrict__ gc = grow + s.k * Tn * cg + j * cg + (s.c0 - s.k * cg);
-          const T m = mask ? mask[gj * hw + p] : T(1);
-          const T ly = pt.ly, lx = pt.lx, hy = T(1) - ly, hx = T(1) - lx;
-          if (acc) {
-            const T* __restrict__ a = pt.at[0] >= 0 ? xh + pt.at[0] + s.c0 : zeros.data();
-            const T* __restrict__ b = pt.at[1] >= 0 ? xh + pt.at[1] + s.c0 : zeros.data();
-            const T* __restrict__ c = pt.at[2] >= 0 ? xh + pt.at[2] + s.c0 : zeros.data();
-            const T* __restrict__ e = pt.at[3] >= 0 ? xh + pt.at[3] + s.c0 : zeros.data();
-            T sy = 0, sx = 0, sv = 0;
-#pragma omp simd reduction(+ : sy, sx, sv)
-            for (int64_t t = 0; t < len; ++t) {
-              const T v = gc[t];
-              sy += v * (hx * (c[t] - a[t]) + lx * (e[t] - b[t]));
-              sx += v * (hy * (b[t] - a[t]) + ly * (e[t] - c[t]));
-              sv += v * (hy * (hx * a[t] + lx * b[t]) + ly * (hx * c[t] + lx * e[t]));
-            }
-            acc[(3 * gj) * n + i] += m * sy;
-            acc[(3 * gj + 1) * n + i] += m * sx;
-            acc[(3 * gj + 2) * n + i] += sv;
-          }
-          if (gxh) {
-            const T wk[4] = {m * hy * hx, m * hy * lx, m * ly * hx, m * ly * lx};
-            for (int k = 0; k < 4; ++k) {
-              if (pt.at[k] < 0) continue;
-              T* __restrict__ d = gxh + pt.at[k] + s.c0;
-              const T w = wk[k];
-              for (int64_t t = 0; t < len; ++t) d[t] += w * gc[t];
-            }
-          }
-        }
-      }
+    std::vector<T> sink(4 * C);
+    if (by_pixels) {
+      T* gx = !gxh ? nullptr : tid == 0 ? gxh : priv + (tid - 1) * H * W * C;
+      const int64_t i0 = n * tid / nthr, i1 = n * (tid + 1) / nthr;
+      backward_block(xh, off, mask, gcols, gx, want_coord ? parts.data() : nullptr, C, H, W, Ho, Wo, groups,
+                     ogroups, p0, n, g, i0, i1, 0, C, sink.data(), zeros.data());
+    } else {
+      const int64_t lo = std::min(C, (blocks * tid / nthr) * line);
+      const int64_t hi = std::min(C, (blocks * (tid + 1) / nthr) * line);
+      backward_block(xh, off, mask, gcols, gxh, want_coord ? parts.data() + tid * part : nullptr, C, H, W, Ho,
+                     Wo, groups, ogroups, p0, n, g, 0, n, lo, hi, sink.data(), zeros.data());
     }
     if (want_coord) {
 #pragma omp barrier
@@ -188,7 +222,7 @@ void deform_backward(const T* xh, const T* off, const T* mask, const T* gcols, T
       for (int64_t gi = 0; gi < GT * n; ++gi) {
         const int64_t gj = gi / n, i = gi % n;
         T sy = 0, sx = 0, sv = 0;
-        for (int t = 0; t < nthr; ++t) {
+        for (int t = 0; t < nparts; ++t) {
           const T* pa = parts.data() + t * part;
           sy += pa[(3 * gj) * n + i];
           sx += pa[(3 * gj + 1) * n + i];
@@ -204,6 +238,22 @@ void deform_backward(const T* xh, const T* off, const T* mask, const T* gcols, T
   }
 }
 
+// gxh (size elements) += Σ of the nparts planes of priv, which are zeroed for the next sample.
+template <typename T>
+void deform_reduce(T* gxh, T* priv, int64_t nparts, int64_t size, int nt) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t e0 = 0; e0 < size; e0 += 4096) {
+    const int64_t e1 = std::min(size, e0 + 4096);
+    for (int64_t t = 0; t < nparts; ++t) {
+      T* __restrict__ src = priv + t * size;
+      for (int64_t e = e0; e < e1; ++e) {
+        gxh[e] += src[e];
+        src[e] = T(0);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 #define ADAPTCONV_DEFORM_EXPORT(T, SFX)                                                              \
@@ -214,14 +264,18 @@ void deform_backward(const T* xh, const T* off, const T* mask, const T* gcols, T
     deform_cols<T>(xh, off, mask, cols, C, H, W, Ho, Wo, groups, ogroups, p0, n, g8, nt);          \
   }                                                                                                 \
   extern "C" void deform_backward_##SFX(const T* xh, const T* off, const T* mask, const T* gcols,   \
-                                        T* gxh, T* goff, T* gmask, int64_t C, int64_t H, int64_t W, \
-                                        int64_t Ho, int64_t Wo, int64_t groups, int64_t ogroups,    \
-                                        int64_t p0, int64_t n, const int64_t* g8, int nt) {         \
-    deform_backward<T>(xh, off, mask, gcols, gxh, goff, gmask, C, H, W, Ho, Wo, groups, ogroups,    \
-                       p0, n, g8, nt);                                                              \
+                                        T* gxh, T* priv, T* goff, T* gmask, int64_t C, int64_t H,   \
+                                        int64_t W, int64_t Ho, int64_t Wo, int64_t groups,          \
+                                        int64_t ogroups, int64_t p0, int64_t n, const int64_t* g8,  \
+                                        int nt) {                                                   \
+    deform_backward<T>(xh, off, mask, gcols, gxh, priv, goff, gmask, C, H, W, Ho, Wo, groups,       \
+                       ogroups, p0, n, g8, nt);                                                     \
+  }                                                                                                 \
+  extern "C" void deform_reduce_##SFX(T* gxh, T* priv, int64_t nparts, int64_t size, int nt) {      \
+    deform_reduce<T>(gxh, priv, nparts, size, nt);                                                  \
   }
 
 ADAPTCONV_DEFORM_EXPORT(float, f32)
 ADAPTCONV_DEFORM_EXPORT(double, f64)
 
-extern "C" int adaptconv_deform_cpu_abi() { return 1; }
+extern "C" int adaptconv_deform_cpu_abi() { return 2; }
