@@ -594,7 +594,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise CollectError(f"{spec}: not a results folder (expected {root}/trials/<id>/record.json) "
                                f"nor a suite name with results in results/{spec}")
         cols.append(collect(root))
-    cmp = compare(*cols)
+    cmp = compare(*cols, include_contended=args.include_contended)
     for label, env in (("A", cmp.env_a), ("B", cmp.env_b)):
         print(f"{label}: {args.a if label == 'A' else args.b}")
         print(env.to_markdown(index=False) if len(env) else "  (no finished trial)")
@@ -604,6 +604,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
               "path), so A and B must come from the same suite")
         return 1
     print(cmp.summary.to_markdown(index=False, floatfmt=".3f"))
+    if cmp.contended:
+        left = ", ".join(f"{c}: {n}" for c, n in cmp.contended.items())
+        print(f"\nleft out, timed while other processes competed for the CPU in A or B ({left}); "
+              "--include-contended keeps them")
     if args.out:
         from .results.atomic import write_text_atomic
 
@@ -700,6 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", help="results folder (or suite name) A")
     p.add_argument("b", help="results folder (or suite name) B")
     p.add_argument("--out", help="write the per-trial table to this CSV")
+    p.add_argument("--include-contended", action="store_true",
+                   help="keep latencies timed while other processes competed for the CPU (left out by default)")
     p.set_defaults(func=cmd_compare)
     return parser
 

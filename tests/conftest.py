@@ -11,3 +11,9 @@ from pathlib import Path  # noqa: E402
 
 # shared fixture builders (tests/fixtures/*.py) are importable as `fixtures.<module>`
 sys.path.insert(0, str(Path(__file__).parent))
+
+import os  # noqa: E402
+import tempfile  # noqa: E402
+
+# latency measurements keep this machine's fastest calibration; the tests keep theirs apart from the user's
+os.environ.setdefault("ADAPTCONV_CALIBRATION", str(Path(tempfile.mkdtemp(prefix="adaptconv-test-")) / "calibration.json"))

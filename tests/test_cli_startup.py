@@ -101,3 +101,20 @@ def test_the_cache_keeps_the_most_recent_entries_only(tmp_path, monkeypatch):
         load_suite_cached(path)
     assert len(list((tmp_path / "cache").glob("*.json"))) == 2
     assert load_suite_cached(tmp_path / "s2.yaml")[1] and not load_suite_cached(tmp_path / "s0.yaml")[1]
+
+
+def test_report_imports_neither_torch_nor_timm_once_the_installation_is_described(tmp_path):
+    from fixtures.records import write_fixture
+
+    suite, store = write_fixture(tmp_path, ops=("conv", "pac"), scales=(4,), seeds=(0, 1), kernel_types=())
+    (tmp_path / "claims.yaml").write_text(
+        "claims:\n  - {id: pac-rmse, claim: PAC lowers RMSE, source: fixture, section: {task: upsampling, "
+        "dataset: middlebury}, op: pac, metric: rmse, direction: lower}\n")
+    args = ["report", str(tmp_path / "fixture.yaml"), "--results", str(store.root), "--out", str(tmp_path / "rep"),
+            "--claims", str(tmp_path / "claims.yaml")]
+    # the first report describes this installation for the claims (the registry: torch), and caches it
+    first, _ = _run(args, tmp_path)
+    assert first["rc"] == 0
+    probe, stdout = _run(args, tmp_path)
+    assert probe == {"rc": 0, "heavy": []}, stdout
+    assert "claims (" in stdout and "1 supported" in stdout and (tmp_path / "rep" / "README.md").is_file()

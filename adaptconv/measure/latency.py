@@ -16,6 +16,10 @@
 - Python's garbage collector is paused while timing (as ``timeit`` does).
 - Statistics over the samples: median, quartiles and IQR, mean and standard deviation, a percentile
   bootstrap 95% CI of the median (numpy, seeded) and a ``noisy`` flag when IQR/median > 10%.
+- The host (:mod:`.contention`): optionally a bounded wait for the machine to be quiet, then a
+  calibration workload timed with the same threads, and the load of other processes over the timing;
+  ``contended`` says the number is not the operator's alone (a tight IQR does not: on an oversubscribed
+  CPU every sample can be equally wrong).
 
 The record carries everything that changes the number: device, timer, block size, warm-up and
 calibration counts, torch thread counts, cuDNN benchmark and TF32 flags.
@@ -37,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import contention
 from .environment import backend_flags
 
 #: Relative IQR above which a measurement is flagged noisy.
@@ -139,6 +144,10 @@ class LatencyResult:
     backends: dict[str, Any] = field(default_factory=dict)
     bootstrap: dict[str, Any] = field(default_factory=dict)
     noisy_threshold: float = NOISY_THRESHOLD
+    #: other processes competed for the device during the timing (None: the host was not checked)
+    contended: bool | None = None
+    #: the host around the timing: load, others' CPU use, clock, calibration, reasons (contention.HostLoad)
+    host: dict[str, Any] | None = None
 
     @property
     def cudnn_benchmark(self) -> bool | None:
@@ -228,6 +237,8 @@ def measure_latency(
     seed: int = 0,
     noisy_threshold: float = NOISY_THRESHOLD,
     disable_gc: bool = True,
+    check_host: bool = True,
+    quiet_wait_s: float = 0.0,
 ) -> LatencyResult:
     """Time ``fn`` (one iteration, no arguments) on ``device``.
 
@@ -236,6 +247,10 @@ def measure_latency(
     timing phase only) is spent. ``block`` fixes the iterations per sample; by default it is
     calibrated so a block lasts at least ``block_target_s`` (1 ms on CUDA, 50 µs on the CPU).
     ``threads`` sets ``torch.set_num_threads`` for the measurement (restored afterwards).
+
+    ``check_host``: time the calibration workload first and watch the other processes during the
+    timing, setting ``contended`` and ``host`` (see :mod:`.contention`); ``quiet_wait_s``: before that,
+    wait up to this long for a moment when no other process competes for the cores.
     """
     device = torch.device(device)
     if device.type not in ("cuda", "cpu"):
@@ -268,6 +283,15 @@ def measure_latency(
             calibration = 0
             if block is None:
                 block, calibration = _calibrate(timer, fn, target)
+            # on CUDA one host thread launches the work: it is the one other processes can slow down
+            host_threads = 1 if cuda else torch.get_num_threads()
+            if check_host:
+                waited = 0.0
+                if quiet_wait_s > 0:
+                    waited, _ = contention.wait_for_quiet(host_threads, quiet_wait_s)
+                reference = contention.calibrate(device, torch.get_num_threads())
+                load_before = contention.load_average()
+                monitor = contention.LoadMonitor().start()
             samples: list[float] = []
             timed = 0.0
             t_start = time.perf_counter()
@@ -278,6 +302,10 @@ def measure_latency(
                 if len(samples) >= repeats:
                     if timed >= min_time_s or time.perf_counter() - t_start >= max_time_s:
                         break
+            host = None
+            if check_host:
+                host = contention.host_load(monitor.stop(), host_threads, reference, load_before=load_before,
+                                            waited_s=waited)
         measured_threads = torch.get_num_threads()
         interop = torch.get_num_interop_threads()
     finally:
@@ -297,6 +325,8 @@ def measure_latency(
         threads=measured_threads, interop_threads=interop, gc_disabled=disable_gc,
         backends=backend_flags(), bootstrap={"n_boot": n_boot, "seed": seed, "ci": 0.95, "statistic": "median"},
         noisy_threshold=noisy_threshold,
+        contended=host.contended if host is not None else None,
+        host=host.as_dict() if host is not None else None,
     )
 
 

@@ -27,11 +27,11 @@ import pandas as pd
 
 from ..results.atomic import write_text_atomic
 from ..results.store import STATES
-from ..results.collect import Collection
+from ..results.collect import Collection, raised
 from .claims import ClaimsTable
 from .figures import Figure, all_figures, slug
 from .findings import METHOD, findings
-from .tables import (Layout, build_layout, display_table, environment_table, section_table, status_table,
+from .tables import (CONTENDED_MARK, NOISY_MARK, Layout, build_layout, display_table, environment_table, section_table, status_table,
                      to_html, to_latex, to_markdown)
 
 
@@ -53,7 +53,7 @@ table{border-collapse:collapse;font-size:13px;margin:0.6em 0 1.2em}
 th,td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right;white-space:nowrap}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 td.best{font-weight:bold}figure{margin:1em 0}figure img{max-width:100%}
-figcaption{font-size:13px;color:#555}code{background:#f4f4f4;padding:0 3px}.note{color:#555;font-size:14px}
+figcaption{font-size:13px;color:#555}code{background:#f4f4f4;padding:0 3px}.note{color:#555;font-size:14px}.warning{background:#fff4e5;border-left:4px solid #e8a33d;padding:6px 10px}
 """
 
 
@@ -87,7 +87,9 @@ def _reading_notes(layout: Layout) -> list[str]:
         "`training step` is forward + backward + optimiser step. Peak memory: the CUDA allocator's peak on GPU, "
         "the profiler's peak of live tensor bytes on CPU. FLOPs count one multiply-add as 2 FLOPs, at batch 1. "
         "`×conv`: ratio to the `conv` row of the same comparison group; measurements are not tested for "
-        "significance here.",
+        f"significance here. {CONTENDED_MARK} after a latency or ratio: timed while other processes competed for the "
+        f"CPU (contended), not the operator's speed; {NOISY_MARK}: noisy, the repeats spread more than 10% of the "
+        "median (with several seeds, the mark says at least one seed's run was).",
     ]
     if devices:
         notes.append(f"Measured on: {', '.join(devices)}.")
@@ -183,6 +185,40 @@ def _summary(col: Collection, counts: dict[str, int]) -> str:
     return text + "."
 
 
+def latency_warning(layout: Layout) -> str | None:
+    """A paragraph for the top of the report when some of its latencies cannot be read as the operators'
+    speed: timed while other processes competed for the device (contended), with repeats spread beyond
+    the noise threshold (noisy), or recorded before the host was checked. None when every one is clean."""
+    done = set(layout.trials.loc[layout.trials["state"] == "done", "trial_id"])
+    runs = layout.col.runs
+    if not len(runs) or "latency_ms" not in runs:
+        return None
+    runs = runs[runs["trial_id"].isin(done) & runs["latency_ms"].notna()]
+    if not len(runs):
+        return None
+    contended = runs["contended"].map(raised) if "contended" in runs else pd.Series(False, index=runs.index)
+    unchecked = runs["contended"].isna() if "contended" in runs else pd.Series(True, index=runs.index)
+    noisy = runs["noisy"].map(raised) if "noisy" in runs else pd.Series(False, index=runs.index)
+    total = len(runs)
+    parts = []
+    if contended.any():
+        parts.append(f"{int(contended.sum())} of {total} latency runs were timed while other processes competed for the "
+                     f"CPU ({CONTENDED_MARK} in the tables, hollow markers in the figures). On an oversubscribed CPU a "
+                     "latency measures the machine's load, not the operator: every repeat can be equally slow, so a "
+                     "tight interval does not vouch for it, and a ratio to `conv` mixes two different loads. Do not "
+                     "read these as the operators' speed; rerun the suite into another results folder on a quiet "
+                     "machine (or with fewer `threads` than cores) and compare.")
+    if noisy.any():
+        parts.append(f"{int(noisy.sum())} of {total} latency runs are noisy ({NOISY_MARK}: their repeats spread more "
+                     "than 10% of the median).")
+    if unchecked.any():
+        parts.append(f"{int(unchecked.sum())} of {total} latency runs were recorded before adaptconv checked the host, "
+                     "so whether the machine was quiet is unknown.")
+    if not parts:
+        return None
+    return "**Latencies to read with care.** " + " ".join(parts)
+
+
 def _section_figures(figures: list[Figure], section: str) -> list[Figure]:
     return [f for f in figures if f.section == section and f.kind != "scaling"]
 
@@ -196,6 +232,9 @@ def _markdown(col, layout, sections, figures, status, env, counts, notes, cmd, f
     if col.description:
         lines += [col.description, ""]
     lines += [f"{_summary(col, counts)} Regenerate with `{cmd}`; [the HTML version](index.html).", ""]
+    warning = latency_warning(layout)
+    if warning:
+        lines += [warning, ""]
     lines += ["## How to read it", ""] + [f"- {n}" for n in notes] + [""]
     if claims is not None:
         lines += claims.markdown_lines()
@@ -228,6 +267,9 @@ def _html(col, layout, sections, figures, status, env, counts, notes, cmd, found
     if col.description:
         parts.append(f"<p>{inline_html(col.description)}</p>")
     parts.append(f"<p>{esc(_summary(col, counts))} Regenerate with <code>{esc(cmd)}</code>.</p>")
+    warning = latency_warning(layout)
+    if warning:
+        parts.append(f"<p class=\"warning\">{inline_html(warning)}</p>")
     parts.append("<h2>How to read it</h2><ul>" + "".join(f"<li class=\"note\">{inline_html(n)}</li>" for n in notes)
                  + "</ul>")
     if claims is not None:

@@ -47,7 +47,6 @@ claims file is applied to a suite it was not written for: the default file never
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import html
 import json
@@ -233,59 +232,53 @@ def _check_structure(claims: list[Claim], problems: _Problems) -> None:
             problems.add(at + ("non_inferior", "margin"), f"must be >= 0, got {c.non_inferior.margin}")
 
 
-def _task_metrics(task_cls) -> list[str]:
-    return list(dict.fromkeys([*task_cls.metrics, *task_cls.higher_is_better]))
-
-
-def _check_metric(name: str, task_cls, at: tuple, problems: _Problems) -> None:
-    allowed = _task_metrics(task_cls) + list(MEASURE_METRICS)
+def _check_metric(name: str, task: str, info: dict, at: tuple, problems: _Problems) -> None:
+    """``info``: the task's entry of :func:`adaptconv.sweep.cache.installation`."""
+    allowed = list(info["metrics"]) + list(MEASURE_METRICS)
     if name in allowed:
         return
     if name in NOT_SEED_LEVEL:
         problems.add(at, f"{name!r} is a timing or memory measurement, not a seed-level result: it cannot be "
                          f"judged by a paired-by-seed interval; choose one of {', '.join(allowed)}")
         return
-    problems.add(at, f"unknown metric {name!r} of task {task_cls.name!r}{did_you_mean(name, allowed)}; "
+    problems.add(at, f"unknown metric {name!r} of task {task!r}{did_you_mean(name, allowed)}; "
                      f"choices: {', '.join(allowed)}")
 
 
 def _check_names(cf: ClaimsFile, problems: _Problems, operators: str) -> None:
     """Names against what this installation knows: tasks, datasets, backbones, metrics, task options
     (built in: always errors) and operators (plugins may be missing here: errors or warnings)."""
-    from ..ops import list_ops
-    from ..tasks import get_task, list_tasks
-    from ..trial.config import TrialConfig
+    from ..sweep.cache import installation
 
-    ops = list_ops()
-    config_keys = [f.name for f in dataclasses.fields(TrialConfig)]
+    inst = installation()  # plain data, cached: no torch once this installation has been described
+    ops = list(inst["ops"])
+    tasks = inst["tasks"]
+    config_keys = inst["config_keys"]
+    timm_models = set(inst["timm_models"])
     for i, c in enumerate(cf.claims):
         at = ("claims", i)
         task = c.section["task"]
-        if task not in list_tasks():
-            problems.add(at + ("section", "task"), f"unknown task {task!r}{did_you_mean(task, list_tasks())}; "
-                                                   f"choices: {', '.join(list_tasks())}")
+        if task not in tasks:
+            problems.add(at + ("section", "task"), f"unknown task {task!r}{did_you_mean(task, list(tasks))}; "
+                                                   f"choices: {', '.join(tasks)}")
             continue
-        task_cls = get_task(task)
+        info = tasks[task]
         dataset = c.section.get("dataset")
-        if dataset is not None and dataset not in task_cls.datasets:
+        if dataset is not None and dataset not in info["datasets"]:
             problems.add(at + ("section", "dataset"),
-                         f"{dataset!r} is not a dataset of task {task!r}{did_you_mean(dataset, task_cls.datasets)}; "
-                         f"choices: {', '.join(task_cls.datasets)}")
+                         f"{dataset!r} is not a dataset of task {task!r}{did_you_mean(dataset, info['datasets'])}; "
+                         f"choices: {', '.join(info['datasets'])}")
         backbone = c.section.get("backbone")
-        if backbone is not None and backbone not in task_cls.backbones:
-            known = False
-            if task_cls.accepts_timm:
-                import timm
-
-                known = timm.is_model(backbone)
-            if not known:
+        if backbone is not None and backbone not in info["backbones"]:
+            # a timm name may carry a pretrained tag (resnet18.a1_in1k)
+            if not (info["accepts_timm"] and backbone.split(".")[0] in timm_models):
                 problems.add(at + ("section", "backbone"),
-                             f"{backbone!r} is not a network of task {task!r}{did_you_mean(backbone, task_cls.backbones)}; "
-                             f"choices: {', '.join(task_cls.backbones)}" + (" or a timm model" if task_cls.accepts_timm else ""))
-        _check_metric(c.metric, task_cls, at + ("metric",), problems)
+                             f"{backbone!r} is not a network of task {task!r}{did_you_mean(backbone, info['backbones'])}; "
+                             f"choices: {', '.join(info['backbones'])}" + (" or a timm model" if info["accepts_timm"] else ""))
+        _check_metric(c.metric, task, info, at + ("metric",), problems)
         if c.non_inferior is not None:
-            _check_metric(c.non_inferior.metric, task_cls, at + ("non_inferior", "metric"), problems)
-        options = [f.name for f in dataclasses.fields(task_cls.Options)]
+            _check_metric(c.non_inferior.metric, task, info, at + ("non_inferior", "metric"), problems)
+        options = list(info["options"])
         for where in ("where", "op_where", "against_where"):
             for key in getattr(c, where):
                 head, _, rest = key.partition(".")
@@ -294,7 +287,7 @@ def _check_names(cf: ClaimsFile, problems: _Problems, operators: str) -> None:
                 elif head == "task_options" and rest.split(".")[0] not in options:
                     problems.add(at + (where, key), f"task {task!r} has no option {rest!r}"
                                                     f"{did_you_mean(rest, options)}; options: {', '.join(options)}")
-        baselines = tuple(getattr(task_cls, "baseline_names", ()) or ())
+        baselines = tuple(info["baselines"])
         for side, name in (("op", c.op), ("against", c.against)):
             choices = ops + (list(baselines) if side == "against" else [])
             if name in choices:
@@ -576,29 +569,19 @@ def _same(cell, value) -> bool:
 def _default(key: str, task: str | None, op: str | None):
     """The schema default of a config key: normalised configs leave some out at their default
     (a task's late options, an operator's options), so a missing cell means this value."""
+    from ..sweep.cache import installation
+
     head, _, rest = key.partition(".")
-    try:
-        if head == "task_options" and task:
-            from ..tasks import get_task
-
-            task_cls = get_task(task)
-            if rest in task_cls.late_options:
-                return task_cls.late_options[rest]
-            for f in dataclasses.fields(task_cls.Options):
-                if f.name == rest and f.default is not dataclasses.MISSING:
-                    return f.default
-        elif head == "op_options" and op:
-            import inspect
-
-            from ..ops import get_op, list_ops
-            from ..trial.config import _op_options
-
-            if op in list_ops():
-                p = _op_options(get_op(op)).get(rest)
-                if p is not None and p.default is not inspect.Parameter.empty:
-                    return p.default
-    except ConfigError:
-        pass
+    inst = installation()
+    if head == "task_options" and task in inst["tasks"]:
+        info = inst["tasks"][task]
+        if rest in info["late_options"]:
+            return info["late_options"][rest]
+        if "default" in info["options"].get(rest, {}):
+            return info["options"][rest]["default"]
+    elif head == "op_options" and op in inst["ops"]:
+        if "default" in inst["ops"][op].get(rest, {}):
+            return inst["ops"][op][rest]["default"]
     return _NO_DEFAULT
 
 
@@ -717,8 +700,8 @@ def evaluate_claims(claims: ClaimsFile, col, *, strict: bool = True, alpha: floa
     suites) the claim is left out of the table and the notes say why, so a report is never stopped by
     a claim meant for another suite.
     """
-    from ..ops import list_ops
     from ..results.collect import NOT_A_FACTOR
+    from ..sweep.cache import installation
 
     trials = _in_suite(col.trials)
     # the trivial baselines (adaptconv.results.collect.baseline_table): their own rows, op = their name
@@ -727,7 +710,7 @@ def evaluate_claims(claims: ClaimsFile, col, *, strict: bool = True, alpha: floa
     problems = claims.problems()
     table = ClaimsTable(claims.path, col.suite, [])
     sections = _sections_of(trials)
-    known_ops = set(list_ops())
+    known_ops = set(installation()["ops"])
     result_ops = {str(v) for df in (trials, baselines) if "op" in df for v in df["op"].dropna()}
     factors = [c for c in col.config_columns if c not in NOT_A_FACTOR]
     for i, c in enumerate(claims.claims):

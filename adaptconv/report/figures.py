@@ -36,6 +36,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from ..results.atomic import write_bytes_atomic  # noqa: E402
+from ..results.collect import raised  # noqa: E402
 from .palette import BASELINE, CONV_LINE, TRIVIAL_LINE, op_order, variant_styles  # noqa: E402
 from .tables import Layout, fmt_factor, fmt_value, short_key  # noqa: E402
 
@@ -341,6 +342,11 @@ def _reference_caption(names: list[str]) -> str:
 
 # ---- metric vs latency, with the Pareto front -----------------------------------------------------
 
+def _doubtful(row: pd.Series, phase: str) -> bool:
+    """Whether a row's latency of ``phase`` was contended or noisy (for any seed)."""
+    return raised(row.get(f"{phase}_contended")) or raised(row.get(f"{phase}_noisy"))
+
+
 def pareto_figures(layout: Layout, folder: Path) -> list[Figure]:
     out = []
     for section in layout.sections:
@@ -359,7 +365,9 @@ def pareto_figures(layout: Layout, folder: Path) -> list[Figure]:
             style = _styles(g["variant"])
             for i, r in g.iterrows():
                 color, marker, _ = style[r["variant"]]
-                ax.plot(r["inference_ms"], r[metric], marker, ms=6, color=color, label=r["variant"], zorder=3)
+                # hollow: a latency that is contended or noisy (‡/† in the tables), not the operator's speed
+                face = "white" if _doubtful(r, "inference") else color
+                ax.plot(r["inference_ms"], r[metric], marker, ms=6, color=color, mfc=face, label=r["variant"], zorder=3)
                 xe, ye = _err(xerr, i), _err(yerr, i)
                 if xe is not None or ye is not None:  # no interval (one seed): no bar, no cap
                     ax.errorbar(r["inference_ms"], r[metric], xerr=xe, yerr=ye, fmt="none", color=color,
@@ -383,10 +391,12 @@ def pareto_figures(layout: Layout, folder: Path) -> list[Figure]:
         groups = sorted(agg["group"].unique())
         # content-sized: a group of one or two points needs less room than a cloud of thirteen
         widths = {gr: 1.8 + 0.1 * min(int((agg["group"] == gr).sum()), 10) for gr in groups}
+        hollow = " Hollow: a latency timed while other processes competed for the CPU, or noisy (‡/† in the table)." \
+            if agg.apply(lambda r: _doubtful(r, "inference"), axis=1).any() else ""
         out += _group_figures(folder, "pareto", section, groups, draw,
                               f"{section}: {metric[len('metric.'):]} against inference latency, mean ± 95% CI over "
                               f"seeds (with one seed, the latency's bootstrap CI; no bar where there is no "
-                              f"interval); dashed: the Pareto front.", widths, room=AXIS_ROOM + LABEL_ROOM)
+                              f"interval); dashed: the Pareto front.{hollow}", widths, room=AXIS_ROOM + LABEL_ROOM)
     return out
 
 
@@ -416,9 +426,14 @@ def scaling_figures(layout: Layout, folder: Path) -> list[Figure]:
                 sub = sub[sub[c].map(fmt_factor) == v]
             phases = [p for p in ("inference", "train_step") if p in set(sub["phase"])]
             fig, axes = _facets([3.2] * len(phases), rows=2)
+            hollow = False
             for j, phase in enumerate(phases):
                 p = sub[sub["phase"] == phase]
-                stats = p.groupby(["variant", "resolution"], sort=True)[["latency_ms", "peak_mb"]].median().reset_index()
+                p = p.assign(doubtful=[raised(c) or raised(n) for c, n in
+                                       zip(p.get("contended", [None] * len(p)), p.get("noisy", [None] * len(p)))])
+                grouped = p.groupby(["variant", "resolution"], sort=True)
+                stats = grouped[["latency_ms", "peak_mb"]].median().join(grouped["doubtful"].any()).reset_index()
+                hollow |= bool(stats["doubtful"].any())
                 for row, (col, label) in enumerate((("latency_ms", "latency (ms)"), ("peak_mb", "peak memory (MB)"))):
                     ax = axes[row][j]
                     style = _styles(stats["variant"])
@@ -426,6 +441,10 @@ def scaling_figures(layout: Layout, folder: Path) -> list[Figure]:
                         s = stats[stats["variant"] == variant]
                         color, marker, dash = style[variant]
                         ax.plot(s["resolution"], s[col], marker=marker, ls=dash, color=color, label=variant, ms=4, lw=1.2)
+                        bad = s[s["doubtful"]] if col == "latency_ms" else s.iloc[:0]
+                        if len(bad):  # hollow over the filled marker: contended or noisy latency
+                            ax.plot(bad["resolution"], bad[col], marker=marker, ls="none", color=color, mfc="white",
+                                    ms=4, zorder=3)
                     ax.set_xscale("log", base=2)
                     res = sorted(stats["resolution"].unique())
                     ax.set_xticks(res, [str(int(v)) for v in res])  # the measured sides, not 2^k labels
@@ -440,7 +459,9 @@ def scaling_figures(layout: Layout, folder: Path) -> list[Figure]:
             method = ", ".join(sorted(set(sub["memory_method"].dropna().astype(str)))) if "memory_method" in sub else ""
             out.append(Figure(_save(fig, folder, name),
                               f"{section}{' (' + where + ')' if where else ''}: latency and peak memory against input "
-                              f"resolution, median over seeds (memory: {method or 'n/a'}).", "scaling", legend, section))
+                              f"resolution, median over seeds (memory: {method or 'n/a'})."
+                              + (" Hollow: a latency timed while other processes competed for the CPU, or noisy."
+                                 if hollow else ""), "scaling", legend, section))
     return out
 
 
@@ -522,6 +543,7 @@ def ablation_figures(layout: Layout, folder: Path) -> list[Figure]:
         widths = [min(3.2, 1.1 + 0.35 * len(f[2])) for f in facets]
         fig, axes = _facets(widths, rows=len(panels), room=AXIS_ROOM + LABEL_ROOM)
         drawn: set[str] = set()
+        hollow = False
         for j, (section, s, values, ref, _) in enumerate(facets):
             numeric = _is_numeric(values)
             metric = layout.primary_of(section)
@@ -539,6 +561,12 @@ def ablation_figures(layout: Layout, folder: Path) -> list[Figure]:
                     g = g.sort_values("_x").reset_index(drop=True)
                     color, marker, dash = style[line]
                     ax.plot(g["_x"], g[col], marker=marker, ls=dash, color=color, label=line, ms=4, lw=1.2)
+                    if panel != "primary":  # hollow over the filled marker: contended or noisy latency
+                        bad = g[g.apply(lambda r: _doubtful(r, "inference"), axis=1)] if len(g) else g
+                        hollow |= bool(len(bad))
+                        if len(bad):
+                            ax.plot(bad["_x"], bad[col], marker=marker, ls="none", color=color, mfc="white", ms=4,
+                                    zorder=3)
                     err = _ci(g, col)
                     has = np.isfinite(err[0]) & np.isfinite(err[1]) & ((err[0] > 0) | (err[1] > 0))
                     if has.any():  # only where there is an interval: no caps at n=1
@@ -573,7 +601,9 @@ def ablation_figures(layout: Layout, folder: Path) -> list[Figure]:
             left_note = f" Left out, measured at only one {short_key(key)} (see the tables): {names}."
         out.append(Figure(_save(fig, folder, f"ablation-{slug(key)}"),
                           f"Ablation over {key}: headline metric and inference latency, mean ± 95% CI over seeds"
-                          f"{held}.{left_note}{_reference_caption(sorted(drawn))}", "ablation", legend,
+                          f"{held}.{left_note}{_reference_caption(sorted(drawn))}"
+                          + (" Hollow: a latency timed while other processes competed for the CPU, or noisy."
+                             if hollow else ""), "ablation", legend,
                           baselines=sorted(drawn)))
     return out
 

@@ -32,7 +32,7 @@ import pandas as pd
 from ..results import stats
 from ..results.store import STATES
 from ..results.collect import (BASELINE_COLUMN, MEASURES, NETWORK_VARIANT_KEYS, NOT_A_FACTOR, Collection, aggregate,
-                               is_op_key)
+                               is_op_key, raised)
 from .palette import BASELINE, op_order
 
 SECTION_KEYS = ("task", "dataset", "backbone")
@@ -44,6 +44,10 @@ TABLE_MEASURES = {
     "params": ("params", 1e-3, "k"),
     "flops": ("FLOPs", 1e-9, "G"),
 }
+#: the latency columns of a table and the phase whose flags (``<phase>_noisy``, ``<phase>_contended``) they carry
+LATENCY_PHASES = {"inference_ms": "inference", "train_step_ms": "train_step"}
+#: how a table cell marks a latency that cannot be read as the operator's speed
+NOISY_MARK, CONTENDED_MARK = "†", "‡"
 #: what a row of a comparison group is
 OPERATOR, VARIANT, TRIVIAL = "operator", "network variant", "baseline"
 KIND_ORDER = {OPERATOR: 0, VARIANT: 1, TRIVIAL: 2}
@@ -394,9 +398,21 @@ def section_table(layout: Layout, section: str) -> pd.DataFrame:
                 continue  # the same for every metric
             raw[f"{m}.{c}" if c != "reference" else "reference"] = cmp[c].values
     measures = [c for c in TABLE_MEASURES if c in raw]
+    is_conv = (raw["op"] == BASELINE) & (raw["kind"] == OPERATOR)
     for c in measures:
-        base = raw[(raw["op"] == BASELINE) & (raw["kind"] == OPERATOR)].groupby("group")[c].first()
+        base = raw[is_conv].groupby("group")[c].first()
         raw[f"{c}.x_conv"] = raw[c] / raw["group"].map(base)
+    flags = []
+    for c, phase in LATENCY_PHASES.items():
+        if c not in measures:
+            continue
+        for flag in ("noisy", "contended"):
+            col = f"{phase}_{flag}"
+            raw[f"{c}.{flag}"] = raw[col].map(raised).astype(bool) if col in raw else False
+            # a ratio is as doubtful as the worse of its two latencies
+            conv_flag = raw[is_conv].groupby("group")[f"{c}.{flag}"].first()
+            raw[f"{c}.x_conv.{flag}"] = raw[f"{c}.{flag}"] | raw["group"].map(conv_flag).map(raised).astype(bool)
+            flags += [f"{c}.{flag}", f"{c}.x_conv.{flag}"]
     context = layout.context_of(section)
     counts = ["n_trials"] + [c for c in rows.columns if c.startswith("n_") and c not in ("n_trials", "n_records")]
     for c in counts:  # a baseline row counts the seeds it was stored for
@@ -407,6 +423,7 @@ def section_table(layout: Layout, section: str) -> pd.DataFrame:
         cols += [f"{m}.{c}" for c in layout.comparisons(section, m).columns if c != "reference"]
     for c in measures:
         cols += [c, f"{c}.x_conv"]
+    cols += flags
     for c in cols:
         if c not in raw:
             raw[c] = np.nan
@@ -466,6 +483,17 @@ def _vs_baseline_cell(row: pd.Series, m: str) -> str:
     return f"{verdict} {'from' if verdict == stats.NO_DIFFERENCE else 'than'} {name}"
 
 
+def _latency_mark(row: pd.Series, column: str) -> str:
+    """‡ after a latency (or a ratio of latencies) measured while other processes competed for the device,
+    † after one whose repeats spread more than the noise threshold; nothing after any other cell."""
+    mark = ""
+    if raised(row.get(f"{column}.contended")):
+        mark += CONTENDED_MARK
+    if raised(row.get(f"{column}.noisy")):
+        mark += NOISY_MARK
+    return mark
+
+
 def _status_cell(row: pd.Series) -> str:
     if row["kind"] == TRIVIAL:
         return "trivial baseline"
@@ -504,8 +532,10 @@ def display_table(raw: pd.DataFrame, layout: Layout, section: str) -> tuple[pd.D
     for c, (head, scale, unit) in TABLE_MEASURES.items():
         if c not in raw:
             continue
-        put(f"{head} ({unit})", [_num(v * scale, 3) for v in raw[c].astype(float)])
-        put(f"{head} ×conv", [("×" + _num(v, 3)) if np.isfinite(v) else "–" for v in raw[f"{c}.x_conv"].astype(float)])
+        put(f"{head} ({unit})", [_num(v * scale, 3) + _latency_mark(r, c) for v, (_, r) in
+                                 zip(raw[c].astype(float), raw.iterrows())])
+        put(f"{head} ×conv", [("×" + _num(v, 3) + _latency_mark(r, f"{c}.x_conv")) if np.isfinite(v) else "–"
+                              for v, (_, r) in zip(raw[f"{c}.x_conv"].astype(float), raw.iterrows())])
     if ((raw["n_done"] < raw["n_trials"]) & (raw["kind"] != TRIVIAL)).any():
         put("trials", [_status_cell(r) for _, r in raw.iterrows()])
     return pd.DataFrame(cells), pd.DataFrame(marks)

@@ -57,6 +57,8 @@ MEASURES = {"inference_ms": False, "train_step_ms": False, "inference_peak_mb": 
 
 #: the measured (bootstrap) CI bounds of the headline latencies, averaged like the rest
 MEASURED_CI = ("inference_ms_ci_low", "inference_ms_ci_high", "train_step_ms_ci_low", "train_step_ms_ci_high")
+#: what a headline latency says about itself; over seeds a row carries a flag when any seed's run did
+LATENCY_FLAGS = ("inference_noisy", "inference_contended", "train_step_noisy", "train_step_contended")
 
 
 class CollectError(ConfigError):
@@ -155,6 +157,8 @@ def _run_rows(tid: str, runs: list[dict]) -> list[dict[str, Any]]:
             "latency_ci_low_ms": 1e3 * lat["ci95_low_s"] if "ci95_low_s" in lat else math.nan,
             "latency_ci_high_ms": 1e3 * lat["ci95_high_s"] if "ci95_high_s" in lat else math.nan,
             "latency_rel_iqr": lat.get("rel_iqr", math.nan), "noisy": lat.get("noisy"),
+            # None: recorded before the host was checked (the latency cannot say it was quiet)
+            "contended": lat.get("contended"),
             "timer": lat.get("timer"), "threads": lat.get("threads"),
             "peak_mb": _mb(mem.get("peak_bytes")), "memory_method": mem.get("method"),
         })
@@ -178,11 +182,13 @@ def _headline(runs: list[dict[str, Any]]) -> dict[str, Any]:
             out[f"{r['phase']}_ms_ci_low"] = r["latency_ci_low_ms"]
             out[f"{r['phase']}_ms_ci_high"] = r["latency_ci_high_ms"]
             out[f"{r['phase']}_noisy"] = r["noisy"]
+            out[f"{r['phase']}_contended"] = r["contended"]
             out[f"{r['phase']}_peak_mb"] = r["peak_mb"]
     large = max(r["batch_size"] for r in at_res)
     for r in at_res:
         if r["batch_size"] == large and r["phase"] == "inference" and r["latency_ms"] > 0:
             out["throughput_ips"] = large / (r["latency_ms"] / 1e3)
+            out["throughput_contended"] = r["contended"]
     out["measured_batch"] = small
     out["measured_resolution"] = first_res
     return out
@@ -464,6 +470,11 @@ def _order_columns(df: pd.DataFrame, config_columns: list[str]) -> pd.DataFrame:
 
 # ---- aggregation over seeds ------------------------------------------------------------------------
 
+def raised(flag: Any) -> bool:
+    """A stored flag (True/False, None where it was not recorded, NaN after a table round trip) as a bool."""
+    return flag is not None and not (isinstance(flag, float) and math.isnan(flag)) and bool(flag)
+
+
 def aggregate(col: Collection, values: list[str] | None = None, *, trials: pd.DataFrame | None = None) -> pd.DataFrame:
     """Mean, std, n and a 95% t confidence interval of every metric and measurement, over seeds.
 
@@ -508,5 +519,12 @@ def aggregate(col: Collection, values: list[str] | None = None, *, trials: pd.Da
     else:
         for v in values:
             columns.update({v: np.nan, f"{v}.std": np.nan, f"{v}.n": 0, f"{v}.ci_low": np.nan, f"{v}.ci_high": np.nan})
+    for flag in LATENCY_FLAGS:
+        if flag in df.columns:
+            if not len(ok):
+                columns[flag] = False
+                continue
+            flagged = ok[flag].map(raised).astype(bool)
+            columns[flag] = flagged.groupby(ok_label.values).any().reindex(out.index, fill_value=False).values
     stats_df = pd.DataFrame(columns, index=out.index)
     return pd.concat([out, stats_df], axis=1).reset_index(drop=True)

@@ -434,3 +434,51 @@ def test_findings_of_a_wide_sweep_count_verdicts_over_groups(built, monkeypatch)
     assert "`conv` beats every trivial baseline in 2 of 2 groups." in text
     assert ("Against `conv`, in groups: `pac` 2 better; `pac (kernel_type=inv)` 1 better, 1 too few seeds; "
             "`dfn` 2 worse.") in text
+
+
+def _mark_contended(store_root, op: str, seeds=(0,)) -> int:
+    """Flag the latency runs of ``op``'s records (of ``seeds``) as timed under contention; returns how many."""
+    n = 0
+    for rec_path in store_root.glob("trials/*/record.json"):
+        rec = json.loads(rec_path.read_text())
+        if rec["config"]["op"] != op or rec["config"]["seed"] not in seeds or rec.get("status") != "ok":
+            continue
+        for run in rec["measurements"]["runs"]:
+            run["latency"]["contended"] = True
+            run["latency"]["median_s"] *= 40  # what an oversubscribed CPU does to a latency
+            n += 1
+        rec_path.write_text(json.dumps(rec))
+    return n
+
+
+def test_contended_latencies_are_marked_warned_about_and_left_out_of_compare(tmp_path):
+    suite, store = write_fixture(tmp_path, ops=("conv", "pac", "dfn"), scales=(4,), seeds=(0, 1, 2), kernel_types=())
+    clean = collect(store, suite)
+    other = tmp_path / "other"
+    shutil.copytree(store.root, other)
+    flagged = _mark_contended(store.root, "pac")
+    col = collect(store, suite)
+    build_report(col, tmp_path / "rep")
+    t = pd.read_csv(tmp_path / "rep" / "tables" / f"{SECTION}.csv").set_index("operator")
+    # one seed of three contended: the row carries the flag, the others do not
+    assert t.loc["pac", "inference_ms.contended"] and t.loc["pac", "inference_ms.x_conv.contended"]
+    assert not t.loc["conv", "inference_ms.contended"] and not t.loc["dfn", "inference_ms.x_conv.contended"]
+    md = (tmp_path / "rep" / "README.md").read_text()
+    table = md.split("## upsampling · middlebury · jointnet")[1]
+    pac_line = next(line for line in table.splitlines() if line.startswith("| pac "))
+    dfn_line = next(line for line in table.splitlines() if line.startswith("| dfn "))
+    assert pac_line.count("‡") == 4 and "‡" not in dfn_line  # latency and ratio, inference and training step
+    assert f"{flagged} of " in md and "Latencies to read with care" in md and "not the operator" in md
+    assert "Hollow" in json.dumps(json.loads((tmp_path / "rep" / "manifest.json").read_text())["figures"])
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert 'class="warning"' in html
+    # compare: the contended trial's latencies are left out unless asked
+    cmp = compare(collect(other), col)
+    s = cmp.summary.set_index("column")
+    assert cmp.contended == {"inference_ms": 1, "train_step_ms": 1, "throughput_ips": 1}
+    assert s.loc["inference_ms", "max B/A"] == pytest.approx(1.0) and s.loc["inference_ms", "n"] == 8
+    both = compare(collect(other), col, include_contended=True)
+    assert both.contended == {} and both.summary.set_index("column").loc["inference_ms", "max B/A"] == pytest.approx(40)
+    # a clean report says nothing of the kind
+    build_report(clean, tmp_path / "clean")
+    assert "read with care" not in (tmp_path / "clean" / "README.md").read_text()
