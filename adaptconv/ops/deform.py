@@ -75,10 +75,12 @@ def _kernel(x, offset, weight, bias, stride, padding, dilation, mask):
 def _sample(x, offset, weight, bias, stride, padding, dilation, mask):
     """The kernel with the non-finite offsets kept out of it (see the module docstring): they are
     sampled as 0 and the output pixels that had one are set to NaN."""
-    finite = torch.isfinite(offset)
-    # on the CPU the check is cheap and saves the extra passes; on CUDA a branch would synchronise
-    if offset.device.type == "cpu" and bool(finite.all()):
+    # On the CPU one reduction tells whether every offset is finite (a NaN or ±inf makes the sum
+    # non-finite; a finite sum that overflows only sends a finite input the slow way), which saves the
+    # extra passes below; on CUDA a branch would synchronise.
+    if offset.device.type == "cpu" and bool(torch.isfinite(offset.sum())):
         return _kernel(x, offset, weight, bias, stride, padding, dilation, mask)
+    finite = torch.isfinite(offset)
     safe = torch.where(finite, offset, torch.zeros((), dtype=offset.dtype, device=offset.device))
     y = _kernel(x, safe, weight, bias, stride, padding, dilation, mask)
     return y.masked_fill(~finite.all(dim=1, keepdim=True), float("nan"))

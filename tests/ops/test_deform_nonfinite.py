@@ -99,3 +99,24 @@ def test_a_diverging_deform_trial_is_recorded_as_diverged():
                         "eval_points": 1, "measure": {"latency": False, "memory": False, "flops": False}})
     assert record["status"] == "diverged", record.get("error")
     assert "non-finite loss" in record["error"]["message"]
+
+
+def test_huge_finite_offsets_are_not_taken_for_non_finite():
+    """The fast check sums the offsets; a finite sum overflowing to inf must not NaN any pixel.
+    (Compiled kernel only: torchvision's turns a 3e38 offset into an out-of-range integer.)"""
+    if not deform_cpu.available():
+        pytest.skip(f"deformable CPU kernels: {deform_cpu.status()}")
+    x = torch.randn(1, 2, 6, 6)
+    w = torch.randn(3, 2, 3, 3)
+    offset = torch.zeros(1, 18, 6, 6)
+    offset[0, 0, 1, 1] = offset[0, 2, 1, 1] = 3e38  # finite, but their float32 sum is inf
+    assert torch.isfinite(offset).all() and not torch.isfinite(offset.sum())
+    y = deform_module.deform_conv2d(x, offset, w, padding=1)
+    assert torch.isfinite(y).all()
+    # elsewhere the plain convolution; at (1, 1) taps 0 and 1 read 0 (their dy puts them far outside)
+    keep = torch.ones(6, 6, dtype=torch.bool)
+    keep[1, 1] = False
+    torch.testing.assert_close(y[0][:, keep], torch.nn.functional.conv2d(x, w, padding=1)[0][:, keep])
+    w2 = w.clone()
+    w2[:, :, 0, :2] = 0
+    torch.testing.assert_close(y[0, :, 1, 1], torch.nn.functional.conv2d(x, w2, padding=1)[0, :, 1, 1])
