@@ -93,3 +93,21 @@ def test_unknown_module_is_refused_with_its_path():
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Upsample(scale_factor=2))
     with pytest.raises(TypeError, match=r"^1: block-wise execution does not know module Upsample"):
         SegBlocks(net, block_size=8, policy="all")(torch.rand(1, 3, 16, 16))
+
+
+def test_vectorised_and_per_block_copies_agree(monkeypatch):
+    """Canvases copy up to LOOP_BLOCKS blocks one slice each, more with one indexed gather/scatter:
+    both give the dense network."""
+    import adaptconv.spatial.blocks as blocks
+
+    net = _conv_net()
+    image = torch.rand(2, 3, 32, 32)
+    high = torch.rand(2, 4, 4) < 0.5
+    with torch.no_grad():
+        dense = net(image)
+        outs = []
+        for limit in (0, 1000):
+            monkeypatch.setattr(blocks, "LOOP_BLOCKS", limit)
+            outs.append(SegBlocks(net, block_size=8, policy="all").eval()(image, high=high)[0])
+            torch.testing.assert_close(SegBlocks(net, block_size=8, policy="all").eval()(image)[0], dense)
+    torch.testing.assert_close(outs[0], outs[1])
