@@ -37,7 +37,24 @@ OP_KINDS: tuple[str, ...] = ("conv", "upsampler", "refiner")
 CONV_ARGS = ("stride", "padding", "dilation", "groups", "bias")
 
 
-class AdaptiveConv2d(nn.Module):
+class TrainStepHook:
+    """What the training loop tells every operator: :meth:`on_train_step` before each optimiser step."""
+
+    def on_train_step(self, step: int, total: int) -> None:
+        """Called by the training loop (:func:`adaptconv.run_trial`) before optimiser step ``step``
+        (0-based) of ``total``: where an operator keeps a schedule of its own (dynamic convolution anneals
+        its softmax temperature over the first part of training). Nothing by default; a loop of your own
+        calls :func:`notify_train_step`."""
+
+
+def notify_train_step(model: nn.Module, step: int, total: int) -> None:
+    """Call :meth:`TrainStepHook.on_train_step` on every operator in ``model``."""
+    for module in model.modules():
+        if isinstance(module, TrainStepHook):
+            module.on_train_step(step, total)
+
+
+class AdaptiveConv2d(TrainStepHook, nn.Module):
     """Base class of all operators: a drop-in replacement for ``nn.Conv2d``.
 
     Class metadata (set by subclasses; ``name`` is filled in by :func:`adaptconv.register_op`):
@@ -219,7 +236,7 @@ class AdaptiveConv2d(nn.Module):
         return s
 
 
-class AdaptiveModule(nn.Module):
+class AdaptiveModule(TrainStepHook, nn.Module):
     """Base of the operators that are not a drop-in ``nn.Conv2d`` (``kind`` other than ``"conv"``).
 
     They share :class:`AdaptiveConv2d`'s metadata (``name``, ``paper``, ``guide``, ``from_conv_note``,

@@ -6,8 +6,9 @@ Each sample's kernel is a softmax-weighted mixture of K kernels::
     W̃_b = Σ_k π_{b,k} W_k,   b̃_b = Σ_k π_{b,k} b_k,   y_b = W̃_b ∗ x_b + b̃_b
 
 The temperature τ is annealed from about 30 (near-uniform attention, so every kernel is trained) to 1
-over the first epochs: call :func:`anneal_temperature` from the training loop, e.g. once per epoch with
-``progress = epoch / anneal_epochs``. The per-sample convolutions share CondConv's batched
+over the first part of training (``anneal``, a fraction of the budget; the paper's is its first 10 of 100
+epochs): the training loop calls :meth:`DynamicConv2d.on_train_step` before each step
+(:func:`adaptconv.ops.base.notify_train_step`), or a loop of your own calls :func:`anneal_temperature`. The per-sample convolutions share CondConv's batched
 grouped-convolution path (:func:`adaptconv.ops.condconv.per_sample_conv2d`).
 """
 
@@ -40,12 +41,14 @@ class DynamicConv2d(AdaptiveConv2d):
     from_conv_note = "exact: all K kernels (and biases) set to the conv's; the attention sums to 1"
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, *, num_kernels=4, reduction=4, temperature=30.0, guide_channels=None):
+                 bias=True, *, num_kernels=4, reduction=4, temperature=30.0, anneal=0.1, guide_channels=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          guide_channels=guide_channels)
         label = type(self).name or type(self).__name__
         self.num_kernels = _positive_int(num_kernels, "num_kernels", label)
         self.reduction = _positive_int(reduction, "reduction", label)
+        self.anneal = check_anneal(anneal, label)
+        self.start_temperature = _check_temperature(temperature, "temperature", label)
         # A buffer, so a checkpoint resumes with the annealed τ (and forward never syncs to read it).
         self.register_buffer("tau", torch.tensor(_check_temperature(temperature, "temperature", label)))
         weight, bias_ = init_kernel_bank(self, num_kernels)
@@ -64,6 +67,12 @@ class DynamicConv2d(AdaptiveConv2d):
     def set_temperature(self, temperature: float) -> None:
         """Set the softmax temperature τ (> 0)."""
         self.tau.fill_(_check_temperature(temperature, "temperature", type(self).name or type(self).__name__))
+
+    def on_train_step(self, step: int, total: int) -> None:
+        """τ falls linearly from the constructor's ``temperature`` to 1 over the first ``anneal`` of the
+        ``total`` steps, then stays at 1 (``anneal=None``: τ is left alone)."""
+        if self.anneal is not None:
+            self.set_temperature(annealed(self.start_temperature, step, total, self.anneal))
 
     def attention(self, guide: torch.Tensor) -> torch.Tensor:
         """Kernel attention π (B×K, rows sum to 1) for a guide (or the input when self-guided)."""
@@ -86,6 +95,22 @@ class DynamicConv2d(AdaptiveConv2d):
     def extra_repr(self) -> str:
         return (super().extra_repr() + f", num_kernels={self.num_kernels}, reduction={self.reduction}, "
                 f"temperature={self.temperature:g}")
+
+
+def check_anneal(value, label: str) -> float | None:
+    """``anneal``: a fraction of the training budget in [0, 1], or None for no schedule."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{label}: anneal must be a fraction of the training budget in [0, 1] or None, got {value!r}")
+    return float(value)
+
+
+def annealed(start: float, step: int, total: int, anneal: float, end: float = 1.0) -> float:
+    """τ at step ``step`` (0-based) of ``total``: linear from ``start`` to ``end`` over the first
+    ``max(1, int(anneal · total))`` steps (``anneal=0``: ``end`` from the second step on)."""
+    steps = max(1, int(anneal * total))
+    return start + (end - start) * min(max(step / steps, 0.0), 1.0)
 
 
 def anneal_temperature(model: nn.Module, progress: float, start: float = 30.0, end: float = 1.0) -> float:

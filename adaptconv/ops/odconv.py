@@ -31,6 +31,7 @@ from torch import nn
 
 from .base import AdaptiveConv2d, conv_bias_init_
 from .condconv import _positive_int, init_kernel_bank, mix_kernels, per_sample_conv2d
+from .dynconv import annealed, check_anneal
 from .registry import register_op
 
 NORMS = ("layer", "none")
@@ -74,8 +75,9 @@ class ODConv2d(AdaptiveConv2d):
     """Omni-dimensional dynamic convolution: K kernels × kernel, spatial, input- and output-channel
     attentions. Options: ``num_kernels`` (K, paper: 4; 1 gives "ODConv 1×"), ``reduction`` and
     ``min_channels`` (attention width ``max(int(C·reduction), min_channels)``, paper: 1/16 and 16),
-    ``norm`` ("layer" | "none", see the module docstring), ``temperature`` (τ, paper: 1; anneal with
-    :meth:`set_temperature`)."""
+    ``norm`` ("layer" | "none", see the module docstring), ``temperature`` (τ, paper: 1), ``anneal``
+    (None: τ stays; a fraction of the budget: τ falls linearly from ``temperature`` to 1 over it, as
+    dynamic convolution's schedule, see :meth:`on_train_step`)."""
 
     paper = "Li et al., Omni-Dimensional Dynamic Convolution, ICLR 2022"
     guide = "optional"
@@ -86,7 +88,8 @@ class ODConv2d(AdaptiveConv2d):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, *, guide_channels=None, num_kernels: int = 4, reduction: float = 0.0625,
-                 min_channels: int = 16, norm: str = "layer", temperature: float = 1.0):
+                 min_channels: int = 16, norm: str = "layer", temperature: float = 1.0,
+                 anneal: float | None = None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          guide_channels=guide_channels)
         label = type(self).name or type(self).__name__
@@ -98,6 +101,8 @@ class ODConv2d(AdaptiveConv2d):
             raise ValueError(f"{label}: norm must be one of {', '.join(NORMS)}, got {norm!r}")
         self.reduction, self.norm = float(reduction), norm
         self.register_buffer("tau", torch.tensor(_check_temperature(temperature, label)))
+        self.start_temperature = float(self.tau)
+        self.anneal = check_anneal(anneal, label)
         self.weight, _ = init_kernel_bank(self, self.num_kernels)
         kh, kw = self.kernel_size
         if self.has_bias:
@@ -125,6 +130,10 @@ class ODConv2d(AdaptiveConv2d):
     def set_temperature(self, temperature: float) -> None:
         """Set the attention temperature τ (> 0)."""
         self.tau.fill_(_check_temperature(temperature, type(self).name or type(self).__name__))
+
+    def on_train_step(self, step: int, total: int) -> None:
+        if self.anneal is not None:
+            self.set_temperature(annealed(self.start_temperature, step, total, self.anneal))
 
     def attentions(self, guide: torch.Tensor):
         """(α_c B×C, α_f B×O or None, α_s B×k² or None, α_w B×K or None) for a guide (or x)."""

@@ -4,7 +4,7 @@ A *section* is one (task, dataset, backbone). Inside a section, rows that share 
 other swept factor (scale, training budget, ...) form a *comparison group*. A group holds
 
 - *operator* rows: the operator and how it is applied (``op_options.*``, ``swap.*``, ``guide``,
-  ``dynconv_anneal``) make its label, e.g. ``pac (kernel_type=inv_0.5)``;
+  ``dynconv_anneal`` of older records) make its label, e.g. ``pac (kernel_type=inv_0.5)``;
 - *network variant* rows: the same network with a different upsampler or a CRF head
   (``task_options.upsampler``/``crf``/``crf_iters``), e.g. ``conv (upsampler=carafe)``; each is compared
   with the same network without them, never left alone in a group of its own;
@@ -54,7 +54,7 @@ KIND_ORDER = {OPERATOR: 0, VARIANT: 1, TRIVIAL: 2}
 REFERENCE = "reference"  # the verdict of the row the others are compared with
 NO_REFERENCE = "no conv to compare"
 #: config keys that cannot change a plain convolution (swapping conv for conv is the identity)
-_CONV_IGNORES = ("swap.", "guide", "dynconv_anneal")
+_CONV_IGNORES = ("swap.", "guide", "dynconv_anneal")  # dynconv_anneal: records from before op_options.anneal
 
 
 def short_key(key: str) -> str:

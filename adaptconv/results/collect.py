@@ -47,7 +47,7 @@ KNOWN_DIRECTIONS = {"top1": True, "top5": True, "loss": False, "miou": True, "pi
                     "psnr": True, "ssim": True, "rmse": False, "mae": False}
 #: config keys that say how the operator is applied: they make operator *variants* inside a comparison
 #: group (``pac (kernel_type=inv)``), not groups of their own, and a trivial baseline does not depend on them
-OP_KEYS = ("op", "op_options.", "swap.", "guide", "dynconv_anneal")
+OP_KEYS = ("op", "op_options.", "swap.", "guide", "dynconv_anneal")  # dynconv_anneal: records before op_options.anneal
 #: task options that change the network around the operators (a learned upsampler, a CRF head): rows with
 #: them are *network variants*, compared with the same network without them (and with the trivial baselines)
 NETWORK_VARIANT_KEYS = ("task_options.upsampler", "task_options.crf", "task_options.crf_iters")

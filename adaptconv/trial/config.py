@@ -107,7 +107,6 @@ class TrialConfig:
     task_options: dict[str, Any] = field(default_factory=dict)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     eval_points: int = 5  # evaluations along training, for the training curve (the last is the final)
-    dynconv_anneal: float = 0.1  # fraction of the budget over which dynconv's τ anneals 30 → 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None  # CPU threads (default: torch's)
 
@@ -128,8 +127,6 @@ class TrialConfig:
                 problems.append(f"{key}: must be {'>= 0' if key in ('steps', 'epochs') else '>= 1'}, got {value}")
         if self.optimizer.lr <= 0:
             problems.append(f"optimizer.lr: must be > 0, got {self.optimizer.lr}")
-        if not 0 <= self.dynconv_anneal <= 1:
-            problems.append(f"dynconv_anneal: a fraction of the budget in [0, 1], got {self.dynconv_anneal}")
         problems += self.measure.problems()
         if self.swap is not None:
             unknown = set(self.swap) - set(ConvSelection.__dataclass_fields__)
@@ -171,6 +168,34 @@ def op_problem(op: str) -> str | None:
     return f"op: unknown operator {op!r}{did_you_mean(op, choices)}; choices: {', '.join(choices)}"
 
 
+#: keys that left the trial config: (where the setting lives now, its old default). At the old default a
+#: key is dropped (trial ids never held a default); another value is refused with where it went, except
+#: when stored results are read, where it is moved there so old records stay readable
+RETIRED_KEYS = {"dynconv_anneal": ("op_options.anneal", 0.1)}
+
+
+def _retire_keys(mapping: dict[str, Any], where: str, reading: bool) -> dict[str, Any]:
+    if not isinstance(mapping, dict) or not any(k in mapping for k in RETIRED_KEYS):
+        return mapping
+    mapping = dict(mapping)
+    problems = []
+    for key, (new, default) in RETIRED_KEYS.items():
+        if key not in mapping:
+            continue
+        value = mapping.pop(key)
+        if value == default:
+            continue
+        if reading:
+            head, _, rest = new.partition(".")
+            mapping[head] = {**(mapping.get(head) or {}), rest: value}
+        else:
+            problems.append(f"{key}: moved to {new} (an option of the operator: dynconv and odconv take it); "
+                            f"write {new}: {value}")
+    if problems:
+        raise ConfigError(problems, where)
+    return mapping
+
+
 def parse_trial_config(mapping: dict[str, Any], where: str = "trial config", registry: bool = True) -> TrialConfig:
     """Validate a mapping into a :class:`TrialConfig`, then let the task check its own parts and build
     the operator with its options once (what the trial would refuse is refused here).
@@ -179,6 +204,7 @@ def parse_trial_config(mapping: dict[str, Any], where: str = "trial config", reg
     installed (a plugin uninstalled, an operator renamed) is not an error, and its options are kept
     as written (without the operator, its defaults are unknown); what only the operator can say is
     not checked."""
+    mapping = _retire_keys(mapping, where, reading=not registry)
     config = parse(TrialConfig, mapping, where, validate=False)
     problems = config.validate(registry=registry)
     if problems:

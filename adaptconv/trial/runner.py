@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..measure import environment
-from ..ops.dynconv import DynamicConv2d, anneal_temperature
+from ..ops.base import notify_train_step
 from ..schema import ConfigError
 from ..tasks import get_task
 from .config import TrialConfig, parse_trial_config
@@ -199,10 +199,8 @@ def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record:
     total = cfg.steps if cfg.steps is not None else cfg.epochs * data.per_epoch
     optimizer = build_optimizer(cfg, model)
     schedule = build_schedule(cfg, optimizer, total)
-    has_dynconv = any(isinstance(m, DynamicConv2d) for m in model.modules())
     aux_modules = _auxiliary_modules(model)
     gated = _gated_modules(model)
-    anneal_steps = max(1, int(cfg.dynconv_anneal * total))
     eval_at = sorted({max(1, round(total * (i + 1) / cfg.eval_points)) for i in range(cfg.eval_points)}) if total else []
     curve = record["curve"] = {"step": [], "loss": [], "lr": [], "eval": []}
     every = max(1, total // 200)  # keep about 200 points of the loss curve
@@ -236,8 +234,7 @@ def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record:
     if progress:
         progress("train", start, total)
     for step in range(start + 1, total + 1):
-        if has_dynconv:
-            anneal_temperature(model, (step - 1) / anneal_steps)  # 30 → 1 over the first part, as the paper
+        notify_train_step(model, step - 1, total)  # operators' own schedules (dynconv's temperature)
         batch = task.to_device(next(batches))
         record["last_batch_size"] = int(next(iter(batch.values())).shape[0])
         loss = task_loss = task.loss(model, batch)

@@ -89,15 +89,32 @@ def test_out_of_memory_is_reported_with_the_batch_size(monkeypatch):
     assert rec["status"] == "oom" and rec["error"]["batch_size"] == 32
 
 
-def test_dynconv_temperature_anneals_during_training(monkeypatch):
-    from adaptconv.ops import dynconv
+def test_dynconv_temperature_anneals_during_training_through_the_operator_hook(monkeypatch):
+    from adaptconv.ops.dynconv import DynamicConv2d
 
     seen = []
-    real = dynconv.anneal_temperature
-    monkeypatch.setattr("adaptconv.trial.runner.anneal_temperature",
-                        lambda model, progress: seen.append(real(model, progress)))
-    run_trial(tiny("classification", op="dynconv", steps=20, dynconv_anneal=0.5))
-    assert seen[0] == 30.0 and seen[-1] == 1.0 and seen[5] < seen[4]
+    real = DynamicConv2d.on_train_step
+
+    def spy(self, step, total):
+        real(self, step, total)
+        seen.append((step, total, self.temperature))
+
+    monkeypatch.setattr(DynamicConv2d, "on_train_step", spy)
+    run_trial(tiny("classification", op="dynconv", steps=20, op_options={"anneal": 0.5}))
+    layers = len([s for s in seen if s[0] == 0])
+    taus = [t for step, total, t in seen[::layers]]
+    assert [s[0] for s in seen[::layers]] == list(range(20)) and {s[1] for s in seen} == {20}
+    # 30 → 1 over the first 10 of 20 steps, then 1
+    assert taus[0] == 30.0 and taus[5] == pytest.approx(30 - 29 * 0.5) and taus[10:] == [1.0] * 10
+
+
+def test_the_retired_dynconv_anneal_key_says_where_it_went():
+    with pytest.raises(ConfigError, match=r"dynconv_anneal: moved to op_options\.anneal.*write op_options\.anneal: 0\.3"):
+        parse_trial_config({"task": "classification", "op": "dynconv", "dynconv_anneal": 0.3})
+    # at its old default it is dropped (stored records carry it); reading old results moves it
+    assert parse_trial_config({"task": "classification", "op": "dynconv", "dynconv_anneal": 0.1}).op_options == {}
+    old = parse_trial_config({"task": "classification", "op": "dynconv", "dynconv_anneal": 0.3}, registry=False)
+    assert old.op_options == {"anneal": 0.3}
 
 
 @pytest.mark.parametrize("mapping,match", [
