@@ -10,10 +10,13 @@ self-guided) with the operator's kernel size, stride, padding and dilation, so i
 output; it is zero-initialised, so a fresh layer samples the regular grid. With ``offset_groups=G``
 the input channels are split into G contiguous groups, each with its own offsets (and mask).
 
-The sampling itself is ``torchvision.ops.deform_conv2d`` (a maintained CPU/CUDA kernel). Its offset
-layout is interleaved per tap, ``[dy_0, dx_0, dy_1, dx_1, …]`` for each offset group in turn, taps in
-row-major order. On the CPU it has no bfloat16 kernel (float16/32/64 work); its CUDA backward uses
-atomic adds and is not bit-deterministic.
+The sampling is :mod:`adaptconv.ops.deform_cpu`'s compiled kernels for float32/float64 CPU tensors
+(bilinear sampling into tiles, MKL GEMMs; a training step about 15-20× faster than torchvision's CPU
+kernel, equal to it in float64), and ``torchvision.ops.deform_conv2d`` everywhere else (CUDA, float16,
+or with the CPU kernels off). The offset layout is torchvision's, interleaved per tap,
+``[dy_0, dx_0, dy_1, dx_1, …]`` for each offset group in turn, taps in row-major order. bfloat16 on
+the CPU has no kernel (refused with a TypeError); torchvision's CUDA backward uses atomic adds and is
+not bit-deterministic.
 
 Mask scaling: v2's mask is ``mask_scale · sigmoid(logit)``. With the default ``mask_scale=2`` a
 zero-initialised mask branch gives a mask of exactly 1, so a fresh (or hot-swapped) layer computes the
