@@ -2,7 +2,9 @@
 loaders for real data sets on disk. It knows nothing of tasks' models, heads or metrics; the task
 modules build on the sample formats described in :mod:`adaptconv.data.base`.
 
-``DATASETS`` maps each name to a :class:`DatasetSpec`; :func:`get_dataset` builds one for a task::
+``DATASETS`` maps each name to a :class:`DatasetSpec` (the built-ins of :mod:`adaptconv.data.specs`,
+listed in :data:`adaptconv.plugins.BUILTIN_DATASETS`, and those of plugin packages' ``adaptconv.datasets``
+entry points); :func:`get_dataset` builds one for a task::
 
     ds = get_dataset("synthetic", "segmentation", "train", n=2000, size=32, seed=0)
     ds = get_dataset("cifar10", "classification", "test", root="/data")       # /data/cifar-10-batches-py/
@@ -11,13 +13,12 @@ modules build on the sample formats described in :mod:`adaptconv.data.base`.
 from __future__ import annotations
 
 import difflib
-import inspect
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ..plugins import BUILTIN_DATASETS, DATASETS_GROUP, PluginError, Registry
 from .base import IGNORE_INDEX, TASKS, BenchDataset, DatasetError
 from .builtin import (
     DEFAULT_PHOTOS,
@@ -31,6 +32,7 @@ from .builtin import (
     middlebury_motorcycle,
     sample_photos,
 )
+from .specs import DatasetSpec
 from .real import (
     CIFAR10,
     CIFAR100,
@@ -53,6 +55,8 @@ __all__ = [
     "BenchDataset",
     "DatasetSpec",
     "DATASETS",
+    "REGISTRY",
+    "dataset_plugin_errors",
     "get_dataset",
     "list_datasets",
     # built-in
@@ -85,117 +89,61 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One entry of ``DATASETS``.
-
-    ``build(split, root=None, **options)`` returns the dataset; ``options`` are the keyword arguments
-    of ``factory`` (a multi-task data set also takes ``task``). ``splits`` are the split names it
-    accepts. Data sets read from disk need ``root``; ``builtin`` ones have no files and do not use a
-    root given to them (a data root is a machine-wide setting passed to every trial).
-    """
-
-    name: str
-    tasks: tuple[str, ...]
-    builtin: bool
-    factory: Callable[..., BenchDataset]
-    splits: tuple[str, ...]
-    description: str
-
-    def options(self) -> tuple[str, ...]:
-        """Keyword options ``build`` accepts (besides split, root and, for multi-task sets, task)."""
-        params = inspect.signature(self.factory).parameters
-        skip = {"split", "root", "task", "self"}
-        return tuple(n for n, p in params.items() if n not in skip and p.kind is not p.VAR_KEYWORD)
-
-    def build(self, split: str, root: str | os.PathLike[str] | None = None, **options: Any) -> BenchDataset:
-        if split not in self.splits:
-            raise DatasetError(f"dataset {self.name!r} has no split {split!r}; choose one of {list(self.splits)}")
-        task = options.pop("task", None)
-        if task is not None and task not in self.tasks:
-            raise DatasetError(f"dataset {self.name!r} does not serve task {task!r}; it serves {list(self.tasks)}")
-        unknown = sorted(set(options) - set(self.options()))
-        if unknown:
-            raise DatasetError(f"dataset {self.name!r}: unknown option(s) {unknown}; "
-                               f"options: {list(self.options())}")
-        if self.builtin and root is not None:
-            # a data root is a machine-wide setting (the trial config's run key ``data_root``), given to
-            # every trial of a suite: built-in data sets have no files to read and do not use it
-            log.debug("dataset %r is built in; root %s not used", self.name, os.fspath(root))
-            root = None
-        if not self.builtin and root is None:
-            raise DatasetError(f"dataset {self.name!r} reads files from disk and needs root: {self.description}")
-        params = inspect.signature(self.factory).parameters
-        kwargs: dict[str, Any] = dict(options)
-        if "split" in params:
-            kwargs["split"] = split
-        if "root" in params:
-            kwargs["root"] = root
-        if "task" in params:
-            if task is None:
-                if len(self.tasks) != 1:
-                    raise DatasetError(f"dataset {self.name!r} serves several tasks {list(self.tasks)}; "
-                                       f"pass task=...")
-                task = self.tasks[0]
-            kwargs["task"] = task
-        return self.factory(**kwargs)
+def _check(name: str, spec: Any, source: str) -> None:
+    if not isinstance(spec, DatasetSpec):
+        raise DatasetError(f"{source} registers dataset {name!r} but is not an adaptconv.data.DatasetSpec "
+                           f"(got {type(spec).__name__})")
+    if spec.name != name:
+        raise DatasetError(f"{source} registers dataset {name!r} but the spec is named {spec.name!r}; they must agree")
 
 
-def _synthetic(task: str, split: str = "train", n: int | None = None, **options: Any) -> SyntheticScenes:
-    n = (5000 if split == "train" else 1000) if n is None else n
-    return SyntheticScenes(task, n, split=split, **options)
+#: The data set registry: the built-ins of :data:`adaptconv.plugins.BUILTIN_DATASETS` and the
+#: ``adaptconv.datasets`` entry points of plugin packages (each naming a :class:`DatasetSpec`).
+REGISTRY: Registry[DatasetSpec] = Registry("dataset", DATASETS_GROUP, BUILTIN_DATASETS, _check, DatasetError)
 
 
-_SYNTH_PARAMS = [p for p in inspect.signature(SyntheticScenes).parameters.values()
-                 if p.name not in ("task", "n", "split")]
-_synthetic.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [inspect.Parameter("task", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-     inspect.Parameter("split", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="train"),
-     inspect.Parameter("n", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
-     *[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in _SYNTH_PARAMS]]
-)
+class _Datasets(Mapping[str, DatasetSpec]):
+    """Every data set by name (a read-only view of :data:`REGISTRY`; plugins that fail to load are left
+    out and reported by :func:`dataset_plugin_errors`)."""
 
-_SPECS = [
-    DatasetSpec("digits", ("classification",), True, digits, ("train", "test"),
-                "scikit-learn's 1,797 real 8×8 handwritten digits, 10 classes, seeded stratified split "
-                "(built in)"),
-    DatasetSpec("middlebury", ("upsampling",), True, middlebury_motorcycle, ("train", "test", "full"),
-                "Middlebury 2014 Motorcycle RGB + disparity (px), 500×741, train columns 0–463 / test "
-                "496–740 (scikit-image, built in)"),
-    DatasetSpec("photos", ("denoising",), True, sample_photos, ("test",),
-                "scikit-image's bundled photographs (camera, astronaut, coffee, chelsea, rocket by "
-                "default), a denoising test set (built in)"),
-    DatasetSpec("synthetic", TASKS, True, _synthetic, ("train", "test", "val"),
-                "seeded scenes of textured shapes: image, segmentation, shape label, piecewise-smooth "
-                "depth; n defaults to 5000 train / 1000 test (generated, built in)"),
-    DatasetSpec("cifar10", ("classification",), False, CIFAR10, ("train", "test"),
-                "CIFAR-10 python batches at <root>/cifar-10-batches-py/{data_batch_1..5,test_batch,"
-                "batches.meta}"),
-    DatasetSpec("cifar100", ("classification",), False, CIFAR100, ("train", "test"),
-                "CIFAR-100 python pickles at <root>/cifar-100-python/{train,test,meta} (fine or coarse "
-                "labels)"),
-    DatasetSpec("imagefolder", ("classification",), False, ImageFolderClassification, ("train", "val", "test"),
-                "ImageNet-style tree <root>/<split>/<class>/*.JPEG, resized and centre-cropped to size "
-                "('test' falls back to val/)"),
-    DatasetSpec("nyu_depth_v2", ("upsampling",), False, NYUDepthV2, ("train", "test"),
-                "NYU Depth v2 labelled set, <root>/nyu_depth_v2_labeled.mat (HDF5); frames 0–999 train, "
-                "1000–1448 test; depth in m"),
-    DatasetSpec("voc2012", ("segmentation",), False, VOCSegmentation, ("train", "val", "trainval", "test"),
-                "PASCAL VOC 2012 at <root>/VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets/"
-                "Segmentation}; 21 classes, 255 = void; 'test' = val"),
-    DatasetSpec("image_folder_denoise", ("denoising",), False, ImageFolderDenoise, ("train", "test", "val"),
-                "clean images (png/jpg/bmp/tif) in a flat folder <root> (a test set, e.g. BSD68) or "
-                "<root>/<split>/"),
-]
+    def __getitem__(self, name: str) -> DatasetSpec:
+        if name not in REGISTRY:
+            raise KeyError(name)
+        try:
+            return REGISTRY.get(name)
+        except DatasetError:
+            raise KeyError(name) from None
+
+    def __iter__(self) -> Iterator[str]:
+        REGISTRY.load_all()
+        return iter([n for n in REGISTRY.names() if n in REGISTRY.entries])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"DATASETS({', '.join(self)})"
+
 
 #: Every data set by name.
-DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in _SPECS}
+DATASETS: Mapping[str, DatasetSpec] = _Datasets()
+
+
+def dataset_plugin_errors() -> list[PluginError]:
+    """Data set plugins that could not be registered, with the reason."""
+    REGISTRY.load_all()
+    return REGISTRY.errors()
+
+
+def _formats() -> list[str]:
+    """The sample formats (``task`` of :func:`get_dataset`): the built-in ones and any a plugin data set serves."""
+    return list(dict.fromkeys([*TASKS, *(t for spec in DATASETS.values() for t in spec.tasks)]))
 
 
 def list_datasets(task: str | None = None) -> list[str]:
     """Names of the data sets (serving ``task``, if given)."""
-    if task is not None and task not in TASKS:
-        raise DatasetError(f"unknown task {task!r}; choose one of {list(TASKS)}")
+    if task is not None and task not in _formats():
+        raise DatasetError(f"unknown task {task!r}; choose one of {_formats()}")
     return [n for n, s in DATASETS.items() if task is None or task in s.tasks]
 
 
@@ -207,10 +155,13 @@ def _suggest(word: str, choices: list[str]) -> str:
 def get_dataset(name: str, task: str, split: str, root: str | os.PathLike[str] | None = None,
                 **options: Any) -> BenchDataset:
     """Build data set ``name`` for ``task`` and ``split``; errors name the valid choices."""
-    if task not in TASKS:
-        raise DatasetError(f"unknown task {task!r}{_suggest(str(task), list(TASKS))}; choose one of {list(TASKS)}")
+    formats = _formats()
+    if task not in formats:
+        raise DatasetError(f"unknown task {task!r}{_suggest(str(task), formats)}; choose one of {formats}")
     if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}{_suggest(str(name), list(DATASETS))}; "
+        failed = [e.error for e in dataset_plugin_errors() if e.entry_point.split(" = ")[0] == name]
+        hint = f" (a plugin providing {name!r} failed to load: {failed[0]})" if failed else ""
+        raise DatasetError(f"unknown dataset {name!r}{_suggest(str(name), list(DATASETS))}{hint}; "
                            f"datasets: {list(DATASETS)}")
     spec = DATASETS[name]
     if task not in spec.tasks:

@@ -4,27 +4,84 @@
   seconds on a CPU; timm backbones are the alternative for real runs. Its ``feature_info`` follows
   timm's convention so stage selection works the same way.
 - :class:`FCNSegmenter` — any feature backbone + a light FCN decoder (its feature upsampling
-  bilinear or CARAFE; optionally a PAC-CRF refinement head on the logits, guided by the image).
+  bilinear or any registered upsampler, e.g. CARAFE; optionally a refinement head on the logits, e.g.
+  PAC-CRF, guided by the image).
 - :class:`JointUpsamplingNet` — guided depth upsampling: a guidance branch on the RGB image and a
   target branch on the upsampled depth, whose 3×3 convs (``target.layers.*``) are the operator under
   test; they compute a per-pixel embedding that reweights the low-resolution samples around each pixel
-  (a learned joint bilateral upsampling starting as bilinear, or CARAFE, upsampling).
+  (a learned joint bilateral upsampling starting as bilinear, or a registered upsampler's, e.g.
+  CARAFE's, upsampling).
 - :class:`DnCNN` — residual denoiser (Zhang et al. 2017): conv-ReLU, (depth−2)×(conv-BN-ReLU), conv;
   its body convs (``body.*``) are the operator under test.
 """
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-UPSAMPLERS = ("bilinear", "carafe")
+#: the upsampling that is no operator (plain interpolation, no parameters), and the absence of a refiner
+BILINEAR = "bilinear"
+NO_REFINER = "none"
+
+
+def upsampler_choices() -> list[str]:
+    """What a network's ``upsampler`` may be: ``bilinear`` or any registered operator of kind upsampler."""
+    from ..ops import list_ops
+
+    return [BILINEAR, *list_ops(kind="upsampler")]
+
+
+def refiner_choices() -> list[str]:
+    """What a task's ``crf`` may be: ``none`` or any registered operator of kind refiner."""
+    from ..ops import list_ops
+
+    return [NO_REFINER, *list_ops(kind="refiner")]
 
 
 def _check_upsampler(upsampler: str) -> None:
-    if upsampler not in UPSAMPLERS:
-        raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {upsampler!r}")
+    choices = upsampler_choices()
+    if upsampler not in choices:
+        raise ValueError(f"upsampler must be one of {', '.join(choices)}, got {upsampler!r}")
+
+
+def offered_settings(cls: type, settings: dict[str, Any]) -> dict[str, Any]:
+    """The ``settings`` a network offers an operator (see :class:`~adaptconv.ops.base.AdaptiveModule`)
+    that ``cls``'s constructor declares by name; the others are not its to take."""
+    params = inspect.signature(cls).parameters
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {k: v for k, v in settings.items() if k in params and params[k].kind in named}
+
+
+def _kind_op(name: str, kind: str) -> type:
+    from ..ops import get_op
+
+    cls = get_op(name)
+    if cls.kind != kind:
+        raise ValueError(f"{name!r} is an operator of kind {cls.kind!r}, not of kind {kind!r}")
+    return cls
+
+
+def build_upsampler(name: str, channels: int, scale_factor: int, **settings: Any) -> nn.Module:
+    """Upsampler ``name`` (a registered operator of kind upsampler) built through its kind's constructor,
+    ``cls(channels, scale_factor=s, **options)``, with the ``settings`` it declares."""
+    cls = _kind_op(name, "upsampler")
+    return cls(channels, scale_factor=scale_factor, **offered_settings(cls, settings))
+
+
+def build_refiner(name: str, channels: int, guide_channels: int, **settings: Any) -> nn.Module:
+    """Refiner ``name`` (a registered operator of kind refiner) built through its kind's constructor,
+    ``cls(channels, guide_channels=Cg, **options)`` (without a guide for one that takes none), with the
+    ``settings`` it declares."""
+    cls = _kind_op(name, "refiner")
+    options = offered_settings(cls, settings)
+    if cls.guide != "none":
+        options["guide_channels"] = guide_channels
+    return cls(channels, **options)
 
 
 def _fit(t: torch.Tensor, size) -> torch.Tensor:
@@ -90,10 +147,12 @@ class FCNSegmenter(nn.Module):
     """Backbone features → 1×1 projections → upsample to the finest map → sum → 3×3 conv → classes
     → bilinear to the image size → (optional) refinement head.
 
-    ``upsampler="carafe"`` upsamples each projected feature map to the finest one with a CARAFE of
-    factor ``reductions[i] // reductions[0]`` (``reductions``: the backbone's output strides, needed
-    then); the logits still go to the image size bilinearly. ``refiner``: a module called as
-    ``refiner(logits, image)`` (e.g. :class:`adaptconv.ops.paccrf.PacCRF`).
+    ``upsampler``: ``"bilinear"``, or the name of a registered upsampler (e.g. ``"carafe"``) that
+    upsamples each projected feature map to the finest one by ``reductions[i] // reductions[0]``
+    (``reductions``: the backbone's output strides, needed then; offered ``compressed_channels=width``);
+    the logits still go to the image size bilinearly. ``refiner``: a module called as
+    ``refiner(logits, image)`` (e.g. :class:`adaptconv.ops.paccrf.PacCRF`; ``refiner(logits)`` if it
+    was built without a guide).
     """
 
     def __init__(self, backbone: nn.Module, channels: list[int], num_classes: int, width: int = 64, *,
@@ -106,29 +165,33 @@ class FCNSegmenter(nn.Module):
         self.fuse = conv_bn_relu(width, width)
         self.classifier = nn.Conv2d(width, num_classes, 1)
         self.upsampler = upsampler
-        if upsampler == "carafe":
-            from ..ops.carafe import Carafe
-
+        self.upsamplers = None
+        if upsampler != BILINEAR:
             if reductions is None or len(reductions) != len(channels):
-                raise ValueError("FCNSegmenter: upsampler='carafe' needs the backbone's reductions, one per feature map")
+                raise ValueError(f"FCNSegmenter: upsampler={upsampler!r} needs the backbone's reductions, "
+                                 "one per feature map")
             if any(r % reductions[0] for r in reductions):
                 raise ValueError(f"FCNSegmenter: reductions {reductions} are not multiples of the finest one")
             self.upsamplers = nn.ModuleList(
-                Carafe(width, r // reductions[0], compressed_channels=width) if r > reductions[0] else nn.Identity()
-                for r in reductions)
+                build_upsampler(upsampler, width, r // reductions[0], compressed_channels=width)
+                if r > reductions[0] else nn.Identity() for r in reductions)
         self.refiner = refiner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.backbone(x)
         size = feats[0].shape[-2:]
-        if self.upsampler == "carafe":
+        if self.upsamplers is not None:
             y = sum(_fit(up(lat(f)), size) for lat, up, f in zip(self.lateral, self.upsamplers, feats))
         else:
             y = sum(F.interpolate(lat(f), size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size
                     else lat(f) for lat, f in zip(self.lateral, feats))
         y = self.classifier(self.fuse(y))
         y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return y if self.refiner is None else self.refiner(y, x)
+        if self.refiner is None:
+            return y
+        if getattr(self.refiner, "guide_channels", 0) is None:  # a refiner built without a guide
+            return self.refiner(y)
+        return self.refiner(y, x)
 
 
 def bilinear_tap_weights(size: int, scale: int, radius: int = 1) -> torch.Tensor:
@@ -174,14 +237,17 @@ class JointUpsamplingNet(nn.Module):
 
         out(p) = Σ_q softmax_q( base_q(p) − ‖φ(p) − φ(q)‖² ) · depth_lr(q)
 
-    where ``base`` is the log-weight of bilinear upsampling (floored at ``floor``; or, with
-    ``upsampler="carafe"``, CARAFE's content-aware logits from the depth, initialised to the same
-    bilinear weights) and φ is a per-pixel embedding computed by the target branch from the depth and
+    where ``base`` is the log-weight of bilinear upsampling (floored at ``floor``; or, with an
+    ``upsampler`` that predicts kernels — ``kernel_logits``, e.g. ``"carafe"`` — its content-aware
+    logits from the depth, offered ``init="bilinear"`` to start at the same bilinear weights) and φ is a per-pixel embedding computed by the target branch from the depth and
     the guidance features; φ(q) is read at the high-resolution pixel each sample was taken at
     (centre-pixel decimation: offset ⌊s/2⌋ of its cell). φ starts near zero, so the network starts as
     bilinear upsampling and learns *which* neighbouring sample each pixel belongs with — the
     multiplicative "jump × side of the edge" that a plain residual CNN must build from ReLUs (and did
     not, at CPU budgets).
+
+    An ``upsampler`` that does not predict kernels gives the base upsampling the target branch starts
+    from (its output), while ``base`` stays bilinear's.
 
     Guidance branch: two 3×3 convs on the standardised RGB. Target branch: ``head`` on the base
     upsampling of the depth minus its per-image mean (so features do not depend on the absolute depth;
@@ -207,16 +273,15 @@ class JointUpsamplingNet(nn.Module):
         if embed_gain <= 0:
             raise ValueError(f"JointUpsamplingNet: embed_gain must be > 0, got {embed_gain}")
         self.scale, self.radius, self.floor, self.embed_gain = scale, radius, floor, float(embed_gain)
-        # CARAFE predicts the base kernels from the depth; kept outside ``target`` so the task's
-        # default swap selection leaves it alone.
+        # A learned upsampler (CARAFE: it predicts the base kernels from the depth); kept outside
+        # ``target`` so the task's default swap selection leaves it alone.
         self.upsample = None
-        if upsampler == "carafe":
-            from ..ops.carafe import Carafe
-
+        if upsampler != BILINEAR:
             if scale is None:
-                raise ValueError("JointUpsamplingNet: upsampler='carafe' needs the integer scale (>= 2)")
-            self.upsample = Carafe(1, scale, k_up=2 * radius + 1, compressed_channels=width, init="bilinear",
-                                   init_floor=floor)
+                raise ValueError(f"JointUpsamplingNet: upsampler={upsampler!r} needs the integer scale (>= 2)")
+            self.upsample = build_upsampler(upsampler, 1, scale, k_up=2 * radius + 1, compressed_channels=width,
+                                            init="bilinear", init_floor=floor)
+        self.kernels_from_upsampler = callable(getattr(self.upsample, "kernel_logits", None))
         self.register_buffer("rgb_mean", torch.tensor(self.RGB_MEAN[:guide_channels]).view(1, -1, 1, 1)
                              if guide_channels == 3 else torch.full((1, guide_channels, 1, 1), 0.5), persistent=False)
         self.register_buffer("rgb_std", torch.tensor(self.RGB_STD[:guide_channels]).view(1, -1, 1, 1)
@@ -242,10 +307,16 @@ class JointUpsamplingNet(nn.Module):
         self._prior: dict = {}
 
     def base_logits(self, depth_lr: torch.Tensor, s: int) -> torch.Tensor:
-        """B×k²×H×W (or 1×k²×H×W) log-weights of the base ×``s`` upsampling (bilinear, or CARAFE's)."""
+        """B×k²×H×W (or 1×k²×H×W) log-weights of the base ×``s`` upsampling (bilinear, or the upsampler's)."""
         h, w = depth_lr.shape[-2:]
-        if self.upsample is not None:
-            return F.pixel_shuffle(self.upsample.encoder(self.upsample.compressor(depth_lr)), s)
+        if self.kernels_from_upsampler:
+            logits = self.upsample.kernel_logits(depth_lr)
+            k = 2 * self.radius + 1
+            if tuple(logits.shape[1:]) != (k * k, h * s, w * s):
+                raise ValueError(f"JointUpsamplingNet: upsampler {self.upsample.name!r}'s kernel_logits gave "
+                                 f"{tuple(logits.shape)}, expected B×{k * k}×{h * s}×{w * s} ({k}×{k} taps, "
+                                 f"the k_up={k} it is offered)")
+            return logits
         key = (h, w, s, depth_lr.device, depth_lr.dtype)
         if key not in self._prior:
             wy = bilinear_tap_weights(h, s, self.radius)
@@ -265,7 +336,10 @@ class JointUpsamplingNet(nn.Module):
         centred = depth_lr - mean
         base = self.base_logits(centred, s)
         taps = lr_taps(centred, s, self.radius)[:, :, 0]  # B×k²×H×W
-        up_centred = (F.softmax(base, 1) * taps).sum(1, keepdim=True)
+        if self.upsample is not None and not self.kernels_from_upsampler:
+            up_centred = self.upsample(centred)
+        else:
+            up_centred = (F.softmax(base, 1) * taps).sum(1, keepdim=True)
         rgb = (rgb - self.rgb_mean) / self.rgb_std
         g = self.guidance(rgb)
         t = F.relu(self.target.head(up_centred), inplace=True)

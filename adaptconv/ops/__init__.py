@@ -1,12 +1,13 @@
 """Content-adaptive convolution operators behind one interface (see :mod:`adaptconv.ops.base`)."""
 
-from .base import AdaptiveConv2d, resize_guide
+from .base import AdaptiveConv2d, AdaptiveModule, resize_guide
 from .registry import (
     ENTRY_POINT_GROUP,
     OpRegistryError,
     create_op,
     get_op,
     list_ops,
+    op_kind,
     op_source,
     plugin_errors,
     register_op,
@@ -14,11 +15,13 @@ from .registry import (
 
 __all__ = [
     "AdaptiveConv2d",
+    "AdaptiveModule",
     "ENTRY_POINT_GROUP",
     "OpRegistryError",
     "create_op",
     "get_op",
     "list_ops",
+    "op_kind",
     "op_source",
     "plugin_errors",
     "register_op",

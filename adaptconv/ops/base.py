@@ -246,7 +246,17 @@ class AdaptiveModule(TrainStepHook, nn.Module):
     - ``"upsampler"``: ``cls(channels, scale_factor=s, **options)``; ``op(x)`` maps B×C×H×W to
       B×C×sH×sW (the shape of nearest upsampling).
     - ``"refiner"``: ``cls(channels, guide_channels=Cg, **options)``; ``op(x, guide)`` maps B×C×H×W
-      and a B×Cg×H×W guide to B×C×H×W.
+      and a B×Cg×H×W guide to B×C×H×W (``cls(channels)`` and ``op(x)`` for one that takes no guide).
+
+    The tasks build any registered operator of these kinds by name (``task_options.upsampler`` /
+    ``task_options.crf``) through these constructors. Their networks also offer settings by keyword,
+    given only to a constructor that declares that keyword: ``compressed_channels`` (the width of a
+    kernel-predicting branch), ``k_up`` (the odd side of the low-resolution window each output pixel's
+    kernel spans), ``init="bilinear"`` and ``init_floor`` (start as bilinear upsampling, other taps at
+    that weight) for an upsampler; ``num_iters`` (``task_options.crf_iters``) for a refiner. An
+    upsampler that predicts its kernels may expose ``kernel_logits(x)`` (B×k_up²×sH×sW, taps row-major
+    over the k_up×k_up low-resolution pixels around each output pixel's own cell, before the softmax):
+    the joint upsampling network then uses them as its base kernels.
 
     They are never hot-swapped for a convolution (:meth:`from_conv` refuses). :meth:`identity_check`
     runs the operator's defining identity for ``check-op``.

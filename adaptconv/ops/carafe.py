@@ -112,10 +112,14 @@ class Carafe(AdaptiveModule):
             with torch.no_grad():
                 self.encoder.bias.copy_(bilinear_logits(scale_factor, k_up, init_floor).reshape(-1))
 
+    def kernel_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The reassembly kernels before the softmax over the taps: B×k_up²×σH×σW (the kernel-predicting
+        upsampler's contract, see :class:`~adaptconv.ops.base.AdaptiveModule`)."""
+        return F.pixel_shuffle(self.encoder(self.compressor(x)), self.scale_factor)
+
     def kernels(self, x: torch.Tensor) -> torch.Tensor:
         """The reassembly kernels: B×k_up²×σH×σW, softmax over the taps."""
-        logits = F.pixel_shuffle(self.encoder(self.compressor(x)), self.scale_factor)
-        return F.softmax(logits, dim=1)
+        return F.softmax(self.kernel_logits(x), dim=1)
 
     def adaptive_forward(self, x: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
         return carafe(x, self.kernels(x), self.scale_factor)

@@ -13,12 +13,14 @@ import hashlib
 
 import seaborn as sns
 
-#: built-in operators in a fixed order (their colour index)
-KNOWN_OPS = ("pac", "paka", "acda", "dfn", "deform", "mdeform", "condconv", "dynconv",
-             "involution", "ddf", "odconv", "sparse_gated", "carafe", "paccrf")
+from ..plugins import BUILTIN_OPS
+
+BASELINE = "conv"
+#: built-in operators in a fixed order (their colour index): the registry's table of built-ins, whose
+#: order is therefore the palette's (a new built-in goes at the end of it, so no colour moves)
+KNOWN_OPS = tuple(name for name in BUILTIN_OPS if name != BASELINE)
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 DASHES = ("-", "--", "-.", ":")
-BASELINE = "conv"
 #: reference lines drawn across a panel: conv's mean (black, dashed) and each trivial, non-learned
 #: baseline of the task (grey, dotted), so neither can be mistaken for an operator's line
 CONV_LINE = {"color": (0.0, 0.0, 0.0), "ls": "--", "lw": 1.0}

@@ -1,8 +1,10 @@
 """Semantic segmentation (mIoU, pixel accuracy): a feature backbone with swapped layers + an FCN decoder.
 
-Task options for the decoder: ``upsampler`` (``bilinear`` default, or ``carafe``: the decoder's
-feature upsampling) and ``crf`` (``none`` default, or ``paccrf``: a PAC-CRF refinement head on the
-logits, guided by the input image, with ``crf_iters`` mean-field iterations).
+Task options for the decoder: ``upsampler`` (``bilinear`` default, or any registered operator of kind
+upsampler, e.g. ``carafe``: the decoder's feature upsampling) and ``crf`` (``none`` default, or any
+registered operator of kind refiner, e.g. ``paccrf``: a refinement head on the logits, guided by the
+input image, with ``crf_iters`` mean-field iterations for a refiner that takes ``num_iters``).
+Plugins' upsamplers and refiners (``adaptconv.ops`` entry points) are taken by name alike.
 """
 
 from __future__ import annotations
@@ -16,13 +18,21 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import DatasetError, SceneConfig, get_dataset
 from ..models.backbones import BUILTIN_BACKBONES, build_backbone
-from ..models.networks import UPSAMPLERS, FCNSegmenter
+from ..models.networks import (
+    BILINEAR,
+    NO_REFINER,
+    FCNSegmenter,
+    build_refiner,
+    offered_settings,
+    refiner_choices,
+    upsampler_choices,
+)
 from ..schema import did_you_mean
 from .base import Task
 
 IGNORE = 255
-CRFS = ("none", "paccrf")
 CLASS_WEIGHTS = ("none", "sqrt_inverse")
+CRF_ITERS = 5  # crf_iters' default
 #: what ``task_options.scene`` may set of the synthetic scenes (:class:`~adaptconv.data.synthetic.SceneConfig`)
 SCENE_OPTIONS = ("max_distractors", "real_textures", "supersample", "main_area", "distractor_area", "texture_contrast")
 
@@ -34,21 +44,29 @@ class SegmentationOptions:
     n_test: int = 200
     size: int = 64  # synthetic scenes: image side; VOC: crop side
     aux_weight: float = 0.0  # reserved for deep supervision; 0 = off
-    upsampler: str = "bilinear"  # "bilinear" | "carafe": the decoder's feature upsampling
-    crf: str = "none"  # "none" | "paccrf": refinement head on the logits, guided by the image
-    crf_iters: int = 5  # mean-field iterations of the CRF head
+    upsampler: str = BILINEAR  # "bilinear" | an upsampler operator ("carafe", plugins): the feature upsampling
+    crf: str = NO_REFINER  # "none" | a refiner operator ("paccrf", plugins): a head on the logits, guided by the image
+    crf_iters: int = CRF_ITERS  # mean-field iterations of the CRF head (a refiner's num_iters)
     class_weights: str = "none"  # "none" | "sqrt_inverse": cross-entropy weights from the training masks
     # synthetic scenes only: options of the scene generator (SCENE_OPTIONS), e.g. {texture_contrast: 0.25}
     scene: dict = field(default_factory=dict)
 
     def validate(self) -> list[str]:
         problems = []
-        if self.upsampler not in UPSAMPLERS:
-            problems.append(f"upsampler: one of {', '.join(UPSAMPLERS)}, got {self.upsampler!r}")
-        if self.crf not in CRFS:
-            problems.append(f"crf: one of {', '.join(CRFS)}, got {self.crf!r}")
+        upsamplers, refiners = upsampler_choices(), refiner_choices()
+        if self.upsampler not in upsamplers:
+            problems.append(f"upsampler: one of {', '.join(upsamplers)}, got {self.upsampler!r}"
+                            f"{did_you_mean(self.upsampler, upsamplers)}")
+        if self.crf not in refiners:
+            problems.append(f"crf: one of {', '.join(refiners)}, got {self.crf!r}{did_you_mean(self.crf, refiners)}")
         if self.crf_iters < 0:
             problems.append(f"crf_iters: must be >= 0, got {self.crf_iters}")
+        elif self.crf in refiners and self.crf != NO_REFINER and self.crf_iters != CRF_ITERS:
+            from ..ops import get_op
+
+            if "num_iters" not in offered_settings(get_op(self.crf), {"num_iters": self.crf_iters}):
+                problems.append(f"crf_iters: refiner {self.crf!r} takes no num_iters; leave crf_iters at "
+                                f"{CRF_ITERS}, got {self.crf_iters}")
         if self.class_weights not in CLASS_WEIGHTS:
             problems.append(f"class_weights: one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weights!r}")
         if not isinstance(self.scene, dict):
@@ -110,7 +128,7 @@ class Segmentation(Task):
     default_steps = 300
 
     # see Task.late_options
-    late_options = {"upsampler": "bilinear", "crf": "none", "crf_iters": 5, "class_weights": "none",
+    late_options = {"upsampler": BILINEAR, "crf": NO_REFINER, "crf_iters": CRF_ITERS, "class_weights": "none",
                     "scene": {}}
 
     def _dataset(self, split: str) -> Dataset:
@@ -147,13 +165,10 @@ class Segmentation(Task):
     def build_network(self, train_set: Dataset) -> nn.Module:
         o = self.options
         backbone, channels = build_backbone(self.config.backbone, 3, features_only=True)
-        refiner = None
-        if o.crf == "paccrf":
-            from ..ops.paccrf import PacCRF
-
-            refiner = PacCRF(self.num_classes, guide_channels=3, num_iters=o.crf_iters)
+        # the refiner first, as before upsamplers were looked up by name (the same random draws)
+        refiner = None if o.crf == NO_REFINER else build_refiner(o.crf, self.num_classes, 3, num_iters=o.crf_iters)
         return FCNSegmenter(backbone, channels, self.num_classes, o.decoder_width, upsampler=o.upsampler,
-                            reductions=_reductions(backbone) if o.upsampler == "carafe" else None, refiner=refiner)
+                            reductions=_reductions(backbone) if o.upsampler != BILINEAR else None, refiner=refiner)
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         return F.cross_entropy(model(batch["image"]), batch["mask"], weight=self.class_weight, ignore_index=IGNORE)

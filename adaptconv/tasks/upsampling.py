@@ -19,8 +19,10 @@
   crops is drawn in proportion to the depth edges they hold: RMSE is made almost entirely at depth
   edges (98% of bilinear's squared error comes from the 10% of pixels off by more than 2 px), which
   uniform crops of a mostly flat scene rarely show.
-- ``upsampler``: the network's base upsampling of the depth: ``bilinear`` (default) or ``carafe``
-  (learned content-aware kernels, :mod:`adaptconv.ops.carafe`, initialised to bilinear's).
+- ``upsampler``: the network's base upsampling of the depth: ``bilinear`` (default) or any registered
+  operator of kind upsampler, e.g. ``carafe`` (learned content-aware kernels, :mod:`adaptconv.ops.carafe`,
+  initialised to bilinear's); a plugin's is taken by name alike (see
+  :class:`~adaptconv.models.networks.JointUpsamplingNet` for how one that predicts no kernels is used).
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..data import get_dataset
-from ..models.networks import UPSAMPLERS, JointUpsamplingNet
+from ..models.networks import BILINEAR, JointUpsamplingNet, upsampler_choices
+from ..schema import did_you_mean
 from .base import Task
 from .classical import guided_filter, joint_bilateral_upsample
 
@@ -62,12 +65,14 @@ class UpsamplingOptions:
     n_test: int = 64
     size: int = 64
     extra_test: list[str] = field(default_factory=list)  # also evaluate on these datasets' test split
-    upsampler: str = "bilinear"  # "bilinear" | "carafe": the network's depth upsampling
+    upsampler: str = BILINEAR  # "bilinear" | an upsampler operator ("carafe", plugins): the depth upsampling
 
     def validate(self) -> list[str]:
         problems = []
-        if self.upsampler not in UPSAMPLERS:
-            problems.append(f"upsampler: one of {', '.join(UPSAMPLERS)}, got {self.upsampler!r}")
+        upsamplers = upsampler_choices()
+        if self.upsampler not in upsamplers:
+            problems.append(f"upsampler: one of {', '.join(upsamplers)}, got {self.upsampler!r}"
+                            f"{did_you_mean(self.upsampler, upsamplers)}")
         if self.scale < 2:
             problems.append(f"scale: must be >= 2, got {self.scale}")
         if self.patch % self.scale or self.patch < 2 * self.scale:
@@ -133,7 +138,7 @@ class Upsampling(Task):
     default_guide = "image"
     default_steps = 300
 
-    late_options = {"upsampler": "bilinear"}  # see Task.late_options
+    late_options = {"upsampler": BILINEAR}  # see Task.late_options
 
     def _dataset(self, name: str, split: str) -> Dataset:
         o, cfg = self.options, self.config

@@ -87,8 +87,7 @@ class MeasureConfig:
 
 @dataclass
 class TrialConfig:
-    task: Literal["classification", "segmentation", "upsampling", "denoising", "opbench", "spatial_segmentation",
-                  "spatial_video"]
+    task: str  # a registered task (adaptconv.tasks.list_tasks(): the built-ins and plugins' entry points)
     dataset: str | None = None  # default: the task's built-in data
     data_root: str | None = None  # where a real dataset lives on disk
     backbone: str | None = None  # default: the task's network
@@ -114,8 +113,13 @@ class TrialConfig:
         """Every problem of the config; ``registry=False`` leaves out what depends on the operators
         installed now (for reading stored results, see :func:`parse_trial_config`)."""
         from ..models.swap import ConvSelection
+        from ..tasks import list_tasks
 
         problems = []
+        tasks = list_tasks()
+        if self.task not in tasks:
+            problems.append(f"task: {self.task!r} is not one of {', '.join(map(repr, tasks))}"
+                            f"{did_you_mean(self.task, tasks)}")
         problem = op_problem(self.op) if registry else None
         if problem:
             problems.append(problem)
