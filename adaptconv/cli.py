@@ -268,7 +268,7 @@ def _load(args, stored_copy: bool = False):
     root = Path(args.results) if args.results else Path("results") / suite.name
     store = ResultStore(root)
     if any(not t.checked for t in suite.trials):
-        from .sweep.ids import ID_PATTERN
+        from .trial.ids import ID_PATTERN
 
         configs = {}
         folders = sorted(store.trials_dir.iterdir()) if store.trials_dir.is_dir() else []
@@ -288,7 +288,7 @@ def _load(args, stored_copy: bool = False):
 def _swept_keys(suite) -> list[str]:
     """The keys a suite sweeps (its and its blocks' product/zip axes, and the seed), in the suite's
     order, keeping those whose value differs between its trials: what tells its trials apart."""
-    from .sweep.suite import flatten_config
+    from .schema import flatten_config
 
     spec = suite.spec
     keys: list[str] = []
@@ -358,7 +358,7 @@ def _estimate(suite, store, states) -> tuple[float, int] | None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from .sweep.executors import make_plan
-    from .sweep.suite import flatten_config
+    from .schema import flatten_config
 
     suite, store = _load(args)
     plan = make_plan(suite, store, args.retry_failed)

@@ -184,14 +184,32 @@ def parse(cls, mapping: dict, where: str = "", validate: bool = True) -> Any:
 
 
 def set_dotted(mapping: dict, dotted: str, value: Any) -> None:
-    """``set_dotted(d, "optimizer.lr", 0.1)`` → ``d["optimizer"]["lr"] = 0.1`` (creating levels)."""
+    """``set_dotted(d, "optimizer.lr", 0.1)`` → ``d["optimizer"]["lr"] = 0.1``, creating the levels that
+    are missing or null (``swap: null`` then ``swap.stages``). A level that holds another value is an
+    error naming it: setting inside it would silently throw that value away."""
     keys = dotted.split(".")
     node = mapping
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
+    for i, k in enumerate(keys[:-1]):
+        if node.get(k) is None:
+            node[k] = {}
+        node = node[k]
         if not isinstance(node, dict):
-            raise ConfigError([f"{dotted}: {k!r} is not a mapping"])
+            raise ConfigError([f"{dotted}: {'.'.join(keys[:i + 1])} is {node!r}, not a mapping to set "
+                               f"{'.'.join(keys[i + 1:])} in"])
     node[keys[-1]] = value
+
+
+def flatten_config(mapping: dict, prefix: str = "", keep_empty: bool = True) -> dict[str, Any]:
+    """Nested config → dotted keys (``{"op_options": {"k": 1}}`` → ``{"op_options.k": 1}``). An empty
+    mapping stays as a value with ``keep_empty``, else it adds no key."""
+    out = {}
+    for k, v in mapping.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and (v or not keep_empty):
+            out.update(flatten_config(v, key + ".", keep_empty))
+        else:
+            out[key] = v
+    return out
 
 
 def to_dict(obj) -> Any:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .taps import pair
+from .taps import conv_output_size, pair
 
 GuideNeed = Literal["none", "optional", "required"]
 #: What an operator is: a drop-in ``nn.Conv2d`` (hot-swappable), a content-aware upsampler, or a
@@ -137,10 +137,7 @@ class AdaptiveConv2d(TrainStepHook, nn.Module):
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Spatial size of the output for an input of ``height×width`` (nn.Conv2d's formula)."""
-        return tuple(  # type: ignore[return-value]
-            (n + 2 * p - d * (k - 1) - 1) // s + 1
-            for n, p, d, k, s in zip((height, width), self.padding, self.dilation, self.kernel_size, self.stride)
-        )
+        return conv_output_size((height, width), self.kernel_size, self.stride, self.padding, self.dilation)
 
     # ----------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:

@@ -31,11 +31,15 @@ def pair(value, arg: str = "value", owner: str = "", minimum: int = 0) -> Pair:
     return out
 
 
+def conv_output_length(n: int, kernel: int, stride: int, padding_total: int, dilation: int) -> int:
+    """nn.Conv2d's output-size formula along one axis; ``padding_total``: both sides' padding together."""
+    return (n + padding_total - dilation * (kernel - 1) - 1) // stride + 1
+
+
 def conv_output_size(size: Sequence[int], kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair) -> Pair:
-    """nn.Conv2d's output-size formula."""
+    """nn.Conv2d's output size (symmetric ``padding`` on each axis)."""
     return tuple(  # type: ignore[return-value]
-        (n + 2 * p - d * (k - 1) - 1) // s + 1
-        for n, k, s, p, d in zip(size, kernel_size, stride, padding, dilation)
+        conv_output_length(n, k, s, 2 * p, d) for n, k, s, p, d in zip(size, kernel_size, stride, padding, dilation)
     )
 
 

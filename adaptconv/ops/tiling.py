@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from . import config
+from .taps import conv_output_length
 
 __all__ = [
     "Geometry", "geometry", "Tile", "Plan", "plan", "row_span", "gather", "scatter_add", "tap", "tap_grouped",
@@ -61,7 +62,7 @@ class Geometry(NamedTuple):
 
     def out_size(self, h: int, w: int) -> tuple[int, int]:
         (kh, kw), (sh, sw), (t, b, l, r), (dh, dw) = self.kernel_size, self.stride, self.pads, self.dilation
-        return (h + t + b - dh * (kh - 1) - 1) // sh + 1, (w + l + r - dw * (kw - 1) - 1) // sw + 1
+        return conv_output_length(h, kh, sh, t + b, dh), conv_output_length(w, kw, sw, l + r, dw)
 
     @property
     def centre_taps(self) -> list[int]:

@@ -29,8 +29,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from ..schema import ConfigError
-from ..sweep.suite import flatten_config
+from ..schema import ConfigError, flatten_config
 from ..trial.config import RUN_KEYS
 from .atomic import write_bytes_atomic
 from .stats import t_quantile
@@ -42,9 +41,6 @@ log = logging.getLogger(__name__)
 NOT_A_FACTOR = set(RUN_KEYS) | {"seed"}
 #: stores with more records than this are parsed by worker processes
 PARALLEL_ABOVE = 2000
-#: known metrics whose direction a record without ``metric_info`` cannot tell (records before it existed)
-KNOWN_DIRECTIONS = {"top1": True, "top5": True, "loss": False, "miou": True, "pixel_acc": True,
-                    "psnr": True, "ssim": True, "rmse": False, "mae": False}
 #: config keys that say how the operator is applied: they make operator *variants* inside a comparison
 #: group (``pac (kernel_type=inv)``), not groups of their own, and a trivial baseline does not depend on them
 OP_KEYS = ("op", "op_options.", "swap.", "guide", "dynconv_anneal")  # dynconv_anneal: records before op_options.anneal
@@ -351,13 +347,20 @@ def collect(store: ResultStore | str | os.PathLike, suite=None) -> Collection:
     trials = pd.DataFrame(rows)
     config_columns = _config_columns(trials, suite_trials, records)
     trials = _order_columns(trials, config_columns)
-    directions = dict(KNOWN_DIRECTIONS)
+    directions: dict[str, bool] = {}
     primary = None
     for tid in order:
         info = (records.get(tid) or {}).get("metric_info") or {}
         directions.update(info.get("higher_is_better") or {})
         if primary is None and info.get("primary"):
             primary = info["primary"]
+    metrics = {c[len("metric."):] for c in trials.columns if c.startswith("metric.")}
+    if metrics - set(directions):  # records from before metric_info: the tasks say (cached, see sweep.cache)
+        from ..sweep.cache import installation
+
+        for task in installation()["tasks"].values():
+            for metric, higher in task["higher_is_better"].items():
+                directions.setdefault(metric, higher)
     if primary is None:  # records before metric_info: the first metric the task reported
         firsts = [d["first_metric"] for d in records.values() if d["first_metric"]]
         primary = firsts[0] if firsts else None

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..sweep.ids import check_trial_id
+from ..trial.ids import check_trial_id
 from .atomic import write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)

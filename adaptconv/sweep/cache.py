@@ -154,6 +154,7 @@ def describe_installation() -> dict:
         tasks[name] = {
             "datasets": list(cls.datasets), "backbones": list(cls.backbones), "accepts_timm": bool(cls.accepts_timm),
             "metrics": list(dict.fromkeys([*cls.metrics, *cls.higher_is_better])), "options": options,
+            "higher_is_better": dict(cls.higher_is_better),
             "late_options": {k: _jsonable(v) for k, v in cls.late_options.items()},
             "baselines": list(getattr(cls, "baseline_names", ()) or ()),
         }

@@ -47,9 +47,9 @@ from typing import Any
 
 import yaml
 
-from ..schema import ConfigError, FileConfigError, as_float, did_you_mean, parse
+from ..schema import ConfigError, FileConfigError, as_float, did_you_mean, flatten_config, parse, set_dotted
 from ..trial.config import TrialConfig, parse_trial_config
-from .ids import trial_id
+from ..trial.ids import trial_id
 
 SUITES_DIR = Path(__file__).resolve().parents[2] / "suites"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -340,30 +340,6 @@ def _freeze(value):
     return value
 
 
-def flatten_config(mapping: dict, prefix: str = "", keep_empty: bool = True) -> dict[str, Any]:
-    """Nested config → dotted keys (``{"op_options": {"k": 1}}`` → ``{"op_options.k": 1}``). An empty
-    mapping stays as a value with ``keep_empty``, else it adds no key."""
-    out = {}
-    for k, v in mapping.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and (v or not keep_empty):
-            out.update(flatten_config(v, key + ".", keep_empty))
-        else:
-            out[key] = v
-    return out
-
-
-def _set(config: dict, dotted: str, value) -> None:
-    node = config
-    parts = dotted.split(".")
-    for k in parts[:-1]:
-        nxt = node.get(k)
-        if not isinstance(nxt, dict):
-            nxt = node[k] = {}
-        node = nxt
-    node[parts[-1]] = value
-
-
 def _get(config: dict, dotted: str):
     node = config
     for k in dotted.split("."):
@@ -434,8 +410,14 @@ def expand(spec: SuiteSpec, problems: _Problems | None = None, check_registry: b
                 for seed in (block.seeds if block.seeds is not None else seeds):
                     config = _deep_merge(base, {})
                     swept = {**tp, **point}
-                    for key, value in swept.items():
-                        _set(config, key, value)
+                    try:
+                        for key, value in swept.items():
+                            set_dotted(config, key, value)
+                    except ConfigError as exc:  # a swept key inside a value that is not a mapping
+                        points.setdefault(bi, []).append(swept)
+                        for p in exc.problems:
+                            failures.setdefault((bi, p), []).append(swept)
+                        continue
                     if seed is not None:
                         config["seed"] = seed
                         swept["seed"] = seed
@@ -574,7 +556,7 @@ def match_stored(suite: Suite, stored: dict[str, dict[str, Any]]) -> int:
     stored one wherever an option equal to the operator's default was dropped (``{gain: 1.0}`` stored
     as ``{}``): a stored config matches when it equals the trial's in everything but those dropped
     options. Returns how many trials were matched this way; in place."""
-    from .ids import identity
+    from ..trial.ids import identity
 
     out: dict[str, Trial] = {}
     matched = 0

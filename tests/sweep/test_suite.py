@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from adaptconv.sweep.ids import check_trial_id, identity, trial_id
+from adaptconv.trial.ids import check_trial_id, identity, trial_id
 from adaptconv.sweep.suite import SuiteError, load_suite
 from adaptconv.trial import parse_trial_config
 

@@ -8,7 +8,7 @@ from adaptconv.models.backbones import build_backbone
 from adaptconv.ops.carafe import Carafe
 from adaptconv.ops.paccrf import PacCRF
 from adaptconv.schema import ConfigError
-from adaptconv.sweep.ids import trial_id
+from adaptconv.trial.ids import trial_id
 from adaptconv.trial import parse_trial_config, run_trial
 
 NO_MEASURE = {"latency": False, "memory": False, "flops": False}

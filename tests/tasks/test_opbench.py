@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adaptconv.schema import ConfigError
-from adaptconv.sweep.ids import trial_id
+from adaptconv.trial.ids import trial_id
 from adaptconv.trial import parse_trial_config, run_trial
 
 FAST = {"batch_sizes": [1, 2], "resolutions": [8, 12], "warmup": 1, "repeats": 2, "min_time_s": 0.0}

@@ -22,7 +22,7 @@ import re
 from typing import Any
 
 from ..schema import to_dict
-from ..trial.config import RUN_KEYS, TrialConfig
+from .config import RUN_KEYS, TrialConfig
 
 ID_VERSION = 1
 ID_PATTERN = re.compile(r"[0-9a-f]{16}")
