@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from adaptconv import plugins
-from adaptconv.data import DATASETS, REGISTRY as DATASET_REGISTRY, DatasetError, DatasetSpec, get_dataset, list_datasets
+from adaptconv.data import DATASETS, REGISTRY as DATASET_REGISTRY, DatasetError, get_dataset, list_datasets
 from adaptconv.ops import get_op, list_ops, registry
 from adaptconv.plugins import BUILTIN_DATASETS, BUILTIN_OPS, BUILTIN_TASKS, Registry
 from adaptconv.report import palette

@@ -19,6 +19,15 @@ def test_builtins_are_registered():
         assert adaptconv.get_op(name).name == name
 
 
+def test_operators_are_listed_by_kind():
+    assert {"carafe"} <= set(list_ops(kind="upsampler")) and {"paccrf"} <= set(list_ops(kind="refiner"))
+    kinds = [set(list_ops(kind=k)) for k in ("conv", "upsampler", "refiner")]
+    assert set.union(*kinds) == set(list_ops()) and sum(map(len, kinds)) == len(list_ops())
+    assert registry.op_kind("carafe") == "upsampler" and registry.op_kind("pac") == "conv"
+    with pytest.raises(ValueError, match=r"kind must be one of \('conv', 'upsampler', 'refiner'\), got 'pool'"):
+        list_ops(kind="pool")
+
+
 def test_unknown_operator_suggests_a_name():
     with pytest.raises(OpRegistryError, match=r"did you mean 'pac'\?\)"):
         create_op("pacc", 4, 4, 3)
@@ -30,7 +39,10 @@ def test_unknown_option_lists_accepted_arguments():
 
 
 def test_name_clash_names_both_sources():
-    with pytest.raises(OpRegistryError, match=r"'pac' is already registered by adaptconv\.ops\.pac:PacConv2d.*test_registry"):
+    with pytest.raises(
+        OpRegistryError, match=r"'pac' is already registered by adaptconv\.ops\.pac:PacConv2d.*test_registry"
+    ):
+
         @register_op("pac")
         class Other(AdaptiveConv2d):
             paper = "x"
@@ -40,10 +52,30 @@ class _NoStride(AdaptiveConv2d):
     paper = "test"
     supports = frozenset({"padding", "bias"})
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, *, guide_channels=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         guide_channels=guide_channels)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        *,
+        guide_channels=None,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            guide_channels=guide_channels,
+        )
 
 
 @pytest.mark.parametrize("arg,value", [("stride", 2), ("dilation", 2), ("groups", 2)])
@@ -53,11 +85,18 @@ def test_unsupported_argument_is_refused_at_construction(arg, value):
     _NoStride(4, 4, 3, padding=1)  # supported ones pass
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(in_channels=0), "in_channels"), (dict(kernel_size=(3, 3, 3)), "kernel_size"),
-    (dict(stride=0), "stride"), (dict(padding=-1), "padding"), (dict(groups=3), "divisible by groups"),
-    (dict(padding="same", stride=2), "padding='same'"), (dict(guide_channels=0), "guide_channels"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(in_channels=0), "in_channels"),
+        (dict(kernel_size=(3, 3, 3)), "kernel_size"),
+        (dict(stride=0), "stride"),
+        (dict(padding=-1), "padding"),
+        (dict(groups=3), "divisible by groups"),
+        (dict(padding="same", stride=2), "padding='same'"),
+        (dict(guide_channels=0), "guide_channels"),
+    ],
+)
 def test_bad_conv_arguments_name_the_argument(kwargs, match):
     args = dict(in_channels=4, out_channels=4, kernel_size=3)
     args.update(kwargs)
@@ -101,9 +140,12 @@ def test_unsupported_dtype_gives_a_clear_error():
 
 # ---- plugins ---------------------------------------------------------------------------------------
 
+
 def test_example_plugin_package_is_discovered():
     """examples/adaptconv-gated-op is pip-installed into the test environment by `make test`."""
-    assert "gated" in list_ops(), "the example plugin is not installed: `make test` installs examples/adaptconv-gated-op"
+    assert "gated" in list_ops(), (
+        "the example plugin is not installed: `make test` installs examples/adaptconv-gated-op"
+    )
     assert registry.op_source("gated").startswith("plugin adaptconv-gated-op")
     op = create_op("gated", 4, 6, 3, padding=1)
     assert op(torch.randn(2, 4, 8, 8)).shape == (2, 6, 8, 8)
@@ -140,8 +182,12 @@ GOOD = """
 
 
 def test_broken_and_clashing_plugins_are_reported_and_break_nothing(plugin_path):
-    _write_dist(plugin_path, "acplug-broken", {"broken": "acplug_broken:Op"},
-                {"acplug_broken": "raise ImportError('missing dependency: frobnicate')\n"})
+    _write_dist(
+        plugin_path,
+        "acplug-broken",
+        {"broken": "acplug_broken:Op"},
+        {"acplug_broken": "raise ImportError('missing dependency: frobnicate')\n"},
+    )
     _write_dist(plugin_path, "acplug-clash", {"pac": "acplug_clash:Doubled"}, {"acplug_clash": GOOD})
     _write_dist(plugin_path, "acplug-notop", {"notop": "acplug_notop:thing"}, {"acplug_notop": "thing = 3\n"})
     _write_dist(plugin_path, "acplug-good", {"doubled": "acplug_good:Doubled"}, {"acplug_good": GOOD})

@@ -13,7 +13,6 @@ entry points); :func:`get_dataset` builds one for a task::
 from __future__ import annotations
 
 import difflib
-import logging
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -45,8 +44,6 @@ from .real import (
     VOCSegmentation,
 )
 from .synthetic import SHAPES, TEXTURES, SceneConfig, SyntheticScenes, render_scenes
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "TASKS",

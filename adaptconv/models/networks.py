@@ -239,8 +239,8 @@ class JointUpsamplingNet(nn.Module):
 
     where ``base`` is the log-weight of bilinear upsampling (floored at ``floor``; or, with an
     ``upsampler`` that predicts kernels — ``kernel_logits``, e.g. ``"carafe"`` — its content-aware
-    logits from the depth, offered ``init="bilinear"`` to start at the same bilinear weights) and φ is a per-pixel embedding computed by the target branch from the depth and
-    the guidance features; φ(q) is read at the high-resolution pixel each sample was taken at
+    logits from the depth, offered ``init="bilinear"`` to start at the same bilinear weights) and φ
+    is a per-pixel embedding computed by the target branch from the depth and the guidance features; φ(q) is read at the high-resolution pixel each sample was taken at
     (centre-pixel decimation: offset ⌊s/2⌋ of its cell). φ starts near zero, so the network starts as
     bilinear upsampling and learns *which* neighbouring sample each pixel belongs with — the
     multiplicative "jump × side of the edge" that a plain residual CNN must build from ReLUs (and did
