@@ -18,10 +18,8 @@ in PyTorch (MKL), on tiles of :mod:`adaptconv.ops.tiling` and with the same memo
 On the benchmark's training step (B=8, 64→64, 56×56, k=3, 2 threads) this takes PAC from 4.1× to
 1.9× ``nn.Conv2d`` (``benchmarks/RESULTS.md``); the GEMMs are now most of the rest.
 
-The library is compiled on first use with the system C++ compiler (``$CXX`` or ``g++``, with
-``-O3 -march=native -fopenmp``; about 3 s) into a per-user cache (``$ADAPTCONV_KERNEL_CACHE``, default
-``~/.cache/adaptconv/kernels``), keyed by the source, the compiler and the CPU, so a cluster with mixed
-nodes builds one copy per CPU kind. Without a compiler, or with ``config.cpu_kernels`` off
+The library is compiled on first use by :mod:`adaptconv.ops.cpu_build` (about 3 s, cached per source,
+compiler and CPU). Without a compiler, or with ``config.cpu_kernels`` off
 (``ADAPTCONV_CPU_KERNELS=0``, ``config.override(cpu_kernels=False)``, :func:`disabled`), the PyTorch
 backend runs instead (a warning says why, once, when the build fails). float32 and float64 only; other
 dtypes use the PyTorch backend.
@@ -29,99 +27,34 @@ dtypes use the PyTorch backend.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from . import config
+from .cpu_build import SUFFIX as _SUFFIX
+from .cpu_build import Kernels
+from .cpu_build import ptr as _ptr
 from .tiling import Plan, gemm_columns, output_tile, plan
 
-__all__ = ["available", "usable", "disabled", "status", "pac_forward", "pac_backward",
-           "distance_forward", "distance_backward"]
+__all__ = [
+    "available",
+    "usable",
+    "disabled",
+    "status",
+    "pac_forward",
+    "pac_backward",
+    "distance_forward",
+    "distance_backward",
+]
 
-SOURCE = Path(__file__).parent / "csrc" / "pac_cpu.cpp"
 ABI = 3
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 #: Tile size for the GEMMs, in elements of the K-weighted columns of one tile (C·k² × pixels), as a
 #: multiple of the PyTorch path's tile (``config.chunk_elements``, which scales both):
 #: 8 × 2^17 float32 values = 4 MiB, which keeps a tile and its GEMM operands in the last-level cache
 #: and bounds the extra memory at any resolution (measured: 4 and 32 were 5–10% slower, 16 a little).
 TILE_FACTOR = 8
-_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
-
-
-# --------------------------------------------------------------------------------------------------
-# Building and loading
-def _cache_dir() -> Path:
-    root = os.environ.get("ADAPTCONV_KERNEL_CACHE")
-    if root:
-        return Path(root)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "adaptconv" / "kernels"
-
-
-def _cpu_signature() -> str:
-    """What -march=native depends on: the CPU's model and feature flags."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))][:2]
-        return "\n".join(lines)
-    except OSError:
-        return platform.processor() or platform.machine()
-
-
-def _compiler_version(cxx: str) -> str:
-    out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60)
-    return out.stdout.splitlines()[0] if out.stdout else ""
-
-
-def _build() -> tuple[ctypes.CDLL | None, str]:
-    """(library, how) — the library is None when it cannot be built; ``how`` says why."""
-    cxx = os.environ.get("CXX", "g++")
-    if shutil.which(cxx) is None:
-        return None, f"no C++ compiler ({cxx!r} not found; set CXX)"
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), _compiler_version(cxx).encode(),
-                                     _cpu_signature().encode()])).hexdigest()[:16]
-    cache = _cache_dir()
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        if not os.access(cache, os.W_OK):
-            raise PermissionError(cache)
-    except OSError:  # a read-only home (some clusters): a private folder under the temp dir
-        cache = Path(tempfile.gettempdir()) / f"adaptconv-kernels-{os.getuid()}"
-        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lib_path = cache / f"pac_cpu-{key}.so"
-    if not lib_path.exists():
-        # build beside the target, then rename: concurrent workers never load a half-written file
-        fd, tmp = tempfile.mkstemp(prefix=".pac_cpu-", suffix=".so", dir=cache)
-        os.close(fd)
-        try:
-            proc = subprocess.run([cxx, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
-                                  timeout=300)
-            if proc.returncode != 0:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-                return None, f"{cxx} failed on {SOURCE.name}: " + " | ".join(tail)
-            os.replace(tmp, lib_path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    lib = ctypes.CDLL(str(lib_path))
-    if lib.adaptconv_pac_cpu_abi() != ABI:
-        return None, f"{lib_path} has ABI {lib.adaptconv_pac_cpu_abi()}, expected {ABI}"
-    _declare(lib)
-    return lib, f"built ({lib_path})"
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -135,59 +68,26 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"distance_backward_flat_{sfx}").argtypes = [p] * 5 + [i64] * 7 + [p, i32]
         getattr(lib, f"pad_planes_{sfx}").argtypes = [p, p] + [i64] * 7 + [i32, i32]
         getattr(lib, f"unpad_planes_{sfx}").argtypes = [p, p] + [i64] * 7 + [i32, i32]
-        for name in ("pac_cols", "pac_taps_backward", "distance_forward", "distance_backward",
-                     "distance_forward_flat", "distance_backward_flat", "pad_planes", "unpad_planes"):
+        for name in (
+            "pac_cols",
+            "pac_taps_backward",
+            "distance_forward",
+            "distance_backward",
+            "distance_forward_flat",
+            "distance_backward_flat",
+            "pad_planes",
+            "unpad_planes",
+        ):
             getattr(lib, f"{name}_{sfx}").restype = None
 
 
-@functools.lru_cache(maxsize=None)
-def _library() -> tuple[ctypes.CDLL | None, str]:
-    try:
-        lib, how = _build()
-    except Exception as err:  # a broken toolchain must not break the operators: fall back
-        lib, how = None, f"{type(err).__name__}: {err}"
-    if lib is None:
-        warnings.warn(f"adaptconv: the PAC CPU kernels are not available ({how}); PAC runs on the "
-                      "slower PyTorch path", RuntimeWarning, stacklevel=3)
-    return lib, how
+KERNELS = Kernels("pac_cpu", ABI, _declare, "PAC", "PAC runs on the slower PyTorch path")
+available, status, usable, _fn = KERNELS.available, KERNELS.status, KERNELS.usable, KERNELS.fn
 
 
-def available() -> bool:
-    """The kernels are enabled and built (building them on the first call)."""
-    return config.cpu_kernels and _library()[0] is not None
-
-
-def status() -> str:
-    """For the trial's environment record: "on (built …)", "off (…)" or "unavailable (…)". Loads the
-    library (building it if this machine has no copy yet, once), so every record of a machine says the
-    same whether or not its trial ran PAC."""
-    if not config.cpu_kernels:
-        return "off (ADAPTCONV_CPU_KERNELS=0 or config.cpu_kernels off)"
-    lib, how = _library()
-    return ("on " if lib is not None else "unavailable ") + f"({how})"
-
-
-def disabled() -> contextlib.AbstractContextManager[None]:
+def disabled():
     """Run PAC on the PyTorch backend inside the block: ``config.override(cpu_kernels=False)``."""
     return config.override(cpu_kernels=False)
-
-
-def usable(*tensors: torch.Tensor) -> bool:
-    """CPU tensors of one dtype the kernels take (float32/float64), and the kernels are on."""
-    t0 = tensors[0]
-    if t0.device.type != "cpu" or t0.dtype not in _SUFFIX:
-        return False
-    if any(t is not None and (t.device.type != "cpu" or t.dtype != t0.dtype) for t in tensors[1:]):
-        return False
-    return available()
-
-
-def _fn(name: str, dtype: torch.dtype):
-    return getattr(_library()[0], f"{name}_{_SUFFIX[dtype]}")
-
-
-def _ptr(t: torch.Tensor | None):
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
 def _geom_array(geom) -> ctypes.Array:
@@ -203,8 +103,9 @@ def _pad(t: torch.Tensor, pads, mode: str) -> torch.Tensor:
         return t
     b, c, h, w = t.shape
     out = t.new_empty(b, c, h + top + bottom, w + left + right)
-    _fn("pad_planes", t.dtype)(_ptr(t), _ptr(out), b * c, h, w, top, left, *out.shape[-2:],
-                               int(mode == "replicate"), torch.get_num_threads())
+    _fn("pad_planes", t.dtype)(
+        _ptr(t), _ptr(out), b * c, h, w, top, left, *out.shape[-2:], int(mode == "replicate"), torch.get_num_threads()
+    )
     return out
 
 
@@ -215,8 +116,9 @@ def _unpad(tp: torch.Tensor, pads, fold: bool) -> torch.Tensor:
         return tp
     b, c, hp, wp = tp.shape
     out = tp.new_empty(b, c, hp - top - bottom, wp - left - right)
-    _fn("unpad_planes", tp.dtype)(_ptr(tp), _ptr(out), b * c, *out.shape[-2:], top, left, hp, wp, int(fold),
-                                  torch.get_num_threads())
+    _fn("unpad_planes", tp.dtype)(
+        _ptr(tp), _ptr(out), b * c, *out.shape[-2:], top, left, hp, wp, int(fold), torch.get_num_threads()
+    )
     return out
 
 
@@ -310,14 +212,16 @@ def distance_forward(guide, centre, scale, geom) -> tuple[torch.Tensor, torch.Te
     ga, nt = _geom_array(geom), torch.get_num_threads()
     if _flat(geom, centre):
         d = guide.new_empty(b, geom.taps, ho, wp)
-        _fn("distance_forward_flat", guide.dtype)(_ptr(fp), _ptr(s), _ptr(d), b, cg_, hp, wp, ho, wo,
-                                                  geom.taps // 2, ga, nt)
+        _fn("distance_forward_flat", guide.dtype)(
+            _ptr(fp), _ptr(s), _ptr(d), b, cg_, hp, wp, ho, wo, geom.taps // 2, ga, nt
+        )
         return d[..., :wo].contiguous(), fp
     cen = None if centre is None else centre.contiguous()
     d = guide.new_empty(b, geom.taps, ho, wo)
     ctaps, nct = _centre_taps(geom)
-    _fn("distance_forward", guide.dtype)(_ptr(fp), _ptr(cen), _ptr(s), _ptr(d), b, cg_, hp, wp, ho, wo,
-                                         ctaps, nct, ga, nt)
+    _fn("distance_forward", guide.dtype)(
+        _ptr(fp), _ptr(cen), _ptr(s), _ptr(d), b, cg_, hp, wp, ho, wo, ctaps, nct, ga, nt
+    )
     return d, fp
 
 
@@ -335,16 +239,33 @@ def distance_backward(saved, centre, scale, gd, geom, need_f: bool, need_c: bool
     gcen = None
     if _flat(geom, centre):
         gdw = F.pad(gd, (0, wp - wo)).contiguous()  # on the padded width, zero in the junk columns
-        _fn("distance_backward_flat", fp.dtype)(_ptr(fp), _ptr(s), _ptr(gdw), _ptr(gfp), _ptr(gs_part),
-                                                   b, cg_, hp, wp, ho, wo, geom.taps // 2, ga, nt)
+        _fn("distance_backward_flat", fp.dtype)(
+            _ptr(fp), _ptr(s), _ptr(gdw), _ptr(gfp), _ptr(gs_part), b, cg_, hp, wp, ho, wo, geom.taps // 2, ga, nt
+        )
     else:
         cen = None if centre is None else centre.contiguous()
         gcen = torch.empty_like(cen) if (cen is not None and need_c) else None
         gd = gd.contiguous()
         ctaps, nct = _centre_taps(geom)
         _fn("distance_backward", fp.dtype)(
-            _ptr(fp), _ptr(cen), _ptr(s), _ptr(gd), _ptr(gfp), _ptr(gcen), _ptr(gs_part), b, cg_, hp, wp,
-            ho, wo, ctaps, nct, ga, nt)
+            _ptr(fp),
+            _ptr(cen),
+            _ptr(s),
+            _ptr(gd),
+            _ptr(gfp),
+            _ptr(gcen),
+            _ptr(gs_part),
+            b,
+            cg_,
+            hp,
+            wp,
+            ho,
+            wo,
+            ctaps,
+            nct,
+            ga,
+            nt,
+        )
     gf = _unpad(gfp, geom.pads, fold=True) if need_f else None
     gs = None if gs_part is None else gs_part.sum(0)
     return gf, gcen, gs

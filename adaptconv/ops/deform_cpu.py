@@ -21,36 +21,27 @@ The arithmetic is torchvision's: the same sampling points, the four corners each
 the image, the same gradients (``tests/ops/test_deform_cpu.py`` compares them in float64). A point
 with no corner in the image (a NaN or infinite offset included) reads 0 and gets no gradient.
 
-The library is compiled on first use like ``cpu_pac``'s (``$CXX`` or ``g++ -O3 -march=native
--fopenmp``, about 2 s, cached per source, compiler and CPU under ``$ADAPTCONV_KERNEL_CACHE``, default
-``~/.cache/adaptconv/kernels``); the loader below is a short copy of that one. Without a compiler, with
-``ADAPTCONV_CPU_KERNELS=0`` or inside :func:`disabled`, and for
-dtypes other than float32/float64, the operators call torchvision's kernel instead.
+The library is compiled on first use by :mod:`adaptconv.ops.cpu_build`, like every compiled CPU kernel
+(about 2 s, cached per source, compiler and CPU). Without a compiler, with ``config.cpu_kernels`` off
+(``ADAPTCONV_CPU_KERNELS=0``, ``config.override(cpu_kernels=False)``, :func:`disabled`), and for dtypes
+other than float32/float64, the operators call torchvision's kernel instead.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import functools
-import hashlib
 import math
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import warnings
-from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
+from . import config
+from .cpu_build import SUFFIX as _SUFFIX
+from .cpu_build import Kernels
+from .cpu_build import ptr as _ptr
+
 __all__ = ["available", "usable", "disabled", "status", "deform_conv2d", "TILE_BYTES", "PRIVATE_BYTES"]
 
-SOURCE = Path(__file__).parent / "csrc" / "deform_cpu.cpp"
 ABI = 2
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 #: Bytes of one tile's column buffer (pixels × k²·C); the backward holds two. Half the last-level
 #: cache share of a core keeps a tile and its GEMM operands in cache (see the benchmark's notes).
 TILE_BYTES = [1 << 20]
@@ -58,58 +49,9 @@ TILE_BYTES = [1 << 20]
 #: the backward split a tile's pixels between threads; above it they split the channels instead, which
 #: repeats the per-tap set-up in every thread and scales worse.
 PRIVATE_BYTES = [64 << 20]
-_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
-#: Off when ``ADAPTCONV_CPU_KERNELS=0`` (the switch PAC's compiled kernels read too) or inside disabled().
-_OFF = [os.environ.get("ADAPTCONV_CPU_KERNELS", "1") in ("0", "", "false", "off")]
 
 
-# --------------------------------------------------------------------------------------------------
-# Building and loading (a short copy of cpu_pac's loader: same cache folder and key ingredients)
-def _cache_dir() -> Path:
-    root = os.environ.get("ADAPTCONV_KERNEL_CACHE")
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adaptconv" / "kernels"
-
-
-def _build() -> tuple[ctypes.CDLL | None, str]:
-    cxx = os.environ.get("CXX", "g++")
-    if shutil.which(cxx) is None:
-        return None, f"no C++ compiler ({cxx!r} not found; set CXX)"
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
-    try:
-        cpu = "\n".join([ln for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                         if ln.startswith(("model name", "flags"))][:2])
-    except OSError:
-        cpu = platform.processor() or platform.machine()
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(), version.encode(),
-                                     cpu.encode()])).hexdigest()[:16]
-    cache = _cache_dir()
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        if not os.access(cache, os.W_OK):
-            raise PermissionError(cache)
-    except OSError:  # a read-only home: a private folder under the temp dir
-        cache = Path(tempfile.gettempdir()) / f"adaptconv-kernels-{os.getuid()}"
-        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lib_path = cache / f"deform_cpu-{key}.so"
-    if not lib_path.exists():
-        # build beside the target, then rename: concurrent workers never load a half-written file
-        fd, tmp = tempfile.mkstemp(prefix=".deform_cpu-", suffix=".so", dir=cache)
-        os.close(fd)
-        try:
-            proc = subprocess.run([cxx, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
-                                  timeout=300)
-            if proc.returncode != 0:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-                return None, f"{cxx} failed on {SOURCE.name}: " + " | ".join(tail)
-            os.replace(tmp, lib_path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    lib = ctypes.CDLL(str(lib_path))
-    if lib.adaptconv_deform_cpu_abi() != ABI:
-        return None, f"{lib_path} has ABI {lib.adaptconv_deform_cpu_abi()}, expected {ABI}"
+def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for sfx in _SUFFIX.values():
         getattr(lib, f"deform_cols_{sfx}").argtypes = [p] * 4 + [i64] * 9 + [p, i32]
@@ -117,60 +59,18 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
         getattr(lib, f"deform_reduce_{sfx}").argtypes = [p, p, i64, i64, i32]
         for name in ("deform_cols", "deform_backward", "deform_reduce"):
             getattr(lib, f"{name}_{sfx}").restype = None
-    return lib, f"built ({lib_path})"
 
 
-@functools.lru_cache(maxsize=None)
-def _library() -> tuple[ctypes.CDLL | None, str]:
-    try:
-        lib, how = _build()
-    except Exception as err:  # a broken toolchain must not break the operators: torchvision runs instead
-        lib, how = None, f"{type(err).__name__}: {err}"
-    if lib is None:
-        warnings.warn(f"adaptconv: the deformable-convolution CPU kernels are not available ({how}); "
-                      "deform/mdeform run torchvision's slower CPU kernel", RuntimeWarning, stacklevel=3)
-    return lib, how
+KERNELS = Kernels(
+    "deform_cpu", ABI, _declare, "deformable-convolution", "deform/mdeform run torchvision's slower CPU kernel"
+)
+available, status, usable, _fn = KERNELS.available, KERNELS.status, KERNELS.usable, KERNELS.fn
 
 
-def available() -> bool:
-    """The kernels are enabled and built (building them on the first call)."""
-    return not _OFF[0] and _library()[0] is not None
-
-
-def status() -> str:
-    """"on (built …)", "off (…)" or "unavailable (…)", for an environment record."""
-    if _OFF[0]:
-        return "off (ADAPTCONV_CPU_KERNELS=0 or disabled())"
-    lib, how = _library()
-    return ("on " if lib is not None else "unavailable ") + f"({how})"
-
-
-@contextlib.contextmanager
-def disabled() -> Iterator[None]:
-    """Run torchvision's kernel inside the block (forward; a graph built outside keeps its backward)."""
-    old, _OFF[0] = _OFF[0], True
-    try:
-        yield
-    finally:
-        _OFF[0] = old
-
-
-def usable(*tensors: torch.Tensor | None) -> bool:
-    """CPU tensors of one dtype the kernels take (float32/float64; ``None`` skipped), kernels on."""
-    t0 = tensors[0]
-    if t0.device.type != "cpu" or t0.dtype not in _SUFFIX:
-        return False
-    if any(t is not None and (t.device.type != "cpu" or t.dtype != t0.dtype) for t in tensors[1:]):
-        return False
-    return available()
-
-
-def _fn(name: str, dtype: torch.dtype):
-    return getattr(_library()[0], f"{name}_{_SUFFIX[dtype]}")
-
-
-def _ptr(t: torch.Tensor | None):
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
+def disabled():
+    """Run torchvision's kernel inside the block (forward; a graph built outside keeps its backward):
+    ``config.override(cpu_kernels=False)``, which turns every compiled CPU kernel off."""
+    return config.override(cpu_kernels=False)
 
 
 def _tiles(pixels: int, row_elems: int, itemsize: int) -> list[tuple[int, int]]:
@@ -193,8 +93,9 @@ class _Geometry:
         self.og = self.o // self.groups
         self.ogroups = offset.shape[1] // (2 * self.taps)
         self.ho, self.wo = offset.shape[2:]
-        self.g8 = (ctypes.c_int64 * 8)(self.kh, self.kw, stride[0], stride[1], padding[0], padding[1],
-                                       dilation[0], dilation[1])
+        self.g8 = (ctypes.c_int64 * 8)(
+            self.kh, self.kw, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1]
+        )
         self.tiles = _tiles(self.ho * self.wo, self.taps * self.c, x.element_size())
         self.most = max(n for _, n in self.tiles)
 
@@ -226,11 +127,17 @@ class _DeformConv(torch.autograd.Function):
         sample, nt = _fn("deform_cols", x.dtype), torch.get_num_threads()
         for b in range(geo.b):
             for p0, n in geo.tiles:
-                sample(_ptr(xh[b]), _ptr(offset[b]), _ptr(None if mask is None else mask[b]), _ptr(cols),
-                       *geo.sample_args(p0, n), nt)
+                sample(
+                    _ptr(xh[b]),
+                    _ptr(offset[b]),
+                    _ptr(None if mask is None else mask[b]),
+                    _ptr(cols),
+                    *geo.sample_args(p0, n),
+                    nt,
+                )
                 for k in range(geo.groups):
                     cblock, oblock = geo.block(k)
-                    out = y[b, oblock, p0:p0 + n]
+                    out = y[b, oblock, p0 : p0 + n]
                     if bias is None:
                         torch.mm(wr[k], cols[:n, cblock].t(), out=out)
                     else:
@@ -269,16 +176,24 @@ class _DeformConv(torch.autograd.Function):
                     sample(_ptr(xh[b]), _ptr(offset[b]), _ptr(mb), _ptr(cols), *geo.sample_args(p0, n), nt)
                 for k in range(geo.groups):
                     cblock, oblock = geo.block(k)
-                    gyt = gy[b, oblock, p0:p0 + n]
+                    gyt = gy[b, oblock, p0 : p0 + n]
                     if need_w:
                         gwr[k].addmm_(gyt, cols[:n, cblock])
                     if sample_back:
                         torch.mm(gyt.t(), wr[k], out=gcols[:n, cblock])
                 if sample_back:
-                    scatter(_ptr(xh[b]), _ptr(offset[b]), _ptr(mb), _ptr(gcols),
-                            _ptr(None if gxh is None else gxh[b]), _ptr(priv),
-                            _ptr(None if goff is None else goff[b]), _ptr(None if gmask is None else gmask[b]),
-                            *geo.sample_args(p0, n), nt)
+                    scatter(
+                        _ptr(xh[b]),
+                        _ptr(offset[b]),
+                        _ptr(mb),
+                        _ptr(gcols),
+                        _ptr(None if gxh is None else gxh[b]),
+                        _ptr(priv),
+                        _ptr(None if goff is None else goff[b]),
+                        _ptr(None if gmask is None else gmask[b]),
+                        *geo.sample_args(p0, n),
+                        nt,
+                    )
             if priv is not None:
                 _fn("deform_reduce", xh.dtype)(_ptr(gxh[b]), _ptr(priv), nt - 1, plane, nt)
         gx = gxh.permute(0, 3, 1, 2).contiguous() if need_x else None

@@ -16,9 +16,8 @@ import sys
 import pytest
 import torch
 
-from adaptconv.ops import create_op
+from adaptconv.ops import config, create_op, deform_cpu
 from adaptconv.ops import deform as deform_module
-from adaptconv.ops import deform_cpu
 
 
 @pytest.fixture(params=["compiled", "torchvision"])
@@ -30,7 +29,7 @@ def checked_kernel(request, monkeypatch):
     if compiled and not deform_cpu.available():
         pytest.skip(f"deformable CPU kernels: {deform_cpu.status()}")
     if not compiled:
-        monkeypatch.setattr(deform_cpu, "_OFF", [True])
+        monkeypatch.setattr(config, "cpu_kernels", False)
     name = "deform_conv2d" if compiled else "_tv_deform_conv2d"
     owner = deform_cpu if compiled else deform_module
     real = getattr(owner, name)
@@ -81,9 +80,11 @@ def test_functional_forms_sanitise_explicit_offsets(checked_kernel):
 
 def test_the_issue_command_no_longer_crashes():
     """The exact reproduction from issue 14, in a child process (a segfault must not take pytest down)."""
-    code = ("import torch,adaptconv;op=adaptconv.create_op('deform',8,8,3,padding=1).eval();"
-            "x=torch.randn(2,8,16,16);x[0,0,3,3]=float('nan');y=op(x);"
-            "print(int(y.isnan().any(dim=1).sum()))")
+    code = (
+        "import torch,adaptconv;op=adaptconv.create_op('deform',8,8,3,padding=1).eval();"
+        "x=torch.randn(2,8,16,16);x[0,0,3,3]=float('nan');y=op(x);"
+        "print(int(y.isnan().any(dim=1).sum()))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
     assert int(done.stdout.strip()) > 0  # NaN propagated to the neighbourhood, as a conv's would
@@ -94,9 +95,20 @@ def test_a_diverging_deform_trial_is_recorded_as_diverged():
 
     # lr 1e30 sends the weights, then the offsets, to inf/NaN within a step or two (issue 14: the
     # process died with a segfault instead of recording "diverged")
-    record = run_trial({"task": "classification", "dataset": "digits", "backbone": "simplecnn-s", "op": "deform",
-                        "steps": 6, "batch_size": 8, "threads": 1, "optimizer": {"name": "sgd", "lr": 1.0e30},
-                        "eval_points": 1, "measure": {"latency": False, "memory": False, "flops": False}})
+    record = run_trial(
+        {
+            "task": "classification",
+            "dataset": "digits",
+            "backbone": "simplecnn-s",
+            "op": "deform",
+            "steps": 6,
+            "batch_size": 8,
+            "threads": 1,
+            "optimizer": {"name": "sgd", "lr": 1.0e30},
+            "eval_points": 1,
+            "measure": {"latency": False, "memory": False, "flops": False},
+        }
+    )
     assert record["status"] == "diverged", record.get("error")
     assert "non-finite loss" in record["error"]["message"]
 
