@@ -25,15 +25,20 @@ def _short_source(source: str, verbose: bool) -> str:
 #: ``from_conv`` is and the operator's options. A plugin may give its own as class attributes
 #: ``from_conv_detail`` and ``notes``.
 FROM_CONV_DETAIL = {
-    "pac": "γ = 0 ⇒ K ≡ 1", "paka": "zero-init attention", "deform": "zero offsets",
-    "mdeform": "mask 2·σ(0) = 1", "acda": "least-squares; exact for k ≤ 3 with complete bases",
-    "dfn": "best rank-1 fit; exact for 1×1", "involution": "best rank-1 fit; exact for 1×1",
-    "ddf": "exact for depthwise/1×1/separable weights", "sparse_gated": "exact in eval",
+    "pac": "γ = 0 ⇒ K ≡ 1",
+    "paka": "zero-init attention",
+    "deform": "zero offsets",
+    "mdeform": "mask 2·σ(0) = 1",
+    "acda": "least-squares; exact for k ≤ 3 with complete bases",
+    "dfn": "best rank-1 fit; exact for 1×1",
+    "involution": "best rank-1 fit; exact for 1×1",
+    "ddf": "exact for depthwise/1×1/separable weights",
+    "sparse_gated": "exact in eval",
 }
 OP_NOTES = {
     "conv": "the baseline",
     "pac": "`kernel_type` gaussian/inv, `normalize_kernel`, `shared_filters`, learnable guide scale γ; also "
-           "`PacConvTranspose2d` (guided upsampling) and `PacPool2d`",
+    "`PacConvTranspose2d` (guided upsampling) and `PacPool2d`",
     "paka": "`reduction`, `hidden_channels`",
     "acda": "`num_atoms`, `bases_per_scale` (Fourier–Bessel)",
     "dfn": "`filter_groups`, `normalize` softmax/none, 1×1 projection when O ≠ C",
@@ -41,15 +46,15 @@ OP_NOTES = {
     "mdeform": "`mask_scale` (1.0 = the paper's plain sigmoid, which halves the output at init)",
     "condconv": "`num_experts`; the guide drives the routing",
     "dynconv": "`num_kernels`, `reduction`, `temperature`; `anneal_temperature(model, progress)`; the guide "
-               "drives the attention",
+    "drives the attention",
     "involution": "kernel from the pixel itself, shared per channel group (`group_channels`), 1×1 projection "
-                  "when O ≠ C",
+    "when O ≠ C",
     "ddf": "channel filter (GAP) × spatial filter, each FilterNorm'd; `heads`; runs on the CPU and in fp16/bf16",
     "odconv": "`num_kernels`; four attentions, driven by the guide if given; LayerNorm (the reference's "
-              "BatchNorm crashes at batch 1)",
+    "BatchNorm crashes at batch 1)",
     "sparse_gated": "Gumbel straight-through mask in training, `logit ≥ 0` in eval; `budget` + sparsity loss "
-                    "(`auxiliary_loss`, added by the trial's training loop); `residual=True` for "
-                    "`x + m ⊙ conv(x)`; eval computes only the active pixels; the guide drives the mask",
+    "(`auxiliary_loss`, added by the trial's training loop); `residual=True` for "
+    "`x + m ⊙ conv(x)`; eval computes only the active pixels; the guide drives the mask",
 }
 
 
@@ -59,8 +64,11 @@ def ops_markdown(plugins: bool = False) -> str:
     Built-in operators only unless ``plugins``; ``conv`` first, then by name."""
     from .ops import get_op, list_ops, op_source
 
-    names = [n for n in list_ops() if getattr(get_op(n), "kind", "conv") == "conv"
-             and (plugins or not op_source(n).startswith("plugin "))]
+    names = [
+        n
+        for n in list_ops()
+        if getattr(get_op(n), "kind", "conv") == "conv" and (plugins or not op_source(n).startswith("plugin "))
+    ]
     names.sort(key=lambda n: (n != "conv", n))
     lines = ["| name | method | guide | from_conv | notes |", "|---|---|---|---|---|"]
     for name in names:
@@ -92,25 +100,36 @@ def cmd_ops(args: argparse.Namespace) -> int:
                 params = _param_count(create_op(name, 64, 64, 3, padding=1 if "padding" in cls.supports else 0))
                 ratio = f"{params / conv_params:.2f}×"
             else:  # not a conv: its own parameter count at 64 channels, no conv to compare with
-                params = _param_count(cls(64, scale_factor=2) if kind == "upsampler" else
-                                      cls(64, guide_channels=3) if cls.guide == "required" else cls(64))
+                params = _param_count(
+                    cls(64, scale_factor=2)
+                    if kind == "upsampler"
+                    else cls(64, guide_channels=3)
+                    if cls.guide == "required"
+                    else cls(64)
+                )
                 ratio = "n/a"
         except Exception as exc:  # a plugin that cannot build the reference layer is reported, not fatal
             params, ratio = f"error: {exc}", ""
-        rows.append({
-            "name": name,
-            "kind": kind,
-            "paper": cls.paper,
-            "guide": cls.guide,
-            "supports": ",".join(a for a in ("stride", "padding", "dilation", "groups", "bias") if a in cls.supports),
-            "from_conv": "n/a" if kind != "conv" else "exact" if cls.function_preserving else "approx",
-            "params 64→64 k3": params,
-            "vs Conv2d": ratio,
-            "source": _short_source(op_source(name), args.verbose),
-        })
+        rows.append(
+            {
+                "name": name,
+                "kind": kind,
+                "paper": cls.paper,
+                "guide": cls.guide,
+                "supports": ",".join(
+                    a for a in ("stride", "padding", "dilation", "groups", "bias") if a in cls.supports
+                ),
+                "from_conv": "n/a" if kind != "conv" else "exact" if cls.function_preserving else "approx",
+                "params 64→64 k3": params,
+                "vs Conv2d": ratio,
+                "source": _short_source(op_source(name), args.verbose),
+            }
+        )
     print(pd.DataFrame(rows).to_markdown(index=False))
-    print(f"\nnn.Conv2d(64, 64, 3): {conv_params} parameters; operators of another kind than conv: "
-          "params at 64 channels (upsampler ×2; refiner with 64 labels and an RGB guide)")
+    print(
+        f"\nnn.Conv2d(64, 64, 3): {conv_params} parameters; operators of another kind than conv: "
+        "params at 64 channels (upsampler ×2; refiner with 64 labels and an RGB guide)"
+    )
     errors = plugin_errors()
     for err in errors:
         print(f"plugin error: {err.entry_point} (from {err.distribution}): {err.error}", file=sys.stderr)
@@ -137,8 +156,10 @@ def cmd_check_op(args: argparse.Namespace) -> int:
             continue
         bad = [r for r in results if not r.ok]
         summary = "FAIL" if bad else "ok"
-        print(f"  -> {summary}: {sum(r.status == 'pass' for r in results)} passed, {len(bad)} failed, "
-              f"{sum(r.status == 'skip' for r in results)} skipped ({time.perf_counter() - start:.1f}s)")
+        print(
+            f"  -> {summary}: {sum(r.status == 'pass' for r in results)} passed, {len(bad)} failed, "
+            f"{sum(r.status == 'skip' for r in results)} skipped ({time.perf_counter() - start:.1f}s)"
+        )
         if bad:
             failed.append(name)
     if failed:
@@ -299,8 +320,7 @@ def _swept_keys(suite) -> list[str]:
     flat = [flatten_config(t.config) for t in suite.trials]
 
     def values(key):  # a swept mapping (e.g. op_options) shows as its flattened sub-keys
-        return {repr(f.get(key, {k[len(key) + 1:]: v for k, v in f.items() if k.startswith(key + ".")}))
-                for f in flat}
+        return {repr(f.get(key, {k[len(key) + 1 :]: v for k, v in f.items() if k.startswith(key + ".")})) for f in flat}
 
     return [k for k in keys if len(values(k)) > 1]
 
@@ -357,8 +377,8 @@ def _estimate(suite, store, states) -> tuple[float, int] | None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .sweep.executors import make_plan
     from .schema import flatten_config
+    from .sweep.executors import make_plan
 
     suite, store = _load(args)
     plan = make_plan(suite, store, args.retry_failed)
@@ -371,8 +391,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if unknown:
         from .schema import did_you_mean
 
-        print(f"adaptconv plan: --columns: no trial has {', '.join(map(repr, unknown))}"
-              f"{did_you_mean(unknown[0], sorted(known))}", file=sys.stderr)
+        print(
+            f"adaptconv plan: --columns: no trial has {', '.join(map(repr, unknown))}"
+            f"{did_you_mean(unknown[0], sorted(known))}",
+            file=sys.stderr,
+        )
         return 2
     columns = keys + [c for c in extra if c not in keys]
     header = ["id", "state"] + (["block"] if suite.spec.blocks else []) + columns
@@ -380,11 +403,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     def value(f, key):
         if key in f:
             return f[key]
-        sub = {k[len(key) + 1:]: v for k, v in f.items() if k.startswith(key + ".")}
+        sub = {k[len(key) + 1 :]: v for k, v in f.items() if k.startswith(key + ".")}
         return sub or None
 
-    rows = [[t.id, plan.states[t.id]] + ([t.block or ""] if suite.spec.blocks else [])
-            + [_cell(value(flat[t.id], k)) for k in columns] for t in suite.trials]
+    rows = [
+        [t.id, plan.states[t.id]]
+        + ([t.block or ""] if suite.spec.blocks else [])
+        + [_cell(value(flat[t.id], k)) for k in columns]
+        for t in suite.trials
+    ]
     limit = None if args.all else 50
     print(_text_table(header, rows[:limit]))
     if limit and len(rows) > limit:
@@ -393,8 +420,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     estimate = _estimate(suite, store, plan.states) if plan.counts.get("done") and plan.to_run else None
     if estimate is not None:
         seconds, unknown = estimate
-        first += (f"; ≈ {_duration(seconds)} one at a time (median time of the done trials of each block"
-                  + (f"; {unknown} trials of blocks with none done not counted" if unknown else "") + ")")
+        first += (
+            f"; ≈ {_duration(seconds)} one at a time (median time of the done trials of each block"
+            + (f"; {unknown} trials of blocks with none done not counted" if unknown else "")
+            + ")"
+        )
     print("\n".join([first, *rest]))
     return 0
 
@@ -410,13 +440,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("nothing to run")
         return 0
     if args.executor == "slurm" and plan.scheduler_note:  # cannot tell which trials are still queued
-        print("adaptconv run: not submitting: trials submitted before may still be queued and would run "
-              "twice; run again when squeue answers", file=sys.stderr)
+        print(
+            "adaptconv run: not submitting: trials submitted before may still be queued and would run "
+            "twice; run again when squeue answers",
+            file=sys.stderr,
+        )
         return 2
     missing = executors.missing_data(plan)
     if missing and args.executor != "slurm":
-        raise ConfigError(missing, f"suite {suite.name} ({suite.path}): data not found; "
-                                   f"give its place with --set data_root=PATH or base.data_root")
+        raise ConfigError(
+            missing,
+            f"suite {suite.name} ({suite.path}): data not found; "
+            f"give its place with --set data_root=PATH or base.data_root",
+        )
     for problem in missing:  # a cluster may see paths this login node does not
         print(f"warning: {problem} (not visible here; the jobs may still see it)", file=sys.stderr)
     if args.executor == "slurm":
@@ -425,8 +461,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         profile, name = slurm.load_profile(args.profile)
         print(f"SLURM profile: {name}", flush=True)
         ids = slurm.submit(plan, profile, name)
-        print(f"submitted {len(plan.to_run)} trials as {len(set(i.split('_')[0] for i in ids))} job array(s): "
-              f"{', '.join(sorted(set(i.split('_')[0] for i in ids)))}")
+        print(
+            f"submitted {len(plan.to_run)} trials as {len(set(i.split('_')[0] for i in ids))} job array(s): "
+            f"{', '.join(sorted(set(i.split('_')[0] for i in ids)))}"
+        )
         if not args.wait:
             return 0
         states = slurm.wait_for(store, [t.id for t in plan.to_run])
@@ -442,9 +480,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 out = executors.run_local(plan, args.max_parallel, checkpoint_every_s=args.checkpoint_every)
         except KeyboardInterrupt:
             again = f"adaptconv run {args.suite}" + (f" --results {args.results}" if args.results else "")
-            print(f"\ninterrupted: the trials that were running keep their checkpoints (saved every "
-                  f"{args.checkpoint_every:g} s) and resume from them; run `{again}` again", file=sys.stderr,
-                  flush=True)
+            print(
+                f"\ninterrupted: the trials that were running keep their checkpoints (saved every "
+                f"{args.checkpoint_every:g} s) and resume from them; run `{again}` again",
+                file=sys.stderr,
+                flush=True,
+            )
             return 130
     print("finished: " + ", ".join(f"{v} {k}" for k, v in sorted(out.items())))
     return 0 if set(out) <= {"done"} else 1
@@ -516,15 +557,20 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     col, paths, seconds = _collect(args)
     states = col.trials["state"].value_counts()
-    print(f"{len(col.trials)} trials ({', '.join(f'{v} {k}' for k, v in sorted(states.items()))}) "
-          f"collected in {seconds:.1f} s")
+    print(
+        f"{len(col.trials)} trials ({', '.join(f'{v} {k}' for k, v in sorted(states.items()))}) "
+        f"collected in {seconds:.1f} s"
+    )
     for p in paths:
         print(f"  {p}")
     layout = build_layout(col)
     metric = f"metric.{col.primary}" if col.primary else None
     if len(layout.agg) and metric in layout.agg:
-        cols = ["section", "variant"] + layout.context + [metric, f"{metric}.ci_low", f"{metric}.ci_high",
-                                                          f"{metric}.n", "n_done", "n_trials"]
+        cols = (
+            ["section", "variant"]
+            + layout.context
+            + [metric, f"{metric}.ci_low", f"{metric}.ci_high", f"{metric}.n", "n_done", "n_trials"]
+        )
         print(layout.agg[cols].to_markdown(index=False, floatfmt=".4g"))
     return 0
 
@@ -544,12 +590,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     claims = None if args.no_claims else report_claims(col, claims_path=args.claims, suite_path=suite_path)
     for warning in claims.warnings if claims is not None else ():
         print(f"warning: {warning}", file=sys.stderr)
-    command = f"adaptconv report {args.suite}" + (f" --results {args.results}" if args.results else "") \
-        + (f" --out {args.out}" if args.out else "") + (f" --claims {args.claims}" if args.claims else "") \
+    command = (
+        f"adaptconv report {args.suite}"
+        + (f" --results {args.results}" if args.results else "")
+        + (f" --out {args.out}" if args.out else "")
+        + (f" --claims {args.claims}" if args.claims else "")
         + (" --no-claims" if args.no_claims else "")
+    )
     report = build_report(col, out, command=command, claims=claims)
-    print(f"collected {len(col.trials)} trials in {seconds:.1f} s; wrote {len(report.figures)} figures and "
-          f"{len(report.tables)} tables in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"collected {len(col.trials)} trials in {seconds:.1f} s; wrote {len(report.figures)} figures and "
+        f"{len(report.tables)} tables in {time.perf_counter() - t0:.1f} s"
+    )
     if claims is not None:
         print(f"claims ({claims.path}): {claims.summary()}")
     print(f"report: {report.index}")
@@ -565,8 +617,18 @@ def cmd_claims_check(args: argparse.Namespace) -> int:
     claims = load_claims(args.file, operators="error")
     for warning in claims.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    rows = [{"id": c.id, "section": c.section_label(), "op": c.op, "against": c.against, "metric": c.metric,
-             "direction": c.direction, "source": c.source} for c in claims.claims]
+    rows = [
+        {
+            "id": c.id,
+            "section": c.section_label(),
+            "op": c.op,
+            "against": c.against,
+            "metric": c.metric,
+            "direction": c.direction,
+            "source": c.source,
+        }
+        for c in claims.claims
+    ]
     print(f"{args.file}: {len(rows)} claims, names valid")
     if args.suite:
         from .results.collect import collect
@@ -591,8 +653,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not (root / "trials").is_dir() and (Path("results") / spec / "trials").is_dir():
             root = Path("results") / spec
         if not (root / "trials").is_dir():
-            raise CollectError(f"{spec}: not a results folder (expected {root}/trials/<id>/record.json) "
-                               f"nor a suite name with results in results/{spec}")
+            raise CollectError(
+                f"{spec}: not a results folder (expected {root}/trials/<id>/record.json) "
+                f"nor a suite name with results in results/{spec}"
+            )
         cols.append(collect(root))
     cmp = compare(*cols, include_contended=args.include_contended)
     for label, env in (("A", cmp.env_a), ("B", cmp.env_b)):
@@ -600,14 +664,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(env.to_markdown(index=False) if len(env) else "  (no finished trial)")
     print(f"\n{len(cmp.table)} trials in both; {len(cmp.only_a)} only in A; {len(cmp.only_b)} only in B\n")
     if not len(cmp.table):
-        print("no finished trial in common: trials match by id (the config without device, threads and data "
-              "path), so A and B must come from the same suite")
+        print(
+            "no finished trial in common: trials match by id (the config without device, threads and data "
+            "path), so A and B must come from the same suite"
+        )
         return 1
     print(cmp.summary.to_markdown(index=False, floatfmt=".3f"))
     if cmp.contended:
         left = ", ".join(f"{c}: {n}" for c, n in cmp.contended.items())
-        print(f"\nleft out, timed while other processes competed for the CPU in A or B ({left}); "
-              "--include-contended keeps them")
+        print(
+            f"\nleft out, timed while other processes competed for the CPU in A or B ({left}); "
+            "--include-contended keeps them"
+        )
     if args.out:
         from .results.atomic import write_text_atomic
 
@@ -633,8 +701,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ops", help="list the registered operators (built-in and plugins)")
-    p.add_argument("--markdown", action="store_true",
-                   help="the conv-kind operators as the README's table (name, method, guide, from_conv, notes)")
+    p.add_argument(
+        "--markdown",
+        action="store_true",
+        help="the conv-kind operators as the README's table (name, method, guide, from_conv, notes)",
+    )
     p.set_defaults(func=cmd_ops)
 
     p = sub.add_parser("check-op", help="run the conformance checks on operators (non-zero exit on failure)")
@@ -642,41 +713,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="check every registered operator")
     p.set_defaults(func=cmd_check_op)
 
-    p = sub.add_parser("trial", help="run one trial from key=value settings and print its record",
-                       description="Example: adaptconv trial task=upsampling op=pac steps=200 task_options.scale=8")
+    p = sub.add_parser(
+        "trial",
+        help="run one trial from key=value settings and print its record",
+        description="Example: adaptconv trial task=upsampling op=pac steps=200 task_options.scale=8",
+    )
     p.add_argument("assignments", nargs="*", metavar="key=value", help="trial config (dotted keys for nesting)")
     p.add_argument("--out", help="also write the full record (JSON) to this file, atomically")
     p.add_argument("--full", action="store_true", help="print the full record, not a summary")
     p.set_defaults(func=cmd_trial)
 
-    for name, func, text in (("plan", cmd_plan, "expand a suite and show each trial's state; runs nothing"),
-                             ("run", cmd_run, "run a suite's pending trials (local, debug or SLURM)"),
-                             ("status", cmd_status, "counts of done/failed/crashed/corrupt/running/queued/pending trials and "
-                              "SLURM jobs"),
-                             ("cancel", cmd_cancel, "cancel a suite's submitted SLURM jobs")):
+    for name, func, text in (
+        ("plan", cmd_plan, "expand a suite and show each trial's state; runs nothing"),
+        ("run", cmd_run, "run a suite's pending trials (local, debug or SLURM)"),
+        ("status", cmd_status, "counts of done/failed/crashed/corrupt/running/queued/pending trials and SLURM jobs"),
+        ("cancel", cmd_cancel, "cancel a suite's submitted SLURM jobs"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("suite", help="a suite name in suites/ or a path to a suite file")
         p.add_argument("--results", help="results folder (default: results/<suite name>)")
         p.set_defaults(func=func)
         if name in ("plan", "run"):
             p.add_argument("--retry-failed", action="store_true", help="run failed trials again")
-            p.add_argument("--set", nargs="+", metavar="KEY=VALUE",
-                           help="where the trials run, for this machine: data_root=PATH, device=cuda, threads=N "
-                                "(run keys only: they are not part of the trial ids)")
+            p.add_argument(
+                "--set",
+                nargs="+",
+                metavar="KEY=VALUE",
+                help="where the trials run, for this machine: data_root=PATH, device=cuda, threads=N "
+                "(run keys only: they are not part of the trial ids)",
+            )
         if name == "plan":
             p.add_argument("--all", action="store_true", help="list every trial (default: the first 50)")
-            p.add_argument("--columns", metavar="A,B",
-                           help="more config keys to show (dotted, e.g. steps,optimizer.lr); by default "
-                                "only the keys the suite sweeps")
+            p.add_argument(
+                "--columns",
+                metavar="A,B",
+                help="more config keys to show (dotted, e.g. steps,optimizer.lr); by default "
+                "only the keys the suite sweeps",
+            )
         if name == "run":
             p.add_argument("--executor", choices=("local", "debug", "slurm"), default="local")
-            p.add_argument("--profile", help="SLURM profile: NAME (slurm/NAME.yaml of the working directory, "
-                                             "else of the adaptconv repository) or a path to a .yaml file")
+            p.add_argument(
+                "--profile",
+                help="SLURM profile: NAME (slurm/NAME.yaml of the working directory, "
+                "else of the adaptconv repository) or a path to a .yaml file",
+            )
             p.add_argument("--max-parallel", type=int, help="local: trials at once (default: one per GPU, or 1)")
             p.add_argument("--wait", action="store_true", help="slurm: wait until every trial has a record")
-            p.add_argument("--checkpoint-every", type=float, default=120.0, metavar="SECONDS",
-                           help="local/debug: save a running trial's state this often (default 120 s); an "
-                                "interrupted trial resumes from its last save")
+            p.add_argument(
+                "--checkpoint-every",
+                type=float,
+                default=120.0,
+                metavar="SECONDS",
+                help="local/debug: save a running trial's state this often (default 120 s); an "
+                "interrupted trial resumes from its last save",
+            )
     p = sub.add_parser("collect", help="gather a suite's records into results/<suite>/results.parquet (and CSV)")
     p.add_argument("suite", help="a suite name in suites/ or a path to a suite file")
     p.add_argument("--results", help="results folder (default: results/<suite name>)")
@@ -686,26 +776,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help="results folder (default: results/<suite name>)")
     p.add_argument("--out", help="report folder (default: report/<suite name>)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--claims", metavar="FILE",
-                       help="published claims to judge; each must name a section of this suite (default: "
-                            "claims.yaml next to the suites/ folder, judging only the sections this suite has)")
+    group.add_argument(
+        "--claims",
+        metavar="FILE",
+        help="published claims to judge; each must name a section of this suite (default: "
+        "claims.yaml next to the suites/ folder, judging only the sections this suite has)",
+    )
     group.add_argument("--no-claims", action="store_true", help="no claims table")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("claims", help="published claims (claims.yaml): check a claims file")
     claims_sub = p.add_subparsers(dest="claims_command", required=True)
-    p = claims_sub.add_parser("check", help="validate a claims file: keys, names of tasks, datasets, operators, "
-                                            "metrics (and, with --suite, that the suite has every section)")
+    p = claims_sub.add_parser(
+        "check",
+        help="validate a claims file: keys, names of tasks, datasets, operators, "
+        "metrics (and, with --suite, that the suite has every section)",
+    )
     p.add_argument("file", help="a claims file (YAML)")
-    p.add_argument("--suite", help="also check the sections against this suite (a name in suites/ or a path); "
-                                   "with its results, print each claim's verdict")
+    p.add_argument(
+        "--suite",
+        help="also check the sections against this suite (a name in suites/ or a path); "
+        "with its results, print each claim's verdict",
+    )
     p.add_argument("--results", help="results folder of --suite (default: results/<suite name>)")
     p.set_defaults(func=cmd_claims_check)
     p = sub.add_parser("compare", help="two result sets side by side, with the ratio B/A per metric")
     p.add_argument("a", help="results folder (or suite name) A")
     p.add_argument("b", help="results folder (or suite name) B")
     p.add_argument("--out", help="write the per-trial table to this CSV")
-    p.add_argument("--include-contended", action="store_true",
-                   help="keep latencies timed while other processes competed for the CPU (left out by default)")
+    p.add_argument(
+        "--include-contended",
+        action="store_true",
+        help="keep latencies timed while other processes competed for the CPU (left out by default)",
+    )
     p.set_defaults(func=cmd_compare)
     return parser
 
@@ -713,8 +815,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     from .schema import ConfigError
 
     try:

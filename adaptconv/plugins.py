@@ -118,9 +118,16 @@ class Registry(Generic[T]):
     cannot be registered under ``name``; ``on_add`` / ``on_remove`` are told of each registration
     and of each plugin forgotten by :meth:`reload_plugins`."""
 
-    def __init__(self, what: str, group: str, builtins: Mapping[str, str], check: Callable[[str, Any, str], None],
-                 error: Callable[[str], Exception], on_add: Callable[[str, T], None] | None = None,
-                 on_remove: Callable[[str, T], None] | None = None) -> None:
+    def __init__(
+        self,
+        what: str,
+        group: str,
+        builtins: Mapping[str, str],
+        check: Callable[[str, Any, str], None],
+        error: Callable[[str], Exception],
+        on_add: Callable[[str, T], None] | None = None,
+        on_remove: Callable[[str, T], None] | None = None,
+    ) -> None:
         self.what, self.group, self.builtins = what, group, dict(builtins)
         self._check, self._error, self._on_add, self._on_remove = check, error, on_add, on_remove
         self.entries: dict[str, T] = {}
@@ -138,8 +145,11 @@ class Registry(Generic[T]):
                 taken = self._taken_by(ep.name)
                 if taken or ep.name in self._plugins:
                     by = taken or f"plugin {_dist(self._plugins[ep.name])} ({self._plugins[ep.name].value})"
-                    self._record(ep, f"{self.what} name {ep.name!r} is already registered by {by}; "
-                                     f"plugin {_dist(ep)} ({ep.value}) tries to register it again")
+                    self._record(
+                        ep,
+                        f"{self.what} name {ep.name!r} is already registered by {by}; "
+                        f"plugin {_dist(ep)} ({ep.value}) tries to register it again",
+                    )
                 else:
                     self._plugins[ep.name] = ep
         return self._plugins
@@ -187,17 +197,22 @@ class Registry(Generic[T]):
         if existing is not None:
             if existing is obj:
                 return
-            raise self._error(f"{self.what} name {name!r} is already registered by {self.sources[name]}; "
-                              f"{source} tries to register it again")
+            raise self._error(
+                f"{self.what} name {name!r} is already registered by {self.sources[name]}; "
+                f"{source} tries to register it again"
+            )
         builtin = self.builtins.get(name)
         if builtin is not None and source != builtin:
-            raise self._error(f"{self.what} name {name!r} is already registered by {builtin}; "
-                              f"{source} tries to register it again")
+            raise self._error(
+                f"{self.what} name {name!r} is already registered by {builtin}; {source} tries to register it again"
+            )
         if builtin is None and not source.startswith("plugin ") and name in self._scan():
             self._load_plugin(name)  # an installed plugin keeps its name whatever the import order
             if name in self.entries:
-                raise self._error(f"{self.what} name {name!r} is already registered by {self.sources[name]}; "
-                                  f"{source} tries to register it again")
+                raise self._error(
+                    f"{self.what} name {name!r} is already registered by {self.sources[name]}; "
+                    f"{source} tries to register it again"
+                )
         self.entries[name] = obj
         self.sources[name] = source
         if self._on_add is not None:

@@ -24,8 +24,7 @@ class ConfigError(ValueError):
         self.problems = problems
         self.where = where
         head = f"invalid {where}: " if where else "invalid configuration: "
-        super().__init__(head + ("; ".join(problems) if len(problems) == 1 else
-                                 "\n  - " + "\n  - ".join(problems)))
+        super().__init__(head + ("; ".join(problems) if len(problems) == 1 else "\n  - " + "\n  - ".join(problems)))
 
 
 class FileConfigError(ConfigError):
@@ -70,7 +69,9 @@ def _convert(value: Any, tp, path: str, problems: list[str]) -> Any:
         choices = get_args(tp)
         if value in choices:
             return value
-        problems.append(f"{path}: {value!r} is not one of {', '.join(map(repr, choices))}{did_you_mean(value, choices)}")
+        problems.append(
+            f"{path}: {value!r} is not one of {', '.join(map(repr, choices))}{did_you_mean(value, choices)}"
+        )
         return None
     if origin in (Union, types.UnionType):
         args = get_args(tp)
@@ -101,8 +102,10 @@ def _convert(value: Any, tp, path: str, problems: list[str]) -> Any:
         return dict(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            problems.append(f"{path}: expected a mapping with keys {', '.join(f.name for f in dataclasses.fields(tp))}, "
-                            f"got {value!r}")
+            problems.append(
+                f"{path}: expected a mapping with keys {', '.join(f.name for f in dataclasses.fields(tp))}, "
+                f"got {value!r}"
+            )
             return None
         return _parse(tp, value, path, problems)
     if tp is bool:
@@ -119,8 +122,9 @@ def _convert(value: Any, tp, path: str, problems: list[str]) -> Any:
                 return None
             return number
         if isinstance(value, str):
-            problems.append(f"{path}: expected float, got {value!r}, which is not a number (write e.g. 0.001, "
-                            f"1e-3 or 1.0e-3)")
+            problems.append(
+                f"{path}: expected float, got {value!r}, which is not a number (write e.g. 0.001, 1e-3 or 1.0e-3)"
+            )
             return None
     elif tp is str:
         if isinstance(value, str):
@@ -143,7 +147,7 @@ def as_float(value: Any) -> float | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _schema_of(cls) -> tuple[dict, dict]:
     """(type hints, init fields) of a dataclass; resolving string annotations is slow, so once per class."""
     return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -194,8 +198,9 @@ def set_dotted(mapping: dict, dotted: str, value: Any) -> None:
             node[k] = {}
         node = node[k]
         if not isinstance(node, dict):
-            raise ConfigError([f"{dotted}: {'.'.join(keys[:i + 1])} is {node!r}, not a mapping to set "
-                               f"{'.'.join(keys[i + 1:])} in"])
+            raise ConfigError(
+                [f"{dotted}: {'.'.join(keys[: i + 1])} is {node!r}, not a mapping to set {'.'.join(keys[i + 1 :])} in"]
+            )
     node[keys[-1]] = value
 
 

@@ -16,4 +16,6 @@ import os  # noqa: E402
 import tempfile  # noqa: E402
 
 # latency measurements keep this machine's fastest calibration; the tests keep theirs apart from the user's
-os.environ.setdefault("ADAPTCONV_CALIBRATION", str(Path(tempfile.mkdtemp(prefix="adaptconv-test-")) / "calibration.json"))
+os.environ.setdefault(
+    "ADAPTCONV_CALIBRATION", str(Path(tempfile.mkdtemp(prefix="adaptconv-test-")) / "calibration.json")
+)

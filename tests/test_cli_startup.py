@@ -37,8 +37,9 @@ print(json.dumps({"rc": rc, "heavy": sorted(m for m in ("torch", "timm") if m in
 
 def _run(args, tmp_path):
     env = {**os.environ, "ADAPTCONV_CACHE": str(tmp_path / "cache")}
-    out = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1]), out.stdout
 
@@ -50,8 +51,12 @@ def test_reading_commands_import_neither_torch_nor_timm(tmp_path):
     # the first plan expands and checks the suite (builds condconv with its options: torch)
     first, _ = _run(["plan", "startup.yaml", *results], tmp_path)
     assert first["rc"] == 0 and "torch" in first["heavy"]
-    for args in (["plan", "startup.yaml"], ["status", "startup.yaml"], ["cancel", "startup.yaml"],
-                 ["collect", "startup.yaml"]):
+    for args in (
+        ["plan", "startup.yaml"],
+        ["status", "startup.yaml"],
+        ["cancel", "startup.yaml"],
+        ["collect", "startup.yaml"],
+    ):
         probe, stdout = _run([*args, *results], tmp_path)
         assert probe == {"rc": 0, "heavy": []}, (args, stdout)
     # an edited suite is expanded and checked again
@@ -109,9 +114,18 @@ def test_report_imports_neither_torch_nor_timm_once_the_installation_is_describe
     suite, store = write_fixture(tmp_path, ops=("conv", "pac"), scales=(4,), seeds=(0, 1), kernel_types=())
     (tmp_path / "claims.yaml").write_text(
         "claims:\n  - {id: pac-rmse, claim: PAC lowers RMSE, source: fixture, section: {task: upsampling, "
-        "dataset: middlebury}, op: pac, metric: rmse, direction: lower}\n")
-    args = ["report", str(tmp_path / "fixture.yaml"), "--results", str(store.root), "--out", str(tmp_path / "rep"),
-            "--claims", str(tmp_path / "claims.yaml")]
+        "dataset: middlebury}, op: pac, metric: rmse, direction: lower}\n"
+    )
+    args = [
+        "report",
+        str(tmp_path / "fixture.yaml"),
+        "--results",
+        str(store.root),
+        "--out",
+        str(tmp_path / "rep"),
+        "--claims",
+        str(tmp_path / "claims.yaml"),
+    ]
     # the first report describes this installation for the claims (the registry: torch), and caches it
     first, _ = _run(args, tmp_path)
     assert first["rc"] == 0

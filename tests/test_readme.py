@@ -17,9 +17,10 @@ SNIPPETS = re.findall(r"^```python\n(.*?)^```", README.read_text(encoding="utf-8
 def test_readme_operator_table_is_the_registry_s():
     text = README.read_text(encoding="utf-8")
     start = text.index("| name | method | guide | from_conv | notes |")
-    table = text[start:text.index("\n\n", start)]
-    assert table == ops_markdown(), "README.md's operator table differs from `adaptconv ops --markdown`; " \
-                                    "paste the latter into the README"
+    table = text[start : text.index("\n\n", start)]
+    assert table == ops_markdown(), (
+        "README.md's operator table differs from `adaptconv ops --markdown`; paste the latter into the README"
+    )
 
 
 def test_ops_markdown_follows_the_registry():
@@ -40,6 +41,7 @@ def test_readme_has_python_snippets():
 
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))
 def test_readme_python_snippet_runs_as_written(index, tmp_path):
-    out = subprocess.run([sys.executable, "-c", SNIPPETS[index]], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", SNIPPETS[index]], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, f"README snippet {index + 1}:\n{SNIPPETS[index]}\n{out.stderr[-3000:]}"

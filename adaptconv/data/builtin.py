@@ -62,8 +62,9 @@ class DigitsDataset(BenchDataset):
     in_channels = 1
     class_names = tuple(str(d) for d in range(10))
 
-    def __init__(self, split: str = "train", seed: int = 0, test_fraction: float = 0.25,
-                 transform: Transform | None = None) -> None:
+    def __init__(
+        self, split: str = "train", seed: int = 0, test_fraction: float = 0.25, transform: Transform | None = None
+    ) -> None:
         super().__init__(transform)
         check_choice(split, ("train", "test"), "split", self.name)
         if not 0.0 < test_fraction < 1.0:
@@ -89,8 +90,9 @@ class DigitsDataset(BenchDataset):
         return f"1×8×8 gray, 10 classes, seed {self.seed}, test fraction {self.test_fraction} (scikit-learn)"
 
 
-def digits(split: str = "train", seed: int = 0, test_fraction: float = 0.25,
-           transform: Transform | None = None) -> DigitsDataset:
+def digits(
+    split: str = "train", seed: int = 0, test_fraction: float = 0.25, transform: Transform | None = None
+) -> DigitsDataset:
     """scikit-learn's digits (1,797 real 8×8 images, 10 classes), stratified split by ``seed``."""
     return DigitsDataset(split, seed=seed, test_fraction=test_fraction, transform=transform)
 
@@ -147,9 +149,16 @@ class MiddleburyMotorcycle(BenchDataset):
     #: disparity jump (px) between neighbouring valid pixels that counts as a depth edge
     EDGE_JUMP = 1.0
 
-    def __init__(self, split: str = "train", patch: int | Sequence[int] | None = None, crops: int = 256,
-                 seed: int = 0, min_valid: float = 0.5, transform: Transform | None = None,
-                 edge_fraction: float = 0.0) -> None:
+    def __init__(
+        self,
+        split: str = "train",
+        patch: int | Sequence[int] | None = None,
+        crops: int = 256,
+        seed: int = 0,
+        min_valid: float = 0.5,
+        transform: Transform | None = None,
+        edge_fraction: float = 0.0,
+    ) -> None:
         super().__init__(transform)
         check_choice(split, ("train", "test", "full"), "split", self.name)
         if not 0 <= edge_fraction <= 1:
@@ -241,20 +250,39 @@ class MiddleburyMotorcycle(BenchDataset):
     def _details(self) -> str:
         h = self.rgb.shape[-2]
         edges = f", {self.edge_fraction:.0%} drawn by their depth edges" if self.edge_fraction else ""
-        what = (f"{self.crops} random {self.patch[0]}×{self.patch[1]} crops/epoch (seed {self.seed}{edges})"
-                if self.random_crops else
-                f"{self.patch[0]}×{self.patch[1]} tiles" if self.patch else "whole region")
-        return (f"Middlebury 2014 Motorcycle (scikit-image), columns {self.columns[0]}–{self.columns[1] - 1} "
-                f"({h}×{self.columns[1] - self.columns[0]}), {what}, disparity in px")
+        what = (
+            f"{self.crops} random {self.patch[0]}×{self.patch[1]} crops/epoch (seed {self.seed}{edges})"
+            if self.random_crops
+            else f"{self.patch[0]}×{self.patch[1]} tiles"
+            if self.patch
+            else "whole region"
+        )
+        return (
+            f"Middlebury 2014 Motorcycle (scikit-image), columns {self.columns[0]}–{self.columns[1] - 1} "
+            f"({h}×{self.columns[1] - self.columns[0]}), {what}, disparity in px"
+        )
 
 
-def middlebury_motorcycle(split: str = "train", patch: int | Sequence[int] | None = None, crops: int = 256,
-                          seed: int = 0, min_valid: float = 0.5, transform: Transform | None = None,
-                          edge_fraction: float = 0.0) -> MiddleburyMotorcycle:
+def middlebury_motorcycle(
+    split: str = "train",
+    patch: int | Sequence[int] | None = None,
+    crops: int = 256,
+    seed: int = 0,
+    min_valid: float = 0.5,
+    transform: Transform | None = None,
+    edge_fraction: float = 0.0,
+) -> MiddleburyMotorcycle:
     """Middlebury 2014 Motorcycle (scikit-image) for guided depth upsampling; see
     :class:`MiddleburyMotorcycle` for the column split and the crops."""
-    return MiddleburyMotorcycle(split, patch=patch, crops=crops, seed=seed, min_valid=min_valid,
-                                transform=transform, edge_fraction=edge_fraction)
+    return MiddleburyMotorcycle(
+        split,
+        patch=patch,
+        crops=crops,
+        seed=seed,
+        min_valid=min_valid,
+        transform=transform,
+        edge_fraction=edge_fraction,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,8 +291,23 @@ def middlebury_motorcycle(split: str = "train", patch: int | Sequence[int] | Non
 
 #: Real photographs bundled in scikit-image's wheel (each verified to load offline with 0.26).
 PHOTO_NAMES = (
-    "camera", "astronaut", "coffee", "chelsea", "rocket", "cat", "coins", "moon", "page", "text",
-    "clock", "immunohistochemistry", "hubble_deep_field", "retina", "brick", "grass", "gravel",
+    "camera",
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "cat",
+    "coins",
+    "moon",
+    "page",
+    "text",
+    "clock",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "retina",
+    "brick",
+    "grass",
+    "gravel",
 )
 #: The default denoising set: a portrait, an indoor still life, an animal and an outdoor scene
 #: (camera 512×512 gray, astronaut 512×512, coffee 400×600, chelsea 300×451, rocket 427×640) — fine
@@ -278,9 +321,10 @@ def _load_photo(name: str) -> np.ndarray:
     try:
         return np.asarray(getattr(skimage.data, name)())
     except (ModuleNotFoundError, OSError) as err:  # an older scikit-image that would download it
-        raise DatasetError(f"photos: scikit-image {skimage.__version__} does not ship {name!r} in its wheel "
-                           f"({err}); nothing is downloaded here — choose other photos or a newer scikit-image")
-
+        raise DatasetError(
+            f"photos: scikit-image {skimage.__version__} does not ship {name!r} in its wheel "
+            f"({err}); nothing is downloaded here — choose other photos or a newer scikit-image"
+        ) from err
 
 
 class SamplePhotos(BenchDataset):
@@ -295,8 +339,13 @@ class SamplePhotos(BenchDataset):
     task = "denoising"
     split = "test"
 
-    def __init__(self, names: Sequence[str] | None = None, gray: bool = False,
-                 crop: int | Sequence[int] | None = None, transform: Transform | None = None) -> None:
+    def __init__(
+        self,
+        names: Sequence[str] | None = None,
+        gray: bool = False,
+        crop: int | Sequence[int] | None = None,
+        transform: Transform | None = None,
+    ) -> None:
         super().__init__(transform)
         self.names = tuple(DEFAULT_PHOTOS if names is None else names)
         if not self.names:
@@ -336,7 +385,11 @@ class SamplePhotos(BenchDataset):
         return f"scikit-image photos {', '.join(self.names)}; {'gray' if self.gray else 'RGB'}, {size}"
 
 
-def sample_photos(names: Sequence[str] | None = None, gray: bool = False,
-                  crop: int | Sequence[int] | None = None, transform: Transform | None = None) -> SamplePhotos:
+def sample_photos(
+    names: Sequence[str] | None = None,
+    gray: bool = False,
+    crop: int | Sequence[int] | None = None,
+    transform: Transform | None = None,
+) -> SamplePhotos:
     """scikit-image's photographs (default ``DEFAULT_PHOTOS``) as ``{"clean": ...}`` samples."""
     return SamplePhotos(names, gray=gray, crop=crop, transform=transform)

@@ -88,8 +88,9 @@ def _unpickle(path: Path, owner: str, layout: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             entry = pickle.load(f, encoding="latin1")
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a malformed file
-        raise DatasetError(f"{owner}: cannot read {path} as a CIFAR pickle ({type(err).__name__}: {err}); "
-                           f"expected {layout}") from None
+        raise DatasetError(
+            f"{owner}: cannot read {path} as a CIFAR pickle ({type(err).__name__}: {err}); expected {layout}"
+        ) from None
     if not isinstance(entry, dict):
         raise DatasetError(f"{owner}: {path} holds a {type(entry).__name__}, not a dict; expected {layout}")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
@@ -116,8 +117,13 @@ class _CIFAR(BenchDataset):
     meta_file = ""
     tv_class = ""
 
-    def __init__(self, root: str | os.PathLike[str] | None, split: str = "train", verify: bool = False,
-                 transform: Transform | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None,
+        split: str = "train",
+        verify: bool = False,
+        transform: Transform | None = None,
+    ) -> None:
         super().__init__(transform)
         check_choice(split, ("train", "test"), "split", self.name)
         layout = self.layout()
@@ -132,8 +138,9 @@ class _CIFAR(BenchDataset):
         meta = _unpickle(base / self.meta_file, self.name, layout)
         names_key = self._names_key()
         if names_key not in meta:
-            raise DatasetError(f"{self.name}: {base / self.meta_file} has no {names_key!r} "
-                               f"(keys: {sorted(meta)}); expected {layout}")
+            raise DatasetError(
+                f"{self.name}: {base / self.meta_file} has no {names_key!r} (keys: {sorted(meta)}); expected {layout}"
+            )
         self.class_names = _names(meta[names_key])
         self.num_classes = len(self.class_names)
         images, labels = [], []
@@ -142,13 +149,16 @@ class _CIFAR(BenchDataset):
             entry = _unpickle(base / fname, self.name, layout)
             for key in ("data", label_key):
                 if key not in entry:
-                    raise DatasetError(f"{self.name}: {base / fname} has no {key!r} (keys: {sorted(entry)}); "
-                                       f"expected {layout}")
+                    raise DatasetError(
+                        f"{self.name}: {base / fname} has no {key!r} (keys: {sorted(entry)}); expected {layout}"
+                    )
             data = np.asarray(entry["data"])
             lab = np.asarray(entry[label_key], dtype=np.int64)
             if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(lab) != len(data):
-                raise DatasetError(f"{self.name}: {base / fname}: 'data' is {data.dtype} {data.shape} with "
-                                   f"{len(lab)} labels; expected uint8 N×3072 (3×32×32 per row) and N labels")
+                raise DatasetError(
+                    f"{self.name}: {base / fname}: 'data' is {data.dtype} {data.shape} with "
+                    f"{len(lab)} labels; expected uint8 N×3072 (3×32×32 per row) and N labels"
+                )
             if len(lab) and (lab.min() < 0 or lab.max() >= self.num_classes):
                 raise DatasetError(f"{self.name}: {base / fname}: labels outside 0..{self.num_classes - 1}")
             images.append(data.reshape(-1, 3, 32, 32))
@@ -159,8 +169,10 @@ class _CIFAR(BenchDataset):
 
     def layout(self) -> str:
         files = ", ".join((*self.train_files, *self.test_files, self.meta_file))
-        return (f"<root>/{self.folder}/{{{files}}} (the CIFAR python pickle format, as unpacked from "
-                f"{self.folder.replace('-batches-py', '-python')}.tar.gz or written by torchvision)")
+        return (
+            f"<root>/{self.folder}/{{{files}}} (the CIFAR python pickle format, as unpacked from "
+            f"{self.folder.replace('-batches-py', '-python')}.tar.gz or written by torchvision)"
+        )
 
     def _names_key(self) -> str:
         return "label_names"
@@ -175,8 +187,9 @@ class _CIFAR(BenchDataset):
         tv = getattr(torchvision.datasets, self.tv_class)
         for fname, md5 in (*tv.train_list, *tv.test_list, (tv.meta["filename"], tv.meta["md5"])):
             if (base / fname).exists() and not check_integrity(str(base / fname), md5):
-                raise DatasetError(f"{self.name}: {base / fname} fails its md5 check (expected {md5}); "
-                                   f"expected {layout}")
+                raise DatasetError(
+                    f"{self.name}: {base / fname} fails its md5 check (expected {md5}); expected {layout}"
+                )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -209,8 +222,14 @@ class CIFAR100(_CIFAR):
     meta_file = "meta"
     tv_class = "CIFAR100"
 
-    def __init__(self, root: str | os.PathLike[str] | None, split: str = "train", labels: str = "fine",
-                 verify: bool = False, transform: Transform | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None,
+        split: str = "train",
+        labels: str = "fine",
+        verify: bool = False,
+        transform: Transform | None = None,
+    ) -> None:
         check_choice(labels, ("fine", "coarse"), "labels", self.name)
         self.label_type = labels
         super().__init__(root, split, verify=verify, transform=transform)
@@ -233,8 +252,9 @@ def _split_dir(root: Path, split: str, owner: str, layout: str) -> Path:
         path = root / "val"
     if not path.is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        raise DatasetError(f"{owner}: split folder {path} does not exist (folders in {root}: {found}); "
-                           f"expected {layout}")
+        raise DatasetError(
+            f"{owner}: split folder {path} does not exist (folders in {root}: {found}); expected {layout}"
+        )
     return path
 
 
@@ -251,8 +271,14 @@ class ImageFolderClassification(BenchDataset):
     task = "classification"
     in_channels = 3
 
-    def __init__(self, root: str | os.PathLike[str] | None, split: str = "train", size: int = 224,
-                 resize: int | None = None, transform: Transform | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None,
+        split: str = "train",
+        size: int = 224,
+        resize: int | None = None,
+        transform: Transform | None = None,
+    ) -> None:
         super().__init__(transform)
         from torchvision import transforms
         from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
@@ -267,22 +293,25 @@ class ImageFolderClassification(BenchDataset):
             raise DatasetError(f"{self.name}: no class folders in {class_root}; expected {layout}")
         extra = sorted({e.name for e in os.scandir(folder) if e.is_dir()} - set(classes))
         if extra:
-            raise DatasetError(f"{self.name}: {folder} has class folders {extra} that {class_root} lacks; "
-                               f"every split must use the classes of {class_root}")
+            raise DatasetError(
+                f"{self.name}: {folder} has class folders {extra} that {class_root} lacks; "
+                f"every split must use the classes of {class_root}"
+            )
         size = int(size)
         resize = int(resize) if resize is not None else round(size / 0.875)
-        pipeline = transforms.Compose([
-            transforms.Resize(resize, antialias=True), transforms.CenterCrop(size)
-        ])
+        pipeline = transforms.Compose([transforms.Resize(resize, antialias=True), transforms.CenterCrop(size)])
 
         try:
-            self.samples = make_dataset(str(folder), {c: i for i, c in enumerate(classes)},
-                                        extensions=IMG_EXTENSIONS, allow_empty=True)
+            self.samples = make_dataset(
+                str(folder), {c: i for i, c in enumerate(classes)}, extensions=IMG_EXTENSIONS, allow_empty=True
+            )
         except (FileNotFoundError, ValueError) as err:
             raise DatasetError(f"{self.name}: {folder}: {err}; expected {layout}") from None
         if not self.samples:
-            raise DatasetError(f"{self.name}: no images under {folder}/<class>/ (extensions "
-                               f"{', '.join(IMG_EXTENSIONS)}); expected {layout}")
+            raise DatasetError(
+                f"{self.name}: no images under {folder}/<class>/ (extensions "
+                f"{', '.join(IMG_EXTENSIONS)}); expected {layout}"
+            )
         self.pipeline = pipeline
         self.class_names = tuple(classes)
         self.num_classes = len(classes)
@@ -328,15 +357,22 @@ class NYUDepthV2(BenchDataset):
     task = "upsampling"
     depth_unit = "m"
 
-    def __init__(self, root: str | os.PathLike[str] | None, split: str = "train",
-                 crop: bool | Sequence[int] = True, train_count: int = 1000,
-                 transform: Transform | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None,
+        split: str = "train",
+        crop: bool | Sequence[int] = True,
+        train_count: int = 1000,
+        transform: Transform | None = None,
+    ) -> None:
         super().__init__(transform)
         import h5py
 
         check_choice(split, ("train", "test"), "split", self.name)
-        layout = (f"the file {NYU_FILE} (MATLAB v7.3 / HDF5) at <root> or <root>/{NYU_FILE}, with datasets "
-                  f"'images' (N×3×640×480 uint8) and 'depths' (N×640×480 float, metres)")
+        layout = (
+            f"the file {NYU_FILE} (MATLAB v7.3 / HDF5) at <root> or <root>/{NYU_FILE}, with datasets "
+            f"'images' (N×3×640×480 uint8) and 'depths' (N×640×480 float, metres)"
+        )
         path = _root(root, self.name, layout)
         if path.is_dir():
             path = require_file(path / NYU_FILE, self.name, layout)
@@ -345,16 +381,20 @@ class NYUDepthV2(BenchDataset):
         with h5py.File(path, "r") as f:
             for key in ("images", "depths"):
                 if key not in f or not isinstance(f[key], h5py.Dataset):
-                    raise DatasetError(f"{self.name}: {path} has no dataset {key!r} (keys: {sorted(f)}); "
-                                       f"expected {layout}")
+                    raise DatasetError(
+                        f"{self.name}: {path} has no dataset {key!r} (keys: {sorted(f)}); expected {layout}"
+                    )
             ishape, dshape = f["images"].shape, f["depths"].shape
         if len(ishape) != 4 or ishape[1] != 3 or tuple(dshape) != (ishape[0], ishape[2], ishape[3]):
-            raise DatasetError(f"{self.name}: {path}: 'images' {ishape} and 'depths' {dshape} do not match; "
-                               f"expected {layout}")
+            raise DatasetError(
+                f"{self.name}: {path}: 'images' {ishape} and 'depths' {dshape} do not match; expected {layout}"
+            )
         n, width, height = ishape[0], ishape[2], ishape[3]
         if not 0 < train_count < n:
-            raise DatasetError(f"{self.name}: {path} holds {n} frames; train_count={train_count} leaves "
-                               f"no {'train' if train_count <= 0 else 'test'} frames")
+            raise DatasetError(
+                f"{self.name}: {path} holds {n} frames; train_count={train_count} leaves "
+                f"no {'train' if train_count <= 0 else 'test'} frames"
+            )
         if crop is True:
             crop = NYU_EIGEN_CROP
         if crop is False or crop is None:
@@ -362,8 +402,10 @@ class NYUDepthV2(BenchDataset):
         else:
             box = tuple(int(c) for c in crop)  # type: ignore[union-attr]
             if len(box) != 4 or not (0 <= box[0] < box[1] <= height and 0 <= box[2] < box[3] <= width):
-                raise DatasetError(f"{self.name}: crop {crop} (top, bottom, left, right) does not fit the "
-                                   f"{height}×{width} frames of {path}")
+                raise DatasetError(
+                    f"{self.name}: crop {crop} (top, bottom, left, right) does not fit the "
+                    f"{height}×{width} frames of {path}"
+                )
         self.box = box
         self.path, self.split, self.train_count = path, split, int(train_count)
         self.frames = range(0, train_count) if split == "train" else range(train_count, n)
@@ -408,8 +450,10 @@ class NYUDepthV2(BenchDataset):
 
     def _details(self) -> str:
         top, bottom, left, right = self.box
-        return (f"frames {self.frames.start}..{self.frames.stop - 1}, crop rows {top}..{bottom - 1} cols "
-                f"{left}..{right - 1} ({bottom - top}×{right - left}), depth in m, from {self.path}")
+        return (
+            f"frames {self.frames.start}..{self.frames.stop - 1}, crop rows {top}..{bottom - 1} cols "
+            f"{left}..{right - 1} ({bottom - top}×{right - left}), depth in m, from {self.path}"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -417,8 +461,27 @@ class NYUDepthV2(BenchDataset):
 # --------------------------------------------------------------------------------------------------
 
 VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 
 
@@ -448,20 +511,28 @@ class VOCSegmentation(BenchDataset):
     num_classes = len(VOC_CLASSES)
     ignore_index = IGNORE_INDEX
 
-    def __init__(self, root: str | os.PathLike[str] | None, split: str = "train",
-                 size: int | Sequence[int] | None = None, transform: Transform | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None,
+        split: str = "train",
+        size: int | Sequence[int] | None = None,
+        transform: Transform | None = None,
+    ) -> None:
         super().__init__(transform)
         check_choice(split, ("train", "val", "trainval", "test"), "split", self.name)
-        layout = ("<root>/VOCdevkit/VOC2012/{JPEGImages/<id>.jpg, SegmentationClass/<id>.png, "
-                  "ImageSets/Segmentation/{train,val,trainval}.txt} (the VOCtrainval_11-May-2012.tar layout)")
+        layout = (
+            "<root>/VOCdevkit/VOC2012/{JPEGImages/<id>.jpg, SegmentationClass/<id>.png, "
+            "ImageSets/Segmentation/{train,val,trainval}.txt} (the VOCtrainval_11-May-2012.tar layout)"
+        )
         path = _root(root, self.name, layout)
         for candidate in (path / "VOCdevkit" / "VOC2012", path / "VOC2012", path):
             if (candidate / "JPEGImages").is_dir() or (candidate / "ImageSets").is_dir():
                 base = candidate
                 break
         else:
-            raise DatasetError(f"{self.name}: found no VOC2012 folder at {path / 'VOCdevkit' / 'VOC2012'}; "
-                               f"expected {layout}")
+            raise DatasetError(
+                f"{self.name}: found no VOC2012 folder at {path / 'VOCdevkit' / 'VOC2012'}; expected {layout}"
+            )
         file_split = "val" if split == "test" else split
         list_file = require_file(base / "ImageSets" / "Segmentation" / f"{file_split}.txt", self.name, layout)
         ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
@@ -471,8 +542,10 @@ class VOCSegmentation(BenchDataset):
             require_dir(base / sub, self.name, layout)
             missing = [i for i in ids if not (base / sub / f"{i}{ext}").is_file()]
             if missing:
-                raise DatasetError(f"{self.name}: {len(missing)} of the {len(ids)} files listed in {list_file} "
-                                   f"are missing, e.g. {base / sub / (missing[0] + ext)}; expected {layout}")
+                raise DatasetError(
+                    f"{self.name}: {len(missing)} of the {len(ids)} files listed in {list_file} "
+                    f"are missing, e.g. {base / sub / (missing[0] + ext)}; expected {layout}"
+                )
         self.ids, self.base, self.split = ids, base, split
         self.size = None if size is None else as_hw(size, "size")
 
@@ -487,19 +560,25 @@ class VOCSegmentation(BenchDataset):
         image = _open_image(image_path, self.name).convert("RGB")
         mask = _open_image(mask_path, self.name)
         if mask.mode not in ("P", "L"):
-            raise DatasetError(f"{self.name}: {mask_path} is a {mask.mode} image; expected a palette (P) PNG "
-                               f"whose indices are the class labels (0..20, 255 = void)")
+            raise DatasetError(
+                f"{self.name}: {mask_path} is a {mask.mode} image; expected a palette (P) PNG "
+                f"whose indices are the class labels (0..20, 255 = void)"
+            )
         if mask.size != image.size:
-            raise DatasetError(f"{self.name}: {mask_path} is {mask.size[1]}×{mask.size[0]} but {image_path} is "
-                               f"{image.size[1]}×{image.size[0]}")
+            raise DatasetError(
+                f"{self.name}: {mask_path} is {mask.size[1]}×{mask.size[0]} but {image_path} is "
+                f"{image.size[1]}×{image.size[0]}"
+            )
         if self.size is not None:
             image = resize_shorter_center_crop(image, self.size, Image.BILINEAR)
             mask = resize_shorter_center_crop(mask, self.size, Image.NEAREST)
         labels = np.array(mask, dtype=np.uint8)
         bad = (labels >= self.num_classes) & (labels != IGNORE_INDEX)
         if bad.any():
-            raise DatasetError(f"{self.name}: {mask_path} has label values {sorted(set(labels[bad].tolist()))[:5]} "
-                               f"outside 0..{self.num_classes - 1} and {IGNORE_INDEX}")
+            raise DatasetError(
+                f"{self.name}: {mask_path} has label values {sorted(set(labels[bad].tolist()))[:5]} "
+                f"outside 0..{self.num_classes - 1} and {IGNORE_INDEX}"
+            )
         return {"image": uint8_to_float(np.asarray(image)), "mask": torch.from_numpy(labels.astype(np.int64))}
 
     def _details(self) -> str:
@@ -541,8 +620,14 @@ class ImageFolderDenoise(BenchDataset):
     name = "image_folder_denoise"
     task = "denoising"
 
-    def __init__(self, root: str | os.PathLike[str] | None, split: str = "test", gray: bool | None = None,
-                 crop: int | Sequence[int] | None = None, transform: Transform | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None,
+        split: str = "test",
+        gray: bool | None = None,
+        crop: int | Sequence[int] | None = None,
+        transform: Transform | None = None,
+    ) -> None:
         super().__init__(transform)
         exts = " ".join(IMAGE_EXTENSIONS)
         layout = f"a folder of images ({exts}) at <root> (served as split 'test') or at <root>/<split>/"
@@ -550,13 +635,14 @@ class ImageFolderDenoise(BenchDataset):
         require_dir(path, self.name, layout)
         flat = _list_images(path)
         if flat and (path / split).is_dir():
-            raise DatasetError(f"{self.name}: {path} holds both images and a {split}/ folder; "
-                               f"expected {layout}")
+            raise DatasetError(f"{self.name}: {path} holds both images and a {split}/ folder; expected {layout}")
         if flat:
             if split != "test":
-                raise DatasetError(f"{self.name}: {path} is a flat folder of images, served only as split "
-                                   f"'test' (asked for {split!r}); for training lay out <root>/train/ and "
-                                   f"<root>/test/")
+                raise DatasetError(
+                    f"{self.name}: {path} is a flat folder of images, served only as split "
+                    f"'test' (asked for {split!r}); for training lay out <root>/train/ and "
+                    f"<root>/test/"
+                )
             folder, files = path, flat
         else:
             folder = _split_dir(path, split, self.name, layout)

@@ -18,7 +18,11 @@ from .base import TASKS, BenchDataset, DatasetError
 from .builtin import digits, middlebury_motorcycle, sample_photos
 from .real import (
     CIFAR10 as _CIFAR10,
+)
+from .real import (
     CIFAR100 as _CIFAR100,
+)
+from .real import (
     ImageFolderClassification,
     ImageFolderDenoise,
     NYUDepthV2,
@@ -61,8 +65,7 @@ class DatasetSpec:
             raise DatasetError(f"dataset {self.name!r} does not serve task {task!r}; it serves {list(self.tasks)}")
         unknown = sorted(set(options) - set(self.options()))
         if unknown:
-            raise DatasetError(f"dataset {self.name!r}: unknown option(s) {unknown}; "
-                               f"options: {list(self.options())}")
+            raise DatasetError(f"dataset {self.name!r}: unknown option(s) {unknown}; options: {list(self.options())}")
         if self.builtin and root is not None:
             # a data root is a machine-wide setting (the trial config's run key ``data_root``), given to
             # every trial of a suite: built-in data sets have no files to read and do not use it
@@ -79,8 +82,7 @@ class DatasetSpec:
         if "task" in params:
             if task is None:
                 if len(self.tasks) != 1:
-                    raise DatasetError(f"dataset {self.name!r} serves several tasks {list(self.tasks)}; "
-                                       f"pass task=...")
+                    raise DatasetError(f"dataset {self.name!r} serves several tasks {list(self.tasks)}; pass task=...")
                 task = self.tasks[0]
             kwargs["task"] = task
         return self.factory(**kwargs)
@@ -91,54 +93,108 @@ def _synthetic(task: str, split: str = "train", n: int | None = None, **options:
     return SyntheticScenes(task, n, split=split, **options)
 
 
-_SYNTH_PARAMS = [p for p in inspect.signature(SyntheticScenes).parameters.values()
-                 if p.name not in ("task", "n", "split")]
+_SYNTH_PARAMS = [
+    p for p in inspect.signature(SyntheticScenes).parameters.values() if p.name not in ("task", "n", "split")
+]
 _synthetic.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [inspect.Parameter("task", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-     inspect.Parameter("split", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="train"),
-     inspect.Parameter("n", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
-     *[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in _SYNTH_PARAMS]]
+    [
+        inspect.Parameter("task", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("split", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="train"),
+        inspect.Parameter("n", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+        *[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in _SYNTH_PARAMS],
+    ]
 )
 
-DIGITS = DatasetSpec("digits", ("classification",), True, digits, ("train", "test"),
-                     "scikit-learn's 1,797 real 8×8 handwritten digits, 10 classes, seeded stratified split "
-                     "(built in)")
+DIGITS = DatasetSpec(
+    "digits",
+    ("classification",),
+    True,
+    digits,
+    ("train", "test"),
+    "scikit-learn's 1,797 real 8×8 handwritten digits, 10 classes, seeded stratified split (built in)",
+)
 
-MIDDLEBURY = DatasetSpec("middlebury", ("upsampling",), True, middlebury_motorcycle, ("train", "test", "full"),
-                         "Middlebury 2014 Motorcycle RGB + disparity (px), 500×741, train columns 0–463 / test "
-                         "496–740 (scikit-image, built in)")
+MIDDLEBURY = DatasetSpec(
+    "middlebury",
+    ("upsampling",),
+    True,
+    middlebury_motorcycle,
+    ("train", "test", "full"),
+    "Middlebury 2014 Motorcycle RGB + disparity (px), 500×741, train columns 0–463 / test "
+    "496–740 (scikit-image, built in)",
+)
 
-PHOTOS = DatasetSpec("photos", ("denoising",), True, sample_photos, ("test",),
-                     "scikit-image's bundled photographs (camera, astronaut, coffee, chelsea, rocket by "
-                     "default), a denoising test set (built in)")
+PHOTOS = DatasetSpec(
+    "photos",
+    ("denoising",),
+    True,
+    sample_photos,
+    ("test",),
+    "scikit-image's bundled photographs (camera, astronaut, coffee, chelsea, rocket by "
+    "default), a denoising test set (built in)",
+)
 
-SYNTHETIC = DatasetSpec("synthetic", TASKS, True, _synthetic, ("train", "test", "val"),
-                        "seeded scenes of textured shapes: image, segmentation, shape label, piecewise-smooth "
-                        "depth; n defaults to 5000 train / 1000 test (generated, built in)")
+SYNTHETIC = DatasetSpec(
+    "synthetic",
+    TASKS,
+    True,
+    _synthetic,
+    ("train", "test", "val"),
+    "seeded scenes of textured shapes: image, segmentation, shape label, piecewise-smooth "
+    "depth; n defaults to 5000 train / 1000 test (generated, built in)",
+)
 
-CIFAR10 = DatasetSpec("cifar10", ("classification",), False, _CIFAR10, ("train", "test"),
-                      "CIFAR-10 python batches at <root>/cifar-10-batches-py/{data_batch_1..5,test_batch,"
-                      "batches.meta}")
+CIFAR10 = DatasetSpec(
+    "cifar10",
+    ("classification",),
+    False,
+    _CIFAR10,
+    ("train", "test"),
+    "CIFAR-10 python batches at <root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
+)
 
-CIFAR100 = DatasetSpec("cifar100", ("classification",), False, _CIFAR100, ("train", "test"),
-                       "CIFAR-100 python pickles at <root>/cifar-100-python/{train,test,meta} (fine or coarse "
-                       "labels)")
+CIFAR100 = DatasetSpec(
+    "cifar100",
+    ("classification",),
+    False,
+    _CIFAR100,
+    ("train", "test"),
+    "CIFAR-100 python pickles at <root>/cifar-100-python/{train,test,meta} (fine or coarse labels)",
+)
 
-IMAGEFOLDER = DatasetSpec("imagefolder", ("classification",), False, ImageFolderClassification,
-                          ("train", "val", "test"),
-                          "ImageNet-style tree <root>/<split>/<class>/*.JPEG, resized and centre-cropped to size "
-                          "('test' falls back to val/)")
+IMAGEFOLDER = DatasetSpec(
+    "imagefolder",
+    ("classification",),
+    False,
+    ImageFolderClassification,
+    ("train", "val", "test"),
+    "ImageNet-style tree <root>/<split>/<class>/*.JPEG, resized and centre-cropped to size ('test' falls back to val/)",
+)
 
-NYU_DEPTH_V2 = DatasetSpec("nyu_depth_v2", ("upsampling",), False, NYUDepthV2, ("train", "test"),
-                           "NYU Depth v2 labelled set, <root>/nyu_depth_v2_labeled.mat (HDF5); frames 0–999 train, "
-                           "1000–1448 test; depth in m")
+NYU_DEPTH_V2 = DatasetSpec(
+    "nyu_depth_v2",
+    ("upsampling",),
+    False,
+    NYUDepthV2,
+    ("train", "test"),
+    "NYU Depth v2 labelled set, <root>/nyu_depth_v2_labeled.mat (HDF5); frames 0–999 train, 1000–1448 test; depth in m",
+)
 
-VOC2012 = DatasetSpec("voc2012", ("segmentation",), False, VOCSegmentation,
-                      ("train", "val", "trainval", "test"),
-                      "PASCAL VOC 2012 at <root>/VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets/"
-                      "Segmentation}; 21 classes, 255 = void; 'test' = val")
+VOC2012 = DatasetSpec(
+    "voc2012",
+    ("segmentation",),
+    False,
+    VOCSegmentation,
+    ("train", "val", "trainval", "test"),
+    "PASCAL VOC 2012 at <root>/VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets/"
+    "Segmentation}; 21 classes, 255 = void; 'test' = val",
+)
 
-IMAGE_FOLDER_DENOISE = DatasetSpec("image_folder_denoise", ("denoising",), False, ImageFolderDenoise,
-                                   ("train", "test", "val"),
-                                   "clean images (png/jpg/bmp/tif) in a flat folder <root> (a test set, e.g. BSD68) or "
-                                   "<root>/<split>/")
+IMAGE_FOLDER_DENOISE = DatasetSpec(
+    "image_folder_denoise",
+    ("denoising",),
+    False,
+    ImageFolderDenoise,
+    ("train", "test", "val"),
+    "clean images (png/jpg/bmp/tif) in a flat folder <root> (a test set, e.g. BSD68) or <root>/<split>/",
+)

@@ -93,20 +93,26 @@ class SceneConfig:
             try:
                 lo, hi = (float(a) for a in value)
             except (TypeError, ValueError):
-                raise DatasetError(f"synthetic: {name} must be a pair (lo, hi) of area fractions, "
-                                   f"got {value!r}") from None
+                raise DatasetError(
+                    f"synthetic: {name} must be a pair (lo, hi) of area fractions, got {value!r}"
+                ) from None
             if not 0 < lo <= hi <= 1:
-                raise DatasetError(f"synthetic: {name} must satisfy 0 < lo <= hi <= 1 (fractions of the "
-                                   f"image's (shorter side)² area), got {value!r}")
+                raise DatasetError(
+                    f"synthetic: {name} must satisfy 0 < lo <= hi <= 1 (fractions of the "
+                    f"image's (shorter side)² area), got {value!r}"
+                )
             object.__setattr__(self, name, (lo, hi))
         if not 0 <= self.texture_contrast <= 1:
-            raise DatasetError(f"synthetic: texture_contrast must be in [0, 1] (0: flat colours), "
-                               f"got {self.texture_contrast}")
+            raise DatasetError(
+                f"synthetic: texture_contrast must be in [0, 1] (0: flat colours), got {self.texture_contrast}"
+            )
         if min(self.size) < 8:
             raise DatasetError(f"synthetic: scenes must be at least 8×8 pixels, got {self.size}")
         if not 0 <= self.max_distractors <= len(SHAPES) - 1:
-            raise DatasetError(f"synthetic: max_distractors must be in 0..{len(SHAPES) - 1} "
-                               f"(objects have distinct types), got {self.max_distractors}")
+            raise DatasetError(
+                f"synthetic: max_distractors must be in 0..{len(SHAPES) - 1} "
+                f"(objects have distinct types), got {self.max_distractors}"
+            )
         if not 1 <= self.supersample <= 4:
             raise DatasetError(f"synthetic: supersample must be in 1..4, got {self.supersample}")
 
@@ -122,13 +128,16 @@ class SceneConfig:
 
 def _unit_areas(aspect: np.ndarray, hole: np.ndarray, width: np.ndarray) -> np.ndarray:
     """Area of each shape type at unit radius: (...)×len(SHAPES)."""
-    return np.stack([
-        np.full_like(aspect, math.pi),                     # disc
-        4.0 * aspect,                                      # rectangle |x| ≤ 1, |y| ≤ aspect
-        np.full_like(aspect, 3.0 * math.sqrt(3.0) / 4.0),  # equilateral triangle in the unit circle
-        math.pi * (1.0 - hole * hole),                     # ring
-        8.0 * width - 4.0 * width * width,                 # cross of arm half-width `width`
-    ], axis=-1)
+    return np.stack(
+        [
+            np.full_like(aspect, math.pi),  # disc
+            4.0 * aspect,  # rectangle |x| ≤ 1, |y| ≤ aspect
+            np.full_like(aspect, 3.0 * math.sqrt(3.0) / 4.0),  # equilateral triangle in the unit circle
+            math.pi * (1.0 - hole * hole),  # ring
+            8.0 * width - 4.0 * width * width,  # cross of arm half-width `width`
+        ],
+        axis=-1,
+    )
 
 
 def _block_size(cfg: SceneConfig) -> int:
@@ -171,8 +180,7 @@ def _params(block: np.ndarray, cfg: SceneConfig) -> dict[str, np.ndarray]:
     rows = np.arange(B)[:, None]
     draw = _Columns(block)
 
-    n_obj = 1 + np.minimum((draw(0, 1, 1)[:, 0] * (cfg.max_distractors + 1)).astype(np.int64),
-                           cfg.max_distractors)
+    n_obj = 1 + np.minimum((draw(0, 1, 1)[:, 0] * (cfg.max_distractors + 1)).astype(np.int64), cfg.max_distractors)
     types = np.argsort(draw(0, 1, len(SHAPES)), axis=1, kind="stable")[:, :M]  # distinct; [:, 0] = main
     aspect, hole, width = draw(0.45, 0.8, M), draw(0.45, 0.6, M), draw(0.28, 0.38, M)
     area = draw(0, 1, M)
@@ -190,8 +198,7 @@ def _params(block: np.ndarray, cfg: SceneConfig) -> dict[str, np.ndarray]:
     theta = draw(0, 2 * math.pi, M)
     # (transcendental functions of parameters are taken here, in float64, so that their float32 values
     # do not depend on how many scenes a torch kernel vectorised over)
-    geo = np.stack([cx, cy, radius, theta, aspect, hole, width, np.cos(theta) / radius,
-                    np.sin(theta) / radius], axis=2)
+    geo = np.stack([cx, cy, radius, theta, aspect, hole, width, np.cos(theta) / radius, np.sin(theta) / radius], axis=2)
 
     # Depth: objects on gently sloped planes in distinct slots of an evenly divided range.
     zlo, zhi = _OBJECT_DEPTH
@@ -199,29 +206,49 @@ def _params(block: np.ndarray, cfg: SceneConfig) -> dict[str, np.ndarray]:
     slots = np.argsort(draw(0, 1, M), axis=1, kind="stable")
     z0 = zlo + delta * slots + draw(0, delta / 3, M)
     slope = draw(-delta / 12, delta / 12, M, 2)
-    background = np.concatenate([draw(0.75, 0.85, 1), draw(-0.06, 0.06, 1) / half_w,
-                                 draw(-0.06, 0.06, 1) / half_h, draw(-0.03, 0.03, 1) / half_w ** 2], axis=1)
+    background = np.concatenate(
+        [
+            draw(0.75, 0.85, 1),
+            draw(-0.06, 0.06, 1) / half_w,
+            draw(-0.06, 0.06, 1) / half_h,
+            draw(-0.03, 0.03, 1) / half_w**2,
+        ],
+        axis=1,
+    )
 
     # Textures, one per layer (layer 0 = background, layer 1 + j = object j).
     n_tex = len(TEXTURES) if cfg.real_textures else len(TEXTURES) - 1
     n_real = len(REAL_TEXTURE_NAMES)
     tex_type = np.minimum((draw(0, 1, L) * n_tex).astype(np.int64), n_tex - 1)
-    tex_par = np.stack([
-        draw(1.0, 3.0, L),                               # frequency (cycles per normalised unit)
-        draw(0, math.pi, L),                             # orientation
-        draw(0, 2 * math.pi, L),                         # phase 1
-        draw(0, 2 * math.pi, L),                         # phase 2
-        np.exp(draw(math.log(0.5), math.log(6.0), L)),   # edge sharpness
-        np.minimum(np.floor(draw(0, n_real, L)), n_real - 1),  # real: which photograph
-        draw(0.0, 1.0, L),                               # real: window top (fraction of the free range)
-        draw(0.0, 1.0, L),                               # real: window left
-        draw(0.75, 2.5, L),                              # real: zoom (texture pixels per scene pixel)
-    ], axis=2)
+    tex_par = np.stack(
+        [
+            draw(1.0, 3.0, L),  # frequency (cycles per normalised unit)
+            draw(0, math.pi, L),  # orientation
+            draw(0, 2 * math.pi, L),  # phase 1
+            draw(0, 2 * math.pi, L),  # phase 2
+            np.exp(draw(math.log(0.5), math.log(6.0), L)),  # edge sharpness
+            np.minimum(np.floor(draw(0, n_real, L)), n_real - 1),  # real: which photograph
+            draw(0.0, 1.0, L),  # real: window top (fraction of the free range)
+            draw(0.0, 1.0, L),  # real: window left
+            draw(0.75, 2.5, L),  # real: zoom (texture pixels per scene pixel)
+        ],
+        axis=2,
+    )
     omega = 2 * math.pi * tex_par[..., 0]
-    tex_par = np.concatenate([tex_par, np.stack([
-        omega * np.cos(tex_par[..., 1]), omega * np.sin(tex_par[..., 1]),  # 9, 10: wave vector
-        0.5 / np.tanh(tex_par[..., 4]),                                    # 11: amplitude
-    ], axis=2)], axis=2)
+    tex_par = np.concatenate(
+        [
+            tex_par,
+            np.stack(
+                [
+                    omega * np.cos(tex_par[..., 1]),
+                    omega * np.sin(tex_par[..., 1]),  # 9, 10: wave vector
+                    0.5 / np.tanh(tex_par[..., 4]),  # 11: amplitude
+                ],
+                axis=2,
+            ),
+        ],
+        axis=2,
+    )
     noise4 = draw(0, 1, L, 4, 4)
     noise8 = draw(0, 1, L, 8, 8)
     colour_delta = draw(-0.35, 0.35, L, 3) * cfg.texture_contrast
@@ -241,11 +268,17 @@ def _params(block: np.ndarray, cfg: SceneConfig) -> dict[str, np.ndarray]:
     layer_order = np.concatenate([np.zeros((B, 1), np.int64), 1 + order], axis=1)
     main_at = np.argmax(order == 0, axis=1)
     return {
-        "shape": types[rows, order], "active": active[rows, order], "geo": geo[rows, order],
-        "plane": np.concatenate([z0[..., None], slope], axis=2)[rows, order], "background": background,
-        "main": main_at.astype(np.int64), "tex_type": tex_type[rows, layer_order],
-        "tex_par": tex_par[rows, layer_order], "noise4": noise4[rows, layer_order],
-        "noise8": noise8[rows, layer_order], "colour_mean": colour_mean[rows, layer_order],
+        "shape": types[rows, order],
+        "active": active[rows, order],
+        "geo": geo[rows, order],
+        "plane": np.concatenate([z0[..., None], slope], axis=2)[rows, order],
+        "background": background,
+        "main": main_at.astype(np.int64),
+        "tex_type": tex_type[rows, layer_order],
+        "tex_par": tex_par[rows, layer_order],
+        "noise4": noise4[rows, layer_order],
+        "noise8": noise8[rows, layer_order],
+        "colour_mean": colour_mean[rows, layer_order],
         "colour_delta": colour_delta[rows, layer_order],
     }
 
@@ -321,8 +354,9 @@ def _top_layer(p: dict[str, torch.Tensor], u: torch.Tensor, v: torch.Tensor) -> 
     return top
 
 
-def _textures(p: dict[str, torch.Tensor], u: torch.Tensor, v: torch.Tensor, scene_px: float,
-              factor: int) -> torch.Tensor:
+def _textures(
+    p: dict[str, torch.Tensor], u: torch.Tensor, v: torch.Tensor, scene_px: float, factor: int
+) -> torch.Tensor:
     """Texture value in [0, 1] of every layer at every sample: B×L×Hf×Wf float32 (``scene_px``: scene
     pixels per normalised unit; ``factor``: samples per scene pixel along each axis)."""
     B, L = p["tex_type"].shape
@@ -339,10 +373,12 @@ def _textures(p: dict[str, torch.Tensor], u: torch.Tensor, v: torch.Tensor, scen
         q = par[rows]
         if kind == "noise":  # smooth: evaluated at scene resolution, constant within a pixel
             size = (hf // factor, wf // factor)
-            n4 = F.interpolate(p["noise4"].reshape(B * L, 1, 4, 4)[rows], size=size, mode="bicubic",
-                               align_corners=False)
-            n8 = F.interpolate(p["noise8"].reshape(B * L, 1, 8, 8)[rows], size=size, mode="bicubic",
-                               align_corners=False)
+            n4 = F.interpolate(
+                p["noise4"].reshape(B * L, 1, 4, 4)[rows], size=size, mode="bicubic", align_corners=False
+            )
+            n8 = F.interpolate(
+                p["noise8"].reshape(B * L, 1, 8, 8)[rows], size=size, mode="bicubic", align_corners=False
+            )
             val = (0.65 * n4 + 0.35 * n8)[:, 0]
             lo = val.amin(dim=(1, 2), keepdim=True)
             hi = val.amax(dim=(1, 2), keepdim=True)
@@ -357,7 +393,7 @@ def _textures(p: dict[str, torch.Tensor], u: torch.Tensor, v: torch.Tensor, scen
             wave = torch.sin(((ca * u + q[:, 2, None, None]) + sa * v).double())
             if kind == "checks":
                 wave = wave * torch.sin(((q[:, 3, None, None] - sa * u) + ca * v).double())
-            flat[rows] = (0.5 + q[:, 11, None, None] * torch.tanh(sharp * wave).float())
+            flat[rows] = 0.5 + q[:, 11, None, None] * torch.tanh(sharp * wave).float()
         else:  # real: bilinear samples of a zoomed window of a texture photograph
             bank = _real_textures()
             size = bank.shape[-1]
@@ -399,12 +435,17 @@ def _box_down(x: torch.Tensor, s: int) -> torch.Tensor:
 
 
 def _to_torch(params: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32) if a.dtype == np.float64 else
-                                np.ascontiguousarray(a)) for k, a in params.items()}
+    return {
+        k: torch.from_numpy(
+            np.ascontiguousarray(a, dtype=np.float32) if a.dtype == np.float64 else np.ascontiguousarray(a)
+        )
+        for k, a in params.items()
+    }
 
 
-def render_scenes(seed: int, indices: Sequence[int], config: SceneConfig | None = None,
-                  split: str = "train") -> dict[str, torch.Tensor]:
+def render_scenes(
+    seed: int, indices: Sequence[int], config: SceneConfig | None = None, split: str = "train"
+) -> dict[str, torch.Tensor]:
     """Render scenes ``indices`` of stream ``(seed, split)``: a dict of batched tensors
 
     ``image`` B×3×H×W uint8, ``mask`` B×H×W uint8 (0 background, 1 + shape type), ``label`` B int64
@@ -417,8 +458,12 @@ def render_scenes(seed: int, indices: Sequence[int], config: SceneConfig | None 
     indices = list(indices)
     if not indices:
         h, w = cfg.size
-        return {"image": torch.zeros(0, 3, h, w, dtype=torch.uint8), "mask": torch.zeros(0, h, w, dtype=torch.uint8),
-                "label": torch.zeros(0, dtype=torch.int64), "depth": torch.zeros(0, 1, h, w)}
+        return {
+            "image": torch.zeros(0, 3, h, w, dtype=torch.uint8),
+            "mask": torch.zeros(0, h, w, dtype=torch.uint8),
+            "label": torch.zeros(0, dtype=torch.int64),
+            "depth": torch.zeros(0, 1, h, w),
+        }
     p = _to_torch(_params(_scene_uniforms(int(seed), split, indices, cfg), cfg))
     B = len(indices)
     s = cfg.supersample
@@ -452,8 +497,10 @@ def render_scenes(seed: int, indices: Sequence[int], config: SceneConfig | None 
     planes = [((b[0] + b[1] * u) + b[3] * (u * u)) + b[2] * v]  # column term + row term: B×H×W
     for j in range(p["plane"].shape[1]):
         g, pl = p["geo"][:, j], p["plane"][:, j]
-        planes.append((pl[:, 0, None, None] + pl[:, 1, None, None] * (u - g[:, 0, None, None]))
-                      + pl[:, 2, None, None] * (v - g[:, 1, None, None]))
+        planes.append(
+            (pl[:, 0, None, None] + pl[:, 1, None, None] * (u - g[:, 0, None, None]))
+            + pl[:, 2, None, None] * (v - g[:, 1, None, None])
+        )
     depth = torch.stack(planes, 1).gather(1, top[:, None]).to(torch.float32)
     return {"image": image, "mask": mask.to(torch.uint8), "label": label, "depth": depth}
 
@@ -484,12 +531,26 @@ class SyntheticScenes(BenchDataset):
     ignore_index = 255
     depth_unit = "synthetic"
 
-    def __init__(self, task: str, n: int, size: int | Sequence[int] = 32, seed: int = 0, split: str = "train",
-                 *, max_distractors: int = 2, real_textures: bool = True, supersample: int = 2,
-                 main_area: Sequence[float] = SceneConfig.main_area,
-                 distractor_area: Sequence[float] = SceneConfig.distractor_area,
-                 texture_contrast: float = SceneConfig.texture_contrast, gray: bool = False, precompute: bool | str = "auto", precompute_limit_mb: float = 512,
-                 chunk: int = 256, transform: Transform | None = None) -> None:
+    def __init__(
+        self,
+        task: str,
+        n: int,
+        size: int | Sequence[int] = 32,
+        seed: int = 0,
+        split: str = "train",
+        *,
+        max_distractors: int = 2,
+        real_textures: bool = True,
+        supersample: int = 2,
+        main_area: Sequence[float] = SceneConfig.main_area,
+        distractor_area: Sequence[float] = SceneConfig.distractor_area,
+        texture_contrast: float = SceneConfig.texture_contrast,
+        gray: bool = False,
+        precompute: bool | str = "auto",
+        precompute_limit_mb: float = 512,
+        chunk: int = 256,
+        transform: Transform | None = None,
+    ) -> None:
         super().__init__(transform)
         check_choice(task, TASKS, "task", self.name)
         check_choice(split, tuple(SPLIT_CODES), "split", self.name)
@@ -498,12 +559,12 @@ class SyntheticScenes(BenchDataset):
         if int(seed) < 0:
             raise DatasetError(f"{self.name}: seed must be ≥ 0, got {seed}")
         if gray and task not in ("classification", "denoising"):
-            raise DatasetError(f"{self.name}: gray is only for classification and denoising "
-                               f"({task} samples are RGB)")
+            raise DatasetError(f"{self.name}: gray is only for classification and denoising ({task} samples are RGB)")
         check_choice(precompute, (True, False, "auto"), "precompute", self.name)
         self.task, self.n, self.seed, self.split, self.gray = task, int(n), int(seed), split, bool(gray)
-        self.config = SceneConfig(as_hw(size), max_distractors, real_textures, supersample, main_area,
-                                  distractor_area, texture_contrast)
+        self.config = SceneConfig(
+            as_hw(size), max_distractors, real_textures, supersample, main_area, distractor_area, texture_contrast
+        )
         self.chunk = max(1, int(chunk))
         self.in_channels = 1 if gray else 3
         if task == "classification":
@@ -525,8 +586,12 @@ class SyntheticScenes(BenchDataset):
 
     def _render(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         out = render_scenes(self.seed, indices, self.config, self.split)
-        keep = {"classification": ("image", "label"), "segmentation": ("image", "mask"),
-                "upsampling": ("image", "depth"), "denoising": ("image",)}[self.task]
+        keep = {
+            "classification": ("image", "label"),
+            "segmentation": ("image", "mask"),
+            "upsampling": ("image", "depth"),
+            "denoising": ("image",),
+        }[self.task]
         if self.gray:
             rgb = out["image"].float()
             gray = (_LUMA[0] * rgb[:, 0:1] + _LUMA[1] * rgb[:, 1:2]) + _LUMA[2] * rgb[:, 2:3]
@@ -577,6 +642,8 @@ class SyntheticScenes(BenchDataset):
 
     def _details(self) -> str:
         h, w = self.config.size
-        return (f"{h}×{w} {'gray' if self.gray else 'RGB'}, seed {self.seed}, ≤{self.config.max_distractors} "
-                f"distractors, {'with' if self.config.real_textures else 'without'} real textures, "
-                f"{'precomputed' if self.precomputed else 'rendered on access'}")
+        return (
+            f"{h}×{w} {'gray' if self.gray else 'RGB'}, seed {self.seed}, ≤{self.config.max_distractors} "
+            f"distractors, {'with' if self.config.real_textures else 'without'} real textures, "
+            f"{'precomputed' if self.precomputed else 'rendered on access'}"
+        )

@@ -58,6 +58,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 # ---- reading the machine ------------------------------------------------------------------------------
 
+
 def usable_cpus() -> int:
     """The CPUs this process may run on (its affinity mask), else the machine's count."""
     try:
@@ -121,6 +122,7 @@ def cpu_mhz() -> dict[str, float] | None:
 
 # ---- watching a timing ----------------------------------------------------------------------------------
 
+
 @dataclass
 class LoadWindow:
     """The machine's use over one stretch of wall time, seen from this process."""
@@ -162,8 +164,9 @@ def crowded(window: LoadWindow, threads: int) -> list[str]:
     """Why a window shows interference with a timing on ``threads`` threads (empty: it does not)."""
     reasons = []
     if window.others_cores is not None and window.others_cores > free_cores(threads) + CORE_MARGIN:
-        reasons.append(f"other processes kept {window.others_cores:.2f} cores busy while {threads} of "
-                       f"{usable_cpus()} were timed")
+        reasons.append(
+            f"other processes kept {window.others_cores:.2f} cores busy while {threads} of {usable_cpus()} were timed"
+        )
     if window.steal_fraction is not None and window.steal_fraction > STEAL_LIMIT:
         reasons.append(f"the hypervisor took {100 * window.steal_fraction:.0f}% of the CPU time (steal)")
     return reasons
@@ -288,11 +291,16 @@ def calibrate(device: torch.device | str, threads: int | None = None, samples: i
     median = times[len(times) // 2]
     best = _best_known(_machine_key(device, threads), median)
     slowdown = median / best if best else None
-    return Calibration(CALIBRATION_WORKLOAD, float(f"{median:.6g}"), float(f"{best:.6g}") if best else None,
-                       round(slowdown, 3) if slowdown is not None else None)
+    return Calibration(
+        CALIBRATION_WORKLOAD,
+        float(f"{median:.6g}"),
+        float(f"{best:.6g}") if best else None,
+        round(slowdown, 3) if slowdown is not None else None,
+    )
 
 
 # ---- the verdict ----------------------------------------------------------------------------------------
+
 
 @dataclass
 class HostLoad:
@@ -318,21 +326,50 @@ class HostLoad:
         return d
 
 
-def host_load(window: LoadWindow, threads: int, calibration: Calibration | None, *, load_before: float | None,
-              waited_s: float = 0.0) -> HostLoad:
+def host_load(
+    window: LoadWindow,
+    threads: int,
+    calibration: Calibration | None,
+    *,
+    load_before: float | None,
+    waited_s: float = 0.0,
+) -> HostLoad:
     reasons = crowded(window, threads)
     if calibration is not None and calibration.slowdown is not None and calibration.slowdown > CALIBRATION_LIMIT:
-        reasons.append(f"the calibration workload ran {calibration.slowdown:.2f}× slower than this machine's best "
-                       f"({calibration.seconds * 1e3:.3g} ms against {calibration.best_s * 1e3:.3g} ms)")
+        reasons.append(
+            f"the calibration workload ran {calibration.slowdown:.2f}× slower than this machine's best "
+            f"({calibration.seconds * 1e3:.3g} ms against {calibration.best_s * 1e3:.3g} ms)"
+        )
     return HostLoad(
-        cpus=usable_cpus(), threads=threads, load_avg_before=load_before, load_avg_after=load_average(),
+        cpus=usable_cpus(),
+        threads=threads,
+        load_avg_before=load_before,
+        load_avg_after=load_average(),
         others_cores=window.others_cores if window.others_cores is None or math.isfinite(window.others_cores) else None,
-        steal_fraction=window.steal_fraction, cpu_mhz=cpu_mhz(),
+        steal_fraction=window.steal_fraction,
+        cpu_mhz=cpu_mhz(),
         calibration=asdict(calibration) if calibration is not None else None,
-        waited_for_quiet_s=waited_s, contended=bool(reasons), reasons=reasons,
+        waited_for_quiet_s=waited_s,
+        contended=bool(reasons),
+        reasons=reasons,
     )
 
 
-__all__ = ["CALIBRATION_LIMIT", "CORE_MARGIN", "Calibration", "HostLoad", "LoadMonitor", "LoadWindow", "STEAL_LIMIT",
-           "calibrate", "calibration_path", "cpu_mhz", "crowded", "free_cores", "host_load", "load_average",
-           "usable_cpus", "wait_for_quiet"]
+__all__ = [
+    "CALIBRATION_LIMIT",
+    "CORE_MARGIN",
+    "Calibration",
+    "HostLoad",
+    "LoadMonitor",
+    "LoadWindow",
+    "STEAL_LIMIT",
+    "calibrate",
+    "calibration_path",
+    "cpu_mhz",
+    "crowded",
+    "free_cores",
+    "host_load",
+    "load_average",
+    "usable_cpus",
+    "wait_for_quiet",
+]

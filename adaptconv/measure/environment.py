@@ -158,8 +158,9 @@ def _cpu_model() -> str | None:
 
 
 def _nvidia_smi() -> list[dict[str, str]] | None:
-    text = _run(["nvidia-smi", "--query-gpu=index,name,driver_version,memory.total,uuid",
-                 "--format=csv,noheader,nounits"])
+    text = _run(
+        ["nvidia-smi", "--query-gpu=index,name,driver_version,memory.total,uuid", "--format=csv,noheader,nounits"]
+    )
     if text is None:
         return None
     gpus = []
@@ -176,13 +177,15 @@ def _cuda_devices() -> list[dict[str, Any]]:
     devices = []
     for i in range(_safe(torch.cuda.device_count, 0)):
         props = _safe(lambda: torch.cuda.get_device_properties(i))
-        devices.append({
-            "index": i,
-            "name": _safe(lambda: torch.cuda.get_device_name(i)),
-            "capability": _safe(lambda: ".".join(map(str, torch.cuda.get_device_capability(i)))),
-            "total_memory_bytes": getattr(props, "total_memory", None),
-            "multi_processor_count": getattr(props, "multi_processor_count", None),
-        })
+        devices.append(
+            {
+                "index": i,
+                "name": _safe(lambda: torch.cuda.get_device_name(i)),
+                "capability": _safe(lambda: ".".join(map(str, torch.cuda.get_device_capability(i)))),
+                "total_memory_bytes": getattr(props, "total_memory", None),
+                "multi_processor_count": getattr(props, "multi_processor_count", None),
+            }
+        )
     return devices
 
 

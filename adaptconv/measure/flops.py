@@ -101,29 +101,34 @@ def _pair(v: Any) -> tuple[int, int]:
 def _per_output(factor: int) -> Callable[..., int]:
     def formula(*args, out_shape=None, **kwargs) -> int:
         return factor * _numel(_first_out(out_shape))
+
     return formula
 
 
 def _per_input(factor: int, plus_output: int = 0) -> Callable[..., int]:
     def formula(*args, out_shape=None, **kwargs) -> int:
         return factor * _numel(args[0]) + plus_output * _numel(_first_out(out_shape))
+
     return formula
 
 
 def _per_largest_of_first_two(factor: int) -> Callable[..., int]:
     def formula(*args, out_shape=None, **kwargs) -> int:
         return factor * max(_numel(a) for a in args[:2])
+
     return formula
 
 
 def _norm_forward(training: bool | None, weight_index: int = 1) -> Callable[..., int]:
     """2/element to normalise, +2 with an affine weight, +4 computing batch statistics."""
+
     def formula(*args, out_shape=None, **kwargs) -> int:
         train = training
         if train is None:  # the first bool argument after the tensors is the training flag
             train = next((a for a in args[3:] if isinstance(a, bool)), True)
         affine = isinstance(args[weight_index] if len(args) > weight_index else kwargs.get("weight"), torch.Size)
         return _numel(args[0]) * (2 + (2 if affine else 0) + (4 if train else 0))
+
     return formula
 
 
@@ -196,16 +201,31 @@ def _dot(*args, out_shape=None, **kwargs) -> int:
 
 def _sdpa_cpu(*args, out_shape=None, **kwargs) -> int:
     from torch.utils.flop_counter import sdpa_flop_count
+
     return sdpa_flop_count(args[0], args[1], args[2])
 
 
 def _sdpa_cpu_backward(*args, out_shape=None, **kwargs) -> int:
     from torch.utils.flop_counter import sdpa_backward_flop_count
+
     return sdpa_backward_flop_count(args[0], args[1], args[2], args[3])
 
 
-def _conv_backward(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                   _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+def _conv_backward(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    _bias,
+    _stride,
+    _padding,
+    _dilation,
+    transposed,
+    _output_padding,
+    _groups,
+    output_mask,
+    out_shape=None,
+    **kwargs,
+) -> int:
     """convolution_backward, groups-aware: grad_input and grad_weight each cost the forward's FLOPs.
 
     PyTorch's own formula (torch 2.14) builds grad_weight's count from transposed shapes that lose the
@@ -226,8 +246,7 @@ def _deform_parts(input_shape, weight_shape, out_hw, offset_groups) -> tuple[int
     return 2 * pixels * o * cpg * taps, pixels * c * taps, pixels * offset_groups * taps
 
 
-def deform_conv2d_flops(input_shape, weight_shape, output_shape, offset_groups: int = 1,
-                        use_mask: bool = False) -> int:
+def deform_conv2d_flops(input_shape, weight_shape, output_shape, offset_groups: int = 1, use_mask: bool = False) -> int:
     """Forward FLOPs of ``torchvision.ops.deform_conv2d``: the convolution on the sampled columns
     (``2·B·O·(C/g)·k²·H'·W'``) + bilinear sampling (7 per value, +1 with a mask, over ``B·C·k²·H'·W'``
     values) + 10 per sampling location (``B·G_offset·k²·H'·W'``)."""
@@ -254,19 +273,114 @@ def _deform_backward(*args, out_shape=None, **kwargs) -> int:
 # The tables
 _POINTWISE: dict[int, tuple[str, ...]] = {
     1: (
-        "add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_", "neg", "neg_", "reciprocal",
-        "reciprocal_", "sqrt", "sqrt_", "rsqrt", "rsqrt_", "abs", "abs_", "sign", "sgn", "exp", "exp_",
-        "exp2", "expm1", "log", "log_", "log2", "log10", "log1p", "tanh", "tanh_", "sigmoid", "sigmoid_",
-        "pow", "pow_", "erf", "erf_", "erfinv", "sin", "cos", "atan", "floor", "ceil", "round", "trunc",
-        "frac", "relu", "relu_", "relu6", "threshold", "threshold_", "threshold_backward", "clamp",
-        "clamp_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_", "hardtanh", "hardtanh_",
-        "hardtanh_backward", "maximum", "minimum", "fmax", "fmin", "ge", "gt", "le", "lt", "eq", "ne",
-        "logical_and", "logical_or", "logical_not", "bitwise_and", "bitwise_or", "square",
+        "add",
+        "add_",
+        "sub",
+        "sub_",
+        "rsub",
+        "mul",
+        "mul_",
+        "div",
+        "div_",
+        "neg",
+        "neg_",
+        "reciprocal",
+        "reciprocal_",
+        "sqrt",
+        "sqrt_",
+        "rsqrt",
+        "rsqrt_",
+        "abs",
+        "abs_",
+        "sign",
+        "sgn",
+        "exp",
+        "exp_",
+        "exp2",
+        "expm1",
+        "log",
+        "log_",
+        "log2",
+        "log10",
+        "log1p",
+        "tanh",
+        "tanh_",
+        "sigmoid",
+        "sigmoid_",
+        "pow",
+        "pow_",
+        "erf",
+        "erf_",
+        "erfinv",
+        "sin",
+        "cos",
+        "atan",
+        "floor",
+        "ceil",
+        "round",
+        "trunc",
+        "frac",
+        "relu",
+        "relu_",
+        "relu6",
+        "threshold",
+        "threshold_",
+        "threshold_backward",
+        "clamp",
+        "clamp_",
+        "clamp_min",
+        "clamp_min_",
+        "clamp_max",
+        "clamp_max_",
+        "hardtanh",
+        "hardtanh_",
+        "hardtanh_backward",
+        "maximum",
+        "minimum",
+        "fmax",
+        "fmin",
+        "ge",
+        "gt",
+        "le",
+        "lt",
+        "eq",
+        "ne",
+        "logical_and",
+        "logical_or",
+        "logical_not",
+        "bitwise_and",
+        "bitwise_or",
+        "square",
     ),
-    2: ("addcmul", "addcmul_", "addcdiv", "addcdiv_", "lerp", "lerp_", "silu", "silu_", "leaky_relu",
-        "leaky_relu_", "leaky_relu_backward", "native_dropout", "native_dropout_backward", "xlogy"),
-    3: ("tanh_backward", "sigmoid_backward", "hardsigmoid", "hardsigmoid_", "hardsigmoid_backward",
-        "hardswish_backward", "softplus", "elu", "elu_", "elu_backward", "logit"),
+    2: (
+        "addcmul",
+        "addcmul_",
+        "addcdiv",
+        "addcdiv_",
+        "lerp",
+        "lerp_",
+        "silu",
+        "silu_",
+        "leaky_relu",
+        "leaky_relu_",
+        "leaky_relu_backward",
+        "native_dropout",
+        "native_dropout_backward",
+        "xlogy",
+    ),
+    3: (
+        "tanh_backward",
+        "sigmoid_backward",
+        "hardsigmoid",
+        "hardsigmoid_",
+        "hardsigmoid_backward",
+        "hardswish_backward",
+        "softplus",
+        "elu",
+        "elu_",
+        "elu_backward",
+        "logit",
+    ),
     4: ("hardswish", "hardswish_", "softplus_backward", "_softmax_backward_data", "_log_softmax_backward_data"),
     5: ("gelu", "gelu_", "mish", "mish_", "_softmax", "_log_softmax", "_safe_softmax"),
     6: ("silu_backward", "mish_backward"),
@@ -274,32 +388,74 @@ _POINTWISE: dict[int, tuple[str, ...]] = {
 }
 
 _REDUCTIONS: dict[str, tuple[int, int]] = {  # name: (per input element, per output element)
-    "sum": (1, 0), "nansum": (1, 0), "mean": (1, 1), "nanmean": (1, 1), "prod": (1, 0), "amax": (1, 0),
-    "amin": (1, 0), "max": (1, 0), "min": (1, 0), "aminmax": (2, 0), "argmax": (1, 0), "argmin": (1, 0),
-    "logsumexp": (3, 1), "cumsum": (1, 0), "cumprod": (1, 0), "norm": (2, 1), "linalg_vector_norm": (2, 1),
-    "var": (3, 1), "std": (3, 2), "var_mean": (3, 2), "std_mean": (3, 3), "_adaptive_avg_pool2d": (1, 1),
-    "_adaptive_avg_pool3d": (1, 1), "adaptive_max_pool2d": (1, 0), "col2im": (1, 0),
-    "all": (1, 0), "any": (1, 0),  # logical reductions (e.g. deform's finiteness check): one AND/OR each
+    "sum": (1, 0),
+    "nansum": (1, 0),
+    "mean": (1, 1),
+    "nanmean": (1, 1),
+    "prod": (1, 0),
+    "amax": (1, 0),
+    "amin": (1, 0),
+    "max": (1, 0),
+    "min": (1, 0),
+    "aminmax": (2, 0),
+    "argmax": (1, 0),
+    "argmin": (1, 0),
+    "logsumexp": (3, 1),
+    "cumsum": (1, 0),
+    "cumprod": (1, 0),
+    "norm": (2, 1),
+    "linalg_vector_norm": (2, 1),
+    "var": (3, 1),
+    "std": (3, 2),
+    "var_mean": (3, 2),
+    "std_mean": (3, 3),
+    "_adaptive_avg_pool2d": (1, 1),
+    "_adaptive_avg_pool3d": (1, 1),
+    "adaptive_max_pool2d": (1, 0),
+    "col2im": (1, 0),
+    "all": (1, 0),
+    "any": (1, 0),  # logical reductions (e.g. deform's finiteness check): one AND/OR each
 }
 
 _NORM_NOTE = "per input element: 2 to normalise, +2 with an affine weight, +4 computing batch statistics"
 _OTHER: dict[str, tuple[Callable[..., int], str]] = {
     # normalisation layers
-    **{name: (_norm_forward(None), _NORM_NOTE) for name in (
-        "native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_functional",
-        "cudnn_batch_norm", "miopen_batch_norm")},
-    **{name: (_norm_forward(False), _NORM_NOTE + " (eval: none)") for name in (
-        "_native_batch_norm_legit_no_training", "_batch_norm_no_update")},
-    **{name: (_norm_forward(True), _NORM_NOTE + " (training)") for name in (
-        "_batch_norm_with_update", "_batch_norm_with_update_functional", "native_group_norm")},
+    **{
+        name: (_norm_forward(None), _NORM_NOTE)
+        for name in (
+            "native_batch_norm",
+            "_native_batch_norm_legit",
+            "_native_batch_norm_legit_functional",
+            "cudnn_batch_norm",
+            "miopen_batch_norm",
+        )
+    },
+    **{
+        name: (_norm_forward(False), _NORM_NOTE + " (eval: none)")
+        for name in ("_native_batch_norm_legit_no_training", "_batch_norm_no_update")
+    },
+    **{
+        name: (_norm_forward(True), _NORM_NOTE + " (training)")
+        for name in ("_batch_norm_with_update", "_batch_norm_with_update_functional", "native_group_norm")
+    },
     **{name: (_norm_forward(True, weight_index=2), _NORM_NOTE) for name in ("native_layer_norm", "_fused_rms_norm")},
-    **{name: (_per_largest_of_first_two(9), "9 per input element") for name in (
-        "native_batch_norm_backward", "batch_norm_backward", "cudnn_batch_norm_backward",
-        "miopen_batch_norm_backward", "native_layer_norm_backward", "native_group_norm_backward",
-        "_fused_rms_norm_backward")},
+    **{
+        name: (_per_largest_of_first_two(9), "9 per input element")
+        for name in (
+            "native_batch_norm_backward",
+            "batch_norm_backward",
+            "cudnn_batch_norm_backward",
+            "miopen_batch_norm_backward",
+            "native_layer_norm_backward",
+            "native_group_norm_backward",
+            "_fused_rms_norm_backward",
+        )
+    },
     # pooling
-    **{name: (_pool_forward, "kh·kw per output element") for name in (
-        "max_pool2d", "max_pool2d_with_indices", "mkldnn_max_pool2d", "avg_pool2d")},
+    **{
+        name: (_pool_forward, "kh·kw per output element")
+        for name in ("max_pool2d", "max_pool2d_with_indices", "mkldnn_max_pool2d", "avg_pool2d")
+    },
     "max_pool2d_with_indices_backward": (_per_input(1), "1 per grad_output element (scatter-add)"),
     "avg_pool2d_backward": (_avg_pool_backward, "kh·kw + 1 per grad_output element"),
     "_adaptive_avg_pool2d_backward": (_per_largest_of_first_two(1), "1 per input element"),
@@ -312,22 +468,43 @@ _OTHER: dict[str, tuple[Callable[..., int], str]] = {
     "_upsample_bilinear2d_aa": (_aa_upsample, "separable antialiased filter: 2 per tap per pass"),
     "upsample_nearest2d_backward": (_per_input(1), "1 per grad_output element (scatter-add)"),
     "_upsample_nearest_exact2d_backward": (_per_input(1), "1 per grad_output element (scatter-add)"),
-    **{name: (_grid_sampler, "bilinear: 7 per output element + 10 per location; nearest: 6 per location; "
-                             "bicubic (estimate): 35 + 50") for name in ("grid_sampler_2d", "cudnn_grid_sampler")},
-    "grid_sampler_2d_backward": (_grid_sampler_backward, "estimate, bilinear: 26 per grad_output element "
-                                                         "+ 10 per location"),
+    **{
+        name: (
+            _grid_sampler,
+            "bilinear: 7 per output element + 10 per location; nearest: 6 per location; bicubic (estimate): 35 + 50",
+        )
+        for name in ("grid_sampler_2d", "cudnn_grid_sampler")
+    },
+    "grid_sampler_2d_backward": (
+        _grid_sampler_backward,
+        "estimate, bilinear: 26 per grad_output element + 10 per location",
+    ),
     # scatter-adds
-    **{name: (_sum_to, "1 per element added back from the padding") for name in (
-        "replication_pad1d_backward", "replication_pad2d_backward", "replication_pad3d_backward",
-        "reflection_pad1d_backward", "reflection_pad2d_backward", "reflection_pad3d_backward")},
-    **{name: (_index_add, "1 per source element") for name in ("index_add", "index_add_", "scatter_add",
-                                                                "scatter_add_")},
-    **{name: (_index_put, "1 per value with accumulate=True, else 0") for name in (
-        "index_put", "index_put_", "_index_put_impl_")},
+    **{
+        name: (_sum_to, "1 per element added back from the padding")
+        for name in (
+            "replication_pad1d_backward",
+            "replication_pad2d_backward",
+            "replication_pad3d_backward",
+            "reflection_pad1d_backward",
+            "reflection_pad2d_backward",
+            "reflection_pad3d_backward",
+        )
+    },
+    **{
+        name: (_index_add, "1 per source element")
+        for name in ("index_add", "index_add_", "scatter_add", "scatter_add_")
+    },
+    **{
+        name: (_index_put, "1 per value with accumulate=True, else 0")
+        for name in ("index_put", "index_put_", "_index_put_impl_")
+    },
     "embedding_dense_backward": (_per_input(1), "1 per grad_output element (scatter-add)"),
     # linear algebra PyTorch leaves out
-    **{name: (_addmm_inplace, "2 per multiply-add of the matrix product (as PyTorch's addmm/baddbmm)")
-       for name in ("addmm_", "baddbmm_", "addbmm", "addbmm_")},
+    **{
+        name: (_addmm_inplace, "2 per multiply-add of the matrix product (as PyTorch's addmm/baddbmm)")
+        for name in ("addmm_", "baddbmm_", "addbmm", "addbmm_")
+    },
     "mv": (_mv, "2 per matrix element"),
     "addmv": (_mv, "2 per matrix element"),
     "dot": (_dot, "2 per element"),
@@ -339,30 +516,136 @@ _OTHER: dict[str, tuple[Callable[..., int], str]] = {
 #: Executed but deliberately 0 FLOPs: data movement, allocation, views.
 FREE_OPS: tuple[str, ...] = (
     # views and reshapes
-    "view", "_unsafe_view", "reshape", "_reshape_alias", "view_as", "expand", "expand_as", "permute",
-    "transpose", "transpose_", "t", "t_", "unsqueeze", "unsqueeze_", "squeeze", "squeeze_", "slice",
-    "select", "narrow", "as_strided", "as_strided_", "unfold", "split", "split_with_sizes", "chunk",
-    "unbind", "flatten", "unflatten", "movedim", "diagonal", "alias", "detach", "detach_", "lift_fresh",
-    "view_as_real", "view_as_complex", "_conj", "_neg_view", "resolve_conj", "resolve_neg",
+    "view",
+    "_unsafe_view",
+    "reshape",
+    "_reshape_alias",
+    "view_as",
+    "expand",
+    "expand_as",
+    "permute",
+    "transpose",
+    "transpose_",
+    "t",
+    "t_",
+    "unsqueeze",
+    "unsqueeze_",
+    "squeeze",
+    "squeeze_",
+    "slice",
+    "select",
+    "narrow",
+    "as_strided",
+    "as_strided_",
+    "unfold",
+    "split",
+    "split_with_sizes",
+    "chunk",
+    "unbind",
+    "flatten",
+    "unflatten",
+    "movedim",
+    "diagonal",
+    "alias",
+    "detach",
+    "detach_",
+    "lift_fresh",
+    "view_as_real",
+    "view_as_complex",
+    "_conj",
+    "_neg_view",
+    "resolve_conj",
+    "resolve_neg",
     # copies and casts
-    "clone", "contiguous", "copy_", "copy", "_to_copy", "to", "_copy_from", "_copy_from_and_resize",
-    "lift_fresh_copy", "_local_scalar_dense", "set_", "resize_", "_assert_tensor_metadata",
+    "clone",
+    "contiguous",
+    "copy_",
+    "copy",
+    "_to_copy",
+    "to",
+    "_copy_from",
+    "_copy_from_and_resize",
+    "lift_fresh_copy",
+    "_local_scalar_dense",
+    "set_",
+    "resize_",
+    "_assert_tensor_metadata",
     # allocation and filling
-    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "zeros", "zeros_like",
-    "new_zeros", "ones", "ones_like", "new_ones", "full", "full_like", "new_full", "fill", "fill_",
-    "zero_", "scalar_tensor", "arange", "linspace", "eye", "tensor",
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "new_empty",
+    "new_empty_strided",
+    "zeros",
+    "zeros_like",
+    "new_zeros",
+    "ones",
+    "ones_like",
+    "new_ones",
+    "full",
+    "full_like",
+    "new_full",
+    "fill",
+    "fill_",
+    "zero_",
+    "scalar_tensor",
+    "arange",
+    "linspace",
+    "eye",
+    "tensor",
     # random numbers (generation, not arithmetic on data)
-    "bernoulli", "bernoulli_", "uniform_", "normal_", "random_", "rand", "randn", "randint", "randperm",
-    "rand_like", "randn_like", "exponential_",
+    "bernoulli",
+    "bernoulli_",
+    "uniform_",
+    "normal_",
+    "random_",
+    "rand",
+    "randn",
+    "randint",
+    "randperm",
+    "rand_like",
+    "randn_like",
+    "exponential_",
     # concatenation, padding, reordering, selection, indexing
-    "cat", "stack", "flip", "roll", "repeat", "constant_pad_nd", "replication_pad1d", "replication_pad2d",
-    "replication_pad3d", "reflection_pad1d", "reflection_pad2d", "reflection_pad3d", "slice_backward",
-    "select_backward", "slice_scatter", "select_scatter", "as_strided_scatter", "index", "index_select",
-    "gather", "take", "masked_select", "masked_fill", "masked_fill_", "where", "scatter", "scatter_",
-    "embedding", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle",
+    "cat",
+    "stack",
+    "flip",
+    "roll",
+    "repeat",
+    "constant_pad_nd",
+    "replication_pad1d",
+    "replication_pad2d",
+    "replication_pad3d",
+    "reflection_pad1d",
+    "reflection_pad2d",
+    "reflection_pad3d",
+    "slice_backward",
+    "select_backward",
+    "slice_scatter",
+    "select_scatter",
+    "as_strided_scatter",
+    "index",
+    "index_select",
+    "gather",
+    "take",
+    "masked_select",
+    "masked_fill",
+    "masked_fill_",
+    "where",
+    "scatter",
+    "scatter_",
+    "embedding",
+    "pixel_shuffle",
+    "pixel_unshuffle",
+    "channel_shuffle",
     # the unfold (k² copies of the input: data movement, its cost is memory) and nearest resampling
-    "im2col", "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact1d",
-    "_upsample_nearest_exact2d", "_upsample_nearest_exact3d",
+    "im2col",
+    "upsample_nearest1d",
+    "upsample_nearest2d",
+    "upsample_nearest3d",
+    "_upsample_nearest_exact1d",
+    "_upsample_nearest_exact2d",
+    "_upsample_nearest_exact3d",
 )
 
 
@@ -390,17 +673,28 @@ def _build_formulas() -> tuple[dict[Any, Callable[..., int]], dict[str, str]]:
         add(name, _per_input(per_in, per_out), note)
     for name, (formula, note) in _OTHER.items():
         add(name, formula, note)
-    add("convolution_backward", _conv_backward,
+    add(
+        "convolution_backward",
+        _conv_backward,
         "2 × forward conv FLOPs per requested gradient (input, weight), groups-aware (replaces PyTorch's)",
-        override=True)
+        override=True,
+    )
     try:
         import torchvision  # noqa: F401  (registers torch.ops.torchvision.*)
 
         tv = torch.ops.torchvision
-        add("deform_conv2d", _deform_forward,
-            "conv 2·B·O·(C/g)·k²·H'W' + 7 per sampled value (+1 with mask) + 10 per sampling location", tv)
-        add("_deform_conv2d_backward", _deform_backward,
-            "estimate: 2 × conv + 33 per sampled value (+4 with mask) + 10 per sampling location", tv)
+        add(
+            "deform_conv2d",
+            _deform_forward,
+            "conv 2·B·O·(C/g)·k²·H'W' + 7 per sampled value (+1 with mask) + 10 per sampling location",
+            tv,
+        )
+        add(
+            "_deform_conv2d_backward",
+            _deform_backward,
+            "estimate: 2 × conv + 33 per sampled value (+4 with mask) + 10 per sampling location",
+            tv,
+        )
     except Exception as exc:  # torchvision missing or broken: its ops will show up as uncounted
         log.debug("flops: torchvision formulas not registered: %s", exc)
     return formulas, notes
@@ -409,7 +703,8 @@ def _build_formulas() -> tuple[dict[Any, Callable[..., int]], dict[str, str]]:
 CUSTOM_FORMULAS, _NOTES = _build_formulas()
 _FREE_PACKETS = frozenset(p for p in (_packet(aten, n) for n in FREE_OPS) if p is not None)
 _FREE_PACKETS = _FREE_PACKETS | frozenset(
-    p for p in (_packet(torch.ops.prim, n) for n in ("device", "layout")) if p is not None)
+    p for p in (_packet(torch.ops.prim, n) for n in ("device", "layout")) if p is not None
+)
 
 
 def formula_notes() -> dict[str, str]:
@@ -564,18 +859,24 @@ def count_flops(model: torch.nn.Module, inputs: Any, *, mode: str = "inference")
             model.train()
             targets = _grad_targets(model, inputs)
             if not targets:
-                raise ValueError("count_flops(mode='training'): nothing requires grad (no trainable parameters "
-                                 "and no input with requires_grad)")
+                raise ValueError(
+                    "count_flops(mode='training'): nothing requires grad (no trainable parameters "
+                    "and no input with requires_grad)"
+                )
             saved_grads = [(t, t.grad) for t in targets]
             for t in targets:
                 t.grad = None
             with torch.enable_grad(), recorder, counter:
                 output = call_model(model, inputs)
-                outs = [t for t in torch.utils._pytree.tree_leaves(output)
-                        if isinstance(t, torch.Tensor) and t.requires_grad]
+                outs = [
+                    t
+                    for t in torch.utils._pytree.tree_leaves(output)
+                    if isinstance(t, torch.Tensor) and t.requires_grad
+                ]
                 if not outs:
-                    raise ValueError("count_flops(mode='training'): the output does not depend on anything "
-                                     "that requires grad")
+                    raise ValueError(
+                        "count_flops(mode='training'): the output does not depend on anything that requires grad"
+                    )
                 # backward(inputs=...) rather than autograd.grad: the module tracker's backward hooks
                 # do not support autograd.grad with leaf inputs. The .grad fields it fills are restored.
                 torch.autograd.backward(outs, grad_tensors=[torch.ones_like(t) for t in outs], inputs=targets)
@@ -618,18 +919,27 @@ def count_flops(model: torch.nn.Module, inputs: Any, *, mode: str = "inference")
         else:
             uncounted[name] += n
     if uncounted:
-        log.warning("count_flops: %d op(s) executed without a FLOP formula and counted 0: %s",
-                    len(uncounted), ", ".join(sorted(uncounted)))
+        log.warning(
+            "count_flops: %d op(s) executed without a FLOP formula and counted 0: %s",
+            len(uncounted),
+            ", ".join(sorted(uncounted)),
+        )
     return FlopReport(
-        flops=total, macs=total / 2, mode=mode,
-        by_op=by_op, by_module=by_module, op_calls=dict(sorted(op_calls.items())),
-        free_ops=dict(sorted(free.items())), uncounted_ops=dict(sorted(uncounted.items())),
+        flops=total,
+        macs=total / 2,
+        mode=mode,
+        by_op=by_op,
+        by_module=by_module,
+        op_calls=dict(sorted(op_calls.items())),
+        free_ops=dict(sorted(free.items())),
+        uncounted_ops=dict(sorted(uncounted.items())),
         device=_device_of(model, inputs),
     )
 
 
 def _device_of(model: torch.nn.Module, inputs: Any) -> str:
-    for t in list(model.parameters()) + [x for x in torch.utils._pytree.tree_leaves(inputs)
-                                         if isinstance(x, torch.Tensor)]:
+    for t in list(model.parameters()) + [
+        x for x in torch.utils._pytree.tree_leaves(inputs) if isinstance(x, torch.Tensor)
+    ]:
         return str(t.device.type)
     return "cpu"

@@ -79,8 +79,9 @@ class SampleStats:
     noisy: bool
 
 
-def summarize(samples: Sequence[float], *, n_boot: int = 2000, seed: int = 0,
-              noisy_threshold: float = NOISY_THRESHOLD) -> SampleStats:
+def summarize(
+    samples: Sequence[float], *, n_boot: int = 2000, seed: int = 0, noisy_threshold: float = NOISY_THRESHOLD
+) -> SampleStats:
     """Statistics of latency samples (any unit).
 
     Quartiles use numpy's default (linear interpolation) percentiles. The CI is the 2.5th–97.5th
@@ -106,9 +107,18 @@ def summarize(samples: Sequence[float], *, n_boot: int = 2000, seed: int = 0,
         boot = np.median(x[idx], axis=1)
         lo, hi = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
     return SampleStats(
-        n=int(x.size), median=median, q1=q1, q3=q3, iqr=iqr, rel_iqr=float(rel_iqr),
-        mean=float(x.mean()), std=float(x.std(ddof=1)) if x.size > 1 else 0.0,
-        min=float(x.min()), max=float(x.max()), ci95_low=lo, ci95_high=hi,
+        n=int(x.size),
+        median=median,
+        q1=q1,
+        q3=q3,
+        iqr=iqr,
+        rel_iqr=float(rel_iqr),
+        mean=float(x.mean()),
+        std=float(x.std(ddof=1)) if x.size > 1 else 0.0,
+        min=float(x.min()),
+        max=float(x.max()),
+        ci95_low=lo,
+        ci95_high=hi,
         noisy=bool(rel_iqr > noisy_threshold),
     )
 
@@ -206,8 +216,9 @@ def _time_cuda(fn: Callable[[], Any], n: int) -> float:
     return start.elapsed_time(end) / 1e3  # ms → s
 
 
-def _calibrate(timer: Callable[[Callable[[], Any], int], float], fn: Callable[[], Any],
-               target_s: float) -> tuple[int, int]:
+def _calibrate(
+    timer: Callable[[Callable[[], Any], int], float], fn: Callable[[], Any], target_s: float
+) -> tuple[int, int]:
     """(block size, iterations spent): double a trial block until it lasts >= target_s / 2."""
     n, spent = 1, 0
     while True:
@@ -304,8 +315,9 @@ def measure_latency(
                         break
             host = None
             if check_host:
-                host = contention.host_load(monitor.stop(), host_threads, reference, load_before=load_before,
-                                            waited_s=waited)
+                host = contention.host_load(
+                    monitor.stop(), host_threads, reference, load_before=load_before, waited_s=waited
+                )
         measured_threads = torch.get_num_threads()
         interop = torch.get_num_interop_threads()
     finally:
@@ -317,13 +329,30 @@ def measure_latency(
     stats = summarize(samples, n_boot=n_boot, seed=seed, noisy_threshold=noisy_threshold)
     return LatencyResult(
         samples_s=samples,
-        median_s=stats.median, q1_s=stats.q1, q3_s=stats.q3, iqr_s=stats.iqr, rel_iqr=stats.rel_iqr,
-        mean_s=stats.mean, std_s=stats.std, min_s=stats.min, max_s=stats.max,
-        ci95_low_s=stats.ci95_low, ci95_high_s=stats.ci95_high, n=stats.n, noisy=stats.noisy,
-        device=str(device), timer="cuda-event" if cuda else "perf_counter", block_size=block,
-        warmup=warmup, calibration_iters=calibration, timed_iters=block * len(samples),
-        threads=measured_threads, interop_threads=interop, gc_disabled=disable_gc,
-        backends=backend_flags(), bootstrap={"n_boot": n_boot, "seed": seed, "ci": 0.95, "statistic": "median"},
+        median_s=stats.median,
+        q1_s=stats.q1,
+        q3_s=stats.q3,
+        iqr_s=stats.iqr,
+        rel_iqr=stats.rel_iqr,
+        mean_s=stats.mean,
+        std_s=stats.std,
+        min_s=stats.min,
+        max_s=stats.max,
+        ci95_low_s=stats.ci95_low,
+        ci95_high_s=stats.ci95_high,
+        n=stats.n,
+        noisy=stats.noisy,
+        device=str(device),
+        timer="cuda-event" if cuda else "perf_counter",
+        block_size=block,
+        warmup=warmup,
+        calibration_iters=calibration,
+        timed_iters=block * len(samples),
+        threads=measured_threads,
+        interop_threads=interop,
+        gc_disabled=disable_gc,
+        backends=backend_flags(),
+        bootstrap={"n_boot": n_boot, "seed": seed, "ci": 0.95, "statistic": "median"},
         noisy_threshold=noisy_threshold,
         contended=host.contended if host is not None else None,
         host=host.as_dict() if host is not None else None,
@@ -343,8 +372,9 @@ def call_model(model: Callable[..., Any], inputs: Any) -> Any:
 
 def _default_loss(output: Any) -> torch.Tensor:
     """Mean of squares of every floating output tensor: a gradient reaches every output element."""
-    tensors = [t for t in torch.utils._pytree.tree_leaves(output)
-               if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    tensors = [
+        t for t in torch.utils._pytree.tree_leaves(output) if isinstance(t, torch.Tensor) and t.is_floating_point()
+    ]
     if not tensors:
         raise ValueError("training_step: the model output holds no floating-point tensor to build a loss from")
     loss = tensors[0].float().square().mean()
@@ -360,8 +390,9 @@ def _input_device_type(inputs: Any) -> str:
     return "cpu"
 
 
-def inference_step(model: torch.nn.Module, inputs: Any, *, grad_mode: str = "inference_mode",
-                   autocast_dtype: torch.dtype | None = None) -> Callable[[], Any]:
+def inference_step(
+    model: torch.nn.Module, inputs: Any, *, grad_mode: str = "inference_mode", autocast_dtype: torch.dtype | None = None
+) -> Callable[[], Any]:
     """A zero-argument callable running one forward pass in eval mode without autograd.
 
     ``grad_mode``: "inference_mode" (default, ``torch.inference_mode``) or "no_grad". The model is put
@@ -377,17 +408,26 @@ def inference_step(model: torch.nn.Module, inputs: Any, *, grad_mode: str = "inf
     def step() -> Any:
         if model.training:
             model.eval()
-        amp = (torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None
-               else contextlib.nullcontext())
+        amp = (
+            torch.autocast(device_type, dtype=autocast_dtype)
+            if autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
         with grad_ctx(), amp:
             return call_model(model, inputs)
 
     return step
 
 
-def training_step(model: torch.nn.Module, inputs: Any, loss_fn: Callable[[Any], torch.Tensor] | None,
-                  optimizer: torch.optim.Optimizer, *, set_to_none: bool = True,
-                  autocast_dtype: torch.dtype | None = None) -> Callable[[], torch.Tensor]:
+def training_step(
+    model: torch.nn.Module,
+    inputs: Any,
+    loss_fn: Callable[[Any], torch.Tensor] | None,
+    optimizer: torch.optim.Optimizer,
+    *,
+    set_to_none: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+) -> Callable[[], torch.Tensor]:
     """A zero-argument callable running one full training step in train mode:
     forward, ``loss_fn(output)``, backward, ``optimizer.step()``, ``optimizer.zero_grad()``.
 
@@ -403,8 +443,11 @@ def training_step(model: torch.nn.Module, inputs: Any, loss_fn: Callable[[Any], 
     def step() -> torch.Tensor:
         if not model.training:
             model.train()
-        amp = (torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None
-               else contextlib.nullcontext())
+        amp = (
+            torch.autocast(device_type, dtype=autocast_dtype)
+            if autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
         with amp:
             loss = loss_fn(call_model(model, inputs))
         loss.backward()

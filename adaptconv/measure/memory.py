@@ -61,8 +61,11 @@ def _cpu_peak(fn: Callable[[], object]) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
         fn()
-    events = [e for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    events = [
+        e
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    ]
     events.sort(key=lambda e: e.start_ns())
     live = peak = 0
     for e in events:
@@ -82,8 +85,7 @@ def measure_peak_memory(fn: Callable[[], object], device: torch.device | str) ->
         fn()
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
-        return MemoryPeak(peak - start, "cuda-allocator", str(device), peak,
-                          torch.cuda.max_memory_reserved(device))
+        return MemoryPeak(peak - start, "cuda-allocator", str(device), peak, torch.cuda.max_memory_reserved(device))
     if device.type == "cpu":
         return MemoryPeak(_cpu_peak(fn), "cpu-profiler", "cpu")
     raise ValueError(f"peak memory: unsupported device {device}")

@@ -9,7 +9,9 @@ from .networks import SimpleCNN
 BUILTIN_BACKBONES = ("simplecnn", "simplecnn-s")
 
 
-def build_backbone(name: str, in_chans: int, num_classes: int = 0, features_only: bool = False) -> tuple[nn.Module, list[int]]:
+def build_backbone(
+    name: str, in_chans: int, num_classes: int = 0, features_only: bool = False
+) -> tuple[nn.Module, list[int]]:
     """(model, feature channels). ``features_only`` returns a feature extractor (list of stage maps)."""
     if name == "simplecnn":
         model = SimpleCNN(in_chans, num_classes, widths=(32, 64, 128), features_only=features_only)

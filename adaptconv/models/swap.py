@@ -28,7 +28,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
@@ -53,7 +53,7 @@ class ConvSelection:
     include_pointwise: bool = False
 
     @classmethod
-    def from_any(cls, select: "ConvSelection | dict | str | None") -> "ConvSelection":
+    def from_any(cls, select: ConvSelection | dict | str | None) -> ConvSelection:
         if select is None:
             return cls()
         if isinstance(select, ConvSelection):
@@ -63,7 +63,9 @@ class ConvSelection:
         if isinstance(select, dict):
             unknown = set(select) - set(cls.__dataclass_fields__)
             if unknown:
-                raise SwapError(f"unknown selection keys {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}")
+                raise SwapError(
+                    f"unknown selection keys {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}"
+                )
             return cls(**select)
         raise SwapError(f"select must be a ConvSelection, a dict, a glob string or None, got {type(select).__name__}")
 
@@ -131,8 +133,9 @@ def conv_stages(model: nn.Module, example_inputs: tuple | None = None, probe_siz
         model.eval()
         if example_inputs is None:
             param = next(model.parameters())
-            example_inputs = (torch.zeros(1, _input_channels(model), probe_size, probe_size,
-                                          device=param.device, dtype=param.dtype),)
+            example_inputs = (
+                torch.zeros(1, _input_channels(model), probe_size, probe_size, device=param.device, dtype=param.dtype),
+            )
         with torch.no_grad():
             model(*example_inputs)
     finally:
@@ -155,8 +158,9 @@ def conv_stages(model: nn.Module, example_inputs: tuple | None = None, probe_siz
     return stages
 
 
-def select_convs(model: nn.Module, select: ConvSelection | dict | str | None = None,
-                 example_inputs: tuple | None = None) -> list[tuple[str, nn.Conv2d, int | None]]:
+def select_convs(
+    model: nn.Module, select: ConvSelection | dict | str | None = None, example_inputs: tuple | None = None
+) -> list[tuple[str, nn.Conv2d, int | None]]:
     """The (name, conv, stage) triples a selection matches, in module order."""
     sel = ConvSelection.from_any(select)
     include, exclude = _globs(sel.pattern), _globs(sel.exclude)
@@ -164,8 +168,10 @@ def select_convs(model: nn.Module, select: ConvSelection | dict | str | None = N
         stages = conv_stages(model, example_inputs)
     except Exception as exc:
         if sel.stages is not None:
-            raise SwapError(f"cannot tell the stages of {type(model).__name__} from a probe forward pass ({exc}); "
-                            "pass example_inputs") from exc
+            raise SwapError(
+                f"cannot tell the stages of {type(model).__name__} from a probe forward pass ({exc}); "
+                "pass example_inputs"
+            ) from exc
         stages = {}
     chosen = []
     for name, m in model.named_modules():
@@ -237,9 +243,11 @@ def swap_convs(
     cls = get_op(op)
     kind = getattr(cls, "kind", "conv")
     if kind != "conv":
-        raise SwapError(f"operator {op!r} is of kind {kind!r}, not a convolution: it cannot replace an nn.Conv2d "
-                        f"(only operators of kind 'conv' are hot-swapped; tasks take the other kinds as options, "
-                        "e.g. task_options.upsampler=carafe, task_options.crf=paccrf)")
+        raise SwapError(
+            f"operator {op!r} is of kind {kind!r}, not a convolution: it cannot replace an nn.Conv2d "
+            f"(only operators of kind 'conv' are hot-swapped; tasks take the other kinds as options, "
+            "e.g. task_options.upsampler=carafe, task_options.crf=paccrf)"
+        )
     if guide not in ("self", "image"):
         raise SwapError(f"guide must be 'self' or 'image', got {guide!r}")
     if guide == "image" and cls.guide == "none":
@@ -250,8 +258,10 @@ def swap_convs(
     chosen = select_convs(model, sel, example_inputs)
     if not chosen:
         convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-        raise SwapError(f"selection ({sel.describe()}) matches no nn.Conv2d of {type(model).__name__}; "
-                        f"it has {len(convs)} convs, e.g. {convs[:6]}")
+        raise SwapError(
+            f"selection ({sel.describe()}) matches no nn.Conv2d of {type(model).__name__}; "
+            f"it has {len(convs)} convs, e.g. {convs[:6]}"
+        )
     source = None
     if guide == "image":
         image_channels = image_channels or _input_channels(model)
@@ -265,15 +275,41 @@ def swap_convs(
     for name, conv, stage in chosen:
         if op == "conv" and not options:
             # The baseline stays a true nn.Conv2d (same kernels, same speed); record what it covers.
-            records.append(SwapRecord(name, conv.in_channels, conv.out_channels, tuple(conv.kernel_size),
-                                      tuple(conv.stride), conv.groups, stage, _params(conv), _params(conv), op, guide))
+            records.append(
+                SwapRecord(
+                    name,
+                    conv.in_channels,
+                    conv.out_channels,
+                    tuple(conv.kernel_size),
+                    tuple(conv.stride),
+                    conv.groups,
+                    stage,
+                    _params(conv),
+                    _params(conv),
+                    op,
+                    guide,
+                )
+            )
             continue
         new = cls.from_conv(conv, **options)
         new.train(conv.training)
         layer = ImageGuidedConv(new, source) if source is not None else new
         _set_submodule(model, name, layer)
-        records.append(SwapRecord(name, conv.in_channels, conv.out_channels, tuple(conv.kernel_size),
-                                  tuple(conv.stride), conv.groups, stage, _params(conv), _params(new), op, guide))
+        records.append(
+            SwapRecord(
+                name,
+                conv.in_channels,
+                conv.out_channels,
+                tuple(conv.kernel_size),
+                tuple(conv.stride),
+                conv.groups,
+                stage,
+                _params(conv),
+                _params(new),
+                op,
+                guide,
+            )
+        )
     return records
 
 

@@ -18,7 +18,11 @@ operator, built-in or plugin, gives the same clear errors.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -37,8 +41,21 @@ OP_KINDS: tuple[str, ...] = ("conv", "upsampler", "refiner")
 CONV_ARGS = ("stride", "padding", "dilation", "groups", "bias")
 
 
-class TrainStepHook:
-    """What the training loop tells every operator: :meth:`on_train_step` before each optimiser step."""
+class OperatorBase(nn.Module):
+    """What every operator shares, whatever its kind.
+
+    - ``device=`` and ``dtype=`` constructor arguments, as ``nn.Conv2d`` and timm's layers take: every
+      subclass's ``__init__`` gets them from :meth:`__init_subclass__`, which runs the constructor with
+      ``device`` as the default device (parameters and buffers are created there, not on the CPU and
+      moved) and casts the floating-point parameters and buffers to ``dtype`` afterwards. An operator's
+      author writes neither.
+    - :meth:`on_train_step`, the hook of the training loop.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _with_factory_kwargs(cls.__dict__["__init__"])  # type: ignore[method-assign]
 
     def on_train_step(self, step: int, total: int) -> None:
         """Called by the training loop (:func:`adaptconv.run_trial`) before optimiser step ``step``
@@ -47,14 +64,40 @@ class TrainStepHook:
         calls :func:`notify_train_step`."""
 
 
+#: the constructor arguments every operator takes besides its own (``nn.Conv2d``'s factory arguments)
+FACTORY_KWARGS = ("device", "dtype")
+
+
+def _with_factory_kwargs(init: Callable[..., None]) -> Callable[..., None]:
+    """``init`` taking ``device=`` and ``dtype=`` too (see :class:`OperatorBase`). A subclass's
+    ``super().__init__(...)`` reaches the parent's wrapper without them, inside the outer call's device."""
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, device: Any = None, dtype: torch.dtype | None = None, **kwargs: Any) -> None:
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            label = type(self).name or type(self).__name__
+            raise ValueError(f"{label}: dtype must be a floating-point torch.dtype, got {dtype!r}")
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            init(self, *args, **kwargs)
+        if dtype is not None:
+            self.to(dtype=dtype)
+
+    params = list(inspect.signature(init).parameters.values())
+    tail = [p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
+    head = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD and p.name not in FACTORY_KWARGS]
+    extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in FACTORY_KWARGS]
+    __init__.__signature__ = inspect.Signature(head + extra + tail)  # type: ignore[attr-defined]
+    return __init__
+
+
 def notify_train_step(model: nn.Module, step: int, total: int) -> None:
-    """Call :meth:`TrainStepHook.on_train_step` on every operator in ``model``."""
+    """Call :meth:`OperatorBase.on_train_step` on every operator in ``model``."""
     for module in model.modules():
-        if isinstance(module, TrainStepHook):
+        if isinstance(module, OperatorBase):
             module.on_train_step(step, total)
 
 
-class AdaptiveConv2d(TrainStepHook, nn.Module):
+class AdaptiveConv2d(OperatorBase):
     """Base class of all operators: a drop-in replacement for ``nn.Conv2d``.
 
     Class metadata (set by subclasses; ``name`` is filled in by :func:`adaptconv.register_op`):
@@ -114,8 +157,13 @@ class AdaptiveConv2d(TrainStepHook, nn.Module):
         }
         unsupported = [a for a, used in given.items() if used and a not in self.supports]
         if unsupported:
-            shown = {"stride": self.stride, "padding": self.padding, "dilation": self.dilation,
-                     "groups": groups, "bias": bias}
+            shown = {
+                "stride": self.stride,
+                "padding": self.padding,
+                "dilation": self.dilation,
+                "groups": groups,
+                "bias": bias,
+            }
             bad = ", ".join(f"{a}={shown[a]}" for a in unsupported)
             raise ValueError(
                 f"{label} does not support {bad}; it supports: {', '.join(sorted(self.supports)) or 'none'} "
@@ -207,13 +255,16 @@ class AdaptiveConv2d(TrainStepHook, nn.Module):
         )
 
     @classmethod
-    def build_like(cls, conv: nn.Conv2d, **options: Any) -> "AdaptiveConv2d":
-        """A new operator with ``conv``'s geometry, on its device and in its dtype (so weights copied
-        afterwards keep their full precision)."""
-        return cls(**cls.conv_kwargs(conv), **options).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    def build_like(cls, conv: nn.Conv2d, **options: Any) -> AdaptiveConv2d:
+        """A new operator with ``conv``'s geometry, in its dtype (so weights copied afterwards keep their
+        full precision) and on its device. It is initialised on the CPU and then moved, as the task
+        networks are: a trial's initial weights come from the CPU generator whatever device it runs on
+        (trial ids leave the device out, so the same trial must start from the same weights)."""
+        op = cls(**cls.conv_kwargs(conv), **options, device="cpu", dtype=conv.weight.dtype)
+        return op.to(device=conv.weight.device)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, **options: Any) -> "AdaptiveConv2d":
+    def from_conv(cls, conv: nn.Conv2d, **options: Any) -> AdaptiveConv2d:
         """Build the operator from a trained ``nn.Conv2d``, copying its weights.
 
         Operators whose maths allow it (``function_preserving``) compute exactly ``conv``'s function
@@ -222,8 +273,10 @@ class AdaptiveConv2d(TrainStepHook, nn.Module):
         raise NotImplementedError(f"{cls.name or cls.__name__} does not implement from_conv")
 
     def extra_repr(self) -> str:
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-             f"padding={self.padding}, dilation={self.dilation}")
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}"
+        )
         if self.groups != 1:
             s += f", groups={self.groups}"
         if not self.has_bias:
@@ -233,7 +286,7 @@ class AdaptiveConv2d(TrainStepHook, nn.Module):
         return s
 
 
-class AdaptiveModule(TrainStepHook, nn.Module):
+class AdaptiveModule(OperatorBase):
     """Base of the operators that are not a drop-in ``nn.Conv2d`` (``kind`` other than ``"conv"``).
 
     They share :class:`AdaptiveConv2d`'s metadata (``name``, ``paper``, ``guide``, ``from_conv_note``,
@@ -297,8 +350,10 @@ class AdaptiveModule(TrainStepHook, nn.Module):
         check_input_dtype(label, self, x)
         if guide is None:
             if self.guide_channels is not None:
-                raise ValueError(f"{label} was built with guide_channels={self.guide_channels} and needs a guide: "
-                                 f"call it as op(x, guide) with a B×{self.guide_channels}×{x.shape[2]}×{x.shape[3]} tensor")
+                raise ValueError(
+                    f"{label} was built with guide_channels={self.guide_channels} and needs a guide: "
+                    f"call it as op(x, guide) with a B×{self.guide_channels}×{x.shape[2]}×{x.shape[3]} tensor"
+                )
             return None
         if self.guide_channels is None:
             raise ValueError(f"{label} takes no guide (guide_channels=None) but got one of shape {tuple(guide.shape)}")
@@ -306,9 +361,11 @@ class AdaptiveModule(TrainStepHook, nn.Module):
         return guide
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, **options: Any) -> "AdaptiveModule":
-        raise TypeError(f"{cls.name or cls.__name__} is an operator of kind {cls.kind!r}, not a convolution: "
-                        "it cannot be built from an nn.Conv2d")
+    def from_conv(cls, conv: nn.Conv2d, **options: Any) -> AdaptiveModule:
+        raise TypeError(
+            f"{cls.name or cls.__name__} is an operator of kind {cls.kind!r}, not a convolution: "
+            "it cannot be built from an nn.Conv2d"
+        )
 
     @classmethod
     def identity_check(cls) -> str:
@@ -324,8 +381,8 @@ class AdaptiveModule(TrainStepHook, nn.Module):
         return s
 
 
-
 # ---- checks shared by every kind of operator -------------------------------------------------------
+
 
 def check_guide_channels(label: str, need: str, guide_channels: int | None) -> None:
     """Constructor check of ``guide_channels`` against the operator's ``guide`` need."""
@@ -344,8 +401,10 @@ def check_input_tensor(label: str, x, in_channels: int) -> None:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{label}: input must be a B×C×H×W tensor, got shape {shape}")
     if x.shape[1] != in_channels:
-        raise ValueError(f"{label}: input has {x.shape[1]} channels (shape {tuple(x.shape)}), "
-                         f"the layer was built for in_channels={in_channels}")
+        raise ValueError(
+            f"{label}: input has {x.shape[1]} channels (shape {tuple(x.shape)}), "
+            f"the layer was built for in_channels={in_channels}"
+        )
     if not x.is_floating_point():
         raise TypeError(f"{label}: input must be a floating-point tensor, got {x.dtype}")
 
@@ -359,8 +418,10 @@ def check_input_dtype(label: str, module: nn.Module, x: torch.Tensor) -> None:
     for p in module.parameters():
         if p.is_floating_point():
             if p.dtype != x.dtype:
-                raise TypeError(f"{label}: input dtype {x.dtype} differs from the layer's dtype {p.dtype} (its "
-                                f"parameters); convert one of them: layer.to({x.dtype}) or x.to({p.dtype})")
+                raise TypeError(
+                    f"{label}: input dtype {x.dtype} differs from the layer's dtype {p.dtype} (its "
+                    f"parameters); convert one of them: layer.to({x.dtype}) or x.to({p.dtype})"
+                )
             return
 
 
@@ -373,10 +434,13 @@ def check_guide_tensor(label: str, x: torch.Tensor, guide: torch.Tensor, guide_c
             "(resize it with adaptconv.resize_guide)"
         )
     if guide.shape[1] != guide_channels:
-        raise ValueError(f"{label}: guide has {guide.shape[1]} channels (shape {tuple(guide.shape)}), "
-                         f"the layer was built for guide_channels={guide_channels}")
+        raise ValueError(
+            f"{label}: guide has {guide.shape[1]} channels (shape {tuple(guide.shape)}), "
+            f"the layer was built for guide_channels={guide_channels}"
+        )
     if guide.dtype != x.dtype:
         raise TypeError(f"{label}: guide dtype {guide.dtype} differs from input dtype {x.dtype}")
+
 
 def _resolve_padding(padding, kernel_size, stride, dilation, label) -> tuple[int, int]:
     if isinstance(padding, str):
@@ -402,8 +466,13 @@ def resize_guide(guide: torch.Tensor, size: tuple[int, int], mode: str = "biline
     if tuple(guide.shape[-2:]) == tuple(size):
         return guide
     if mode in ("bilinear", "bicubic"):
-        return F.interpolate(guide, size=size, mode=mode, align_corners=False,
-                             antialias=size[0] < guide.shape[-2] or size[1] < guide.shape[-1])
+        return F.interpolate(
+            guide,
+            size=size,
+            mode=mode,
+            align_corners=False,
+            antialias=size[0] < guide.shape[-2] or size[1] < guide.shape[-1],
+        )
     return F.interpolate(guide, size=size, mode=mode)
 
 
@@ -448,8 +517,7 @@ class ChannelMixMixin:
     projection mixes the channels (needed when in ≠ out, and to hold a conv's channel mixing in
     ``from_conv``) and then carries the bias; without it the bias is added directly."""
 
-    def init_channel_mix(self, in_channels: int, out_channels: int, groups: int, bias: bool,
-                         projection: bool) -> None:
+    def init_channel_mix(self, in_channels: int, out_channels: int, groups: int, bias: bool, projection: bool) -> None:
         if projection:
             self.projection = nn.Conv2d(in_channels, out_channels, 1, groups=groups, bias=bias)
             self.register_parameter("bias", None)
@@ -472,4 +540,3 @@ def rank1_kernel_fit(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if filt.sum() < 0:
         filt, proj = -filt, -proj
     return filt, proj.view(o, cpg, 1, 1)
-

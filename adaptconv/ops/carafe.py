@@ -60,12 +60,14 @@ def carafe(x: torch.Tensor, kernels: torch.Tensor, scale_factor: int) -> torch.T
     s = scale_factor
     b, c, h, w = x.shape
     taps = kernels.shape[1]
-    k = int(round(taps ** 0.5))
+    k = int(round(taps**0.5))
     if k * k != taps or k % 2 == 0:
         raise ValueError(f"carafe: kernels must have k² channels for an odd k, got {taps}")
     if kernels.shape[0] not in (1, b) or tuple(kernels.shape[2:]) != (h * s, w * s):
-        raise ValueError(f"carafe: kernels of shape {tuple(kernels.shape)} do not fit input {tuple(x.shape)} "
-                         f"upsampled ×{s} (expected B×{taps}×{h * s}×{w * s})")
+        raise ValueError(
+            f"carafe: kernels of shape {tuple(kernels.shape)} do not fit input {tuple(x.shape)} "
+            f"upsampled ×{s} (expected B×{taps}×{h * s}×{w * s})"
+        )
     r = k // 2
     geom = geometry((k, k), (1, 1), (s * r, s * r), (s, s))
     return dynamic_filter(nearest_upsample(x, s), kernels.unsqueeze(1), geom)
@@ -81,8 +83,17 @@ class Carafe(AdaptiveModule):
     guide = "none"
     from_conv_note = "not a convolution: an upsampler, used in place of bilinear/nearest upsampling"
 
-    def __init__(self, channels: int, scale_factor: int = 2, *, k_up: int = 5, k_enc: int = 3,
-                 compressed_channels: int = 64, init: str = "uniform", init_floor: float = 1e-3) -> None:
+    def __init__(
+        self,
+        channels: int,
+        scale_factor: int = 2,
+        *,
+        k_up: int = 5,
+        k_enc: int = 3,
+        compressed_channels: int = 64,
+        init: str = "uniform",
+        init_floor: float = 1e-3,
+    ) -> None:
         super().__init__(channels, scale_factor=scale_factor)
         if init not in ("uniform", "bilinear"):
             raise ValueError(f"carafe: init must be 'uniform' or 'bilinear', got {init!r}")
@@ -95,7 +106,7 @@ class Carafe(AdaptiveModule):
             raise ValueError(f"carafe: compressed_channels must be a positive int, got {compressed_channels!r}")
         self.k_up, self.k_enc = k_up, k_enc
         self.compressor = nn.Conv2d(channels, compressed_channels, 1)
-        self.encoder = nn.Conv2d(compressed_channels, scale_factor ** 2 * k_up ** 2, k_enc, padding=k_enc // 2)
+        self.encoder = nn.Conv2d(compressed_channels, scale_factor**2 * k_up**2, k_enc, padding=k_enc // 2)
         # The paper's initialisation: a near-zero encoder, so the kernels start close to uniform
         # (a k_up×k_up box filter of the nearest-upsampled input).
         nn.init.xavier_uniform_(self.compressor.weight)
@@ -147,5 +158,7 @@ class Carafe(AdaptiveModule):
         return f"one-hot centre kernel == nearest upsampling (×2, ×3, ×4; max |Δ| {worst:.1e}, float64)"
 
     def extra_repr(self) -> str:
-        return (super().extra_repr() + f", k_up={self.k_up}, k_enc={self.k_enc}, "
-                f"compressed_channels={self.compressor.out_channels}, init={self.init!r}")
+        return (
+            super().extra_repr() + f", k_up={self.k_up}, k_enc={self.k_enc}, "
+            f"compressed_channels={self.compressor.out_channels}, init={self.init!r}"
+        )

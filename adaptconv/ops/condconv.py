@@ -26,8 +26,15 @@ from .taps import pair
 ROUTINGS = ("sigmoid", "softmax")
 
 
-def per_sample_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                      stride=1, padding=0, dilation=1, groups: int = 1) -> torch.Tensor:
+def per_sample_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+) -> torch.Tensor:
     """Convolve each sample with its own kernel: ``x`` B×C×H×W, ``weight`` B×O×(C/g)×kh×kw, ``bias`` B×O.
 
     Computed as a single grouped convolution: the input viewed as 1×(B·C)×H×W, the weights as
@@ -35,8 +42,10 @@ def per_sample_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     """
     b, c, h, w = x.shape
     if weight.dim() != 5 or weight.shape[0] != b or weight.shape[2] * groups != c or weight.shape[1] % groups:
-        raise ValueError(f"per_sample_conv2d: weight must be B×O×(C/g)×kh×kw = {b}×O×{c // groups}×kh×kw "
-                         f"with O divisible by groups={groups}, got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"per_sample_conv2d: weight must be B×O×(C/g)×kh×kw = {b}×O×{c // groups}×kh×kw "
+            f"with O divisible by groups={groups}, got shape {tuple(weight.shape)}"
+        )
     o = weight.shape[1]
     if bias is not None and tuple(bias.shape) != (b, o):
         raise ValueError(f"per_sample_conv2d: bias must be B×O = {(b, o)}, got shape {tuple(bias.shape)}")
@@ -59,18 +68,28 @@ def mix_kernels(coeffs: torch.Tensor, kernels: torch.Tensor, biases: torch.Tenso
     return weight, bias
 
 
-def condconv2d(x: torch.Tensor, routing: torch.Tensor, experts: torch.Tensor, expert_bias: torch.Tensor | None = None,
-               stride=1, padding=0, dilation=1, groups: int = 1) -> torch.Tensor:
+def condconv2d(
+    x: torch.Tensor,
+    routing: torch.Tensor,
+    experts: torch.Tensor,
+    expert_bias: torch.Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+) -> torch.Tensor:
     """CondConv with explicit routing weights: ``routing`` B×E, ``experts`` E×O×(C/g)×kh×kw, ``expert_bias`` E×O.
 
     ``y_b = conv2d(x_b; Σ_i r_{b,i} W_i) + Σ_i r_{b,i} β_i``.
     """
     if routing.dim() != 2 or routing.shape[0] != x.shape[0] or routing.shape[1] != experts.shape[0]:
-        raise ValueError(f"condconv2d: routing must be B×E = {(x.shape[0], experts.shape[0])}, "
-                         f"got shape {tuple(routing.shape)}")
+        raise ValueError(
+            f"condconv2d: routing must be B×E = {(x.shape[0], experts.shape[0])}, got shape {tuple(routing.shape)}"
+        )
     if expert_bias is not None and tuple(expert_bias.shape) != tuple(experts.shape[:2]):
-        raise ValueError(f"condconv2d: expert_bias must be E×O = {tuple(experts.shape[:2])}, "
-                         f"got shape {tuple(expert_bias.shape)}")
+        raise ValueError(
+            f"condconv2d: expert_bias must be E×O = {tuple(experts.shape[:2])}, got shape {tuple(expert_bias.shape)}"
+        )
     weight, bias = mix_kernels(routing, experts, expert_bias)
     return per_sample_conv2d(x, weight, bias, stride, padding, dilation, groups)
 
@@ -104,13 +123,37 @@ class CondConv2d(AdaptiveConv2d):
     paper = "Yang et al., CondConv: Conditionally Parameterized Convolutions for Efficient Inference, NeurIPS 2019"
     guide = "optional"
     function_preserving = True
-    from_conv_note = ("exact: routing Linear weight zeroed (routing = its bias's activation r0, constant), "
-                      "expert i = conv weight/(E·r0_i), likewise the bias")
+    from_conv_note = (
+        "exact: routing Linear weight zeroed (routing = its bias's activation r0, constant), "
+        "expert i = conv weight/(E·r0_i), likewise the bias"
+    )
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, *, num_experts=4, routing="sigmoid", guide_channels=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         guide_channels=guide_channels)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        *,
+        num_experts=4,
+        routing="sigmoid",
+        guide_channels=None,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            guide_channels=guide_channels,
+        )
         label = type(self).name or type(self).__name__
         self.num_experts = _positive_int(num_experts, "num_experts", label)
         if routing not in ROUTINGS:
@@ -127,11 +170,19 @@ class CondConv2d(AdaptiveConv2d):
         return torch.sigmoid(logits) if self.routing == "sigmoid" else torch.softmax(logits, dim=1)
 
     def adaptive_forward(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
-        return condconv2d(x, self.routing_weights(guide), self.weight, self.bias,
-                          self.stride, self.padding, self.dilation, self.groups)
+        return condconv2d(
+            x,
+            self.routing_weights(guide),
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+        )
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, **options) -> "CondConv2d":
+    def from_conv(cls, conv: nn.Conv2d, **options) -> CondConv2d:
         # Built on the conv's device and in its dtype first, so the copied weights keep full precision.
         op = cls.build_like(conv, **options)
         with torch.no_grad():

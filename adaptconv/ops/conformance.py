@@ -17,6 +17,7 @@ import itertools
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -98,11 +99,14 @@ def _expect(cond: bool, msg: str) -> None:
 def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, what: str) -> None:
     _expect(a.shape == b.shape, f"{what}: shapes differ {tuple(a.shape)} vs {tuple(b.shape)}")
     err = (a - b).abs().max().item() if a.numel() else 0.0
-    _expect(torch.allclose(a, b, atol=atol, rtol=rtol), f"{what}: max abs difference {err:.3g} (atol {atol}, rtol {rtol})")
+    _expect(
+        torch.allclose(a, b, atol=atol, rtol=rtol), f"{what}: max abs difference {err:.3g} (atol {atol}, rtol {rtol})"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # The checks. Each takes the operator class and returns a detail string or raises CheckFailed/Skip.
+
 
 def check_metadata(cls) -> str:
     _expect(bool(cls.name), "no registry name")
@@ -141,14 +145,18 @@ def check_shapes(cls) -> str:
         geo = _geometry(cls, k, s, p, d)
         op = _build(cls, 4, 6, **geo).eval()
         ref = nn.Conv2d(4, 6, geo["kernel_size"], geo["stride"], geo["padding"], geo["dilation"])
-        if (h + 2 * geo["padding"] < geo["dilation"] * (k - 1) + 1) or (w + 2 * geo["padding"] < geo["dilation"] * (k - 1) + 1):
+        if (h + 2 * geo["padding"] < geo["dilation"] * (k - 1) + 1) or (
+            w + 2 * geo["padding"] < geo["dilation"] * (k - 1) + 1
+        ):
             continue
         x, guide = _inputs(op, 2, h, w)
         with torch.no_grad():
             y, y_ref = op(x, guide), ref(x)
-        _expect(y.shape == y_ref.shape,
-                f"k={k} stride={geo['stride']} padding={geo['padding']} dilation={geo['dilation']} input {h}×{w}: "
-                f"output {tuple(y.shape)}, nn.Conv2d gives {tuple(y_ref.shape)}")
+        _expect(
+            y.shape == y_ref.shape,
+            f"k={k} stride={geo['stride']} padding={geo['padding']} dilation={geo['dilation']} input {h}×{w}: "
+            f"output {tuple(y.shape)}, nn.Conv2d gives {tuple(y_ref.shape)}",
+        )
         _expect(bool(torch.isfinite(y).all()), f"non-finite output at k={k} s={s} p={p} d={d} {h}×{w}")
         n += 1
     if _supports(cls, "groups"):
@@ -172,18 +180,28 @@ def as_function_of_everything(op: nn.Module, x: torch.Tensor, guide: torch.Tenso
     n_in = len(inputs)
 
     def f(*args):
-        return functional_call(op, {**buffers, **dict(zip(names, args[n_in:]))},
-                               (args[0], args[1] if guide is not None else None))
+        return functional_call(
+            op, {**buffers, **dict(zip(names, args[n_in:]))}, (args[0], args[1] if guide is not None else None)
+        )
 
     return f, tuple(inputs + params), ["x", "guide"][:n_in] + names
 
 
-def gradcheck_operator(op: nn.Module, x: torch.Tensor, guide: torch.Tensor | None = None, *,
-                       fast_mode: bool = False, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3) -> bool:
+def gradcheck_operator(
+    op: nn.Module,
+    x: torch.Tensor,
+    guide: torch.Tensor | None = None,
+    *,
+    fast_mode: bool = False,
+    eps: float = 1e-6,
+    atol: float = 1e-5,
+    rtol: float = 1e-3,
+) -> bool:
     """torch.autograd.gradcheck (float64) of ``op`` with respect to input, guide and every parameter."""
     f, inputs, _ = as_function_of_everything(op, x, guide)
-    return torch.autograd.gradcheck(f, inputs, eps=eps, atol=atol, rtol=rtol, fast_mode=fast_mode,
-                                    raise_exception=False)
+    return torch.autograd.gradcheck(
+        f, inputs, eps=eps, atol=atol, rtol=rtol, fast_mode=fast_mode, raise_exception=False
+    )
 
 
 def check_gradients(cls, fast: bool = True) -> str:
@@ -198,14 +216,16 @@ def check_gradients(cls, fast: bool = True) -> str:
     _expect(ok, "torch.autograd.gradcheck failed (float64) for input, guide or a parameter")
     params = [p for p in op.parameters() if p.requires_grad]
     n_el = sum(p.numel() for p in params)
-    return (f"gradcheck{' (fast mode)' if fast else ''} float64 passes for input{', guide' if guide is not None else ''} and "
-            f"{len(params)} parameter tensors ({n_el} elements)")
+    return (
+        f"gradcheck{' (fast mode)' if fast else ''} float64 passes for input{', guide' if guide is not None else ''} and "
+        f"{len(params)} parameter tensors ({n_el} elements)"
+    )
 
 
 def _batch_independent(op: nn.Module, x: torch.Tensor, guide: torch.Tensor | None) -> str:
     with torch.no_grad():
         whole = op(x, guide)
-        parts = torch.cat([op(x[i:i + 1], None if guide is None else guide[i:i + 1]) for i in range(len(x))])
+        parts = torch.cat([op(x[i : i + 1], None if guide is None else guide[i : i + 1]) for i in range(len(x))])
     _close(whole, parts, 1e-5, 1e-4, "f(batch) vs cat(f(sample))")
     return "f(cat(x₁…x₄)) == cat(f(x₁)…f(x₄)) in eval mode"
 
@@ -232,7 +252,9 @@ def check_train_batch1(cls) -> str:
     return _trains_at_batch1(op, *_inputs(op, 1, 8, 8))
 
 
-def _precisions(op: nn.Module, x: torch.Tensor, guide: torch.Tensor | None, refusal_ok: bool) -> tuple[list[str], torch.Tensor]:
+def _precisions(
+    op: nn.Module, x: torch.Tensor, guide: torch.Tensor | None, refusal_ok: bool
+) -> tuple[list[str], torch.Tensor]:
     """float64 against float32, then float16/bfloat16 on every device against float32 (a clear
     TypeError naming the dtype counts as a pass when ``refusal_ok``). Returns the notes and y32."""
     with torch.no_grad():
@@ -245,12 +267,16 @@ def _precisions(op: nn.Module, x: torch.Tensor, guide: torch.Tensor | None, refu
         with torch.no_grad():
             op(x.double(), None if guide is None else guide.double())
     except TypeError as exc:
-        _expect("float64" in str(exc) and "float32" in str(exc),
-                f"a float64 input into the float32 layer raised an error not naming both dtypes: {exc}")
+        _expect(
+            "float64" in str(exc) and "float32" in str(exc),
+            f"a float64 input into the float32 layer raised an error not naming both dtypes: {exc}",
+        )
         notes.append("float64 input into float32 refused naming both")
     except RuntimeError as exc:
-        raise CheckFailed(f"a float64 input into the float32 layer raised a raw error instead of a TypeError naming "
-                          f"the operator and both dtypes: {str(exc).splitlines()[0]}") from None
+        raise CheckFailed(
+            f"a float64 input into the float32 layer raised a raw error instead of a TypeError naming "
+            f"the operator and both dtypes: {str(exc).splitlines()[0]}"
+        ) from None
     for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
         for dtype in (torch.float16, torch.bfloat16):
             low = copy.deepcopy(op).to(device=device, dtype=dtype)
@@ -264,7 +290,10 @@ def _precisions(op: nn.Module, x: torch.Tensor, guide: torch.Tensor | None, refu
                 _expect(str(dtype) in str(exc), f"{dtype} on {device} raised an error not naming the dtype: {exc}")
                 notes.append(f"{str(dtype)[6:]}@{device}: refused clearly")
                 continue
-            _expect(yl.dtype == dtype and yl.device.type == device, f"{dtype} on {device} returned {yl.dtype} on {yl.device}")
+            _expect(
+                yl.dtype == dtype and yl.device.type == device,
+                f"{dtype} on {device} returned {yl.dtype} on {yl.device}",
+            )
             tol = 5e-2 if dtype == torch.float16 else 1e-1
             err = (yl.float().cpu() - y32).abs().max().item() / (y32.abs().max().item() + 1e-6)
             _expect(err < tol, f"{dtype} on {device}: relative error {err:.3g} vs float32 (tolerance {tol})")
@@ -291,7 +320,10 @@ def _guide_matters(op: nn.Module, x: torch.Tensor, guide: torch.Tensor) -> torch
     with torch.no_grad():
         y, y2 = op(x, guide), op(x, torch.rand_like(guide))
     _expect(not torch.allclose(y, y2), "the output does not depend on the guide")
-    for bad, what in ((guide[:, :, :4], "a guide at another resolution"), (guide[:, :2], "a guide with wrong channels")):
+    for bad, what in (
+        (guide[:, :, :4], "a guide at another resolution"),
+        (guide[:, :2], "a guide with wrong channels"),
+    ):
         try:
             op(x, bad)
         except ValueError as exc:
@@ -317,8 +349,12 @@ def check_guide(cls) -> str:
 
 
 def check_from_conv(cls) -> str:
-    geos = [_geometry(cls, 3, 1, 1, 1), _geometry(cls, 3, 2, 0, 2, groups=2), _geometry(cls, 5, 1, 2, 1),
-            _geometry(cls, 1, 1, 0, 1)]
+    geos = [
+        _geometry(cls, 3, 1, 1, 1),
+        _geometry(cls, 3, 2, 0, 2, groups=2),
+        _geometry(cls, 5, 1, 2, 1),
+        _geometry(cls, 1, 1, 0, 1),
+    ]
     worst = 0.0
     for geo in geos:
         conv = nn.Conv2d(4, 6, **geo).double()
@@ -370,8 +406,10 @@ def _shared(cls, guided: bool, state: dict, **geo) -> AdaptiveConv2d:
     try:
         op.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckFailed(f"the state of the 3×3 stride-1 layer does not load into the layer with {geo} "
-                          f"(the checks compare the two with the same weights): {str(exc).splitlines()[0]}") from None
+        raise CheckFailed(
+            f"the state of the 3×3 stride-1 layer does not load into the layer with {geo} "
+            f"(the checks compare the two with the same weights): {str(exc).splitlines()[0]}"
+        ) from None
     return op
 
 
@@ -413,23 +451,35 @@ def check_arguments_take_effect(cls) -> str:
         return "stride"
 
     def padding() -> str:
-        _close(_shared(cls, guided, state, padding=0)(x, guide), y[..., 1:-1, 1:-1], 1e-9, 1e-7,
-               "padding=0 against the interior of the padding=1 output (same weights)")
+        _close(
+            _shared(cls, guided, state, padding=0)(x, guide),
+            y[..., 1:-1, 1:-1],
+            1e-9,
+            1e-7,
+            "padding=0 against the interior of the padding=1 output (same weights)",
+        )
         # the padded border is computed from the input's border, not filled in
         frame = torch.ones_like(x, dtype=torch.bool)
         frame[..., 1:-1, 1:-1] = False
         y2 = base(torch.where(frame, x + 1.0, x), guide)
-        _expect(not torch.allclose(y2[frame[:, :1].expand_as(y2)], y[frame[:, :1].expand_as(y)]),
-                "padding=1: the output's border does not change when the input's border does")
+        _expect(
+            not torch.allclose(y2[frame[:, :1].expand_as(y2)], y[frame[:, :1].expand_as(y)]),
+            "padding=1: the output's border does not change when the input's border does",
+        )
         return "padding"
 
     def dilation() -> str:
         y2 = _shared(cls, guided, state, dilation=2, padding=2)(x, guide)
-        _expect(y2.shape == y.shape, f"dilation=2 padding=2 gives {tuple(y2.shape)}, dilation=1 padding=1 "
-                                     f"{tuple(y.shape)}: nn.Conv2d gives the same shape for both")
-        _expect(not torch.allclose(y2, y, atol=1e-9, rtol=1e-7),
-                "dilation=2 (padding 2) gives the same output as dilation=1 (padding 1) with the same weights: "
-                "the operator ignores dilation")
+        _expect(
+            y2.shape == y.shape,
+            f"dilation=2 padding=2 gives {tuple(y2.shape)}, dilation=1 padding=1 "
+            f"{tuple(y.shape)}: nn.Conv2d gives the same shape for both",
+        )
+        _expect(
+            not torch.allclose(y2, y, atol=1e-9, rtol=1e-7),
+            "dilation=2 (padding 2) gives the same output as dilation=1 (padding 1) with the same weights: "
+            "the operator ignores dilation",
+        )
         return "dilation"
 
     def groups() -> str:
@@ -441,24 +491,38 @@ def check_arguments_take_effect(cls) -> str:
             x2 = xg.clone()
             x2[:, changed] += 1.0
             y1 = op(x2, g)
-            _close(y1[:, kept], y0[:, kept], 1e-9, 1e-7,
-                   f"groups=2: output channels {kept.start}-{kept.stop - 1} after changing input channels "
-                   f"{changed.start}-{changed.stop - 1} (the other group)")
-            _expect(not torch.allclose(y1[:, changed], y0[:, changed]),
-                    f"groups=2: output channels {changed.start}-{changed.stop - 1} do not depend on their own "
-                    "input channels")
+            _close(
+                y1[:, kept],
+                y0[:, kept],
+                1e-9,
+                1e-7,
+                f"groups=2: output channels {kept.start}-{kept.stop - 1} after changing input channels "
+                f"{changed.start}-{changed.stop - 1} (the other group)",
+            )
+            _expect(
+                not torch.allclose(y1[:, changed], y0[:, changed]),
+                f"groups=2: output channels {changed.start}-{changed.stop - 1} do not depend on their own "
+                "input channels",
+            )
         return "groups"
 
     def bias() -> str:
         nobias = _build(cls, 4, 4, guided=guided, **_geometry(cls, 3, 1, 1, 1, bias=False)).double().eval()
         nobias.load_state_dict(state, strict=False)
-        _expect(not torch.allclose(nobias(x, guide), y, atol=1e-9, rtol=1e-7),
-                "bias=False gives the same output as bias=True with the same other weights: the bias is ignored")
+        _expect(
+            not torch.allclose(nobias(x, guide), y, atol=1e-9, rtol=1e-7),
+            "bias=False gives the same output as bias=True with the same other weights: the bias is ignored",
+        )
         return "bias"
 
     done, failures = [], []
-    for arg, sub in (("stride", stride), ("padding", padding), ("dilation", dilation), ("groups", groups),
-                     ("bias", bias)):
+    for arg, sub in (
+        ("stride", stride),
+        ("padding", padding),
+        ("dilation", dilation),
+        ("groups", groups),
+        ("bias", bias),
+    ):
         if not _supports(cls, arg):
             continue
         try:
@@ -484,6 +548,28 @@ def check_state_dict(cls) -> str:
     return "a fresh instance loaded with state_dict computes the same output"
 
 
+def _factory_arguments(build: Callable[..., nn.Module]) -> str:
+    """``device=`` and ``dtype=`` as nn.Conv2d takes them: ``build(**kw)`` builds the operator."""
+    torch.manual_seed(0)
+    plain = build()
+    torch.manual_seed(0)
+    wide = build(dtype=torch.float64)
+    for (name, a), b in zip(plain.state_dict().items(), wide.state_dict().values()):
+        if a.is_floating_point():
+            _expect(b.dtype == torch.float64, f"dtype=float64: {name} is {b.dtype}")
+            _close(b, a.double(), 0, 0, f"dtype=float64: {name} (the same initial values as a cast)")
+    meta = build(device="meta")  # built where asked: nothing is created on the CPU and moved
+    placed = [n for n, t in [*meta.named_parameters(), *meta.named_buffers()] if t.device.type != "meta"]
+    _expect(not placed, f"device='meta': {', '.join(placed)} not created on the device")
+    return "device= and dtype= build the operator where and in what it is asked"
+
+
+def check_factory_arguments(cls) -> str:
+    geo = _geometry(cls)
+    guided = cls.guide == "required"
+    return _factory_arguments(lambda **kw: cls(4, 6, **geo, guide_channels=GUIDE_CHANNELS if guided else None, **kw))
+
+
 CHECKS: list[tuple[str, Callable[[type[AdaptiveConv2d]], str]]] = [
     ("metadata", check_metadata),
     ("unsupported arguments raise", check_unsupported_args_raise),
@@ -493,6 +579,7 @@ CHECKS: list[tuple[str, Callable[[type[AdaptiveConv2d]], str]]] = [
     ("batch independence", check_batch_independence),
     ("batch size 1 in train mode", check_train_batch1),
     ("dtypes and devices", check_dtypes_devices),
+    ("device and dtype arguments", check_factory_arguments),
     ("guide", check_guide),
     ("from_conv", check_from_conv),
     ("state_dict round trip", check_state_dict),
@@ -502,12 +589,13 @@ CHECKS: list[tuple[str, Callable[[type[AdaptiveConv2d]], str]]] = [
 # --------------------------------------------------------------------------------------------------
 # Operators of the other kinds (AdaptiveModule): upsamplers and refiners.
 
-def _build_kind(cls, channels: int = 4, scale: int = 2) -> AdaptiveModule:
+
+def _build_kind(cls, channels: int = 4, scale: int = 2, **factory: Any) -> AdaptiveModule:
     if cls.kind == "upsampler":
-        return cls(channels, scale_factor=scale)
+        return cls(channels, scale_factor=scale, **factory)
     if cls.guide == "required":
-        return cls(channels, guide_channels=GUIDE_CHANNELS)
-    return cls(channels)
+        return cls(channels, guide_channels=GUIDE_CHANNELS, **factory)
+    return cls(channels, **factory)
 
 
 def _expected_shape(op: AdaptiveModule, x: torch.Tensor) -> tuple[int, ...]:
@@ -535,8 +623,10 @@ def check_kind_shapes(cls) -> str:
         with torch.no_grad():
             y = op(x, guide)
         want = _expected_shape(op, x)
-        _expect(tuple(y.shape) == want, f"scale {scale}, {channels} channels, input {h}×{w}: output "
-                                        f"{tuple(y.shape)}, expected {want}")
+        _expect(
+            tuple(y.shape) == want,
+            f"scale {scale}, {channels} channels, input {h}×{w}: output {tuple(y.shape)}, expected {want}",
+        )
         _expect(bool(torch.isfinite(y).all()), f"non-finite output at scale {scale}, input {h}×{w}")
         n += 1
     what = "nearest upsampling's shape" if cls.kind == "upsampler" else "the input's shape"
@@ -547,11 +637,15 @@ def check_kind_gradients(cls, fast: bool = True) -> str:
     op = _build_kind(cls, 2).double().eval()
     _perturb(op)
     x, guide = _inputs(op, 2, 4, 5, torch.float64)
-    _expect(gradcheck_operator(op, x, guide, fast_mode=fast),
-            "torch.autograd.gradcheck failed (float64) for input, guide or a parameter")
+    _expect(
+        gradcheck_operator(op, x, guide, fast_mode=fast),
+        "torch.autograd.gradcheck failed (float64) for input, guide or a parameter",
+    )
     params = [p for p in op.parameters() if p.requires_grad]
-    return (f"gradcheck{' (fast mode)' if fast else ''} float64 passes for input{', guide' if guide is not None else ''} "
-            f"and {len(params)} parameter tensors ({sum(p.numel() for p in params)} elements)")
+    return (
+        f"gradcheck{' (fast mode)' if fast else ''} float64 passes for input{', guide' if guide is not None else ''} "
+        f"and {len(params)} parameter tensors ({sum(p.numel() for p in params)} elements)"
+    )
 
 
 def check_kind_batch_independence(cls) -> str:
@@ -624,6 +718,10 @@ def check_not_swappable(cls) -> str:
     raise CheckFailed(f"from_conv accepted an nn.Conv2d for an operator of kind {cls.kind!r}")
 
 
+def check_kind_factory_arguments(cls) -> str:
+    return _factory_arguments(lambda **kw: _build_kind(cls, **kw))
+
+
 KIND_CHECKS: list[tuple[str, Callable[[type[AdaptiveModule]], str]]] = [
     ("metadata", check_kind_metadata),
     ("output shapes", check_kind_shapes),
@@ -631,6 +729,7 @@ KIND_CHECKS: list[tuple[str, Callable[[type[AdaptiveModule]], str]]] = [
     ("batch independence", check_kind_batch_independence),
     ("batch size 1 in train mode", check_kind_train_batch1),
     ("dtypes and devices", check_kind_dtypes),
+    ("device and dtype arguments", check_kind_factory_arguments),
     ("guide", check_kind_guide),
     ("identity", check_kind_identity),
     ("not a conv (from_conv refuses)", check_not_swappable),
@@ -643,8 +742,9 @@ def checks_for(cls) -> list[tuple[str, Callable]]:
     return CHECKS if getattr(cls, "kind", "conv") == "conv" else KIND_CHECKS
 
 
-def run_checks(op: str | type[AdaptiveConv2d] | type[AdaptiveModule],
-               only: list[str] | None = None) -> Iterator[CheckResult]:
+def run_checks(
+    op: str | type[AdaptiveConv2d] | type[AdaptiveModule], only: list[str] | None = None
+) -> Iterator[CheckResult]:
     """Run the conformance checks that apply to an operator's kind (a registry name or a class),
     yielding each result."""
     cls = get_op(op) if isinstance(op, str) else op

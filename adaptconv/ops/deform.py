@@ -45,25 +45,38 @@ def _deform(x, offset, weight, bias, stride, padding, dilation, mask, fname):
     padding = pair(padding, "padding", fname, minimum=0)
     dilation = pair(dilation, "dilation", fname, minimum=1)
     if x.dim() != 4 or weight.dim() != 4:
-        raise ValueError(f"{fname}: x must be B×C×H×W and weight O×(C/g)×kh×kw, got shapes "
-                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+        raise ValueError(
+            f"{fname}: x must be B×C×H×W and weight O×(C/g)×kh×kw, got shapes "
+            f"{tuple(x.shape)} and {tuple(weight.shape)}"
+        )
     b, c, h, w = x.shape
     o, cg, kh, kw = weight.shape
     if c % cg or o % (c // cg):
-        raise ValueError(f"{fname}: weight shape {tuple(weight.shape)} does not fit an input with {c} channels "
-                         "(C must be a multiple of weight.shape[1] and O of the implied groups)")
+        raise ValueError(
+            f"{fname}: weight shape {tuple(weight.shape)} does not fit an input with {c} channels "
+            "(C must be a multiple of weight.shape[1] and O of the implied groups)"
+        )
     ho, wo = conv_output_size((h, w), (kh, kw), stride, padding, dilation)
     taps = kh * kw
-    if (offset.dim() != 4 or offset.shape[0] != b or tuple(offset.shape[2:]) != (ho, wo)
-            or offset.shape[1] % (2 * taps) or offset.shape[1] == 0):
-        raise ValueError(f"{fname}: offset must be B×(2·offset_groups·{taps})×{ho}×{wo} for this input and "
-                         f"weight, got shape {tuple(offset.shape)}")
+    if (
+        offset.dim() != 4
+        or offset.shape[0] != b
+        or tuple(offset.shape[2:]) != (ho, wo)
+        or offset.shape[1] % (2 * taps)
+        or offset.shape[1] == 0
+    ):
+        raise ValueError(
+            f"{fname}: offset must be B×(2·offset_groups·{taps})×{ho}×{wo} for this input and "
+            f"weight, got shape {tuple(offset.shape)}"
+        )
     groups = offset.shape[1] // (2 * taps)
     if c % groups:
         raise ValueError(f"{fname}: offset_groups={groups} (from the offset shape) must divide the {c} input channels")
     if mask is not None and tuple(mask.shape) != (b, groups * taps, ho, wo):
-        raise ValueError(f"{fname}: mask must be B×(offset_groups·{taps})×{ho}×{wo} = "
-                         f"{(b, groups * taps, ho, wo)}, got shape {tuple(mask.shape)}")
+        raise ValueError(
+            f"{fname}: mask must be B×(offset_groups·{taps})×{ho}×{wo} = "
+            f"{(b, groups * taps, ho, wo)}, got shape {tuple(mask.shape)}"
+        )
     return _sample(x, offset, weight, bias, stride, padding, dilation, mask)
 
 
@@ -89,8 +102,15 @@ def _sample(x, offset, weight, bias, stride, padding, dilation, mask):
     return y.masked_fill(~finite.all(dim=1, keepdim=True), float("nan"))
 
 
-def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                  stride=1, padding=0, dilation=1) -> torch.Tensor:
+def deform_conv2d(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+) -> torch.Tensor:
     """Deformable convolution v1 with explicit offsets.
 
     ``offset`` is B×(2·G·kh·kw)×H'×W', interleaved ``[dy_0, dx_0, dy_1, dx_1, …]`` per offset group
@@ -99,8 +119,16 @@ def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, b
     return _deform(x, offset, weight, bias, stride, padding, dilation, None, "deform_conv2d")
 
 
-def modulated_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
-                            bias: torch.Tensor | None = None, stride=1, padding=0, dilation=1) -> torch.Tensor:
+def modulated_deform_conv2d(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+) -> torch.Tensor:
     """Deformable convolution v2: like :func:`deform_conv2d`, each tap scaled by ``mask``
     (B×(G·kh·kw)×H'×W', already activated — no sigmoid is applied here). The bias is not masked."""
     return _deform(x, offset, weight, bias, stride, padding, dilation, mask, "modulated_deform_conv2d")
@@ -115,10 +143,31 @@ class _DeformConvBase(ConvWeightMixin, AdaptiveConv2d):
     #: Side-conv output channels per offset group per tap: 2 (dy, dx), plus 1 for the mask in v2.
     _side_per_tap: int = 2
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, *, offset_groups=1, guide_channels=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         guide_channels=guide_channels)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        *,
+        offset_groups=1,
+        guide_channels=None,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            guide_channels=guide_channels,
+        )
         label = type(self).name or type(self).__name__
         if not isinstance(offset_groups, int) or isinstance(offset_groups, bool) or offset_groups < 1:
             raise ValueError(f"{label}: offset_groups must be a positive int, got {offset_groups!r}")
@@ -128,8 +177,15 @@ class _DeformConvBase(ConvWeightMixin, AdaptiveConv2d):
         self.init_conv_weight()
         taps = self.kernel_size[0] * self.kernel_size[1]
         self.num_offset_channels = 2 * offset_groups * taps
-        self.offset_conv = nn.Conv2d(self.adapt_channels, self._side_per_tap * offset_groups * taps,
-                                     self.kernel_size, self.stride, self.padding, self.dilation, bias=True)
+        self.offset_conv = nn.Conv2d(
+            self.adapt_channels,
+            self._side_per_tap * offset_groups * taps,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            bias=True,
+        )
         nn.init.zeros_(self.offset_conv.weight)
         nn.init.zeros_(self.offset_conv.bias)
 
@@ -169,19 +225,48 @@ class ModulatedDeformConv2d(_DeformConvBase):
     """Deformable convolution v2: offsets plus a per-pixel, per-tap mask ``mask_scale·sigmoid(·)``."""
 
     paper = "Zhu et al., Deformable ConvNets v2: More Deformable, Better Results, CVPR 2019"
-    from_conv_note = ("exact: weight and bias copied, offsets zero, mask bias set so the mask is 1 "
-                      "(for mask_scale <= 1, where a mask of 1 is unreachable, the weight is divided by the "
-                      "initial mask mask_scale/2 instead)")
+    from_conv_note = (
+        "exact: weight and bias copied, offsets zero, mask bias set so the mask is 1 "
+        "(for mask_scale <= 1, where a mask of 1 is unreachable, the weight is divided by the "
+        "initial mask mask_scale/2 instead)"
+    )
     _side_per_tap = 3
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, *, offset_groups=1, mask_scale=2.0, guide_channels=None):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        *,
+        offset_groups=1,
+        mask_scale=2.0,
+        guide_channels=None,
+    ):
         label = type(self).name or type(self).__name__
-        if (not isinstance(mask_scale, (int, float)) or isinstance(mask_scale, bool)
-                or not math.isfinite(mask_scale) or mask_scale <= 0):
+        if (
+            not isinstance(mask_scale, (int, float))
+            or isinstance(mask_scale, bool)
+            or not math.isfinite(mask_scale)
+            or mask_scale <= 0
+        ):
             raise ValueError(f"{label}: mask_scale must be a finite number > 0, got {mask_scale!r}")
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         offset_groups=offset_groups, guide_channels=guide_channels)
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            offset_groups=offset_groups,
+            guide_channels=guide_channels,
+        )
         self.mask_scale = float(mask_scale)
 
     def offsets_and_mask(self, guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,7 +280,7 @@ class ModulatedDeformConv2d(_DeformConvBase):
         with torch.no_grad():
             if self.mask_scale > 1.0:
                 p = 1.0 / self.mask_scale
-                self.offset_conv.bias[self.num_offset_channels:] = math.log(p / (1.0 - p))
+                self.offset_conv.bias[self.num_offset_channels :] = math.log(p / (1.0 - p))
             else:
                 self.weight.div_(self.mask_scale * 0.5)
 

@@ -25,8 +25,7 @@ from .registry import register_op
 
 
 def _check_temperature(value, arg: str, label: str) -> float:
-    if (not isinstance(value, (int, float)) or isinstance(value, bool)
-            or not math.isfinite(value) or value <= 0):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{label}: {arg} must be a finite number > 0, got {value!r}")
     return float(value)
 
@@ -40,17 +39,41 @@ class DynamicConv2d(AdaptiveConv2d):
     function_preserving = True
     from_conv_note = "exact: all K kernels (and biases) set to the conv's; the attention sums to 1"
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, *, num_kernels=4, reduction=4, temperature=30.0, anneal=0.1, guide_channels=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         guide_channels=guide_channels)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        *,
+        num_kernels=4,
+        reduction=4,
+        temperature=30.0,
+        anneal=0.1,
+        guide_channels=None,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            guide_channels=guide_channels,
+        )
         label = type(self).name or type(self).__name__
         self.num_kernels = _positive_int(num_kernels, "num_kernels", label)
         self.reduction = _positive_int(reduction, "reduction", label)
         self.anneal = check_anneal(anneal, label)
         self.start_temperature = _check_temperature(temperature, "temperature", label)
         # A buffer, so a checkpoint resumes with the annealed τ (and forward never syncs to read it).
-        self.register_buffer("tau", torch.tensor(_check_temperature(temperature, "temperature", label)))
+        self.register_buffer("tau", torch.tensor(self.start_temperature))
         weight, bias_ = init_kernel_bank(self, num_kernels)
         self.weight = weight
         self.register_parameter("bias", bias_)
@@ -83,7 +106,7 @@ class DynamicConv2d(AdaptiveConv2d):
         return per_sample_conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, **options) -> "DynamicConv2d":
+    def from_conv(cls, conv: nn.Conv2d, **options) -> DynamicConv2d:
         # Built on the conv's device and in its dtype first, so the copied weights keep full precision.
         op = cls.build_like(conv, **options)
         with torch.no_grad():
@@ -93,8 +116,10 @@ class DynamicConv2d(AdaptiveConv2d):
         return op
 
     def extra_repr(self) -> str:
-        return (super().extra_repr() + f", num_kernels={self.num_kernels}, reduction={self.reduction}, "
-                f"temperature={self.temperature:g}")
+        return (
+            super().extra_repr() + f", num_kernels={self.num_kernels}, reduction={self.reduction}, "
+            f"temperature={self.temperature:g}"
+        )
 
 
 def check_anneal(value, label: str) -> float | None:

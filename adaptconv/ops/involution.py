@@ -68,14 +68,39 @@ class Involution2d(ChannelMixMixin, AdaptiveConv2d):
     paper = "Li et al., Involution: Inverting the Inherence of Convolution for Visual Recognition, CVPR 2021"
     guide = "optional"
     function_preserving = False
-    from_conv_note = ("best rank-1 fit (1×1 projection ⊗ one constant kernel from the generator's bias); "
-                      "exact for 1×1 convs and weights of rank 1")
+    from_conv_note = (
+        "best rank-1 fit (1×1 projection ⊗ one constant kernel from the generator's bias); "
+        "exact for 1×1 convs and weights of rank 1"
+    )
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, *, guide_channels=None, group_channels: int = 16, reduction: int = 4,
-                 norm: str = "batch", projection: bool | None = None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         guide_channels=guide_channels)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        *,
+        guide_channels=None,
+        group_channels: int = 16,
+        reduction: int = 4,
+        norm: str = "batch",
+        projection: bool | None = None,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            guide_channels=guide_channels,
+        )
         self.group_channels = _positive_int(group_channels, "group_channels")
         self.reduction = _positive_int(reduction, "reduction")
         if norm not in ("batch", "none"):
@@ -83,8 +108,9 @@ class Involution2d(ChannelMixMixin, AdaptiveConv2d):
         if projection is None:
             projection = out_channels != in_channels
         if not projection and out_channels != in_channels:
-            raise ValueError(f"involution: projection=False needs out_channels == in_channels "
-                             f"(got {in_channels}→{out_channels})")
+            raise ValueError(
+                f"involution: projection=False needs out_channels == in_channels (got {in_channels}→{out_channels})"
+            )
         self.norm = norm
         self.filter_groups = involution_groups(in_channels, self.group_channels)
         taps = self.kernel_size[0] * self.kernel_size[1]
@@ -105,7 +131,7 @@ class Involution2d(ChannelMixMixin, AdaptiveConv2d):
         return self.mix_channels(z)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, **options) -> "Involution2d":
+    def from_conv(cls, conv: nn.Conv2d, **options) -> Involution2d:
         if options.get("projection") is False:
             raise ValueError("involution.from_conv needs the 1×1 projection to hold the conv's channel mixing")
         options["projection"] = True
@@ -123,5 +149,7 @@ class Involution2d(ChannelMixMixin, AdaptiveConv2d):
         return op
 
     def extra_repr(self) -> str:
-        return (super().extra_repr() + f", filter_groups={self.filter_groups}, reduction={self.reduction}, "
-                f"norm={self.norm!r}")
+        return (
+            super().extra_repr() + f", filter_groups={self.filter_groups}, reduction={self.reduction}, "
+            f"norm={self.norm!r}"
+        )

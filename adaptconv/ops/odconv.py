@@ -37,10 +37,19 @@ from .registry import register_op
 NORMS = ("layer", "none")
 
 
-def odconv2d(x: torch.Tensor, weight: torch.Tensor, channel_att: torch.Tensor | None = None,
-             filter_att: torch.Tensor | None = None, spatial_att: torch.Tensor | None = None,
-             kernel_att: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-             stride=1, padding=0, dilation=1, groups: int = 1) -> torch.Tensor:
+def odconv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    channel_att: torch.Tensor | None = None,
+    filter_att: torch.Tensor | None = None,
+    spatial_att: torch.Tensor | None = None,
+    kernel_att: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+) -> torch.Tensor:
     """ODConv with explicit attentions (None = all ones): ``weight`` K×O×(C/g)×kh×kw, ``channel_att``
     B×C, ``filter_att`` B×O, ``spatial_att`` B×kh×kw (or B×kh·kw), ``kernel_att`` B×K, ``bias`` O."""
     b = x.shape[0]
@@ -82,16 +91,42 @@ class ODConv2d(AdaptiveConv2d):
     paper = "Li et al., Omni-Dimensional Dynamic Convolution, ICLR 2022"
     guide = "optional"
     function_preserving = True
-    from_conv_note = ("exact: attention head weights zeroed (attentions = their bias's constant activations), "
-                      "kernels = conv weight / (α_f·α_c·α_s) plus fresh kernels minus their α_w-mean "
-                      "(which cancel), so the kernels differ and the attentions can learn")
+    from_conv_note = (
+        "exact: attention head weights zeroed (attentions = their bias's constant activations), "
+        "kernels = conv weight / (α_f·α_c·α_s) plus fresh kernels minus their α_w-mean "
+        "(which cancel), so the kernels differ and the attentions can learn"
+    )
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, *, guide_channels=None, num_kernels: int = 4, reduction: float = 0.0625,
-                 min_channels: int = 16, norm: str = "layer", temperature: float = 1.0,
-                 anneal: float | None = None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         guide_channels=guide_channels)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        *,
+        guide_channels=None,
+        num_kernels: int = 4,
+        reduction: float = 0.0625,
+        min_channels: int = 16,
+        norm: str = "layer",
+        temperature: float = 1.0,
+        anneal: float | None = None,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            guide_channels=guide_channels,
+        )
         label = type(self).name or type(self).__name__
         self.num_kernels = _positive_int(num_kernels, "num_kernels", label)
         self.min_channels = _positive_int(min_channels, "min_channels", label)
@@ -100,8 +135,8 @@ class ODConv2d(AdaptiveConv2d):
         if norm not in NORMS:
             raise ValueError(f"{label}: norm must be one of {', '.join(NORMS)}, got {norm!r}")
         self.reduction, self.norm = float(reduction), norm
-        self.register_buffer("tau", torch.tensor(_check_temperature(temperature, label)))
-        self.start_temperature = float(self.tau)
+        self.start_temperature = _check_temperature(temperature, label)
+        self.register_buffer("tau", torch.tensor(self.start_temperature))
         self.anneal = check_anneal(anneal, label)
         self.weight, _ = init_kernel_bank(self, self.num_kernels)
         kh, kw = self.kernel_size
@@ -147,11 +182,12 @@ class ODConv2d(AdaptiveConv2d):
 
     def adaptive_forward(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         ca, fa, sa, ka = self.attentions(guide)
-        return odconv2d(x, self.weight, ca, fa, sa, ka, self.bias, self.stride, self.padding, self.dilation,
-                        self.groups)
+        return odconv2d(
+            x, self.weight, ca, fa, sa, ka, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, **options) -> "ODConv2d":
+    def from_conv(cls, conv: nn.Conv2d, **options) -> ODConv2d:
         # Built on the conv's device and in its dtype first, so the copied weights keep full precision.
         op = cls.build_like(conv, **options)
         o, cpg, kh, kw = conv.weight.shape
@@ -182,8 +218,9 @@ class ODConv2d(AdaptiveConv2d):
         return op
 
     def extra_repr(self) -> str:
-        return (super().extra_repr() + f", num_kernels={self.num_kernels}, reduction={self.reduction}, "
-                f"norm={self.norm!r}")
+        return (
+            super().extra_repr() + f", num_kernels={self.num_kernels}, reduction={self.reduction}, norm={self.norm!r}"
+        )
 
 
 def _check_temperature(value, label: str) -> float:

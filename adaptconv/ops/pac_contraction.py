@@ -43,21 +43,48 @@ class PacBackend(Protocol):
     def usable(self, *tensors: torch.Tensor | None) -> bool:
         """Whether this backend runs on these tensors (device, dtype, availability)."""
 
-    def pac_forward(self, x: torch.Tensor, kernel: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                    geom: Geometry, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def pac_forward(
+        self,
+        x: torch.Tensor,
+        kernel: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        geom: Geometry,
+        groups: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(y, saved). x B×C×H×W, kernel B×T×H'×W', weight O×(C/g)×kh×kw."""
 
-    def pac_backward(self, saved: torch.Tensor, kernel: torch.Tensor, weight: torch.Tensor, gy: torch.Tensor,
-                     geom: Geometry, groups: int, need_x: bool, need_k: bool, need_w: bool) -> tuple:
+    def pac_backward(
+        self,
+        saved: torch.Tensor,
+        kernel: torch.Tensor,
+        weight: torch.Tensor,
+        gy: torch.Tensor,
+        geom: Geometry,
+        groups: int,
+        need_x: bool,
+        need_k: bool,
+        need_w: bool,
+    ) -> tuple:
         """(∂x, ∂K, ∂W), each None where not needed."""
 
-    def distance_forward(self, guide: torch.Tensor, centre: torch.Tensor | None, scale: torch.Tensor | None,
-                         geom: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
+    def distance_forward(
+        self, guide: torch.Tensor, centre: torch.Tensor | None, scale: torch.Tensor | None, geom: Geometry
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(d, saved). guide B×Cg×H×W (replicate padded by ``geom.pads``), centre B×Cg×H'×W' or None (the
         window's own centre), scale Cg or None (1)."""
 
-    def distance_backward(self, saved: torch.Tensor, centre: torch.Tensor | None, scale: torch.Tensor | None,
-                          gd: torch.Tensor, geom: Geometry, need_f: bool, need_c: bool, need_s: bool) -> tuple:
+    def distance_backward(
+        self,
+        saved: torch.Tensor,
+        centre: torch.Tensor | None,
+        scale: torch.Tensor | None,
+        gd: torch.Tensor,
+        geom: Geometry,
+        need_f: bool,
+        need_c: bool,
+        need_s: bool,
+    ) -> tuple:
         """(∂guide, ∂centre, ∂scale), each None where not needed (∂centre also when centre is None)."""
 
 
@@ -88,8 +115,15 @@ class _PacContract(torch.autograd.Function):
         return gx, gk, gw, gb, None, None, None
 
 
-def pac_contract(x: torch.Tensor, kernel: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 geom: Geometry, groups: int = 1, backend: PacBackend | None = None) -> torch.Tensor:
+def pac_contract(
+    x: torch.Tensor,
+    kernel: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    geom: Geometry,
+    groups: int = 1,
+    backend: PacBackend | None = None,
+) -> torch.Tensor:
     """``Σ_c Σ_j W[o,c,j]·K[b,j,p]·x_j[b,c,p] + bias[o]`` without the unfold.
 
     ``kernel``: B×T×H'×W' (or B×1×T×H'×W'; batch 1 broadcasts); ``weight``: O×(C/g)×kh×kw. ``backend``
@@ -117,13 +151,17 @@ class _PacDistance(torch.autograd.Function):
     def backward(ctx, gd):
         saved, centre, scale = ctx.saved_tensors
         nf, nc, ns = ctx.needs_input_grad[:3]
-        gf, gc, gs = ctx.backend.distance_backward(saved, centre, scale, gd, ctx.geom, nf, nc,
-                                                   ns and scale is not None)
+        gf, gc, gs = ctx.backend.distance_backward(saved, centre, scale, gd, ctx.geom, nf, nc, ns and scale is not None)
         return gf, gc, gs, None, None
 
 
-def pac_distance(guide: torch.Tensor, geom: Geometry, scale: torch.Tensor | None = None,
-                 centre: torch.Tensor | None = None, backend: PacBackend | None = None) -> torch.Tensor:
+def pac_distance(
+    guide: torch.Tensor,
+    geom: Geometry,
+    scale: torch.Tensor | None = None,
+    centre: torch.Tensor | None = None,
+    backend: PacBackend | None = None,
+) -> torch.Tensor:
     """``Σ_g scale_g (f_j − c)²`` for every tap: B×T×H'×W', ``f`` replicate-padded by ``geom.pads``.
 
     ``centre`` (B×Cg×H'×W') defaults to the guide at each window's centre (the average of the middle

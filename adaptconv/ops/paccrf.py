@@ -42,12 +42,14 @@ from .taps import valid_taps
 from .tiling import geometry
 
 
-def message_mask(size: tuple[int, int], kernel_size: int, dilation: int, device=None,
-                 dtype=torch.float32) -> torch.Tensor:
+def message_mask(
+    size: tuple[int, int], kernel_size: int, dilation: int, device=None, dtype=torch.float32
+) -> torch.Tensor:
     """1×T×H×W: 1 for taps inside the image, 0 outside and at the window centre (no self-message)."""
     r = kernel_size // 2
-    mask = valid_taps(size, (kernel_size,) * 2, (1, 1), (r * dilation,) * 2, (dilation,) * 2,
-                      device=device, dtype=dtype)[:, 0].clone()
+    mask = valid_taps(
+        size, (kernel_size,) * 2, (1, 1), (r * dilation,) * 2, (dilation,) * 2, device=device, dtype=dtype
+    )[:, 0].clone()
     mask[:, (kernel_size * kernel_size) // 2] = 0
     return mask
 
@@ -60,8 +62,14 @@ def with_coordinates(guide: torch.Tensor) -> torch.Tensor:
     return torch.cat([ys, xs, guide], 1)
 
 
-def crf_kernel(guide: torch.Tensor, kernel_size: int, dilation: int, pos_scale: torch.Tensor,
-               color_scale: torch.Tensor, normalize: bool) -> torch.Tensor:
+def crf_kernel(
+    guide: torch.Tensor,
+    kernel_size: int,
+    dilation: int,
+    pos_scale: torch.Tensor,
+    color_scale: torch.Tensor,
+    normalize: bool,
+) -> torch.Tensor:
     """The message kernel K: B×T×H×W (zero at the centre tap and outside the image), in the guide's dtype."""
     dtype = guide.dtype
     if dtype in (torch.float16, torch.bfloat16):
@@ -71,16 +79,21 @@ def crf_kernel(guide: torch.Tensor, kernel_size: int, dilation: int, pos_scale: 
     cg = guide.shape[1]
     r = kernel_size // 2
     geom = geometry((kernel_size, kernel_size), (1, 1), (r * dilation, r * dilation), (dilation, dilation))
-    gamma = torch.cat([pos_scale.to(guide.dtype).pow(-2).reshape(1).expand(2),
-                       color_scale.to(guide.dtype).pow(-2).reshape(1).expand(cg)])
+    gamma = torch.cat(
+        [
+            pos_scale.to(guide.dtype).pow(-2).reshape(1).expand(2),
+            color_scale.to(guide.dtype).pow(-2).reshape(1).expand(cg),
+        ]
+    )
     dist2 = pac_distance(with_coordinates(guide), geom, gamma)
     mask = message_mask(tuple(guide.shape[-2:]), kernel_size, dilation, guide.device, guide.dtype)
     kernel = kernel_from_distance(dist2, "gaussian", valid=mask, normalize=normalize, dim=1)
     return (kernel if normalize else kernel * mask).to(dtype)
 
 
-def mean_field(unary: torch.Tensor, kernel: torch.Tensor, compat: torch.Tensor, num_iters: int,
-               kernel_size: int, dilation: int) -> torch.Tensor:
+def mean_field(
+    unary: torch.Tensor, kernel: torch.Tensor, compat: torch.Tensor, num_iters: int, kernel_size: int, dilation: int
+) -> torch.Tensor:
     """``num_iters`` mean-field steps from ``unary`` logits with message kernel ``kernel`` (B×T×H×W)
     and compatibility ``compat`` (L×L): the refined logits."""
     labels = unary.shape[1]
@@ -105,11 +118,26 @@ class PacCRF(AdaptiveModule):
     guide = "required"
     from_conv_note = "not a convolution: a mean-field CRF head that refines logits with a guide image"
 
-    def __init__(self, channels: int, *, guide_channels: int = 3, num_iters: int = 5, kernel_size: int = 5,
-                 dilation: int = 1, pos_scale: float = 3.0, color_scale: float = 0.1, learn_scales: bool = True,
-                 normalize_kernel: bool = True, compat_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        channels: int,
+        *,
+        guide_channels: int = 3,
+        num_iters: int = 5,
+        kernel_size: int = 5,
+        dilation: int = 1,
+        pos_scale: float = 3.0,
+        color_scale: float = 0.1,
+        learn_scales: bool = True,
+        normalize_kernel: bool = True,
+        compat_weight: float = 1.0,
+    ) -> None:
         super().__init__(channels, guide_channels=guide_channels)
-        for arg, value, low in (("num_iters", num_iters, 0), ("kernel_size", kernel_size, 1), ("dilation", dilation, 1)):
+        for arg, value, low in (
+            ("num_iters", num_iters, 0),
+            ("kernel_size", kernel_size, 1),
+            ("dilation", dilation, 1),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"paccrf: {arg} must be an int >= {low}, got {value!r}")
         if kernel_size % 2 == 0:
@@ -131,8 +159,14 @@ class PacCRF(AdaptiveModule):
 
     def message_kernel(self, guide: torch.Tensor) -> torch.Tensor:
         """K: B×k²×H×W for a guide at the logits' resolution."""
-        return crf_kernel(guide, self.kernel_size, self.dilation, self.log_pos_scale.exp(),
-                          self.log_color_scale.exp(), self.normalize_kernel)
+        return crf_kernel(
+            guide,
+            self.kernel_size,
+            self.dilation,
+            self.log_pos_scale.exp(),
+            self.log_color_scale.exp(),
+            self.normalize_kernel,
+        )
 
     def adaptive_forward(self, x: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
         kernel = self.message_kernel(guide)
@@ -151,15 +185,17 @@ class PacCRF(AdaptiveModule):
             with torch.no_grad():
                 y = op(x, image)
             if not torch.equal(y, x):
-                raise AssertionError(f"compat = 0 (normalize_kernel={normalize}): output differs from the unaries "
-                                     f"by {(y - x).abs().max().item():.3g}")
+                raise AssertionError(
+                    f"compat = 0 (normalize_kernel={normalize}): output differs from the unaries "
+                    f"by {(y - x).abs().max().item():.3g}"
+                )
         # Constant guide: the message is the spatial Gaussian smoothing of Q (centre tap 0).
         op = cls(3, num_iters=1, kernel_size=5, dilation=2, pos_scale=2.5, normalize_kernel=False).double()
         x = torch.randn(1, 3, 7, 8, dtype=torch.float64, generator=gen)
         image = torch.full((1, 3, 7, 8), 0.3, dtype=torch.float64)
         off = torch.arange(-2, 3, dtype=torch.float64) * 2
         sigma = op.log_pos_scale.detach().exp()  # 2.5 up to the float32 rounding of its logarithm
-        g = torch.exp(-0.5 * (off[:, None] ** 2 + off[None, :] ** 2) / sigma ** 2)
+        g = torch.exp(-0.5 * (off[:, None] ** 2 + off[None, :] ** 2) / sigma**2)
         g[2, 2] = 0
         q = F.softmax(x, 1)
         message = F.conv2d(q, g.expand(3, 1, 5, 5), padding=4, dilation=2, groups=3)
@@ -167,10 +203,14 @@ class PacCRF(AdaptiveModule):
             y = op(x, image)
         ref = x + F.conv2d(message, op.compat.detach().view(3, 3, 1, 1))
         if not torch.allclose(y, ref, atol=1e-10, rtol=0):
-            raise AssertionError(f"constant guide: message is not spatial Gaussian smoothing "
-                                 f"(max |Δ| {(y - ref).abs().max().item():.3g})")
+            raise AssertionError(
+                f"constant guide: message is not spatial Gaussian smoothing "
+                f"(max |Δ| {(y - ref).abs().max().item():.3g})"
+            )
         return "compat = 0 ⇒ unaries unchanged (exact); constant guide ⇒ spatial Gaussian smoothing message"
 
     def extra_repr(self) -> str:
-        return (super().extra_repr() + f", num_iters={self.num_iters}, kernel_size={self.kernel_size}, "
-                f"dilation={self.dilation}, normalize_kernel={self.normalize_kernel}")
+        return (
+            super().extra_repr() + f", num_iters={self.num_iters}, kernel_size={self.kernel_size}, "
+            f"dilation={self.dilation}, normalize_kernel={self.normalize_kernel}"
+        )

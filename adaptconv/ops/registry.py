@@ -17,7 +17,8 @@ plugin whose name is already taken is refused with an error naming both sources.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..plugins import BUILTIN_OPS, OPS_GROUP, PluginError, Registry
 from .base import OP_KINDS, AdaptiveConv2d, AdaptiveModule
@@ -27,8 +28,19 @@ T = TypeVar("T", bound=type[AdaptiveConv2d] | type[AdaptiveModule])
 AnyOp = type[AdaptiveConv2d] | type[AdaptiveModule]
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")
 
-__all__ = ["ENTRY_POINT_GROUP", "OpRegistryError", "PluginError", "create_op", "get_op", "list_ops", "op_kind",
-           "op_source", "plugin_errors", "register_op", "reload_plugins"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "OpRegistryError",
+    "PluginError",
+    "create_op",
+    "get_op",
+    "list_ops",
+    "op_kind",
+    "op_source",
+    "plugin_errors",
+    "register_op",
+    "reload_plugins",
+]
 
 
 class OpRegistryError(Exception):
@@ -43,12 +55,15 @@ def _check(name: str, cls: Any, source: str) -> None:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise OpRegistryError(f"operator name must be an identifier-like string, got {name!r} (from {source})")
     if not (isinstance(cls, type) and issubclass(cls, (AdaptiveConv2d, AdaptiveModule))):
-        raise OpRegistryError(f"{source} registers {name!r} but is not an AdaptiveConv2d subclass "
-                              "(nor an AdaptiveModule of another kind)")
+        raise OpRegistryError(
+            f"{source} registers {name!r} but is not an AdaptiveConv2d subclass (nor an AdaptiveModule of another kind)"
+        )
     # a conv must be an AdaptiveConv2d, any other kind an AdaptiveModule: the checks rely on it
     if cls.kind not in OP_KINDS or issubclass(cls, AdaptiveConv2d) != (cls.kind == "conv"):
-        raise OpRegistryError(f"{source} registers {name!r} with kind={cls.kind!r}; AdaptiveConv2d subclasses "
-                              f"are kind 'conv', AdaptiveModule subclasses one of {OP_KINDS[1:]}")
+        raise OpRegistryError(
+            f"{source} registers {name!r} with kind={cls.kind!r}; AdaptiveConv2d subclasses "
+            f"are kind 'conv', AdaptiveModule subclasses one of {OP_KINDS[1:]}"
+        )
     own_name = cls.__dict__.get("name")  # a subclass of a registered operator may take a new name
     if own_name and own_name != name:
         raise OpRegistryError(f"{source} is already registered as {cls.name!r}; it cannot also be {name!r}")
@@ -137,8 +152,10 @@ def create_op(name: str, in_channels: int, out_channels: int, kernel_size, **kwa
     """Build operator ``name`` with nn.Conv2d's arguments plus its own options."""
     cls = get_op(name)
     if cls.kind != "conv":
-        raise OpRegistryError(f"{name!r} is an operator of kind {cls.kind!r}, not a convolution: build it with "
-                              f"get_op({name!r})(channels, ...) instead of create_op")
+        raise OpRegistryError(
+            f"{name!r} is an operator of kind {cls.kind!r}, not a convolution: build it with "
+            f"get_op({name!r})(channels, ...) instead of create_op"
+        )
     try:
         return cls(in_channels, out_channels, kernel_size, **kwargs)
     except TypeError as exc:

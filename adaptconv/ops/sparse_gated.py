@@ -73,8 +73,16 @@ def gumbel_sigmoid_mask(logits: torch.Tensor, temperature: float = 1.0) -> tuple
 
 
 @functools.lru_cache(maxsize=8)
-def tap_index(batch: int, in_size: Pair, out_size: Pair, kernel_size: Pair, stride: Pair, padding: Pair,
-              dilation: Pair, device: torch.device) -> torch.Tensor:
+def tap_index(
+    batch: int,
+    in_size: Pair,
+    out_size: Pair,
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    device: torch.device,
+) -> torch.Tensor:
     """(B·H'·W')×(kh·kw) flat indices into B·H·W of the input pixel each tap of each output pixel
     reads; ``B·H·W`` where the tap falls in the zero padding (the caller appends a zero row there).
 
@@ -105,9 +113,18 @@ def channels_last_rows(x: torch.Tensor) -> torch.Tensor:
     return rows
 
 
-def sparse_masked_conv2d(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                         stride: Pair = (1, 1), padding: Pair = (0, 0), dilation: Pair = (1, 1), groups: int = 1,
-                         residual: bool = False, rows: torch.Tensor | None = None) -> torch.Tensor:
+def sparse_masked_conv2d(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: Pair = (1, 1),
+    padding: Pair = (0, 0),
+    dilation: Pair = (1, 1),
+    groups: int = 1,
+    residual: bool = False,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``conv2d(x) * mask`` (plus ``x`` when ``residual``) computed at the active pixels only.
 
     ``mask`` is B×1×H'×W' (non-zero = active; its values are not multiplied in, it is a 0/1 mask).
@@ -119,8 +136,9 @@ def sparse_masked_conv2d(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tens
     o, cg, kh, kw = weight.shape
     ho, wo = mask.shape[2:]
     active = mask.reshape(-1).nonzero().squeeze(1)  # flat indices into B·H'·W'
-    taps = tap_index(b, (h, w), (ho, wo), (kh, kw), tuple(stride), tuple(padding), tuple(dilation),
-                     x.device).index_select(0, active)
+    taps = tap_index(
+        b, (h, w), (ho, wo), (kh, kw), tuple(stride), tuple(padding), tuple(dilation), x.device
+    ).index_select(0, active)
     t = kh * kw
     og = o // groups
     if rows is None:
@@ -134,10 +152,10 @@ def sparse_masked_conv2d(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tens
     chunk = max(1, _CHUNK_ELEMENTS // (t * c))
     for s in range(0, n, chunk):
         # embedding is index_select on rows, but measured ~2-3× faster on the CPU for this gather
-        patches = F.embedding(taps[s:s + chunk].reshape(-1), rows)  # (n·t)×c
+        patches = F.embedding(taps[s : s + chunk].reshape(-1), rows)  # (n·t)×c
         m = patches.shape[0] // t
         if groups == 1:
-            out = vals[s:s + m]
+            out = vals[s : s + m]
             if bias is None:
                 torch.mm(patches.view(m, t * c), wmat, out=out)
             else:
@@ -147,7 +165,7 @@ def sparse_masked_conv2d(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tens
             out = torch.bmm(grouped, wmat).permute(1, 0, 2).reshape(m, o)
             if bias is not None:
                 out = out + bias
-            vals[s:s + m] = out
+            vals[s : s + m] = out
     if residual:
         # y = x + m·conv(x): add into the channels-last copy of x we already hold.
         y = rows[:-1]
@@ -167,9 +185,19 @@ def tile_activity(mask: torch.Tensor, tile: int) -> torch.Tensor:
     return padded.view(b, ny, tile, nx, tile).amax(dim=(2, 4)) != 0
 
 
-def tiled_masked_conv2d(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                        stride: Pair = (1, 1), padding: Pair = (0, 0), dilation: Pair = (1, 1), groups: int = 1,
-                        residual: bool = False, tile: int = 8, mask_is_tiled: bool = False) -> torch.Tensor:
+def tiled_masked_conv2d(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: Pair = (1, 1),
+    padding: Pair = (0, 0),
+    dilation: Pair = (1, 1),
+    groups: int = 1,
+    residual: bool = False,
+    tile: int = 8,
+    mask_is_tiled: bool = False,
+) -> torch.Tensor:
     """``conv2d(x) * mask`` (plus ``x`` when ``residual``) computed on the t×t output tiles that hold
     an active pixel only: each such tile's receptive field (its input window plus the halo) is
     gathered into a batch, convolved by F.conv2d with padding 0 (so the dense conv kernel, oneDNN on
@@ -203,10 +231,10 @@ def tiled_masked_conv2d(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tenso
     # then inside the buffer and each of its rows is one contiguous run of ex·C values.
     buf = x.new_empty(b, hp, wp, c)
     buf[:, :py].zero_()
-    buf[:, py + h:].zero_()
-    buf[:, py:py + h, :px].zero_()
-    buf[:, py:py + h, px + w:].zero_()
-    buf[:, py:py + h, px:px + w].copy_(x.permute(0, 2, 3, 1))
+    buf[:, py + h :].zero_()
+    buf[:, py : py + h, :px].zero_()
+    buf[:, py : py + h, px + w :].zero_()
+    buf[:, py : py + h, px : px + w].copy_(x.permute(0, 2, 3, 1))
     bi, rem = active.div(ny * nx, rounding_mode="floor"), active.remainder(ny * nx)
     ti, tj = rem.div(nx, rounding_mode="floor"), rem.remainder(nx)
     start = (bi * hp + ti * (t * sy)) * wp + tj * (t * sx)  # each tile window's top-left pixel
@@ -236,9 +264,17 @@ def tiled_masked_conv2d(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tenso
     return y[:, :ho, :wo].permute(0, 3, 1, 2)
 
 
-def dense_masked_conv2d(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                        stride: Pair = (1, 1), padding: Pair = (0, 0), dilation: Pair = (1, 1), groups: int = 1,
-                        residual: bool = False) -> torch.Tensor:
+def dense_masked_conv2d(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: Pair = (1, 1),
+    padding: Pair = (0, 0),
+    dilation: Pair = (1, 1),
+    groups: int = 1,
+    residual: bool = False,
+) -> torch.Tensor:
     """The dense reference (and training path): ``conv2d(x)·mask`` (+ ``x``), differentiable in all."""
     y = F.conv2d(x, weight, bias, stride, padding, dilation, groups) * mask
     return x + y if residual else y
@@ -253,7 +289,7 @@ class _LastMask:
     def __init__(self) -> None:
         self.mask: torch.Tensor | None = None
 
-    def __deepcopy__(self, memo: dict) -> "_LastMask":
+    def __deepcopy__(self, memo: dict) -> _LastMask:
         return _LastMask()
 
     def __reduce__(self):
@@ -275,22 +311,50 @@ class SparseGatedConv2d(ConvWeightMixin, AdaptiveConv2d):
     :meth:`from_conv`).
     """
 
-    paper = ("Verelst & Tuytelaars, Dynamic Convolutions: Exploiting Spatial Sparsity for Faster Inference, "
-             "CVPR 2020")
+    paper = "Verelst & Tuytelaars, Dynamic Convolutions: Exploiting Spatial Sparsity for Faster Inference, CVPR 2020"
     guide = "optional"
     function_preserving = False
-    from_conv_note = ("exact in eval mode: the conv's weights are copied, the mask unit's weight zeroed and its "
-                      "bias set to init_active_logit (3) so every pixel is active (logit ≥ 0); in training mode "
-                      "the Gumbel noise still switches off about sigmoid(−3) ≈ 5% of the pixels, so the "
-                      "train-mode function is not the conv's")
+    from_conv_note = (
+        "exact in eval mode: the conv's weights are copied, the mask unit's weight zeroed and its "
+        "bias set to init_active_logit (3) so every pixel is active (logit ≥ 0); in training mode "
+        "the Gumbel noise still switches off about sigmoid(−3) ≈ 5% of the pixels, so the "
+        "train-mode function is not the conv's"
+    )
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, *, guide_channels=None, residual: bool = False, budget: float | None = 0.5,
-                 sparsity_weight: float = 1.0, temperature: float = 1.0, sparse_inference: bool = True,
-                 dense_above: float = 1.0, init_active_logit: float = 3.0, sparse_path: str = "auto",
-                 tile_size: int = 8, block_size: int | None = None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         guide_channels=guide_channels)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        *,
+        guide_channels=None,
+        residual: bool = False,
+        budget: float | None = 0.5,
+        sparsity_weight: float = 1.0,
+        temperature: float = 1.0,
+        sparse_inference: bool = True,
+        dense_above: float = 1.0,
+        init_active_logit: float = 3.0,
+        sparse_path: str = "auto",
+        tile_size: int = 8,
+        block_size: int | None = None,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            guide_channels=guide_channels,
+        )
         label = type(self).name or type(self).__name__
         if budget is not None and not (isinstance(budget, (int, float)) and 0 <= budget <= 1):
             raise ValueError(f"{label}: budget must be a fraction of active pixels in [0, 1] or None, got {budget!r}")
@@ -306,12 +370,15 @@ class SparseGatedConv2d(ConvWeightMixin, AdaptiveConv2d):
             raise ValueError(f"{label}: sparse_path must be one of {SPARSE_PATHS}, got {sparse_path!r}")
         if isinstance(tile_size, bool) or not (isinstance(tile_size, int) and tile_size >= 1):
             raise ValueError(f"{label}: tile_size must be an int >= 1, got {tile_size!r}")
-        if block_size is not None and (isinstance(block_size, bool) or not (isinstance(block_size, int)
-                                                                            and block_size >= 1)):
+        if block_size is not None and (
+            isinstance(block_size, bool) or not (isinstance(block_size, int) and block_size >= 1)
+        ):
             raise ValueError(f"{label}: block_size must be None or an int >= 1, got {block_size!r}")
         if residual:
-            keeps_size = all(s == 1 and 2 * p == d * (k - 1) for s, p, d, k in
-                             zip(self.stride, self.padding, self.dilation, self.kernel_size))
+            keeps_size = all(
+                s == 1 and 2 * p == d * (k - 1)
+                for s, p, d, k in zip(self.stride, self.padding, self.dilation, self.kernel_size)
+            )
             if in_channels != out_channels or not keeps_size:
                 raise ValueError(
                     f"{label}: residual=True computes x + m·conv(x), so the conv's output must have the input's "
@@ -319,7 +386,8 @@ class SparseGatedConv2d(ConvWeightMixin, AdaptiveConv2d):
                     f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
                     f"dilation={self.dilation} (an input C×H×W maps to {out_channels}×H'×W' with "
                     f"H' = H + 2·{self.padding[0]} − {self.dilation[0]}·({self.kernel_size[0]}−1) − 1)//"
-                    f"{self.stride[0]} + 1); use stride 1 and padding = dilation·(k−1)/2")
+                    f"{self.stride[0]} + 1); use stride 1 and padding = dilation·(k−1)/2"
+                )
         self.residual = bool(residual)
         self.budget = None if budget is None else float(budget)
         self.sparsity_weight = float(sparsity_weight)
@@ -376,14 +444,22 @@ class SparseGatedConv2d(ConvWeightMixin, AdaptiveConv2d):
         path = self.inference_path(m) if fast else "dense"
         if path == "tiles":
             tile = self.block_size or self.tile_size
-            return tiled_masked_conv2d(x, m, self.weight, self.bias, *geo, residual=self.residual, tile=tile,
-                                       mask_is_tiled=self.block_size is not None)
+            return tiled_masked_conv2d(
+                x,
+                m,
+                self.weight,
+                self.bias,
+                *geo,
+                residual=self.residual,
+                tile=tile,
+                mask_is_tiled=self.block_size is not None,
+            )
         if path == "pixels":
             return sparse_masked_conv2d(x, m, self.weight, self.bias, *geo, residual=self.residual)
         return dense_masked_conv2d(x, m, self.weight, self.bias, *geo, residual=self.residual)
 
     def inference_path(self, m: torch.Tensor) -> str:
-        """"dense", "tiles" or "pixels" for an eval forward without grad with mask ``m``: dense above
+        """ "dense", "tiles" or "pixels" for an eval forward without grad with mask ``m``: dense above
         ``dense_above`` active; else the forced ``sparse_path``, or ("auto") the cheapest by the cost
         model (:data:`TILE_COST`, :data:`PIXEL_COST`; the dense conv costs 1)."""
         pixels = float(m.mean())
@@ -391,10 +467,12 @@ class SparseGatedConv2d(ConvWeightMixin, AdaptiveConv2d):
             return "dense"
         if self.sparse_path != "auto":
             return self.sparse_path
-        tiles = pixels if self.block_size is not None else float(
-            tile_activity(m, self.tile_size).float().mean())
-        costs = {"dense": 1.0, "tiles": TILE_COST[0] + TILE_COST[1] * tiles,
-                 "pixels": PIXEL_COST[0] + PIXEL_COST[1] * pixels}
+        tiles = pixels if self.block_size is not None else float(tile_activity(m, self.tile_size).float().mean())
+        costs = {
+            "dense": 1.0,
+            "tiles": TILE_COST[0] + TILE_COST[1] * tiles,
+            "pixels": PIXEL_COST[0] + PIXEL_COST[1] * pixels,
+        }
         return min(costs, key=costs.__getitem__)
 
     # ----------------------------------------------------------------------------------------------
@@ -414,7 +492,7 @@ class SparseGatedConv2d(ConvWeightMixin, AdaptiveConv2d):
 
     # ----------------------------------------------------------------------------------------------
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, **options: Any) -> "SparseGatedConv2d":
+    def from_conv(cls, conv: nn.Conv2d, **options: Any) -> SparseGatedConv2d:
         op = cls.build_like(conv, **options)
         op.copy_conv_weight(conv)
         with torch.no_grad():

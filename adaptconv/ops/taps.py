@@ -20,8 +20,10 @@ def pair(value, arg: str = "value", owner: str = "", minimum: int = 0) -> Pair:
         value = None
     if isinstance(value, int):
         out = (value, value)
-    elif isinstance(value, Sequence) and len(value) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
+    elif (
+        isinstance(value, Sequence)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     ):
         out = (int(value[0]), int(value[1]))
     else:
@@ -55,8 +57,13 @@ def unfold_taps(x: torch.Tensor, kernel_size: Pair, stride: Pair, padding: Pair,
 
 
 def valid_taps(
-    size: Sequence[int], kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair,
-    device=None, dtype=torch.float32,
+    size: Sequence[int],
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    device=None,
+    dtype=torch.float32,
 ) -> torch.Tensor:
     """1×1×T×H'×W' mask: 1 where a tap falls inside the image, 0 where it reads padding."""
     ones = torch.ones(1, 1, *size, device=device, dtype=dtype)
@@ -89,7 +96,7 @@ def window_centres(t: torch.Tensor, kernel_size: Pair, stride: Pair, padding: Pa
     out = None
     for r in rows:
         for q in cols:
-            s = t[:, :, r: r + (ho - 1) * stride[0] + 1: stride[0], q: q + (wo - 1) * stride[1] + 1: stride[1]]
+            s = t[:, :, r : r + (ho - 1) * stride[0] + 1 : stride[0], q : q + (wo - 1) * stride[1] + 1 : stride[1]]
             out = s if out is None else out + s
     n = len(rows) * len(cols)
     return out if n == 1 else out / n

@@ -35,11 +35,18 @@ import torch
 
 from . import torch_pac
 
-__all__ = ["available", "interpreting", "usable", "pac_forward", "pac_backward", "distance_forward",
-           "distance_backward"]
+__all__ = [
+    "available",
+    "interpreting",
+    "usable",
+    "pac_forward",
+    "pac_backward",
+    "distance_forward",
+    "distance_backward",
+]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton():
     try:
         import triton
@@ -68,12 +75,35 @@ def usable(*tensors: torch.Tensor | None) -> bool:
 # --------------------------------------------------------------------------------------------------
 # Kernel sources. They are plain functions here and wrapped by ``triton.jit`` (or the interpreter) in
 # :func:`_kernels`, so that the decision to interpret is taken when first used, not at import.
-def _pac_fwd_kernel(x_ptr, k_ptr, w_ptr, b_ptr, y_ptr,
-                    B, C, H, W, O, HO, WO, CG, OG,
-                    SH, SW, PT, PL, DH, DW,
-                    KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr,
-                    PREC: tl.constexpr):
+def _pac_fwd_kernel(
+    x_ptr,
+    k_ptr,
+    w_ptr,
+    b_ptr,
+    y_ptr,
+    B,
+    C,
+    H,
+    W,
+    O,
+    HO,
+    WO,
+    CG,
+    OG,
+    SH,
+    SW,
+    PT,
+    PL,
+    DH,
+    DW,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    PREC: tl.constexpr,
+):
     pid_p = tl.program_id(0)
     pid_o = tl.program_id(1)
     gi = tl.program_id(2)
@@ -112,12 +142,33 @@ def _pac_fwd_kernel(x_ptr, k_ptr, w_ptr, b_ptr, y_ptr,
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=p_mask[:, None] & o_mask[None, :])
 
 
-def _pac_bwd_x_kernel(gy_ptr, k_ptr, w_ptr, gx_ptr,
-                      B, C, H, W, O, HO, WO, CG, OG,
-                      SH, SW, PT, PL, DH, DW,
-                      KH: tl.constexpr, KW: tl.constexpr,
-                      BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr,
-                      PREC: tl.constexpr):
+def _pac_bwd_x_kernel(
+    gy_ptr,
+    k_ptr,
+    w_ptr,
+    gx_ptr,
+    B,
+    C,
+    H,
+    W,
+    O,
+    HO,
+    WO,
+    CG,
+    OG,
+    SH,
+    SW,
+    PT,
+    PL,
+    DH,
+    DW,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+    PREC: tl.constexpr,
+):
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
     gi = tl.program_id(2)
@@ -160,12 +211,34 @@ def _pac_bwd_x_kernel(gy_ptr, k_ptr, w_ptr, gx_ptr,
     tl.store(gx_ptr + x_off, acc.to(gx_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])
 
 
-def _pac_bwd_k_kernel(x_ptr, gy_ptr, w_ptr, gk_ptr,
-                      B, C, H, W, O, HO, WO, CG, OG, G,
-                      SH, SW, PT, PL, DH, DW,
-                      KH: tl.constexpr, KW: tl.constexpr,
-                      BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr,
-                      PREC: tl.constexpr):
+def _pac_bwd_k_kernel(
+    x_ptr,
+    gy_ptr,
+    w_ptr,
+    gk_ptr,
+    B,
+    C,
+    H,
+    W,
+    O,
+    HO,
+    WO,
+    CG,
+    OG,
+    G,
+    SH,
+    SW,
+    PT,
+    PL,
+    DH,
+    DW,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+    PREC: tl.constexpr,
+):
     pid_p = tl.program_id(0)
     j = tl.program_id(1)
     a = j // KW
@@ -206,16 +279,42 @@ def _pac_bwd_k_kernel(x_ptr, gy_ptr, w_ptr, gk_ptr,
             gk += tl.dot(t * xt, ones, input_precision="ieee")
     col = tl.arange(0, 16)
     k_off = (bi * (KH * KW) + j) * (HO * WO) + rem
-    tl.store(gk_ptr + k_off[:, None] + col[None, :] * 0, gk.to(gk_ptr.dtype.element_ty),
-             mask=p_mask[:, None] & (col[None, :] == 0))
+    tl.store(
+        gk_ptr + k_off[:, None] + col[None, :] * 0,
+        gk.to(gk_ptr.dtype.element_ty),
+        mask=p_mask[:, None] & (col[None, :] == 0),
+    )
 
 
-def _pac_bwd_w_kernel(x_ptr, k_ptr, gy_ptr, gw_ptr,
-                      B, C, H, W, O, HO, WO, CG, OG, G, PIX_PER_SPLIT,
-                      SH, SW, PT, PL, DH, DW,
-                      KH: tl.constexpr, KW: tl.constexpr,
-                      BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-                      PREC: tl.constexpr):
+def _pac_bwd_w_kernel(
+    x_ptr,
+    k_ptr,
+    gy_ptr,
+    gw_ptr,
+    B,
+    C,
+    H,
+    W,
+    O,
+    HO,
+    WO,
+    CG,
+    OG,
+    G,
+    PIX_PER_SPLIT,
+    SH,
+    SW,
+    PT,
+    PL,
+    DH,
+    DW,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    PREC: tl.constexpr,
+):
     pid_o = tl.program_id(0)
     pid_c = tl.program_id(1)
     pid_z = tl.program_id(2)  # (split, group, tap)
@@ -255,7 +354,7 @@ def _pac_bwd_w_kernel(x_ptr, k_ptr, gy_ptr, gw_ptr,
     tl.store(gw_ptr + w_off, acc, mask=o_mask[:, None] & c_mask[None, :])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernels(interpret: bool):
     triton, tl = _triton()
     # The kernels name ``tl`` as a module global (this module imports without Triton).
@@ -292,7 +391,7 @@ def _block(n: int, lo: int = 16, hi: int = 64) -> int:
 
 
 def _geom_args(geom):
-    (kh, kw), (sh, sw), (pt, pb, pl, pr), (dh, dw) = geom.kernel_size, geom.stride, geom.pads, geom.dilation
+    (kh, kw), (sh, sw), (pt, _, pl, _), (dh, dw) = geom.kernel_size, geom.stride, geom.pads, geom.dilation
     return kh, kw, sh, sw, pt, pl, dh, dw
 
 
@@ -310,9 +409,35 @@ def pac_forward(x, kernel, weight, bias, geom, groups: int) -> tuple[torch.Tenso
     y = x.new_empty(b, o, ho, wo)
     bp, bo, bc = 64, _block(og), _block(cg, hi=32)
     grid = (-(-b * ho * wo // bp), -(-og // bo), groups)
-    fwd[grid](x, kernel, weight, bias if bias is not None else weight, y,
-              b, c, h, w, o, ho, wo, cg, og, sh, sw, pt, pl, dh, dw,
-              KH=kh, KW=kw, HAS_BIAS=bias is not None, BLOCK_P=bp, BLOCK_O=bo, BLOCK_C=bc, PREC=_prec(x.dtype))
+    fwd[grid](
+        x,
+        kernel,
+        weight,
+        bias if bias is not None else weight,
+        y,
+        b,
+        c,
+        h,
+        w,
+        o,
+        ho,
+        wo,
+        cg,
+        og,
+        sh,
+        sw,
+        pt,
+        pl,
+        dh,
+        dw,
+        KH=kh,
+        KW=kw,
+        HAS_BIAS=bias is not None,
+        BLOCK_P=bp,
+        BLOCK_O=bo,
+        BLOCK_C=bc,
+        PREC=_prec(x.dtype),
+    )
     return y, saved
 
 
@@ -340,8 +465,7 @@ def pac_backward(saved, kernel, weight, gy, geom, groups: int, need_x: bool, nee
         gk = torch.empty_like(kernel)
         bp, bc, bo = 64, _block(cg, hi=32), _block(og, hi=32)
         grid = (-(-b * ho * wo // bp), kh * kw)
-        bwd_k[grid](x, gy, weight, gk, *dims, groups, *geo, KH=kh, KW=kw, BLOCK_P=bp, BLOCK_C=bc, BLOCK_O=bo,
-                    PREC=prec)
+        bwd_k[grid](x, gy, weight, gk, *dims, groups, *geo, KH=kh, KW=kw, BLOCK_P=bp, BLOCK_C=bc, BLOCK_O=bo, PREC=prec)
     if need_w:
         bo, bc, bp = _block(og), _block(cg), 64
         npix = b * ho * wo
@@ -352,8 +476,22 @@ def pac_backward(saved, kernel, weight, gy, geom, groups: int, need_x: bool, nee
         splits = -(-npix // per_split)
         part = torch.zeros(splits, o, cg, kh * kw, device=x.device, dtype=torch.float32)
         grid = (-(-og // bo), -(-cg // bc), splits * groups * kh * kw)
-        bwd_w[grid](x, kernel, gy, part, *dims, groups, per_split, *geo, KH=kh, KW=kw, BLOCK_O=bo, BLOCK_C=bc,
-                    BLOCK_P=bp, PREC=prec)
+        bwd_w[grid](
+            x,
+            kernel,
+            gy,
+            part,
+            *dims,
+            groups,
+            per_split,
+            *geo,
+            KH=kh,
+            KW=kw,
+            BLOCK_O=bo,
+            BLOCK_C=bc,
+            BLOCK_P=bp,
+            PREC=prec,
+        )
         gw = part.sum(0).view(o, cg, kh, kw).to(weight.dtype)
     return gx, gk, gw
 

@@ -70,16 +70,19 @@ def _key(text: bytes, check_registry: bool) -> str:
 
 
 def _to_json(suite: Suite) -> dict:
-    return {"spec": dataclasses.asdict(suite.spec), "path": str(suite.path),
-            "trials": [dataclasses.asdict(t) for t in suite.trials], "warnings": list(suite.warnings)}
+    return {
+        "spec": dataclasses.asdict(suite.spec),
+        "path": str(suite.path),
+        "trials": [dataclasses.asdict(t) for t in suite.trials],
+        "warnings": list(suite.warnings),
+    }
 
 
 def _from_json(data: dict) -> Suite:
     spec = dict(data["spec"])
     spec["blocks"] = [Block(**b) for b in spec["blocks"]]
     spec["resources"] = Resources(**spec["resources"])
-    return Suite(SuiteSpec(**spec), Path(data["path"]), [Trial(**t) for t in data["trials"]],
-                 list(data["warnings"]))
+    return Suite(SuiteSpec(**spec), Path(data["path"]), [Trial(**t) for t in data["trials"]], list(data["warnings"]))
 
 
 def load_suite_cached(suite: str | Path, check_registry: bool = True, force: bool = False) -> tuple[Suite, bool]:
@@ -117,6 +120,7 @@ def load_suite_cached(suite: str | Path, check_registry: bool = True, force: boo
 
 # ---- what this installation knows, as plain data -------------------------------------------------------
 
+
 def _jsonable(value):
     """A default as JSON (tuples become lists); None when it has no JSON form (a class, a function)."""
     try:
@@ -137,9 +141,11 @@ def describe_installation() -> dict:
 
     ops = {}
     for name in list_ops():
-        ops[name] = {n: {"default": _jsonable(p.default)} for n, p in _op_options(get_op(name)).items()
-                     if p.default is not inspect.Parameter.empty and _jsonable(p.default) is not None
-                     or p.default is None}
+        ops[name] = {
+            n: {"default": _jsonable(p.default)}
+            for n, p in _op_options(get_op(name)).items()
+            if p.default is not inspect.Parameter.empty and _jsonable(p.default) is not None or p.default is None
+        }
     tasks = {}
     for name in list_tasks():
         cls = get_task(name)
@@ -152,8 +158,11 @@ def describe_installation() -> dict:
             else:
                 options[f.name] = {}
         tasks[name] = {
-            "datasets": list(cls.datasets), "backbones": list(cls.backbones), "accepts_timm": bool(cls.accepts_timm),
-            "metrics": list(dict.fromkeys([*cls.metrics, *cls.higher_is_better])), "options": options,
+            "datasets": list(cls.datasets),
+            "backbones": list(cls.backbones),
+            "accepts_timm": bool(cls.accepts_timm),
+            "metrics": list(dict.fromkeys([*cls.metrics, *cls.higher_is_better])),
+            "options": options,
             "higher_is_better": dict(cls.higher_is_better),
             "late_options": {k: _jsonable(v) for k, v in cls.late_options.items()},
             "baselines": list(getattr(cls, "baseline_names", ()) or ()),
@@ -163,8 +172,12 @@ def describe_installation() -> dict:
         import timm
 
         timm_models = sorted(timm.list_models())
-    return {"ops": ops, "tasks": tasks, "config_keys": [f.name for f in dataclasses.fields(TrialConfig)],
-            "timm_models": timm_models}
+    return {
+        "ops": ops,
+        "tasks": tasks,
+        "config_keys": [f.name for f in dataclasses.fields(TrialConfig)],
+        "timm_models": timm_models,
+    }
 
 
 def installation() -> dict:

@@ -13,8 +13,8 @@ import logging
 import os
 import signal
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +62,7 @@ def make_plan(suite: Suite, store: ResultStore, retry_failed: bool = False) -> P
     reap_slurm_claims(store, tids, live)
     states = store.states(tids)
     if live:
-        for tid, (job, slurm_state) in latest_jobs(store, live).items():
+        for tid, (_job, slurm_state) in latest_jobs(store, live).items():
             if tid in states and states[tid] not in ("done", "failed", "crashed"):
                 states[tid] = "running" if slurm_state in RUNNING_STATES else "queued"
     counts: dict[str, int] = {}
@@ -84,9 +84,11 @@ def missing_data(plan: Plan) -> list[str]:
         if spec is None or spec.builtin:
             continue
         if not root or not Path(root).exists():
-            problems[(spec.name, root)] = (f"dataset {spec.name}: data_root {root!r} does not exist "
-                                           f"({spec.description})" if root else
-                                           f"dataset {spec.name}: no data_root given ({spec.description})")
+            problems[(spec.name, root)] = (
+                f"dataset {spec.name}: data_root {root!r} does not exist ({spec.description})"
+                if root
+                else f"dataset {spec.name}: no data_root given ({spec.description})"
+            )
     return [problems[k] for k in sorted(problems, key=str)]
 
 
@@ -110,8 +112,9 @@ def run_debug(plan: Plan, checkpoint_every_s: float = 120.0) -> dict[str, int]:
     try:
         for t in plan.to_run:
             began = time.monotonic()
-            state = execute_trial(plan.store.root, t.id, checkpoint_every_s=checkpoint_every_s,
-                                  extra={"executor": "debug"})
+            state = execute_trial(
+                plan.store.root, t.id, checkpoint_every_s=checkpoint_every_s, extra={"executor": "debug"}
+            )
             progress.finished(t, state, time.monotonic() - began)
     finally:
         progress.close()
@@ -125,8 +128,13 @@ def default_parallelism() -> int:
     return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
 
 
-def run_local(plan: Plan, max_parallel: int | None = None, checkpoint_every_s: float = 120.0,
-              reuse_workers: bool = True, heartbeat_s: float = 60.0) -> dict[str, int]:
+def run_local(
+    plan: Plan,
+    max_parallel: int | None = None,
+    checkpoint_every_s: float = 120.0,
+    reuse_workers: bool = True,
+    heartbeat_s: float = 60.0,
+) -> dict[str, int]:
     """Run the plan in worker subprocesses, at most ``max_parallel`` at once (GPU i for slot i).
 
     With ``reuse_workers`` each slot keeps one worker process that runs its trials one after the other
@@ -154,8 +162,14 @@ def run_local(plan: Plan, max_parallel: int | None = None, checkpoint_every_s: f
         if slot in errors:
             errors[slot].close()  # the previous worker of this slot is gone
         errors[slot] = tempfile.TemporaryFile(mode="w+")
-        return subprocess.Popen([sys.executable, "-m", "adaptconv.sweep.worker", *args], env=env, text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors[slot])
+        return subprocess.Popen(
+            [sys.executable, "-m", "adaptconv.sweep.worker", *args],
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors[slot],
+        )
 
     def stderr_tail(slot: int) -> str:
         f = errors.get(slot)
@@ -170,8 +184,9 @@ def run_local(plan: Plan, max_parallel: int | None = None, checkpoint_every_s: f
             state = plan.store.state(trial.id)
         else:  # the worker died mid-trial: its parent (here) records a crash, or notes the interruption
             proc = workers[slot]
-            state, message = handle_dead_worker(plan.store, trial.id, proc.pid, proc.returncode, "local",
-                                                stderr_tail(slot))
+            state, message = handle_dead_worker(
+                plan.store, trial.id, proc.pid, proc.returncode, "local", stderr_tail(slot)
+            )
             (log.warning if state in ("interrupted", "pending") else log.error)("trial %s: %s", trial.id, message)
         progress.finished(trial, state, time.monotonic() - began.pop(slot))
 
@@ -250,7 +265,13 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+    return (
+        f"{seconds:.1f} s"
+        if seconds < 90
+        else f"{seconds / 60:.0f} min"
+        if seconds < 5400
+        else f"{seconds / 3600:.1f} h"
+    )
 
 
 class TrialProgress:
@@ -291,8 +312,10 @@ class TrialProgress:
         left = self.total - self.done
         eta = f"ETA {_duration((time.monotonic() - self.start) / self.done * left)}" if left else "last"
         width = len(str(self.total))
-        print(f"[{self.done:>{width}}/{self.total}] {state:<8} {trial.id}  {what}  {shown}  {_duration(seconds)}  {eta}",
-              flush=True)
+        print(
+            f"[{self.done:>{width}}/{self.total}] {state:<8} {trial.id}  {what}  {shown}  {_duration(seconds)}  {eta}",
+            flush=True,
+        )
 
     def heartbeat(self, trial: Trial, seconds: float, every_s: float) -> None:
         """Where lines are printed: every ``every_s`` a running trial's phase and step (from its claim)."""
@@ -311,9 +334,24 @@ class TrialProgress:
 
 # --------------------------------------------------------------------------------------------------
 #: SLURM job states in which the job holds its trial (it will run, runs or is being requeued)
-LIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
-                         "SUSPENDED", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "STOPPED",
-                         "RESV_DEL_HOLD", "SPECIAL_EXIT"})
+LIVE_STATES = frozenset(
+    {
+        "PENDING",
+        "RUNNING",
+        "REQUEUED",
+        "REQUEUE_FED",
+        "REQUEUE_HOLD",
+        "RESIZING",
+        "SUSPENDED",
+        "CONFIGURING",
+        "COMPLETING",
+        "SIGNALING",
+        "STAGE_OUT",
+        "STOPPED",
+        "RESV_DEL_HOLD",
+        "SPECIAL_EXIT",
+    }
+)
 #: ... of which these mean it runs now
 RUNNING_STATES = frozenset({"RUNNING", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT"})
 
@@ -334,15 +372,18 @@ def scheduler_jobs_of(store: ResultStore) -> tuple[dict[str, tuple[str, str]], s
     try:
         live = live_jobs()
     except SchedulerUnavailable as exc:
-        return {}, (f"SLURM jobs were submitted for this suite but the scheduler cannot be asked ({exc}): "
-                    "trials whose jobs wait in its queue show as pending")
+        return {}, (
+            f"SLURM jobs were submitted for this suite but the scheduler cannot be asked ({exc}): "
+            "trials whose jobs wait in its queue show as pending"
+        )
     names = submitted_job_names(store)
     ids = {jid for e in jobs for jid in (e.get("jobs") or {}).values()}
     ids |= {str(e["array_job_id"]) for e in jobs if e.get("array_job_id")}
     # a job of ours: its id was submitted here and (where recorded) its name matches, so a job id reused
     # after the scheduler's state was purged is not mistaken for ours
-    return {jid: (raw, state) for jid, (raw, state, name) in live.items()
-            if jid in ids and (not names or name in names)}, None
+    return {
+        jid: (raw, state) for jid, (raw, state, name) in live.items() if jid in ids and (not names or name in names)
+    }, None
 
 
 def latest_jobs(store: ResultStore, live: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:

@@ -72,10 +72,18 @@ def load_profile(profile: str | Path | None, cwd: str | Path | None = None) -> t
     if not p.is_file():
         found = [d / f"{profile}.yaml" for d in profile_dirs(cwd) if (d / f"{profile}.yaml").is_file()]
         if not found:
-            known = "; ".join(f"{d}: {', '.join(sorted(f.stem for f in d.glob('*.yaml'))) or 'none'}"
-                              if d.is_dir() else f"{d}: no such folder" for d in profile_dirs(cwd))
-            raise ConfigError([f"no SLURM profile {str(profile)!r} (looked for {profile}.yaml in {known}); "
-                               "give a profile name or a path to a .yaml file"])
+            known = "; ".join(
+                f"{d}: {', '.join(sorted(f.stem for f in d.glob('*.yaml'))) or 'none'}"
+                if d.is_dir()
+                else f"{d}: no such folder"
+                for d in profile_dirs(cwd)
+            )
+            raise ConfigError(
+                [
+                    f"no SLURM profile {str(profile)!r} (looked for {profile}.yaml in {known}); "
+                    "give a profile name or a path to a .yaml file"
+                ]
+            )
         p = found[0]
     import yaml
 
@@ -120,8 +128,9 @@ class TrialTask:
         return submitit.helpers.DelayedSubmission(TrialTask(self.store_root, self.checkpoint_every_s), tid)
 
 
-def submit(plan: Plan, profile: SlurmProfile, profile_name: str, folder: Path | None = None,
-           chunk: int | None = None) -> list[str]:
+def submit(
+    plan: Plan, profile: SlurmProfile, profile_name: str, folder: Path | None = None, chunk: int | None = None
+) -> list[str]:
     """Submit the plan's trials as job arrays; return the job ids. sbatch failures raise."""
     import submitit
 
@@ -132,8 +141,10 @@ def submit(plan: Plan, profile: SlurmProfile, profile_name: str, folder: Path | 
 
     minutes = time_to_minutes(need(res.time, profile.time, "01:00:00"))
     if minutes < 10:
-        warnings.warn(f"SLURM time limit {minutes} min is under 10 minutes: trials may be killed before "
-                      "they checkpoint", stacklevel=2)
+        warnings.warn(
+            f"SLURM time limit {minutes} min is under 10 minutes: trials may be killed before they checkpoint",
+            stacklevel=2,
+        )
     if not plan.to_run:
         return []
     prepare(plan)
@@ -162,21 +173,29 @@ def submit(plan: Plan, profile: SlurmProfile, profile_name: str, folder: Path | 
     task = TrialTask(str(plan.store.root), profile.checkpoint_every_s)
     ids: list[str] = []
     for start in range(0, len(plan.to_run), size):
-        part = plan.to_run[start:start + size]
+        part = plan.to_run[start : start + size]
         try:
             jobs = executor.map_array(task, [t.id for t in part])
         except Exception as exc:  # submitit raises on an sbatch error: say so, keep what was submitted
             raise RuntimeError(f"sbatch failed after {len(ids)} job(s) were submitted: {exc}") from exc
         job_ids = [j.job_id for j in jobs]
         ids += job_ids
-        plan.store.add_jobs({"time": time.time(), "profile": profile_name, "folder": str(folder),
-                             "job_name": params["job_name"],
-                             "array_job_id": job_ids[0].split("_")[0] if job_ids else None,
-                             "jobs": dict(zip((t.id for t in part), job_ids))})
+        plan.store.add_jobs(
+            {
+                "time": time.time(),
+                "profile": profile_name,
+                "folder": str(folder),
+                "job_name": params["job_name"],
+                "array_job_id": job_ids[0].split("_")[0] if job_ids else None,
+                "jobs": dict(zip((t.id for t in part), job_ids)),
+            }
+        )
     return ids
 
 
-def wait_for(store: ResultStore, tids: list[str], timeout_s: float | None = None, poll_s: float = 2.0) -> dict[str, str]:
+def wait_for(
+    store: ResultStore, tids: list[str], timeout_s: float | None = None, poll_s: float = 2.0
+) -> dict[str, str]:
     """Block until every trial has a record, or none is held by a job any more, or the timeout;
     return the states."""
     from .executors import latest_jobs, reap_slurm_claims, scheduler_jobs_of
@@ -253,7 +272,7 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
         out = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(bases)])
     except SchedulerUnavailable:
         out = None
-    for line in (out.stdout.splitlines() if out else []):
+    for line in out.stdout.splitlines() if out else []:
         jid, _, state = line.partition("|")
         for one in expand_job_ids(jid):
             if one in wanted:

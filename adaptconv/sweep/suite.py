@@ -124,6 +124,7 @@ class Suite:
 # --------------------------------------------------------------------------------------------------
 # Locating lines in the YAML source
 
+
 def _line_index(text: str) -> tuple[dict[tuple, int], list[tuple[tuple, int, int]]]:
     """Key path (tuple of keys / list indices) → 1-based line, from the YAML node tree; and the keys
     given twice in one mapping, as (key path, first line, repeated line) — YAML loaders keep the last
@@ -173,6 +174,7 @@ class _Problems:
 
 # --------------------------------------------------------------------------------------------------
 
+
 def resolve_suite_path(suite: str | Path) -> Path:
     """A suite name in ``suites/`` or a path to a suite file."""
     p = Path(suite)
@@ -181,8 +183,10 @@ def resolve_suite_path(suite: str | Path) -> Path:
         return named
     if p.is_dir():
         inside = sorted(f.name for f in p.iterdir() if f.suffix in (".yaml", ".yml"))
-        raise SuiteError(["is a directory, not a suite file" + (f"; the suite files in it: {', '.join(inside)}"
-                                                                 if inside else "")], p)
+        raise SuiteError(
+            ["is a directory, not a suite file" + (f"; the suite files in it: {', '.join(inside)}" if inside else "")],
+            p,
+        )
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.exists():
             raise SuiteError(["no such suite file"], p)
@@ -193,8 +197,13 @@ def resolve_suite_path(suite: str | Path) -> Path:
     if candidate.is_file():
         return candidate
     known = sorted(f.stem for f in SUITES_DIR.glob("*.yaml")) if SUITES_DIR.is_dir() else []
-    raise SuiteError([f"no suite named {str(suite)!r} in {SUITES_DIR}{did_you_mean(str(suite), known)}; "
-                      f"known: {', '.join(known) or 'none'}"], suite)
+    raise SuiteError(
+        [
+            f"no suite named {str(suite)!r} in {SUITES_DIR}{did_you_mean(str(suite), known)}; "
+            f"known: {', '.join(known) or 'none'}"
+        ],
+        suite,
+    )
 
 
 def load_yaml(text: str, path: Path, error: type[FileConfigError]):
@@ -218,11 +227,18 @@ def _read_text(path: Path) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise SuiteError([f"is not UTF-8 text: byte 0x{data[exc.start]:02x} at line {line}, column {column} is "
-                          f"not UTF-8 (save the file as UTF-8)"], path) from None
+        raise SuiteError(
+            [
+                f"is not UTF-8 text: byte 0x{data[exc.start]:02x} at line {line}, column {column} is "
+                f"not UTF-8 (save the file as UTF-8)"
+            ],
+            path,
+        ) from None
     if not text.strip():
-        raise SuiteError(["the file is empty; a suite is a mapping with keys name, description, base, ... "
-                          "(see suites/quick.yaml)"], path)
+        raise SuiteError(
+            ["the file is empty; a suite is a mapping with keys name, description, base, ... (see suites/quick.yaml)"],
+            path,
+        )
     return text
 
 
@@ -240,8 +256,9 @@ def load_suite(suite: str | Path, check_registry: bool = True) -> Suite:
     problems = _Problems(lines)
     raw = load_yaml(text, path, SuiteError)
     if raw is None:
-        raise SuiteError(["has only comments and blank lines; a suite is a mapping with keys name, "
-                          "description, base, ..."], path)
+        raise SuiteError(
+            ["has only comments and blank lines; a suite is a mapping with keys name, description, base, ..."], path
+        )
     if not isinstance(raw, dict):
         raise SuiteError(["a suite file is a mapping with keys name, description, base, ..."], path)
     for key, first, again in duplicates:
@@ -278,8 +295,11 @@ def _check_spec(spec: SuiteSpec, problems: _Problems) -> None:
     if not NAME.fullmatch(spec.name):
         problems.add(("name",), f"{spec.name!r} must be letters, digits, '-', '_' or '.' (it names a folder)")
     elif len(spec.name) > MAX_NAME:
-        problems.add(("name",), f"is {len(spec.name)} characters long; it names the results and report folders "
-                                f"(results/<name>/), so at most {MAX_NAME}")
+        problems.add(
+            ("name",),
+            f"is {len(spec.name)} characters long; it names the results and report folders "
+            f"(results/<name>/), so at most {MAX_NAME}",
+        )
     if not spec.description.strip():
         problems.add(("description",), "say what the suite answers (and, for real data, where it must be)")
     if spec.resources.time is not None and not re.fullmatch(r"(\d+-)?\d{1,2}:\d{2}:\d{2}", spec.resources.time):
@@ -328,8 +348,11 @@ def _check_spec(spec: SuiteSpec, problems: _Problems) -> None:
             problems.add(("exclude", i), "an empty rule would exclude everything")
         for key in rule:
             if key not in swept:
-                problems.add(("exclude", i, key), f"is not swept by any axis, so the rule can never select a subset"
-                             f"{did_you_mean(key, sorted(swept))}")
+                problems.add(
+                    ("exclude", i, key),
+                    f"is not swept by any axis, so the rule can never select a subset"
+                    f"{did_you_mean(key, sorted(swept))}",
+                )
 
 
 def _freeze(value):
@@ -384,8 +407,9 @@ def _matches(rule: dict[str, Any], config: dict) -> bool:
     return True
 
 
-def expand(spec: SuiteSpec, problems: _Problems | None = None, check_registry: bool = True,
-           warnings: list[str] | None = None) -> list[Trial]:
+def expand(
+    spec: SuiteSpec, problems: _Problems | None = None, check_registry: bool = True, warnings: list[str] | None = None
+) -> list[Trial]:
     """The suite's trials, each validated and with its stable id, in a deterministic order.
 
     A problem found in several trials is reported once, with how many trials have it and the axis
@@ -407,7 +431,7 @@ def expand(spec: SuiteSpec, problems: _Problems | None = None, check_registry: b
         base = _deep_merge(spec.base, block.base)
         for point in _grid(block.product, block.zip):
             for tp in top:
-                for seed in (block.seeds if block.seeds is not None else seeds):
+                for seed in block.seeds if block.seeds is not None else seeds:
                     config = _deep_merge(base, {})
                     swept = {**tp, **point}
                     try:
@@ -450,14 +474,20 @@ def expand(spec: SuiteSpec, problems: _Problems | None = None, check_registry: b
         _report(problems, spec, blocks[bi], bi, problem, failed, points[bi])
     for i, hits in enumerate(rule_hits):
         if not hits and spec.exclude[i]:
-            problems.add(("exclude", i), f"matches no trial, so it excludes nothing{_rule_hint(spec.exclude[i], rule_values)}")
+            problems.add(
+                ("exclude", i), f"matches no trial, so it excludes nothing{_rule_hint(spec.exclude[i], rule_values)}"
+            )
     for op in unchecked:
-        warnings.append(f"operator {op!r} is not installed here (or no longer takes the suite's options): its "
-                        "trials are read as the suite gives them, unchecked, and matched to their stored records; "
-                        "plan and run would refuse them")
+        warnings.append(
+            f"operator {op!r} is not installed here (or no longer takes the suite's options): its "
+            "trials are read as the suite gives them, unchecked, and matched to their stored records; "
+            "plan and run would refuse them"
+        )
     if not trials and not problems.items:
-        problems.add(("exclude",) if excluded else (), "the suite expands to no trial"
-                     + (f" ({excluded} excluded)" if excluded else ""))
+        problems.add(
+            ("exclude",) if excluded else (),
+            "the suite expands to no trial" + (f" ({excluded} excluded)" if excluded else ""),
+        )
     return list(trials.values())
 
 
@@ -470,15 +500,19 @@ def _unchecked(config: dict):
         return None
 
 
-def _report(problems: _Problems, spec: SuiteSpec, block: Block, bi: int, problem: str, failed: list[dict],
-            every: list[dict]) -> None:
+def _report(
+    problems: _Problems, spec: SuiteSpec, block: Block, bi: int, problem: str, failed: list[dict], every: list[dict]
+) -> None:
     """One problem found in the trials ``failed`` (swept values) out of ``every`` trial of the block."""
     key = problem.split(":", 1)[0]
     keys = list(dict.fromkeys(k for pt in every for k in pt))
     varying = [k for k in keys if len({repr(_freeze(pt.get(k))) for pt in every}) > 1]
     first = failed[0]
-    shared = {k: first.get(k) for k in varying
-              if all(repr(_freeze(pt.get(k))) == repr(_freeze(first.get(k))) for pt in failed)}
+    shared = {
+        k: first.get(k)
+        for k in varying
+        if all(repr(_freeze(pt.get(k))) == repr(_freeze(first.get(k))) for pt in failed)
+    }
     where = _axis_of(key, spec, block, bi)
     if where is None:
         # the problem names another key (task_options.patch) because of a swept value (scale=7): blame
@@ -515,15 +549,21 @@ def _rule_hint(rule: dict[str, Any], seen: dict[str, list]) -> str:
         missing = [w for w in wanted if not any(_same(v, w) for v in seen[key])]
         if len(missing) == len(wanted):
             shown = ", ".join(map(str, seen[key][:12])) or "none"
-            return (f": no trial has {key}={missing[0] if len(missing) == 1 else missing}"
-                    f"{did_you_mean(missing[0], [str(v) for v in seen[key]])} (its values: {shown})")
+            return (
+                f": no trial has {key}={missing[0] if len(missing) == 1 else missing}"
+                f"{did_you_mean(missing[0], [str(v) for v in seen[key]])} (its values: {shown})"
+            )
     return ": no trial has all of its values together"
 
 
 def _axis_of(key: str, spec: SuiteSpec, block: Block, bi: int) -> tuple | None:
     """Where in the file a bad trial key comes from (an axis if it is swept, else the base)."""
-    for where, axis in ((("blocks", bi, "product"), block.product), (("blocks", bi, "zip"), block.zip),
-                        (("product",), spec.product), (("zip",), spec.zip)):
+    for where, axis in (
+        (("blocks", bi, "product"), block.product),
+        (("blocks", bi, "zip"), block.zip),
+        (("product",), spec.product),
+        (("zip",), spec.zip),
+    ):
         for k in axis:
             if k == key or k.startswith(key + ".") or key.startswith(k + "."):
                 return where + (k,)
@@ -594,12 +634,17 @@ def override_run_keys(suite: Suite, values: dict[str, Any]) -> None:
 
     bad = [k for k in values if k not in RUN_KEYS]
     if bad:
-        raise SuiteError([f"--set {k}: only run keys can be set from the command line ({', '.join(RUN_KEYS)}); "
-                          f"change {k} in the suite file" for k in bad], suite.path)
+        raise SuiteError(
+            [
+                f"--set {k}: only run keys can be set from the command line ({', '.join(RUN_KEYS)}); "
+                f"change {k} in the suite file"
+                for k in bad
+            ],
+            suite.path,
+        )
     for trial in suite.trials:
         trial.config.update(values)
         try:
             parse_trial_config(trial.config)
         except ConfigError as exc:
             raise SuiteError([f"--set: {p}" for p in exc.problems], suite.path) from None
-

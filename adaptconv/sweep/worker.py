@@ -81,8 +81,9 @@ def slurm_ids() -> dict[str, str]:
 #: shutdown): the trial is interrupted, not broken, and resumes from its checkpoint when run again.
 #: Any other signal (SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL, ...) means the trial crashed itself.
 #: SIGUSR2 is SLURM's (submitit's) checkpoint-and-requeue signal.
-INTERRUPT_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
-                               signal.SIGUSR2})
+INTERRUPT_SIGNALS = frozenset(
+    {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR2}
+)
 
 
 def _where(claim: dict[str, Any]) -> str:
@@ -91,7 +92,9 @@ def _where(claim: dict[str, Any]) -> str:
     if phase is None:
         return "before it reported any progress"
     if phase == "train":
-        return f"in training, after step {step} of {total}" if step else f"in training, before its first step (of {total})"
+        return (
+            f"in training, after step {step} of {total}" if step else f"in training, before its first step (of {total})"
+        )
     return f"in {phase} (after training step {step} of {total})" if total else f"in {phase}"
 
 
@@ -107,8 +110,9 @@ def _describe_exit(returncode: int) -> tuple[str, str | None, bool]:
     return f"exited with status {returncode} without writing a record", None, False
 
 
-def handle_dead_worker(store: ResultStore, tid: str, pid: int, returncode: int, executor: str,
-                       stderr_tail: str = "") -> tuple[str, str]:
+def handle_dead_worker(
+    store: ResultStore, tid: str, pid: int, returncode: int, executor: str, stderr_tail: str = ""
+) -> tuple[str, str]:
     """Called by the parent of a worker process that died while it ran trial ``tid``.
 
     Returns ``(state, message)``: ``crashed`` when the worker died of its own fault (a signal other
@@ -126,24 +130,39 @@ def handle_dead_worker(store: ResultStore, tid: str, pid: int, returncode: int, 
     claim = store.read_claim(tid)
     how, sig_name, interrupted = _describe_exit(returncode)
     if claim is None or claim.get("pid") != pid:
-        return "pending", (f"worker {how} before it started trial {tid}: the trial stays pending"
-                           + (f"; its stderr ended with:\n{stderr_tail}" if stderr_tail.strip() else ""))
+        return "pending", (
+            f"worker {how} before it started trial {tid}: the trial stays pending"
+            + (f"; its stderr ended with:\n{stderr_tail}" if stderr_tail.strip() else "")
+        )
     where = _where(claim)
     attempt = claim.get("attempt")
     now = time.time()
-    event = {"attempt": attempt, "time": claim.get("progress_time") or now, "host": claim.get("host"),
-             "phase": claim.get("phase"), "step": claim.get("step"), "total": claim.get("total")}
+    event = {
+        "attempt": attempt,
+        "time": claim.get("progress_time") or now,
+        "host": claim.get("host"),
+        "phase": claim.get("phase"),
+        "step": claim.get("step"),
+        "total": claim.get("total"),
+    }
     if interrupted:
-        message = (f"worker {how} {where}: no record; the trial stays pending and resumes from its checkpoint "
-                   "on the next run")
+        message = (
+            f"worker {how} {where}: no record; the trial stays pending and resumes from its checkpoint on the next run"
+        )
         if attempt is not None:
             store.log_attempt(tid, {**event, "event": "interrupted", "signal": sig_name})
         _append_log(store, tid, f"trial {tid} attempt {attempt} interrupted: {message}")
         store.release(tid)
         return "interrupted", message
     message = f"worker process {how} {where}"
-    error: dict[str, Any] = {"message": message, "phase": claim.get("phase"), "last_step": claim.get("step"),
-                             "total_steps": claim.get("total"), "pid": pid, "host": claim.get("host")}
+    error: dict[str, Any] = {
+        "message": message,
+        "phase": claim.get("phase"),
+        "last_step": claim.get("step"),
+        "total_steps": claim.get("total"),
+        "pid": pid,
+        "host": claim.get("host"),
+    }
     if sig_name:
         error.update(signal=sig_name, signal_number=-returncode)
     else:
@@ -159,12 +178,25 @@ def handle_dead_worker(store: ResultStore, tid: str, pid: int, returncode: int, 
     except (OSError, ValueError):
         config = {}
     record = {
-        "schema": 1, "status": CRASHED, "config": config, "metrics": {}, "curve": {}, "measurements": {},
-        "swap": {}, "timing": {}, "error": error,
-        "environment": {"hostname": claim.get("host"), "slurm": claim.get("slurm") or {},
-                        "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))},
-        "trial_id": tid, "attempts": attempt, "requeues": claim.get("requeues", 0),
-        "suite": store.suite_name(), "finished": now,
+        "schema": 1,
+        "status": CRASHED,
+        "config": config,
+        "metrics": {},
+        "curve": {},
+        "measurements": {},
+        "swap": {},
+        "timing": {},
+        "error": error,
+        "environment": {
+            "hostname": claim.get("host"),
+            "slurm": claim.get("slurm") or {},
+            "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        },
+        "trial_id": tid,
+        "attempts": attempt,
+        "requeues": claim.get("requeues", 0),
+        "suite": store.suite_name(),
+        "finished": now,
         "dispatch": {"executor": executor, "record_written_by": "parent process"},
     }
     if claim.get("slurm"):
@@ -199,13 +231,23 @@ def _note_interrupted(store: ResultStore, tid: str, previous: dict[str, Any] | N
     n = previous["attempt"]
     if any(a["attempt"] == n and "end" in a for a in store.attempt_history(tid)):
         return
-    store.log_attempt(tid, {"attempt": n, "event": "interrupted", "time": previous.get("progress_time") or
-                            previous.get("start"), "host": previous.get("host"), "phase": previous.get("phase"),
-                            "step": previous.get("step"), "total": previous.get("total")})
+    store.log_attempt(
+        tid,
+        {
+            "attempt": n,
+            "event": "interrupted",
+            "time": previous.get("progress_time") or previous.get("start"),
+            "host": previous.get("host"),
+            "phase": previous.get("phase"),
+            "step": previous.get("step"),
+            "total": previous.get("total"),
+        },
+    )
 
 
-def execute_trial(store_root: str | os.PathLike, tid: str, *, checkpoint_every_s: float = 120.0,
-                  extra: dict[str, Any] | None = None) -> str:
+def execute_trial(
+    store_root: str | os.PathLike, tid: str, *, checkpoint_every_s: float = 120.0, extra: dict[str, Any] | None = None
+) -> str:
     """Run trial ``tid`` of the store; return its final state (or "running" if another process has it)."""
     from ..trial import run_trial
 
@@ -235,23 +277,49 @@ def execute_trial(store_root: str | os.PathLike, tid: str, *, checkpoint_every_s
         attempts = int(attempts_file.read_text()) + 1 if attempts_file.exists() else 1
         attempts_file.write_text(str(attempts))
         store.update_claim(tid, attempt=attempts)
-        store.log_attempt(tid, {"attempt": attempts, "event": "start", "time": time.time(),
-                                "host": socket.gethostname(), "pid": os.getpid(),
-                                "requeues": requeue_count(), **({"slurm_job_id": slurm["job_id"]} if slurm else {})})
+        store.log_attempt(
+            tid,
+            {
+                "attempt": attempts,
+                "event": "start",
+                "time": time.time(),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "requeues": requeue_count(),
+                **({"slurm_job_id": slurm["job_id"]} if slurm else {}),
+            },
+        )
         with _trial_logging(store.log_path(tid)):
             log.info("trial %s attempt %d starts (requeues so far: %d)", tid, attempts, requeue_count())
-            record = run_trial(config, checkpoint=str(store.checkpoint_path(tid)),
-                               checkpoint_every_s=checkpoint_every_s, progress=progress)
-            record.update(trial_id=tid, attempts=attempts, requeues=requeue_count(),
-                          suite=store.suite_name(), finished=time.time())
+            record = run_trial(
+                config,
+                checkpoint=str(store.checkpoint_path(tid)),
+                checkpoint_every_s=checkpoint_every_s,
+                progress=progress,
+            )
+            record.update(
+                trial_id=tid,
+                attempts=attempts,
+                requeues=requeue_count(),
+                suite=store.suite_name(),
+                finished=time.time(),
+            )
             if slurm:
                 record["slurm"] = slurm
             if extra:
                 record["dispatch"] = extra
-            store.log_attempt(tid, {"attempt": attempts, "event": "end", "time": record["finished"],
-                                    "outcome": record["status"], "timing": record.get("timing") or {},
-                                    "steps": record.get("steps"),
-                                    "resumed_from_step": record.get("resumed_from_step")})
+            store.log_attempt(
+                tid,
+                {
+                    "attempt": attempts,
+                    "event": "end",
+                    "time": record["finished"],
+                    "outcome": record["status"],
+                    "timing": record.get("timing") or {},
+                    "steps": record.get("steps"),
+                    "resumed_from_step": record.get("resumed_from_step"),
+                },
+            )
             _finish_record(store, tid, record)
             store.write_record(tid, record)
             log.info("trial %s ended: %s", tid, record["status"])
@@ -263,9 +331,18 @@ def execute_trial(store_root: str | os.PathLike, tid: str, *, checkpoint_every_s
         if attempts is not None and not isinstance(exc, Exception):
             claim = store.read_claim(tid) or {}
             with contextlib.suppress(OSError):
-                store.log_attempt(tid, {"attempt": attempts, "event": "interrupted", "time": time.time(),
-                                        "phase": claim.get("phase"), "step": claim.get("step"),
-                                        "total": claim.get("total"), "reason": type(exc).__name__})
+                store.log_attempt(
+                    tid,
+                    {
+                        "attempt": attempts,
+                        "event": "interrupted",
+                        "time": time.time(),
+                        "phase": claim.get("phase"),
+                        "step": claim.get("step"),
+                        "total": claim.get("total"),
+                        "reason": type(exc).__name__,
+                    },
+                )
         raise
     finally:
         store.release(tid)
@@ -303,8 +380,9 @@ def _ignore_usr2() -> None:  # runs in the child between fork and exec; an ignor
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
-def run_in_child(store_root: str | os.PathLike, tid: str, *, checkpoint_every_s: float = 120.0,
-                 executor: str = "slurm") -> str:
+def run_in_child(
+    store_root: str | os.PathLike, tid: str, *, checkpoint_every_s: float = 120.0, executor: str = "slurm"
+) -> str:
     """Run trial ``tid`` in a child worker process and watch it: the SLURM job's side of what the local
     executor does. If the child dies of its own fault (a native kernel's SIGSEGV...), this process —
     still alive — writes the ``crashed`` record. Returns the trial's state; raises if the child was
@@ -316,8 +394,16 @@ def run_in_child(store_root: str | os.PathLike, tid: str, *, checkpoint_every_s:
     import subprocess
 
     store = ResultStore(store_root)
-    args = [sys.executable, "-m", "adaptconv.sweep.worker", "--executor", executor, str(store_root), tid,
-            str(checkpoint_every_s)]
+    args = [
+        sys.executable,
+        "-m",
+        "adaptconv.sweep.worker",
+        "--executor",
+        executor,
+        str(store_root),
+        tid,
+        str(checkpoint_every_s),
+    ]
     tail = ""
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as err:
         proc = subprocess.Popen(args, stderr=err, preexec_fn=_ignore_usr2)
@@ -357,8 +443,10 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "--serve":
             return serve(argv[1], float(argv[2]) if len(argv) > 2 else 120.0, extra)
         if len(argv) < 2:
-            print("usage: python -m adaptconv.sweep.worker [--executor NAME] STORE_DIR TRIAL_ID [CHECKPOINT_EVERY_S]",
-                  file=sys.stderr)
+            print(
+                "usage: python -m adaptconv.sweep.worker [--executor NAME] STORE_DIR TRIAL_ID [CHECKPOINT_EVERY_S]",
+                file=sys.stderr,
+            )
             return 2
         # a single trial (a SLURM job's child): its progress lines go to stderr too, i.e. the job's output
         handler = logging.StreamHandler(sys.stderr)

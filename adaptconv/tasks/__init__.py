@@ -22,8 +22,10 @@ def _check(name: str, cls: Any, source: str) -> None:
     if not (isinstance(cls, type) and issubclass(cls, Task)):
         raise _task_error(f"{source} registers task {name!r} but is not a subclass of adaptconv.tasks.Task")
     if getattr(cls, "name", None) != name:
-        raise _task_error(f"{source} registers task {name!r} but its class attribute name is "
-                          f"{getattr(cls, 'name', None)!r}; they must agree (the trials record the task's name)")
+        raise _task_error(
+            f"{source} registers task {name!r} but its class attribute name is "
+            f"{getattr(cls, 'name', None)!r}; they must agree (the trials record the task's name)"
+        )
 
 
 TASKS: Registry[type[Task]] = Registry("task", TASKS_GROUP, BUILTIN_TASKS, _check, _task_error)

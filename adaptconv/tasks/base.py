@@ -51,19 +51,24 @@ class Task:
         except ConfigError as exc:
             problems += [f"task_options.{p}" for p in exc.problems]
         if config.dataset is not None and config.dataset not in cls.datasets:
-            problems.append(f"dataset: {config.dataset!r} does not serve task {cls.name!r}"
-                            f"{did_you_mean(config.dataset, cls.datasets)}; choices: {', '.join(cls.datasets)}")
+            problems.append(
+                f"dataset: {config.dataset!r} does not serve task {cls.name!r}"
+                f"{did_you_mean(config.dataset, cls.datasets)}; choices: {', '.join(cls.datasets)}"
+            )
         if config.backbone is not None and config.backbone not in cls.backbones:
             if not cls.accepts_timm:
-                problems.append(f"backbone: {config.backbone!r} is not a network of task {cls.name!r}"
-                                f"{did_you_mean(config.backbone, cls.backbones)}; choices: {', '.join(cls.backbones)}")
+                problems.append(
+                    f"backbone: {config.backbone!r} is not a network of task {cls.name!r}"
+                    f"{did_you_mean(config.backbone, cls.backbones)}; choices: {', '.join(cls.backbones)}"
+                )
             else:
                 import timm
 
                 if not timm.is_model(config.backbone):
                     problems.append(
                         f"backbone: {config.backbone!r} is neither built in ({', '.join(cls.backbones)}) nor a timm "
-                        f"model{did_you_mean(config.backbone, list(cls.backbones) + timm.list_models())}")
+                        f"model{did_you_mean(config.backbone, list(cls.backbones) + timm.list_models())}"
+                    )
         return problems
 
     @classmethod
@@ -75,8 +80,11 @@ class Task:
             swap=config.swap if config.swap is not None else dict(cls.default_swap),
             guide=config.guide or cls.default_guide,
             steps=config.steps if (config.steps is not None or config.epochs is not None) else cls.default_steps,
-            task_options={k: v for k, v in dataclasses.asdict(parse(cls.Options, config.task_options)).items()
-                          if not (k in cls.late_options and cls.late_options[k] == v)},
+            task_options={
+                k: v
+                for k, v in dataclasses.asdict(parse(cls.Options, config.task_options)).items()
+                if not (k in cls.late_options and cls.late_options[k] == v)
+            },
         )
 
     # ---- what the runner calls ------------------------------------------------------------------
@@ -97,9 +105,15 @@ class Task:
         # An operator that takes no guide (the conv baseline) runs self-contained whatever the task's
         # default guide; the summary records the guide actually used.
         guide = "self" if get_op(cfg.op).guide == "none" else cfg.guide
-        records = swap_convs(model, cfg.op, ConvSelection.from_any(cfg.swap), guide,
-                             image_channels=self.image_channels(train_set),
-                             example_inputs=self.example_inputs(1), **cfg.op_options)
+        records = swap_convs(
+            model,
+            cfg.op,
+            ConvSelection.from_any(cfg.swap),
+            guide,
+            image_channels=self.image_channels(train_set),
+            example_inputs=self.example_inputs(1),
+            **cfg.op_options,
+        )
         summary = swap_summary(records)
         summary["guide"] = "none" if get_op(cfg.op).guide == "none" else guide
         if pretrained:

@@ -19,7 +19,6 @@ All work on B×C×H×W float tensors on any device, without loops over pixels.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -49,8 +48,10 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
     ``guide`` of B×Cg×H×W (Cg = 1: the grey-guide form; Cg > 1: the colour-guide form with a Cg×Cg
     covariance per window). ``eps`` regularises in the guide's units squared."""
     if guide.shape[0] != src.shape[0] or guide.shape[-2:] != src.shape[-2:]:
-        raise ValueError(f"guided_filter: guide {tuple(guide.shape)} and src {tuple(src.shape)} must share "
-                         "batch size and height×width")
+        raise ValueError(
+            f"guided_filter: guide {tuple(guide.shape)} and src {tuple(src.shape)} must share "
+            "batch size and height×width"
+        )
     if eps <= 0:
         raise ValueError(f"guided_filter: eps must be > 0, got {eps}")
     # float64 for the window statistics: covariances are differences of nearly equal means
@@ -58,8 +59,8 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
     guide, src = guide.double(), src.double()
     b, cg, h, w = guide.shape
     mean = lambda t: box_filter(t, radius)  # noqa: E731
-    mean_i = mean(guide)                                                    # B×Cg×H×W
-    mean_p = mean(src)                                                      # B×C×H×W
+    mean_i = mean(guide)  # B×Cg×H×W
+    mean_p = mean(src)  # B×C×H×W
     # cov(I, p) per guide channel and source channel: B×C×Cg×H×W
     cov_ip = torch.stack([mean(guide[:, j : j + 1] * src) - mean_i[:, j : j + 1] * mean_p for j in range(cg)], 2)
     # Σ_I: B×Cg×Cg×H×W (symmetric)
@@ -70,15 +71,15 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
             var_i[:, j, k] = v
             var_i[:, k, j] = v
     if cg == 1:
-        a = cov_ip / (var_i[:, :, 0] + eps)[:, None]                         # B×C×1×H×W
+        a = cov_ip / (var_i[:, :, 0] + eps)[:, None]  # B×C×1×H×W
     elif cg == 3:
         a = _solve_sym3(var_i, eps, cov_ip)
     else:
         eye = torch.eye(cg, dtype=guide.dtype, device=guide.device)
-        sigma = var_i.permute(0, 3, 4, 1, 2) + eps * eye                     # B×H×W×Cg×Cg
-        rhs = cov_ip.permute(0, 3, 4, 2, 1)                                  # B×H×W×Cg×C
-        a = torch.linalg.solve(sigma, rhs).permute(0, 4, 3, 1, 2)            # B×C×Cg×H×W
-    bias = mean_p - (a * mean_i[:, None]).sum(2)                             # B×C×H×W
+        sigma = var_i.permute(0, 3, 4, 1, 2) + eps * eye  # B×H×W×Cg×Cg
+        rhs = cov_ip.permute(0, 3, 4, 2, 1)  # B×H×W×Cg×C
+        a = torch.linalg.solve(sigma, rhs).permute(0, 4, 3, 1, 2)  # B×C×Cg×H×W
+    bias = mean_p - (a * mean_i[:, None]).sum(2)  # B×C×H×W
     mean_a = mean(a.flatten(1, 2)).unflatten(1, (a.shape[1], cg))
     mean_b = mean(bias)
     return ((mean_a * guide[:, None]).sum(2) + mean_b).to(dtype)
@@ -92,15 +93,22 @@ def _solve_sym3(var: torch.Tensor, eps: float, rhs: torch.Tensor) -> torch.Tenso
     # adjugate of [[a, b, c], [b, d, e], [c, e, f]] (symmetric)
     i00, i01, i02 = d * f - e * e, c * e - b * f, b * e - c * d
     i11, i12, i22 = a * f - c * c, b * c - a * e, a * d - b * b
-    det = a * i00 + b * i01 + c * i02                                        # > 0: Σ + eps·I is positive definite
+    det = a * i00 + b * i01 + c * i02  # > 0: Σ + eps·I is positive definite
     r0, r1, r2 = rhs[:, :, 0], rhs[:, :, 1], rhs[:, :, 2]
     inv = [(i00, i01, i02), (i01, i11, i12), (i02, i12, i22)]
     det = det[:, None]
     return torch.stack([(row[0][:, None] * r0 + row[1][:, None] * r1 + row[2][:, None] * r2) / det for row in inv], 2)
 
 
-def joint_bilateral_upsample(guide: torch.Tensor, depth_lr: torch.Tensor, scale: int, *, radius: int = 2,
-                             sigma_spatial: float = 1.0, sigma_range: float = 0.1) -> torch.Tensor:
+def joint_bilateral_upsample(
+    guide: torch.Tensor,
+    depth_lr: torch.Tensor,
+    scale: int,
+    *,
+    radius: int = 2,
+    sigma_spatial: float = 1.0,
+    sigma_range: float = 0.1,
+) -> torch.Tensor:
     """Kopf et al.'s joint bilateral upsampling of ``depth_lr`` (B×C×h×w) by ``scale`` with the
     high-resolution ``guide`` (B×Cg×(h·scale)×(w·scale)).
 
@@ -112,16 +120,18 @@ def joint_bilateral_upsample(guide: torch.Tensor, depth_lr: torch.Tensor, scale:
     b, c, h, w = depth_lr.shape
     s = scale
     if guide.shape[0] != b or tuple(guide.shape[-2:]) != (h * s, w * s):
-        raise ValueError(f"joint_bilateral_upsample: guide {tuple(guide.shape)} must be B×Cg×{h * s}×{w * s} "
-                         f"for depth {tuple(depth_lr.shape)} at scale {s}")
+        raise ValueError(
+            f"joint_bilateral_upsample: guide {tuple(guide.shape)} must be B×Cg×{h * s}×{w * s} "
+            f"for depth {tuple(depth_lr.shape)} at scale {s}"
+        )
     o = s // 2
-    guide_lr = guide[..., o::s, o::s]                                        # the colour at each sample
+    guide_lr = guide[..., o::s, o::s]  # the colour at each sample
     dev, dt = depth_lr.device, depth_lr.dtype
     # per high-resolution row/column: its low-resolution cell and its offset from that cell's sample
     ys = torch.arange(h * s, device=dev)
     xs = torch.arange(w * s, device=dev)
     cell_y, cell_x = ys // s, xs // s
-    off_y = (ys - o).to(dt) / s - cell_y.to(dt)                               # p↓ − cell, in (−1, 1)
+    off_y = (ys - o).to(dt) / s - cell_y.to(dt)  # p↓ − cell, in (−1, 1)
     off_x = (xs - o).to(dt) / s - cell_x.to(dt)
     num = torch.zeros(b, c, h * s, w * s, device=dev, dtype=dt)
     den = torch.zeros(b, 1, h * s, w * s, device=dev, dtype=dt)
@@ -129,13 +139,13 @@ def joint_bilateral_upsample(guide: torch.Tensor, depth_lr: torch.Tensor, scale:
         qy = cell_y + dy
         in_y = (qy >= 0) & (qy < h)
         qy = qy.clamp(0, h - 1)
-        wy = torch.exp(-(off_y - dy) ** 2 / (2 * sigma_spatial**2)) * in_y
+        wy = torch.exp(-((off_y - dy) ** 2) / (2 * sigma_spatial**2)) * in_y
         for dx in range(-radius, radius + 1):
             qx = cell_x + dx
             in_x = (qx >= 0) & (qx < w)
             qx = qx.clamp(0, w - 1)
-            wx = torch.exp(-(off_x - dx) ** 2 / (2 * sigma_spatial**2)) * in_x
-            d_q = depth_lr[..., qy[:, None], qx[None, :]]                    # B×C×H×W
+            wx = torch.exp(-((off_x - dx) ** 2) / (2 * sigma_spatial**2)) * in_x
+            d_q = depth_lr[..., qy[:, None], qx[None, :]]  # B×C×H×W
             i_q = guide_lr[..., qy[:, None], qx[None, :]]
             rng = torch.exp(-(guide - i_q).square().sum(1, keepdim=True) / (2 * sigma_range**2))
             wgt = rng * (wy[:, None] * wx[None, :])

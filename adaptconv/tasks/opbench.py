@@ -52,8 +52,10 @@ class OpBenchOptions:
             problems.append(f"guide: 'none' or 'image', got {self.guide!r}")
         out = self.channels_out or self.channels_in
         if self.groups >= 1 and (self.channels_in % self.groups or out % self.groups):
-            problems.append(f"groups: channels_in={self.channels_in} and channels_out={out} must both be "
-                            f"divisible by groups={self.groups}")
+            problems.append(
+                f"groups: channels_in={self.channels_in} and channels_out={out} must both be "
+                f"divisible by groups={self.groups}"
+            )
         return problems
 
 
@@ -100,8 +102,10 @@ class OpBench(Task):
     def check_config(cls, config) -> list[str]:
         problems = super().check_config(config)
         if config.steps not in (None, 0) or config.epochs not in (None, 0):
-            problems.append(f"steps: opbench trains nothing (it measures the operator's latency and memory); "
-                            f"leave steps at 0, got steps={config.steps}, epochs={config.epochs}")
+            problems.append(
+                f"steps: opbench trains nothing (it measures the operator's latency and memory); "
+                f"leave steps at 0, got steps={config.steps}, epochs={config.epochs}"
+            )
         if config.swap:
             problems.append("swap: opbench builds the operator layers directly; there is nothing to swap into")
         if config.guide == "image":
@@ -112,8 +116,10 @@ class OpBench(Task):
             return problems  # reported by the config's own validation
         kind = getattr(get_op(config.op), "kind", "conv")
         if kind != "conv":
-            problems.append(f"op: {config.op!r} is an operator of kind {kind!r}; opbench measures convolution "
-                            f"replacements (kind 'conv') only")
+            problems.append(
+                f"op: {config.op!r} is an operator of kind {kind!r}; opbench measures convolution "
+                f"replacements (kind 'conv') only"
+            )
         elif get_op(config.op).guide == "required" and config.task_options.get("guide", "none") == "none":
             problems.append(f"task_options.guide: operator {config.op!r} needs a guide; use guide: image")
         return problems
@@ -140,26 +146,45 @@ class OpBench(Task):
         layers: list[nn.Module] = []
         for i in range(o.depth):
             cin = o.channels_in if i == 0 else o.channels_out
-            args = dict(stride=o.stride if i == 0 else 1, padding=o.dilation * (o.kernel_size - 1) // 2,
-                        dilation=o.dilation, groups=o.groups)
+            args = dict(
+                stride=o.stride if i == 0 else 1,
+                padding=o.dilation * (o.kernel_size - 1) // 2,
+                dilation=o.dilation,
+                groups=o.groups,
+            )
             if cfg.op == "conv":
                 layers.append(nn.Conv2d(cin, o.channels_out, o.kernel_size, **args))
             else:
-                layers.append(create_op(cfg.op, cin, o.channels_out, o.kernel_size,
-                                        guide_channels=GUIDE_CHANNELS if self.guided else None,
-                                        **args, **cfg.op_options))
+                layers.append(
+                    create_op(
+                        cfg.op,
+                        cin,
+                        o.channels_out,
+                        o.kernel_size,
+                        guide_channels=GUIDE_CHANNELS if self.guided else None,
+                        **args,
+                        **cfg.op_options,
+                    )
+                )
         return OpStack(layers, self.guided)
 
     def build_model(self, train_set: Dataset) -> tuple[nn.Module, dict[str, Any]]:
         model = self.build_network(train_set).to(self.device)
         params = sum(p.numel() for p in model.parameters())
         o = self.options
-        reference = sum(p.numel() for p in nn.Conv2d(o.channels_in, o.channels_out, o.kernel_size,
-                                                      groups=o.groups).parameters())
-        reference += (o.depth - 1) * sum(p.numel() for p in nn.Conv2d(o.channels_out, o.channels_out, o.kernel_size,
-                                                                      groups=o.groups).parameters())
-        summary = {"layers": o.depth, "params_before": reference, "params_after": params,
-                   "names": [f"layers.{i}" for i in range(o.depth)], "guide": "image" if self.guided else "none"}
+        reference = sum(
+            p.numel() for p in nn.Conv2d(o.channels_in, o.channels_out, o.kernel_size, groups=o.groups).parameters()
+        )
+        reference += (o.depth - 1) * sum(
+            p.numel() for p in nn.Conv2d(o.channels_out, o.channels_out, o.kernel_size, groups=o.groups).parameters()
+        )
+        summary = {
+            "layers": o.depth,
+            "params_before": reference,
+            "params_after": params,
+            "names": [f"layers.{i}" for i in range(o.depth)],
+            "guide": "image" if self.guided else "none",
+        }
         return model, summary
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -55,8 +55,10 @@ class SegmentationOptions:
         problems = []
         upsamplers, refiners = upsampler_choices(), refiner_choices()
         if self.upsampler not in upsamplers:
-            problems.append(f"upsampler: one of {', '.join(upsamplers)}, got {self.upsampler!r}"
-                            f"{did_you_mean(self.upsampler, upsamplers)}")
+            problems.append(
+                f"upsampler: one of {', '.join(upsamplers)}, got {self.upsampler!r}"
+                f"{did_you_mean(self.upsampler, upsamplers)}"
+            )
         if self.crf not in refiners:
             problems.append(f"crf: one of {', '.join(refiners)}, got {self.crf!r}{did_you_mean(self.crf, refiners)}")
         if self.crf_iters < 0:
@@ -65,18 +67,23 @@ class SegmentationOptions:
             from ..ops import get_op
 
             if "num_iters" not in offered_settings(get_op(self.crf), {"num_iters": self.crf_iters}):
-                problems.append(f"crf_iters: refiner {self.crf!r} takes no num_iters; leave crf_iters at "
-                                f"{CRF_ITERS}, got {self.crf_iters}")
+                problems.append(
+                    f"crf_iters: refiner {self.crf!r} takes no num_iters; leave crf_iters at "
+                    f"{CRF_ITERS}, got {self.crf_iters}"
+                )
         if self.class_weights not in CLASS_WEIGHTS:
             problems.append(f"class_weights: one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weights!r}")
         if not isinstance(self.scene, dict):
-            problems.append(f"scene: a mapping of scene-generator options ({', '.join(SCENE_OPTIONS)}), "
-                            f"got {self.scene!r}")
+            problems.append(
+                f"scene: a mapping of scene-generator options ({', '.join(SCENE_OPTIONS)}), got {self.scene!r}"
+            )
         else:
             unknown = sorted(set(self.scene) - set(SCENE_OPTIONS))
             if unknown:
-                problems.append(f"scene: unknown option(s) {', '.join(map(str, unknown))}"
-                                f"{did_you_mean(str(unknown[0]), SCENE_OPTIONS)}; choices: {', '.join(SCENE_OPTIONS)}")
+                problems.append(
+                    f"scene: unknown option(s) {', '.join(map(str, unknown))}"
+                    f"{did_you_mean(str(unknown[0]), SCENE_OPTIONS)}; choices: {', '.join(SCENE_OPTIONS)}"
+                )
             else:
                 try:
                     SceneConfig(**self.scene)
@@ -88,7 +95,7 @@ class SegmentationOptions:
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     keep = target != IGNORE
     idx = target[keep] * num_classes + pred[keep]
-    return torch.bincount(idx, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    return torch.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 def segmentation_scores(conf: torch.Tensor) -> dict[str, float]:
@@ -108,8 +115,10 @@ def class_counts(dataset: Dataset, num_classes: int, batch_size: int = 256) -> t
         mask = batch["mask"]
         mask = mask[mask != IGNORE]
         if mask.numel() and int(mask.max()) >= num_classes:
-            raise ValueError(f"segmentation: a training mask holds class {int(mask.max())}, but the data set "
-                             f"has {num_classes} classes (0..{num_classes - 1}, {IGNORE} = ignore)")
+            raise ValueError(
+                f"segmentation: a training mask holds class {int(mask.max())}, but the data set "
+                f"has {num_classes} classes (0..{num_classes - 1}, {IGNORE} = ignore)"
+            )
         counts += torch.bincount(mask, minlength=num_classes)
     return counts
 
@@ -128,8 +137,13 @@ class Segmentation(Task):
     default_steps = 300
 
     # see Task.late_options
-    late_options = {"upsampler": BILINEAR, "crf": NO_REFINER, "crf_iters": CRF_ITERS, "class_weights": "none",
-                    "scene": {}}
+    late_options = {
+        "upsampler": BILINEAR,
+        "crf": NO_REFINER,
+        "crf_iters": CRF_ITERS,
+        "class_weights": "none",
+        "scene": {},
+    }
 
     def _dataset(self, split: str) -> Dataset:
         o, cfg = self.options, self.config
@@ -167,8 +181,15 @@ class Segmentation(Task):
         backbone, channels = build_backbone(self.config.backbone, 3, features_only=True)
         # the refiner first, as before upsamplers were looked up by name (the same random draws)
         refiner = None if o.crf == NO_REFINER else build_refiner(o.crf, self.num_classes, 3, num_iters=o.crf_iters)
-        return FCNSegmenter(backbone, channels, self.num_classes, o.decoder_width, upsampler=o.upsampler,
-                            reductions=_reductions(backbone) if o.upsampler != BILINEAR else None, refiner=refiner)
+        return FCNSegmenter(
+            backbone,
+            channels,
+            self.num_classes,
+            o.decoder_width,
+            upsampler=o.upsampler,
+            reductions=_reductions(backbone) if o.upsampler != BILINEAR else None,
+            refiner=refiner,
+        )
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         return F.cross_entropy(model(batch["image"]), batch["mask"], weight=self.class_weight, ignore_index=IGNORE)

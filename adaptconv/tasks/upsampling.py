@@ -24,6 +24,7 @@
   initialised to bilinear's); a plugin's is taken by name alike (see
   :class:`~adaptconv.models.networks.JointUpsamplingNet` for how one that predicts no kernels is used).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -45,8 +46,10 @@ from .classical import guided_filter, joint_bilateral_upsample
 #: high-resolution pixels, for ×8) → r = 4, eps = 1e-4 (train RMSE 2.72 vs bilinear 2.84);
 #: JBU radius ∈ {1, 2} × σ_spatial ∈ {0.5, 1} (low-resolution pixels) × σ_range ∈ {0.03, 0.1, 0.3}
 #: → 1, 0.5, 0.3 (train RMSE 2.61). The guided filter's radius scales with the factor (r = s/2).
-CLASSICAL = {"guided_filter": {"radius_per_scale": 0.5, "eps": 1e-4},
-             "jbu": {"radius": 1, "sigma_spatial": 0.5, "sigma_range": 0.3}}
+CLASSICAL = {
+    "guided_filter": {"radius_per_scale": 0.5, "eps": 1e-4},
+    "jbu": {"radius": 1, "sigma_spatial": 0.5, "sigma_range": 0.3},
+}
 
 
 @dataclass
@@ -71,8 +74,10 @@ class UpsamplingOptions:
         problems = []
         upsamplers = upsampler_choices()
         if self.upsampler not in upsamplers:
-            problems.append(f"upsampler: one of {', '.join(upsamplers)}, got {self.upsampler!r}"
-                            f"{did_you_mean(self.upsampler, upsamplers)}")
+            problems.append(
+                f"upsampler: one of {', '.join(upsamplers)}, got {self.upsampler!r}"
+                f"{did_you_mean(self.upsampler, upsamplers)}"
+            )
         if self.scale < 2:
             problems.append(f"scale: must be >= 2, got {self.scale}")
         if self.patch % self.scale or self.patch < 2 * self.scale:
@@ -80,8 +85,9 @@ class UpsamplingOptions:
         if self.loss not in ("l1", "l2"):
             problems.append(f"loss: 'l1' or 'l2', got {self.loss!r}")
         if self.loss_border is not None and not 0 <= 2 * self.loss_border < self.patch:
-            problems.append(f"loss_border: must be >= 0 and leave part of the {self.patch}-pixel patch, "
-                            f"got {self.loss_border}")
+            problems.append(
+                f"loss_border: must be >= 0 and leave part of the {self.patch}-pixel patch, got {self.loss_border}"
+            )
         if not 0 <= self.edge_crops <= 1:
             problems.append(f"edge_crops: a fraction in [0, 1], got {self.edge_crops}")
         if self.embed < 1:
@@ -147,8 +153,11 @@ class Upsampling(Task):
             seed = cfg.seed if split == "train" else cfg.seed + 10_000
             return get_dataset(name, "upsampling", split, n=n, size=o.size, seed=seed)
         if name == "middlebury":
-            kwargs = (dict(patch=o.patch, crops=o.crops, seed=cfg.seed, edge_fraction=o.edge_crops)
-                      if split == "train" else {})
+            kwargs = (
+                dict(patch=o.patch, crops=o.crops, seed=cfg.seed, edge_fraction=o.edge_crops)
+                if split == "train"
+                else {}
+            )
             return get_dataset(name, "upsampling", split, **kwargs)
         return get_dataset(name, "upsampling", split, root=cfg.data_root)
 
@@ -207,12 +216,20 @@ class Upsampling(Task):
 
         def joint_bilateral(rgb, lr, stats):
             # float64: the range weights of far colours underflow float32
-            out = joint_bilateral_upsample(rgb.double(), lr.double(), s, radius=jbu["radius"],
-                                           sigma_spatial=jbu["sigma_spatial"], sigma_range=jbu["sigma_range"])
+            out = joint_bilateral_upsample(
+                rgb.double(),
+                lr.double(),
+                s,
+                radius=jbu["radius"],
+                sigma_spatial=jbu["sigma_spatial"],
+                sigma_range=jbu["sigma_range"],
+            )
             return out.to(lr.dtype) * stats[1] + stats[0]
 
-        return {name: self._score_all(fn, test_set)
-                for name, fn in (("bilinear", bilinear), ("guided_filter", guided), ("jbu", joint_bilateral))}
+        return {
+            name: self._score_all(fn, test_set)
+            for name, fn in (("bilinear", bilinear), ("guided_filter", guided), ("jbu", joint_bilateral))
+        }
 
     def _score_all(self, predict, test_set: Dataset) -> dict[str, float]:
         out = self._score(predict, test_set, self.depth_stats)

@@ -16,8 +16,15 @@ from typing import Any, Literal
 
 from ..schema import ConfigError, as_float, did_you_mean, parse, to_dict
 
-TASK_NAMES = ("classification", "segmentation", "upsampling", "denoising", "opbench", "spatial_segmentation",
-              "spatial_video")
+TASK_NAMES = (
+    "classification",
+    "segmentation",
+    "upsampling",
+    "denoising",
+    "opbench",
+    "spatial_segmentation",
+    "spatial_video",
+)
 
 #: Keys that choose where/how a trial runs, not what it computes.
 RUN_KEYS = ("device", "threads", "data_root")  # `pretrained` is a path too, but it changes the result
@@ -65,8 +72,9 @@ class MeasureConfig:
         if any(b < 1 for b in self.batch_sizes):
             out.append(f"measure.batch_sizes: must be >= 1, got {self.batch_sizes}")
         if self.resolution is not None and self.resolutions is not None:
-            out.append("measure.resolution and measure.resolutions: give one of them "
-                       "(resolution: 96 is resolutions: [96])")
+            out.append(
+                "measure.resolution and measure.resolutions: give one of them (resolution: 96 is resolutions: [96])"
+            )
         if self.resolution is not None and self.resolution < 1:
             out.append(f"measure.resolution: must be >= 1, got {self.resolution}")
         if self.resolutions is not None:
@@ -78,7 +86,7 @@ class MeasureConfig:
                 out.append(f"measure.resolutions: repeats a value: {self.resolutions}")
         return out
 
-    def canonical(self) -> "MeasureConfig":
+    def canonical(self) -> MeasureConfig:
         """One side is stored as ``resolution``, several as ``resolutions`` (see the field)."""
         if self.resolutions is not None and len(self.resolutions) == 1 and self.resolution is None:
             return dataclasses.replace(self, resolution=self.resolutions[0], resolutions=None)
@@ -118,8 +126,9 @@ class TrialConfig:
         problems = []
         tasks = list_tasks()
         if self.task not in tasks:
-            problems.append(f"task: {self.task!r} is not one of {', '.join(map(repr, tasks))}"
-                            f"{did_you_mean(self.task, tasks)}")
+            problems.append(
+                f"task: {self.task!r} is not one of {', '.join(map(repr, tasks))}{did_you_mean(self.task, tasks)}"
+            )
         problem = op_problem(self.op) if registry else None
         if problem:
             problems.append(problem)
@@ -135,8 +144,10 @@ class TrialConfig:
         if self.swap is not None:
             unknown = set(self.swap) - set(ConvSelection.__dataclass_fields__)
             for key in sorted(unknown):
-                problems.append(f"swap.{key}: unknown key{did_you_mean(key, ConvSelection.__dataclass_fields__)}; "
-                                f"allowed: {', '.join(ConvSelection.__dataclass_fields__)}")
+                problems.append(
+                    f"swap.{key}: unknown key{did_you_mean(key, ConvSelection.__dataclass_fields__)}; "
+                    f"allowed: {', '.join(ConvSelection.__dataclass_fields__)}"
+                )
         return problems
 
     def normalised(self) -> dict[str, Any]:
@@ -145,8 +156,10 @@ class TrialConfig:
 
 
 #: where operators of the other kinds go in a trial config (they are task options, not swapped in)
-KIND_KEYS = {"upsampler": ("task_options.upsampler", "tasks upsampling and segmentation"),
-             "refiner": ("task_options.crf", "task segmentation")}
+KIND_KEYS = {
+    "upsampler": ("task_options.upsampler", "tasks upsampling and segmentation"),
+    "refiner": ("task_options.crf", "task segmentation"),
+}
 
 
 def conv_ops() -> list[str]:
@@ -166,9 +179,11 @@ def op_problem(op: str) -> str | None:
     if op in list_ops():
         kind = getattr(get_op(op), "kind", "conv")
         key, tasks = KIND_KEYS.get(kind, ("a task option", "its task"))
-        return (f"op: {op!r} is an operator of kind {kind!r}, not a convolution, so it cannot be swapped in for "
-                f"nn.Conv2d; choose it with `{key}: {op}` ({tasks}); `op` takes operators of kind conv: "
-                f"{', '.join(choices)}")
+        return (
+            f"op: {op!r} is an operator of kind {kind!r}, not a convolution, so it cannot be swapped in for "
+            f"nn.Conv2d; choose it with `{key}: {op}` ({tasks}); `op` takes operators of kind conv: "
+            f"{', '.join(choices)}"
+        )
     return f"op: unknown operator {op!r}{did_you_mean(op, choices)}; choices: {', '.join(choices)}"
 
 
@@ -193,8 +208,9 @@ def _retire_keys(mapping: dict[str, Any], where: str, reading: bool) -> dict[str
             head, _, rest = new.partition(".")
             mapping[head] = {**(mapping.get(head) or {}), rest: value}
         else:
-            problems.append(f"{key}: moved to {new} (an option of the operator: dynconv and odconv take it); "
-                            f"write {new}: {value}")
+            problems.append(
+                f"{key}: moved to {new} (an option of the operator: dynconv and odconv take it); write {new}: {value}"
+            )
     if problems:
         raise ConfigError(problems, where)
     return mapping
@@ -258,7 +274,7 @@ def op_build_problems(op: str, options: dict[str, Any], guided: bool) -> list[st
     return list(_op_build_problems(op, key, guided))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _op_build_problems(op: str, key: str, guided: bool) -> tuple[str, ...]:
     import json
 
@@ -315,8 +331,10 @@ def canonical_op_options(op: str, options: dict[str, Any]) -> tuple[dict[str, An
     problems, out = [], {}
     for key, value in options.items():
         if key not in allowed:
-            problems.append(f"op_options.{key}: {op!r} has no option {key!r}{did_you_mean(key, allowed)}; "
-                            f"options: {', '.join(allowed) or 'none'}")
+            problems.append(
+                f"op_options.{key}: {op!r} has no option {key!r}{did_you_mean(key, allowed)}; "
+                f"options: {', '.join(allowed) or 'none'}"
+            )
             continue
         if key in floats and isinstance(value, str):  # "1e-3" (YAML 1.1 reads it as a string)
             value = as_float(value) if as_float(value) is not None else value
@@ -325,7 +343,7 @@ def canonical_op_options(op: str, options: dict[str, Any]) -> tuple[dict[str, An
     return dict(sorted(out.items())), problems
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _float_options(cls) -> frozenset[str]:
     """The options annotated as a float (or float | None), whose values may be written as strings
     that float() reads; str options are never converted."""
@@ -343,10 +361,14 @@ def _float_options(cls) -> frozenset[str]:
     return frozenset(out)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _op_options(cls) -> dict:
-    """The keyword-only options of an operator's constructor (besides guide_channels)."""
+    """The keyword-only options of an operator's constructor (besides guide_channels and the factory
+    arguments device/dtype every operator takes, adaptconv.ops.base.FACTORY_KWARGS)."""
     import inspect
 
+    from ..ops.base import FACTORY_KWARGS
+
     params = inspect.signature(cls.__init__).parameters
-    return {n: p for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n != "guide_channels"}
+    skip = ("guide_channels", *FACTORY_KWARGS)
+    return {n: p for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in skip}

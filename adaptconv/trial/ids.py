@@ -43,8 +43,11 @@ _DEFAULTS = _schema_defaults()
 
 def _strip_defaults(value: Any, default: Any) -> Any:
     if isinstance(value, dict) and isinstance(default, dict):
-        return {k: _strip_defaults(v, default.get(k, _NONE)) for k, v in value.items()
-                if not (k in default and default[k] == v)}
+        return {
+            k: _strip_defaults(v, default.get(k, _NONE))
+            for k, v in value.items()
+            if not (k in default and default[k] == v)
+        }
     return value
 
 
@@ -58,8 +61,9 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def trial_id(config: dict[str, Any]) -> str:
-    payload = json.dumps({"v": ID_VERSION, "config": identity(config)}, sort_keys=True, separators=(",", ":"),
-                         allow_nan=False)
+    payload = json.dumps(
+        {"v": ID_VERSION, "config": identity(config)}, sort_keys=True, separators=(",", ":"), allow_nan=False
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

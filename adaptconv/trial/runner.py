@@ -37,7 +37,14 @@ QUIET_WAIT_S = 10.0
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+    return (
+        f"{seconds:.1f} s"
+        if seconds < 90
+        else f"{seconds / 60:.1f} min"
+        if seconds < 5400
+        else f"{seconds / 3600:.1f} h"
+    )
+
 
 RECORD_SCHEMA = 1
 
@@ -53,7 +60,8 @@ def is_oom(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return isinstance(exc, (RuntimeError, MemoryError)) and (
-        "out of memory" in text or "can't allocate memory" in text or isinstance(exc, MemoryError))
+        "out of memory" in text or "can't allocate memory" in text or isinstance(exc, MemoryError)
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -117,7 +125,7 @@ class EpochBatches:
                 self.dataset.set_epoch(epoch)
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
             for b in range(offset, self.per_epoch):
-                idx = order[b * self.batch_size: (b + 1) * self.batch_size].tolist()
+                idx = order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
                 getitems = getattr(self.dataset, "__getitems__", None)
                 samples = getitems(idx) if getitems else [self.dataset[i] for i in idx]
                 yield default_collate(samples)
@@ -177,8 +185,17 @@ def _evaluate_with_active_fraction(task, model: nn.Module, test_set, gated: list
     return {**metrics, "active_fraction": _mean(seen)}
 
 
-def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record: dict,
-          checkpoint: str | None = None, checkpoint_every_s: float = 120.0, progress=None) -> None:
+def train(
+    task,
+    model: nn.Module,
+    train_set,
+    test_set,
+    cfg: TrialConfig,
+    record: dict,
+    checkpoint: str | None = None,
+    checkpoint_every_s: float = 120.0,
+    progress=None,
+) -> None:
     """The training loop; fills ``record["curve"]`` as it goes.
 
     With ``checkpoint`` (a file path) the full training state (weights, optimiser, schedule, RNG,
@@ -201,7 +218,9 @@ def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record:
     schedule = build_schedule(cfg, optimizer, total)
     aux_modules = _auxiliary_modules(model)
     gated = _gated_modules(model)
-    eval_at = sorted({max(1, round(total * (i + 1) / cfg.eval_points)) for i in range(cfg.eval_points)}) if total else []
+    eval_at = (
+        sorted({max(1, round(total * (i + 1) / cfg.eval_points)) for i in range(cfg.eval_points)}) if total else []
+    )
     curve = record["curve"] = {"step": [], "loss": [], "lr": [], "eval": []}
     every = max(1, total // 200)  # keep about 200 points of the loss curve
     window: list[float] = []
@@ -257,8 +276,14 @@ def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record:
         line_window.append(value)
         if step % line_every == 0 or step == total:
             elapsed = time.monotonic() - started
-            progress_log.info("step %d/%d  loss %.4g  %s  ETA %s", step, total, sum(line_window) / len(line_window),
-                              _duration(elapsed), _duration(elapsed / (step - start) * (total - step)))
+            progress_log.info(
+                "step %d/%d  loss %.4g  %s  ETA %s",
+                step,
+                total,
+                sum(line_window) / len(line_window),
+                _duration(elapsed),
+                _duration(elapsed / (step - start) * (total - step)),
+            )
             line_window = []
         if step % every == 0 or step == total:
             curve["step"].append(step)
@@ -274,21 +299,35 @@ def train(task, model: nn.Module, train_set, test_set, cfg: TrialConfig, record:
             if progress:
                 progress("train", step, total)
         if step in eval_at and step != total:
-            metrics = _evaluate_with_active_fraction(task, model, test_set, gated) if gated else \
-                task.evaluate(model, test_set)
+            metrics = (
+                _evaluate_with_active_fraction(task, model, test_set, gated)
+                if gated
+                else task.evaluate(model, test_set)
+            )
             curve["eval"].append({"step": step, **metrics})
             model.train()
         if checkpoint and step < total and time.monotonic() - last_save >= checkpoint_every_s:
-            _save_checkpoint(checkpoint, {
-                "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "curve": curve, "window": window, "aux_windows": (aux_window, active_window)})
+            _save_checkpoint(
+                checkpoint,
+                {
+                    "step": step,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                    "curve": curve,
+                    "window": window,
+                    "aux_windows": (aux_window, active_window),
+                },
+            )
             last_save = time.monotonic()
     record["steps"] = total
     if gated:  # "eval" is filled in by the final evaluation (run_trial)
-        record["active_fraction"] = {"eval": None,
-                                     "train": curve["active_fraction"][-1] if curve["active_fraction"] else None}
+        record["active_fraction"] = {
+            "eval": None,
+            "train": curve["active_fraction"][-1] if curve["active_fraction"] else None,
+        }
 
 
 def measure_model(task, model: nn.Module, cfg: TrialConfig) -> dict[str, Any]:
@@ -301,7 +340,14 @@ def measure_model(task, model: nn.Module, cfg: TrialConfig) -> dict[str, Any]:
     resolution. A run that fails (out of memory at a large resolution, say) records ``status: oom``
     or ``error`` in its own entry and the others still run.
     """
-    from ..measure import count_flops, count_parameters, inference_step, measure_latency, measure_peak_memory, training_step
+    from ..measure import (
+        count_flops,
+        count_parameters,
+        inference_step,
+        measure_latency,
+        measure_peak_memory,
+        training_step,
+    )
 
     m = cfg.measure
     sides = m.sides()
@@ -332,9 +378,14 @@ def measure_model(task, model: nn.Module, cfg: TrialConfig) -> dict[str, Any]:
                         # a surrogate loss: same forward/backward/optimizer work as the task's, no targets needed
                         fn = training_step(net, inputs, lambda out: out.float().square().mean(), opt)
                     if m.latency:
-                        entry["latency"] = measure_latency(fn, device=device, warmup=m.warmup, repeats=m.repeats,
-                                                           min_time_s=m.min_time_s,
-                                                           quiet_wait_s=QUIET_WAIT_S).as_dict()
+                        entry["latency"] = measure_latency(
+                            fn,
+                            device=device,
+                            warmup=m.warmup,
+                            repeats=m.repeats,
+                            min_time_s=m.min_time_s,
+                            quiet_wait_s=QUIET_WAIT_S,
+                        ).as_dict()
                     if m.memory:
                         entry["memory"] = measure_peak_memory(fn, device).as_dict()
                 except Exception as exc:
@@ -352,8 +403,13 @@ def measure_model(task, model: nn.Module, cfg: TrialConfig) -> dict[str, Any]:
     return out
 
 
-def run_trial(config: dict[str, Any] | TrialConfig, *, checkpoint: str | None = None,
-              checkpoint_every_s: float = 120.0, progress=None) -> dict[str, Any]:
+def run_trial(
+    config: dict[str, Any] | TrialConfig,
+    *,
+    checkpoint: str | None = None,
+    checkpoint_every_s: float = 120.0,
+    progress=None,
+) -> dict[str, Any]:
     """Run one trial and return its JSON-serialisable record (see the README for the schema).
 
     ``checkpoint``: a file for the training state, saved every ``checkpoint_every_s`` seconds; a
@@ -394,7 +450,9 @@ def run_trial(config: dict[str, Any] | TrialConfig, *, checkpoint: str | None = 
         phase_start = time.perf_counter()
         if progress:
             progress("eval", record["steps"], record["steps"])
-        progress_log.info("trained in %s; evaluating (and the trivial baselines)", _duration(record["timing"]["train_s"]))
+        progress_log.info(
+            "trained in %s; evaluating (and the trivial baselines)", _duration(record["timing"]["train_s"])
+        )
         gated = _gated_modules(model)
         if gated:
             metrics = _evaluate_with_active_fraction(task, model, test_set, gated)
@@ -405,8 +463,10 @@ def run_trial(config: dict[str, Any] | TrialConfig, *, checkpoint: str | None = 
         # the task's trivial baselines on the same test data (what a trained network must beat)
         record["baselines"] = task.baselines(test_set)
         # what the report needs to rank without importing the task: headline metric and directions
-        record["metric_info"] = {"primary": task.metrics[0] if task.metrics else None,
-                                 "higher_is_better": dict(task.higher_is_better)}
+        record["metric_info"] = {
+            "primary": task.metrics[0] if task.metrics else None,
+            "higher_is_better": dict(task.higher_is_better),
+        }
         record["curve"].setdefault("eval", []).append({"step": record.get("steps", 0), **record["metrics"]})
         record["timing"]["eval_s"] = time.perf_counter() - phase_start
         phase_start = time.perf_counter()
@@ -421,11 +481,17 @@ def run_trial(config: dict[str, Any] | TrialConfig, *, checkpoint: str | None = 
         record.update(status="diverged", error={"message": str(exc), "step": exc.step})
     except Exception as exc:  # noqa: BLE001 - a failing trial returns its record
         if is_oom(exc):
-            record.update(status="oom", error={"message": str(exc).splitlines()[0],
-                                               "batch_size": record.get("last_batch_size", cfg.batch_size)})
+            record.update(
+                status="oom",
+                error={
+                    "message": str(exc).splitlines()[0],
+                    "batch_size": record.get("last_batch_size", cfg.batch_size),
+                },
+            )
         else:
-            record.update(status="error", error={"message": f"{type(exc).__name__}: {exc}",
-                                                 "traceback": traceback.format_exc()})
+            record.update(
+                status="error", error={"message": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            )
         log.warning("trial failed (%s): %s", record["status"], record["error"]["message"])
     finally:
         # recorded while the trial's thread count is still in force

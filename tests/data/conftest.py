@@ -27,18 +27,34 @@ def write_cifar10(root: Path, per_batch: int = 4, n_test: int = 3, bytes_keys: b
     for i in range(1, 6):
         data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
         labels = [int(x) for x in rng.integers(0, 10, per_batch)]
-        _pickle(base / f"data_batch_{i}", {"batch_label": f"training batch {i} of 5", "labels": labels,
-                                            "data": data, "filenames": [f"img_{i}_{j}.png" for j in range(per_batch)]},
-                bytes_keys)
+        _pickle(
+            base / f"data_batch_{i}",
+            {
+                "batch_label": f"training batch {i} of 5",
+                "labels": labels,
+                "data": data,
+                "filenames": [f"img_{i}_{j}.png" for j in range(per_batch)],
+            },
+            bytes_keys,
+        )
         truth["train_data"].append(data)
         truth["train_labels"] += labels
     test = rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)
     test_labels = [int(x) for x in rng.integers(0, 10, n_test)]
-    _pickle(base / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": test_labels, "data": test,
-                                  "filenames": [f"t{j}.png" for j in range(n_test)]}, bytes_keys)
+    _pickle(
+        base / "test_batch",
+        {
+            "batch_label": "testing batch 1 of 1",
+            "labels": test_labels,
+            "data": test,
+            "filenames": [f"t{j}.png" for j in range(n_test)],
+        },
+        bytes_keys,
+    )
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    _pickle(base / "batches.meta", {"num_cases_per_batch": per_batch, "label_names": names, "num_vis": 3072},
-            bytes_keys)
+    _pickle(
+        base / "batches.meta", {"num_cases_per_batch": per_batch, "label_names": names, "num_vis": 3072}, bytes_keys
+    )
     truth["train_data"] = np.concatenate(truth["train_data"])
     truth.update(test_data=test, test_labels=test_labels, names=names, base=base)
     return truth
@@ -53,8 +69,17 @@ def write_cifar100(root: Path, n_train: int = 6, n_test: int = 2) -> dict:
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         fine = [int(x) for x in rng.integers(0, 100, n)]
         coarse = [f // 5 for f in fine]
-        _pickle(base / split, {"filenames": [f"{split}{j}.png" for j in range(n)], "batch_label": split,
-                               "fine_labels": fine, "coarse_labels": coarse, "data": data}, False)
+        _pickle(
+            base / split,
+            {
+                "filenames": [f"{split}{j}.png" for j in range(n)],
+                "batch_label": split,
+                "fine_labels": fine,
+                "coarse_labels": coarse,
+                "data": data,
+            },
+            False,
+        )
         truth[split] = (data, fine, coarse)
     fine_names = [f"fine{i:02d}" for i in range(100)]
     coarse_names = [f"coarse{i:02d}" for i in range(20)]
@@ -69,13 +94,13 @@ def write_nyu(path: Path, n: int = 4, height: int = 480, width: int = 640) -> di
     import h5py
 
     y = np.arange(height)[None, :]  # rows
-    x = np.arange(width)[:, None]   # columns
+    x = np.arange(width)[:, None]  # columns
     images = np.empty((n, 3, width, height), np.uint8)
     depths = np.empty((n, width, height), np.float32)
     for i in range(n):
-        images[i, 0] = x % 256           # red = column index
-        images[i, 1] = y % 256           # green = row index
-        images[i, 2] = (10 * i) % 256    # blue = frame index
+        images[i, 0] = x % 256  # red = column index
+        images[i, 1] = y % 256  # green = row index
+        images[i, 2] = (10 * i) % 256  # blue = frame index
         depths[i] = 1.0 + 0.001 * x + 0.01 * y + i
     depths[0, min(100, width - 1), min(50, height - 1)] = 0.0  # a hole (row 50, column 100)
     with h5py.File(path, "w", userblock_size=512) as f:
@@ -114,9 +139,9 @@ def write_voc(root: Path, ids: dict[str, list[str]] | None = None, size: tuple[i
     for k, image_id in enumerate(sorted({i for v in ids.values() for i in v})):
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(base / "JPEGImages" / f"{image_id}.jpg")
         mask = np.zeros((h, w), np.uint8)
-        mask[4:12, 5:15] = 1 + k * 7 % 20   # an object
-        mask[3, 4:16] = 255                 # its void boundary
-        mask[h - 5 :, : w // 2] = 15        # a person
+        mask[4:12, 5:15] = 1 + k * 7 % 20  # an object
+        mask[3, 4:16] = 255  # its void boundary
+        mask[h - 5 :, : w // 2] = 15  # a person
         png = Image.fromarray(mask, mode="P")
         png.putpalette(voc_palette())
         png.save(base / "SegmentationClass" / f"{image_id}.png")
@@ -124,7 +149,8 @@ def write_voc(root: Path, ids: dict[str, list[str]] | None = None, size: tuple[i
     for split, names in ids.items():
         (base / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
     (base / "ImageSets" / "Segmentation" / "trainval.txt").write_text(
-        "\n".join(ids.get("train", []) + ids.get("val", [])) + "\n")
+        "\n".join(ids.get("train", []) + ids.get("val", [])) + "\n"
+    )
     return {"base": base, "masks": masks, "ids": ids}
 
 

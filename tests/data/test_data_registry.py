@@ -7,8 +7,18 @@ import torch
 
 from adaptconv.data import DATASETS, TASKS, DatasetError, DatasetSpec, get_dataset, list_datasets
 
-NAMES = {"digits", "middlebury", "photos", "synthetic", "cifar10", "cifar100", "imagefolder", "nyu_depth_v2",
-         "voc2012", "image_folder_denoise"}
+NAMES = {
+    "digits",
+    "middlebury",
+    "photos",
+    "synthetic",
+    "cifar10",
+    "cifar100",
+    "imagefolder",
+    "nyu_depth_v2",
+    "voc2012",
+    "image_folder_denoise",
+}
 BUILTIN = {"digits", "middlebury", "photos", "synthetic"}
 
 
@@ -27,13 +37,16 @@ def test_registry_entries():
     assert set(list_datasets()) == NAMES
 
 
-@pytest.mark.parametrize("name,task,split,opts,keys", [
-    ("digits", "classification", "test", {}, {"image", "label"}),
-    ("middlebury", "upsampling", "train", {"patch": 32, "crops": 2}, {"rgb", "depth", "valid"}),
-    ("photos", "denoising", "test", {"crop": 32}, {"clean"}),
-    ("synthetic", "segmentation", "train", {"n": 4}, {"image", "mask"}),
-    ("synthetic", "upsampling", "test", {"n": 4, "size": 16}, {"rgb", "depth", "valid"}),
-])
+@pytest.mark.parametrize(
+    "name,task,split,opts,keys",
+    [
+        ("digits", "classification", "test", {}, {"image", "label"}),
+        ("middlebury", "upsampling", "train", {"patch": 32, "crops": 2}, {"rgb", "depth", "valid"}),
+        ("photos", "denoising", "test", {"crop": 32}, {"clean"}),
+        ("synthetic", "segmentation", "train", {"n": 4}, {"image", "mask"}),
+        ("synthetic", "upsampling", "test", {"n": 4, "size": 16}, {"rgb", "depth", "valid"}),
+    ],
+)
 def test_get_builtin_dataset(name, task, split, opts, keys):
     ds = get_dataset(name, task, split, **opts)
     assert ds.name == name and ds.split == split and set(ds[0]) == keys

@@ -27,9 +27,11 @@ def test_generation_speed_is_reported(scenes32, capsys):
     SyntheticScenes("segmentation", 200, size=64, seed=0)
     seconds64 = time.perf_counter() - start
     with capsys.disabled():
-        print(f"\n[synthetic] 2,000 scenes 32×32: {seconds:.2f} s ({2000 / seconds:.0f}/s); "
-              f"200 scenes 64×64 as a dataset: {seconds64:.2f} s ({200 / seconds64:.0f}/s) on "
-              f"{torch.get_num_threads()} thread(s)")
+        print(
+            f"\n[synthetic] 2,000 scenes 32×32: {seconds:.2f} s ({2000 / seconds:.0f}/s); "
+            f"200 scenes 64×64 as a dataset: {seconds64:.2f} s ({200 / seconds64:.0f}/s) on "
+            f"{torch.get_num_threads()} thread(s)"
+        )
     assert out["image"].shape == (2000, 3, 32, 32)
 
 
@@ -108,7 +110,7 @@ def test_depth_edges_lie_on_label_edges(scenes32):
         step = depth.diff(dim=dim).abs()
         change = mask.diff(dim=dim) != 0
         assert int(change.sum()) > 10_000
-        assert float(step[change].min()) >= 0.04          # every label edge is a depth discontinuity
+        assert float(step[change].min()) >= 0.04  # every label edge is a depth discontinuity
         assert float(step[~change].max()) <= 0.25 / 32 + 1e-6  # elsewhere depth is smooth
         # and within the smooth parts it is not constant: gentle slopes, not flat planes
         assert float(step[~change].mean()) > 1e-4
@@ -148,11 +150,14 @@ def test_options_change_the_scenes():
     single = render_scenes(5, range(40), SceneConfig((32, 32), max_distractors=0))
     assert int((single["mask"].long().flatten(1).unsqueeze(2) == torch.arange(1, 6)).any(1).sum(1).max()) == 1
     aliased = render_scenes(5, range(4), SceneConfig((32, 32), supersample=1))
-    assert not torch.equal(aliased["image"], base[:4]) and torch.equal(aliased["mask"], render_scenes(5, range(4), CFG)["mask"])
+    assert not torch.equal(aliased["image"], base[:4]) and torch.equal(
+        aliased["mask"], render_scenes(5, range(4), CFG)["mask"]
+    )
 
 
 def test_object_areas_and_texture_contrast():
     """Areas are fractions of the image; texture_contrast scales only the textures (0: flat regions)."""
+
     def fg(cfg):
         return (render_scenes(5, range(64), cfg)["mask"] > 0).float().mean().item()
 
@@ -179,10 +184,15 @@ def test_object_areas_and_texture_contrast():
     assert spread(flat) < spread(half) < spread(base)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"main_area": (0.3, 0.2)}, "main_area"), ({"distractor_area": (0.0, 0.1)}, "distractor_area"),
-    ({"main_area": 0.2}, "main_area"), ({"texture_contrast": -0.1}, "texture_contrast"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"main_area": (0.3, 0.2)}, "main_area"),
+        ({"distractor_area": (0.0, 0.1)}, "distractor_area"),
+        ({"main_area": 0.2}, "main_area"),
+        ({"texture_contrast": -0.1}, "texture_contrast"),
+    ],
+)
 def test_bad_scene_options(kwargs, match):
     with pytest.raises(DatasetError, match=match):
         SceneConfig((32, 32), **kwargs)
@@ -219,8 +229,9 @@ def test_lazy_dataloader_batches_are_rendered_together_and_match():
     batch = next(iter(loader))
     assert batch["image"].shape == (5, 3, 32, 32) and batch["label"].shape == (5,)
     assert torch.equal(batch["image"][4], stored[4]["image"])
-    flipped = SyntheticScenes("classification", 12, seed=4, precompute=False,
-                              transform=lambda s: {**s, "image": s["image"].flip(-1)})
+    flipped = SyntheticScenes(
+        "classification", 12, seed=4, precompute=False, transform=lambda s: {**s, "image": s["image"].flip(-1)}
+    )
     assert torch.equal(flipped.__getitems__([3, 5])[1]["image"], stored[5]["image"].flip(-1))
     with pytest.raises(IndexError):
         lazy.__getitems__([0, 12])

@@ -91,7 +91,7 @@ def test_calibration_keeps_the_machines_best(tmp_path, monkeypatch):
     first = contention.calibrate("cpu", threads=1, samples=3)
     assert first.best_s is None and first.slowdown is None  # nothing to compare with yet
     table = json.loads(path.read_text())
-    (key, best), = table.items()
+    ((key, best),) = table.items()
     assert "cpu|" in key and "threads=1" in key and best == pytest.approx(first.seconds, rel=1e-5)
     second = contention.calibrate("cpu", threads=1, samples=3)
     assert second.best_s == pytest.approx(min(first.seconds, json.loads(path.read_text())[key]), rel=1e-3)

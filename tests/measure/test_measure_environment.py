@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from adaptconv.measure import backend_flags, environment, git_state
+
 # the package exports the function environment(), which shadows the module of the same name
 env_mod = importlib.import_module("adaptconv.measure.environment")
 
@@ -19,8 +20,18 @@ env_mod = importlib.import_module("adaptconv.measure.environment")
 def test_keys_present_and_json_serialisable():
     env = environment()
     json.loads(json.dumps(env))
-    assert {"timestamp_utc", "git", "versions", "cuda", "cpu", "hostname", "slurm", "precision",
-            "memory_format", "backends"} <= set(env)
+    assert {
+        "timestamp_utc",
+        "git",
+        "versions",
+        "cuda",
+        "cpu",
+        "hostname",
+        "slurm",
+        "precision",
+        "memory_format",
+        "backends",
+    } <= set(env)
     assert {"python", "torch", "torchvision", "timm", "numpy", "adaptconv"} <= set(env["versions"])
     assert env["versions"]["torch"] == torch.__version__
     assert {"torch_cuda_version", "cudnn_version", "devices", "driver_version", "available"} <= set(env["cuda"])
@@ -41,9 +52,13 @@ def test_slurm_ids_are_picked_up(monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
     monkeypatch.setenv("SLURM_JOB_PARTITION", "gpu")
     monkeypatch.setenv("SLURM_CLUSTER_NAME", "hpc")
-    assert environment()["slurm"] == {"SLURM_JOB_ID": "4242", "SLURM_ARRAY_JOB_ID": "4200",
-                                      "SLURM_ARRAY_TASK_ID": "7", "SLURM_JOB_PARTITION": "gpu",
-                                      "SLURM_CLUSTER_NAME": "hpc"}
+    assert environment()["slurm"] == {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_ARRAY_JOB_ID": "4200",
+        "SLURM_ARRAY_TASK_ID": "7",
+        "SLURM_JOB_PARTITION": "gpu",
+        "SLURM_CLUSTER_NAME": "hpc",
+    }
 
 
 def test_precision_memory_format_and_device_are_recorded_as_names():
@@ -99,8 +114,9 @@ def test_nvidia_smi_output_is_parsed(monkeypatch):
     assert cuda["nvidia_smi"][0]["name"] == "NVIDIA H100 80GB HBM3"
 
 
-@pytest.mark.parametrize("value,name", [(torch.float16, "float16"), (torch.contiguous_format, "contiguous_format"),
-                                        ("x", "x"), (None, None)])
+@pytest.mark.parametrize(
+    "value,name", [(torch.float16, "float16"), (torch.contiguous_format, "contiguous_format"), ("x", "x"), (None, None)]
+)
 def test_names(value, name):
     assert env_mod._name(value) == name
 

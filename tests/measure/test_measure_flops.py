@@ -8,8 +8,8 @@ import logging
 
 import pytest
 import torch
-import torchvision
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -23,11 +23,14 @@ def _out(n, k, s, p, d):
     return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-@pytest.mark.parametrize("b,c,o,k,s,p,d,g,bias,h,w", [
-    (2, 8, 16, 3, 1, 1, 1, 1, True, 10, 10),
-    (3, 8, 12, 3, 2, 0, 2, 4, False, 11, 13),
-    (1, 6, 6, 5, 1, 2, 1, 6, True, 9, 7),  # depthwise
-])
+@pytest.mark.parametrize(
+    "b,c,o,k,s,p,d,g,bias,h,w",
+    [
+        (2, 8, 16, 3, 1, 1, 1, 1, True, 10, 10),
+        (3, 8, 12, 3, 2, 0, 2, 4, False, 11, 13),
+        (1, 6, 6, 5, 1, 2, 1, 6, True, 9, 7),  # depthwise
+    ],
+)
 def test_conv2d_flops_exact(b, c, o, k, s, p, d, g, bias, h, w):
     conv = nn.Conv2d(c, o, k, stride=s, padding=p, dilation=d, groups=g, bias=bias)
     r = count_flops(conv, torch.randn(b, c, h, w))
@@ -63,8 +66,10 @@ def test_training_counts_backward_and_grouped_backward_is_not_overcounted():
     conv = nn.Conv2d(8, 8, 3, padding=1)
     with FlopCounterMode(display=False) as ref:
         conv(x).sum().backward()
-    assert count_flops(conv, x, mode="training").by_op["aten.convolution_backward"] == \
-        ref.get_flop_counts()["Global"][torch.ops.aten.convolution_backward]
+    assert (
+        count_flops(conv, x, mode="training").by_op["aten.convolution_backward"]
+        == ref.get_flop_counts()["Global"][torch.ops.aten.convolution_backward]
+    )
     # the input of a first layer does not require grad: only grad_weight is computed
     assert count_flops(conv, x.detach(), mode="training").flops == 2 * count_flops(conv, x).flops
 
@@ -76,8 +81,7 @@ class _Deform(nn.Module):
         self.k, self.g, self.use_mask = k, offset_groups, use_mask
 
     def forward(self, x, offset, mask):
-        return torchvision.ops.deform_conv2d(x, offset, self.weight, padding=1,
-                                             mask=mask if self.use_mask else None)
+        return torchvision.ops.deform_conv2d(x, offset, self.weight, padding=1, mask=mask if self.use_mask else None)
 
 
 @pytest.mark.parametrize("use_mask,offset_groups,groups", [(False, 1, 1), (True, 2, 1), (True, 1, 2)])

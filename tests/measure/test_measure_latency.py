@@ -107,16 +107,24 @@ def test_fixed_block_skips_calibration():
 def test_min_time_extends_and_max_time_caps_sampling():
     r = measure_latency(lambda: time.sleep(0.001), device="cpu", warmup=0, repeats=3, min_time_s=0.03)
     assert r.n > 3 and sum(r.samples_s) * r.block_size >= 0.03
-    capped = measure_latency(lambda: time.sleep(0.001), device="cpu", warmup=0, repeats=3,
-                             min_time_s=100.0, max_time_s=0.02)
+    capped = measure_latency(
+        lambda: time.sleep(0.001), device="cpu", warmup=0, repeats=3, min_time_s=100.0, max_time_s=0.02
+    )
     assert 3 <= capped.n < 100
 
 
 def test_thread_count_is_set_recorded_and_restored():
     before = torch.get_num_threads()
     seen = []
-    r = measure_latency(lambda: seen.append(torch.get_num_threads()), device="cpu", warmup=1, repeats=2,
-                        min_time_s=0.0, block=1, threads=2)
+    r = measure_latency(
+        lambda: seen.append(torch.get_num_threads()),
+        device="cpu",
+        warmup=1,
+        repeats=2,
+        min_time_s=0.0,
+        block=1,
+        threads=2,
+    )
     assert r.threads == 2 and set(seen) == {2}
     assert torch.get_num_threads() == before
 
@@ -125,8 +133,7 @@ def test_gc_is_paused_while_timing_and_restored():
     import gc
 
     states = []
-    measure_latency(lambda: states.append(gc.isenabled()), device="cpu", warmup=0, repeats=2, min_time_s=0.0,
-                    block=1)
+    measure_latency(lambda: states.append(gc.isenabled()), device="cpu", warmup=0, repeats=2, min_time_s=0.0, block=1)
     assert states == [False, False] and gc.isenabled()
 
 

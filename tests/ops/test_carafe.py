@@ -75,8 +75,7 @@ def test_one_hot_centre_kernel_is_nearest_upsampling(s, size):
     x = torch.randn(2, 3, *size, dtype=D, generator=_gen(2))
     kernels = torch.zeros(2, k * k, size[0] * s, size[1] * s, dtype=D)
     kernels[:, k * k // 2] = 1
-    torch.testing.assert_close(carafe(x, kernels, s), F.interpolate(x, scale_factor=s, mode="nearest"),
-                               atol=0, rtol=0)
+    torch.testing.assert_close(carafe(x, kernels, s), F.interpolate(x, scale_factor=s, mode="nearest"), atol=0, rtol=0)
 
 
 def test_module_identity_check_passes():
@@ -112,10 +111,15 @@ def test_kind_metadata_and_refusals():
         swap_convs(model, "carafe")
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(k_up=4), "k_up must be an odd"), (dict(k_enc=0), "k_enc"), (dict(scale_factor=0), "scale_factor"),
-    (dict(compressed_channels=0), "compressed_channels"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(k_up=4), "k_up must be an odd"),
+        (dict(k_enc=0), "k_enc"),
+        (dict(scale_factor=0), "scale_factor"),
+        (dict(compressed_channels=0), "compressed_channels"),
+    ],
+)
 def test_bad_arguments_name_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Carafe(4, **kwargs)
@@ -134,6 +138,7 @@ def test_input_errors():
 # --------------------------------------------------------------------------------------------------
 # check-op runs the upsampler checks, and they can fail
 
+
 class _WrongShape(Carafe):
     paper = "broken on purpose"
 
@@ -143,6 +148,7 @@ class _WrongShape(Carafe):
 
 class _NotNearest(Carafe):
     """Reassembles around the wrong source pixel: the one-hot identity must catch it."""
+
     paper = "broken on purpose"
 
     def adaptive_forward(self, x, guide):
@@ -165,9 +171,14 @@ def test_check_op_runs_the_upsampler_checks():
     assert "from_conv" not in results  # a conv-only check
 
 
-@pytest.mark.parametrize("cls,check", [
-    (_WrongShape, "output shapes"), (_NotNearest, "identity"), (_BatchMixing, "batch independence"),
-])
+@pytest.mark.parametrize(
+    "cls,check",
+    [
+        (_WrongShape, "output shapes"),
+        (_NotNearest, "identity"),
+        (_BatchMixing, "batch independence"),
+    ],
+)
 def test_upsampler_checks_catch_broken_operators(cls, check):
     from adaptconv.ops.conformance import run_checks
 

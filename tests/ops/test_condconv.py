@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adaptconv.ops.conformance import as_function_of_everything, gradcheck_operator
 from adaptconv.ops import create_op, get_op
 from adaptconv.ops.condconv import CondConv2d, condconv2d, per_sample_conv2d
+from adaptconv.ops.conformance import as_function_of_everything, gradcheck_operator
 
 GEOMETRY = list(itertools.product((1, 2), (0, 1), (1, 2), (1, 2)))  # stride, padding, dilation, groups
 
@@ -28,7 +28,7 @@ def loop_reference(x, routing, experts, expert_bias, stride, padding, dilation, 
         y = 0
         for i in range(experts.shape[0]):
             beta = None if expert_bias is None else expert_bias[i]
-            y = y + routing[b, i] * F.conv2d(x[b: b + 1], experts[i], beta, stride, padding, dilation, groups)
+            y = y + routing[b, i] * F.conv2d(x[b : b + 1], experts[i], beta, stride, padding, dilation, groups)
         outs.append(y)
     return torch.cat(outs)
 
@@ -154,8 +154,7 @@ def test_from_conv_guided_and_dtype():
 @pytest.mark.parametrize("routing", ["sigmoid", "softmax"])
 def test_gradcheck(guided, routing):
     torch.manual_seed(6)
-    op = CondConv2d(2, 2, 3, padding=1, num_experts=2, routing=routing,
-                    guide_channels=3 if guided else None).double()
+    op = CondConv2d(2, 2, 3, padding=1, num_experts=2, routing=routing, guide_channels=3 if guided else None).double()
     x = torch.randn(2, 2, 3, 3, dtype=torch.float64)
     guide = torch.randn(2, 3, 3, 3, dtype=torch.float64) if guided else None
     assert gradcheck_operator(op, x, guide, atol=1e-6, rtol=1e-4)

@@ -30,13 +30,26 @@ class BatchDependent(Conv2d):
 
 class SilentDilation(AdaptiveConv2d):
     """Claims not to support dilation, and ignores it instead of refusing it."""
+
     paper = "broken on purpose"
     supports = frozenset({"stride", "padding", "groups", "bias"})
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, *, guide_channels=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, 1, groups, bias,
-                         guide_channels=guide_channels)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        *,
+        guide_channels=None,
+    ):
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, 1, groups, bias, guide_channels=guide_channels
+        )
 
 
 class IgnoresGuide(Conv2d):
@@ -59,6 +72,7 @@ class LossyFromConv(Conv2d):
 class IgnoresDilation(Conv2d):
     """Issue 14 item 7: claims dilation, computes an undilated conv and crops it to nn.Conv2d's shape,
     and its from_conv is declared inexact, so neither the shape check nor from_conv can see it."""
+
     paper = "broken on purpose"
     function_preserving = False
     from_conv_note = "copies the weights (declared inexact)"
@@ -68,8 +82,8 @@ class IgnoresDilation(Conv2d):
 
         y = F.conv2d(x, self.weight, self.bias, 1, self.padding, 1, self.groups)
         crops = [(d - 1) * (k - 1) // 2 for d, k in zip(self.dilation, self.kernel_size)]
-        y = y[..., crops[0]:y.shape[-2] - crops[0], crops[1]:y.shape[-1] - crops[1]]
-        return y[..., ::self.stride[0], ::self.stride[1]]
+        y = y[..., crops[0] : y.shape[-2] - crops[0], crops[1] : y.shape[-1] - crops[1]]
+        return y[..., :: self.stride[0], :: self.stride[1]]
 
     @classmethod
     def from_conv(cls, conv, **options):
@@ -80,6 +94,7 @@ class IgnoresDilation(Conv2d):
 
 class AveragesForStride(Conv2d):
     """Computes at stride 1 and average-pools to the strided shape."""
+
     paper = "broken on purpose"
 
     def adaptive_forward(self, x, guide):
@@ -91,6 +106,7 @@ class AveragesForStride(Conv2d):
 
 class PadsTheOutput(Conv2d):
     """Ignores padding and zero-pads the output to the expected shape."""
+
     paper = "broken on purpose"
 
     def adaptive_forward(self, x, guide):
@@ -104,6 +120,7 @@ class PadsTheOutput(Conv2d):
 
 class IgnoresGroups(Conv2d):
     """Guided, and mixes every input channel into every output group (the weight repeated)."""
+
     paper = "broken on purpose"
     guide = "optional"
 
@@ -133,30 +150,44 @@ def test_an_operator_that_ignores_dilation_passed_every_other_check():
     assert all(r.ok for n, r in results.items() if n != "arguments take effect"), results
 
 
-@pytest.mark.parametrize("cls,word", [(AveragesForStride, "stride=2"), (PadsTheOutput, "border"),
-                                      (IgnoresGroups, "groups=2"), (IgnoresBias, "bias")])
+@pytest.mark.parametrize(
+    "cls,word",
+    [(AveragesForStride, "stride=2"), (PadsTheOutput, "border"), (IgnoresGroups, "groups=2"), (IgnoresBias, "bias")],
+)
 def test_the_argument_check_catches_each_ignored_argument(cls, word):
     cls.name = cls.__name__
     (result,) = run_checks(cls, only=["arguments take effect"])
     assert result.status == "fail" and word in result.detail, result
 
 
-@pytest.mark.parametrize("cls,check", [
-    (WrongShape, "output shapes"), (BatchDependent, "batch independence"),
-    (SilentDilation, "unsupported arguments raise"), (IgnoresGuide, "guide"), (LossyFromConv, "from_conv"),
-    (IgnoresDilation, "arguments take effect"),
-])
+@pytest.mark.parametrize(
+    "cls,check",
+    [
+        (WrongShape, "output shapes"),
+        (BatchDependent, "batch independence"),
+        (SilentDilation, "unsupported arguments raise"),
+        (IgnoresGuide, "guide"),
+        (LossyFromConv, "from_conv"),
+        (IgnoresDilation, "arguments take effect"),
+    ],
+)
 def test_checks_catch_broken_operators(cls, check):
     cls.name = cls.__name__
     results = {r.name: r for r in run_checks(cls)}
     assert results[check].status == "fail", results[check]
 
 
-@pytest.mark.parametrize("build", [lambda: __import__("adaptconv").create_op("pac", 4, 4, 3, padding=1),
-                                   lambda: __import__("adaptconv").get_op("carafe")(4, scale_factor=2),
-                                   lambda: __import__("adaptconv").ops.pac.PacConvTranspose2d(
-                                       4, 4, 3, stride=2, padding=1, output_padding=1, guide_channels=3)],
-                         ids=["pac", "carafe", "pac-transpose"])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: __import__("adaptconv").create_op("pac", 4, 4, 3, padding=1),
+        lambda: __import__("adaptconv").get_op("carafe")(4, scale_factor=2),
+        lambda: __import__("adaptconv").ops.pac.PacConvTranspose2d(
+            4, 4, 3, stride=2, padding=1, output_padding=1, guide_channels=3
+        ),
+    ],
+    ids=["pac", "carafe", "pac-transpose"],
+)
 def test_an_input_in_another_dtype_is_refused_naming_the_operator_and_both_dtypes(build):
     """Issue 14 item 8: was "expected scalar type Double but found Float" from deep inside PAC."""
     op = build()

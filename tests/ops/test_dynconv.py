@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adaptconv.ops.conformance import as_function_of_everything, gradcheck_operator
 from adaptconv.ops import create_op, get_op
+from adaptconv.ops.conformance import as_function_of_everything, gradcheck_operator
 from adaptconv.ops.dynconv import DynamicConv2d, anneal_temperature
 
 GEOMETRY = list(itertools.product((1, 2), (0, 1), (1, 2), (1, 2)))  # stride, padding, dilation, groups
@@ -68,8 +68,12 @@ def test_per_sample_mixture(stride, padding, dilation, groups):
     assert (pi.max(0).values - pi.min(0).values).max() > 1e-3  # really per-sample
     outs = []
     for b in range(4):
-        outs.append(sum(pi[b, k] * F.conv2d(x[b: b + 1], op.weight[k], op.bias[k], stride, padding, dilation, groups)
-                        for k in range(3)))
+        outs.append(
+            sum(
+                pi[b, k] * F.conv2d(x[b : b + 1], op.weight[k], op.bias[k], stride, padding, dilation, groups)
+                for k in range(3)
+            )
+        )
     torch.testing.assert_close(op(x), torch.cat(outs), atol=1e-10, rtol=1e-10)
 
 
@@ -77,8 +81,9 @@ def test_per_sample_mixture(stride, padding, dilation, groups):
 @pytest.mark.parametrize("guided", [False, True])
 def test_batch_independence(groups, guided):
     torch.manual_seed(3)
-    op = DynamicConv2d(4, 4, 3, stride=2, padding=1, groups=groups, temperature=1.0,
-                       guide_channels=2 if guided else None)
+    op = DynamicConv2d(
+        4, 4, 3, stride=2, padding=1, groups=groups, temperature=1.0, guide_channels=2 if guided else None
+    )
     x1, x2 = torch.randn(2, 4, 9, 9), torch.randn(3, 4, 9, 9)
     g1, g2 = (torch.randn(2, 2, 9, 9), torch.randn(3, 2, 9, 9)) if guided else (None, None)
     both = op(torch.cat([x1, x2]), None if not guided else torch.cat([g1, g2]))
@@ -143,8 +148,9 @@ def test_from_conv_guided_and_dtype():
 @pytest.mark.parametrize("guided", [False, True])
 def test_gradcheck(guided):
     torch.manual_seed(6)
-    op = DynamicConv2d(2, 2, 3, padding=1, num_kernels=2, temperature=2.0,
-                       guide_channels=3 if guided else None).double()
+    op = DynamicConv2d(
+        2, 2, 3, padding=1, num_kernels=2, temperature=2.0, guide_channels=3 if guided else None
+    ).double()
     x = torch.randn(2, 2, 3, 3, dtype=torch.float64)
     guide = torch.randn(2, 3, 3, 3, dtype=torch.float64) if guided else None
     assert gradcheck_operator(op, x, guide, atol=1e-6, rtol=1e-4)

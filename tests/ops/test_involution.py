@@ -23,8 +23,11 @@ def loop_involution(x, kernels, k, s, p, d):
     xp = F.pad(x, (p, p, p, p))
     z = torch.zeros(b, c, ho, wo, dtype=x.dtype)
     for n, ch, i, q in itertools.product(range(b), range(c), range(ho), range(wo)):
-        z[n, ch, i, q] = sum(kernels[n, ch // (c // g), a * k + e, i, q] * xp[n, ch, i * s + a * d, q * s + e * d]
-                             for a in range(k) for e in range(k))
+        z[n, ch, i, q] = sum(
+            kernels[n, ch // (c // g), a * k + e, i, q] * xp[n, ch, i * s + a * d, q * s + e * d]
+            for a in range(k)
+            for e in range(k)
+        )
     return z
 
 
@@ -36,8 +39,10 @@ def loop_generator_input(x, k, s, p, d):
     offs = sorted({(k - 1) // 2 * d, k // 2 * d})  # an even window's centre: mean of its two middle taps
 
     def centre(r, t):
-        return sum(x[:, :, min(max(r + a - p, 0), h - 1), min(max(t + e - p, 0), w - 1)]
-                   for a in offs for e in offs) / len(offs) ** 2
+        return (
+            sum(x[:, :, min(max(r + a - p, 0), h - 1), min(max(t + e - p, 0), w - 1)] for a in offs for e in offs)
+            / len(offs) ** 2
+        )
 
     out = torch.zeros(*x.shape[:2], ho, wo, dtype=x.dtype)
     for i, q in itertools.product(range(ho), range(wo)):
@@ -69,13 +74,16 @@ def test_registered():
     assert "filter_groups=2" in repr(op)
 
 
-@pytest.mark.parametrize("channels,gc,expected", [(64, 16, 4), (16, 16, 1), (4, 16, 1), (24, 16, 1), (48, 16, 3),
-                                                   (40, 16, 2), (12, 4, 3)])
+@pytest.mark.parametrize(
+    "channels,gc,expected", [(64, 16, 4), (16, 16, 1), (4, 16, 1), (24, 16, 1), (48, 16, 3), (40, 16, 2), (12, 4, 3)]
+)
 def test_group_rule(channels, gc, expected):
     assert involution_groups(channels, gc) == expected
 
 
-@pytest.mark.parametrize("k,s,p,d", [(3, 1, 1, 1), (3, 2, 1, 1), (5, 2, 2, 1), (3, 2, 0, 2), (2, 3, 1, 1), (1, 2, 0, 1)])
+@pytest.mark.parametrize(
+    "k,s,p,d", [(3, 1, 1, 1), (3, 2, 1, 1), (5, 2, 2, 1), (3, 2, 0, 2), (2, 3, 1, 1), (1, 2, 0, 1)]
+)
 @pytest.mark.parametrize("size", [(8, 8), (9, 7)])
 def test_generator_input_is_window_centred_average_pool(k, s, p, d, size):
     x = torch.randn(2, 3, *size, dtype=D)
@@ -148,7 +156,9 @@ def test_from_conv_is_the_best_rank_one_fit():
     assert op.span.weight.requires_grad and op.span.weight.abs().sum() == 0  # adaptive branch live, starts off
 
 
-@pytest.mark.parametrize("guided,norm,mode", [(False, "batch", "eval"), (True, "batch", "train"), (False, "none", "train")])
+@pytest.mark.parametrize(
+    "guided,norm,mode", [(False, "batch", "eval"), (True, "batch", "train"), (False, "none", "train")]
+)
 def test_gradcheck(guided, norm, mode):
     torch.manual_seed(4)
     op = Involution2d(2, 3, 3, 2, 1, guide_channels=2 if guided else None, group_channels=1, norm=norm).double()
@@ -181,7 +191,7 @@ def test_string_padding(padding, d):
 def test_batch_independence():
     op = make(4, 6, 3, 2, 1, 1, group_channels=2)
     x = torch.randn(3, 4, 9, 8, dtype=D)
-    torch.testing.assert_close(op(x), torch.cat([op(x[i:i + 1]) for i in range(3)]))
+    torch.testing.assert_close(op(x), torch.cat([op(x[i : i + 1]) for i in range(3)]))
 
 
 @pytest.mark.parametrize("norm", ["batch", "none"])

@@ -26,9 +26,10 @@ def loop_reference(x, weight, ca, fa, sa, ka, bias, stride, padding, dilation, g
         wb = torch.zeros(o, cpg, kh, kw, dtype=x.dtype)
         for n, c, a, e in itertools.product(range(o), range(cpg), range(kh), range(kw)):
             cin = (n // (o // groups)) * cpg + c
-            wb[n, c, a, e] = fa[b, n] * ca[b, cin] * sa[b, a * kw + e] * sum(ka[b, i] * weight[i, n, c, a, e]
-                                                                              for i in range(k))
-        outs.append(F.conv2d(x[b: b + 1], wb, bias, stride, padding, dilation, groups))
+            wb[n, c, a, e] = (
+                fa[b, n] * ca[b, cin] * sa[b, a * kw + e] * sum(ka[b, i] * weight[i, n, c, a, e] for i in range(k))
+            )
+        outs.append(F.conv2d(x[b : b + 1], wb, bias, stride, padding, dilation, groups))
     return torch.cat(outs)
 
 
@@ -59,8 +60,9 @@ def test_one_kernel_all_attentions_one_is_conv(stride, padding, dilation, groups
     b = torch.randn(o, dtype=D)
     ref = F.conv2d(x, w[0], b, stride, padding, dilation, groups)
     geo = (stride, padding, dilation, groups)
-    torch.testing.assert_close(odconv2d(x, w, bias=b, stride=stride, padding=padding, dilation=dilation,
-                                        groups=groups), ref)
+    torch.testing.assert_close(
+        odconv2d(x, w, bias=b, stride=stride, padding=padding, dilation=dilation, groups=groups), ref
+    )
     ones = (torch.ones(3, 4, dtype=D), torch.ones(3, o, dtype=D), torch.ones(3, 9, dtype=D), torch.ones(3, 1, dtype=D))
     torch.testing.assert_close(odconv2d(x, w, *ones, b, *geo), ref)
     # and the module, with its weight and those attentions
@@ -88,8 +90,20 @@ def test_functional_matches_loop(stride, padding, dilation, groups):
 @pytest.mark.parametrize("guided", [False, True])
 def test_module_attentions_and_output(norm, guided):
     torch.manual_seed(2)
-    op = ODConv2d(4, 6, 3, 1, 1, 1, 2, num_kernels=3, min_channels=5, norm=norm,
-                  guide_channels=3 if guided else None, temperature=2.0).double()
+    op = ODConv2d(
+        4,
+        6,
+        3,
+        1,
+        1,
+        1,
+        2,
+        num_kernels=3,
+        min_channels=5,
+        norm=norm,
+        guide_channels=3 if guided else None,
+        temperature=2.0,
+    ).double()
     with torch.no_grad():
         for p in op.parameters():
             p.add_(torch.randn_like(p) * 0.3)
@@ -163,8 +177,9 @@ def test_from_conv_guided_and_attention_learns(k, bias):
 @pytest.mark.parametrize("guided,norm", [(False, "layer"), (True, "layer"), (False, "none")])
 def test_gradcheck(guided, norm):
     torch.manual_seed(5)
-    op = ODConv2d(2, 4, 3, 2, 1, groups=2, num_kernels=2, min_channels=3, norm=norm,
-                  guide_channels=2 if guided else None).double()
+    op = ODConv2d(
+        2, 4, 3, 2, 1, groups=2, num_kernels=2, min_channels=3, norm=norm, guide_channels=2 if guided else None
+    ).double()
     with torch.no_grad():
         for p in op.parameters():
             p.add_(torch.randn_like(p) * 0.2)
@@ -189,7 +204,10 @@ def test_shape_parity_with_conv(k, s, p, d):
 @pytest.mark.parametrize("padding,d", [("same", 1), ("same", 2), ("valid", 1)])
 def test_string_padding(padding, d):
     x = torch.randn(1, 4, 9, 8)
-    assert ODConv2d(4, 4, 3, padding=padding, dilation=d)(x).shape == nn.Conv2d(4, 4, 3, padding=padding, dilation=d)(x).shape
+    assert (
+        ODConv2d(4, 4, 3, padding=padding, dilation=d)(x).shape
+        == nn.Conv2d(4, 4, 3, padding=padding, dilation=d)(x).shape
+    )
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
@@ -198,7 +216,7 @@ def test_batch_independence(mode):
     torch.manual_seed(6)
     op = getattr(ODConv2d(4, 6, 3, 2, 1, groups=2).double(), mode)()
     x = torch.randn(3, 4, 9, 8, dtype=D) + torch.randn(3, 4, 1, 1, dtype=D)
-    torch.testing.assert_close(op(x), torch.cat([op(x[i:i + 1]) for i in range(3)]))
+    torch.testing.assert_close(op(x), torch.cat([op(x[i : i + 1]) for i in range(3)]))
 
 
 @pytest.mark.parametrize("norm", ["layer", "none"])

@@ -45,8 +45,8 @@ def reference_step(logits, unary, image, op: PacCRF):
                         y, x = i + (a - r) * d, j + (c - r) * d
                         if not (0 <= y < h and 0 <= x < w):
                             continue
-                        pos = ((y - i) ** 2 + (x - j) ** 2) / sp ** 2
-                        col = (image[bi, :, y, x] - image[bi, :, i, j]).pow(2).sum().item() / sc ** 2
+                        pos = ((y - i) ** 2 + (x - j) ** 2) / sp**2
+                        col = (image[bi, :, y, x] - image[bi, :, i, j]).pow(2).sum().item() / sc**2
                         weights.append(math.exp(-0.5 * (pos + col)))
                         neighbours.append(q[bi, :, y, x])
                 total = sum(weights)
@@ -99,14 +99,19 @@ def test_constant_guide_gives_a_spatial_gaussian_smoothing_message(normalize):
     image = torch.full((2, 3, 7, 9), 0.7, dtype=D)
     sigma = op.log_pos_scale.exp().item()
     off = torch.arange(-(k // 2), k // 2 + 1, dtype=D) * d
-    g = torch.exp(-0.5 * (off[:, None] ** 2 + off[None, :] ** 2) / sigma ** 2)
+    g = torch.exp(-0.5 * (off[:, None] ** 2 + off[None, :] ** 2) / sigma**2)
     g[k // 2, k // 2] = 0
-    smooth = F.conv2d(torch.softmax(unary, 1), g.expand(labels, 1, k, k), padding=d * (k // 2), dilation=d, groups=labels)
+    smooth = F.conv2d(
+        torch.softmax(unary, 1), g.expand(labels, 1, k, k), padding=d * (k // 2), dilation=d, groups=labels
+    )
     if normalize:
-        smooth = smooth / F.conv2d(torch.ones(1, 1, 7, 9, dtype=D), g.view(1, 1, k, k), padding=d * (k // 2), dilation=d)
+        smooth = smooth / F.conv2d(
+            torch.ones(1, 1, 7, 9, dtype=D), g.view(1, 1, k, k), padding=d * (k // 2), dilation=d
+        )
     with torch.no_grad():
-        torch.testing.assert_close(op(unary, image), unary + torch.einsum("lm,bmhw->blhw", op.compat, smooth),
-                                   atol=1e-12, rtol=0)
+        torch.testing.assert_close(
+            op(unary, image), unary + torch.einsum("lm,bmhw->blhw", op.compat, smooth), atol=1e-12, rtol=0
+        )
 
 
 def test_compatibility_starts_as_potts():
@@ -143,10 +148,17 @@ def test_kind_metadata_and_refusals():
         swap_convs(model, "paccrf", guide="image")
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(kernel_size=4), "kernel_size must be odd"), (dict(num_iters=-1), "num_iters"), (dict(dilation=0), "dilation"),
-    (dict(pos_scale=0), "pos_scale"), (dict(color_scale=-1.0), "color_scale"), (dict(guide_channels=None), "needs a guide"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(kernel_size=4), "kernel_size must be odd"),
+        (dict(num_iters=-1), "num_iters"),
+        (dict(dilation=0), "dilation"),
+        (dict(pos_scale=0), "pos_scale"),
+        (dict(color_scale=-1.0), "color_scale"),
+        (dict(guide_channels=None), "needs a guide"),
+    ],
+)
 def test_bad_arguments_name_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PacCRF(3, **kwargs)
@@ -163,6 +175,7 @@ def test_guide_errors():
 
 # --------------------------------------------------------------------------------------------------
 # check-op runs the refiner checks, and they can fail
+
 
 class _IgnoresGuide(PacCRF):
     paper = "broken on purpose"
@@ -193,9 +206,14 @@ def test_check_op_runs_the_refiner_checks():
     assert "guide" in results and "identity" in results
 
 
-@pytest.mark.parametrize("cls,check", [
-    (_IgnoresGuide, "guide"), (_ChangesShape, "output shapes"), (_ReturnsProbabilities, "identity"),
-])
+@pytest.mark.parametrize(
+    "cls,check",
+    [
+        (_IgnoresGuide, "guide"),
+        (_ChangesShape, "output shapes"),
+        (_ReturnsProbabilities, "identity"),
+    ],
+)
 def test_refiner_checks_catch_broken_operators(cls, check):
     from adaptconv.ops.conformance import run_checks
 

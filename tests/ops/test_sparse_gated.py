@@ -14,12 +14,25 @@ from torch import nn
 
 from adaptconv.ops import create_op, get_op
 from adaptconv.ops.conformance import gradcheck_operator
-from adaptconv.ops.sparse_gated import (SparseGatedConv2d, dense_masked_conv2d, sparse_masked_conv2d,
-                                         tile_activity, tiled_masked_conv2d)
+from adaptconv.ops.sparse_gated import (
+    SparseGatedConv2d,
+    dense_masked_conv2d,
+    sparse_masked_conv2d,
+    tile_activity,
+    tiled_masked_conv2d,
+)
 
 # kernel, stride, padding, dilation, groups
-GEOMETRY = [(3, 1, 1, 1, 1), (3, 2, 1, 1, 2), (3, 1, 2, 2, 1), (3, 2, 0, 1, 4), (2, 1, 1, 1, 1), (1, 2, 0, 1, 2),
-            (5, 1, 2, 1, 1), (3, 1, 0, 2, 2)]
+GEOMETRY = [
+    (3, 1, 1, 1, 1),
+    (3, 2, 1, 1, 2),
+    (3, 1, 2, 2, 1),
+    (3, 2, 0, 1, 4),
+    (2, 1, 1, 1, 1),
+    (1, 2, 0, 1, 2),
+    (5, 1, 2, 1, 1),
+    (3, 1, 0, 2, 2),
+]
 
 
 def set_mask_logit(op: SparseGatedConv2d, logit: float) -> None:
@@ -56,14 +69,29 @@ def test_registered_and_options():
     assert SparseGatedConv2d.paper and "eval" in SparseGatedConv2d.from_conv_note
     op = create_op("sparse_gated", 8, 8, 3, padding=1, residual=True, budget=0.25, sparsity_weight=2.0)
     assert "residual=True" in repr(op) and "budget=0.25" in repr(op) and op.weight.shape == (8, 8, 3, 3)
-    for bad in (dict(budget=1.5), dict(sparsity_weight=-1), dict(temperature=0), dict(dense_above=2),
-                dict(init_active_logit=-1), dict(sparse_path="blocks"), dict(tile_size=0), dict(block_size=0)):
+    for bad in (
+        dict(budget=1.5),
+        dict(sparsity_weight=-1),
+        dict(temperature=0),
+        dict(dense_above=2),
+        dict(init_active_logit=-1),
+        dict(sparse_path="blocks"),
+        dict(tile_size=0),
+        dict(block_size=0),
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             SparseGatedConv2d(4, 4, 3, **bad)
 
 
-@pytest.mark.parametrize("args,kwargs", [((4, 6, 3), dict(padding=1)), ((4, 4, 3), dict(padding=1, stride=2)),
-                                         ((4, 4, 3), dict(padding=0)), ((4, 4, 3), dict(padding=1, dilation=2))])
+@pytest.mark.parametrize(
+    "args,kwargs",
+    [
+        ((4, 6, 3), dict(padding=1)),
+        ((4, 4, 3), dict(padding=1, stride=2)),
+        ((4, 4, 3), dict(padding=0)),
+        ((4, 4, 3), dict(padding=1, dilation=2)),
+    ],
+)
 def test_residual_needs_same_shape_and_names_it(args, kwargs):
     with pytest.raises(ValueError, match=r"residual=True .*in_channels=4 → out_channels=\d.*stride=.*padding="):
         SparseGatedConv2d(*args, residual=True, **kwargs)
@@ -98,8 +126,9 @@ def test_all_zeros_mask_gives_zeros(k, stride, padding, dilation, groups):
 def test_residual_identities(k, dilation, groups):
     """Residual form: all-ones mask ⇒ the dense block x + conv(x); all-zeros ⇒ the identity."""
     torch.manual_seed(2)
-    op = SparseGatedConv2d(8, 8, k, padding=dilation * (k - 1) // 2, dilation=dilation, groups=groups,
-                           residual=True, dense_above=1.0).double()
+    op = SparseGatedConv2d(
+        8, 8, k, padding=dilation * (k - 1) // 2, dilation=dilation, groups=groups, residual=True, dense_above=1.0
+    ).double()
     x = torch.randn(2, 8, 7, 9, dtype=torch.float64)
     set_mask_logit(op, 1.0)
     ref = x + F.conv2d(x, op.weight, op.bias, 1, dilation * (k - 1) // 2, dilation, groups)
@@ -244,13 +273,14 @@ def test_straight_through_gradient_reaches_the_mask_unit():
     hard = (soft >= 0.5).double()
     conv = F.conv2d(x, op.weight, op.bias, padding=1).detach()
     torch.testing.assert_close(op._last.mask.detach(), hard)
-    gw, gb = torch.autograd.grad((soft * (conv * upstream).sum(1, keepdim=True)).sum(),
-                                 [op.mask_unit.weight, op.mask_unit.bias])
+    gw, gb = torch.autograd.grad(
+        (soft * (conv * upstream).sum(1, keepdim=True)).sum(), [op.mask_unit.weight, op.mask_unit.bias]
+    )
     assert gb.abs().item() > 0
     torch.testing.assert_close(op.mask_unit.weight.grad, gw, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(op.mask_unit.bias.grad, gb, atol=1e-10, rtol=1e-10)
     # the conv weight sees the hard mask only
-    gconv, = torch.autograd.grad((F.conv2d(x, op.weight, op.bias, padding=1) * hard * upstream).sum(), [op.weight])
+    (gconv,) = torch.autograd.grad((F.conv2d(x, op.weight, op.bias, padding=1) * hard * upstream).sum(), [op.weight])
     torch.testing.assert_close(op.weight.grad, gconv, atol=1e-10, rtol=1e-10)
 
 
@@ -338,11 +368,11 @@ def test_low_precision_sparse_path():
     with torch.no_grad():
         ref = op(x)
         m = op._last.mask
-        low = sparse_masked_conv2d(x.bfloat16(), m.bfloat16(), op.weight.bfloat16(), op.bias.bfloat16(),
-                                   (1, 1), (1, 1), (1, 1), 1)
+        low = sparse_masked_conv2d(
+            x.bfloat16(), m.bfloat16(), op.weight.bfloat16(), op.bias.bfloat16(), (1, 1), (1, 1), (1, 1), 1
+        )
     assert low.dtype == torch.bfloat16
     assert (low.float() - ref).abs().max() / ref.abs().max() < 5e-2
-
 
 
 @pytest.mark.parametrize("kind", ["random", "clustered"])
@@ -377,8 +407,11 @@ def test_tile_residual_equals_reference(fraction):
     x = torch.randn(2, 6, 9, 11, dtype=torch.float64, generator=gen)
     w = torch.randn(6, 3, 3, 3, dtype=torch.float64, generator=gen)
     b = torch.randn(6, dtype=torch.float64, generator=gen)
-    mask = clustered_mask((2, 9, 11), fraction, gen) if 0 < fraction < 1 else torch.full((2, 1, 9, 11), fraction,
-                                                                                         dtype=torch.float64)
+    mask = (
+        clustered_mask((2, 9, 11), fraction, gen)
+        if 0 < fraction < 1
+        else torch.full((2, 1, 9, 11), fraction, dtype=torch.float64)
+    )
     x0 = x.clone()
     ref = x + F.conv2d(x, w, b, 1, 1, 1, 2) * mask
     got = tiled_masked_conv2d(x, mask, w, b, (1, 1), (1, 1), (1, 1), 2, residual=True, tile=4)
@@ -450,8 +483,9 @@ def test_block_mask_trains_straight_through():
     expand = soft.repeat_interleave(4, 2).repeat_interleave(4, 3)[:, :, :10, :12]
     torch.testing.assert_close(op._last.mask.detach(), (expand >= 0.5).double())
     conv = F.conv2d(x, op.weight, op.bias, padding=1).detach()
-    gw, gb = torch.autograd.grad((expand * (conv * upstream).sum(1, keepdim=True)).sum(),
-                                 [op.mask_unit.weight, op.mask_unit.bias])
+    gw, gb = torch.autograd.grad(
+        (expand * (conv * upstream).sum(1, keepdim=True)).sum(), [op.mask_unit.weight, op.mask_unit.bias]
+    )
     assert gb.abs().item() > 0
     torch.testing.assert_close(op.mask_unit.weight.grad, gw, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(op.mask_unit.bias.grad, gb, atol=1e-10, rtol=1e-10)

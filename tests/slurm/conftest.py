@@ -44,9 +44,7 @@ class SlurmCluster:
 
     def run(self, *cmd: str, timeout: float = 10.0) -> str:
         """Run a SLURM client command (``squeue``, ``sacct``, ``scontrol``...); return its stdout."""
-        done = subprocess.run(
-            cmd, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        done = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr.strip()}")
         return done.stdout
@@ -86,7 +84,11 @@ def _probe() -> SlurmCluster | str:
         try:
             done = subprocess.run(
                 ["sinfo", "--noheader", "--format=%P|%T|%N"],
-                env=env, capture_output=True, text=True, timeout=SINFO_TIMEOUT_S, check=False,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=SINFO_TIMEOUT_S,
+                check=False,
             )
         except subprocess.TimeoutExpired:
             return f"sinfo did not answer within {SINFO_TIMEOUT_S:.0f} s"

@@ -114,9 +114,7 @@ def job_name() -> str:
 def executor(slurm_cluster, tmp_path, job_name):
     """A SlurmExecutor with a fresh folder; the test's jobs are cancelled when it ends."""
     ex = submitit.SlurmExecutor(folder=tmp_path / "submitit" / "%j")
-    ex.update_parameters(
-        partition=slurm_cluster.partition, time=5, cpus_per_task=1, mem="500MB", job_name=job_name
-    )
+    ex.update_parameters(partition=slurm_cluster.partition, time=5, cpus_per_task=1, mem="500MB", job_name=job_name)
     yield ex
     subprocess.run(["scancel", f"--name={job_name}"], env=slurm_cluster.env, timeout=10, check=False)
 
@@ -152,8 +150,9 @@ def wait_for(what: str, predicate, deadline_s: float = JOB_DEADLINE_S, interval_
 
 def sacct_states(cluster, job_id: str) -> list[str]:
     """The job's allocation records, oldest first (one REQUEUED record per requeue)."""
-    out = cluster.run("sacct", "--duplicates", "--allocations", "--noheader", "--parsable2",
-                      "-j", job_id, "-o", "State")
+    out = cluster.run(
+        "sacct", "--duplicates", "--allocations", "--noheader", "--parsable2", "-j", job_id, "-o", "State"
+    )
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
@@ -197,8 +196,7 @@ def test_cancel_ends_as_cancelled_in_sacct(slurm_cluster, executor, tmp_path):
     # sacct lags slurmctld by up to a few seconds: poll
     state = wait_for(
         "sacct to report CANCELLED",
-        lambda: next((s for s in sacct_states(slurm_cluster, job.job_id)
-                      if s.startswith("CANCELLED")), None),
+        lambda: next((s for s in sacct_states(slurm_cluster, job.job_id) if s.startswith("CANCELLED")), None),
         deadline_s=20,
     )
     assert state.startswith("CANCELLED")  # "CANCELLED by 0"
@@ -227,12 +225,12 @@ def test_scontrol_requeue_reruns_from_scratch_without_checkpoint(slurm_cluster, 
 
     assert read_log(log) == (
         ["begin 0 restart=-", "step 1", "step 2", "step 3", "pause 3"]  # SIGKILLed in the pause
-        + ["begin 0 restart=1"] + [f"step {n}" for n in range(1, 7)]  # from scratch
+        + ["begin 0 restart=1"]
+        + [f"step {n}" for n in range(1, 7)]  # from scratch
     )
     assert "Bypassing signal SIGTERM" in job.stderr()  # the job process ignored the SIGTERM
     assert restarts(slurm_cluster, job.job_id) == 1
-    wait_for("sacct to show the requeue",
-             lambda: sacct_states(slurm_cluster, job.job_id) == ["REQUEUED", "COMPLETED"])
+    wait_for("sacct to show the requeue", lambda: sacct_states(slurm_cluster, job.job_id) == ["REQUEUED", "COMPLETED"])
 
 
 def test_usr2_checkpoints_and_resumes(slurm_cluster, executor, tmp_path):
@@ -251,8 +249,7 @@ def test_usr2_checkpoints_and_resumes(slurm_cluster, executor, tmp_path):
     )
     assert "Caught signal SIGUSR2" in job.stderr()
     assert restarts(slurm_cluster, job.job_id) == 1
-    wait_for("sacct to show the requeue",
-             lambda: sacct_states(slurm_cluster, job.job_id) == ["REQUEUED", "COMPLETED"])
+    wait_for("sacct to show the requeue", lambda: sacct_states(slurm_cluster, job.job_id) == ["REQUEUED", "COMPLETED"])
 
 
 def test_max_array_size_is_readable_and_enforced(slurm_cluster, tmp_path):
@@ -267,9 +264,12 @@ def test_max_array_size_is_readable_and_enforced(slurm_cluster, tmp_path):
 
     def test_only(array: str) -> int:
         return subprocess.run(
-            ["sbatch", "--test-only", f"--partition={slurm_cluster.partition}",
-             f"--array={array}", "--wrap=true"],
-            env=slurm_cluster.env, cwd=tmp_path, capture_output=True, timeout=10, check=False,
+            ["sbatch", "--test-only", f"--partition={slurm_cluster.partition}", f"--array={array}", "--wrap=true"],
+            env=slurm_cluster.env,
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=10,
+            check=False,
         ).returncode
 
     assert test_only(f"0-{max_array_size - 1}") == 0  # indices run 0 .. MaxArraySize-1

@@ -41,8 +41,14 @@ def _suite(tmp_path, name, task, steps, ops, extra):
 
 
 def test_a_suite_runs_as_a_job_array_and_is_collected(slurm_cluster, tmp_path):
-    suite, store = _suite(tmp_path, "array", "classification", 2, "[conv, pac, paka]",
-                          "dataset: digits\n  backbone: simplecnn-s\n  batch_size: 32")
+    suite, store = _suite(
+        tmp_path,
+        "array",
+        "classification",
+        2,
+        "[conv, pac, paka]",
+        "dataset: digits\n  backbone: simplecnn-s\n  batch_size: 32",
+    )
     profile, name = slurm.load_profile("local")
     t0 = time.monotonic()
     ids = slurm.submit(make_plan(suite, store), profile, name, folder=tmp_path / "submitit", chunk=2)
@@ -75,8 +81,14 @@ def test_a_suite_runs_as_a_job_array_and_is_collected(slurm_cluster, tmp_path):
 
 
 def test_a_requeued_task_resumes_from_its_checkpoint(slurm_cluster, tmp_path):
-    suite, store = _suite(tmp_path, "requeue", "upsampling", 400, "[pac]",
-                          "batch_size: 4\n  task_options: {patch: 32, crops: 16, width: 8, layers: 2}")
+    suite, store = _suite(
+        tmp_path,
+        "requeue",
+        "upsampling",
+        400,
+        "[pac]",
+        "batch_size: 4\n  task_options: {patch: 32, crops: 16, width: 8, layers: 2}",
+    )
     profile, name = slurm.load_profile("local")
     profile.checkpoint_every_s = 0.5
     (job_id,) = slurm.submit(make_plan(suite, store), profile, name, folder=tmp_path / "submitit")
@@ -112,12 +124,17 @@ def test_a_requeued_task_resumes_from_its_checkpoint(slurm_cluster, tmp_path):
     assert rec["timing"]["all_attempts_s"] == pytest.approx(first["wall_s"] + second["wall_s"])
 
 
-def test_queued_array_tasks_are_counted_and_never_submitted_twice(slurm_cluster, tmp_path, capsys,
-                                                                   monkeypatch):
+def test_queued_array_tasks_are_counted_and_never_submitted_twice(slurm_cluster, tmp_path, capsys, monkeypatch):
     from adaptconv.cli import main as cli
 
-    suite, store = _suite(tmp_path, "inflight", "classification", 2, "[conv, paka, dfn]",
-                          "dataset: digits\n  backbone: simplecnn-s\n  batch_size: 32")
+    suite, store = _suite(
+        tmp_path,
+        "inflight",
+        "classification",
+        2,
+        "[conv, paka, dfn]",
+        "dataset: digits\n  backbone: simplecnn-s\n  batch_size: 32",
+    )
     profile, name = slurm.load_profile("local")
     profile.array_parallelism = 1  # one task at a time: the others wait in the queue
     ids = slurm.submit(make_plan(suite, store), profile, name, folder=tmp_path / "submitit")
@@ -140,8 +157,9 @@ def test_queued_array_tasks_are_counted_and_never_submitted_twice(slurm_cluster,
         assert cli(["cancel", str(suite.path), "--results", str(store.root)]) == 0
     assert "cancelled" in capsys.readouterr().out
     deadline = time.monotonic() + 60
-    while slurm.job_states(ids) and any(s in ("PENDING", "RUNNING", "COMPLETING")
-                                         for s in slurm.job_states(ids).values()):
+    while slurm.job_states(ids) and any(
+        s in ("PENDING", "RUNNING", "COMPLETING") for s in slurm.job_states(ids).values()
+    ):
         assert time.monotonic() < deadline, slurm.job_states(ids)
         time.sleep(1.0)
     # cancelled before they ran: the trials are pending again and a run would submit them
@@ -154,8 +172,14 @@ def test_a_segfaulting_trial_is_recorded_as_crashed_by_its_job(slurm_cluster, tm
     from fixtures import segv_plugin as segv
 
     with segv.installed(tmp_path / "site", monkeypatch, 3):  # the job inherits PYTHONPATH and the step
-        suite, store = _suite(tmp_path, "crash", "classification", 5, "[segv]",
-                              "dataset: digits\n  backbone: simplecnn-s\n  batch_size: 32")
+        suite, store = _suite(
+            tmp_path,
+            "crash",
+            "classification",
+            5,
+            "[segv]",
+            "dataset: digits\n  backbone: simplecnn-s\n  batch_size: 32",
+        )
         profile, name = slurm.load_profile("local")
         (job_id,) = slurm.submit(make_plan(suite, store), profile, name, folder=tmp_path / "submitit")
         (tid,) = [t.id for t in suite.trials]

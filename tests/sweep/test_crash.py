@@ -55,8 +55,10 @@ def test_a_segfaulting_worker_leaves_a_crashed_record_that_is_counted_and_not_re
     err = rec["error"]
     assert err["signal"] == "SIGSEGV" and err["signal_number"] == signal.SIGSEGV
     assert err["phase"] == "train" and err["last_step"] == CRASH_AT_STEP - 1 and err["total_steps"] == STEPS
-    assert (f"worker process killed by SIGSEGV (signal {int(signal.SIGSEGV)}) in training, after step "
-            f"{CRASH_AT_STEP - 1} of {STEPS}") == err["message"]
+    assert (
+        f"worker process killed by SIGSEGV (signal {int(signal.SIGSEGV)}) in training, after step "
+        f"{CRASH_AT_STEP - 1} of {STEPS}"
+    ) == err["message"]
     assert "Fatal Python error" in err.get("stderr_tail", "")  # faulthandler's stack, kept from stderr
     assert rec["config"]["op"] == "segv" and rec["trial_id"] == victim and rec["suite"] == "crashtest"
     assert rec["attempts"] == 1 and rec["dispatch"]["record_written_by"] == "parent process"

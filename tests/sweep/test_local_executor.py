@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from adaptconv.results.store import ResultStore
 from adaptconv.sweep.executors import make_plan, run_debug, run_local
 from adaptconv.sweep.suite import load_suite
-from adaptconv.results.store import ResultStore
 
 SUITE = """\
 name: local

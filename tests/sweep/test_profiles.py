@@ -32,6 +32,7 @@ def test_time_limits(text, minutes):
 
 # ---- which file a profile name means (issue 14, item 9) -------------------------------------------
 
+
 def test_a_profile_name_is_looked_up_in_the_working_directorys_slurm_folder_first(tmp_path, monkeypatch):
     project = tmp_path / "myproject"
     (project / "slurm").mkdir(parents=True)

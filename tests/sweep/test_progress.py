@@ -30,13 +30,20 @@ def _env(tmp_path):
 
 def test_redirected_run_prints_a_line_per_trial_and_the_trial_logs_steps(tmp_path):
     (tmp_path / "progress.yaml").write_text(SUITE)
-    out = subprocess.run([ADAPTCONV, "run", "progress.yaml", "--results", "res"], cwd=tmp_path, env=_env(tmp_path),
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [ADAPTCONV, "run", "progress.yaml", "--results", "res"],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if line.startswith("[")]
     assert len(lines) == 2, out.stdout
-    assert re.match(r"\[1/2\] done +[0-9a-f]{16}  conv classification/digits seed 0  top1=[0-9.]+  [0-9.]+ s  ETA ",
-                    lines[0]), lines[0]
+    assert re.match(
+        r"\[1/2\] done +[0-9a-f]{16}  conv classification/digits seed 0  top1=[0-9.]+  [0-9.]+ s  ETA ", lines[0]
+    ), lines[0]
     assert lines[1].startswith("[2/2] done") and " condconv " in lines[1] and lines[1].endswith("last")
     suite = load_suite(tmp_path / "progress.yaml")
     store = ResultStore(tmp_path / "res")
@@ -46,9 +53,25 @@ def test_redirected_run_prints_a_line_per_trial_and_the_trial_logs_steps(tmp_pat
 
 
 def test_trial_command_prints_step_lines_when_not_on_a_terminal(tmp_path):
-    out = subprocess.run([ADAPTCONV, "trial", "task=classification", "dataset=digits", "op=conv", "steps=10",
-                          "batch_size=8", "threads=1", "measure.latency=false", "measure.memory=false",
-                          "measure.flops=false"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            ADAPTCONV,
+            "trial",
+            "task=classification",
+            "dataset=digits",
+            "op=conv",
+            "steps=10",
+            "batch_size=8",
+            "threads=1",
+            "measure.latency=false",
+            "measure.memory=false",
+            "measure.flops=false",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert "trial: evaluated in" in out.stderr and "trial: measured in" in out.stderr
     steps = re.findall(r"trial: step (\d+)/10  loss [0-9.]+  [0-9.]+ s  ETA [0-9.]+ s", out.stderr)
@@ -63,9 +86,15 @@ def test_ctrl_c_stops_cleanly_keeps_the_checkpoint_and_releases_the_claim(tmp_pa
     suite = load_suite(tmp_path / "progress.yaml")
     tid = suite.trials[0].id
     store = ResultStore(tmp_path / "res")
-    proc = subprocess.Popen([ADAPTCONV, "run", "progress.yaml", "--results", "res", "--checkpoint-every", "0.2"],
-                            cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [ADAPTCONV, "run", "progress.yaml", "--results", "res", "--checkpoint-every", "0.2"],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not store.checkpoint_path(tid).exists():
@@ -92,11 +121,14 @@ def test_ctrl_c_stops_cleanly_keeps_the_checkpoint_and_releases_the_claim(tmp_pa
 def test_a_long_trial_says_how_far_it_got_now_and_then(tmp_path, capsys):
     from adaptconv.sweep.executors import make_plan, run_local
 
-    (tmp_path / "progress.yaml").write_text(SUITE.replace("steps: 20", "steps: 400").replace("[conv, condconv]", "[conv]"))
+    (tmp_path / "progress.yaml").write_text(
+        SUITE.replace("steps: 20", "steps: 400").replace("[conv, condconv]", "[conv]")
+    )
     suite = load_suite(tmp_path / "progress.yaml")
     assert run_local(make_plan(suite, ResultStore(tmp_path / "res")), max_parallel=1, heartbeat_s=1.0) == {"done": 1}
     out = capsys.readouterr().out
-    beats = re.findall(r"^ +running  [0-9a-f]{16}  (step \d+/400|setup|train|eval|measure|starting)  [0-9.]+ s$",
-                       out, flags=re.M)
+    beats = re.findall(
+        r"^ +running  [0-9a-f]{16}  (step \d+/400|setup|train|eval|measure|starting)  [0-9.]+ s$", out, flags=re.M
+    )
     assert any(b.startswith("step ") for b in beats), out
     assert re.search(r"^\[1/1\] done", out, flags=re.M)

@@ -4,9 +4,9 @@ not on this machine is refused before anything is written, naming the path and t
 import pytest
 
 from adaptconv.cli import main
+from adaptconv.results.store import ResultStore
 from adaptconv.sweep.executors import make_plan, missing_data
 from adaptconv.sweep.suite import SuiteError, load_suite, override_run_keys
-from adaptconv.results.store import ResultStore
 
 SUITE = """\
 name: real-data

@@ -39,12 +39,14 @@ def scheduler(tmp_path, monkeypatch):
     answers.mkdir()
     for tool in ("squeue", "sacct"):
         script = bindir / tool
-        script.write_text(textwrap.dedent(f"""\
+        script.write_text(
+            textwrap.dedent(f"""\
             #!/bin/sh
             echo "$@" >> {answers}/{tool}.args
             if [ -f {answers}/{tool}.fail ]; then echo "{tool}: error: Unable to contact slurm controller" >&2; exit 1; fi
             cat {answers}/{tool}.out 2>/dev/null
-            """))
+            """)
+        )
         script.chmod(script.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
 
@@ -71,8 +73,16 @@ def _submitted(tmp_path):
     ids = [t.id for t in suite.trials]
     for tid, t in zip(ids, suite.trials):
         store.write_config(tid, t.config)
-    store.add_jobs({"time": 0, "profile": "local", "folder": "x", "job_name": "adaptconv-inflight",
-                    "array_job_id": "11", "jobs": {tid: f"11_{i}" for i, tid in enumerate(ids)}})
+    store.add_jobs(
+        {
+            "time": 0,
+            "profile": "local",
+            "folder": "x",
+            "job_name": "adaptconv-inflight",
+            "array_job_id": "11",
+            "jobs": {tid: f"11_{i}" for i, tid in enumerate(ids)},
+        }
+    )
     return path, suite, store, ids
 
 
@@ -87,16 +97,27 @@ def test_status_counts_every_queued_array_task(tmp_path, scheduler, capsys):
     # what sacct prints while 2 tasks run and 2 wait (array_parallelism 2), and squeue is down
     scheduler.set("sacct", "11_0|RUNNING\n11_1|RUNNING\n11_[2-3%2]|PENDING\n")
     scheduler.set("squeue", None)
-    assert job_states([f"11_{i}" for i in range(4)]) == {"11_0": "RUNNING", "11_1": "RUNNING",
-                                                           "11_2": "PENDING", "11_3": "PENDING"}
+    assert job_states([f"11_{i}" for i in range(4)]) == {
+        "11_0": "RUNNING",
+        "11_1": "RUNNING",
+        "11_2": "PENDING",
+        "11_3": "PENDING",
+    }
     assert cli(["status", str(path), "--results", str(store.root)]) == 0
     out = capsys.readouterr().out
     assert "SLURM jobs (4 submitted): 2 PENDING, 2 RUNNING" in out
     # squeue -r, when it answers, is the fresher source (sacct lags the scheduler by seconds)
-    scheduler.set("squeue", "11_0|12|COMPLETING|adaptconv-inflight\n11_1|13|RUNNING|adaptconv-inflight\n"
-                            "11_2|14|RUNNING|adaptconv-inflight\n11_3|11|PENDING|adaptconv-inflight\n")
-    assert job_states([f"11_{i}" for i in range(4)]) == {"11_0": "COMPLETING", "11_1": "RUNNING",
-                                                           "11_2": "RUNNING", "11_3": "PENDING"}
+    scheduler.set(
+        "squeue",
+        "11_0|12|COMPLETING|adaptconv-inflight\n11_1|13|RUNNING|adaptconv-inflight\n"
+        "11_2|14|RUNNING|adaptconv-inflight\n11_3|11|PENDING|adaptconv-inflight\n",
+    )
+    assert job_states([f"11_{i}" for i in range(4)]) == {
+        "11_0": "COMPLETING",
+        "11_1": "RUNNING",
+        "11_2": "RUNNING",
+        "11_3": "PENDING",
+    }
     assert " -r " in scheduler.args("squeue")
 
 
@@ -105,9 +126,12 @@ def test_trials_whose_jobs_are_queued_running_or_requeued_are_not_submitted_agai
     scheduler.set("sacct", "")
     # 11_0 runs (its worker has not claimed the trial yet), 11_1 was requeued and waits for its
     # EligibleTime, 11_2 is queued, 11_3 has left the queue without a record (e.g. its node died)
-    scheduler.set("squeue", "11_0|12|RUNNING|adaptconv-inflight\n11_1|13|PENDING|adaptconv-inflight\n"
-                            "11_2|11|PENDING|adaptconv-inflight\n"
-                            "11_9|40|PENDING|someone-else\n5|5|RUNNING|adaptconv-inflight\n")
+    scheduler.set(
+        "squeue",
+        "11_0|12|RUNNING|adaptconv-inflight\n11_1|13|PENDING|adaptconv-inflight\n"
+        "11_2|11|PENDING|adaptconv-inflight\n"
+        "11_9|40|PENDING|someone-else\n5|5|RUNNING|adaptconv-inflight\n",
+    )
     plan = make_plan(suite, store)
     assert [plan.states[t] for t in ids] == ["running", "queued", "queued", "pending"]
     assert [t.id for t in plan.to_run] == [ids[3]]

@@ -34,8 +34,10 @@ def test_32_concurrent_writers_leave_every_record_intact(tmp_path):
     ids = [f"{i:016x}" for i in range(32)]
     shared = "f" * 16  # and all of them also hammer one record
     with mp.get_context("fork").Pool(32) as pool:
-        pool.map(_write, [(str(tmp_path), tid, i) for i, tid in enumerate(ids)]
-                 + [(str(tmp_path), shared, i) for i in range(32)])
+        pool.map(
+            _write,
+            [(str(tmp_path), tid, i) for i, tid in enumerate(ids)] + [(str(tmp_path), shared, i) for i in range(32)],
+        )
     store = ResultStore(tmp_path)
     for i, tid in enumerate(ids):
         rec = store.read_record(tid)
@@ -101,8 +103,11 @@ def test_sigkill_mid_training_leaves_no_record_and_the_next_run_completes_it(tmp
 
     prepare(plan)
     (tid,) = [t.id for t in suite.trials]
-    proc = subprocess.Popen([sys.executable, "-m", "adaptconv.sweep.worker", str(store.root), tid, "0.2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "adaptconv.sweep.worker", str(store.root), tid, "0.2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not store.checkpoint_path(tid).exists():
         assert proc.poll() is None, "worker ended before it checkpointed"
@@ -160,6 +165,7 @@ def test_extending_an_axis_runs_only_the_new_trials_and_retry_failed(tmp_path, m
 
 # ---- damaged records (issue 14, item 5) ------------------------------------------------------------
 
+
 def test_a_truncated_record_is_moved_aside_counted_as_corrupt_and_warned_about_once(tmp_path, caplog, capsys):
     from adaptconv.cli import main as cli
     from adaptconv.results.collect import collect
@@ -213,6 +219,7 @@ def test_a_record_that_is_not_an_object_is_corrupt_too(tmp_path):
 
 # ---- shareable results: the umask decides file modes (issue 14, item 6) ------------------------------
 
+
 @pytest.fixture(params=[0o022, 0o077, 0o002], ids=["umask022", "umask077", "umask002"])
 def umask(request):
     old = os.umask(request.param)
@@ -248,9 +255,16 @@ def test_every_atomically_written_file_gets_the_umask_mode(tmp_path, umask):
     write_text_atomic(tmp_path / "report" / "index.html", "<html></html>")
     write_bytes_atomic(tmp_path / "report" / "figures" / "a.png", b"\x89PNG")
     paths = collect(store).write(store.root)
-    files = [store.trial_dir(tid) / "trial.json", store.record_path(tid), store.checkpoint_path(tid),
-             store.claim_path(tid), store.root / "jobs.jsonl", tmp_path / "report" / "index.html",
-             tmp_path / "report" / "figures" / "a.png", *paths]
+    files = [
+        store.trial_dir(tid) / "trial.json",
+        store.record_path(tid),
+        store.checkpoint_path(tid),
+        store.claim_path(tid),
+        store.root / "jobs.jsonl",
+        tmp_path / "report" / "index.html",
+        tmp_path / "report" / "figures" / "a.png",
+        *paths,
+    ]
     modes = {str(p.relative_to(tmp_path)): oct(_mode(p)) for p in files}
     assert set(modes.values()) == {oct(normal)}, modes
     assert not [p for p in tmp_path.rglob("*.tmp")]

@@ -4,9 +4,9 @@ import textwrap
 
 import pytest
 
-from adaptconv.trial.ids import check_trial_id, identity, trial_id
 from adaptconv.sweep.suite import SuiteError, load_suite
 from adaptconv.trial import parse_trial_config
+from adaptconv.trial.ids import check_trial_id, identity, trial_id
 
 BASE = """\
 name: t
@@ -31,7 +31,11 @@ def values(suite, key):
 
 
 def test_product_zip_seeds(tmp_path):
-    s = load_suite(write(tmp_path, BASE + """\
+    s = load_suite(
+        write(
+            tmp_path,
+            BASE
+            + """\
 product:
   op: [conv, pac, paka]
   optimizer.name: [adam, sgd]
@@ -39,7 +43,9 @@ zip:
   optimizer.lr: [0.1, 0.01]
   batch_size: [8, 16]
 seeds: [0, 1]
-"""))
+""",
+        )
+    )
     assert len(s.trials) == 3 * 2 * 2 * 2
     pairs = set(zip(values(s, "optimizer.lr"), values(s, "batch_size")))
     assert pairs == {(0.1, 8), (0.01, 16)}  # zipped, not crossed
@@ -48,14 +54,20 @@ seeds: [0, 1]
 
 
 def test_blocks_are_unioned_and_deduplicated(tmp_path):
-    s = load_suite(write(tmp_path, BASE + """\
+    s = load_suite(
+        write(
+            tmp_path,
+            BASE
+            + """\
 blocks:
   - name: ops
     product: {op: [conv, pac]}
   - name: pac-kernels
     base: {op: pac}
     product: {op_options.kernel_type: [gaussian, inv]}
-"""))
+""",
+        )
+    )
     # pac with the default kernel (gaussian) appears in both blocks: it counts once
     assert len(s.trials) == 3
     assert sorted(values(s, "op")) == ["conv", "pac", "pac"]
@@ -63,7 +75,11 @@ blocks:
 
 
 def test_a_block_may_give_its_own_seeds(tmp_path):
-    s = load_suite(write(tmp_path, BASE + """\
+    s = load_suite(
+        write(
+            tmp_path,
+            BASE
+            + """\
 blocks:
   - name: trained
     product: {op: [conv, pac]}
@@ -71,44 +87,72 @@ blocks:
     seeds: [7]
     base: {op: paka}
 seeds: [0, 1, 2]
-"""))
+""",
+        )
+    )
     by_block = {}
     for t in s.trials:
         by_block.setdefault(t.block, []).append((t.config["op"], t.config["seed"]))
     assert sorted(by_block["trained"]) == [(op, s_) for op in ("conv", "pac") for s_ in (0, 1, 2)]
     assert by_block["measured-once"] == [("paka", 7)]
     with pytest.raises(SuiteError, match=r"blocks\.0\.seeds.*distinct seeds"):
-        load_suite(write(tmp_path, BASE + """\
+        load_suite(
+            write(
+                tmp_path,
+                BASE
+                + """\
 blocks:
   - name: b
     seeds: [1, 1]
     product: {op: [conv]}
-"""))
+""",
+            )
+        )
 
 
 def test_exclude_rules_with_lists(tmp_path):
-    s = load_suite(write(tmp_path, BASE + """\
+    s = load_suite(
+        write(
+            tmp_path,
+            BASE
+            + """\
 product:
   op: [conv, pac, paka]
   optimizer.name: [adam, sgd]
 exclude:
   - {op: conv, optimizer.name: sgd}
   - {op: [pac, paka], optimizer.name: adam}
-"""))
-    assert sorted(zip(values(s, "op"), values(s, "optimizer.name"))) == [("conv", "adam"), ("pac", "sgd"), ("paka", "sgd")]
+""",
+        )
+    )
+    assert sorted(zip(values(s, "op"), values(s, "optimizer.name"))) == [
+        ("conv", "adam"),
+        ("pac", "sgd"),
+        ("paka", "sgd"),
+    ]
 
 
 def test_ids_are_stable_and_ignore_defaults_and_where_it_runs():
     a = parse_trial_config({"task": "upsampling", "op": "pac"}).normalised()
-    b = parse_trial_config({"task": "upsampling", "op": "pac", "dataset": "middlebury", "steps": 300,
-                            "device": "cpu", "threads": 3, "optimizer": {"name": "adam"}}).normalised()
+    b = parse_trial_config(
+        {
+            "task": "upsampling",
+            "op": "pac",
+            "dataset": "middlebury",
+            "steps": 300,
+            "device": "cpu",
+            "threads": 3,
+            "optimizer": {"name": "adam"},
+        }
+    ).normalised()
     assert trial_id(a) == trial_id(b)
     c = parse_trial_config({"task": "upsampling", "op": "pac", "seed": 1}).normalised()
     assert trial_id(c) != trial_id(a)
     assert "device" not in identity(b) and "threads" not in identity(b)
     # the same config gives the same id in every process and version of this code: pin one
-    assert trial_id(parse_trial_config({"task": "classification", "op": "conv"}).normalised()) == \
-        trial_id(parse_trial_config({"task": "classification"}).normalised())
+    assert trial_id(parse_trial_config({"task": "classification", "op": "conv"}).normalised()) == trial_id(
+        parse_trial_config({"task": "classification"}).normalised()
+    )
     assert check_trial_id(trial_id(a)) == trial_id(a)
     for bad in ("../../etc", "ABCDEF0123456789", "0123", "/tmp/x", "0123456789abcdef/.."):
         with pytest.raises(ValueError, match="not a trial id"):
@@ -135,85 +179,172 @@ LONG = "x" * 300
 # the expected message as a regex). Each is also run through `adaptconv plan`, which must say it
 # without a traceback.
 BAD = [
-    ("unknown top-level key", BASE + "produt:\n  op: [conv]\n", r"produt \(line 7\): unknown key \(did you mean 'product'\?\)"),
+    (
+        "unknown top-level key",
+        BASE + "produt:\n  op: [conv]\n",
+        r"produt \(line 7\): unknown key \(did you mean 'product'\?\)",
+    ),
     ("missing name", "description: x\nbase: {task: classification}\n", r"- name: required key is missing"),
     ("missing base", "name: x\ndescription: y\n", r"- base: required key is missing"),
     ("bad name", BASE.replace("name: t", "name: ../evil"), r"name \(line 1\): '\.\./evil' must be"),
     ("empty description", BASE.replace("description: test", "description: ''"), r"description \(line 2\): say what"),
     ("axis not a list", BASE + "product:\n  op: pac\n", r"product\.op \(line 8\): an axis is a non-empty list"),
     ("empty axis", BASE + "product:\n  op: []\n", r"product\.op \(line 8\): an axis is a non-empty list"),
-    ("unknown operator", BASE + "product:\n  op: [conv, pak]\n",
-     r"product\.op \(line 8\): op: unknown operator 'pak' \(did you mean 'paka'\?\)"),
-    ("unknown trial key", BASE + "product:\n  optimiser.lr: [0.1]\n",
-     r"optimiser: unknown key \(did you mean 'optimizer'\?\)"),
+    (
+        "unknown operator",
+        BASE + "product:\n  op: [conv, pak]\n",
+        r"product\.op \(line 8\): op: unknown operator 'pak' \(did you mean 'paka'\?\)",
+    ),
+    (
+        "unknown trial key",
+        BASE + "product:\n  optimiser.lr: [0.1]\n",
+        r"optimiser: unknown key \(did you mean 'optimizer'\?\)",
+    ),
     ("wrong type in base", BASE.replace("steps: 2", "steps: two"), r"base\.steps \(line 6\): steps: expected int"),
-    ("unknown task", BASE.replace("task: classification", "task: clasification"),
-     r"base\.task \(line 4\): task: 'clasification' is not one of .*did you mean 'classification'"),
-    ("dataset for another task", BASE.replace("dataset: digits", "dataset: middlebury"),
-     r"base\.dataset \(line 5\): dataset: 'middlebury' does not serve task 'classification'"),
-    ("zip lengths differ", BASE + "zip:\n  optimizer.lr: [0.1, 0.2]\n  batch_size: [8]\n", r"zip \(line 7\): zipped lists differ in length"),
-    ("axis in product and zip", BASE + "product:\n  op: [conv]\nzip:\n  op: [pac]\n", r"zip\.op \(line 10\): is also a product axis"),
-    ("block repeats a top axis", BASE + "product:\n  op: [conv]\nblocks:\n  - name: b\n    product: {op: [pac]}\n",
-     r"blocks\.0\.op .*contradictory axes"),
-    ("duplicate block names", BASE + "blocks:\n  - {name: a, product: {op: [pac]}}\n  - {name: a, product: {op: [paka]}}\n",
-     r"block name 'a' is used twice"),
-    ("exclude on unswept key", BASE + "product:\n  op: [conv, pac]\nexclude:\n  - {guide: image}\n",
-     r"exclude\.0\.guide \(line 10\): is not swept by any axis"),
-    ("exclude removes everything", BASE + "product:\n  op: [conv]\nexclude:\n  - {op: conv}\n",
-     r"the suite expands to no trial \(1 excluded\)"),
+    (
+        "unknown task",
+        BASE.replace("task: classification", "task: clasification"),
+        r"base\.task \(line 4\): task: 'clasification' is not one of .*did you mean 'classification'",
+    ),
+    (
+        "dataset for another task",
+        BASE.replace("dataset: digits", "dataset: middlebury"),
+        r"base\.dataset \(line 5\): dataset: 'middlebury' does not serve task 'classification'",
+    ),
+    (
+        "zip lengths differ",
+        BASE + "zip:\n  optimizer.lr: [0.1, 0.2]\n  batch_size: [8]\n",
+        r"zip \(line 7\): zipped lists differ in length",
+    ),
+    (
+        "axis in product and zip",
+        BASE + "product:\n  op: [conv]\nzip:\n  op: [pac]\n",
+        r"zip\.op \(line 10\): is also a product axis",
+    ),
+    (
+        "block repeats a top axis",
+        BASE + "product:\n  op: [conv]\nblocks:\n  - name: b\n    product: {op: [pac]}\n",
+        r"blocks\.0\.op .*contradictory axes",
+    ),
+    (
+        "duplicate block names",
+        BASE + "blocks:\n  - {name: a, product: {op: [pac]}}\n  - {name: a, product: {op: [paka]}}\n",
+        r"block name 'a' is used twice",
+    ),
+    (
+        "exclude on unswept key",
+        BASE + "product:\n  op: [conv, pac]\nexclude:\n  - {guide: image}\n",
+        r"exclude\.0\.guide \(line 10\): is not swept by any axis",
+    ),
+    (
+        "exclude removes everything",
+        BASE + "product:\n  op: [conv]\nexclude:\n  - {op: conv}\n",
+        r"the suite expands to no trial \(1 excluded\)",
+    ),
     ("seed as an axis", BASE + "product:\n  seed: [0, 1]\n", r"use the top-level `seeds:` list"),
-    ("seed twice", BASE.replace("steps: 2", "steps: 2\n  seed: 3") + "seeds: [0]\n", r"base\.seed \(line 7\): given both"),
+    (
+        "seed twice",
+        BASE.replace("steps: 2", "steps: 2\n  seed: 3") + "seeds: [0]\n",
+        r"base\.seed \(line 7\): given both",
+    ),
     ("repeated seeds", BASE + "seeds: [0, 0]\n", r"seeds \(line 7\): a non-empty list of distinct seeds"),
     ("bad time", BASE + "resources: {time: '90 minutes'}\n", r"resources\.time \(line 7\): '90 minutes' is not"),
-    ("bad task option", BASE + "product:\n  task_options.image_siz: [16]\n",
-     r"task_options\.image_siz: unknown key \(did you mean 'image_size'\?\)"),
+    (
+        "bad task option",
+        BASE + "product:\n  task_options.image_siz: [16]\n",
+        r"task_options\.image_siz: unknown key \(did you mean 'image_size'\?\)",
+    ),
     ("not yaml", "name: [unclosed\n", r"not valid YAML \(line 2\)"),
     ("not a mapping", "- a\n- b\n", r"a suite file is a mapping"),
-    ("unknown operator option", BASE + "product:\n  op: [pac]\n  op_options.kernel: [inv]\n",
-     r"op_options\.kernel: 'pac' has no option 'kernel' \(did you mean 'kernel_type'\?\)"),
+    (
+        "unknown operator option",
+        BASE + "product:\n  op: [pac]\n  op_options.kernel: [inv]\n",
+        r"op_options\.kernel: 'pac' has no option 'kernel' \(did you mean 'kernel_type'\?\)",
+    ),
     ("repeated axis value", BASE + "product:\n  op: [pac, pac]\n", r"product\.op \(line 8\): repeats a value"),
     # issue 14, item 2: everything a trial refuses is refused here
-    ("upsampler as op", UPS + "product:\n  op: [conv, carafe]\n",
-     r"product\.op \(line 7\): op: 'carafe' is an operator of kind 'upsampler', not a convolution.*"
-     r"`task_options\.upsampler: carafe`"),
-    ("refiner as op", UPS.replace("upsampling", "segmentation") + "product:\n  op: [paccrf]\n",
-     r"op: 'paccrf' is an operator of kind 'refiner'.*`task_options\.crf: paccrf`"),
-    ("did-you-mean lists conv operators only", BASE + "product:\n  op: [carafee]\n",
-     r"op: unknown operator 'carafee'; choices: acda, condconv, conv, "),
-    ("misspelt operator option value", BASE + "product:\n  op: [pac]\n  op_options.kernel_type: [gaussian, gausian]\n",
-     r"product\.op_options\.kernel_type \(line 9\): op_options\.kernel_type: operator 'pac' refuses "
-     r"kernel_type='gausian': pac: kernel_type must be one of .* \(did you mean 'gaussian'\?\)"),
-    ("operator option out of range", BASE + "product:\n  op: [paka]\n"
-     "  op_options.reduction: [0]\n", r"op_options\.reduction: operator 'paka' refuses reduction=0: "
-     r"paka: reduction must be a positive int"),
-    ("operator option from_conv refuses", BASE + "product:\n  op: [pac]\n  op_options.shared_filters: [true]\n",
-     r"op_options\.shared_filters: operator 'pac' refuses shared_filters=True: pac\.from_conv"),
+    (
+        "upsampler as op",
+        UPS + "product:\n  op: [conv, carafe]\n",
+        r"product\.op \(line 7\): op: 'carafe' is an operator of kind 'upsampler', not a convolution.*"
+        r"`task_options\.upsampler: carafe`",
+    ),
+    (
+        "refiner as op",
+        UPS.replace("upsampling", "segmentation") + "product:\n  op: [paccrf]\n",
+        r"op: 'paccrf' is an operator of kind 'refiner'.*`task_options\.crf: paccrf`",
+    ),
+    (
+        "did-you-mean lists conv operators only",
+        BASE + "product:\n  op: [carafee]\n",
+        r"op: unknown operator 'carafee'; choices: acda, condconv, conv, ",
+    ),
+    (
+        "misspelt operator option value",
+        BASE + "product:\n  op: [pac]\n  op_options.kernel_type: [gaussian, gausian]\n",
+        r"product\.op_options\.kernel_type \(line 9\): op_options\.kernel_type: operator 'pac' refuses "
+        r"kernel_type='gausian': pac: kernel_type must be one of .* \(did you mean 'gaussian'\?\)",
+    ),
+    (
+        "operator option out of range",
+        BASE + "product:\n  op: [paka]\n  op_options.reduction: [0]\n",
+        r"op_options\.reduction: operator 'paka' refuses reduction=0: "
+        r"paka: reduction must be a positive int",
+    ),
+    (
+        "operator option from_conv refuses",
+        BASE + "product:\n  op: [pac]\n  op_options.shared_filters: [true]\n",
+        r"op_options\.shared_filters: operator 'pac' refuses shared_filters=True: pac\.from_conv",
+    ),
     ("duplicate key", BASE + "  steps: 3\n", r"base\.steps \(line 6\): given twice \(lines 6 and 7\)"),
-    ("duplicate top-level key", BASE + "description: again\n", r"description \(line 2\): given twice \(lines 2 and 7\)"),
-    ("exclude matching nothing", BASE + "product:\n  op: [conv, pac]\nexclude:\n  - {op: pak}\n",
-     r"exclude\.0 \(line 10\): matches no trial, so it excludes nothing: no trial has op=pak "
-     r"\(did you mean 'pac'\?\) \(its values: conv, pac\)"),
-    ("exclude values never together", BASE + "product:\n  op: [conv, pac]\nzip:\n  optimizer.name: [adam, sgd]\n"
-     "  batch_size: [8, 16]\nexclude:\n  - {optimizer.name: adam, batch_size: 16}\n",
-     r"exclude\.0 \(line 13\): matches no trial, so it excludes nothing: no trial has all of its values together"),
-    ("name too long", BASE.replace("name: t", f"name: {LONG}"),
-     r"name \(line 1\): is 300 characters long; it names the results and report folders.*at most 128"),
+    (
+        "duplicate top-level key",
+        BASE + "description: again\n",
+        r"description \(line 2\): given twice \(lines 2 and 7\)",
+    ),
+    (
+        "exclude matching nothing",
+        BASE + "product:\n  op: [conv, pac]\nexclude:\n  - {op: pak}\n",
+        r"exclude\.0 \(line 10\): matches no trial, so it excludes nothing: no trial has op=pak "
+        r"\(did you mean 'pac'\?\) \(its values: conv, pac\)",
+    ),
+    (
+        "exclude values never together",
+        BASE + "product:\n  op: [conv, pac]\nzip:\n  optimizer.name: [adam, sgd]\n"
+        "  batch_size: [8, 16]\nexclude:\n  - {optimizer.name: adam, batch_size: 16}\n",
+        r"exclude\.0 \(line 13\): matches no trial, so it excludes nothing: no trial has all of its values together",
+    ),
+    (
+        "name too long",
+        BASE.replace("name: t", f"name: {LONG}"),
+        r"name \(line 1\): is 300 characters long; it names the results and report folders.*at most 128",
+    ),
     ("not UTF-8", BASE.encode() + b"# caf\xe9\n", r"is not UTF-8 text: byte 0xe9 at line 7, column 6"),
     ("empty file", "", r"the file is empty; a suite is a mapping"),
     ("only comments", "# a suite\n\n", r"has only comments and blank lines"),
     ("a directory", None, r"is a directory, not a suite file; the suite files in it: inner\.yaml"),
-    ("problem of an axis value printed once", UPS + "product:\n  op: [conv, pac]\n  task_options.scale: [4, 7]\n"
-     "seeds: [0, 1, 2]\n",
-     r"- product\.task_options\.scale \(line 8\): task_options\.patch: must be a multiple of scale=7.*"
-     r"\(in 6 trials: every one with task_options\.scale=7\)\n?$"),
-    ("problem in every trial", UPS + "product:\n  op: [conv, pac]\n  optimizer.name: [adam, sgd]\n"
-     "  task_options.scale: [7]\n",
-     r"task_options\.scale \(line 9\): task_options\.patch: .* \(in all 4 trials\)\n?$"),
-    ("float field not a number", BASE + "product:\n  optimizer.lr: [1e-3, fast]\n",
-     r"product\.optimizer\.lr \(line 8\): optimizer\.lr: expected float, got 'fast', which is not a number"),
+    (
+        "problem of an axis value printed once",
+        UPS + "product:\n  op: [conv, pac]\n  task_options.scale: [4, 7]\nseeds: [0, 1, 2]\n",
+        r"- product\.task_options\.scale \(line 8\): task_options\.patch: must be a multiple of scale=7.*"
+        r"\(in 6 trials: every one with task_options\.scale=7\)\n?$",
+    ),
+    (
+        "problem in every trial",
+        UPS + "product:\n  op: [conv, pac]\n  optimizer.name: [adam, sgd]\n  task_options.scale: [7]\n",
+        r"task_options\.scale \(line 9\): task_options\.patch: .* \(in all 4 trials\)\n?$",
+    ),
+    (
+        "float field not a number",
+        BASE + "product:\n  optimizer.lr: [1e-3, fast]\n",
+        r"product\.optimizer\.lr \(line 8\): optimizer\.lr: expected float, got 'fast', which is not a number",
+    ),
     ("non-finite float", BASE + "product:\n  optimizer.lr: [.nan]\n", r"optimizer\.lr: expected a finite number"),
-    ("misspelt guide", BASE + "product:\n  op: [conv]\n  guide: [self, selff]\n",
-     r"guide: 'selff' is not one of 'self', 'image' \(did you mean 'self'\?\)"),
+    (
+        "misspelt guide",
+        BASE + "product:\n  op: [conv]\n  guide: [self, selff]\n",
+        r"guide: 'selff' is not one of 'self', 'image' \(did you mean 'self'\?\)",
+    ),
 ]
 
 
@@ -274,8 +405,13 @@ def test_each_distinct_operator_configuration_is_built_once(tmp_path, monkeypatc
     cls = get_op("pac")
     real = cls.from_conv.__func__
     monkeypatch.setattr(cls, "from_conv", classmethod(lambda c, conv, **o: calls.append(o) or real(c, conv, **o)))
-    s = load_suite(write(tmp_path, BASE + "product:\n  op: [pac]\n  op_options.kernel_type: [gaussian, inv]\n"
-                                          "  batch_size: [4, 8]\nseeds: [0, 1, 2]\n"))
+    s = load_suite(
+        write(
+            tmp_path,
+            BASE + "product:\n  op: [pac]\n  op_options.kernel_type: [gaussian, inv]\n"
+            "  batch_size: [4, 8]\nseeds: [0, 1, 2]\n",
+        )
+    )
     assert len(s.trials) == 12
     assert calls == [{"kernel_type": "inv"}]  # gaussian is the default: nothing to build
 
@@ -291,19 +427,40 @@ def test_a_suite_name_too_long_for_a_file_name_is_refused_by_plan_not_run(tmp_pa
 
 # ---- issue 14, item 3: numbers as a user writes them ---------------------------------------------
 
-@pytest.mark.parametrize("spelling,value", [("1e-3", 1e-3), ("1E-3", 1e-3), ("'1e-3'", 1e-3), (".5e-2", 0.005),
-                                            ("1_000.5", 1000.5), ("'  2e-4 '", 2e-4), ("3", 3.0), ("1.0e-3", 1e-3)])
+
+@pytest.mark.parametrize(
+    "spelling,value",
+    [
+        ("1e-3", 1e-3),
+        ("1E-3", 1e-3),
+        ("'1e-3'", 1e-3),
+        (".5e-2", 0.005),
+        ("1_000.5", 1000.5),
+        ("'  2e-4 '", 2e-4),
+        ("3", 3.0),
+        ("1.0e-3", 1e-3),
+    ],
+)
 def test_a_float_field_takes_every_float_spelling(tmp_path, spelling, value):
-    s = load_suite(write(tmp_path, BASE + f"product:\n  optimizer.lr: [{spelling}]\n"
-                                          f"  op_options.guide_scale: [{spelling}]\n  op: [pac]\n"))
+    s = load_suite(
+        write(
+            tmp_path,
+            BASE + f"product:\n  optimizer.lr: [{spelling}]\n  op_options.guide_scale: [{spelling}]\n  op: [pac]\n",
+        )
+    )
     (trial,) = s.trials
     assert trial.config["optimizer"]["lr"] == value and isinstance(trial.config["optimizer"]["lr"], float)
     assert trial.config["op_options"]["guide_scale"] == value  # an operator's float option too
 
 
 def test_the_same_number_written_two_ways_is_one_trial(tmp_path):
-    s = load_suite(write(tmp_path, BASE + "blocks:\n  - {name: a, base: {optimizer: {lr: 1e-3}}}\n"
-                                          "  - {name: b, base: {optimizer: {lr: 0.001}}}\n"))
+    s = load_suite(
+        write(
+            tmp_path,
+            BASE + "blocks:\n  - {name: a, base: {optimizer: {lr: 1e-3}}}\n"
+            "  - {name: b, base: {optimizer: {lr: 0.001}}}\n",
+        )
+    )
     assert len(s.trials) == 1
 
 
@@ -336,13 +493,14 @@ def test_the_trial_command_refuses_a_non_number_clearly(capsys):
 
 # ---- issue 14, item 4: reports from records alone ------------------------------------------------
 
+
 def test_collect_and_report_work_when_an_operator_is_no_longer_installed(tmp_path, monkeypatch, capsys):
     import fixtures.records as fx
 
     from adaptconv.cli import main
     from adaptconv.ops import registry
-    from adaptconv.results.store import ResultStore
     from adaptconv.ops.conv import Conv2d
+    from adaptconv.results.store import ResultStore
 
     class SEConv(Conv2d):
         paper = "a plugin that gets uninstalled"
@@ -357,8 +515,10 @@ def test_collect_and_report_work_when_an_operator_is_no_longer_installed(tmp_pat
     registry._ensure_loaded()
     registry._add("seconv", SEConv, "plugin fake-seconv (test)")
     # gain 1.0 is the default: the stored trial has no op_options, the suite file says gain: 1.0
-    text = fx.suite_text("gone", ops=("conv", "seconv"), scales=(4,), seeds=(0, 1), kernel_types=()) + \
-        "  - {name: gains, base: {op: seconv}, product: {op_options.gain: [1.0, 2.0]}}\n"
+    text = (
+        fx.suite_text("gone", ops=("conv", "seconv"), scales=(4,), seeds=(0, 1), kernel_types=())
+        + "  - {name: gains, base: {op: seconv}, product: {op_options.gain: [1.0, 2.0]}}\n"
+    )
     path = write(tmp_path, text, "gone.yaml")
     store = ResultStore(tmp_path / "results" / "gone")
     try:

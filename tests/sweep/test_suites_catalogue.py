@@ -14,8 +14,17 @@ from adaptconv.sweep.suite import SUITES_DIR, load_suite
 
 SUITES = sorted(SUITES_DIR.glob("*.yaml"))
 # the research suites of issue 6: cluster budgets, so each states its cost in GPU-hours
-RESEARCH = ("operators-scaling", "cifar-resnet-swap", "nyu-joint-upsampling", "voc-segmentation", "denoising",
-            "ablation-pac", "ablation-acda", "ablation-experts", "ablation-placement")
+RESEARCH = (
+    "operators-scaling",
+    "cifar-resnet-swap",
+    "nyu-joint-upsampling",
+    "voc-segmentation",
+    "denoising",
+    "ablation-pac",
+    "ablation-acda",
+    "ablation-experts",
+    "ablation-placement",
+)
 
 
 def _named_ops(spec) -> set[str]:
@@ -55,7 +64,9 @@ def test_suite_loads_expands_and_names_only_known_operators(path):
     assert {t.config["op"] for t in suite.trials} <= registered
     stale = pending & registered
     if stale:
-        warnings.warn(f"{path.name}: {sorted(stale)} are registered now; drop them from the pending exclude rule")
+        warnings.warn(
+            f"{path.name}: {sorted(stale)} are registered now; drop them from the pending exclude rule", stacklevel=2
+        )
     if path.stem in RESEARCH:
         assert spec.name == path.stem and len(spec.description.split()) >= 50
         assert "GPU-hours" in spec.description, "a cluster suite states its cost"
@@ -69,8 +80,24 @@ def test_suite_loads_expands_and_names_only_known_operators(path):
 def test_trial_counts():
     # the operators a suite runs: its op axis less those still marked pending (their counts grow by
     # 3 trials per operator and axis point once their exclude rule is dropped)
-    ops = len({"conv", "pac", "paka", "acda", "dfn", "deform", "mdeform", "condconv", "dynconv", "involution",
-               "ddf", "odconv", "sparse_gated"} - _pending_ops(load_suite("cifar-resnet-swap").spec))
+    ops = len(
+        {
+            "conv",
+            "pac",
+            "paka",
+            "acda",
+            "dfn",
+            "deform",
+            "mdeform",
+            "condconv",
+            "dynconv",
+            "involution",
+            "ddf",
+            "odconv",
+            "sparse_gated",
+        }
+        - _pending_ops(load_suite("cifar-resnet-swap").spec)
+    )
     # ops × 3 seeds
     assert len(load_suite("cifar-resnet-swap").trials) == ops * 3
     # (ops × 3 kernels × 3 channel widths + guided ops × 3 widths + ops × 3 geometries) × 3 seeds;
@@ -79,8 +106,13 @@ def test_trial_counts():
     blocks = {}
     for t in scaling.trials:
         blocks[t.block] = blocks.get(t.block, 0) + 1
-    assert blocks == {"self-guided": ops * 27, "image-guided": (ops - 1) * 9, "stride-2": ops * 3,
-                      "dilation-2": ops * 3, "groups-4": ops * 3}
+    assert blocks == {
+        "self-guided": ops * 27,
+        "image-guided": (ops - 1) * 9,
+        "stride-2": ops * 3,
+        "dilation-2": ops * 3,
+        "groups-4": ops * 3,
+    }
     assert ops == 13  # the 9 operators of the first release, involution, ddf, odconv, sparse_gated
     assert len(scaling.trials) == 576
     # 2 kernels × 2 guides + no-adaptation control + conv, × 3 seeds

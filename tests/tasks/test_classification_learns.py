@@ -19,9 +19,20 @@ NO_MEASURE = {"latency": False, "memory": False, "flops": False}
 
 
 def digits_trial(**over) -> dict:
-    cfg = {"task": "classification", "dataset": "digits", "backbone": "simplecnn-s", "op": "conv", "seed": 0,
-           "steps": 30, "batch_size": 32, "threads": 1, "eval_points": 1, "optimizer": {"lr": 0.01},
-           "task_options": {"image_size": 16}, "measure": NO_MEASURE}
+    cfg = {
+        "task": "classification",
+        "dataset": "digits",
+        "backbone": "simplecnn-s",
+        "op": "conv",
+        "seed": 0,
+        "steps": 30,
+        "batch_size": 32,
+        "threads": 1,
+        "eval_points": 1,
+        "optimizer": {"lr": 0.01},
+        "task_options": {"image_size": 16},
+        "measure": NO_MEASURE,
+    }
     cfg.update(over)
     return cfg
 
@@ -40,8 +51,9 @@ def test_conv_beats_the_majority_baseline_by_a_wide_margin():
 
 
 def _task(dataset="digits", **options):
-    cfg = parse_trial_config({"task": "classification", "dataset": dataset, "op": "conv", "steps": 1,
-                              "task_options": options})
+    cfg = parse_trial_config(
+        {"task": "classification", "dataset": dataset, "op": "conv", "steps": 1, "task_options": options}
+    )
     task = get_task("classification")(cfg, torch.device("cpu"))
     train, test = task.build_data()
     return task, train, test

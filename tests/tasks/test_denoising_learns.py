@@ -11,8 +11,17 @@ from adaptconv.trial import run_trial
 
 NO_MEASURE = {"latency": False, "memory": False, "flops": False}
 # σ = 25 on synthetic 32×32 training scenes; test: scikit-image's photographs (64×64 centre crops)
-CONFIG = dict(task="denoising", op="conv", seed=0, threads=1, steps=60, batch_size=8, measure=NO_MEASURE,
-              optimizer={"lr": 3e-3}, task_options=dict(n_train=128, size=32, width=16, depth=5, test_crop=64))
+CONFIG = dict(
+    task="denoising",
+    op="conv",
+    seed=0,
+    threads=1,
+    steps=60,
+    batch_size=8,
+    measure=NO_MEASURE,
+    optimizer={"lr": 3e-3},
+    task_options=dict(n_train=128, size=32, width=16, depth=5, test_crop=64),
+)
 MIN_GAIN_DB = 3.0
 
 
@@ -26,8 +35,10 @@ def _gain(config):
 
 def test_conv_denoiser_gains_psnr_over_the_noisy_input():
     gain, rec = _gain(CONFIG)
-    assert gain >= MIN_GAIN_DB, (f"conv DnCNN: PSNR {rec['metrics']['psnr']:.2f} dB is only {gain:.2f} dB above "
-                                 f"the noisy input's {rec['baselines']['noisy_input']['psnr']:.2f} dB")
+    assert gain >= MIN_GAIN_DB, (
+        f"conv DnCNN: PSNR {rec['metrics']['psnr']:.2f} dB is only {gain:.2f} dB above "
+        f"the noisy input's {rec['baselines']['noisy_input']['psnr']:.2f} dB"
+    )
     assert rec["metrics"]["ssim"] > rec["baselines"]["noisy_input"]["ssim"]
 
 

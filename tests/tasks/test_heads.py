@@ -3,19 +3,32 @@
 import pytest
 import torch
 
-from adaptconv.models.networks import FCNSegmenter, JointUpsamplingNet
 from adaptconv.models.backbones import build_backbone
+from adaptconv.models.networks import FCNSegmenter, JointUpsamplingNet
 from adaptconv.ops.carafe import Carafe
 from adaptconv.ops.paccrf import PacCRF
 from adaptconv.schema import ConfigError
-from adaptconv.trial.ids import trial_id
 from adaptconv.trial import parse_trial_config, run_trial
+from adaptconv.trial.ids import trial_id
 
 NO_MEASURE = {"latency": False, "memory": False, "flops": False}
-UPSAMPLING = dict(task="upsampling", threads=1, steps=3, batch_size=4, measure=NO_MEASURE,
-                  task_options=dict(patch=32, crops=8, width=8, layers=1))
-SEGMENTATION = dict(task="segmentation", threads=1, backbone="simplecnn-s", steps=3, batch_size=8, measure=NO_MEASURE,
-                    task_options=dict(n_train=16, n_test=8, size=32, decoder_width=16))
+UPSAMPLING = dict(
+    task="upsampling",
+    threads=1,
+    steps=3,
+    batch_size=4,
+    measure=NO_MEASURE,
+    task_options=dict(patch=32, crops=8, width=8, layers=1),
+)
+SEGMENTATION = dict(
+    task="segmentation",
+    threads=1,
+    backbone="simplecnn-s",
+    steps=3,
+    batch_size=8,
+    measure=NO_MEASURE,
+    task_options=dict(n_train=16, n_test=8, size=32, decoder_width=16),
+)
 
 
 def _with(base, **task_options):
@@ -59,11 +72,14 @@ def test_default_configs_keep_their_trial_ids():
         assert trial_id(parse_trial_config(explicit).normalised()) == trial_id(cfg)
 
 
-@pytest.mark.parametrize("base,options,match", [
-    (UPSAMPLING, dict(upsampler="nearest"), "upsampler: one of bilinear, carafe"),
-    (SEGMENTATION, dict(crf="dense"), "crf: one of none, paccrf"),
-    (SEGMENTATION, dict(crf_iters=-1), "crf_iters"),
-])
+@pytest.mark.parametrize(
+    "base,options,match",
+    [
+        (UPSAMPLING, dict(upsampler="nearest"), "upsampler: one of bilinear, carafe"),
+        (SEGMENTATION, dict(crf="dense"), "crf: one of none, paccrf"),
+        (SEGMENTATION, dict(crf_iters=-1), "crf_iters"),
+    ],
+)
 def test_bad_head_options_are_refused(base, options, match):
     with pytest.raises(ConfigError, match=match):
         parse_trial_config(_with(base, **options))
@@ -71,6 +87,9 @@ def test_bad_head_options_are_refused(base, options, match):
 
 def test_a_non_conv_operator_as_op_is_an_error_naming_its_kind():
     # refused with the config (so `plan` refuses it too), naming the task option that takes it
-    with pytest.raises(ConfigError, match=r"'carafe' is an operator of kind 'upsampler', not a convolution.*"
-                                          r"`task_options\.upsampler: carafe`"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'carafe' is an operator of kind 'upsampler', not a convolution.*"
+        r"`task_options\.upsampler: carafe`",
+    ):
         run_trial({**UPSAMPLING, "op": "carafe"})

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from adaptconv.schema import ConfigError
-from adaptconv.trial.ids import trial_id
 from adaptconv.trial import parse_trial_config, run_trial
+from adaptconv.trial.ids import trial_id
 
 FAST = {"batch_sizes": [1, 2], "resolutions": [8, 12], "warmup": 1, "repeats": 2, "min_time_s": 0.0}
 # measure_peak_memory collects garbage per run, slow in a big test process: only where asserted
@@ -15,16 +15,24 @@ NO_MEMORY = {**FAST, "memory": False}
 
 
 def bench(op: str, **over) -> dict:
-    cfg = {"task": "opbench", "op": op, "threads": 1, "task_options": {"channels_in": 4, "channels_out": 6},
-           "measure": dict(NO_MEMORY)}
+    cfg = {
+        "task": "opbench",
+        "op": op,
+        "threads": 1,
+        "task_options": {"channels_in": 4, "channels_out": 6},
+        "measure": dict(NO_MEMORY),
+    }
     cfg.update(over)
     return cfg
 
 
 @pytest.mark.parametrize("op,guide", [("conv", "none"), ("pac", "image")])
 def test_opbench_trial_end_to_end(op, guide):
-    cfg = bench(op, task_options={"channels_in": 4, "channels_out": 6, "guide": guide, "depth": 2},
-                measure={**FAST, "batch_sizes": [1]})
+    cfg = bench(
+        op,
+        task_options={"channels_in": 4, "channels_out": 6, "guide": guide, "depth": 2},
+        measure={**FAST, "batch_sizes": [1]},
+    )
     rec = run_trial(cfg)
     assert rec["status"] == "ok", rec.get("error")
     json.dumps(rec, allow_nan=False)
@@ -38,7 +46,8 @@ def test_opbench_trial_end_to_end(op, guide):
         assert 2 * macs <= m["flops"]["flops"] <= 2 * macs + 2 * 6 * 8 * 8
     runs = m["runs"]
     assert [(r["resolution"], r["batch_size"], r["phase"]) for r in runs] == [
-        (res, 1, phase) for res in (8, 12) for phase in ("inference", "train_step")]
+        (res, 1, phase) for res in (8, 12) for phase in ("inference", "train_step")
+    ]
     for r in runs:
         assert "status" not in r, r
         assert r["input_shapes"][0] == [r["batch_size"], 4, r["resolution"], r["resolution"]]
@@ -90,28 +99,46 @@ def test_resolution_and_resolutions_and_trial_ids():
 
 
 def test_multi_resolution_measurement_of_a_trained_task():
-    rec = run_trial({"task": "denoising", "threads": 1, "steps": 1, "batch_size": 2,
-                     "task_options": {"n_train": 4, "size": 16, "width": 4, "depth": 3, "test_crop": 16},
-                     "measure": {"batch_sizes": [1], "resolutions": [16, 24], "latency": False, "memory": False,
-                                 "flops": False}})
+    rec = run_trial(
+        {
+            "task": "denoising",
+            "threads": 1,
+            "steps": 1,
+            "batch_size": 2,
+            "task_options": {"n_train": 4, "size": 16, "width": 4, "depth": 3, "test_crop": 16},
+            "measure": {"batch_sizes": [1], "resolutions": [16, 24], "latency": False, "memory": False, "flops": False},
+        }
+    )
     assert rec["status"] == "ok", rec.get("error")
-    assert [(r["resolution"], r["input_shapes"][0][-1]) for r in rec["measurements"]["runs"]] == \
-        [(16, 16), (16, 16), (24, 24), (24, 24)]
+    assert [(r["resolution"], r["input_shapes"][0][-1]) for r in rec["measurements"]["runs"]] == [
+        (16, 16),
+        (16, 16),
+        (24, 24),
+        (24, 24),
+    ]
 
 
 def test_task_default_resolution_is_recorded_as_an_int():
-    rec = run_trial(bench("conv", measure={"batch_sizes": [1], "latency": False, "memory": False, "flops": False},
-                          task_options={"channels_in": 2, "size": 10}))
+    rec = run_trial(
+        bench(
+            "conv",
+            measure={"batch_sizes": [1], "latency": False, "memory": False, "flops": False},
+            task_options={"channels_in": 2, "size": 10},
+        )
+    )
     assert [r["resolution"] for r in rec["measurements"]["runs"]] == [10, 10]
 
 
-@pytest.mark.parametrize("over,match", [
-    ({"steps": 5}, r"opbench trains nothing"),
-    ({"swap": {"pattern": "x"}}, r"nothing to swap"),
-    ({"guide": "image"}, r"task_options\.guide"),
-    ({"task_options": {"channels_in": 6, "groups": 4}}, r"divisible by groups=4"),
-    ({"task_options": {"guide": "rgb"}}, r"guide: 'none' or 'image'"),
-])
+@pytest.mark.parametrize(
+    "over,match",
+    [
+        ({"steps": 5}, r"opbench trains nothing"),
+        ({"swap": {"pattern": "x"}}, r"nothing to swap"),
+        ({"guide": "image"}, r"task_options\.guide"),
+        ({"task_options": {"channels_in": 6, "groups": 4}}, r"divisible by groups=4"),
+        ({"task_options": {"guide": "rgb"}}, r"guide: 'none' or 'image'"),
+    ],
+)
 def test_invalid_opbench_configs(over, match):
     with pytest.raises(ConfigError, match=match):
         parse_trial_config(bench("pac", **over))

@@ -24,10 +24,23 @@ from adaptconv.schema import ConfigError
 from adaptconv.trial import parse_trial_config, run_trial
 
 NO_MEASURE = {"latency": False, "memory": False, "flops": False}
-UPSAMPLING = dict(task="upsampling", threads=1, steps=2, batch_size=4, measure=NO_MEASURE,
-                  task_options=dict(patch=32, crops=8, width=8, layers=1))
-SEGMENTATION = dict(task="segmentation", threads=1, backbone="simplecnn-s", steps=2, batch_size=8, measure=NO_MEASURE,
-                    task_options=dict(n_train=16, n_test=8, size=16, decoder_width=8))
+UPSAMPLING = dict(
+    task="upsampling",
+    threads=1,
+    steps=2,
+    batch_size=4,
+    measure=NO_MEASURE,
+    task_options=dict(patch=32, crops=8, width=8, layers=1),
+)
+SEGMENTATION = dict(
+    task="segmentation",
+    threads=1,
+    backbone="simplecnn-s",
+    steps=2,
+    batch_size=8,
+    measure=NO_MEASURE,
+    task_options=dict(n_train=16, n_test=8, size=16, decoder_width=8),
+)
 
 
 def _with(base, **task_options):
@@ -60,7 +73,7 @@ class TapKernels(AdaptiveModule):
     def __init__(self, channels, scale_factor=2, *, k_up=3):
         super().__init__(channels, scale_factor=scale_factor)
         self.k_up = k_up
-        self.predict = nn.Conv2d(channels, scale_factor ** 2 * k_up ** 2, 3, padding=1)
+        self.predict = nn.Conv2d(channels, scale_factor**2 * k_up**2, 3, padding=1)
 
     def kernel_logits(self, x):
         return F.pixel_shuffle(self.predict(x), self.scale_factor)
@@ -104,8 +117,11 @@ def test_choices_come_from_the_registry(plugin_ops):
 
 
 def test_unknown_upsampler_or_refiner_lists_the_choices(plugin_ops):
-    with pytest.raises(ConfigError, match=r"upsampler: one of bilinear, carafe, nearestmix, tapkernels, "
-                                          r"got 'nearestmx' \(did you mean 'nearestmix'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"upsampler: one of bilinear, carafe, nearestmix, tapkernels, "
+        r"got 'nearestmx' \(did you mean 'nearestmix'\?\)",
+    ):
         parse_trial_config(_with(UPSAMPLING, upsampler="nearestmx"))
     with pytest.raises(ConfigError, match=r"crf: one of none, paccrf, smoothref, got 'pac'"):
         parse_trial_config(_with(SEGMENTATION, crf="pac"))  # an operator, but not a refiner
@@ -179,6 +195,7 @@ def test_an_operator_of_another_kind_is_refused_by_the_builders():
 
 # ---- the built-ins are built exactly as before the lookup by name -----------------------------------
 
+
 def test_fcn_with_carafe_and_paccrf_is_the_network_built_before():
     """Before: ``Carafe(width, r // r0, compressed_channels=width)`` per coarser map, made after the
     classifier, and ``PacCRF(classes, guide_channels=3, num_iters=crf_iters)`` made before the network."""
@@ -192,8 +209,9 @@ def test_fcn_with_carafe_and_paccrf_is_the_network_built_before():
     crf = PacCRF(5, guide_channels=3, num_iters=3)
     old = FCNSegmenter(backbone, channels, 5, 16, refiner=crf)  # bilinear: no upsampler drawn yet
     old.upsampler = "carafe"
-    old.upsamplers = nn.ModuleList([nn.Identity(), Carafe(16, 2, compressed_channels=16),
-                                    Carafe(16, 4, compressed_channels=16)])
+    old.upsamplers = nn.ModuleList(
+        [nn.Identity(), Carafe(16, 2, compressed_channels=16), Carafe(16, 4, compressed_channels=16)]
+    )
     new_state, old_state = new.state_dict(), old.state_dict()
     assert sorted(new_state) == sorted(old_state)
     for key in new_state:

@@ -10,10 +10,26 @@ which ``test_fails_when_learning_is_broken`` checks.
 from adaptconv.trial import run_trial
 
 NO_MEASURE = {"latency": False, "memory": False, "flops": False}
-CONFIG = dict(task="segmentation", dataset="synthetic", backbone="simplecnn-s", op="conv", seed=0, threads=1,
-              steps=300, batch_size=8, optimizer={"lr": 3e-3}, measure=NO_MEASURE,
-              task_options=dict(size=16, n_train=320, n_test=128, decoder_width=16, class_weights="sqrt_inverse",
-                                scene=dict(texture_contrast=0.25, max_distractors=0, main_area=[0.2, 0.35])))
+CONFIG = dict(
+    task="segmentation",
+    dataset="synthetic",
+    backbone="simplecnn-s",
+    op="conv",
+    seed=0,
+    threads=1,
+    steps=300,
+    batch_size=8,
+    optimizer={"lr": 3e-3},
+    measure=NO_MEASURE,
+    task_options=dict(
+        size=16,
+        n_train=320,
+        n_test=128,
+        decoder_width=16,
+        class_weights="sqrt_inverse",
+        scene=dict(texture_contrast=0.25, max_distractors=0, main_area=[0.2, 0.35]),
+    ),
+)
 MIN_RATIO = 1.6  # conv's mIoU over the majority class's (measured: 2.2 at this seed)
 
 
@@ -57,7 +73,9 @@ def test_baselines_score_the_trivial_predictors_on_the_test_masks():
     # chance: the expected confusion of predictions drawn from the prior; a large random draw agrees
     gen = torch.Generator().manual_seed(0)
     draws = torch.multinomial(prior, test_masks.numel() * 20, replacement=True, generator=gen)
-    sampled = segmentation_scores(confusion_matrix(draws.view(20, *test_masks.shape), test_masks.expand(20, -1, -1, -1), 6))
+    sampled = segmentation_scores(
+        confusion_matrix(draws.view(20, *test_masks.shape), test_masks.expand(20, -1, -1, -1), 6)
+    )
     for metric in ("miou", "pixel_acc"):
         assert abs(rec["baselines"]["chance"][metric] - sampled[metric]) < 0.3
 
@@ -68,9 +86,11 @@ def test_scene_and_class_weight_options_are_checked():
     from adaptconv.schema import ConfigError
     from adaptconv.trial import parse_trial_config
 
-    for options, match in (({"scene": {"textur_contrast": 0.5}}, "did you mean 'texture_contrast'"),
-                           ({"scene": {"main_area": [0.4, 0.2]}}, "main_area"),
-                           ({"class_weights": "inverse"}, "class_weights: one of none, sqrt_inverse")):
+    for options, match in (
+        ({"scene": {"textur_contrast": 0.5}}, "did you mean 'texture_contrast'"),
+        ({"scene": {"main_area": [0.4, 0.2]}}, "main_area"),
+        ({"class_weights": "inverse"}, "class_weights: one of none, sqrt_inverse"),
+    ):
         with pytest.raises(ConfigError, match=match):
             parse_trial_config({"task": "segmentation", "task_options": options})
     # at their defaults the new options stay out of the normalised config (trial ids do not change)

@@ -22,9 +22,18 @@ def _gen(seed=0):
 
 # ---- learning ----------------------------------------------------------------------------------
 
-LEARN = dict(task="upsampling", dataset="middlebury", op="conv", steps=100, batch_size=4, seed=0, threads=1,
-             eval_points=1, measure=dict(latency=False, memory=False, flops=False),
-             task_options=dict(scale=8, patch=64, width=8, layers=2))
+LEARN = dict(
+    task="upsampling",
+    dataset="middlebury",
+    op="conv",
+    steps=100,
+    batch_size=4,
+    seed=0,
+    threads=1,
+    eval_points=1,
+    measure=dict(latency=False, memory=False, flops=False),
+    task_options=dict(scale=8, patch=64, width=8, layers=2),
+)
 
 
 def test_conv_network_beats_bilinear_on_middlebury_x8():
@@ -52,6 +61,7 @@ def test_carafe_variant_starts_as_bilinear_and_does_not_lose_to_it():
 
 
 # ---- the network's bilinear start ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("scale,size", [(2, (3, 5)), (4, (4, 4)), (8, (3, 2))])
 def test_bilinear_tap_weights_and_taps_are_bilinear_upsampling(scale, size):
@@ -102,6 +112,7 @@ def test_network_starts_as_bilinear_and_is_shift_equivariant():
 
 # ---- classical baselines against explicit references --------------------------------------------
 
+
 def _box_loop(x: torch.Tensor, r: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     out = torch.empty_like(x)
@@ -146,16 +157,16 @@ def test_guided_filter_matches_per_window_least_squares(channels):
     guide = torch.rand(1, channels, 6, 7, dtype=D, generator=_gen(7))
     src = torch.rand(1, 1, 6, 7, dtype=D, generator=_gen(8))
     for r, eps in ((1, 1e-2), (2, 1e-3)):
-        torch.testing.assert_close(guided_filter(guide, src, r, eps), _guided_filter_loop(guide, src, r, eps),
-                                   atol=1e-9, rtol=0)
+        torch.testing.assert_close(
+            guided_filter(guide, src, r, eps), _guided_filter_loop(guide, src, r, eps), atol=1e-9, rtol=0
+        )
 
 
 def test_guided_filter_identities():
     src = torch.rand(2, 1, 9, 8, dtype=D, generator=_gen(9))
     # a constant guide carries no edges: a = 0, and the filter is the box filter applied twice
     const = torch.full((2, 3, 9, 8), 0.3, dtype=D)
-    torch.testing.assert_close(guided_filter(const, src, 2, 1e-2), _box_loop(_box_loop(src, 2), 2),
-                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(guided_filter(const, src, 2, 1e-2), _box_loop(_box_loop(src, 2), 2), atol=1e-12, rtol=0)
     # the source as its own guide with a tiny eps: a ≈ 1, b ≈ 0, the output is the source
     torch.testing.assert_close(guided_filter(src, src, 2, 1e-9), src, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="eps must be > 0"):
@@ -175,8 +186,9 @@ def _jbu_loop(guide, depth_lr, s, radius, ss, sr):
                     if not (0 <= qy < h and 0 <= qx < w):
                         continue
                     colour = guide[0, :, qy * s + o, qx * s + o]
-                    wgt = (math.exp(-((py - qy) ** 2 + (px - qx) ** 2) / (2 * ss**2))
-                           * math.exp(-float((guide[0, :, y, x] - colour).square().sum()) / (2 * sr**2)))
+                    wgt = math.exp(-((py - qy) ** 2 + (px - qx) ** 2) / (2 * ss**2)) * math.exp(
+                        -float((guide[0, :, y, x] - colour).square().sum()) / (2 * sr**2)
+                    )
                     num += wgt * float(depth_lr[0, 0, qy, qx])
                     den += wgt
             out[0, 0, y, x] = num / den
@@ -193,12 +205,13 @@ def test_joint_bilateral_upsampling_matches_explicit_loop(s, radius, ss, sr):
 
 # ---- edge-weighted Middlebury crops -------------------------------------------------------------
 
+
 def test_edge_weighted_crops_hold_more_edges_and_are_deterministic():
     def edge_share(frac):
         ds = get_dataset("middlebury", "upsampling", "train", patch=48, crops=64, seed=0, edge_fraction=frac)
         edges = ds.edge_map()
         boxes = [ds.crop_box(i) for i in range(len(ds))]
-        share = sum(float(edges[t : t + h, l : l + w].float().mean()) for t, l, h, w in boxes) / len(boxes)
+        share = sum(float(edges[t : t + h, left : left + w].float().mean()) for t, left, h, w in boxes) / len(boxes)
         return share, boxes
 
     uniform, _ = edge_share(0.0)

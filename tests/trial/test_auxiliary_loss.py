@@ -12,8 +12,16 @@ NO_MEASURE = {"latency": False, "memory": False, "flops": False}
 
 
 def tiny_classification(**over):
-    cfg = {"task": "classification", "dataset": "digits", "backbone": "simplecnn-s", "steps": 8,
-           "batch_size": 32, "threads": 1, "eval_points": 2, "measure": dict(NO_MEASURE)}
+    cfg = {
+        "task": "classification",
+        "dataset": "digits",
+        "backbone": "simplecnn-s",
+        "steps": 8,
+        "batch_size": 32,
+        "threads": 1,
+        "eval_points": 2,
+        "measure": dict(NO_MEASURE),
+    }
     cfg.update(over)
     return cfg
 
@@ -28,8 +36,11 @@ def test_modules_with_an_auxiliary_loss_are_found():
 
 
 def test_sparse_gated_trial_trains_with_the_sparsity_loss_and_records_the_active_fraction():
-    rec = run_trial(tiny_classification(op="sparse_gated", op_options={"budget": 0.25, "sparsity_weight": 2.0},
-                                        optimizer={"lr": 0.05}))
+    rec = run_trial(
+        tiny_classification(
+            op="sparse_gated", op_options={"budget": 0.25, "sparsity_weight": 2.0}, optimizer={"lr": 0.05}
+        )
+    )
     assert rec["status"] == "ok", rec.get("error")
     json.dumps(rec, allow_nan=False)
     curve = rec["curve"]
@@ -40,8 +51,11 @@ def test_sparse_gated_trial_trains_with_the_sparsity_loss_and_records_the_active
     frac = rec["active_fraction"]
     assert 0 <= frac["eval"] <= 1 and frac["train"] == curve["active_fraction"][-1]
     # the sparsity loss is what moves the fraction: without it (weight 0) the masks stay (nearly) all on
-    off = run_trial(tiny_classification(op="sparse_gated", op_options={"budget": 0.25, "sparsity_weight": 0.0},
-                                         optimizer={"lr": 0.05}))
+    off = run_trial(
+        tiny_classification(
+            op="sparse_gated", op_options={"budget": 0.25, "sparsity_weight": 0.0}, optimizer={"lr": 0.05}
+        )
+    )
     assert off["status"] == "ok"
     assert off["curve"]["aux_loss"][-1] == 0.0
     assert frac["eval"] < off["active_fraction"]["eval"] - 0.2

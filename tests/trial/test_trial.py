@@ -14,8 +14,12 @@ FAST_MEASURE = {"batch_sizes": [1, 2], "warmup": 1, "repeats": 3, "min_time_s": 
 
 TINY = {
     "classification": dict(dataset="digits", backbone="simplecnn-s", steps=6, batch_size=32),
-    "segmentation": dict(backbone="simplecnn-s", steps=4, batch_size=8,
-                         task_options=dict(n_train=32, n_test=8, size=32, decoder_width=16)),
+    "segmentation": dict(
+        backbone="simplecnn-s",
+        steps=4,
+        batch_size=8,
+        task_options=dict(n_train=32, n_test=8, size=32, decoder_width=16),
+    ),
     "upsampling": dict(steps=4, batch_size=4, task_options=dict(patch=32, crops=16, width=8, layers=2)),
     "denoising": dict(steps=4, batch_size=4, task_options=dict(n_train=16, size=32, width=8, depth=3, test_crop=48)),
 }
@@ -109,7 +113,9 @@ def test_dynconv_temperature_anneals_during_training_through_the_operator_hook(m
 
 
 def test_the_retired_dynconv_anneal_key_says_where_it_went():
-    with pytest.raises(ConfigError, match=r"dynconv_anneal: moved to op_options\.anneal.*write op_options\.anneal: 0\.3"):
+    with pytest.raises(
+        ConfigError, match=r"dynconv_anneal: moved to op_options\.anneal.*write op_options\.anneal: 0\.3"
+    ):
         parse_trial_config({"task": "classification", "op": "dynconv", "dynconv_anneal": 0.3})
     # at its old default it is dropped (stored records carry it); reading old results moves it
     assert parse_trial_config({"task": "classification", "op": "dynconv", "dynconv_anneal": 0.1}).op_options == {}
@@ -117,19 +123,25 @@ def test_the_retired_dynconv_anneal_key_says_where_it_went():
     assert old.op_options == {"anneal": 0.3}
 
 
-@pytest.mark.parametrize("mapping,match", [
-    ({"task": "upsampling", "op": "pak"}, r"op: unknown operator 'pak' \(did you mean 'paka'\?\)"),
-    ({"task": "upsampling", "optimiser": {}}, r"optimiser: unknown key \(did you mean 'optimizer'\?\)"),
-    ({"task": "upsampling", "optimizer": {"lr": "fast"}}, r"optimizer\.lr: expected float, got 'fast'"),
-    ({"task": "segmentaton"}, r"task: 'segmentaton' is not one of .*did you mean 'segmentation'"),
-    ({"task": "upsampling", "dataset": "digits"}, r"dataset: 'digits' does not serve task 'upsampling'"),
-    ({"task": "classification", "backbone": "resnet81"}, r"backbone: 'resnet81' is neither built in"),
-    ({"task": "upsampling", "steps": 5, "epochs": 1}, r"give one training budget"),
-    ({"task": "upsampling", "task_options": {"scal": 4}}, r"task_options\.scal: unknown key \(did you mean 'scale'\?\)"),
-    ({"task": "upsampling", "task_options": {"scale": 4, "patch": 30}}, r"patch: must be a multiple of scale=4"),
-    ({"task": "upsampling", "swap": {"stage": [1]}}, r"swap\.stage: unknown key \(did you mean 'stages'\?\)"),
-    ({"task": "denoising", "schedule": {"name": "linear"}}, r"schedule\.name: 'linear' is not one of"),
-])
+@pytest.mark.parametrize(
+    "mapping,match",
+    [
+        ({"task": "upsampling", "op": "pak"}, r"op: unknown operator 'pak' \(did you mean 'paka'\?\)"),
+        ({"task": "upsampling", "optimiser": {}}, r"optimiser: unknown key \(did you mean 'optimizer'\?\)"),
+        ({"task": "upsampling", "optimizer": {"lr": "fast"}}, r"optimizer\.lr: expected float, got 'fast'"),
+        ({"task": "segmentaton"}, r"task: 'segmentaton' is not one of .*did you mean 'segmentation'"),
+        ({"task": "upsampling", "dataset": "digits"}, r"dataset: 'digits' does not serve task 'upsampling'"),
+        ({"task": "classification", "backbone": "resnet81"}, r"backbone: 'resnet81' is neither built in"),
+        ({"task": "upsampling", "steps": 5, "epochs": 1}, r"give one training budget"),
+        (
+            {"task": "upsampling", "task_options": {"scal": 4}},
+            r"task_options\.scal: unknown key \(did you mean 'scale'\?\)",
+        ),
+        ({"task": "upsampling", "task_options": {"scale": 4, "patch": 30}}, r"patch: must be a multiple of scale=4"),
+        ({"task": "upsampling", "swap": {"stage": [1]}}, r"swap\.stage: unknown key \(did you mean 'stages'\?\)"),
+        ({"task": "denoising", "schedule": {"name": "linear"}}, r"schedule\.name: 'linear' is not one of"),
+    ],
+)
 def test_invalid_configs_name_the_key(mapping, match):
     with pytest.raises(ConfigError, match=match):
         parse_trial_config(mapping)
@@ -152,8 +164,18 @@ def test_cli_assignments_and_errors(capsys):
 
 def test_cli_runs_a_trial_and_writes_the_record(tmp_path, capsys):
     out = tmp_path / "rec.json"
-    args = ["trial", "task=classification", "dataset=digits", "backbone=simplecnn-s", "steps=3", "threads=1",
-            "measure.latency=false", "measure.memory=false", "measure.flops=false", f"--out={out}"]
+    args = [
+        "trial",
+        "task=classification",
+        "dataset=digits",
+        "backbone=simplecnn-s",
+        "steps=3",
+        "threads=1",
+        "measure.latency=false",
+        "measure.memory=false",
+        "measure.flops=false",
+        f"--out={out}",
+    ]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["status"] == "ok" and "top1" in summary["metrics"]
@@ -176,9 +198,13 @@ def test_pretrained_weights_are_loaded_before_the_swap(tmp_path):
 
 
 def test_upsampling_trained_on_synthetic_is_also_tested_on_middlebury():
-    rec = run_trial(tiny("upsampling", dataset="synthetic",
-                         task_options=dict(patch=32, size=32, n_train=8, n_test=2, width=8, layers=2,
-                                           extra_test=["middlebury"])))
+    rec = run_trial(
+        tiny(
+            "upsampling",
+            dataset="synthetic",
+            task_options=dict(patch=32, size=32, n_train=8, n_test=2, width=8, layers=2, extra_test=["middlebury"]),
+        )
+    )
     assert rec["status"] == "ok", rec.get("error")
     assert {"rmse", "middlebury/rmse"} <= set(rec["metrics"])
     bilinear = rec["baselines"]["bilinear"]

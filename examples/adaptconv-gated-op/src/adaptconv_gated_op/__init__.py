@@ -6,7 +6,6 @@ no need to call ``register_op``.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from adaptconv import AdaptiveConv2d
@@ -22,12 +21,33 @@ class GatedConv2d(AdaptiveConv2d):
     function_preserving = True
     from_conv_note = "exact: the gate starts at zero"
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, *, guide_channels=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         guide_channels=guide_channels)
-        self.conv = nn.Conv2d(in_channels, out_channels, self.kernel_size, self.stride, self.padding,
-                              self.dilation, groups, bias)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        *,
+        guide_channels=None,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            guide_channels=guide_channels,
+        )
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, self.kernel_size, self.stride, self.padding, self.dilation, groups, bias
+        )
         self.gate = nn.Conv2d(self.adapt_channels, out_channels, 1)
         nn.init.zeros_(self.gate.weight)
         nn.init.zeros_(self.gate.bias)
