@@ -7,7 +7,7 @@ each registers itself with :func:`register_op`; a plugin package declares, in it
     myop = "my_package.module:MyOpClass"
 
 where ``MyOpClass`` subclasses :class:`adaptconv.AdaptiveConv2d` (or, for an operator of another
-kind — an upsampler or a refiner — :class:`adaptconv.ops.base.AdaptiveModule`, whose docstring gives
+kind — an upsampler or a refiner — :class:`adaptconv.AdaptiveModule`, whose docstring gives
 each kind's constructor; the tasks then take it by name: ``task_options.upsampler: myop``). Operators
 are loaded the first time the registry is read. A plugin that fails to import, or that names a
 non-operator, is recorded (see :func:`plugin_errors`) and logged, and everything else keeps working; a

@@ -8,8 +8,7 @@ no need to call ``register_op``.
 import torch
 from torch import nn
 
-from adaptconv import AdaptiveConv2d
-from adaptconv.ops.taps import window_centres
+from adaptconv import AdaptiveConv2d, window_centres
 
 __all__ = ["GatedConv2d"]
 
