@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # local wheel cache where a machine has one; elsewhere from PyPI).
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test test-all bench lint clean
 
 $(BIN)/.installed: pyproject.toml examples/adaptconv-gated-op/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test: $(BIN)/.installed
 
 test-all: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m ""
+
+# Style and types: ruff's lint rules and formatter, mypy on the interface modules (pyproject.toml says which).
+lint: $(BIN)/.installed
+	$(BIN)/ruff check adaptconv tests benchmarks examples
+	$(BIN)/ruff format --check adaptconv tests benchmarks examples
+	$(BIN)/mypy
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m benchmark benchmarks

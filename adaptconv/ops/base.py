@@ -23,7 +23,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +133,8 @@ class AdaptiveConv2d(OperatorBase):
         bias: bool = True,
         *,
         guide_channels: int | None = None,
+        device: Any = None,  # device and dtype are taken by OperatorBase's wrapper before this runs:
+        dtype: torch.dtype | None = None,  # named here for readers and type checkers
     ) -> None:
         super().__init__()
         label = type(self).name or type(self).__name__
@@ -320,7 +322,15 @@ class AdaptiveModule(OperatorBase):
     function_preserving: ClassVar[bool] = False
     from_conv_note: ClassVar[str] = "not a convolution: cannot replace an nn.Conv2d"
 
-    def __init__(self, channels: int, *, scale_factor: int = 1, guide_channels: int | None = None) -> None:
+    def __init__(
+        self,
+        channels: int,
+        *,
+        scale_factor: int = 1,
+        guide_channels: int | None = None,
+        device: Any = None,  # taken by OperatorBase's wrapper (see AdaptiveConv2d.__init__)
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         label = type(self).name or type(self).__name__
         if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
@@ -493,6 +503,18 @@ def conv_bias_init_(bias: torch.Tensor, fan_in: int) -> None:
 class ConvWeightMixin:
     """A spatially shared O×(C/g)×kh×kw weight and an optional bias, initialised like nn.Conv2d."""
 
+    # what the AdaptiveConv2d it is mixed into provides (declared for the type checker)
+    kernel_size: tuple[int, int]
+    in_channels: int
+    out_channels: int
+    groups: int
+    has_bias: bool
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    if TYPE_CHECKING:
+
+        def register_parameter(self, name: str, param: nn.Parameter | None) -> None: ...
+
     def init_conv_weight(self) -> None:
         kh, kw = self.kernel_size
         fan_in = (self.in_channels // self.groups) * kh * kw
@@ -509,6 +531,8 @@ class ConvWeightMixin:
         with torch.no_grad():
             self.weight.copy_(conv.weight)
             if conv.bias is not None:
+                if self.bias is None:
+                    raise ValueError("copy_conv_weight: the conv has a bias and this layer has none")
                 self.bias.copy_(conv.bias)
 
 
@@ -516,6 +540,12 @@ class ChannelMixMixin:
     """For operators that filter each channel on its own (dfn, involution, ddf): an optional 1×1
     projection mixes the channels (needed when in ≠ out, and to hold a conv's channel mixing in
     ``from_conv``) and then carries the bias; without it the bias is added directly."""
+
+    projection: nn.Conv2d | None
+    bias: nn.Parameter | None
+    if TYPE_CHECKING:
+
+        def register_parameter(self, name: str, param: nn.Parameter | None) -> None: ...
 
     def init_channel_mix(self, in_channels: int, out_channels: int, groups: int, bias: bool, projection: bool) -> None:
         if projection:

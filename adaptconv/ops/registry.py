@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ..plugins import BUILTIN_OPS, OPS_GROUP, PluginError, Registry
 from .base import OP_KINDS, AdaptiveConv2d, AdaptiveModule
@@ -156,8 +156,9 @@ def create_op(name: str, in_channels: int, out_channels: int, kernel_size, **kwa
             f"{name!r} is an operator of kind {cls.kind!r}, not a convolution: build it with "
             f"get_op({name!r})(channels, ...) instead of create_op"
         )
+    conv_cls = cast(type[AdaptiveConv2d], cls)  # kind "conv" is always an AdaptiveConv2d (checked at registration)
     try:
-        return cls(in_channels, out_channels, kernel_size, **kwargs)
+        return conv_cls(in_channels, out_channels, kernel_size, **kwargs)
     except TypeError as exc:
         if "unexpected keyword argument" in str(exc):
             import inspect

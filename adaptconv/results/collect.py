@@ -48,8 +48,15 @@ OP_KEYS = ("op", "op_options.", "swap.", "guide", "dynconv_anneal")  # dynconv_a
 #: them are *network variants*, compared with the same network without them (and with the trivial baselines)
 NETWORK_VARIANT_KEYS = ("task_options.upsampler", "task_options.crf", "task_options.crf_iters")
 #: headline measurements: column → (higher is better)
-MEASURES = {"inference_ms": False, "train_step_ms": False, "inference_peak_mb": False,
-            "train_step_peak_mb": False, "throughput_ips": True, "params": False, "flops": False}
+MEASURES = {
+    "inference_ms": False,
+    "train_step_ms": False,
+    "inference_peak_mb": False,
+    "train_step_peak_mb": False,
+    "throughput_ips": True,
+    "params": False,
+    "flops": False,
+}
 
 #: the measured (bootstrap) CI bounds of the headline latencies, averaged like the rest
 MEASURED_CI = ("inference_ms_ci_low", "inference_ms_ci_high", "train_step_ms_ci_low", "train_step_ms_ci_high")
@@ -103,8 +110,12 @@ class Collection:
         """Write ``results.parquet``/``.csv``, ``runs.*`` and ``curves.parquet`` atomically; returns the paths."""
         root = Path(root)
         written = []
-        for name, df in (("results", self.trials), ("runs", self.runs), ("curves", self.curves),
-                         ("baselines", self.baselines)):
+        for name, df in (
+            ("results", self.trials),
+            ("runs", self.runs),
+            ("curves", self.curves),
+            ("baselines", self.baselines),
+        ):
             for fmt in ("parquet", "csv"):
                 if name == "curves" and fmt == "csv":
                     continue  # long and only useful for plotting; parquet keeps it small
@@ -126,6 +137,7 @@ def _serialise(df: pd.DataFrame, fmt: str) -> bytes:
 
 # ---- one record → rows -----------------------------------------------------------------------------
 
+
 def _cell(value: Any) -> Any:
     """Config values as table cells: scalars stay, lists and mappings become canonical JSON."""
     if isinstance(value, (list, tuple, dict)):
@@ -146,18 +158,27 @@ def _run_rows(tid: str, runs: list[dict]) -> list[dict[str, Any]]:
         res = run.get("resolution")
         if res is None and shapes and len(shapes[0]) == 4:
             res = shapes[0][-1]  # records before the explicit key: the image input's width
-        rows.append({
-            "trial_id": tid, "phase": run.get("phase"), "batch_size": run.get("batch_size"),
-            "resolution": res, "status": run.get("status", "ok"), "error": run.get("error"),
-            "latency_ms": 1e3 * lat["median_s"] if "median_s" in lat else math.nan,
-            "latency_ci_low_ms": 1e3 * lat["ci95_low_s"] if "ci95_low_s" in lat else math.nan,
-            "latency_ci_high_ms": 1e3 * lat["ci95_high_s"] if "ci95_high_s" in lat else math.nan,
-            "latency_rel_iqr": lat.get("rel_iqr", math.nan), "noisy": lat.get("noisy"),
-            # None: recorded before the host was checked (the latency cannot say it was quiet)
-            "contended": lat.get("contended"),
-            "timer": lat.get("timer"), "threads": lat.get("threads"),
-            "peak_mb": _mb(mem.get("peak_bytes")), "memory_method": mem.get("method"),
-        })
+        rows.append(
+            {
+                "trial_id": tid,
+                "phase": run.get("phase"),
+                "batch_size": run.get("batch_size"),
+                "resolution": res,
+                "status": run.get("status", "ok"),
+                "error": run.get("error"),
+                "latency_ms": 1e3 * lat["median_s"] if "median_s" in lat else math.nan,
+                "latency_ci_low_ms": 1e3 * lat["ci95_low_s"] if "ci95_low_s" in lat else math.nan,
+                "latency_ci_high_ms": 1e3 * lat["ci95_high_s"] if "ci95_high_s" in lat else math.nan,
+                "latency_rel_iqr": lat.get("rel_iqr", math.nan),
+                "noisy": lat.get("noisy"),
+                # None: recorded before the host was checked (the latency cannot say it was quiet)
+                "contended": lat.get("contended"),
+                "timer": lat.get("timer"),
+                "threads": lat.get("threads"),
+                "peak_mb": _mb(mem.get("peak_bytes")),
+                "memory_method": mem.get("method"),
+            }
+        )
     return rows
 
 
@@ -194,21 +215,26 @@ def _environment(env: dict) -> dict[str, Any]:
     cuda = env.get("cuda") or {}
     devices = cuda.get("devices") or []
     device = env.get("device")
-    name = (devices[0].get("name") if devices and isinstance(devices[0], dict) else None) \
-        if device == "cuda" else (env.get("cpu") or {}).get("model")
+    name = (
+        (devices[0].get("name") if devices and isinstance(devices[0], dict) else None)
+        if device == "cuda"
+        else (env.get("cpu") or {}).get("model")
+    )
     git = env.get("git") or {}
     slurm = env.get("slurm") or {}
     return {
-        "env.device": device, "env.device_name": name,
+        "env.device": device,
+        "env.device_name": name,
         "env.threads": (env.get("cpu") or {}).get("torch_threads"),
         "env.torch": (env.get("versions") or {}).get("torch"),
-        "env.git_commit": git.get("commit"), "env.git_dirty": git.get("dirty"),
-        "env.hostname": env.get("hostname"), "env.precision": env.get("precision"),
+        "env.git_commit": git.get("commit"),
+        "env.git_dirty": git.get("dirty"),
+        "env.hostname": env.get("hostname"),
+        "env.precision": env.get("precision"),
         "env.slurm_job_id": slurm.get("job_id") or slurm.get("SLURM_JOB_ID"),
         "env.timestamp": env.get("timestamp_utc"),
         # "on" / "off" / "unavailable": whether PAC on the CPU runs its compiled kernels (cpu_pac)
-        "env.pac_cpu_kernels": (str((env.get("backends") or {}).get("pac_cpu_kernels") or "").split(" (")[0]
-                                or None),
+        "env.pac_cpu_kernels": (str((env.get("backends") or {}).get("pac_cpu_kernels") or "").split(" (")[0] or None),
     }
 
 
@@ -248,8 +274,8 @@ def record_rows(tid: str, record: dict) -> tuple[dict[str, Any], list[dict], tup
     steps = list(curve.get("step") or [])
     c_step, c_series, c_value = [], [], []
     for series in ("loss", "lr"):
-        values = list(curve.get(series) or [])[:len(steps)]
-        c_step += steps[:len(values)]
+        values = list(curve.get(series) or [])[: len(steps)]
+        c_step += steps[: len(values)]
         c_series += [series] * len(values)
         c_value += values
     for point in curve.get("eval") or []:
@@ -262,6 +288,7 @@ def record_rows(tid: str, record: dict) -> tuple[dict[str, Any], list[dict], tup
 
 
 # ---- a store → tables ------------------------------------------------------------------------------
+
 
 def _digest(root: str, tid: str) -> dict | None:
     """What collect keeps of one record (its rows, config and metric info), or None without one.
@@ -284,9 +311,16 @@ def _digest(root: str, tid: str) -> dict | None:
     row, runs, curves = record_rows(tid, record)
     row.update(run_columns(record))  # SLURM job/array ids, attempts, requeues, the time of every attempt
     metrics = record.get("metrics") or {}
-    return {"row": row, "runs": runs, "curves": curves, "status": record.get("status"),
-            "config": record.get("config") or {}, "metric_info": record.get("metric_info") or {},
-            "first_metric": next(iter(metrics), None), "baselines": record.get("baselines") or {}}
+    return {
+        "row": row,
+        "runs": runs,
+        "curves": curves,
+        "status": record.get("status"),
+        "config": record.get("config") or {},
+        "metric_info": record.get("metric_info") or {},
+        "first_metric": next(iter(metrics), None),
+        "baselines": record.get("baselines") or {},
+    }
 
 
 def _read_all(store: ResultStore, tids: Iterable[str]) -> dict[str, dict]:
@@ -354,7 +388,7 @@ def collect(store: ResultStore | str | os.PathLike, suite=None) -> Collection:
         directions.update(info.get("higher_is_better") or {})
         if primary is None and info.get("primary"):
             primary = info["primary"]
-    metrics = {c[len("metric."):] for c in trials.columns if c.startswith("metric.")}
+    metrics = {c[len("metric.") :] for c in trials.columns if c.startswith("metric.")}
     if metrics - set(directions):  # records from before metric_info: the tasks say (cached, see sweep.cache)
         from ..sweep.cache import installation
 
@@ -366,13 +400,16 @@ def collect(store: ResultStore | str | os.PathLike, suite=None) -> Collection:
         primary = firsts[0] if firsts else None
     name = suite.spec.name if suite is not None else store.root.name
     description = suite.spec.description if suite is not None else ""
-    runs_df = pd.DataFrame(runs, columns=None if runs else
-                           ["trial_id", "phase", "batch_size", "resolution", "status", "latency_ms", "peak_mb"])
+    runs_df = pd.DataFrame(
+        runs,
+        columns=None if runs else ["trial_id", "phase", "batch_size", "resolution", "status", "latency_ms", "peak_mb"],
+    )
     curves_df = pd.DataFrame(curves)
     curves_df["series"] = curves_df["series"].astype("category")
     baselines = baseline_table(trials, {t: d["baselines"] for t, d in records.items()}, config_columns)
-    return Collection(name, description.strip(), trials, runs_df, curves_df, config_columns, directions, primary,
-                      baselines)
+    return Collection(
+        name, description.strip(), trials, runs_df, curves_df, config_columns, directions, primary, baselines
+    )
 
 
 # ---- trivial baselines -----------------------------------------------------------------------------
@@ -417,22 +454,39 @@ def baseline_table(trials: pd.DataFrame, baselines: dict[str, dict], config_colu
             continue
         where = tuple(repr(trial[c]) if c in trial else "nan" for c in keys)
         for name in sorted(found):
-            metrics = {f"metric.{m}": float(v) for m, v in (found[name] or {}).items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            metrics = {
+                f"metric.{m}": float(v)
+                for m, v in (found[name] or {}).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
             row = rows.get((where, name))
             if row is None:
                 rows[(where, name)] = {
-                    "trial_id": trial["trial_id"], "state": "done", "status": "ok",
-                    "in_suite": trial.get("in_suite", True), BASELINE_COLUMN: name, "op": name,
-                    **{c: trial[c] for c in keys if c in trial}, "primary_metric": trial.get("primary_metric"),
-                    **metrics, "n_records": 1}
+                    "trial_id": trial["trial_id"],
+                    "state": "done",
+                    "status": "ok",
+                    "in_suite": trial.get("in_suite", True),
+                    BASELINE_COLUMN: name,
+                    "op": name,
+                    **{c: trial[c] for c in keys if c in trial},
+                    "primary_metric": trial.get("primary_metric"),
+                    **metrics,
+                    "n_records": 1,
+                }
                 continue
             row["n_records"] += 1
             for m, v in metrics.items():
                 if m in row and not math.isclose(row[m], v, rel_tol=BASELINE_RTOL, abs_tol=0.0):
-                    log.warning("baseline %s: %s is %r in trial %s but %r in trial %s (same seed and config); "
-                                "keeping the first", name, m[len("metric."):], row[m], row["trial_id"], v,
-                                trial["trial_id"])
+                    log.warning(
+                        "baseline %s: %s is %r in trial %s but %r in trial %s (same seed and config); "
+                        "keeping the first",
+                        name,
+                        m[len("metric.") :],
+                        row[m],
+                        row["trial_id"],
+                        v,
+                        trial["trial_id"],
+                    )
     if not rows:
         return empty_baselines()
     df = pd.DataFrame(list(rows.values()))
@@ -440,9 +494,9 @@ def baseline_table(trials: pd.DataFrame, baselines: dict[str, dict], config_colu
         if c not in df:
             df[c] = None
     head = ["trial_id", "state", "status", "in_suite", BASELINE_COLUMN]
-    metrics = sorted(c for c in df.columns if c.startswith("metric."))
-    rest = [c for c in df.columns if c not in head and c not in config_columns and c not in metrics]
-    return df[head + config_columns + metrics + rest].reset_index(drop=True)
+    metric_columns = sorted(c for c in df.columns if c.startswith("metric."))
+    rest = [c for c in df.columns if c not in head and c not in config_columns and c not in metric_columns]
+    return df[head + config_columns + metric_columns + rest].reset_index(drop=True)
 
 
 def _config_columns(trials: pd.DataFrame, suite_trials: dict, records: dict) -> list[str]:
@@ -472,6 +526,7 @@ def _order_columns(df: pd.DataFrame, config_columns: list[str]) -> pd.DataFrame:
 
 
 # ---- aggregation over seeds ------------------------------------------------------------------------
+
 
 def raised(flag: Any) -> bool:
     """A stored flag (True/False, None where it was not recorded, NaN after a table round trip) as a bool."""
@@ -517,8 +572,15 @@ def aggregate(col: Collection, values: list[str] | None = None, *, trials: pd.Da
             m = mean[v].reindex(out.index)
             s = std[v].reindex(out.index)
             half = t_quantile(nv.values) * s.values / np.sqrt(np.maximum(nv.values, 1))
-            columns.update({v: m.values, f"{v}.std": s.values, f"{v}.n": nv.values,
-                            f"{v}.ci_low": m.values - half, f"{v}.ci_high": m.values + half})
+            columns.update(
+                {
+                    v: m.values,
+                    f"{v}.std": s.values,
+                    f"{v}.n": nv.values,
+                    f"{v}.ci_low": m.values - half,
+                    f"{v}.ci_high": m.values + half,
+                }
+            )
     else:
         for v in values:
             columns.update({v: np.nan, f"{v}.std": np.nan, f"{v}.n": 0, f"{v}.ci_low": np.nan, f"{v}.ci_high": np.nan})
