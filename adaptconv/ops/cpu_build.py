@@ -79,11 +79,21 @@ class Kernels:
     """One compiled library: ``csrc/<name>.cpp``, built and loaded on first use.
 
     ``declare(lib)`` sets the entry points' ctypes signatures; ``what`` and ``fallback`` make the
-    warning when the build fails ("the PAC CPU kernels are not available (…); PAC runs on …")."""
+    warning when the build fails ("the PAC CPU kernels are not available (…); PAC runs on …");
+    ``extra_flags`` are added to :data:`FLAGS` (and to the cache key)."""
 
-    def __init__(self, name: str, abi: int, declare: Callable[[ctypes.CDLL], None], what: str, fallback: str):
+    def __init__(
+        self,
+        name: str,
+        abi: int,
+        declare: Callable[[ctypes.CDLL], None],
+        what: str,
+        fallback: str,
+        extra_flags: tuple[str, ...] = (),
+    ):
         self.name, self.abi, self.declare, self.what, self.fallback = name, abi, declare, what, fallback
         self.source = CSRC / f"{name}.cpp"
+        self.flags = FLAGS + tuple(extra_flags)
 
     def _build(self) -> tuple[ctypes.CDLL | None, str]:
         cxx = os.environ.get("CXX", "g++")
@@ -91,7 +101,7 @@ class Kernels:
             return None, f"no C++ compiler ({cxx!r} not found; set CXX)"
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
         version = version.splitlines()[0] if version else ""
-        parts = [self.source.read_bytes(), " ".join(FLAGS).encode(), version.encode(), _cpu_signature().encode()]
+        parts = [self.source.read_bytes(), " ".join(self.flags).encode(), version.encode(), _cpu_signature().encode()]
         key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
         cache = _writable_cache()
         lib_path = cache / f"{self.name}-{key}.so"
@@ -100,7 +110,7 @@ class Kernels:
             fd, tmp = tempfile.mkstemp(prefix=f".{self.name}-", suffix=".so", dir=cache)
             os.close(fd)
             try:
-                cmd = [cxx, *FLAGS, "-o", tmp, str(self.source)]
+                cmd = [cxx, *self.flags, "-o", tmp, str(self.source)]
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
                 if proc.returncode != 0:
                     tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]

@@ -4,7 +4,9 @@
 
 The factor is per (channel, tap) and pixel, so it cannot leave the channel sum: this is the tiled-GEMM
 loop of :mod:`adaptconv.ops.tiling` with PAKA's per-tap work (:class:`_PakaTaps`), the factor
-recomputed per tile in backward rather than stored.
+recomputed per tile in backward rather than stored. On CPU tensors (float32/float64, ``config.cpu_kernels``
+on) the compiled kernels of :mod:`adaptconv.ops.cpu_paka` run instead; this PyTorch path is the fallback
+and their reference.
 """
 
 from __future__ import annotations
@@ -12,15 +14,27 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from .tiling import Geometry, Plan, Tile, aliases, plan, row_span, scatter_add, tap_grouped, tile_rows, tiled_gemm, \
-    tiled_gemm_backward
+from . import cpu_paka
+from .tiling import (
+    Geometry,
+    Plan,
+    Tile,
+    aliases,
+    plan,
+    row_span,
+    scatter_add,
+    tap_grouped,
+    tile_rows,
+    tiled_gemm,
+    tiled_gemm_backward,
+)
 
 __all__ = ["paka_contract", "paka_forward", "paka_backward"]
 
 
 def _gc_view(t: torch.Tensor, tile: Tile, g: int) -> torch.Tensor:
     """t[b0:b1, :, r0:r1] (nb×C×rows×W') as g×(C/g)×nb×rows×W'."""
-    v = t[tile.b0:tile.b1, :, tile.r0:tile.r1]
+    v = t[tile.b0 : tile.b1, :, tile.r0 : tile.r1]
     nb, c = v.shape[:2]
     return v.view(nb, g, c // g, *v.shape[2:]).permute(1, 2, 0, 3, 4)
 
@@ -78,15 +92,16 @@ class _PakaTaps:
             if self.gacc is not None:
                 self.gacc.add_(p)
             if self.gas is not None:
-                self.gas[self.tile.b0:self.tile.b1, j, self.tile.r0:self.tile.r1] = p.sum((0, 1))
+                self.gas[self.tile.b0 : self.tile.b1, j, self.tile.r0 : self.tile.r1] = p.sum((0, 1))
 
     def finish(self):
         tile = self.tile
         if self.gacc is not None and aliases(self.gac.stride(1)):  # accumulated in a buffer: copy it back
             _gc_view(self.gac, tile, self.groups).copy_(self.gacc)
         if self.gxc is not None:
-            scatter_add(self.gx, self.gxc, tile.b0, tile.b1, *row_span(self.geom, tile.r0, tile.r1), self.geom.pads,
-                        "zeros")
+            scatter_add(
+                self.gx, self.gxc, tile.b0, tile.b1, *row_span(self.geom, tile.r0, tile.r1), self.geom.pads, "zeros"
+            )
 
 
 def _scratch(x: torch.Tensor, tiles: Plan, t: int, backward: bool, need_ac: bool = False) -> dict:
@@ -102,8 +117,9 @@ def paka_forward(x, a_c, a_s, weight, bias, geom: Geometry, groups: int) -> torc
     b, c, h, w = x.shape
     tiles = plan(b, *geom.out_size(h, w), c)
     scratch = _scratch(x, tiles, geom.taps, backward=False)
-    return tiled_gemm(x, weight, bias, geom, groups,
-                      lambda tile, xc: _PakaTaps(a_c, a_s, tile, geom, groups, scratch), tiles)
+    return tiled_gemm(
+        x, weight, bias, geom, groups, lambda tile, xc: _PakaTaps(a_c, a_s, tile, geom, groups, scratch), tiles
+    )
 
 
 def paka_backward(x, a_c, a_s, weight, gy, geom: Geometry, groups: int, need_x, need_ac, need_as, need_w):
@@ -114,9 +130,16 @@ def paka_backward(x, a_c, a_s, weight, gy, geom: Geometry, groups: int, need_x, 
     gac = a_c.new_zeros(a_c.shape) if need_ac else None
     gas = a_s.new_empty(a_s.shape) if need_as else None
     gw = tiled_gemm_backward(
-        x, weight, gy, geom, groups,
+        x,
+        weight,
+        gy,
+        geom,
+        groups,
         lambda tile, xc: _PakaTaps(a_c, a_s, tile, geom, groups, scratch, xc, (gx, gac, gas)),
-        need_w, need_x or need_ac or need_as, tiles)
+        need_w,
+        need_x or need_ac or need_as,
+        tiles,
+    )
     return gx, gac, gas, gw
 
 
@@ -124,15 +147,22 @@ class _PakaContract(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, a_c, a_s, weight, bias, geom, groups):
         ctx.geom, ctx.groups, ctx.has_bias = geom, groups, bias is not None
-        ctx.save_for_backward(x, a_c, a_s, weight)
-        return paka_forward(x, a_c, a_s, weight, bias, geom, groups)
+        # the compiled CPU kernels where they apply (they keep the padded input for the backward)
+        ctx.compiled = cpu_paka.usable(x, a_c, a_s, weight, bias)
+        if ctx.compiled:
+            y, saved = cpu_paka.paka_forward(x, a_c, a_s, weight, bias, geom, groups)
+        else:
+            y, saved = paka_forward(x, a_c, a_s, weight, bias, geom, groups), x
+        ctx.save_for_backward(saved, a_c, a_s, weight)
+        return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
-        x, a_c, a_s, weight = ctx.saved_tensors
+        saved, a_c, a_s, weight = ctx.saved_tensors
         nx, nac, nas, nw, nb = ctx.needs_input_grad[:5]
-        gx, gac, gas, gw = paka_backward(x, a_c, a_s, weight, gy, ctx.geom, ctx.groups, nx, nac, nas, nw)
+        run = cpu_paka.paka_backward if ctx.compiled else paka_backward
+        gx, gac, gas, gw = run(saved, a_c, a_s, weight, gy, ctx.geom, ctx.groups, nx, nac, nas, nw)
         gb = gy.sum((0, 2, 3)) if ctx.has_bias and nb else None
         return gx, gac, gas, gw, gb, None, None
 

@@ -89,10 +89,15 @@ def window_centres(t: torch.Tensor, kernel_size: Pair, stride: Pair, padding: Pa
     """
     b, c, h, w = t.shape
     ho, wo = conv_output_size((h, w), kernel_size, stride, padding, dilation)
-    if padding != (0, 0):
-        t = F.pad(t, (padding[1], padding[1], padding[0], padding[0]), mode="replicate")
     rows = centre_offsets(kernel_size[0], dilation[0])
     cols = centre_offsets(kernel_size[1], dilation[1])
+    if tuple(stride) == (1, 1) and len(rows) == len(cols) == 1:
+        # one centre per window, every one inside the image: a crop of t, no padded copy
+        r, q = rows[0] - padding[0], cols[0] - padding[1]
+        if r >= 0 and q >= 0 and r + ho <= h and q + wo <= w:
+            return t if (r, q, ho, wo) == (0, 0, h, w) else t[:, :, r : r + ho, q : q + wo]
+    if padding != (0, 0):
+        t = F.pad(t, (padding[1], padding[1], padding[0], padding[0]), mode="replicate")
     out = None
     for r in rows:
         for q in cols:
