@@ -6,14 +6,9 @@ import torch
 # times faster than two fighting over the cores (and results do not depend on it).
 torch.set_num_threads(1)
 
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-# shared fixture builders (tests/fixtures/*.py) are importable as `fixtures.<module>`
-sys.path.insert(0, str(Path(__file__).parent))
-
 import os  # noqa: E402
 import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 # latency measurements keep this machine's fastest calibration; the tests keep theirs apart from the user's
 os.environ.setdefault(
