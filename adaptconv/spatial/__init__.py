@@ -7,11 +7,37 @@
 """
 
 from .blockcopy import COPY_POLICIES, BlockCopy, CacheContext
-from .blocks import (BlockSizeError, Grid, check_block_size, check_fraction, gather_blocks, merge_blocks,
-                     run_blockwise, scatter_blocks, split_blocks)
+from .blocks import (
+    BlockSizeError,
+    Grid,
+    check_block_size,
+    check_fraction,
+    gather_blocks,
+    merge_blocks,
+    run_blockwise,
+    scatter_blocks,
+    split_blocks,
+)
 from .network import BlockSegmenter, DualResSegmenter
 from .segblocks import SEG_POLICIES, BlockPolicy, DualResContext, SegBlocks
 
-__all__ = ["BlockCopy", "BlockPolicy", "BlockSegmenter", "BlockSizeError", "CacheContext", "COPY_POLICIES",
-           "DualResContext", "DualResSegmenter", "Grid", "SEG_POLICIES", "SegBlocks", "check_block_size",
-           "check_fraction", "gather_blocks", "merge_blocks", "run_blockwise", "scatter_blocks", "split_blocks"]
+__all__ = [
+    "BlockCopy",
+    "BlockPolicy",
+    "BlockSegmenter",
+    "BlockSizeError",
+    "CacheContext",
+    "COPY_POLICIES",
+    "DualResContext",
+    "DualResSegmenter",
+    "Grid",
+    "SEG_POLICIES",
+    "SegBlocks",
+    "check_block_size",
+    "check_fraction",
+    "gather_blocks",
+    "merge_blocks",
+    "run_blockwise",
+    "scatter_blocks",
+    "split_blocks",
+]

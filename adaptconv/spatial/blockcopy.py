@@ -29,8 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import (BlockContext, Canvas, Grid, Groups, check_block_size, check_fraction, max_reduction,
-                     run_blockwise, scatter_blocks, split_blocks)
+from .blocks import (
+    BlockContext,
+    Canvas,
+    Grid,
+    Groups,
+    check_block_size,
+    check_fraction,
+    max_reduction,
+    run_blockwise,
+    scatter_blocks,
+    split_blocks,
+)
 from .network import BlockSegmenter
 from .segblocks import BlockPolicy, topk_mask
 
@@ -54,8 +64,10 @@ class CacheContext(BlockContext):
 
     def start_frame(self, grid: Grid, index: torch.Tensor) -> None:
         if self.grid is not None and self.grid != grid:
-            raise ValueError(f"BlockCopy: frame grid {grid} differs from the previous frame's {self.grid}; "
-                             f"call reset() between videos of different sizes")
+            raise ValueError(
+                f"BlockCopy: frame grid {grid} differs from the previous frame's {self.grid}; "
+                f"call reset() between videos of different sizes"
+            )
         if self.grid is None and index.numel() != grid.n:
             raise ValueError("BlockCopy: the first frame of a video must recompute every block (no features to copy)")
         self.grid, self.index = grid, index
@@ -92,9 +104,18 @@ class BlockCopy(nn.Module):
     ``last_fraction`` is the fraction of blocks recomputed and ``last_flops`` the convolution FLOPs
     executed (2 per multiply-add)."""
 
-    def __init__(self, net: BlockSegmenter, block_size: int = 128, target: float = 0.5, policy: str = "learned",
-                 penalty: float = 10.0, lr: float = 1e-3, policy_width: int = 16,
-                 init_fraction: float | None = None, online: bool = True) -> None:
+    def __init__(
+        self,
+        net: BlockSegmenter,
+        block_size: int = 128,
+        target: float = 0.5,
+        policy: str = "learned",
+        penalty: float = 10.0,
+        lr: float = 1e-3,
+        policy_width: int = 16,
+        init_fraction: float | None = None,
+        online: bool = True,
+    ) -> None:
         super().__init__()
         if policy not in COPY_POLICIES:
             raise ValueError(f"BlockCopy: policy must be one of {', '.join(COPY_POLICIES)}, got {policy!r}")
@@ -103,8 +124,11 @@ class BlockCopy(nn.Module):
         check_block_size(block_size, self.reduction)
         self.net, self.block_size, self.policy_name, self.penalty = net, int(block_size), policy, penalty
         self.online = online
-        self.policy = BlockPolicy(6 + net.num_classes, policy_width,
-                                  self.target if init_fraction is None else init_fraction) if policy == "learned" else None
+        self.policy = (
+            BlockPolicy(6 + net.num_classes, policy_width, self.target if init_fraction is None else init_fraction)
+            if policy == "learned"
+            else None
+        )
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=lr) if self.policy is not None else None
         self.ctx = CacheContext()
         self.last_fraction: float | None = None

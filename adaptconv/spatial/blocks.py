@@ -61,8 +61,9 @@ def max_reduction(backbone: nn.Module) -> int:
     return int(max(f["reduction"] for f in info))
 
 
-def check_block_size(block_size: int, reduction: int, image_hw: tuple[int, int] | None = None,
-                     dual_resolution: bool = False) -> None:
+def check_block_size(
+    block_size: int, reduction: int, image_hw: tuple[int, int] | None = None, dual_resolution: bool = False
+) -> None:
     """Refuse a block size that does not divide every stage's feature map.
 
     A block of ``block_size`` input pixels is ``block_size / stride`` pixels at a stage of that
@@ -75,12 +76,15 @@ def check_block_size(block_size: int, reduction: int, image_hw: tuple[int, int] 
         where = "at low resolution (half size) " if dual_resolution else ""
         raise BlockSizeError(
             f"block_size {block_size} px does not divide the feature map at the deepest stage (stride "
-            f"{reduction}) {where}— a block there would be {block_size / need:g} px; use a multiple of {need}")
+            f"{reduction}) {where}— a block there would be {block_size / need:g} px; use a multiple of {need}"
+        )
     if image_hw is not None:
         h, w = image_hw
         if h % block_size or w % block_size:
-            raise BlockSizeError(f"block_size {block_size} px does not divide the input of {h}×{w} px into whole "
-                                 f"blocks; use a size that divides both sides")
+            raise BlockSizeError(
+                f"block_size {block_size} px does not divide the input of {h}×{w} px into whole "
+                f"blocks; use a size that divides both sides"
+            )
 
 
 @dataclass
@@ -115,8 +119,11 @@ def merge_blocks(blocks: torch.Tensor, grid: Grid) -> torch.Tensor:
     n, c, s, t = blocks.shape
     if n != grid.n:
         raise ValueError(f"merge_blocks: {n} blocks for a grid of {grid.batch}×{grid.gh}×{grid.gw}")
-    return blocks.reshape(grid.batch, grid.gh, grid.gw, c, s, t).permute(0, 3, 1, 4, 2, 5).reshape(
-        grid.batch, c, grid.gh * s, grid.gw * t)
+    return (
+        blocks.reshape(grid.batch, grid.gh, grid.gw, c, s, t)
+        .permute(0, 3, 1, 4, 2, 5)
+        .reshape(grid.batch, c, grid.gh * s, grid.gw * t)
+    )
 
 
 def gather_blocks(x: torch.Tensor, index: torch.Tensor, side: int) -> torch.Tensor:
@@ -157,8 +164,12 @@ class Canvas:
         h, w = grid.gh * side + 2 * pad, grid.gw * side + 2 * pad
         self.data = like.new_empty((grid.batch, channels, h, w))
         if pad:
-            for region in (self.data[:, :, :pad], self.data[:, :, h - pad:], self.data[:, :, :, :pad],
-                           self.data[:, :, :, w - pad:]):
+            for region in (
+                self.data[:, :, :pad],
+                self.data[:, :, h - pad :],
+                self.data[:, :, :, :pad],
+                self.data[:, :, :, w - pad :],
+            ):
                 region.fill_(fill)
 
     def _coords(self, index: torch.Tensor) -> list[tuple[int, int, int]]:
@@ -169,12 +180,12 @@ class Canvas:
         s, p = self.side, self.pad
         if index.numel() > LOOP_BLOCKS:  # many small blocks: one vectorised index_put
             g = self.grid
-            inner = self.data[:, :, p:p + g.gh * s, p:p + g.gw * s]
+            inner = self.data[:, :, p : p + g.gh * s, p : p + g.gw * s]
             view = inner.unflatten(2, (g.gh, s)).unflatten(4, (g.gw, s)).permute(0, 2, 4, 1, 3, 5)
             view[g.coords(index)] = blocks
             return
         for k, (b, i, j) in enumerate(self._coords(index)):
-            self.data[b, :, p + i * s:p + (i + 1) * s, p + j * s:p + (j + 1) * s].copy_(blocks[k])
+            self.data[b, :, p + i * s : p + (i + 1) * s, p + j * s : p + (j + 1) * s].copy_(blocks[k])
 
     def read_padded(self, index: torch.Tensor) -> torch.Tensor:
         """Blocks ``index`` with ``pad`` pixels of their neighbours around them: N×C×(s+2p)×(s+2p)."""
@@ -185,11 +196,11 @@ class Canvas:
         coords = self._coords(index)
         if not coords:
             return self.data.new_empty(0, self.data.shape[1], e, e)
-        return torch.stack([self.data[b, :, i * s:i * s + e, j * s:j * s + e] for b, i, j in coords])
+        return torch.stack([self.data[b, :, i * s : i * s + e, j * s : j * s + e] for b, i, j in coords])
 
     def interior(self) -> torch.Tensor:
         g, s, p = self.grid, self.side, self.pad
-        return self.data[:, :, p:p + g.gh * s, p:p + g.gw * s]
+        return self.data[:, :, p : p + g.gh * s, p : p + g.gw * s]
 
 
 class BlockContext:
@@ -216,8 +227,19 @@ class BlockContext:
 # The executor
 # ------------------------------------------------------------------------------------------------
 
-_POINTWISE = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh,
-              nn.Hardswish, nn.Identity, nn.Dropout)
+_POINTWISE = (
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.SiLU,
+    nn.GELU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Identity,
+    nn.Dropout,
+)
 
 
 def _pair(v) -> tuple[int, int]:
@@ -230,7 +252,8 @@ def _check_stride(name: str, feats: Groups, stride: int) -> None:
             raise BlockSizeError(
                 f"{name}: stride {stride} does not divide the {group}-resolution blocks of "
                 f"{t.shape[-2]}×{t.shape[-1]} px here; choose a block size that is a multiple of the "
-                f"network's total stride (×2 for dual resolution)")
+                f"network's total stride (×2 for dual resolution)"
+            )
 
 
 def _map(feats: Groups, fn) -> Groups:
@@ -240,15 +263,19 @@ def _map(feats: Groups, fn) -> Groups:
 def _conv(name: str, conv: nn.Conv2d, feats: Groups, ctx: BlockContext) -> Groups:
     (kh, kw), (sh, sw), (ph, pw) = _pair(conv.kernel_size), _pair(conv.stride), _pair(conv.padding)
     if isinstance(conv.padding, str) or ph != pw or sh != sw or conv.padding_mode != "zeros":
-        raise TypeError(f"{name}: block-wise execution needs square zero padding and stride, got "
-                        f"padding={conv.padding!r}, stride={conv.stride}, padding_mode={conv.padding_mode!r}")
+        raise TypeError(
+            f"{name}: block-wise execution needs square zero padding and stride, got "
+            f"padding={conv.padding!r}, stride={conv.stride}, padding_mode={conv.padding_mode!r}"
+        )
     _check_stride(name, feats, sh)
     if ph == 0 and kh == 1 and kw == 1:  # a 1×1 conv needs no neighbours
         padded = feats
     else:
         padded = ctx.pad(name, feats, ph, 0.0)
-    return {g: ctx.count(F.conv2d(t, conv.weight, conv.bias, sh, 0, conv.dilation, conv.groups), conv)
-            for g, t in padded.items()}
+    return {
+        g: ctx.count(F.conv2d(t, conv.weight, conv.bias, sh, 0, conv.dilation, conv.groups), conv)
+        for g, t in padded.items()
+    }
 
 
 def _maxpool(name: str, pool: nn.MaxPool2d, feats: Groups, ctx: BlockContext) -> Groups:
@@ -314,9 +341,11 @@ def run_module(name: str, module: nn.Module, feats: Groups, ctx: BlockContext) -
         return _timm_block(name, module, feats, ctx)
     if kind == "BasicBlock" and hasattr(module, "shortcut"):
         return _simple_block(name, module, feats, ctx)
-    raise TypeError(f"{name or 'backbone'}: block-wise execution does not know module {kind}; supported: "
-                    f"Conv2d, BatchNorm2d, activations, MaxPool2d, Sequential, timm BasicBlock/Bottleneck, "
-                    f"SimpleCNN")
+    raise TypeError(
+        f"{name or 'backbone'}: block-wise execution does not know module {kind}; supported: "
+        f"Conv2d, BatchNorm2d, activations, MaxPool2d, Sequential, timm BasicBlock/Bottleneck, "
+        f"SimpleCNN"
+    )
 
 
 def backbone_parts(backbone: nn.Module) -> list[tuple[str, nn.Module, bool]]:
@@ -334,8 +363,10 @@ def backbone_parts(backbone: nn.Module) -> list[tuple[str, nn.Module, bool]]:
     if isinstance(backbone, nn.Sequential):
         parts = list(backbone.named_children())
         return [(n, m, i == len(parts) - 1) for i, (n, m) in enumerate(parts)]
-    raise TypeError(f"block-wise execution: unknown backbone {kind}; use a timm model with features_only=True, "
-                    f"the built-in SimpleCNN (features_only) or an nn.Sequential")
+    raise TypeError(
+        f"block-wise execution: unknown backbone {kind}; use a timm model with features_only=True, "
+        f"the built-in SimpleCNN (features_only) or an nn.Sequential"
+    )
 
 
 def run_blockwise(backbone: nn.Module, feats: Groups, ctx: BlockContext) -> list[tuple[str, Groups]]:

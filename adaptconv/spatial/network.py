@@ -39,10 +39,13 @@ class BlockSegmenter(nn.Module):
     def head(self, feats: list[torch.Tensor]) -> torch.Tensor:
         size = feats[0].shape[-1]
         if any(f.shape[-1] and size % f.shape[-1] for f in feats):
-            raise ValueError(f"BlockSegmenter: feature sizes {[f.shape[-1] for f in feats]} are not integer "
-                             f"fractions of the finest")
-        y = sum(F.interpolate(lat(f), scale_factor=size // f.shape[-1], mode="nearest") if f.shape[-1] != size
-                else lat(f) for lat, f in zip(self.lateral, feats))
+            raise ValueError(
+                f"BlockSegmenter: feature sizes {[f.shape[-1] for f in feats]} are not integer fractions of the finest"
+            )
+        y = sum(
+            F.interpolate(lat(f), scale_factor=size // f.shape[-1], mode="nearest") if f.shape[-1] != size else lat(f)
+            for lat, f in zip(self.lateral, feats)
+        )
         return self.classifier(self.fuse(y))
 
     def head_blocks(self, outs: list[tuple[str, Groups]], ctx: BlockContext) -> Groups:

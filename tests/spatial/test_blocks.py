@@ -7,8 +7,17 @@ import pytest
 import torch
 from torch import nn
 
-from adaptconv.spatial import (BlockSizeError, Grid, SegBlocks, check_block_size, check_fraction, gather_blocks,
-                               merge_blocks, scatter_blocks, split_blocks)
+from adaptconv.spatial import (
+    BlockSizeError,
+    Grid,
+    SegBlocks,
+    check_block_size,
+    check_fraction,
+    gather_blocks,
+    merge_blocks,
+    scatter_blocks,
+    split_blocks,
+)
 from adaptconv.spatial.blocks import BlockContext, run_blockwise
 
 

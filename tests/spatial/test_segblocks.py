@@ -4,10 +4,11 @@ high blocks, REINFORCE moving the policy (toward the useful blocks and toward th
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 from adaptconv.measure import count_flops
 from adaptconv.models.backbones import build_backbone
-from adaptconv.spatial import BlockSegmenter, DualResSegmenter, SegBlocks
+from adaptconv.spatial import BlockSegmenter, DualResContext, DualResSegmenter, Grid, SegBlocks, merge_blocks
 
 
 def _randomise_bn(model):
@@ -105,3 +106,41 @@ def test_complexity_penalty_moves_the_high_fraction_to_the_target():
         sb(images)
     assert start > 0.8
     assert abs(sb.active_fraction() - 0.25) < 0.15
+
+
+def _reference_pad(feats, high, pad, fill):
+    """BlockPad by definition: each group's blocks cut, with their halo, out of a whole map at the
+    group's resolution in which every block of the other resolution is resampled (nearest ×2 up,
+    2×2 average down), the map padded with ``fill``."""
+    b, gh, gw = high.shape
+    grid, flat = Grid(b, gh, gw), high.reshape(-1)
+    out = {}
+    for g, mine, other in (("high", flat, lambda t: F.interpolate(t, scale_factor=2)), ("low", ~flat, F.avg_pool2d)):
+        s = feats[g].shape[-1]
+        o = "low" if g == "high" else "high"
+        resampled = other(feats[o], 2) if g == "low" else other(feats[o])
+        blocks = feats[g].new_zeros(grid.n, feats[g].shape[1], s, s)
+        blocks[mine.nonzero()[:, 0]] = feats[g]
+        blocks[(~mine).nonzero()[:, 0]] = resampled
+        full = F.pad(merge_blocks(blocks, grid), (pad,) * 4, value=fill)
+        windows = full.unfold(2, s + 2 * pad, s).unfold(3, s + 2 * pad, s).permute(0, 2, 3, 1, 4, 5)
+        out[g] = windows.reshape(grid.n, *windows.shape[3:])[mine.nonzero()[:, 0]]
+    return out
+
+
+@pytest.mark.parametrize("pad,fill", [(1, 0.0), (2, 0.0), (3, float("-inf")), (4, 0.0)])
+def test_blockpad_strips_equal_the_whole_map_definition(pad, fill):
+    """Mixed high/low blocks on random features: the halo strips (copied and resampled only where
+    read) equal padding from whole resampled maps, at odd and even padding, at the image border too."""
+    gen = torch.Generator().manual_seed(pad)
+    high = torch.rand(2, 3, 4, generator=gen) < 0.5
+    high[0, 0, 0], high[0, 0, 1] = True, False
+    n_high = int(high.sum())
+    feats = {
+        "high": torch.randn(n_high, 5, 8, 8, generator=gen, dtype=torch.float64),
+        "low": torch.randn(high.numel() - n_high, 5, 4, 4, generator=gen, dtype=torch.float64),
+    }
+    got = DualResContext(high).pad("layer", feats, pad, fill)
+    want = _reference_pad(feats, high, pad, fill)
+    for g in ("high", "low"):
+        torch.testing.assert_close(got[g], want[g], rtol=0, atol=0)
