@@ -5,7 +5,8 @@
 Per pixel, Z is the small product (M×T)·(T×C) of the atoms and the taps: per tile
 (:mod:`adaptconv.ops.tiling`), the taps are laid out pixel-major (N×T×C, from a channels-last copy of
 the tile) and Z is one batched matmul; the 1×1 mixing is a GEMM. Z is recomputed in backward, never
-stored.
+stored. On CPU tensors (float32/float64, ``config.cpu_kernels`` on) the compiled kernels of
+:mod:`adaptconv.ops.cpu_acda` run instead; this PyTorch path is the fallback and their reference.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from . import cpu_acda
 from .tiling import Geometry, Tile, gather, output_tile, output_view, plan, row_span, scatter_add
 
 __all__ = ["acda_contract", "acda_forward", "acda_backward"]
@@ -22,8 +24,11 @@ def _tap_cl(xcl: torch.Tensor, geom: Geometry, j: int, rows: int, wo: int) -> to
     """Tap j of a channels-last padded tile (nb×H_in×W_in×C): nb×rows×W'×C."""
     a, b = divmod(j, geom.kernel_size[1])
     s0, s1, s2, s3 = xcl.stride()
-    return xcl.as_strided((xcl.shape[0], rows, wo, xcl.shape[3]), (s0, s1 * geom.stride[0], s2 * geom.stride[1], s3),
-                          xcl.storage_offset() + a * geom.dilation[0] * s1 + b * geom.dilation[1] * s2)
+    return xcl.as_strided(
+        (xcl.shape[0], rows, wo, xcl.shape[3]),
+        (s0, s1 * geom.stride[0], s2 * geom.stride[1], s3),
+        xcl.storage_offset() + a * geom.dilation[0] * s1 + b * geom.dilation[1] * s2,
+    )
 
 
 def _acda_tile(x, atoms, geom, tile: Tile, wo, xbuf, dbuf):
@@ -136,15 +141,22 @@ class _AcdaContract(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, atoms, coef, bias, geom, groups):
         ctx.geom, ctx.groups, ctx.has_bias = geom, groups, bias is not None
-        ctx.save_for_backward(x, atoms, coef)
-        return acda_forward(x, atoms, coef, bias, geom, groups)
+        # the compiled CPU kernels where they apply (they keep the padded input for the backward)
+        ctx.compiled = cpu_acda.usable(x, atoms, coef, bias)
+        if ctx.compiled:
+            y, saved = cpu_acda.acda_forward(x, atoms, coef, bias, geom, groups)
+        else:
+            y, saved = acda_forward(x, atoms, coef, bias, geom, groups), x
+        ctx.save_for_backward(saved, atoms, coef)
+        return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
-        x, atoms, coef = ctx.saved_tensors
+        saved, atoms, coef = ctx.saved_tensors
         nx, nd, nw, nb = ctx.needs_input_grad[:4]
-        gx, gd, gw = acda_backward(x, atoms, coef, gy, ctx.geom, ctx.groups, nx, nd, nw)
+        run = cpu_acda.acda_backward if ctx.compiled else acda_backward
+        gx, gd, gw = run(saved, atoms, coef, gy, ctx.geom, ctx.groups, nx, nd, nw)
         gb = gy.sum((0, 2, 3)) if ctx.has_bias and nb else None
         return gx, gd, gw, gb, None, None
 
