@@ -208,7 +208,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
         record = run_trial(config, progress=progress)
     text = json.dumps(record, indent=1 if args.full else None, sort_keys=False)
     if args.out:
-        from .results.atomic import write_text_atomic
+        from .atomic import write_text_atomic
 
         write_text_atomic(args.out, text)
     if args.full:
@@ -677,7 +677,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "--include-contended keeps them"
         )
     if args.out:
-        from .results.atomic import write_text_atomic
+        from .atomic import write_text_atomic
 
         write_text_atomic(args.out, cmp.table.to_csv(index=False))
         print(f"\nper-trial table: {args.out}")

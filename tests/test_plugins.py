@@ -8,7 +8,8 @@ import textwrap
 import pytest
 
 from adaptconv import plugins
-from adaptconv.data import DATASETS, REGISTRY as DATASET_REGISTRY, DatasetError, get_dataset, list_datasets
+from adaptconv.data import DATASETS, DatasetError, get_dataset, list_datasets
+from adaptconv.data import REGISTRY as DATASET_REGISTRY
 from adaptconv.ops import get_op, list_ops, registry
 from adaptconv.plugins import BUILTIN_DATASETS, BUILTIN_OPS, BUILTIN_TASKS, Registry
 from adaptconv.report import palette
@@ -24,8 +25,9 @@ def write_dist(root, dist, groups, modules):
     info = root / f"{dist.replace('-', '_')}-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-    text = "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) + "\n"
-                   for group, eps in groups.items())
+    text = "".join(
+        f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) + "\n" for group, eps in groups.items()
+    )
     (info / "entry_points.txt").write_text(text)
     for name, src in modules.items():
         (root / f"{name}.py").write_text(textwrap.dedent(src))
@@ -63,9 +65,15 @@ PLUGIN = """
 
 
 def test_a_plugin_adds_a_task_and_a_dataset(plugin_path):
-    write_dist(plugin_path, "acplug-tiny", {"adaptconv.tasks": {"tinydigits": "acplug_tiny:TinyDigits"},
-                                            "adaptconv.datasets": {"halfdigits": "acplug_tiny:HALF_DIGITS"}},
-               {"acplug_tiny": PLUGIN})
+    write_dist(
+        plugin_path,
+        "acplug-tiny",
+        {
+            "adaptconv.tasks": {"tinydigits": "acplug_tiny:TinyDigits"},
+            "adaptconv.datasets": {"halfdigits": "acplug_tiny:HALF_DIGITS"},
+        },
+        {"acplug_tiny": PLUGIN},
+    )
     TASKS.reload_plugins()
     DATASET_REGISTRY.reload_plugins()
     assert "acplug_tiny" not in sys.modules  # listing the names imports nothing
@@ -91,21 +99,35 @@ BROKEN = """
 
 
 def test_broken_and_clashing_task_and_dataset_plugins_are_reported_and_break_nothing(plugin_path):
-    write_dist(plugin_path, "acplug-bad", {
-        "adaptconv.tasks": {"segmentation": "acplug_bad:not_a_task", "notatask": "acplug_bad:not_a_task",
-                            "gone": "acplug_missing:Task"},
-        "adaptconv.datasets": {"wrongname": "acplug_bad:WRONG_NAME", "digits": "acplug_bad:WRONG_NAME"},
-    }, {"acplug_bad": BROKEN})
+    write_dist(
+        plugin_path,
+        "acplug-bad",
+        {
+            "adaptconv.tasks": {
+                "segmentation": "acplug_bad:not_a_task",
+                "notatask": "acplug_bad:not_a_task",
+                "gone": "acplug_missing:Task",
+            },
+            "adaptconv.datasets": {"wrongname": "acplug_bad:WRONG_NAME", "digits": "acplug_bad:WRONG_NAME"},
+        },
+        {"acplug_bad": BROKEN},
+    )
     TASKS.reload_plugins()
     DATASET_REGISTRY.reload_plugins()
     # a name already taken is refused before the plugin is imported
     errors = {e.entry_point.split(" = ")[0]: e for e in task_plugin_errors()}
-    assert "'segmentation' is already registered by adaptconv.tasks.segmentation:Segmentation" in \
-        errors["segmentation"].error and errors["segmentation"].distribution == "acplug-bad"
+    assert (
+        "'segmentation' is already registered by adaptconv.tasks.segmentation:Segmentation"
+        in errors["segmentation"].error
+        and errors["segmentation"].distribution == "acplug-bad"
+    )
     assert get_task("segmentation").__module__ == "adaptconv.tasks.segmentation"
     # the others fail when asked for, with the reason in the error
-    with pytest.raises(ConfigError, match=r"unknown task 'notatask'.*failed to load: .*not a subclass of "
-                                          r"adaptconv\.tasks\.Task"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown task 'notatask'.*failed to load: .*not a subclass of "
+        r"adaptconv\.tasks\.Task",
+    ):
         get_task("notatask")
     with pytest.raises(ConfigError, match=r"unknown task 'gone'.*import failed: ModuleNotFoundError"):
         get_task("gone")
@@ -121,12 +143,16 @@ def test_broken_and_clashing_task_and_dataset_plugins_are_reported_and_break_not
 def test_an_unknown_task_in_a_trial_config_names_the_choices():
     from adaptconv.trial import parse_trial_config
 
-    with pytest.raises(ConfigError, match=r"task: 'segmentaton' is not one of 'classification', .*'spatial_video' "
-                                          r"\(did you mean 'segmentation'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"task: 'segmentaton' is not one of 'classification', .*'spatial_video' "
+        r"\(did you mean 'segmentation'\?\)",
+    ):
         parse_trial_config({"task": "segmentaton"})
 
 
 # ---- the built-in tables ---------------------------------------------------------------------------
+
 
 def test_builtin_tables_name_what_the_registries_hold():
     assert set(BUILTIN_OPS) <= set(list_ops())
@@ -152,18 +178,35 @@ def test_every_registered_operator_module_is_in_the_table():
 def test_palette_order_is_the_table_order():
     assert palette.KNOWN_OPS == tuple(n for n in BUILTIN_OPS if n != "conv")
     # the colours of the operators that existed before the table (report figures stay identical)
-    assert palette.KNOWN_OPS[:14] == ("pac", "paka", "acda", "dfn", "deform", "mdeform", "condconv", "dynconv",
-                                      "involution", "ddf", "odconv", "sparse_gated", "carafe", "paccrf")
+    assert palette.KNOWN_OPS[:14] == (
+        "pac",
+        "paka",
+        "acda",
+        "dfn",
+        "deform",
+        "mdeform",
+        "condconv",
+        "dynconv",
+        "involution",
+        "ddf",
+        "odconv",
+        "sparse_gated",
+        "carafe",
+        "paccrf",
+    )
 
 
 def test_tables_and_palette_import_without_torch():
-    code = ("import sys; import adaptconv.plugins, adaptconv.report.palette; "
-            "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))")
+    code = (
+        "import sys; import adaptconv.plugins, adaptconv.report.palette; "
+        "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 # ---- the shared registry ---------------------------------------------------------------------------
+
 
 class _Error(Exception):
     pass
@@ -195,10 +238,18 @@ def test_registry_loads_builtins_lazily_and_checks_registrations(plugin_path):
 
 
 def test_registry_reads_its_entry_point_group(plugin_path):
-    write_dist(plugin_path, "acplug-numbers", {"acplug.numbers": {"three": "acplug_numbers:THREE",
-                                                                  "one": "acplug_numbers:THREE",
-                                                                  "word": "acplug_numbers:WORD"}},
-               {"acplug_numbers": "ONE = 1\nTHREE = 3\nWORD = 'three'\n"})
+    write_dist(
+        plugin_path,
+        "acplug-numbers",
+        {
+            "acplug.numbers": {
+                "three": "acplug_numbers:THREE",
+                "one": "acplug_numbers:THREE",
+                "word": "acplug_numbers:WORD",
+            }
+        },
+        {"acplug_numbers": "ONE = 1\nTHREE = 3\nWORD = 'three'\n"},
+    )
     reg = _registry({"one": "acplug_numbers:ONE"})
     assert reg.names() == ["one", "three", "word"]
     assert reg.get("three") == 3 and reg.source("three") == "plugin acplug-numbers (acplug_numbers:THREE)"

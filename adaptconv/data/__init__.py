@@ -31,7 +31,6 @@ from .builtin import (
     middlebury_motorcycle,
     sample_photos,
 )
-from .specs import DatasetSpec
 from .real import (
     CIFAR10,
     CIFAR100,
@@ -43,6 +42,7 @@ from .real import (
     NYUDepthV2,
     VOCSegmentation,
 )
+from .specs import DatasetSpec
 from .synthetic import SHAPES, TEXTURES, SceneConfig, SyntheticScenes, render_scenes
 
 __all__ = [
@@ -88,8 +88,9 @@ __all__ = [
 
 def _check(name: str, spec: Any, source: str) -> None:
     if not isinstance(spec, DatasetSpec):
-        raise DatasetError(f"{source} registers dataset {name!r} but is not an adaptconv.data.DatasetSpec "
-                           f"(got {type(spec).__name__})")
+        raise DatasetError(
+            f"{source} registers dataset {name!r} but is not an adaptconv.data.DatasetSpec (got {type(spec).__name__})"
+        )
     if spec.name != name:
         raise DatasetError(f"{source} registers dataset {name!r} but the spec is named {spec.name!r}; they must agree")
 
@@ -149,8 +150,9 @@ def _suggest(word: str, choices: list[str]) -> str:
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
-def get_dataset(name: str, task: str, split: str, root: str | os.PathLike[str] | None = None,
-                **options: Any) -> BenchDataset:
+def get_dataset(
+    name: str, task: str, split: str, root: str | os.PathLike[str] | None = None, **options: Any
+) -> BenchDataset:
     """Build data set ``name`` for ``task`` and ``split``; errors name the valid choices."""
     formats = _formats()
     if task not in formats:
@@ -158,10 +160,13 @@ def get_dataset(name: str, task: str, split: str, root: str | os.PathLike[str] |
     if name not in DATASETS:
         failed = [e.error for e in dataset_plugin_errors() if e.entry_point.split(" = ")[0] == name]
         hint = f" (a plugin providing {name!r} failed to load: {failed[0]})" if failed else ""
-        raise DatasetError(f"unknown dataset {name!r}{_suggest(str(name), list(DATASETS))}{hint}; "
-                           f"datasets: {list(DATASETS)}")
+        raise DatasetError(
+            f"unknown dataset {name!r}{_suggest(str(name), list(DATASETS))}{hint}; datasets: {list(DATASETS)}"
+        )
     spec = DATASETS[name]
     if task not in spec.tasks:
-        raise DatasetError(f"dataset {name!r} does not serve task {task!r} (it serves {list(spec.tasks)}); "
-                           f"datasets for {task}: {list_datasets(task)}")
+        raise DatasetError(
+            f"dataset {name!r} does not serve task {task!r} (it serves {list(spec.tasks)}); "
+            f"datasets for {task}: {list_datasets(task)}"
+        )
     return spec.build(split, root=root, task=task, **options)

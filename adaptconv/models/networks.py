@@ -104,8 +104,11 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.conv1(x)), inplace=True)
@@ -118,8 +121,14 @@ class SimpleCNN(nn.Module):
     ``features_only=True`` returns the list of stage outputs instead (for segmentation).
     """
 
-    def __init__(self, in_chans: int = 3, num_classes: int = 10, widths=(32, 64, 128), blocks: int = 1,
-                 features_only: bool = False) -> None:
+    def __init__(
+        self,
+        in_chans: int = 3,
+        num_classes: int = 10,
+        widths=(32, 64, 128),
+        blocks: int = 1,
+        features_only: bool = False,
+    ) -> None:
         super().__init__()
         self.stem = conv_bn_relu(in_chans, widths[0])
         stages, cin = [], widths[0]
@@ -129,7 +138,7 @@ class SimpleCNN(nn.Module):
             cin = w
         self.stages = nn.Sequential(*stages)
         self.features_only = features_only
-        self.feature_info = [dict(num_chs=w, reduction=2 ** i, module=f"stages.{i}") for i, w in enumerate(widths)]
+        self.feature_info = [dict(num_chs=w, reduction=2**i, module=f"stages.{i}") for i, w in enumerate(widths)]
         self.head = None if features_only else nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor):
@@ -155,9 +164,17 @@ class FCNSegmenter(nn.Module):
     was built without a guide).
     """
 
-    def __init__(self, backbone: nn.Module, channels: list[int], num_classes: int, width: int = 64, *,
-                 upsampler: str = "bilinear", reductions: list[int] | None = None,
-                 refiner: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        channels: list[int],
+        num_classes: int,
+        width: int = 64,
+        *,
+        upsampler: str = "bilinear",
+        reductions: list[int] | None = None,
+        refiner: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         _check_upsampler(upsampler)
         self.backbone = backbone
@@ -168,13 +185,17 @@ class FCNSegmenter(nn.Module):
         self.upsamplers = None
         if upsampler != BILINEAR:
             if reductions is None or len(reductions) != len(channels):
-                raise ValueError(f"FCNSegmenter: upsampler={upsampler!r} needs the backbone's reductions, "
-                                 "one per feature map")
+                raise ValueError(
+                    f"FCNSegmenter: upsampler={upsampler!r} needs the backbone's reductions, one per feature map"
+                )
             if any(r % reductions[0] for r in reductions):
                 raise ValueError(f"FCNSegmenter: reductions {reductions} are not multiples of the finest one")
             self.upsamplers = nn.ModuleList(
                 build_upsampler(upsampler, width, r // reductions[0], compressed_channels=width)
-                if r > reductions[0] else nn.Identity() for r in reductions)
+                if r > reductions[0]
+                else nn.Identity()
+                for r in reductions
+            )
         self.refiner = refiner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,8 +204,12 @@ class FCNSegmenter(nn.Module):
         if self.upsamplers is not None:
             y = sum(_fit(up(lat(f)), size) for lat, up, f in zip(self.lateral, self.upsamplers, feats))
         else:
-            y = sum(F.interpolate(lat(f), size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size
-                    else lat(f) for lat, f in zip(self.lateral, feats))
+            y = sum(
+                F.interpolate(lat(f), size=size, mode="bilinear", align_corners=False)
+                if f.shape[-2:] != size
+                else lat(f)
+                for lat, f in zip(self.lateral, feats)
+            )
         y = self.classifier(self.fuse(y))
         y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
         if self.refiner is None:
@@ -261,9 +286,19 @@ class JointUpsamplingNet(nn.Module):
     RGB_MEAN = (0.485, 0.456, 0.406)
     RGB_STD = (0.229, 0.224, 0.225)
 
-    def __init__(self, width: int = 32, layers: int = 4, guide_channels: int = 3, *, upsampler: str = "bilinear",
-                 scale: int | None = None, embed: int = 4, embed_gain: float = 300.0, floor: float = 1e-3,
-                 radius: int = 1) -> None:
+    def __init__(
+        self,
+        width: int = 32,
+        layers: int = 4,
+        guide_channels: int = 3,
+        *,
+        upsampler: str = "bilinear",
+        scale: int | None = None,
+        embed: int = 4,
+        embed_gain: float = 300.0,
+        floor: float = 1e-3,
+        radius: int = 1,
+    ) -> None:
         super().__init__()
         _check_upsampler(upsampler)
         if scale is not None and (not isinstance(scale, int) or scale < 2):
@@ -279,15 +314,30 @@ class JointUpsamplingNet(nn.Module):
         if upsampler != BILINEAR:
             if scale is None:
                 raise ValueError(f"JointUpsamplingNet: upsampler={upsampler!r} needs the integer scale (>= 2)")
-            self.upsample = build_upsampler(upsampler, 1, scale, k_up=2 * radius + 1, compressed_channels=width,
-                                            init="bilinear", init_floor=floor)
+            self.upsample = build_upsampler(
+                upsampler, 1, scale, k_up=2 * radius + 1, compressed_channels=width, init="bilinear", init_floor=floor
+            )
         self.kernels_from_upsampler = callable(getattr(self.upsample, "kernel_logits", None))
-        self.register_buffer("rgb_mean", torch.tensor(self.RGB_MEAN[:guide_channels]).view(1, -1, 1, 1)
-                             if guide_channels == 3 else torch.full((1, guide_channels, 1, 1), 0.5), persistent=False)
-        self.register_buffer("rgb_std", torch.tensor(self.RGB_STD[:guide_channels]).view(1, -1, 1, 1)
-                             if guide_channels == 3 else torch.full((1, guide_channels, 1, 1), 0.25), persistent=False)
-        self.guidance = nn.Sequential(nn.Conv2d(guide_channels, width, 3, padding=1), nn.ReLU(inplace=True),
-                                      nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True))
+        self.register_buffer(
+            "rgb_mean",
+            torch.tensor(self.RGB_MEAN[:guide_channels]).view(1, -1, 1, 1)
+            if guide_channels == 3
+            else torch.full((1, guide_channels, 1, 1), 0.5),
+            persistent=False,
+        )
+        self.register_buffer(
+            "rgb_std",
+            torch.tensor(self.RGB_STD[:guide_channels]).view(1, -1, 1, 1)
+            if guide_channels == 3
+            else torch.full((1, guide_channels, 1, 1), 0.25),
+            persistent=False,
+        )
+        self.guidance = nn.Sequential(
+            nn.Conv2d(guide_channels, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+        )
         self.target = nn.Module()
         self.target.head = nn.Conv2d(1, width, 3, padding=1)
         # Each layer sees the depth features and the guidance features side by side, so a plain conv
@@ -313,9 +363,11 @@ class JointUpsamplingNet(nn.Module):
             logits = self.upsample.kernel_logits(depth_lr)
             k = 2 * self.radius + 1
             if tuple(logits.shape[1:]) != (k * k, h * s, w * s):
-                raise ValueError(f"JointUpsamplingNet: upsampler {self.upsample.name!r}'s kernel_logits gave "
-                                 f"{tuple(logits.shape)}, expected B×{k * k}×{h * s}×{w * s} ({k}×{k} taps, "
-                                 f"the k_up={k} it is offered)")
+                raise ValueError(
+                    f"JointUpsamplingNet: upsampler {self.upsample.name!r}'s kernel_logits gave "
+                    f"{tuple(logits.shape)}, expected B×{k * k}×{h * s}×{w * s} ({k}×{k} taps, "
+                    f"the k_up={k} it is offered)"
+                )
             return logits
         key = (h, w, s, depth_lr.device, depth_lr.dtype)
         if key not in self._prior:
@@ -330,8 +382,10 @@ class JointUpsamplingNet(nn.Module):
         (hh, ww), (h, w) = rgb.shape[-2:], depth_lr.shape[-2:]
         s = hh // h
         if s < 2 or (hh, ww) != (h * s, w * s) or (self.scale is not None and s != self.scale):
-            raise ValueError(f"JointUpsamplingNet: rgb {tuple(rgb.shape)} must be exactly the depth "
-                             f"{tuple(depth_lr.shape)} × {self.scale or 'an integer scale >= 2'}")
+            raise ValueError(
+                f"JointUpsamplingNet: rgb {tuple(rgb.shape)} must be exactly the depth "
+                f"{tuple(depth_lr.shape)} × {self.scale or 'an integer scale >= 2'}"
+            )
         mean = depth_lr.mean(dim=(1, 2, 3), keepdim=True)
         centred = depth_lr - mean
         base = self.base_logits(centred, s)
@@ -360,9 +414,14 @@ class DnCNN(nn.Module):
         if depth < 3:
             raise ValueError(f"DnCNN depth must be >= 3, got {depth}")
         self.head = nn.Conv2d(channels, width, 3, padding=1)
-        self.body = nn.Sequential(*[nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False),
-                                                  nn.BatchNorm2d(width), nn.ReLU(inplace=True))
-                                    for _ in range(depth - 2)])
+        self.body = nn.Sequential(
+            *[
+                nn.Sequential(
+                    nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+                )
+                for _ in range(depth - 2)
+            ]
+        )
         self.tail = nn.Conv2d(width, channels, 3, padding=1)
         # start as the identity (the noisy input, no noise predicted): a random tail starts ~8 dB below
         # the input and spends a short budget just getting back to it

@@ -25,14 +25,25 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..results.atomic import write_text_atomic
-from ..results.store import STATES
+from ..atomic import write_text_atomic
 from ..results.collect import Collection, raised
+from ..results.store import STATES
 from .claims import ClaimsTable
 from .figures import Figure, all_figures, slug
 from .findings import METHOD, findings
-from .tables import (CONTENDED_MARK, NOISY_MARK, Layout, build_layout, display_table, environment_table, section_table, status_table,
-                     to_html, to_latex, to_markdown)
+from .tables import (
+    CONTENDED_MARK,
+    NOISY_MARK,
+    Layout,
+    build_layout,
+    display_table,
+    environment_table,
+    section_table,
+    status_table,
+    to_html,
+    to_latex,
+    to_markdown,
+)
 
 
 @dataclass
@@ -120,8 +131,9 @@ def plain_text(text: str) -> str:
     return _EM.sub(r"\1", _STRONG.sub(r"\1", _CODE.sub(r"\1", str(text))))
 
 
-def build_report(col: Collection, out: str | os.PathLike, *, command: str | None = None,
-                 claims: "ClaimsTable | None" = None) -> Report:
+def build_report(
+    col: Collection, out: str | os.PathLike, *, command: str | None = None, claims: ClaimsTable | None = None
+) -> Report:
     """Write the report of ``col`` into ``out`` and return what it contains; ``claims``: the published
     claims judged on ``col`` (:func:`adaptconv.report.claims.report_claims`), a section and
     ``tables/claims.*`` of their own."""
@@ -156,12 +168,19 @@ def build_report(col: Collection, out: str | os.PathLike, *, command: str | None
     notes = _reading_notes(layout)
     found = findings(layout)
     cmd = command or f"adaptconv report {col.suite}"
-    write_text_atomic(out / "README.md", _markdown(col, layout, sections, figures, status, env, counts, notes, cmd,
-                                                   found, claims))
-    write_text_atomic(out / "index.html", _html(col, layout, sections, figures, status, env, counts, notes, cmd,
-                                                found, claims))
-    manifest = {"suite": col.suite, "counts": counts, "primary_metric": col.primary,
-                "figures": [asdict(f) for f in figures], "tables": report.tables}
+    write_text_atomic(
+        out / "README.md", _markdown(col, layout, sections, figures, status, env, counts, notes, cmd, found, claims)
+    )
+    write_text_atomic(
+        out / "index.html", _html(col, layout, sections, figures, status, env, counts, notes, cmd, found, claims)
+    )
+    manifest = {
+        "suite": col.suite,
+        "counts": counts,
+        "primary_metric": col.primary,
+        "figures": [asdict(f) for f in figures],
+        "tables": report.tables,
+    }
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     _remove_stale(out, {f.file for f in figures} | set(report.tables))
     return report
@@ -181,7 +200,11 @@ def _summary(col: Collection, counts: dict[str, int]) -> str:
     text = f"{counts['done']} of {total} trials finished"
     rest = [f"{counts[s]} {s}" for s in STATES[1:] if counts[s]]
     if rest:
-        text += " (" + ", ".join(rest) + "). Tables and figures use the finished trials only; the others are listed at the end"
+        text += (
+            " ("
+            + ", ".join(rest)
+            + "). Tables and figures use the finished trials only; the others are listed at the end"
+        )
     return text + "."
 
 
@@ -202,18 +225,24 @@ def latency_warning(layout: Layout) -> str | None:
     total = len(runs)
     parts = []
     if contended.any():
-        parts.append(f"{int(contended.sum())} of {total} latency runs were timed while other processes competed for the "
-                     f"CPU ({CONTENDED_MARK} in the tables, hollow markers in the figures). On an oversubscribed CPU a "
-                     "latency measures the machine's load, not the operator: every repeat can be equally slow, so a "
-                     "tight interval does not vouch for it, and a ratio to `conv` mixes two different loads. Do not "
-                     "read these as the operators' speed; rerun the suite into another results folder on a quiet "
-                     "machine (or with fewer `threads` than cores) and compare.")
+        parts.append(
+            f"{int(contended.sum())} of {total} latency runs were timed while other processes competed for the "
+            f"CPU ({CONTENDED_MARK} in the tables, hollow markers in the figures). On an oversubscribed CPU a "
+            "latency measures the machine's load, not the operator: every repeat can be equally slow, so a "
+            "tight interval does not vouch for it, and a ratio to `conv` mixes two different loads. Do not "
+            "read these as the operators' speed; rerun the suite into another results folder on a quiet "
+            "machine (or with fewer `threads` than cores) and compare."
+        )
     if noisy.any():
-        parts.append(f"{int(noisy.sum())} of {total} latency runs are noisy ({NOISY_MARK}: their repeats spread more "
-                     "than 10% of the median).")
+        parts.append(
+            f"{int(noisy.sum())} of {total} latency runs are noisy ({NOISY_MARK}: their repeats spread more "
+            "than 10% of the median)."
+        )
     if unchecked.any():
-        parts.append(f"{int(unchecked.sum())} of {total} latency runs were recorded before adaptconv checked the host, "
-                     "so whether the machine was quiet is unknown.")
+        parts.append(
+            f"{int(unchecked.sum())} of {total} latency runs were recorded before adaptconv checked the host, "
+            "so whether the machine was quiet is unknown."
+        )
     if not parts:
         return None
     return "**Latencies to read with care.** " + " ".join(parts)
@@ -239,8 +268,14 @@ def _markdown(col, layout, sections, figures, status, env, counts, notes, cmd, f
     if claims is not None:
         lines += claims.markdown_lines()
     for section, name, cells, marks in sections:
-        lines += [f"## {section}", "", to_markdown(cells, marks), "",
-                  f"Tables: [CSV](tables/{name}.csv) · [LaTeX](tables/{name}.tex)", ""]
+        lines += [
+            f"## {section}",
+            "",
+            to_markdown(cells, marks),
+            "",
+            f"Tables: [CSV](tables/{name}.csv) · [LaTeX](tables/{name}.tex)",
+            "",
+        ]
         for f in _section_figures(figures, section):
             lines += [f"![{f.caption}]({f.file})", "", f"*{f.caption}*", ""]
     rest = [f for f in figures if f.kind in ("scaling", "ablation")]
@@ -256,11 +291,14 @@ def _markdown(col, layout, sections, figures, status, env, counts, notes, cmd, f
 
 def _html(col, layout, sections, figures, status, env, counts, notes, cmd, found=(), claims=None) -> str:
     esc = html.escape
-    parts = [f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>adaptconv report: {esc(col.suite)}"
-             f"</title><style>{CSS}</style></head><body>", f"<h1>adaptconv report: {esc(col.suite)}</h1>"]
+    parts = [
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>adaptconv report: {esc(col.suite)}'
+        f"</title><style>{CSS}</style></head><body>",
+        f"<h1>adaptconv report: {esc(col.suite)}</h1>",
+    ]
     if found:
         parts.append("<h2>Findings</h2>")
-        parts.append(f"<p class=\"note\">{inline_html(METHOD)}</p>")
+        parts.append(f'<p class="note">{inline_html(METHOD)}</p>')
         for section, paragraphs in found:
             parts.append(f"<p><strong>{esc(section)}.</strong> {inline_html(paragraphs[0])}</p>")
             parts += [f"<p>{inline_html(p)}</p>" for p in paragraphs[1:]]
@@ -269,16 +307,18 @@ def _html(col, layout, sections, figures, status, env, counts, notes, cmd, found
     parts.append(f"<p>{esc(_summary(col, counts))} Regenerate with <code>{esc(cmd)}</code>.</p>")
     warning = latency_warning(layout)
     if warning:
-        parts.append(f"<p class=\"warning\">{inline_html(warning)}</p>")
-    parts.append("<h2>How to read it</h2><ul>" + "".join(f"<li class=\"note\">{inline_html(n)}</li>" for n in notes)
-                 + "</ul>")
+        parts.append(f'<p class="warning">{inline_html(warning)}</p>')
+    parts.append(
+        "<h2>How to read it</h2><ul>" + "".join(f'<li class="note">{inline_html(n)}</li>' for n in notes) + "</ul>"
+    )
     if claims is not None:
         parts += claims.html_parts()
     for section, name, cells, marks in sections:
         parts.append(f"<h2>{esc(section)}</h2>")
         parts.append(to_html(cells, marks))
-        parts.append(f"<p class=\"note\">Tables: <a href=\"tables/{name}.csv\">CSV</a> · "
-                     f"<a href=\"tables/{name}.tex\">LaTeX</a></p>")
+        parts.append(
+            f'<p class="note">Tables: <a href="tables/{name}.csv">CSV</a> · <a href="tables/{name}.tex">LaTeX</a></p>'
+        )
         for f in _section_figures(figures, section):
             parts.append(_figure_html(f))
     rest = [f for f in figures if f.kind in ("scaling", "ablation")]
@@ -295,5 +335,7 @@ def _html(col, layout, sections, figures, status, env, counts, notes, cmd, found
 
 
 def _figure_html(f: Figure) -> str:
-    return (f"<figure><img src=\"{html.escape(f.file)}\" alt=\"{html.escape(plain_text(f.caption))}\">"
-            f"<figcaption>{inline_html(f.caption)}</figcaption></figure>")
+    return (
+        f'<figure><img src="{html.escape(f.file)}" alt="{html.escape(plain_text(f.caption))}">'
+        f"<figcaption>{inline_html(f.caption)}</figcaption></figure>"
+    )

@@ -70,10 +70,12 @@ MEASURE_METRICS = {"params": False, "flops": False}
 #: measurements that are not seed-level quantities and so cannot be judged by a paired-by-seed CI
 NOT_SEED_LEVEL = ("inference_ms", "train_step_ms", "inference_peak_mb", "train_step_peak_mb", "throughput_ips")
 #: config keys a `where:` may not fix (named elsewhere in a claim, or not a factor of a result)
-RESERVED_WHERE = {"op": "use `op:` / `against:`", "seed": "the seed is what claims are paired over",
-                  **{k: "use `section:`" for k in SECTION_KEYS},
-                  **{k: "a run key (where a trial ran), not a factor of its result"
-                     for k in ("device", "threads", "data_root")}}
+RESERVED_WHERE = {
+    "op": "use `op:` / `against:`",
+    "seed": "the seed is what claims are paired over",
+    **{k: "use `section:`" for k in SECTION_KEYS},
+    **{k: "a run key (where a trial ran), not a factor of its result" for k in ("device", "threads", "data_root")},
+}
 ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 SUPPORTED, NOT_SUPPORTED, CONTRADICTED = "supported", "not supported", "contradicted"
@@ -87,6 +89,7 @@ class ClaimsError(FileConfigError):
 
 
 # ---- the file --------------------------------------------------------------------------------------
+
 
 @dataclass
 class NonInferior:
@@ -172,8 +175,14 @@ def load_claims(path: str | Path, operators: Literal["error", "warn"] = "warn") 
     problems = _Problems(lines)
     raw = load_yaml(text, path, ClaimsError)
     if not isinstance(raw, dict):
-        raise ClaimsError([("the file is empty: " if raw is None else "") + "a claims file is a mapping with one key, `claims:`, a list of claims "
-                           "(id, claim, source, section, op, metric, direction, ...)"], path)
+        raise ClaimsError(
+            [
+                ("the file is empty: " if raw is None else "")
+                + "a claims file is a mapping with one key, `claims:`, a list of claims "
+                "(id, claim, source, section, op, metric, direction, ...)"
+            ],
+            path,
+        )
     for key, first, again in duplicates:
         problems.add(key, f"given twice (lines {first} and {again}); YAML would keep the second silently")
     try:
@@ -202,17 +211,23 @@ def _check_structure(claims: list[Claim], problems: _Problems) -> None:
             problems.add(at + ("id",), f"{c.id!r} must be letters, digits, '-', '_' or '.'")
         elif c.id in seen:
             first = problems.lines.get(("claims", seen[c.id], "id"))
-            problems.add(at + ("id",), f"{c.id!r} is already the id of claim {seen[c.id]}"
-                                       + (f" (line {first})" if first else ""))
+            problems.add(
+                at + ("id",),
+                f"{c.id!r} is already the id of claim {seen[c.id]}" + (f" (line {first})" if first else ""),
+            )
         seen.setdefault(c.id, i)
         for key in ("claim", "source"):
             if not getattr(c, key).strip():
-                problems.add(at + (key,), "must not be empty" + (": cite the paper (authors, title, venue, year)"
-                                                                 if key == "source" else ""))
+                problems.add(
+                    at + (key,),
+                    "must not be empty" + (": cite the paper (authors, title, venue, year)" if key == "source" else ""),
+                )
         for key, value in c.section.items():
             if key not in SECTION_KEYS:
-                problems.add(at + ("section", key), f"unknown key{did_you_mean(key, SECTION_KEYS)}; "
-                                                    f"a section is named by {', '.join(SECTION_KEYS)}")
+                problems.add(
+                    at + ("section", key),
+                    f"unknown key{did_you_mean(key, SECTION_KEYS)}; a section is named by {', '.join(SECTION_KEYS)}",
+                )
             elif not isinstance(value, str):
                 problems.add(at + ("section", key), f"expected a name, got {value!r}")
         if "task" not in c.section:
@@ -222,8 +237,11 @@ def _check_structure(claims: list[Claim], problems: _Problems) -> None:
                 if key in RESERVED_WHERE:
                     problems.add(at + (where, key), f"cannot be fixed here: {RESERVED_WHERE[key]}")
         if c.op == c.against and not c.op_where and not c.against_where:
-            problems.add(at + ("against",), f"compares {c.op!r} with itself: name another operator or "
-                                            "baseline, or tell the sides apart with op_where / against_where")
+            problems.add(
+                at + ("against",),
+                f"compares {c.op!r} with itself: name another operator or "
+                "baseline, or tell the sides apart with op_where / against_where",
+            )
         for key in ("flops_ratio_max", "params_ratio_max"):
             v = getattr(c, key)
             if v is not None and not v > 0:
@@ -233,22 +251,26 @@ def _check_structure(claims: list[Claim], problems: _Problems) -> None:
 
 
 def _check_metric(name: str, task: str, info: dict, at: tuple, problems: _Problems) -> None:
-    """``info``: the task's entry of :func:`adaptconv.sweep.cache.installation`."""
+    """``info``: the task's entry of :func:`adaptconv.installed.installation`."""
     allowed = list(info["metrics"]) + list(MEASURE_METRICS)
     if name in allowed:
         return
     if name in NOT_SEED_LEVEL:
-        problems.add(at, f"{name!r} is a timing or memory measurement, not a seed-level result: it cannot be "
-                         f"judged by a paired-by-seed interval; choose one of {', '.join(allowed)}")
+        problems.add(
+            at,
+            f"{name!r} is a timing or memory measurement, not a seed-level result: it cannot be "
+            f"judged by a paired-by-seed interval; choose one of {', '.join(allowed)}",
+        )
         return
-    problems.add(at, f"unknown metric {name!r} of task {task!r}{did_you_mean(name, allowed)}; "
-                     f"choices: {', '.join(allowed)}")
+    problems.add(
+        at, f"unknown metric {name!r} of task {task!r}{did_you_mean(name, allowed)}; choices: {', '.join(allowed)}"
+    )
 
 
 def _check_names(cf: ClaimsFile, problems: _Problems, operators: str) -> None:
     """Names against what this installation knows: tasks, datasets, backbones, metrics, task options
     (built in: always errors) and operators (plugins may be missing here: errors or warnings)."""
-    from ..sweep.cache import installation
+    from ..installed import installation
 
     inst = installation()  # plain data, cached: no torch once this installation has been described
     ops = list(inst["ops"])
@@ -259,22 +281,28 @@ def _check_names(cf: ClaimsFile, problems: _Problems, operators: str) -> None:
         at = ("claims", i)
         task = c.section["task"]
         if task not in tasks:
-            problems.add(at + ("section", "task"), f"unknown task {task!r}{did_you_mean(task, list(tasks))}; "
-                                                   f"choices: {', '.join(tasks)}")
+            problems.add(
+                at + ("section", "task"),
+                f"unknown task {task!r}{did_you_mean(task, list(tasks))}; choices: {', '.join(tasks)}",
+            )
             continue
         info = tasks[task]
         dataset = c.section.get("dataset")
         if dataset is not None and dataset not in info["datasets"]:
-            problems.add(at + ("section", "dataset"),
-                         f"{dataset!r} is not a dataset of task {task!r}{did_you_mean(dataset, info['datasets'])}; "
-                         f"choices: {', '.join(info['datasets'])}")
+            problems.add(
+                at + ("section", "dataset"),
+                f"{dataset!r} is not a dataset of task {task!r}{did_you_mean(dataset, info['datasets'])}; "
+                f"choices: {', '.join(info['datasets'])}",
+            )
         backbone = c.section.get("backbone")
         if backbone is not None and backbone not in info["backbones"]:
             # a timm name may carry a pretrained tag (resnet18.a1_in1k)
             if not (info["accepts_timm"] and backbone.split(".")[0] in timm_models):
-                problems.add(at + ("section", "backbone"),
-                             f"{backbone!r} is not a network of task {task!r}{did_you_mean(backbone, info['backbones'])}; "
-                             f"choices: {', '.join(info['backbones'])}" + (" or a timm model" if info["accepts_timm"] else ""))
+                problems.add(
+                    at + ("section", "backbone"),
+                    f"{backbone!r} is not a network of task {task!r}{did_you_mean(backbone, info['backbones'])}; "
+                    f"choices: {', '.join(info['backbones'])}" + (" or a timm model" if info["accepts_timm"] else ""),
+                )
         _check_metric(c.metric, task, info, at + ("metric",), problems)
         if c.non_inferior is not None:
             _check_metric(c.non_inferior.metric, task, info, at + ("non_inferior", "metric"), problems)
@@ -283,10 +311,15 @@ def _check_names(cf: ClaimsFile, problems: _Problems, operators: str) -> None:
             for key in getattr(c, where):
                 head, _, rest = key.partition(".")
                 if head not in config_keys:
-                    problems.add(at + (where, key), f"{head!r} is not a trial config key{did_you_mean(head, config_keys)}")
+                    problems.add(
+                        at + (where, key), f"{head!r} is not a trial config key{did_you_mean(head, config_keys)}"
+                    )
                 elif head == "task_options" and rest.split(".")[0] not in options:
-                    problems.add(at + (where, key), f"task {task!r} has no option {rest!r}"
-                                                    f"{did_you_mean(rest, options)}; options: {', '.join(options)}")
+                    problems.add(
+                        at + (where, key),
+                        f"task {task!r} has no option {rest!r}"
+                        f"{did_you_mean(rest, options)}; options: {', '.join(options)}",
+                    )
         baselines = tuple(info["baselines"])
         for side, name in (("op", c.op), ("against", c.against)):
             choices = ops + (list(baselines) if side == "against" else [])
@@ -294,22 +327,36 @@ def _check_names(cf: ClaimsFile, problems: _Problems, operators: str) -> None:
                 continue
             if side == "against" and not baselines:
                 # this task does not list its baselines: the results will say whether it is one
-                cf.unresolved.append((c.id, name, f"{cf.path}: claim {c.id!r} (line {cf.lines.get(at + (side,), '?')}): "
-                                   f"{name!r} is not a registered operator; taken to be a trivial baseline of "
-                                   f"task {task!r}, checked against the results when a report is built"))
+                cf.unresolved.append(
+                    (
+                        c.id,
+                        name,
+                        f"{cf.path}: claim {c.id!r} (line {cf.lines.get(at + (side,), '?')}): "
+                        f"{name!r} is not a registered operator; taken to be a trivial baseline of "
+                        f"task {task!r}, checked against the results when a report is built",
+                    )
+                )
                 continue
             what = "operator or trivial baseline" if side == "against" else "operator"
-            message = (f"unknown {what} {name!r}{did_you_mean(name, choices)}; operators: {', '.join(ops)}"
-                       + (f"; baselines of task {task!r}: {', '.join(baselines)}" if side == "against" and baselines else ""))
+            message = f"unknown {what} {name!r}{did_you_mean(name, choices)}; operators: {', '.join(ops)}" + (
+                f"; baselines of task {task!r}: {', '.join(baselines)}" if side == "against" and baselines else ""
+            )
             if operators == "error":
                 problems.add(at + (side,), message)
             else:
-                cf.unresolved.append((c.id, name, f"{cf.path}: claim {c.id!r} (line {cf.lines.get(at + (side,), '?')}): "
-                                            f"{message} (not installed here? it must then be in the results)"))
+                cf.unresolved.append(
+                    (
+                        c.id,
+                        name,
+                        f"{cf.path}: claim {c.id!r} (line {cf.lines.get(at + (side,), '?')}): "
+                        f"{message} (not installed here? it must then be in the results)",
+                    )
+                )
 
 
-def report_claims(col, *, claims_path: str | Path | None = None,
-                  suite_path: str | Path | None = None) -> ClaimsTable | None:
+def report_claims(
+    col, *, claims_path: str | Path | None = None, suite_path: str | Path | None = None
+) -> ClaimsTable | None:
     """The claims table of a report, as ``adaptconv report`` builds it: ``claims_path`` given, every claim
     must judge a section of this suite; else the project's default file (:func:`default_claims_path`)
     judges the sections this suite has and lists the others; None without a file."""
@@ -321,6 +368,7 @@ def report_claims(col, *, claims_path: str | Path | None = None,
 
 
 # ---- judging claims on a collection ----------------------------------------------------------------
+
 
 @dataclass
 class Condition:
@@ -366,18 +414,37 @@ class ClaimsTable:
         rows = []
         for r in self.results:
             c, d = r.claim, r.diff
-            rows.append({
-                "id": c.id, "claim": c.claim, "source": c.source, "section": c.section_label(),
-                **{key: json.dumps(getattr(c, key), sort_keys=True) if getattr(c, key) else ""
-                   for key in ("where", "op_where", "against_where")},
-                "op": c.op, "against": c.against, "metric": c.metric, "direction": c.direction,
-                "n": r.n, "op_mean": r.op_mean, "against_mean": r.against_mean,
-                "diff_mean": d.mean if d else math.nan, "diff_ci_low": d.low if d else math.nan,
-                "diff_ci_high": d.high if d else math.nan, "p_value": d.p_value if d else math.nan,
-                "significant_holm": r.significant, "flops_ratio": r.flops_ratio, "params_ratio": r.params_ratio,
-                "conditions": "; ".join(f"{x.text} ({x.state})" for x in r.conditions),
-                "budget": r.budget, "verdict": r.verdict, "reason": r.reason, "note": c.note,
-            })
+            rows.append(
+                {
+                    "id": c.id,
+                    "claim": c.claim,
+                    "source": c.source,
+                    "section": c.section_label(),
+                    **{
+                        key: json.dumps(getattr(c, key), sort_keys=True) if getattr(c, key) else ""
+                        for key in ("where", "op_where", "against_where")
+                    },
+                    "op": c.op,
+                    "against": c.against,
+                    "metric": c.metric,
+                    "direction": c.direction,
+                    "n": r.n,
+                    "op_mean": r.op_mean,
+                    "against_mean": r.against_mean,
+                    "diff_mean": d.mean if d else math.nan,
+                    "diff_ci_low": d.low if d else math.nan,
+                    "diff_ci_high": d.high if d else math.nan,
+                    "p_value": d.p_value if d else math.nan,
+                    "significant_holm": r.significant,
+                    "flops_ratio": r.flops_ratio,
+                    "params_ratio": r.params_ratio,
+                    "conditions": "; ".join(f"{x.text} ({x.state})" for x in r.conditions),
+                    "budget": r.budget,
+                    "verdict": r.verdict,
+                    "reason": r.reason,
+                    "note": c.note,
+                }
+            )
         return pd.DataFrame(rows, columns=None if rows else ["id", "verdict"])
 
     def display(self) -> pd.DataFrame:
@@ -386,11 +453,20 @@ class ClaimsTable:
         rows = []
         for r in self.results:
             verdict = r.verdict + (f": {r.reason}" if r.reason else "")
-            rows.append({"claim": r.claim.claim, "source": r.claim.source, "section": _section_text(r.claim),
-                         "measured effect": _effect_text(r), "condition": _conditions_text(r),
-                         "budget": r.budget or "–", "verdict": verdict})
-        return pd.DataFrame(rows, columns=["claim", "source", "section", "measured effect", "condition",
-                                           "budget", "verdict"])
+            rows.append(
+                {
+                    "claim": r.claim.claim,
+                    "source": r.claim.source,
+                    "section": _section_text(r.claim),
+                    "measured effect": _effect_text(r),
+                    "condition": _conditions_text(r),
+                    "budget": r.budget or "–",
+                    "verdict": verdict,
+                }
+            )
+        return pd.DataFrame(
+            rows, columns=["claim", "source", "section", "measured effect", "condition", "budget", "verdict"]
+        )
 
     def notes(self) -> list[str]:
         """How to read the table (and what was left out), in words."""
@@ -413,8 +489,11 @@ class ClaimsTable:
             why: dict[str, list[str]] = {}
             for c, reason in self.skipped:
                 why.setdefault(reason, []).append(c.id)
-            notes.append(f"Not judged here ({len(self.skipped)} of the claims in {self.path.name}): "
-                         + "; ".join(f"{reason}: {', '.join(ids)}" for reason, ids in why.items()) + ".")
+            notes.append(
+                f"Not judged here ({len(self.skipped)} of the claims in {self.path.name}): "
+                + "; ".join(f"{reason}: {', '.join(ids)}" for reason, ids in why.items())
+                + "."
+            )
         return notes
 
     def summary(self) -> str:
@@ -425,14 +504,21 @@ class ClaimsTable:
         order = (SUPPORTED, NOT_SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_MEASURED)
         parts = [f"{counts[v]} {v}" for v in order if counts.get(v)]
         n = len(self.results)
-        return (f"Of {n} published claim{'s' if n != 1 else ''} judged on this suite: " + ", ".join(parts) + "."
-                if n else "No published claim could be judged on this suite.")
+        return (
+            f"Of {n} published claim{'s' if n != 1 else ''} judged on this suite: " + ", ".join(parts) + "."
+            if n
+            else "No published claim could be judged on this suite."
+        )
 
     def files(self) -> dict[str, str]:
         """The table files a report writes, relative to its folder."""
-        return {"tables/claims.csv": self.to_csv(), "tables/claims.md": self.to_markdown() + "\n",
-                "tables/claims.tex": self.to_latex(f"{self.suite}: published claims",
-                                                   f"tab:{re.sub(r'[^A-Za-z0-9]+', '-', self.suite)}-claims")}
+        return {
+            "tables/claims.csv": self.to_csv(),
+            "tables/claims.md": self.to_markdown() + "\n",
+            "tables/claims.tex": self.to_latex(
+                f"{self.suite}: published claims", f"tab:{re.sub(r'[^A-Za-z0-9]+', '-', self.suite)}-claims"
+            ),
+        }
 
     def markdown_lines(self) -> list[str]:
         """The report's "Published claims" section in Markdown."""
@@ -446,9 +532,12 @@ class ClaimsTable:
         """The same section as HTML (the report's page styles bare ``<table>`` elements)."""
         parts = ["<h2>Published claims</h2>", f"<p>{html.escape(self.summary())}</p>"]
         if self.results:
-            parts += [self.to_html(), "<p class=\"note\">Tables: <a href=\"tables/claims.csv\">CSV</a> · "
-                                      "<a href=\"tables/claims.tex\">LaTeX</a></p>"]
-        parts.append("<ul>" + "".join(f"<li class=\"note\">{html.escape(n)}</li>" for n in self.notes()) + "</ul>")
+            parts += [
+                self.to_html(),
+                '<p class="note">Tables: <a href="tables/claims.csv">CSV</a> · '
+                '<a href="tables/claims.tex">LaTeX</a></p>',
+            ]
+        parts.append("<ul>" + "".join(f'<li class="note">{html.escape(n)}</li>' for n in self.notes()) + "</ul>")
         return parts
 
     def to_latex(self, caption: str, label: str) -> str:
@@ -457,15 +546,29 @@ class ClaimsTable:
 
         def latex_escape(text) -> str:  # what the report's escaper leaves as Unicode
             out = _escape(text)
-            for ch, tex in (("−", "$-$"), ("≤", r"$\leq$"), ("≥", r"$\geq$"), ("✓", "(holds)"), ("✗", "(fails)"),
-                            ("Δ", r"$\Delta$")):
+            for ch, tex in (
+                ("−", "$-$"),
+                ("≤", r"$\leq$"),
+                ("≥", r"$\geq$"),
+                ("✓", "(holds)"),
+                ("✗", "(fails)"),
+                ("Δ", r"$\Delta$"),
+            ):
                 out = out.replace(ch, tex)
             return out
 
         cells = self.display()
-        lines = [r"\begin{table*}[t]", r"\centering", r"\small", rf"\caption{{{latex_escape(caption)}}}",
-                 rf"\label{{{label}}}", r"\begin{tabular}{" + _LATEX_COLUMNS + "}", r"\toprule",
-                 " & ".join(latex_escape(c) for c in cells.columns) + r" \\", r"\midrule"]
+        lines = [
+            r"\begin{table*}[t]",
+            r"\centering",
+            r"\small",
+            rf"\caption{{{latex_escape(caption)}}}",
+            rf"\label{{{label}}}",
+            r"\begin{tabular}{" + _LATEX_COLUMNS + "}",
+            r"\toprule",
+            " & ".join(latex_escape(c) for c in cells.columns) + r" \\",
+            r"\midrule",
+        ]
         for row in cells.itertuples(index=False):
             lines.append(" & ".join(latex_escape(v) for v in row) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}", r"\end{table*}", ""]
@@ -481,8 +584,12 @@ class ClaimsTable:
         cells = self.display()
         head = "".join(f"<th>{html.escape(c)}</th>" for c in cells.columns)
         # the report's page keeps table cells on one line; the claims' sentences wrap instead
-        rows = ["<tr>" + "".join(f"<td style=\"white-space:normal;text-align:left\">{html.escape(str(v))}</td>"
-                                 for v in row) + "</tr>" for row in cells.itertuples(index=False)]
+        rows = [
+            "<tr>"
+            + "".join(f'<td style="white-space:normal;text-align:left">{html.escape(str(v))}</td>' for v in row)
+            + "</tr>"
+            for row in cells.itertuples(index=False)
+        ]
         return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>"
 
 
@@ -499,7 +606,7 @@ def _section_text(c: Claim) -> str:
 def _short(key: str) -> str:
     for prefix in ("op_options.", "task_options."):
         if key.startswith(prefix):
-            return key[len(prefix):]
+            return key[len(prefix) :]
     return key
 
 
@@ -515,7 +622,7 @@ def _effect_text(r: ClaimResult) -> str:
         return f"{head}: –"
     half = d.half if d.n >= 2 else math.nan
     digits = _decimals(half)
-    means = (f"{_fmt(r.op_mean, digits)} vs {_fmt(r.against_mean, digits)}")
+    means = f"{_fmt(r.op_mean, digits)} vs {_fmt(r.against_mean, digits)}"
     effect = f"{int(d.mean)} ± 0" if half == 0 and float(d.mean).is_integer() else format_mean_ci(d.mean, half)
     return f"{head} = {effect} ({means}; n={d.n})"
 
@@ -545,6 +652,7 @@ def _conditions_text(r: ClaimResult) -> str:
 
 # ---- selecting the rows of one side ----------------------------------------------------------------
 
+
 def _missing(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA
 
@@ -569,7 +677,7 @@ def _same(cell, value) -> bool:
 def _default(key: str, task: str | None, op: str | None):
     """The schema default of a config key: normalised configs leave some out at their default
     (a task's late options, an operator's options), so a missing cell means this value."""
-    from ..sweep.cache import installation
+    from ..installed import installation
 
     head, _, rest = key.partition(".")
     inst = installation()
@@ -623,8 +731,11 @@ def _closest_section(c: Claim, trials: pd.DataFrame) -> str:
     """A did-you-mean among the suite's sections of the claim's task (another task is no near miss)."""
     same = trials[trials["task"].astype(str) == c.section["task"]] if "task" in trials else trials.iloc[:0]
     keys = [k for k in SECTION_KEYS if k in c.section]
-    candidates = sorted({" · ".join(str(r[k]) for k in keys) for _, r in same[keys].drop_duplicates().iterrows()}) \
-        if len(same) and all(k in same for k in keys) else []
+    candidates = (
+        sorted({" · ".join(str(r[k]) for k in keys) for _, r in same[keys].drop_duplicates().iterrows()})
+        if len(same) and all(k in same for k in keys)
+        else []
+    )
     if not candidates:
         return f" (it has no section of task {c.section['task']!r})"
     close = difflib.get_close_matches(c.section_label(), candidates, n=1, cutoff=0.0)
@@ -652,9 +763,11 @@ def _side_values(rows: pd.DataFrame, columns: list[str], factors: list[str]) -> 
         if len(g) > 1 and not np.allclose(vals, vals[0], rtol=1e-12, atol=0, equal_nan=True):
             varying = [f for f in factors if f in g and g[f].map(repr).nunique() > 1]
             detail = "; ".join(f"{f} = {', '.join(sorted(g[f].map(_cell_text).unique()))}" for f in varying)
-            raise _Ambiguous(f"{len(g)} configurations at seed {seed}"
-                             + (f" that differ in {detail}" if detail else "")
-                             + ": fix the others with where / op_where / against_where")
+            raise _Ambiguous(
+                f"{len(g)} configurations at seed {seed}"
+                + (f" that differ in {detail}" if detail else "")
+                + ": fix the others with where / op_where / against_where"
+            )
         seed_key = int(seed) if float(seed).is_integer() else seed
         out[seed_key] = float(np.nanmean(vals[:, 0])) if np.isfinite(vals[:, 0]).any() else math.nan
     return out
@@ -700,8 +813,8 @@ def evaluate_claims(claims: ClaimsFile, col, *, strict: bool = True, alpha: floa
     suites) the claim is left out of the table and the notes say why, so a report is never stopped by
     a claim meant for another suite.
     """
+    from ..installed import installation
     from ..results.collect import NOT_A_FACTOR
-    from ..sweep.cache import installation
 
     trials = _in_suite(col.trials)
     # the trivial baselines (adaptconv.results.collect.baseline_table): their own rows, op = their name
@@ -718,9 +831,14 @@ def evaluate_claims(claims: ClaimsFile, col, *, strict: bool = True, alpha: floa
         issues: list[tuple[tuple, str, str]] = []  # (key path, message for the error, reason for the notes)
         sec = _section_rows(trials, c)
         if sec.empty:
-            issues.append((at + ("section",), f"section {c.section_label()} is not in suite {col.suite!r}"
-                           f"{_closest_section(c, trials)}; its sections: {', '.join(sections) or 'none'}",
-                           f"section {c.section_label()} is not in this suite"))
+            issues.append(
+                (
+                    at + ("section",),
+                    f"section {c.section_label()} is not in suite {col.suite!r}"
+                    f"{_closest_section(c, trials)}; its sections: {', '.join(sections) or 'none'}",
+                    f"section {c.section_label()} is not in this suite",
+                )
+            )
         done = sec[sec["status"] == "ok"] if "status" in sec else sec
         sec_baselines = _section_rows(baselines, c)
         for side, name in (("op", c.op), ("against", c.against)) if len(sec) else ():
@@ -730,25 +848,37 @@ def evaluate_claims(claims: ClaimsFile, col, *, strict: bool = True, alpha: floa
             tells = len(done) and (side == "op" or len(sec_baselines))
             if name not in result_ops and name not in known_ops and tells:
                 choices = sorted(known_ops | result_ops)
-                issues.append((at + (side,), f"{name!r} is neither in the results of suite {col.suite!r} nor a "
-                                             f"registered operator{did_you_mean(name, choices)}",
-                               f"no {name!r} in these results{did_you_mean(name, choices)}"))
+                issues.append(
+                    (
+                        at + (side,),
+                        f"{name!r} is neither in the results of suite {col.suite!r} nor a "
+                        f"registered operator{did_you_mean(name, choices)}",
+                        f"no {name!r} in these results{did_you_mean(name, choices)}",
+                    )
+                )
         metric_cols = {c.metric, *([c.non_inferior.metric] if c.non_inferior else [])}
-        present = [m[len("metric."):] for m in col.metric_columns if m in done and done[m].notna().any()] \
-            + [m for m in MEASURE_METRICS if m in done and done[m].notna().any()]
-        checks = [(("metric",), c.metric)] + ([(("non_inferior", "metric"), c.non_inferior.metric)]
-                                             if c.non_inferior else [])
+        present = [m[len("metric.") :] for m in col.metric_columns if m in done and done[m].notna().any()] + [
+            m for m in MEASURE_METRICS if m in done and done[m].notna().any()
+        ]
+        checks = [(("metric",), c.metric)] + (
+            [(("non_inferior", "metric"), c.non_inferior.metric)] if c.non_inferior else []
+        )
         for key, m in checks:
             if len(done) and m not in present:
-                issues.append((at + key, f"no {m!r} in the results of section {c.section_label()}"
-                                         f"{did_you_mean(m, present)}; they have {', '.join(present) or 'no metric'}",
-                               f"no {m!r} in the results of its section"))
+                issues.append(
+                    (
+                        at + key,
+                        f"no {m!r} in the results of section {c.section_label()}"
+                        f"{did_you_mean(m, present)}; they have {', '.join(present) or 'no metric'}",
+                        f"no {m!r} in the results of its section",
+                    )
+                )
         if not issues:
             try:
                 table.results.append(_judge(c, sec, sec_baselines, col, factors, metric_cols))
             except _Ambiguous as exc:
                 issues.append((at, f"claim {c.id!r} is ambiguous in suite {col.suite!r}: {exc}", f"ambiguous: {exc}"))
-        for key, message, reason in issues:
+        for key, message, _reason in issues:
             if strict:
                 problems.add(key, message)
         if issues and not strict:
@@ -783,13 +913,17 @@ def _rows_of(name: str, sec: pd.DataFrame, baselines: pd.DataFrame, where: dict,
     return _where(rows, where, task, name)
 
 
-def _judge(c: Claim, sec: pd.DataFrame, baselines: pd.DataFrame, col, factors: list[str],
-           metric_cols: set[str]) -> ClaimResult:
+def _judge(
+    c: Claim, sec: pd.DataFrame, baselines: pd.DataFrame, col, factors: list[str], metric_cols: set[str]
+) -> ClaimResult:
     task = c.section["task"]
     result = ClaimResult(c)
     sides = {}
-    value_cols = [_column(c.metric)] + [_column(m) for m in sorted(metric_cols - {c.metric})] \
+    value_cols = (
+        [_column(c.metric)]
+        + [_column(m) for m in sorted(metric_cols - {c.metric})]
         + [m for m in MEASURE_METRICS if m not in metric_cols]
+    )
     for side, name, where in (("op", c.op, c.op_where), ("against", c.against, c.against_where)):
         rows = _rows_of(name, sec, baselines, {**c.where, **where}, task)
         done = rows[rows["status"] == "ok"] if "status" in rows else rows
@@ -808,8 +942,10 @@ def _judge(c: Claim, sec: pd.DataFrame, baselines: pd.DataFrame, col, factors: l
     result.diff = diff
     if diff.n == 0:
         result.verdict = NOT_MEASURED
-        result.reason = (f"no seed in common ({c.op}: {', '.join(map(str, sorted(op.values)))}; "
-                         f"{c.against}: {', '.join(map(str, sorted(against.values)))})")
+        result.reason = (
+            f"no seed in common ({c.op}: {', '.join(map(str, sorted(op.values)))}; "
+            f"{c.against}: {', '.join(map(str, sorted(against.values)))})"
+        )
         return result
     seeds = diff.seeds
     result.op_mean = float(np.mean([op.values[s] for s in seeds]))
@@ -823,12 +959,18 @@ def _judge(c: Claim, sec: pd.DataFrame, baselines: pd.DataFrame, col, factors: l
         a, b = _mean_over(op.rows, column, seeds), _mean_over(against.rows, column, seeds)
         if not (np.isfinite(a) and np.isfinite(b) and b > 0):
             missing = c.op if not np.isfinite(a) else c.against
-            result.conditions.append(Condition(f"{label} ≤ ×{limit:g} {c.against} (no {label} for {missing})", "unknown"))
+            result.conditions.append(
+                Condition(f"{label} ≤ ×{limit:g} {c.against} (no {label} for {missing})", "unknown")
+            )
             continue
         ratio = a / b
         setattr(result, "flops_ratio" if column == "flops" else "params_ratio", ratio)
-        result.conditions.append(Condition(f"{label} ×{ratio:#.3g} {'≤' if ratio <= limit else '>'} {limit:g}",
-                                           "holds" if ratio <= limit else "fails"))
+        result.conditions.append(
+            Condition(
+                f"{label} ×{ratio:#.3g} {'≤' if ratio <= limit else '>'} {limit:g}",
+                "holds" if ratio <= limit else "fails",
+            )
+        )
     if c.non_inferior is not None:
         result.conditions.append(_non_inferior(c, op, against, col))
     return result
@@ -906,5 +1048,15 @@ def _decide(results: list[ClaimResult], alpha: float) -> None:
             r.verdict, r.reason = SUPPORTED, ""
 
 
-__all__ = ["Claim", "ClaimResult", "ClaimsError", "ClaimsFile", "ClaimsTable", "NonInferior", "default_claims_path",
-           "evaluate_claims", "load_claims", "report_claims"]
+__all__ = [
+    "Claim",
+    "ClaimResult",
+    "ClaimsError",
+    "ClaimsFile",
+    "ClaimsTable",
+    "NonInferior",
+    "default_claims_path",
+    "evaluate_claims",
+    "load_claims",
+    "report_claims",
+]

@@ -20,10 +20,12 @@ import pandas as pd
 from ..results.collect import MEASURES, Collection, raised
 from .tables import environment_summary
 
-
 #: the measurements that time something, with the flag that says a side's timing was contended
-TIMED = {"inference_ms": "inference_contended", "train_step_ms": "train_step_contended",
-         "throughput_ips": "throughput_contended"}
+TIMED = {
+    "inference_ms": "inference_contended",
+    "train_step_ms": "train_step_contended",
+    "throughput_ips": "throughput_contended",
+}
 
 
 @dataclass
@@ -39,8 +41,9 @@ class Comparison:
 
 
 def _environment(col: Collection) -> pd.DataFrame:
-    return environment_summary(col.trials, ("env.device_name", "env.torch", "env.git_commit", "env.git_dirty",
-                                            "env.hostname"))
+    return environment_summary(
+        col.trials, ("env.device_name", "env.torch", "env.git_commit", "env.git_dirty", "env.hostname")
+    )
 
 
 def compare(a: Collection, b: Collection, *, include_contended: bool = False) -> Comparison:
@@ -74,9 +77,22 @@ def compare(a: Collection, b: Collection, *, include_contended: bool = False) ->
         table[f"{v} B"] = vb
         table[f"{v} B/A"] = ratio
         r = ratio[np.isfinite(ratio) & (ratio > 0)]
-        rows.append({"column": v, "n": int(len(r)),
-                     "geomean B/A": float(np.exp(np.log(r).mean())) if len(r) else np.nan,
-                     "min B/A": float(r.min()) if len(r) else np.nan, "max B/A": float(r.max()) if len(r) else np.nan})
+        rows.append(
+            {
+                "column": v,
+                "n": int(len(r)),
+                "geomean B/A": float(np.exp(np.log(r).mean())) if len(r) else np.nan,
+                "min B/A": float(r.min()) if len(r) else np.nan,
+                "max B/A": float(r.max()) if len(r) else np.nan,
+            }
+        )
     table = table.reset_index().rename(columns={"index": "trial_id"})
-    return Comparison(table, pd.DataFrame(rows), sorted(set(ta.index) - set(tb.index)),
-                      sorted(set(tb.index) - set(ta.index)), _environment(a), _environment(b), dropped)
+    return Comparison(
+        table,
+        pd.DataFrame(rows),
+        sorted(set(ta.index) - set(tb.index)),
+        sorted(set(tb.index) - set(ta.index)),
+        _environment(a),
+        _environment(b),
+        dropped,
+    )

@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from ..results.atomic import write_bytes_atomic  # noqa: E402
+from ..atomic import write_bytes_atomic  # noqa: E402
 from ..results.collect import raised  # noqa: E402
 from .palette import BASELINE, CONV_LINE, TRIVIAL_LINE, op_order, variant_styles  # noqa: E402
 from .tables import Layout, fmt_factor, fmt_value, short_key  # noqa: E402
@@ -107,8 +107,7 @@ def _finish(fig, axes) -> list[str]:
     order = [lab for lab in op_order(handles) if lab in handles]
     if order:
         # "outside": constrained layout makes room for it, so no second (tight-bbox) draw is needed
-        fig.legend([handles[lab] for lab in order], order, loc="outside right upper", frameon=False,
-                   title="operator")
+        fig.legend([handles[lab] for lab in order], order, loc="outside right upper", frameon=False, title="operator")
         # room for the legend on top of the panels' own width, so it never squeezes them
         w, h = fig.get_size_inches()
         fig.set_size_inches(w + 0.6 + 0.055 * max(len(lab) for lab in order), h)
@@ -169,7 +168,7 @@ def _facets(widths: list[float], rows: int = 1, height: float = PANEL_HEIGHT, ro
 
 def _chunks(items: list, size: int) -> list[list]:
     """Facets per figure file, at most MAX_PARTS files (the tables hold every group)."""
-    return [items[i:i + size] for i in range(0, len(items), size)][:MAX_PARTS] or [[]]
+    return [items[i : i + size] for i in range(0, len(items), size)][:MAX_PARTS] or [[]]
 
 
 def _drawn(groups: list, what: str) -> str:
@@ -178,8 +177,17 @@ def _drawn(groups: list, what: str) -> str:
     return f" The first {shown} of {len(groups)} {what} are drawn; the tables list all." if shown < len(groups) else ""
 
 
-def _group_figures(folder: Path, kind: str, section: str, groups: list, draw, caption: str,
-                   widths: dict | None = None, rows: int = 1, room: float = AXIS_ROOM) -> list[Figure]:
+def _group_figures(
+    folder: Path,
+    kind: str,
+    section: str,
+    groups: list,
+    draw,
+    caption: str,
+    widths: dict | None = None,
+    rows: int = 1,
+    room: float = AXIS_ROOM,
+) -> list[Figure]:
     """One facet per comparison group, ``draw(axes, group)`` in each (``axes``: the column of
     ``rows`` panels, or the one panel; it returns the names of the trivial baselines it drew): at most
     MAX_FACETS facets per file and MAX_PARTS files (the caption says when groups were left out).
@@ -192,22 +200,31 @@ def _group_figures(folder: Path, kind: str, section: str, groups: list, draw, ca
             drawn.update(draw(axes[:, j] if rows > 1 else axes[0][j], group) or ())
         legend = _finish(fig, axes)
         name = f"{kind}-{slug(section)}" + (f"-{part + 1}" if len(groups) > MAX_FACETS else "")
-        out.append(Figure(_save(fig, folder, name), caption + _reference_caption(sorted(drawn))
-                          + _drawn(groups, "groups"), kind, legend, section, sorted(drawn)))
+        out.append(
+            Figure(
+                _save(fig, folder, name),
+                caption + _reference_caption(sorted(drawn)) + _drawn(groups, "groups"),
+                kind,
+                legend,
+                section,
+                sorted(drawn),
+            )
+        )
     return out
 
 
 def _metric_name(metric: str, layout: Layout) -> str:
     arrow = "↑" if layout.higher_is_better(metric) else "↓"
-    return f"{metric[len('metric.'):]} ({arrow} better)"
+    return f"{metric[len('metric.') :]} ({arrow} better)"
 
 
 def panel_title(section: str, group: str, width: float) -> str:
     """A panel's title: what sets its comparison group apart (``upsampler=carafe``), never the section
     again (the caption names it), wrapped to the panel's width."""
-    rest = group[len(section):].lstrip(" ·") if group.startswith(section) else group
-    return textwrap.fill(rest, max(12, int((width + AXIS_ROOM) * TITLE_CHARS_PER_INCH)), break_long_words=False,
-                         break_on_hyphens=False)
+    rest = group[len(section) :].lstrip(" ·") if group.startswith(section) else group
+    return textwrap.fill(
+        rest, max(12, int((width + AXIS_ROOM) * TITLE_CHARS_PER_INCH)), break_long_words=False, break_on_hyphens=False
+    )
 
 
 def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> list[tuple[float, float]]:
@@ -243,6 +260,7 @@ def _err(err: tuple[np.ndarray, np.ndarray], i: int):
 
 
 # ---- reference lines: conv's mean and the task's trivial baselines ----------------------------------
+
 
 @dataclass
 class Reference:
@@ -330,8 +348,18 @@ def _label_lines(ax, labels: list[tuple[float, str, tuple]]) -> None:
         for i in range(len(ys) - 2, -1, -1):
             ys[i] = min(ys[i], ys[i + 1] - gap)
     for y, (_, text, color) in zip(ys, placed):
-        ax.annotate(text, xy=(1.0, y), xycoords="axes fraction", xytext=(3, 0), textcoords="offset points",
-                    va="center", ha="left", fontsize=6.5, color=color, annotation_clip=False)
+        ax.annotate(
+            text,
+            xy=(1.0, y),
+            xycoords="axes fraction",
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            ha="left",
+            fontsize=6.5,
+            color=color,
+            annotation_clip=False,
+        )
 
 
 def _reference_caption(names: list[str]) -> str:
@@ -341,6 +369,7 @@ def _reference_caption(names: list[str]) -> str:
 
 
 # ---- metric vs latency, with the Pareto front -----------------------------------------------------
+
 
 def _doubtful(row: pd.Series, phase: str) -> bool:
     """Whether a row's latency of ``phase`` was contended or noisy (for any seed)."""
@@ -370,8 +399,17 @@ def pareto_figures(layout: Layout, folder: Path) -> list[Figure]:
                 ax.plot(r["inference_ms"], r[metric], marker, ms=6, color=color, mfc=face, label=r["variant"], zorder=3)
                 xe, ye = _err(xerr, i), _err(yerr, i)
                 if xe is not None or ye is not None:  # no interval (one seed): no bar, no cap
-                    ax.errorbar(r["inference_ms"], r[metric], xerr=xe, yerr=ye, fmt="none", color=color,
-                                capsize=2, lw=1, zorder=2)
+                    ax.errorbar(
+                        r["inference_ms"],
+                        r[metric],
+                        xerr=xe,
+                        yerr=ye,
+                        fmt="none",
+                        color=color,
+                        capsize=2,
+                        lw=1,
+                        zorder=2,
+                    )
             front = pareto_front(list(zip(g["inference_ms"], g[metric])), layout.higher_is_better(metric))
             if len(front) >= 2:
                 fx, fy = zip(*front)
@@ -391,16 +429,28 @@ def pareto_figures(layout: Layout, folder: Path) -> list[Figure]:
         groups = sorted(agg["group"].unique())
         # content-sized: a group of one or two points needs less room than a cloud of thirteen
         widths = {gr: 1.8 + 0.1 * min(int((agg["group"] == gr).sum()), 10) for gr in groups}
-        hollow = " Hollow: a latency timed while other processes competed for the CPU, or noisy (‡/† in the table)." \
-            if agg.apply(lambda r: _doubtful(r, "inference"), axis=1).any() else ""
-        out += _group_figures(folder, "pareto", section, groups, draw,
-                              f"{section}: {metric[len('metric.'):]} against inference latency, mean ± 95% CI over "
-                              f"seeds (with one seed, the latency's bootstrap CI; no bar where there is no "
-                              f"interval); dashed: the Pareto front.{hollow}", widths, room=AXIS_ROOM + LABEL_ROOM)
+        hollow = (
+            " Hollow: a latency timed while other processes competed for the CPU, or noisy (‡/† in the table)."
+            if agg.apply(lambda r: _doubtful(r, "inference"), axis=1).any()
+            else ""
+        )
+        out += _group_figures(
+            folder,
+            "pareto",
+            section,
+            groups,
+            draw,
+            f"{section}: {metric[len('metric.') :]} against inference latency, mean ± 95% CI over "
+            f"seeds (with one seed, the latency's bootstrap CI; no bar where there is no "
+            f"interval); dashed: the Pareto front.{hollow}",
+            widths,
+            room=AXIS_ROOM + LABEL_ROOM,
+        )
     return out
 
 
 # ---- latency and memory against resolution ------------------------------------------------------------
+
 
 def scaling_figures(layout: Layout, folder: Path) -> list[Figure]:
     runs = layout.col.runs
@@ -429,8 +479,12 @@ def scaling_figures(layout: Layout, folder: Path) -> list[Figure]:
             hollow = False
             for j, phase in enumerate(phases):
                 p = sub[sub["phase"] == phase]
-                p = p.assign(doubtful=[raised(c) or raised(n) for c, n in
-                                       zip(p.get("contended", [None] * len(p)), p.get("noisy", [None] * len(p)))])
+                p = p.assign(
+                    doubtful=[
+                        raised(c) or raised(n)
+                        for c, n in zip(p.get("contended", [None] * len(p)), p.get("noisy", [None] * len(p)))
+                    ]
+                )
                 grouped = p.groupby(["variant", "resolution"], sort=True)
                 stats = grouped[["latency_ms", "peak_mb"]].median().join(grouped["doubtful"].any()).reset_index()
                 hollow |= bool(stats["doubtful"].any())
@@ -440,11 +494,21 @@ def scaling_figures(layout: Layout, folder: Path) -> list[Figure]:
                     for variant in op_order(stats["variant"]):
                         s = stats[stats["variant"] == variant]
                         color, marker, dash = style[variant]
-                        ax.plot(s["resolution"], s[col], marker=marker, ls=dash, color=color, label=variant, ms=4, lw=1.2)
+                        ax.plot(
+                            s["resolution"], s[col], marker=marker, ls=dash, color=color, label=variant, ms=4, lw=1.2
+                        )
                         bad = s[s["doubtful"]] if col == "latency_ms" else s.iloc[:0]
                         if len(bad):  # hollow over the filled marker: contended or noisy latency
-                            ax.plot(bad["resolution"], bad[col], marker=marker, ls="none", color=color, mfc="white",
-                                    ms=4, zorder=3)
+                            ax.plot(
+                                bad["resolution"],
+                                bad[col],
+                                marker=marker,
+                                ls="none",
+                                color=color,
+                                mfc="white",
+                                ms=4,
+                                zorder=3,
+                            )
                     ax.set_xscale("log", base=2)
                     res = sorted(stats["resolution"].unique())
                     ax.set_xticks(res, [str(int(v)) for v in res])  # the measured sides, not 2^k labels
@@ -457,15 +521,26 @@ def scaling_figures(layout: Layout, folder: Path) -> list[Figure]:
             where = ", ".join(f"{short_key(c.removeprefix('config.'))}={v}" for c, v in zip(context, combo))
             name = f"scaling-{slug(section)}" + (f"-{slug(where)}" if where else "")
             method = ", ".join(sorted(set(sub["memory_method"].dropna().astype(str)))) if "memory_method" in sub else ""
-            out.append(Figure(_save(fig, folder, name),
-                              f"{section}{' (' + where + ')' if where else ''}: latency and peak memory against input "
-                              f"resolution, median over seeds (memory: {method or 'n/a'})."
-                              + (" Hollow: a latency timed while other processes competed for the CPU, or noisy."
-                                 if hollow else ""), "scaling", legend, section))
+            out.append(
+                Figure(
+                    _save(fig, folder, name),
+                    f"{section}{' (' + where + ')' if where else ''}: latency and peak memory against input "
+                    f"resolution, median over seeds (memory: {method or 'n/a'})."
+                    + (
+                        " Hollow: a latency timed while other processes competed for the CPU, or noisy."
+                        if hollow
+                        else ""
+                    ),
+                    "scaling",
+                    legend,
+                    section,
+                )
+            )
     return out
 
 
 # ---- ablations: every swept hyperparameter ---------------------------------------------------------
+
 
 def _is_numeric(values) -> bool:
     try:
@@ -509,13 +584,17 @@ def ablation_figures(layout: Layout, folder: Path) -> list[Figure]:
             if key in layout.op_factors:  # the operators that take the option; a missing value is its default
                 ops = set(rows.loc[rows[key].notna(), "op"])
                 rows = rows[rows["op"].isin(ops)].copy()
-                rows[key] = rows[key].map(lambda v: DEFAULT if v is None or (isinstance(v, float) and math.isnan(v)) else v)
+                rows[key] = rows[key].map(
+                    lambda v: DEFAULT if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                )
             elif key in layout.context_of(section):  # inside a task, a missing value is the schema default
-                earlier = layout.context_of(section)[:layout.context_of(section).index(key)]
+                earlier = layout.context_of(section)[: layout.context_of(section).index(key)]
                 if any(_moves_with(rows, k, key) and _moves_with(rows, key, k) for k in earlier):
                     continue  # swept together with an earlier factor (crf_iters with crf): one figure says it
                 rows = rows.copy()
-                rows[key] = rows[key].map(lambda v: DEFAULT if v is None or (isinstance(v, float) and math.isnan(v)) else v)
+                rows[key] = rows[key].map(
+                    lambda v: DEFAULT if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                )
             else:
                 continue
             # hold the other factors fixed, except those that move with this one (crf and crf_iters)
@@ -565,13 +644,21 @@ def ablation_figures(layout: Layout, folder: Path) -> list[Figure]:
                         bad = g[g.apply(lambda r: _doubtful(r, "inference"), axis=1)] if len(g) else g
                         hollow |= bool(len(bad))
                         if len(bad):
-                            ax.plot(bad["_x"], bad[col], marker=marker, ls="none", color=color, mfc="white", ms=4,
-                                    zorder=3)
+                            ax.plot(
+                                bad["_x"], bad[col], marker=marker, ls="none", color=color, mfc="white", ms=4, zorder=3
+                            )
                     err = _ci(g, col)
                     has = np.isfinite(err[0]) & np.isfinite(err[1]) & ((err[0] > 0) | (err[1] > 0))
                     if has.any():  # only where there is an interval: no caps at n=1
-                        ax.errorbar(g["_x"][has], g[col][has], yerr=[err[0][has], err[1][has]], fmt="none",
-                                    color=color, capsize=2, lw=1)
+                        ax.errorbar(
+                            g["_x"][has],
+                            g[col][has],
+                            yerr=[err[0][has], err[1][has]],
+                            fmt="none",
+                            color=color,
+                            capsize=2,
+                            lw=1,
+                        )
                 if panel == "primary":
                     drawn.update(_ablation_references(ax, layout, section, key, metric, ref, position))
                 if numeric:
@@ -588,9 +675,14 @@ def ablation_figures(layout: Layout, folder: Path) -> list[Figure]:
                 ax.set_ylabel(_metric_name(col, layout) if panel == "primary" else "inference latency (ms, ↓)")
                 if i == 0:
                     held = ", ".join(f"{short_key(k)}={v}" for k, v in ref.items())
-                    ax.set_title(textwrap.fill(section + (f" ({held})" if held else ""),
-                                               int((widths[j] + AXIS_ROOM) * TITLE_CHARS_PER_INCH),
-                                               break_long_words=False), fontsize=8)
+                    ax.set_title(
+                        textwrap.fill(
+                            section + (f" ({held})" if held else ""),
+                            int((widths[j] + AXIS_ROOM) * TITLE_CHARS_PER_INCH),
+                            break_long_words=False,
+                        ),
+                        fontsize=8,
+                    )
         legend = _finish(fig, axes)
         helds = ["; ".join(f"{short_key(k)}={v}" for k, v in f[3].items()) for f in facets]
         held = f"; other swept factors held at {', '.join(h for h in helds if h)}" if any(helds) else ""
@@ -599,17 +691,23 @@ def ablation_figures(layout: Layout, folder: Path) -> list[Figure]:
         if left:
             names = ", ".join(left) if len(left) <= 4 else f"{len(left)} variants"
             left_note = f" Left out, measured at only one {short_key(key)} (see the tables): {names}."
-        out.append(Figure(_save(fig, folder, f"ablation-{slug(key)}"),
-                          f"Ablation over {key}: headline metric and inference latency, mean ± 95% CI over seeds"
-                          f"{held}.{left_note}{_reference_caption(sorted(drawn))}"
-                          + (" Hollow: a latency timed while other processes competed for the CPU, or noisy."
-                             if hollow else ""), "ablation", legend,
-                          baselines=sorted(drawn)))
+        out.append(
+            Figure(
+                _save(fig, folder, f"ablation-{slug(key)}"),
+                f"Ablation over {key}: headline metric and inference latency, mean ± 95% CI over seeds"
+                f"{held}.{left_note}{_reference_caption(sorted(drawn))}"
+                + (" Hollow: a latency timed while other processes competed for the CPU, or noisy." if hollow else ""),
+                "ablation",
+                legend,
+                baselines=sorted(drawn),
+            )
+        )
     return out
 
 
-def _ablation_references(ax, layout: Layout, section: str, key: str, metric: str, held: dict,
-                         position: dict) -> list[str]:
+def _ablation_references(
+    ax, layout: Layout, section: str, key: str, metric: str, held: dict, position: dict
+) -> list[str]:
     """The trivial baselines in an ablation panel: across the panel when the factor is the
     operator's (the baseline does not depend on it), else a dotted line over the factor's values (a
     baseline depends on the scale, say). Returns the names drawn."""
@@ -640,12 +738,16 @@ def _ablation_references(ax, layout: Layout, section: str, key: str, metric: str
 
 def _line_label(row: pd.Series, key: str, layout: Layout) -> str:
     """The operator variant without the swept key (the key is the x axis)."""
-    opts = [f"{short_key(k)}={fmt_value(row[k])}" for k in layout.op_factors
-            if k != key and row[k] is not None and not (isinstance(row[k], float) and math.isnan(row[k]))]
+    opts = [
+        f"{short_key(k)}={fmt_value(row[k])}"
+        for k in layout.op_factors
+        if k != key and row[k] is not None and not (isinstance(row[k], float) and math.isnan(row[k]))
+    ]
     return f"{row['op']} ({', '.join(opts)})" if opts else str(row["op"])
 
 
 # ---- training curves -------------------------------------------------------------------------------
+
 
 def smoothing_window(steps: int) -> int:
     """Trailing moving-average window over the per-step losses: a tenth of the run (1 below 20 steps),
@@ -729,16 +831,23 @@ def curve_figures(layout: Layout, folder: Path) -> list[Figure]:
 
         widths = {gr: 1.8 if stats.loc[stats["group"] == gr, "variant"].nunique() == 1 else 3.0 for gr in groups}
         smooth = f"moving average over {window} steps, " if window > 1 else ""
-        caption = (f"{section}: training loss ({smooth}mean over seeds; band, in panels of at most {MAX_BANDS} "
-                   f"lines: min to max over seeds)"
-                   + ("; below, each variant's loss divided by conv's at the same step and seed (the same "
-                      "batches), mean over seeds — under 1 (dashed) is lower than conv" if with_ratio else "")
-                   + ".")
+        caption = (
+            f"{section}: training loss ({smooth}mean over seeds; band, in panels of at most {MAX_BANDS} "
+            f"lines: min to max over seeds)"
+            + (
+                "; below, each variant's loss divided by conv's at the same step and seed (the same "
+                "batches), mean over seeds — under 1 (dashed) is lower than conv"
+                if with_ratio
+                else ""
+            )
+            + "."
+        )
         out += _group_figures(folder, "curves", section, groups, draw, caption, widths, rows=2 if with_ratio else 1)
     return out
 
 
 # ---- per-task bars ---------------------------------------------------------------------------------
+
 
 def bar_limits(values: list[float], ends: list[float] = ()) -> tuple[float, float]:
     """The metric axis of a bar panel: from zero (a bar's length is its value, so a 1e-7 difference
@@ -772,9 +881,19 @@ def bar_figures(layout: Layout, folder: Path) -> list[Figure]:
             for i, r in g.iterrows():
                 e = _err(err, i)
                 color = style[r["variant"]][0]
-                ax.bar(i, r[metric], yerr=e, color=color, hatch=hatches[r["variant"]], label=r["variant"],
-                       capsize=3 if e is not None else 0, edgecolor="black", lw=0.5, width=0.7,
-                       hatchcolor="white" if sum(color) < 0.6 else "black")  # a hatch shows on conv's black too
+                ax.bar(
+                    i,
+                    r[metric],
+                    yerr=e,
+                    color=color,
+                    hatch=hatches[r["variant"]],
+                    label=r["variant"],
+                    capsize=3 if e is not None else 0,
+                    edgecolor="black",
+                    lw=0.5,
+                    width=0.7,
+                    hatchcolor="white" if sum(color) < 0.6 else "black",
+                )  # a hatch shows on conv's black too
             labels = []
             conv = g[g["variant"] == BASELINE]
             if len(conv) and len(g) > 1:  # conv's line reads across the other bars
@@ -798,10 +917,17 @@ def bar_figures(layout: Layout, folder: Path) -> list[Figure]:
         groups = sorted(agg["group"].unique())
         # a panel as wide as its bars (plus the axis and the reference lines' names)
         widths = {gr: 0.3 + 0.38 * int((agg["group"] == gr).sum()) for gr in groups}
-        out += _group_figures(folder, "bars", section, groups, draw,
-                              f"{section}: {metric[len('metric.'):]} per operator, mean ± 95% CI over seeds (no "
-                              f"bar where one seed gives no interval); the axis starts at zero. Dashed: conv.",
-                              widths, room=AXIS_ROOM + LABEL_ROOM)
+        out += _group_figures(
+            folder,
+            "bars",
+            section,
+            groups,
+            draw,
+            f"{section}: {metric[len('metric.') :]} per operator, mean ± 95% CI over seeds (no "
+            f"bar where one seed gives no interval); the axis starts at zero. Dashed: conv.",
+            widths,
+            room=AXIS_ROOM + LABEL_ROOM,
+        )
     return out
 
 

@@ -15,14 +15,16 @@ import numpy as np
 import pandas as pd
 
 from ..results import stats
-from .tables import NO_REFERENCE, OPERATOR, REFERENCE, TRIVIAL, VARIANT, Layout
 from .palette import BASELINE
+from .tables import NO_REFERENCE, OPERATOR, REFERENCE, TRIVIAL, VARIANT, Layout
 
-METHOD = ("Every difference is paired by seed with `conv` of the same comparison group (a network variant with "
-          "the same network without it): mean per-seed difference Δ with its 95% Student-t interval. Verdicts "
-          "and bold values are decided after Holm–Bonferroni correction within each group (family-wise α = 0.05), "
-          "in two families: the operators and network variants against their reference, and `conv` against "
-          "the trivial baselines; a row with fewer than two seeds gets no verdict.")
+METHOD = (
+    "Every difference is paired by seed with `conv` of the same comparison group (a network variant with "
+    "the same network without it): mean per-seed difference Δ with its 95% Student-t interval. Verdicts "
+    "and bold values are decided after Holm–Bonferroni correction within each group (family-wise α = 0.05), "
+    "in two families: the operators and network variants against their reference, and `conv` against "
+    "the trivial baselines; a row with fewer than two seeds gets no verdict."
+)
 
 
 def _names(labels: list[str]) -> str:
@@ -37,13 +39,16 @@ def _delta(d: float, lo: float, hi: float, n: int) -> str:
 def group_findings(layout: Layout, section: str, metric: str, rows: pd.DataFrame, cmp: pd.DataFrame) -> str:
     """One comparison group's sentence(s); ``rows``/``cmp`` are that group's rows of
     :meth:`Layout.rows_of` and :meth:`Layout.comparisons`."""
-    name = f"`{metric[len('metric.'):]}`"
+    name = f"`{metric[len('metric.') :]}`"
     conv = [i for i in rows.index if cmp.at[i, "verdict"] == REFERENCE]
     if not conv:
-        return (f"no `conv` row to compare with ({_names(list(rows['variant']))}), so no verdict; "
-                f"add `conv` to this block.")
+        return (
+            f"no `conv` row to compare with ({_names(list(rows['variant']))}), so no verdict; add `conv` to this block."
+        )
     c = conv[0]
-    out = [f"`conv` scores {stats.format_mean_ci(*_mean_half(rows.loc[c], metric))} ({name}, n={_n(rows.loc[c], metric)})."]
+    out = [
+        f"`conv` scores {stats.format_mean_ci(*_mean_half(rows.loc[c], metric))} ({name}, n={_n(rows.loc[c], metric)})."
+    ]
     trivial = [i for i in rows.index if rows.at[i, "kind"] == TRIVIAL]
     if not trivial:
         out.append("The records carry no trivial baseline, so whether the network learned at all is not shown.")
@@ -53,7 +58,9 @@ def group_findings(layout: Layout, section: str, metric: str, rows: pd.DataFrame
             v, label = cmp.at[i, "verdict"], f"`{rows.at[i, 'variant']}`"
             # the comparison is baseline − conv: turn it round to say it from conv's side
             d = -cmp.at[i, "delta"]
-            text = f"{label} ({_delta(d, -cmp.at[i, 'delta_ci_high'], -cmp.at[i, 'delta_ci_low'], cmp.at[i, 'delta_n'])})"
+            text = (
+                f"{label} ({_delta(d, -cmp.at[i, 'delta_ci_high'], -cmp.at[i, 'delta_ci_low'], cmp.at[i, 'delta_n'])})"
+            )
             {stats.WORSE: beats, stats.BETTER: loses, stats.NO_DIFFERENCE: ties}.get(v, untold).append(text)
         if beats and not (ties or loses or untold):
             out.append(f"It beats every trivial baseline — {', '.join(beats)} — so the budget learns.")
@@ -61,17 +68,24 @@ def group_findings(layout: Layout, section: str, metric: str, rows: pd.DataFrame
             if beats:
                 out.append(f"It beats {', '.join(beats)}.")
             if loses:
-                out.append(f"It is **worse** than {', '.join(loses)}: at this budget the network has not learned "
-                           "what a trivial predictor does, so its comparisons between operators say little.")
+                out.append(
+                    f"It is **worse** than {', '.join(loses)}: at this budget the network has not learned "
+                    "what a trivial predictor does, so its comparisons between operators say little."
+                )
             if ties and beats:
-                out.append(f"It is not distinguishable from {', '.join(ties)}: it learns, but not yet beyond "
-                           "every classical predictor.")
+                out.append(
+                    f"It is not distinguishable from {', '.join(ties)}: it learns, but not yet beyond "
+                    "every classical predictor."
+                )
             elif ties:
-                out.append(f"It is not distinguishable from {', '.join(ties)}: the budget is too small to show "
-                           "that the network learns.")
+                out.append(
+                    f"It is not distinguishable from {', '.join(ties)}: the budget is too small to show "
+                    "that the network learns."
+                )
             if untold:
-                out.append(f"Against {', '.join(t.split(' (')[0] for t in untold)} there are fewer than two seeds "
-                           "to compare.")
+                out.append(
+                    f"Against {', '.join(t.split(' (')[0] for t in untold)} there are fewer than two seeds to compare."
+                )
     compared = [i for i in rows.index if rows.at[i, "kind"] in (OPERATOR, VARIANT) and i != c]
     better, worse, same, single, missing = [], [], [], [], []
     for i in compared:
@@ -92,8 +106,11 @@ def group_findings(layout: Layout, section: str, metric: str, rows: pd.DataFrame
             missing.append(f"`{label}`")
     if not compared:
         out.append("No other operator in this group.")
-    out.append(f"Better than `conv`: {', '.join(better)}." if better else
-               ("No operator is better than `conv`." if compared else ""))
+    out.append(
+        f"Better than `conv`: {', '.join(better)}."
+        if better
+        else ("No operator is better than `conv`." if compared else "")
+    )
     if worse:
         out.append(f"Worse: {', '.join(worse)}.")
     if same:
@@ -134,7 +151,7 @@ def section_findings(layout: Layout, section: str) -> list[str]:
     for group in groups:
         idx = rows.index[rows["group"] == group]
         text = group_findings(layout, section, metric, rows.loc[idx], cmp.loc[idx])
-        where = group[len(section):].lstrip(" ·") if group.startswith(section) else group
+        where = group[len(section) :].lstrip(" ·") if group.startswith(section) else group
         out.append(f"*{where}:* {text}" if len(groups) > 1 and where else text)
     return out
 
@@ -142,7 +159,7 @@ def section_findings(layout: Layout, section: str) -> list[str]:
 def summary_findings(rows: pd.DataFrame, cmp: pd.DataFrame, metric: str, n_groups: int) -> str:
     """Verdicts counted over many comparison groups: how often conv beats the trivial baselines, and per
     operator in how many groups it is better, worse or not distinguishable from conv."""
-    name = f"`{metric[len('metric.'):]}`"
+    name = f"`{metric[len('metric.') :]}`"
     out = [f"{n_groups} comparison groups (the settings this section sweeps); verdicts on {name} counted over them."]
     trivial = rows["kind"] == TRIVIAL
     if trivial.any():
@@ -151,8 +168,11 @@ def summary_findings(rows: pd.DataFrame, cmp: pd.DataFrame, metric: str, n_group
             by_group.setdefault(rows.at[i, "group"], []).append(cmp.at[i, "verdict"])
         learns = sum(all(v == stats.WORSE for v in vs) for vs in by_group.values())
         loses = sum(any(v == stats.BETTER for v in vs) for vs in by_group.values())
-        out.append(f"`conv` beats every trivial baseline in {learns} of {len(by_group)} groups"
-                   + (f" and is worse than one in {loses}" if loses else "") + ".")
+        out.append(
+            f"`conv` beats every trivial baseline in {learns} of {len(by_group)} groups"
+            + (f" and is worse than one in {loses}" if loses else "")
+            + "."
+        )
     else:
         out.append("The records carry no trivial baseline, so whether the network learned at all is not shown.")
     counts: dict[str, dict[str, int]] = {}
@@ -164,10 +184,17 @@ def summary_findings(rows: pd.DataFrame, cmp: pd.DataFrame, metric: str, n_group
         counts[rows.at[i, "variant"]][v] += 1
     parts = []
     for label, c in counts.items():
-        said = [f"{c[v]} {word}" for v, word in ((stats.BETTER, "better"), (stats.WORSE, "worse"),
-                                                  (stats.NO_DIFFERENCE, "no detectable difference"),
-                                                  (stats.NO_CI, "too few seeds"), (NO_REFERENCE, "no conv"))
-                if c.get(v)]
+        said = [
+            f"{c[v]} {word}"
+            for v, word in (
+                (stats.BETTER, "better"),
+                (stats.WORSE, "worse"),
+                (stats.NO_DIFFERENCE, "no detectable difference"),
+                (stats.NO_CI, "too few seeds"),
+                (NO_REFERENCE, "no conv"),
+            )
+            if c.get(v)
+        ]
         parts.append(f"`{label}` {', '.join(said)}")
     if parts:
         out.append("Against `conv`, in groups: " + "; ".join(parts) + ". The tables give each group's Δ and interval.")

@@ -62,7 +62,9 @@ def op_dash(label: str) -> str:
 
 def op_order(labels) -> list[str]:
     """Labels sorted as every table and legend lists them: the baseline first, then the fixed order."""
-    return sorted(set(labels), key=lambda s: (base_op(s) != BASELINE, _index(base_op(s)) if base_op(s) != BASELINE else -1, s))
+    return sorted(
+        set(labels), key=lambda s: (base_op(s) != BASELINE, _index(base_op(s)) if base_op(s) != BASELINE else -1, s)
+    )
 
 
 def variant_styles(labels) -> dict[str, tuple[tuple[float, float, float], str, str]]:
@@ -72,7 +74,7 @@ def variant_styles(labels) -> dict[str, tuple[tuple[float, float, float], str, s
     for label in op_order(labels):
         by_op.setdefault(base_op(label), []).append(label)
     out = {}
-    for op, variants in by_op.items():
+    for _op, variants in by_op.items():
         for k, label in enumerate(variants):
             if k == 0:
                 out[label] = (op_color(label), op_marker(label), op_dash(label))

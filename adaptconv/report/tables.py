@@ -30,9 +30,17 @@ import numpy as np
 import pandas as pd
 
 from ..results import stats
+from ..results.collect import (
+    BASELINE_COLUMN,
+    MEASURES,
+    NETWORK_VARIANT_KEYS,
+    NOT_A_FACTOR,
+    Collection,
+    aggregate,
+    is_op_key,
+    raised,
+)
 from ..results.store import STATES
-from ..results.collect import (BASELINE_COLUMN, MEASURES, NETWORK_VARIANT_KEYS, NOT_A_FACTOR, Collection, aggregate,
-                               is_op_key, raised)
 from .palette import BASELINE, op_order
 
 SECTION_KEYS = ("task", "dataset", "backbone")
@@ -61,7 +69,7 @@ def short_key(key: str) -> str:
     """``op_options.kernel_type`` → ``kernel_type`` (the prefix is clear from context)."""
     for prefix in ("op_options.", "task_options.", "swap."):
         if key.startswith(prefix):
-            return key[len(prefix):]
+            return key[len(prefix) :]
     return key
 
 
@@ -126,7 +134,7 @@ class Layout:
         return ms[0] if ms else None
 
     def higher_is_better(self, metric: str) -> bool:
-        return bool(self.col.directions.get(metric[len("metric."):], True))
+        return bool(self.col.directions.get(metric[len("metric.") :], True))
 
     def baselines_of(self, section: str) -> pd.DataFrame:
         """The trivial baselines of a section: one row per (comparison group, baseline), with columns
@@ -169,12 +177,16 @@ class Layout:
         if group is not None:
             hit = hit[hit["group"] == group]
         if hit.empty:
-            raise KeyError(f"section {section!r}: no row {label!r}"
-                           + (f" in group {group!r}" if group else "")
-                           + f"; rows: {', '.join(sorted(set(rows['variant'])))}")
+            raise KeyError(
+                f"section {section!r}: no row {label!r}"
+                + (f" in group {group!r}" if group else "")
+                + f"; rows: {', '.join(sorted(set(rows['variant'])))}"
+            )
         if hit["group"].nunique() > 1:
-            raise KeyError(f"section {section!r}: {label!r} is in several comparison groups; pick one of "
-                           f"{', '.join(sorted(set(hit['group'])))}")
+            raise KeyError(
+                f"section {section!r}: {label!r} is in several comparison groups; pick one of "
+                f"{', '.join(sorted(set(hit['group'])))}"
+            )
         return self.values_by_seed(hit["row_key"].iloc[0], metric)
 
     def comparisons(self, section: str, metric: str | None = None) -> pd.DataFrame:
@@ -221,14 +233,24 @@ def build_layout(col: Collection) -> Layout:
     trials = col.trials[col.trials["in_suite"].astype(bool)].copy() if "in_suite" in col.trials else col.trials.copy()
     if "op" not in trials:
         trials["op"] = "?"
-    sub = Collection(col.suite, col.description, trials, col.runs, col.curves, col.config_columns,
-                     col.directions, col.primary, col.baselines)
+    sub = Collection(
+        col.suite,
+        col.description,
+        trials,
+        col.runs,
+        col.curves,
+        col.config_columns,
+        col.directions,
+        col.primary,
+        col.baselines,
+    )
     factors = sub.factors()
     op_keys = [f for f in factors if is_op_key(f) and f != "op"]
     variant_factors = [f for f in factors if f in NETWORK_VARIANT_KEYS]
     section_keys = [k for k in SECTION_KEYS if k in trials.columns]
-    context = [f for f in factors if f not in section_keys and f != "op" and f not in op_keys
-               and f not in variant_factors]
+    context = [
+        f for f in factors if f not in section_keys and f != "op" and f not in op_keys and f not in variant_factors
+    ]
     keys = [c for c in col.config_columns if c not in NOT_A_FACTOR]
     section_context = {}
     label_keys: dict[tuple, list[str]] = {}  # (section, op) → the operator keys that tell its rows apart
@@ -241,8 +263,9 @@ def build_layout(col: Collection) -> Layout:
     op_factors = [k for k in op_keys if any(k in ks for ks in label_keys.values())]
 
     def group(r: pd.Series) -> str:
-        return " · ".join([r["section"]] + [f"{short_key(k)}={fmt_factor(r[k])}"
-                                            for k in section_context.get(r["section"], [])])
+        return " · ".join(
+            [r["section"]] + [f"{short_key(k)}={fmt_factor(r[k])}" for k in section_context.get(r["section"], [])]
+        )
 
     def label(df: pd.DataFrame, baseline: bool = False) -> pd.DataFrame:
         if not len(df):
@@ -250,8 +273,11 @@ def build_layout(col: Collection) -> Layout:
                 df[c] = []
             return df
         df["section"] = df.apply(_section, axis=1, keys=section_keys)
-        df["variant"] = df[BASELINE_COLUMN] if baseline else df.apply(_variant, axis=1, op_factors=label_keys,
-                                                                        variant_factors=variant_factors)
+        df["variant"] = (
+            df[BASELINE_COLUMN]
+            if baseline
+            else df.apply(_variant, axis=1, op_factors=label_keys, variant_factors=variant_factors)
+        )
         df["base_label"] = df["variant"] if baseline else df.apply(_variant, axis=1, op_factors=label_keys)
         df["kind"] = TRIVIAL if baseline else df.apply(_kind, axis=1, variant_factors=variant_factors)
         df["group"] = df.apply(group, axis=1)
@@ -268,8 +294,19 @@ def build_layout(col: Collection) -> Layout:
     base_trials = label(base.copy(), baseline=True)
     base_agg = label(aggregate(sub, trials=base), baseline=True) if len(base) else label(pd.DataFrame(), True)
     sections = sorted(agg["section"].unique().tolist()) if len(agg) else []
-    return Layout(col, trials, agg, section_keys, context, op_factors, sections, section_context, variant_factors,
-                  base_trials, base_agg)
+    return Layout(
+        col,
+        trials,
+        agg,
+        section_keys,
+        context,
+        op_factors,
+        sections,
+        section_context,
+        variant_factors,
+        base_trials,
+        base_agg,
+    )
 
 
 def _values_by_seed(layout: Layout) -> dict:
@@ -293,8 +330,16 @@ def _sort_rows(df: pd.DataFrame, context: list[str]) -> pd.DataFrame:
     trivial = set(df.loc[kinds == KIND_ORDER[TRIVIAL], "variant"])
     order = {v: i for i, v in enumerate(op_order(set(df["variant"]) - trivial))}
     order.update({v: len(order) + i for i, v in enumerate(sorted(trivial))})  # baselines by name
-    keys = list(zip(*[df[c].map(lambda v: (0, v) if isinstance(v, (int, float)) and not isinstance(v, bool)
-                                else (1, str(v))) for c in context], kinds, df["variant"].map(order)))
+    keys = list(
+        zip(
+            *[
+                df[c].map(lambda v: (0, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, str(v)))
+                for c in context
+            ],
+            kinds,
+            df["variant"].map(order),
+        )
+    )
     return df.iloc[sorted(range(len(df)), key=keys.__getitem__)].reset_index(drop=True)
 
 
@@ -318,12 +363,24 @@ def compare_rows(layout: Layout, section: str, metric: str) -> pd.DataFrame:
     n = len(rows)
     # plain lists, filled per group and made a frame once (per-cell pandas writes are slow at scale)
     out: dict[str, list] = {
-        "reference": [None] * n, "delta": [math.nan] * n, "delta_ci_low": [math.nan] * n,
-        "delta_ci_high": [math.nan] * n, "delta_n": [0] * n, "p_value": [math.nan] * n,
-        "holm_reject": [False] * n, "verdict": [NO_REFERENCE] * n, "best": [False] * n,
-        "vs_baseline": [""] * n, "vs_baseline_delta": [math.nan] * n, "vs_baseline_ci_low": [math.nan] * n,
-        "vs_baseline_ci_high": [math.nan] * n, "vs_baseline_n": [0] * n, "vs_baseline_p_value": [math.nan] * n,
-        "vs_baseline_holm_reject": [False] * n, "vs_baseline_verdict": [""] * n}
+        "reference": [None] * n,
+        "delta": [math.nan] * n,
+        "delta_ci_low": [math.nan] * n,
+        "delta_ci_high": [math.nan] * n,
+        "delta_n": [0] * n,
+        "p_value": [math.nan] * n,
+        "holm_reject": [False] * n,
+        "verdict": [NO_REFERENCE] * n,
+        "best": [False] * n,
+        "vs_baseline": [""] * n,
+        "vs_baseline_delta": [math.nan] * n,
+        "vs_baseline_ci_low": [math.nan] * n,
+        "vs_baseline_ci_high": [math.nan] * n,
+        "vs_baseline_n": [0] * n,
+        "vs_baseline_p_value": [math.nan] * n,
+        "vs_baseline_holm_reject": [False] * n,
+        "vs_baseline_verdict": [""] * n,
+    }
     if metric is None or not n:
         return pd.DataFrame(out, index=rows.index)
     label, kind, op, base = (list(rows[c]) for c in ("variant", "kind", "op", "base_label"))
@@ -365,8 +422,9 @@ def compare_rows(layout: Layout, section: str, metric: str) -> pd.DataFrame:
                 if refs[i] == conv:
                     out["best"][i] = out["verdict"][i] == stats.BETTER
             others = [i for i in g if i != conv and np.isfinite(mean[i])]
-            out["best"][conv] = bool(others) and all(refs.get(i) == conv and out["verdict"][i] == stats.WORSE
-                                                     for i in others)
+            out["best"][conv] = bool(others) and all(
+                refs.get(i) == conv and out["verdict"][i] == stats.WORSE for i in others
+            )
         # the strongest trivial baseline of the group: what every trained row must beat
         trivial = [i for i in g if kind[i] == TRIVIAL and np.isfinite(mean[i])]
         if not trivial:
@@ -379,7 +437,11 @@ def compare_rows(layout: Layout, section: str, metric: str) -> pd.DataFrame:
             d = diffs[i]
             out["vs_baseline"][i] = label[strongest]
             out["vs_baseline_delta"][i], out["vs_baseline_ci_low"][i] = d.mean, d.low
-            out["vs_baseline_ci_high"][i], out["vs_baseline_n"][i], out["vs_baseline_p_value"][i] = d.high, d.n, d.p_value
+            out["vs_baseline_ci_high"][i], out["vs_baseline_n"][i], out["vs_baseline_p_value"][i] = (
+                d.high,
+                d.n,
+                d.p_value,
+            )
             out["vs_baseline_holm_reject"][i] = bool(reject[i])
             out["vs_baseline_verdict"][i] = stats.verdict(d, hib, significant=reject[i])
     return pd.DataFrame(out, index=rows.index)
@@ -431,6 +493,7 @@ def section_table(layout: Layout, section: str) -> pd.DataFrame:
 
 
 # ---- rendering -------------------------------------------------------------------------------------
+
 
 def _num(v: float, digits: int = 4) -> str:
     if v is None or not np.isfinite(v):
@@ -520,8 +583,11 @@ def display_table(raw: pd.DataFrame, layout: Layout, section: str) -> tuple[pd.D
     put("operator", list(raw["operator"]))
     for m in metrics:
         arrow = "↑" if layout.higher_is_better(m) else "↓"
-        put(f"{m[len('metric.'):]} {arrow}", [_metric_cell(r, m) for _, r in raw.iterrows()],
-            list(raw[f"{m}.best"].astype(bool)))
+        put(
+            f"{m[len('metric.') :]} {arrow}",
+            [_metric_cell(r, m) for _, r in raw.iterrows()],
+            list(raw[f"{m}.best"].astype(bool)),
+        )
     primary = layout.primary_of(section)
     if primary:
         put("n", [str(int(v)) if np.isfinite(v) else "0" for v in raw[f"{primary}.n"].astype(float)])
@@ -532,10 +598,17 @@ def display_table(raw: pd.DataFrame, layout: Layout, section: str) -> tuple[pd.D
     for c, (head, scale, unit) in TABLE_MEASURES.items():
         if c not in raw:
             continue
-        put(f"{head} ({unit})", [_num(v * scale, 3) + _latency_mark(r, c) for v, (_, r) in
-                                 zip(raw[c].astype(float), raw.iterrows())])
-        put(f"{head} ×conv", [("×" + _num(v, 3) + _latency_mark(r, f"{c}.x_conv")) if np.isfinite(v) else "–"
-                              for v, (_, r) in zip(raw[f"{c}.x_conv"].astype(float), raw.iterrows())])
+        put(
+            f"{head} ({unit})",
+            [_num(v * scale, 3) + _latency_mark(r, c) for v, (_, r) in zip(raw[c].astype(float), raw.iterrows())],
+        )
+        put(
+            f"{head} ×conv",
+            [
+                ("×" + _num(v, 3) + _latency_mark(r, f"{c}.x_conv")) if np.isfinite(v) else "–"
+                for v, (_, r) in zip(raw[f"{c}.x_conv"].astype(float), raw.iterrows())
+            ],
+        )
     if ((raw["n_done"] < raw["n_trials"]) & (raw["kind"] != TRIVIAL)).any():
         put("trials", [_status_cell(r) for _, r in raw.iterrows()])
     return pd.DataFrame(cells), pd.DataFrame(marks)
@@ -548,10 +621,29 @@ def to_markdown(cells: pd.DataFrame, marks: pd.DataFrame) -> str:
     return body.to_markdown(index=False)
 
 
-_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "±": r"$\pm$", "×": r"$\times$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "–": "--",
-                  "·": r"$\cdot$", "Δ": r"$\Delta$", "<": r"$<$", ">": r"$>$", "−": "-", "—": "---"}
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "×": r"$\times$",
+    "↑": r"$\uparrow$",
+    "↓": r"$\downarrow$",
+    "–": "--",
+    "·": r"$\cdot$",
+    "Δ": r"$\Delta$",
+    "<": r"$<$",
+    ">": r"$>$",
+    "−": "-",
+    "—": "---",
+}
 
 
 def latex_escape(text: str) -> str:
@@ -560,10 +652,20 @@ def latex_escape(text: str) -> str:
 
 def to_latex(cells: pd.DataFrame, marks: pd.DataFrame, caption: str, label: str) -> str:
     """A booktabs table (needs ``\\usepackage{booktabs}``); significant advantages over conv in bold."""
-    align = "l" * (list(cells.columns).index("operator") + 1) + "r" * (len(cells.columns) - list(cells.columns).index("operator") - 1)
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{latex_escape(caption)}}}",
-             rf"\label{{{label}}}", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
-             " & ".join(latex_escape(c) for c in cells.columns) + r" \\", r"\midrule"]
+    align = "l" * (list(cells.columns).index("operator") + 1) + "r" * (
+        len(cells.columns) - list(cells.columns).index("operator") - 1
+    )
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        rf"\caption{{{latex_escape(caption)}}}",
+        rf"\label{{{label}}}",
+        rf"\begin{{tabular}}{{{align}}}",
+        r"\toprule",
+        " & ".join(latex_escape(c) for c in cells.columns) + r" \\",
+        r"\midrule",
+    ]
     for i in range(len(cells)):
         row = []
         for c in cells.columns:
@@ -581,7 +683,7 @@ def to_html(cells: pd.DataFrame, marks: pd.DataFrame) -> str:
         tds = []
         for c in cells.columns:
             text = html.escape(str(cells[c].iloc[i]))
-            tds.append(f"<td class=\"best\">{text}</td>" if marks[c].iloc[i] else f"<td>{text}</td>")
+            tds.append(f'<td class="best">{text}</td>' if marks[c].iloc[i] else f"<td>{text}</td>")
         rows.append("<tr>" + "".join(tds) + "</tr>")
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>"
 
@@ -614,9 +716,33 @@ def environment_summary(trials: pd.DataFrame, keys: tuple[str, ...], short_commi
 def environment_table(layout: Layout) -> pd.DataFrame:
     """The report's environment table: device, threads, torch, commit, precision, and whether PAC ran
     on its compiled CPU kernels (a CPU timing of PAC depends on it)."""
-    return environment_summary(layout.trials, ("env.device", "env.device_name", "env.threads", "env.torch",
-                                               "env.git_commit", "env.git_dirty", "env.precision",
-                                               "env.pac_cpu_kernels"), short_commit=True)
+    return environment_summary(
+        layout.trials,
+        (
+            "env.device",
+            "env.device_name",
+            "env.threads",
+            "env.torch",
+            "env.git_commit",
+            "env.git_dirty",
+            "env.precision",
+            "env.pac_cpu_kernels",
+        ),
+        short_commit=True,
+    )
 
-__all__ = ["Layout", "MEASURES", "build_layout", "compare_rows", "display_table", "environment_summary", "environment_table", "section_table",
-           "status_table", "to_html", "to_latex", "to_markdown"]
+
+__all__ = [
+    "Layout",
+    "MEASURES",
+    "build_layout",
+    "compare_rows",
+    "display_table",
+    "environment_summary",
+    "environment_table",
+    "section_table",
+    "status_table",
+    "to_html",
+    "to_latex",
+    "to_markdown",
+]

@@ -18,20 +18,21 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import multiprocessing as mp
+import os
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
 
+from ..atomic import write_bytes_atomic
 from ..schema import ConfigError, flatten_config
 from ..trial.config import RUN_KEYS
-from .atomic import write_bytes_atomic
 from .stats import t_quantile
 from .store import STATES, ResultStore, run_columns, set_aside_corrupt, state_of_status
 
@@ -389,8 +390,8 @@ def collect(store: ResultStore | str | os.PathLike, suite=None) -> Collection:
         if primary is None and info.get("primary"):
             primary = info["primary"]
     metrics = {c[len("metric.") :] for c in trials.columns if c.startswith("metric.")}
-    if metrics - set(directions):  # records from before metric_info: the tasks say (cached, see sweep.cache)
-        from ..sweep.cache import installation
+    if metrics - set(directions):  # records from before metric_info: the tasks say (cached, see adaptconv.installed)
+        from ..installed import installation
 
         for task in installation()["tasks"].values():
             for metric, higher in task["higher_is_better"].items():

@@ -86,8 +86,7 @@ def paired_difference(values: Mapping, reference: Mapping) -> PairedDifference:
     """Pair ``values`` and ``reference`` (each ``{seed: value}``) on their common seeds."""
     from scipy import stats
 
-    seeds = tuple(sorted(s for s in values if s in reference
-                         and _finite(values[s]) and _finite(reference[s])))
+    seeds = tuple(sorted(s for s in values if s in reference and _finite(values[s]) and _finite(reference[s])))
     d = np.asarray([float(values[s]) - float(reference[s]) for s in seeds], dtype=float)
     n = d.size
     if n == 0:

@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_bytes_atomic, write_text_atomic
 from ..trial.ids import check_trial_id
-from .atomic import write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,13 @@ def set_aside_corrupt(path: str | os.PathLike, reason: str) -> Path | None:
         os.rename(path, target)
     except FileNotFoundError:
         return None
-    log.warning("damaged record %s (%s): moved aside to %s; the trial counts as corrupt "
-                "(run with --retry-failed to run it again)", path, reason, target.name)
+    log.warning(
+        "damaged record %s (%s): moved aside to %s; the trial counts as corrupt "
+        "(run with --retry-failed to run it again)",
+        path,
+        reason,
+        target.name,
+    )
     return target
 
 
@@ -92,9 +97,11 @@ def run_columns(record: dict[str, Any]) -> dict[str, Any]:
     wall time of every attempt (``timing.attempts_s``, JSON list; ``timing.all_attempts_s``, the sum)."""
     slurm = record.get("slurm") or {}
     out: dict[str, Any] = {
-        "slurm.job_id": slurm.get("job_id"), "slurm.array_job_id": slurm.get("array_job_id"),
+        "slurm.job_id": slurm.get("job_id"),
+        "slurm.array_job_id": slurm.get("array_job_id"),
         "slurm.array_task_id": slurm.get("array_task_id"),
-        "run.attempts": record.get("attempts"), "run.requeues": record.get("requeues"),
+        "run.attempts": record.get("attempts"),
+        "run.requeues": record.get("requeues"),
     }
     history = record.get("attempt_history") or []
     walls = [a.get("wall_s") for a in history]
@@ -231,14 +238,20 @@ class ResultStore:
         """Mark a trial as running; False if a live claim exists (a stale one is taken over)."""
         path = self.claim_path(tid)
         path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"host": socket.gethostname(), "pid": os.getpid(), "start": time.time(),
-                   "slurm_job_id": os.environ.get("SLURM_JOB_ID"), **(info or {})}
+        payload = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "start": time.time(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            **(info or {}),
+        }
         for _ in range(2):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # the umask decides
             except FileExistsError:
-                mine = os.environ.get("SLURM_JOB_ID") and (self.read_claim(tid) or {}).get("slurm_job_id") \
-                    == os.environ.get("SLURM_JOB_ID")
+                mine = os.environ.get("SLURM_JOB_ID") and (self.read_claim(tid) or {}).get(
+                    "slurm_job_id"
+                ) == os.environ.get("SLURM_JOB_ID")
                 if self._claim_alive(tid) and not mine:  # a requeued SLURM job takes its own claim back
                     return False
                 try:

@@ -16,16 +16,15 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
+from ..installed import environment_fingerprint
 from .suite import Block, Resources, Suite, SuiteSpec, Trial, load_suite, resolve_suite_path
 
 #: bump when the cached layout changes
 FORMAT = 1
 #: cache entries kept (the most recently written)
 KEEP = 64
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def cache_dir() -> Path:
@@ -35,36 +34,10 @@ def cache_dir() -> Path:
     return Path(base) / "adaptconv" / "suites"
 
 
-def _environment_fingerprint(in_process: bool = True) -> str:
-    """What else the expansion depends on: adaptconv's source files (path, size, mtime), the operator
-    plugins installed (entry points) and the torch/timm versions (operators' refusals may change)."""
-    from importlib.metadata import PackageNotFoundError, entry_points, version
-
-    h = hashlib.sha256()
-    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
-        st = path.stat()
-        h.update(f"{path.relative_to(PACKAGE_ROOT)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    for ep in sorted(entry_points(group="adaptconv.ops"), key=lambda e: (e.name, e.value)):
-        dist = getattr(ep, "dist", None)
-        h.update(f"ep:{ep.name}={ep.value}@{dist.version if dist else '?'}\n".encode())
-    if in_process and "adaptconv.ops" in sys.modules:  # operators registered in this process (register_op) count too
-        from ..ops import get_op, list_ops
-
-        for name in list_ops():
-            cls = get_op(name)
-            h.update(f"op:{name}={cls.__module__}.{cls.__qualname__}\n".encode())
-    for name in ("torch", "timm"):
-        try:
-            h.update(f"{name}=={version(name)}\n".encode())
-        except PackageNotFoundError:
-            h.update(f"{name} missing\n".encode())
-    return h.hexdigest()
-
-
 def _key(text: bytes, check_registry: bool) -> str:
     h = hashlib.sha256()
     h.update(f"format {FORMAT}; check_registry {check_registry}\n".encode())
-    h.update(_environment_fingerprint().encode())
+    h.update(environment_fingerprint().encode())
     h.update(text)
     return h.hexdigest()[:32]
 
@@ -105,7 +78,7 @@ def load_suite_cached(suite: str | Path, check_registry: bool = True, force: boo
             continue  # no cache entry (or a damaged one): expand and check
     loaded = load_suite(path, check_registry=check_registry)
     try:
-        from ..results.atomic import write_text_atomic
+        from ..atomic import write_text_atomic
 
         file.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(file, json.dumps(_to_json(loaded)))
@@ -116,87 +89,3 @@ def load_suite_cached(suite: str | Path, check_registry: bool = True, force: boo
     except OSError:
         pass  # a read-only home: the next command expands again, nothing else changes
     return loaded, False
-
-
-# ---- what this installation knows, as plain data -------------------------------------------------------
-
-
-def _jsonable(value):
-    """A default as JSON (tuples become lists); None when it has no JSON form (a class, a function)."""
-    try:
-        return json.loads(json.dumps(value))
-    except (TypeError, ValueError):
-        return None
-
-
-def describe_installation() -> dict:
-    """The operators (with their options' defaults), the tasks (datasets, backbones, metrics, options'
-    defaults, late options, trivial baselines), the trial config keys and, where a task takes timm
-    backbones, timm's model names: what checking a claims file needs. Imports torch (the registry)."""
-    import inspect
-
-    from ..ops import get_op, list_ops
-    from ..tasks import get_task, list_tasks
-    from ..trial.config import TrialConfig, _op_options
-
-    ops = {}
-    for name in list_ops():
-        ops[name] = {
-            n: {"default": _jsonable(p.default)}
-            for n, p in _op_options(get_op(name)).items()
-            if p.default is not inspect.Parameter.empty and _jsonable(p.default) is not None or p.default is None
-        }
-    tasks = {}
-    for name in list_tasks():
-        cls = get_task(name)
-        options = {}
-        for f in dataclasses.fields(cls.Options):
-            if f.default is not dataclasses.MISSING:
-                options[f.name] = {"default": _jsonable(f.default)}
-            elif f.default_factory is not dataclasses.MISSING:
-                options[f.name] = {"default": _jsonable(f.default_factory())}
-            else:
-                options[f.name] = {}
-        tasks[name] = {
-            "datasets": list(cls.datasets),
-            "backbones": list(cls.backbones),
-            "accepts_timm": bool(cls.accepts_timm),
-            "metrics": list(dict.fromkeys([*cls.metrics, *cls.higher_is_better])),
-            "options": options,
-            "higher_is_better": dict(cls.higher_is_better),
-            "late_options": {k: _jsonable(v) for k, v in cls.late_options.items()},
-            "baselines": list(getattr(cls, "baseline_names", ()) or ()),
-        }
-    timm_models: list[str] = []
-    if any(t["accepts_timm"] for t in tasks.values()):
-        import timm
-
-        timm_models = sorted(timm.list_models())
-    return {
-        "ops": ops,
-        "tasks": tasks,
-        "config_keys": [f.name for f in dataclasses.fields(TrialConfig)],
-        "timm_models": timm_models,
-    }
-
-
-def installation() -> dict:
-    """:func:`describe_installation` through the cache (same fingerprint as the suites: adaptconv's
-    source, the installed plugins, torch and timm versions), so a report's claims need no torch."""
-    # the installed code and plugins only: whether this process has imported the operators already
-    # (a suite was just expanded) must not change the key, or the next command misses
-    fp = hashlib.sha256(f"format {FORMAT}; installation\n{_environment_fingerprint(in_process=False)}".encode())
-    file = cache_dir() / f"installation-{fp.hexdigest()[:32]}.json"
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
-    found = describe_installation()
-    try:
-        from ..results.atomic import write_text_atomic
-
-        file.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(file, json.dumps(found))
-    except OSError:
-        pass
-    return found

@@ -95,7 +95,7 @@ def missing_data(plan: Plan) -> list[str]:
 def prepare(plan: Plan) -> None:
     """Write each trial's config (and the suite file) before dispatch, so a worker needs only an id."""
     plan.store.root.mkdir(parents=True, exist_ok=True)
-    from ..results.atomic import write_text_atomic
+    from ..atomic import write_text_atomic
 
     write_text_atomic(plan.store.root / "suite.yaml", plan.suite.path.read_text(encoding="utf-8"))
     for t in plan.to_run:

@@ -135,7 +135,7 @@ class EpochBatches:
 def _save_checkpoint(path: str, state: dict) -> None:
     """torch.save through a temporary file and a rename: a kill never leaves half a checkpoint.
     The file gets the umask's mode, like the records beside it."""
-    from ..results.atomic import open_atomic
+    from ..atomic import open_atomic
 
     with open_atomic(path) as f:
         torch.save(state, f)

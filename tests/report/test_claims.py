@@ -10,8 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adaptconv.report.claims import (CONTRADICTED, INCONCLUSIVE, NOT_MEASURED, NOT_SUPPORTED, SUPPORTED, ClaimsError,
-                                     default_claims_path, evaluate_claims, load_claims)
+from adaptconv.report.claims import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    NOT_MEASURED,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    ClaimsError,
+    default_claims_path,
+    evaluate_claims,
+    load_claims,
+)
 from adaptconv.results.collect import Collection
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +46,7 @@ def write(tmp_path: Path, text: str, name: str = "claims.yaml") -> Path:
 
 # ---- parsing ---------------------------------------------------------------------------------------
 
+
 def test_a_claim_parses_with_defaults(tmp_path):
     cf = load_claims(write(tmp_path, CLAIM))
     (c,) = cf.claims
@@ -47,9 +57,12 @@ def test_a_claim_parses_with_defaults(tmp_path):
 
 
 def test_optional_fields_parse(tmp_path):
-    text = CLAIM.replace("    direction: lower\n", "    direction: lower\n    flops_ratio_max: 1.1\n"
-                         "    params_ratio_max: 2\n    where: {task_options.scale: 8}\n"
-                         "    non_inferior: {metric: mae, margin: 0.5}\n")
+    text = CLAIM.replace(
+        "    direction: lower\n",
+        "    direction: lower\n    flops_ratio_max: 1.1\n"
+        "    params_ratio_max: 2\n    where: {task_options.scale: 8}\n"
+        "    non_inferior: {metric: mae, margin: 0.5}\n",
+    )
     (c,) = load_claims(write(tmp_path, text)).claims
     assert c.flops_ratio_max == 1.1 and c.params_ratio_max == 2.0
     assert c.where == {"task_options.scale": 8}
@@ -62,14 +75,21 @@ def test_the_project_claims_file_loads_and_judges_sections_of_the_quick_suite():
     cf = load_claims(ROOT / "claims.yaml", operators="error")
     ids = [c.id for c in cf.claims]
     assert len(ids) == len(set(ids)) >= 5
-    sections = {(t.config["task"], t.config.get("dataset"), t.config.get("backbone")) for t in load_suite("quick").trials}
+    sections = {
+        (t.config["task"], t.config.get("dataset"), t.config.get("backbone")) for t in load_suite("quick").trials
+    }
     for c in cf.claims:
         key = (c.section["task"], c.section.get("dataset"), c.section.get("backbone"))
         assert key in sections, f"{c.id}: {key} is not a section of the quick suite"
     # the claims the issue names are all there
     pairs = {(c.op, c.against, c.metric) for c in cf.claims}
-    for want in [("pac", "conv", "rmse"), ("condconv", "conv", "top1"), ("dynconv", "conv", "top1"),
-                 ("deform", "conv", "miou"), ("conv", "bilinear", "rmse")]:
+    for want in [
+        ("pac", "conv", "rmse"),
+        ("condconv", "conv", "top1"),
+        ("dynconv", "conv", "top1"),
+        ("deform", "conv", "miou"),
+        ("conv", "bilinear", "rmse"),
+    ]:
         assert want in pairs
     flops = {c.op: c.flops_ratio_max for c in cf.claims if c.against == "conv" and c.metric == "top1"}
     assert flops["condconv"] and flops["dynconv"]  # "at nearly the same FLOPs" is a condition, not prose
@@ -90,10 +110,15 @@ def test_the_project_claims_name_baselines_the_tasks_compute():
     trials = load_suite("quick").trials
     missing = []
     for c in claims:
-        config = next(t.config for t in trials if t.config["seed"] == 0 and t.config["op"] == "conv"
-                      and all(t.config.get(k) == v for k, v in c.section.items())
-                      and not t.config["task_options"].get("crf", "none") != "none"
-                      and t.config["task_options"].get("upsampler", "bilinear") == "bilinear")
+        config = next(
+            t.config
+            for t in trials
+            if t.config["seed"] == 0
+            and t.config["op"] == "conv"
+            and all(t.config.get(k) == v for k, v in c.section.items())
+            and not t.config["task_options"].get("crf", "none") != "none"
+            and t.config["task_options"].get("upsampler", "bilinear") == "bilinear"
+        )
         cfg = parse_trial_config({**config, "threads": 1})
         task = get_task(cfg.task)(cfg, torch.device("cpu"))
         _, test = task.build_data()
@@ -124,53 +149,125 @@ def test_default_claims_path_is_next_to_the_suites_folder(tmp_path, monkeypatch)
 # ---- bad input -------------------------------------------------------------------------------------
 
 BAD = [
-    ("unknown key", CLAIM.replace("metric: rmse", "metirc: rmse"),
-     r"claims\.0\.metirc \(line 8\): unknown key \(did you mean 'metric'\?\)"),
-    ("unknown top-level key", CLAIM.replace("claims:", "claim:"), r"claim \(line 1\): unknown key \(did you mean 'claims'\?\)"),
-    ("bad direction", CLAIM.replace("direction: lower", "direction: lowr"),
-     r"claims\.0\.direction \(line 9\): 'lowr' is not one of 'higher', 'lower' \(did you mean 'lower'\?\)"),
+    (
+        "unknown key",
+        CLAIM.replace("metric: rmse", "metirc: rmse"),
+        r"claims\.0\.metirc \(line 8\): unknown key \(did you mean 'metric'\?\)",
+    ),
+    (
+        "unknown top-level key",
+        CLAIM.replace("claims:", "claim:"),
+        r"claim \(line 1\): unknown key \(did you mean 'claims'\?\)",
+    ),
+    (
+        "bad direction",
+        CLAIM.replace("direction: lower", "direction: lowr"),
+        r"claims\.0\.direction \(line 9\): 'lowr' is not one of 'higher', 'lower' \(did you mean 'lower'\?\)",
+    ),
     ("not yaml", CLAIM.replace("op: pac", "op: [pac"), r"not valid YAML \(line \d+\)"),
     ("not a mapping", "- a\n- b\n", r"a claims file is a mapping"),
-    ("missing required key", CLAIM.replace("    source: Su et al., CVPR 2019\n", ""),
-     r"claims\.0\.source \(line 2\): required key is missing"),
-    ("unknown task", CLAIM.replace("task: upsampling", "task: upsamplng"),
-     r"claims\.0\.section\.task \(line 5\): unknown task 'upsamplng' \(did you mean 'upsampling'\?\)"),
-    ("missing section: unknown dataset", CLAIM.replace("dataset: middlebury", "dataset: midlebury"),
-     r"claims\.0\.section\.dataset \(line 5\): 'midlebury' is not a dataset of task 'upsampling' "
-     r"\(did you mean 'middlebury'\?\)"),
-    ("unknown backbone", CLAIM.replace("dataset: middlebury", "dataset: middlebury, backbone: jointnt"),
-     r"claims\.0\.section\.backbone \(line 5\): 'jointnt' is not a network of task 'upsampling' "
-     r"\(did you mean 'jointnet'\?\)"),
-    ("unknown section key", CLAIM.replace("dataset: middlebury", "datset: middlebury"),
-     r"claims\.0\.section\.datset \(line 5\): unknown key \(did you mean 'dataset'\?\)"),
-    ("section without task", CLAIM.replace("task: upsampling, ", ""), r"claims\.0\.section \(line 5\): required key `task`"),
-    ("unknown metric", CLAIM.replace("metric: rmse", "metric: rmes"),
-     r"claims\.0\.metric \(line 8\): unknown metric 'rmes' of task 'upsampling' \(did you mean 'rmse'\?\)"),
-    ("latency is not seed-level", CLAIM.replace("metric: rmse", "metric: inference_ms"),
-     r"claims\.0\.metric \(line 8\): 'inference_ms' is a timing or memory measurement, not a seed-level result"),
-    ("unknown metric of a condition", CLAIM + "    non_inferior: {metric: top1, margin: 1}\n",
-     r"claims\.0\.non_inferior\.metric \(line 10\): unknown metric 'top1' of task 'upsampling'"),
-    ("unknown operator", CLAIM.replace("op: pac", "op: pak"),
-     r"claims\.0\.op \(line 6\): unknown operator 'pak' \(did you mean 'paka'\?\)"),
-    ("unknown where key", CLAIM + "    where: {stpes: 30}\n",
-     r"claims\.0\.where\.stpes \(line 10\): 'stpes' is not a trial config key \(did you mean 'steps'\?\)"),
-    ("unknown task option", CLAIM + "    where: {task_options.upsampeler: carafe}\n",
-     r"claims\.0\.where\.task_options\.upsampeler \(line 10\): task 'upsampling' has no option 'upsampeler' "
-     r"\(did you mean 'upsampler'\?\)"),
-    ("where fixes the operator", CLAIM + "    op_where: {op: conv}\n",
-     r"claims\.0\.op_where\.op \(line 10\): cannot be fixed here: use `op:`"),
-    ("where fixes the seed", CLAIM + "    where: {seed: 0}\n", r"claims\.0\.where\.seed \(line 10\): cannot be fixed here"),
-    ("compared with itself", CLAIM.replace("against: conv", "against: pac"),
-     r"claims\.0\.against \(line 7\): compares 'pac' with itself"),
-    ("duplicate id", CLAIM + CLAIM.split("claims:\n")[1], r"claims\.1\.id \(line 10\): 'pac-lowers-rmse' is already the id of claim 0 \(line 2\)"),
-    ("bad id", CLAIM.replace("id: pac-lowers-rmse", "id: 'pac lowers'"), r"claims\.0\.id \(line 2\): 'pac lowers' must be"),
-    ("empty source", CLAIM.replace("source: Su et al., CVPR 2019", "source: ''"), r"claims\.0\.source \(line 4\): must not be empty"),
+    (
+        "missing required key",
+        CLAIM.replace("    source: Su et al., CVPR 2019\n", ""),
+        r"claims\.0\.source \(line 2\): required key is missing",
+    ),
+    (
+        "unknown task",
+        CLAIM.replace("task: upsampling", "task: upsamplng"),
+        r"claims\.0\.section\.task \(line 5\): unknown task 'upsamplng' \(did you mean 'upsampling'\?\)",
+    ),
+    (
+        "missing section: unknown dataset",
+        CLAIM.replace("dataset: middlebury", "dataset: midlebury"),
+        r"claims\.0\.section\.dataset \(line 5\): 'midlebury' is not a dataset of task 'upsampling' "
+        r"\(did you mean 'middlebury'\?\)",
+    ),
+    (
+        "unknown backbone",
+        CLAIM.replace("dataset: middlebury", "dataset: middlebury, backbone: jointnt"),
+        r"claims\.0\.section\.backbone \(line 5\): 'jointnt' is not a network of task 'upsampling' "
+        r"\(did you mean 'jointnet'\?\)",
+    ),
+    (
+        "unknown section key",
+        CLAIM.replace("dataset: middlebury", "datset: middlebury"),
+        r"claims\.0\.section\.datset \(line 5\): unknown key \(did you mean 'dataset'\?\)",
+    ),
+    (
+        "section without task",
+        CLAIM.replace("task: upsampling, ", ""),
+        r"claims\.0\.section \(line 5\): required key `task`",
+    ),
+    (
+        "unknown metric",
+        CLAIM.replace("metric: rmse", "metric: rmes"),
+        r"claims\.0\.metric \(line 8\): unknown metric 'rmes' of task 'upsampling' \(did you mean 'rmse'\?\)",
+    ),
+    (
+        "latency is not seed-level",
+        CLAIM.replace("metric: rmse", "metric: inference_ms"),
+        r"claims\.0\.metric \(line 8\): 'inference_ms' is a timing or memory measurement, not a seed-level result",
+    ),
+    (
+        "unknown metric of a condition",
+        CLAIM + "    non_inferior: {metric: top1, margin: 1}\n",
+        r"claims\.0\.non_inferior\.metric \(line 10\): unknown metric 'top1' of task 'upsampling'",
+    ),
+    (
+        "unknown operator",
+        CLAIM.replace("op: pac", "op: pak"),
+        r"claims\.0\.op \(line 6\): unknown operator 'pak' \(did you mean 'paka'\?\)",
+    ),
+    (
+        "unknown where key",
+        CLAIM + "    where: {stpes: 30}\n",
+        r"claims\.0\.where\.stpes \(line 10\): 'stpes' is not a trial config key \(did you mean 'steps'\?\)",
+    ),
+    (
+        "unknown task option",
+        CLAIM + "    where: {task_options.upsampeler: carafe}\n",
+        r"claims\.0\.where\.task_options\.upsampeler \(line 10\): task 'upsampling' has no option 'upsampeler' "
+        r"\(did you mean 'upsampler'\?\)",
+    ),
+    (
+        "where fixes the operator",
+        CLAIM + "    op_where: {op: conv}\n",
+        r"claims\.0\.op_where\.op \(line 10\): cannot be fixed here: use `op:`",
+    ),
+    (
+        "where fixes the seed",
+        CLAIM + "    where: {seed: 0}\n",
+        r"claims\.0\.where\.seed \(line 10\): cannot be fixed here",
+    ),
+    (
+        "compared with itself",
+        CLAIM.replace("against: conv", "against: pac"),
+        r"claims\.0\.against \(line 7\): compares 'pac' with itself",
+    ),
+    (
+        "duplicate id",
+        CLAIM + CLAIM.split("claims:\n")[1],
+        r"claims\.1\.id \(line 10\): 'pac-lowers-rmse' is already the id of claim 0 \(line 2\)",
+    ),
+    (
+        "bad id",
+        CLAIM.replace("id: pac-lowers-rmse", "id: 'pac lowers'"),
+        r"claims\.0\.id \(line 2\): 'pac lowers' must be",
+    ),
+    (
+        "empty source",
+        CLAIM.replace("source: Su et al., CVPR 2019", "source: ''"),
+        r"claims\.0\.source \(line 4\): must not be empty",
+    ),
     ("bad ratio", CLAIM + "    flops_ratio_max: 0\n", r"claims\.0\.flops_ratio_max \(line 10\): a ratio must be > 0"),
     ("wrong type", CLAIM + "    flops_ratio_max: nearly\n", r"claims\.0\.flops_ratio_max \(line 10\): expected float"),
     ("no claims", "claims: []\n", r"claims \(line 1\): no claims"),
     ("empty file", "", r"the file is empty: a claims file is a mapping"),
-    ("key given twice", CLAIM.replace("    metric: rmse\n", "    metric: rmse\n    metric: mae\n"),
-     r"claims\.0\.metric \(line 8\): given twice \(lines 8 and 9\)"),
+    (
+        "key given twice",
+        CLAIM.replace("    metric: rmse\n", "    metric: rmse\n    metric: mae\n"),
+        r"claims\.0\.metric \(line 8\): given twice \(lines 8 and 9\)",
+    ),
 ]
 
 
@@ -198,8 +295,10 @@ def test_an_operator_not_installed_is_only_a_warning_when_loading_for_a_report(t
 
 
 def test_a_baseline_name_is_checked_against_the_results(tmp_path):
-    cf = load_claims(write(tmp_path, CLAIM.replace("op: pac", "op: conv").replace("against: conv", "against: bilinear")),
-                     operators="error")  # the task does not list its baselines: the results decide
+    cf = load_claims(
+        write(tmp_path, CLAIM.replace("op: pac", "op: conv").replace("against: conv", "against: bilinear")),
+        operators="error",
+    )  # the task does not list its baselines: the results decide
     assert "bilinear" in cf.warnings[0] and "trivial baseline" in cf.warnings[0]
 
 
@@ -213,19 +312,39 @@ def rows(op: str, values, *, seeds=None, flops=1e6, params=1e3, status="ok", met
     out = []
     for s, v in zip(seeds, values):
         done = status == "ok"
-        out.append({"trial_id": f"{op}-{s}-{len(extra)}-{hash(tuple(sorted(extra.items()))) % 997}",
-                    "state": "done" if done else status, "status": status, "in_suite": True, **SECTION,
-                    "op": op, "seed": s, **extra, f"metric.{metric}": v if done else np.nan,
-                    "flops": flops if done else np.nan, "params": params if done else np.nan})
+        out.append(
+            {
+                "trial_id": f"{op}-{s}-{len(extra)}-{hash(tuple(sorted(extra.items()))) % 997}",
+                "state": "done" if done else status,
+                "status": status,
+                "in_suite": True,
+                **SECTION,
+                "op": op,
+                "seed": s,
+                **extra,
+                f"metric.{metric}": v if done else np.nan,
+                "flops": flops if done else np.nan,
+                "params": params if done else np.nan,
+            }
+        )
     return out
 
 
 def collection(*groups, baselines=None, directions=None) -> Collection:
     trials = pd.DataFrame([r for g in groups for r in g])
-    config = [c for c in ("task", "dataset", "backbone", "op", "task_options.upsampler", "steps", "seed")
-              if c in trials]
-    col = Collection("synthetic", "", trials, pd.DataFrame(), pd.DataFrame(), config,
-                     directions or {"rmse": False, "mae": False, "top1": True}, "rmse")
+    config = [
+        c for c in ("task", "dataset", "backbone", "op", "task_options.upsampler", "steps", "seed") if c in trials
+    ]
+    col = Collection(
+        "synthetic",
+        "",
+        trials,
+        pd.DataFrame(),
+        pd.DataFrame(),
+        config,
+        directions or {"rmse": False, "mae": False, "top1": True},
+        "rmse",
+    )
     if baselines is not None:
         col.baselines = pd.DataFrame(baselines)
     return col
@@ -235,8 +354,10 @@ def claims_file(tmp_path, *claims: str) -> object:
     head = "claims:\n"
     body = ""
     for i, extra in enumerate(claims):
-        body += (f"  - id: c{i}\n    claim: claim {i}\n    source: a paper\n"
-                 "    section: {task: upsampling, dataset: middlebury}\n" + extra)
+        body += (
+            f"  - id: c{i}\n    claim: claim {i}\n    source: a paper\n"
+            "    section: {task: upsampling, dataset: middlebury}\n" + extra
+        )
     return load_claims(write(tmp_path, head + body, name=f"claims{abs(hash(body)) % 10**6}.yaml"))
 
 
@@ -287,8 +408,11 @@ def table_text(table) -> str:
 
 
 def test_pending_and_failed_trials_are_not_measured(tmp_path):
-    col = collection(rows("conv", CONV), rows("pac", [np.nan] * 3, status="pending"),
-                     rows("pac", [np.nan], seeds=[3], status="error"))
+    col = collection(
+        rows("conv", CONV),
+        rows("pac", [np.nan] * 3, status="pending"),
+        rows("pac", [np.nan], seeds=[3], status="error"),
+    )
     (r,) = judge(tmp_path, col, PAC_LOWER).results
     assert r.verdict == NOT_MEASURED and "3 pending" in r.reason and "1 error" in r.reason
 
@@ -336,8 +460,9 @@ def test_flops_condition(tmp_path):
 
 
 def test_params_claim_with_non_inferiority(tmp_path):
-    claim = ("    op: involution\n    metric: params\n    direction: lower\n"
-             "    non_inferior: {metric: mae, margin: 0.2}\n")
+    claim = (
+        "    op: involution\n    metric: params\n    direction: lower\n    non_inferior: {metric: mae, margin: 0.2}\n"
+    )
     conv = rows("conv", CONV, metric="mae", params=1000)
     close = rows("involution", [v + 0.05 for v in CONV], metric="mae", params=400)
     (r,) = judge(tmp_path, collection(conv, close), claim).results
@@ -353,18 +478,35 @@ def test_params_claim_with_non_inferiority(tmp_path):
 
 def test_against_a_trivial_baseline(tmp_path):
     conv = rows("conv", CONV)
-    base = [{"trial_id": f"conv-{s}", "state": "done", "status": "ok", "in_suite": True, "baseline": "bilinear",
-             **SECTION, "op": "bilinear", "seed": s, "task_options.upsampler": None, "metric.rmse": v + 0.4}
-            for s, v in enumerate(CONV)]
-    claim = ("    where: {task_options.upsampler: bilinear}\n    op: conv\n    against: bilinear\n"
-             "    metric: rmse\n    direction: lower\n")
+    base = [
+        {
+            "trial_id": f"conv-{s}",
+            "state": "done",
+            "status": "ok",
+            "in_suite": True,
+            "baseline": "bilinear",
+            **SECTION,
+            "op": "bilinear",
+            "seed": s,
+            "task_options.upsampler": None,
+            "metric.rmse": v + 0.4,
+        }
+        for s, v in enumerate(CONV)
+    ]
+    claim = (
+        "    where: {task_options.upsampler: bilinear}\n    op: conv\n    against: bilinear\n"
+        "    metric: rmse\n    direction: lower\n"
+    )
     (r,) = judge(tmp_path, collection(conv, baselines=base), claim).results
     assert r.verdict == SUPPORTED and r.diff.mean == pytest.approx(-0.4)
     # records from before baselines were stored: not measured, not an error
     (r,) = judge(tmp_path, collection(conv, baselines=[]), claim).results
     assert r.verdict == NOT_MEASURED and "no trials of bilinear" in r.reason
-    with pytest.raises(ClaimsError, match=r"claims\.0\.against \(line 8\): 'bilinaer' is neither in the results "
-                                          r"of suite 'synthetic' nor a registered operator \(did you mean 'bilinear'\?\)"):
+    with pytest.raises(
+        ClaimsError,
+        match=r"claims\.0\.against \(line 8\): 'bilinaer' is neither in the results "
+        r"of suite 'synthetic' nor a registered operator \(did you mean 'bilinear'\?\)",
+    ):
         judge(tmp_path, collection(conv, baselines=base), claim.replace("against: bilinear", "against: bilinaer"))
 
 
@@ -375,8 +517,10 @@ def test_where_matches_a_late_option_left_out_at_its_default(tmp_path):
     claim = PAC_LOWER + "    where: {task_options.upsampler: bilinear}\n"
     (r,) = judge(tmp_path, collection(conv, carafe, pac), claim).results
     assert r.verdict == SUPPORTED and r.against_mean == pytest.approx(np.mean(CONV))
-    variant = ("    op: conv\n    op_where: {task_options.upsampler: carafe}\n    against: conv\n"
-               "    against_where: {task_options.upsampler: bilinear}\n    metric: rmse\n    direction: lower\n")
+    variant = (
+        "    op: conv\n    op_where: {task_options.upsampler: carafe}\n    against: conv\n"
+        "    against_where: {task_options.upsampler: bilinear}\n    metric: rmse\n    direction: lower\n"
+    )
     (r,) = judge(tmp_path, collection(conv, carafe, pac), variant).results
     assert r.verdict == CONTRADICTED and r.diff.mean == pytest.approx(1.0)
 
@@ -385,8 +529,11 @@ def test_an_ambiguous_claim_is_refused_naming_what_differs(tmp_path):
     conv = rows("conv", CONV)
     carafe = rows("conv", [v + 1 for v in CONV], **{"task_options.upsampler": "carafe"})
     col = collection(conv, carafe, rows("pac", CONV))
-    with pytest.raises(ClaimsError, match=r"claims\.0 \(line 2\): claim 'c0' is ambiguous .* differ in "
-                                          r"task_options\.upsampler = carafe, default"):
+    with pytest.raises(
+        ClaimsError,
+        match=r"claims\.0 \(line 2\): claim 'c0' is ambiguous .* differ in "
+        r"task_options\.upsampler = carafe, default",
+    ):
         judge(tmp_path, col, PAC_LOWER)
     table = judge(tmp_path, col, PAC_LOWER, strict=False)
     assert not table.results and "ambiguous" in table.skipped[0][1]
@@ -394,16 +541,21 @@ def test_an_ambiguous_claim_is_refused_naming_what_differs(tmp_path):
 
 def test_a_section_the_suite_does_not_have(tmp_path):
     col = collection(rows("conv", CONV), rows("pac", CONV))
-    other = ("  - id: seg\n    claim: deform helps\n    source: Dai et al. 2017\n"
-             "    section: {task: segmentation, dataset: synthetic}\n    op: deform\n    metric: miou\n"
-             "    direction: higher\n")
+    other = (
+        "  - id: seg\n    claim: deform helps\n    source: Dai et al. 2017\n"
+        "    section: {task: segmentation, dataset: synthetic}\n    op: deform\n    metric: miou\n"
+        "    direction: higher\n"
+    )
     cf = load_claims(write(tmp_path, CLAIM + other))
     with pytest.raises(ClaimsError) as info:
         evaluate_claims(cf, col)
     message = str(info.value)
-    assert re.search(r"claims\.1\.section \(line 13\): section segmentation · synthetic is not in suite 'synthetic' "
-                     r"\(it has no section of task 'segmentation'\); "
-                     r"its sections: upsampling · middlebury · jointnet", message), message
+    assert re.search(
+        r"claims\.1\.section \(line 13\): section segmentation · synthetic is not in suite 'synthetic' "
+        r"\(it has no section of task 'segmentation'\); "
+        r"its sections: upsampling · middlebury · jointnet",
+        message,
+    ), message
     table = evaluate_claims(cf, col, strict=False)  # the project's file on another suite: skipped
     assert [r.claim.id for r in table.results] == ["pac-lowers-rmse"]
     assert [c.id for c, _ in table.skipped] == ["seg"]
@@ -413,29 +565,56 @@ def test_a_section_the_suite_does_not_have(tmp_path):
 def test_a_near_miss_section_gets_a_did_you_mean(tmp_path):
     col = collection(rows("conv", CONV), rows("pac", CONV))
     cf = load_claims(write(tmp_path, CLAIM.replace("dataset: middlebury", "dataset: synthetic")))
-    with pytest.raises(ClaimsError, match=r"section upsampling · synthetic is not in suite 'synthetic' "
-                                          r"\(did you mean 'upsampling · middlebury'\?\)"):
+    with pytest.raises(
+        ClaimsError,
+        match=r"section upsampling · synthetic is not in suite 'synthetic' "
+        r"\(did you mean 'upsampling · middlebury'\?\)",
+    ):
         evaluate_claims(cf, col)
 
 
 def test_metric_missing_from_the_results_is_refused(tmp_path):
     col = collection(rows("conv", CONV, metric="mae"), rows("pac", CONV, metric="mae"))
-    with pytest.raises(ClaimsError, match=r"claims\.0\.metric \(line 8\): no 'rmse' in the results of section "
-                                          r"upsampling · middlebury.*; they have mae"):
+    with pytest.raises(
+        ClaimsError,
+        match=r"claims\.0\.metric \(line 8\): no 'rmse' in the results of section "
+        r"upsampling · middlebury.*; they have mae",
+    ):
         evaluate_claims(load_claims(write(tmp_path, CLAIM)), col)
 
 
 def test_the_default_file_never_stops_a_report(tmp_path):
     """What only the results can refuse (a baseline or metric name they lack) leaves the claim out of the
     table with a note when the file is the project's default, applied to any suite."""
-    base = [{"trial_id": f"conv-{s}", "state": "done", "status": "ok", "in_suite": True, "baseline": "bilinear",
-             **SECTION, "op": "bilinear", "seed": s, "metric.rmse": v + 0.4} for s, v in enumerate(CONV)]
+    base = [
+        {
+            "trial_id": f"conv-{s}",
+            "state": "done",
+            "status": "ok",
+            "in_suite": True,
+            "baseline": "bilinear",
+            **SECTION,
+            "op": "bilinear",
+            "seed": s,
+            "metric.rmse": v + 0.4,
+        }
+        for s, v in enumerate(CONV)
+    ]
     col = collection(rows("conv", CONV), rows("pac", [v - 0.2 for v in CONV]), baselines=base)
-    cf = load_claims(write(tmp_path, "claims:\n" + "".join(
-        f"  - id: {cid}\n    claim: x\n    source: y\n    section: {{task: upsampling, dataset: middlebury}}\n{body}"
-        for cid, body in [("ok", PAC_LOWER), ("name", "    op: conv\n    against: bilinear_up\n    metric: rmse\n"
-                                                      "    direction: lower\n"),
-                          ("metric", PAC_LOWER.replace("rmse", "mae"))])))
+    cf = load_claims(
+        write(
+            tmp_path,
+            "claims:\n"
+            + "".join(
+                f"  - id: {cid}\n    claim: x\n    source: y\n    section: {{task: upsampling, dataset: middlebury}}\n{body}"
+                for cid, body in [
+                    ("ok", PAC_LOWER),
+                    ("name", "    op: conv\n    against: bilinear_up\n    metric: rmse\n    direction: lower\n"),
+                    ("metric", PAC_LOWER.replace("rmse", "mae")),
+                ]
+            ),
+        )
+    )
     with pytest.raises(ClaimsError) as info:
         evaluate_claims(cf, col, strict=True)
     assert len(info.value.problems) == 2 and "did you mean 'bilinear'" in str(info.value)
@@ -443,7 +622,8 @@ def test_the_default_file_never_stops_a_report(tmp_path):
     assert [r.claim.id for r in table.results] == ["ok"] and table.results[0].verdict == SUPPORTED
     assert dict((c.id, why) for c, why in table.skipped) == {
         "name": "no 'bilinear_up' in these results (did you mean 'bilinear'?)",
-        "metric": "no 'mae' in the results of its section"}
+        "metric": "no 'mae' in the results of its section",
+    }
 
 
 def test_unknown_operator_at_report_time(tmp_path):
@@ -453,7 +633,9 @@ def test_unknown_operator_at_report_time(tmp_path):
     table = evaluate_claims(cf, col)
     assert table.results[0].verdict == INCONCLUSIVE and table.warnings == []
     cf = load_claims(write(tmp_path, CLAIM.replace("op: pac", "op: myplugn")))
-    with pytest.raises(ClaimsError, match=r"claims\.0\.op \(line 6\): 'myplugn' is neither .* \(did you mean 'myplugin'\?\)"):
+    with pytest.raises(
+        ClaimsError, match=r"claims\.0\.op \(line 6\): 'myplugn' is neither .* \(did you mean 'myplugin'\?\)"
+    ):
         evaluate_claims(cf, col)
 
 
@@ -461,7 +643,7 @@ def test_no_claim_is_forced(tmp_path):
     """Whatever the data, a claim and its opposite are never both supported; a claim's text and source
     change nothing; and a contradicted claim stays contradicted however its conditions are set."""
     rng = np.random.default_rng(0)
-    for trial in range(12):
+    for _trial in range(12):
         conv = list(rng.normal(3, 0.5, 4))
         pac = [v + rng.normal(rng.choice([-0.3, 0, 0.3]), 0.1) for v in conv]
         col = collection(rows("conv", conv), rows("pac", pac))
@@ -474,13 +656,16 @@ def test_no_claim_is_forced(tmp_path):
             (c,) = judge(tmp_path, col, PAC_LOWER + "    flops_ratio_max: 100\n").results
             assert c.verdict == CONTRADICTED
     col = collection(rows("conv", CONV), rows("pac", [v + 0.2 for v in CONV]))
-    text = ("  - id: x\n    claim: PAC is SUPPORTED by every experiment\n    source: supported\n"
-            "    section: {task: upsampling, dataset: middlebury}\n" + PAC_LOWER + "    note: supported\n")
+    text = (
+        "  - id: x\n    claim: PAC is SUPPORTED by every experiment\n    source: supported\n"
+        "    section: {task: upsampling, dataset: middlebury}\n" + PAC_LOWER + "    note: supported\n"
+    )
     table = evaluate_claims(load_claims(write(tmp_path, "claims:\n" + text)), col)
     assert table.results[0].verdict == CONTRADICTED
 
 
 # ---- rendering -------------------------------------------------------------------------------------
+
 
 def test_table_renderers(tmp_path):
     better = [v - 0.1 + d for v, d in zip(CONV, [0.01, -0.01, 0.005, -0.005])]
@@ -501,8 +686,10 @@ def test_table_renderers(tmp_path):
     col = collection(rows("conv", CONV), rows("pac", better))
     html = judge(tmp_path, col, PAC_LOWER.replace("op: pac", "op: pac\n    op_where: {steps: 30}")).to_html()
     assert html.startswith("<table>") and "<td style=" in html and "not measured: no trials of pac (steps=30)" in html
-    text = ("claims:\n  - id: x\n    claim: 'PAC <b>wins</b> & more'\n    source: a paper\n"
-            "    section: {task: upsampling, dataset: middlebury}\n" + PAC_LOWER)
+    text = (
+        "claims:\n  - id: x\n    claim: 'PAC <b>wins</b> & more'\n    source: a paper\n"
+        "    section: {task: upsampling, dataset: middlebury}\n" + PAC_LOWER
+    )
     html = evaluate_claims(load_claims(write(tmp_path, text)), col).to_html()
     assert "PAC &lt;b&gt;wins&lt;/b&gt; &amp; more" in html and "<b>" not in html
 
@@ -511,8 +698,9 @@ def test_report_section_and_files(tmp_path):
     better = [v - 0.1 + d for v, d in zip(CONV, [0.01, -0.01, 0.005, -0.005])]
     col = collection(rows("conv", CONV), rows("pac", better))
     table = judge(tmp_path, col, PAC_LOWER, PAC_HIGHER, PAC_LOWER.replace("pac", "paka"))
-    assert table.summary() == ("Of 3 published claims judged on this suite: 1 supported, 1 contradicted, "
-                               "1 not measured.")
+    assert table.summary() == (
+        "Of 3 published claims judged on this suite: 1 supported, 1 contradicted, 1 not measured."
+    )
     files = table.files()
     assert set(files) == {"tables/claims.csv", "tables/claims.md", "tables/claims.tex"}
     tex = files["tables/claims.tex"]
@@ -527,9 +715,11 @@ def test_report_claims_default_file_is_lenient_and_an_explicit_one_strict(tmp_pa
     from adaptconv.report.claims import report_claims
 
     col = collection(rows("conv", CONV), rows("pac", CONV))
-    other = ("  - id: seg\n    claim: deform helps\n    source: Dai et al. 2017\n"
-             "    section: {task: segmentation, dataset: synthetic}\n    op: deform\n    metric: miou\n"
-             "    direction: higher\n")
+    other = (
+        "  - id: seg\n    claim: deform helps\n    source: Dai et al. 2017\n"
+        "    section: {task: segmentation, dataset: synthetic}\n    op: deform\n    metric: miou\n"
+        "    direction: higher\n"
+    )
     (tmp_path / "suites").mkdir()
     write(tmp_path, CLAIM + other)
     monkeypatch.chdir(tmp_path / "suites")
@@ -570,8 +760,9 @@ claims:
 
 
 def test_cli_report_with_claims_and_claims_check(tmp_path, capsys):
-    from adaptconv.cli import main
     from fixtures.records import write_fixture
+
+    from adaptconv.cli import main
 
     # records: pac is 0.30 below conv and dfn 0.10 above it at every seed; bilinear about 1 above conv
     suite, store = write_fixture(tmp_path, ops=("conv", "pac", "dfn"), scales=(8,), seeds=(0, 1, 2), kernel_types=())

@@ -44,8 +44,10 @@ def add_baselines(store) -> None:
         if rec.get("status") != "ok":
             continue
         s = rec["config"]["task_options"]["scale"]
-        rec["baselines"] = {"bilinear": {"rmse": bilinear(s), "mae": bilinear(s) / 2},
-                            "nearest": {"rmse": nearest(s), "mae": nearest(s) / 2}}
+        rec["baselines"] = {
+            "bilinear": {"rmse": bilinear(s), "mae": bilinear(s) / 2},
+            "nearest": {"rmse": nearest(s), "mae": nearest(s) / 2},
+        }
         path.write_text(json.dumps(rec))
 
 
@@ -103,10 +105,13 @@ def three_seeds(tmp_path_factory):
     """conv, pac, dfn and pac (kernel_type=inv) at scales 4 and 8, three seeds, with trivial baselines;
     pac (kernel_type=inv) has no result at scale 8 (one point in the scale ablation)."""
     root = tmp_path_factory.mktemp("figs3")
-    suite, store = write_fixture(root, ops=("conv", "pac", "dfn"), scales=(4, 8), seeds=(0, 1, 2),
-                                 kernel_types=("inv",))
-    drop_records(store, lambda c: not ((c.get("op_options") or {}).get("kernel_type") == "inv"
-                                       and c["task_options"]["scale"] == 8))
+    suite, store = write_fixture(
+        root, ops=("conv", "pac", "dfn"), scales=(4, 8), seeds=(0, 1, 2), kernel_types=("inv",)
+    )
+    drop_records(
+        store,
+        lambda c: not ((c.get("op_options") or {}).get("kernel_type") == "inv" and c["task_options"]["scale"] == 8),
+    )
     add_baselines(store)
     return draw_all(store, suite, root / "report" / "figures")
 
@@ -196,8 +201,11 @@ def test_panels_are_as_wide_as_their_content(one_seed):
 
 def test_titles_are_short_and_never_overlap_or_leave_the_figure(three_seeds):
     _, _, drawn = three_seeds
-    for name in ("bars-upsampling-middlebury-jointnet", "pareto-upsampling-middlebury-jointnet",
-                 "curves-upsampling-middlebury-jointnet"):
+    for name in (
+        "bars-upsampling-middlebury-jointnet",
+        "pareto-upsampling-middlebury-jointnet",
+        "curves-upsampling-middlebury-jointnet",
+    ):
         fig = drawn[name]
         renderer = render(fig)
         titled = [ax for ax in panels(fig) if ax.get_title()]
@@ -215,8 +223,11 @@ def test_titles_are_short_and_never_overlap_or_leave_the_figure(three_seeds):
 
 
 def labelled_ticks(axis, low, high):
-    return [t.get_text() for t in axis.get_ticklabels()
-            if t.get_visible() and t.get_text() and low <= t.get_position()[axis.axis_name == "y"] <= high]
+    return [
+        t.get_text()
+        for t in axis.get_ticklabels()
+        if t.get_visible() and t.get_text() and low <= t.get_position()[axis.axis_name == "y"] <= high
+    ]
 
 
 def test_log_axes_have_several_plain_labels(three_seeds):
@@ -284,8 +295,10 @@ def test_ablation_lines_need_two_points(three_seeds, one_seed):
     # the baselines depend on the scale: drawn over it, not as one level
     ax = panels(drawn["ablation-task-options-scale"])[0]
     dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
-    assert sorted(tuple(np.round(line.get_ydata(), 6)) for line in dotted) == \
-        [(round(bilinear(4), 6), round(bilinear(8), 6)), (round(nearest(4), 6), round(nearest(8), 6))]
+    assert sorted(tuple(np.round(line.get_ydata(), 6)) for line in dotted) == [
+        (round(bilinear(4), 6), round(bilinear(8), 6)),
+        (round(nearest(4), 6), round(nearest(8), 6)),
+    ]
     # one seed, and only conv at scale 8: conv is the only line of the scale ablation
     _, figures, _ = one_seed
     assert figures["ablation-task-options-scale"].legend == ["conv"]

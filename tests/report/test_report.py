@@ -99,13 +99,16 @@ def test_findings_open_the_report_in_words(built):
     root, *_ = built
     readme = (root / "report" / "README.md").read_text()
     assert readme.startswith("# adaptconv report: fixture\n\n## Findings\n")
-    findings = readme[:readme.index("## How to read it")]
+    findings = readme[: readme.index("## How to read it")]
     assert "Holm–Bonferroni" in findings and "paired by seed" in findings
     assert "*scale=4:* `conv` scores 1.40 ± 0.04 (`rmse`, n=3). It beats every trivial baseline" in findings
     assert "so the budget learns" in findings
-    assert "Better than `conv`: `pac` (Δ -0.300 ± 0), `pac (kernel_type=inv)` (Δ -0.250 ± 0). Worse: `dfn` (Δ +0.100 ± 0)." in findings
+    assert (
+        "Better than `conv`: `pac` (Δ -0.300 ± 0), `pac (kernel_type=inv)` (Δ -0.250 ± 0). Worse: `dfn` (Δ +0.100 ± 0)."
+        in findings
+    )
     assert "No result to compare: `pac (kernel_type=inv)`." in findings  # scale 8: failed and pending
-    notes = readme[readme.index("## How to read it"):].split("\n## ")[0]
+    notes = readme[readme.index("## How to read it") :].split("\n## ")[0]
     assert "paired by seed" in notes and "Holm–Bonferroni" in notes
 
 
@@ -203,8 +206,9 @@ def test_compare_two_result_sets(built, tmp_path):
 
 
 def test_cli_collect_report_compare(tmp_path, capsys):
-    suite, store = write_fixture(tmp_path, ops=("conv", "pac"), scales=(4,), seeds=(0, 1, 2), kernel_types=(),
-                                 pending=1)
+    suite, store = write_fixture(
+        tmp_path, ops=("conv", "pac"), scales=(4,), seeds=(0, 1, 2), kernel_types=(), pending=1
+    )
     suite_file = tmp_path / "fixture.yaml"
     assert main(["collect", str(suite_file), "--results", str(store.root)]) == 0
     out = capsys.readouterr().out
@@ -230,7 +234,9 @@ def test_report_from_the_stored_suite_copy_when_the_suite_file_is_gone(tmp_path,
     (store.root / "suite.yaml").write_text((tmp_path / "fixture.yaml").read_text())
     (tmp_path / "fixture.yaml").unlink()
     monkeypatch.chdir(tmp_path)
-    shutil.move(str(store.root), tmp_path / "results" / "fixture") if store.root != tmp_path / "results" / "fixture" else None
+    shutil.move(
+        str(store.root), tmp_path / "results" / "fixture"
+    ) if store.root != tmp_path / "results" / "fixture" else None
     assert main(["report", "fixture"]) == 0
     assert (tmp_path / "report" / "fixture" / "index.html").is_file()
     capsys.readouterr()
@@ -238,12 +244,15 @@ def test_report_from_the_stored_suite_copy_when_the_suite_file_is_gone(tmp_path,
 
 def test_a_swept_config_key_named_like_a_run_column(tmp_path):
     """`batch_size` is both a config key (swept here) and a column of the runs table."""
-    suite, store = write_fixture(tmp_path, ops=("conv", "pac"), scales=(4,), seeds=(0,), kernel_types=(),
-                                 batch_sizes=(4, 8))
+    suite, store = write_fixture(
+        tmp_path, ops=("conv", "pac"), scales=(4,), seeds=(0,), kernel_types=(), batch_sizes=(4, 8)
+    )
     report = build_report(collect(store, suite), tmp_path / "report")
     scaling = [f for f in report.figures if f.kind == "scaling"]
-    assert sorted(f.file for f in scaling) == ["figures/scaling-upsampling-middlebury-jointnet-batch-size-4.png",
-                                               "figures/scaling-upsampling-middlebury-jointnet-batch-size-8.png"]
+    assert sorted(f.file for f in scaling) == [
+        "figures/scaling-upsampling-middlebury-jointnet-batch-size-4.png",
+        "figures/scaling-upsampling-middlebury-jointnet-batch-size-8.png",
+    ]
     assert any(f.file == "figures/ablation-batch-size.png" for f in report.figures)
 
 
@@ -258,8 +267,14 @@ def test_compare_without_common_trials_says_why(tmp_path, capsys):
 
 def test_factors_swept_together_get_one_ablation_figure(tmp_path):
     """zip: {optimizer.lr, batch_size}: one figure (the first key), the other not held fixed."""
-    suite, store = write_fixture(tmp_path, ops=("conv", "pac"), scales=(4,), seeds=(0,), kernel_types=(),
-                                 zipped={"optimizer.lr": [0.001, 0.01], "batch_size": [4, 8]})
+    suite, store = write_fixture(
+        tmp_path,
+        ops=("conv", "pac"),
+        scales=(4,),
+        seeds=(0,),
+        kernel_types=(),
+        zipped={"optimizer.lr": [0.001, 0.01], "batch_size": [4, 8]},
+    )
     report = build_report(collect(store, suite), tmp_path / "report")
     ablations = sorted(f.file for f in report.figures if f.kind == "ablation")
     assert len(ablations) == 1, ablations
@@ -299,9 +314,10 @@ def _table(tmp_path, text: str, values: dict, baselines_fn=None):
 
 
 def _suite(ops, seeds, extra_blocks: str = "") -> str:
-    return (f"name: fixture\ndescription: verdict fixture\nbase: {{task: upsampling, dataset: middlebury, steps: 20, task_options: {{scale: 8}}}}\n"
-            f"seeds: {list(seeds)}\nblocks:\n  - {{name: operators, product: {{op: [{', '.join(ops)}]}}}}\n"
-            + extra_blocks)
+    return (
+        f"name: fixture\ndescription: verdict fixture\nbase: {{task: upsampling, dataset: middlebury, steps: 20, task_options: {{scale: 8}}}}\n"
+        f"seeds: {list(seeds)}\nblocks:\n  - {{name: operators, product: {{op: [{', '.join(ops)}]}}}}\n" + extra_blocks
+    )
 
 
 def test_verdicts_are_paired_by_seed_and_holm_corrected(tmp_path):
@@ -334,8 +350,12 @@ def test_baselines_are_a_holm_family_of_their_own(tmp_path):
     conv = 2.0 + 0.5 * np.array(SHARED)
     values = {"conv": conv, "pac": conv + 0.3 * Z, "dfn": conv + 0.2 * Z, "paka": conv + 0.1 * Z}
     bilinear = conv - _differences(0.02)
-    _, t = _table(tmp_path, _suite(["conv", "pac", "dfn", "paka"], range(5)), values,
-                  baselines_fn=lambda c: {"bilinear": {"rmse": float(bilinear[c["seed"]])}})
+    _, t = _table(
+        tmp_path,
+        _suite(["conv", "pac", "dfn", "paka"], range(5)),
+        values,
+        baselines_fn=lambda c: {"bilinear": {"rmse": float(bilinear[c["seed"]])}},
+    )
     b = t.loc["bilinear"]
     assert b["metric.rmse.p_value"] == pytest.approx(0.02)
     assert b["metric.rmse.holm_reject"] and b["metric.rmse.verdict"] == "worse"
@@ -359,14 +379,32 @@ def test_network_variants_are_compared_with_the_same_network_and_never_alone(tmp
     """CARAFE as the upsampler (3× worse than bilinear, as on main) and a row alone in its group: neither
     can be best; a variant's reference is the same network without it."""
     conv = 2.0 + 0.2 * np.array(SHARED[:3])
-    values = {"conv": conv, "pac": conv - 0.1 + 0.01 * Z[:3], "conv+carafe": 3 * 3.565 + 0.1 * Z[:3],
-              "pac+carafe": conv - 0.2 + 0.01 * Z[:3], "pac@40": [0.5, 0.51, 0.49]}
-    blocks = ("  - {name: carafe, base: {task_options: {scale: 8, upsampler: carafe}}, product: {op: [conv, pac]}}\n"
-              "  - {name: longer, base: {op: pac, steps: 40}}\n")
-    layout, t = _table(tmp_path, _suite(["conv", "pac"], range(3), blocks), values,
-                       baselines_fn=lambda c: {"bilinear": {"rmse": 3.565 + 0.01 * c["seed"]}})
-    assert list(t.index) == ["conv", "pac", "conv (upsampler=carafe)", "pac (upsampler=carafe)", "bilinear",
-                             "pac", "bilinear"]
+    values = {
+        "conv": conv,
+        "pac": conv - 0.1 + 0.01 * Z[:3],
+        "conv+carafe": 3 * 3.565 + 0.1 * Z[:3],
+        "pac+carafe": conv - 0.2 + 0.01 * Z[:3],
+        "pac@40": [0.5, 0.51, 0.49],
+    }
+    blocks = (
+        "  - {name: carafe, base: {task_options: {scale: 8, upsampler: carafe}}, product: {op: [conv, pac]}}\n"
+        "  - {name: longer, base: {op: pac, steps: 40}}\n"
+    )
+    layout, t = _table(
+        tmp_path,
+        _suite(["conv", "pac"], range(3), blocks),
+        values,
+        baselines_fn=lambda c: {"bilinear": {"rmse": 3.565 + 0.01 * c["seed"]}},
+    )
+    assert list(t.index) == [
+        "conv",
+        "pac",
+        "conv (upsampler=carafe)",
+        "pac (upsampler=carafe)",
+        "bilinear",
+        "pac",
+        "bilinear",
+    ]
     assert list(t["steps"]) == [20] * 5 + [40] * 2  # the budget makes groups; the upsampler does not
     first = t[t["steps"] == 20]
     carafe = first.loc["conv (upsampler=carafe)"]
@@ -382,15 +420,16 @@ def test_network_variants_are_compared_with_the_same_network_and_never_alone(tmp
     assert t["metric.rmse.best"].sum() == 1
     from adaptconv.report.findings import findings
 
-    (section, paragraphs), = findings(layout)
+    ((section, paragraphs),) = findings(layout)
     assert "`conv (upsampler=carafe)` (Δ +" in paragraphs[0] and "Worse:" in paragraphs[0]
     assert "no `conv` row to compare with (`pac`, `bilinear`)" in paragraphs[1]
 
 
 def test_one_seed_is_never_best_and_says_so(tmp_path):
     values = {"conv": [2.0], "pac": [1.0], "dfn": [3.0]}
-    layout, t = _table(tmp_path, _suite(["conv", "pac", "dfn"], [0]), values,
-                       baselines_fn=lambda c: {"bilinear": {"rmse": 2.5}})
+    layout, t = _table(
+        tmp_path, _suite(["conv", "pac", "dfn"], [0]), values, baselines_fn=lambda c: {"bilinear": {"rmse": 2.5}}
+    )
     assert list(t["metric.rmse.verdict"]) == ["reference", "n<2, no CI", "n<2, no CI", "n<2, no CI"]
     assert not t["metric.rmse.best"].any()
     from adaptconv.report.tables import display_table, to_markdown
@@ -408,17 +447,31 @@ def test_one_seed_is_never_best_and_says_so(tmp_path):
 def test_findings_say_when_the_network_has_not_learned(tmp_path):
     conv = 3.6 + 0.2 * np.array(SHARED[:3])
     values = {"conv": conv, "pac": conv + 0.001 * Z[:3]}
-    layout, _ = _table(tmp_path, _suite(["conv", "pac"], range(3)), values,
-                       baselines_fn=lambda c: {"bilinear": {"rmse": 3.5 + 0.2 * SHARED[c["seed"]]}})
+    layout, _ = _table(
+        tmp_path,
+        _suite(["conv", "pac"], range(3)),
+        values,
+        baselines_fn=lambda c: {"bilinear": {"rmse": 3.5 + 0.2 * SHARED[c["seed"]]}},
+    )
     from adaptconv.report.findings import section_findings
 
     text = section_findings(layout, layout.sections[0])[0]
     assert "It is **worse** than `bilinear` (Δ +0.100 ± 0): at this budget the network has not learned" in text
     assert "No operator is better than `conv`." in text and "No detectable difference at this budget: `pac`." in text
     b = layout.baselines_of(layout.sections[0])
-    assert list(b.columns) == ["baseline", "section", "group", "metric.rmse", "metric.rmse.ci_low",
-                               "metric.rmse.ci_high", "metric.rmse.n", "metric.mae", "metric.mae.ci_low",
-                               "metric.mae.ci_high", "metric.mae.n"]
+    assert list(b.columns) == [
+        "baseline",
+        "section",
+        "group",
+        "metric.rmse",
+        "metric.rmse.ci_low",
+        "metric.rmse.ci_high",
+        "metric.rmse.n",
+        "metric.mae",
+        "metric.mae.ci_low",
+        "metric.mae.ci_high",
+        "metric.mae.n",
+    ]
     assert b["metric.rmse"].iloc[0] == pytest.approx(3.5 + 0.2 * np.mean(SHARED[:3]))
     assert b["metric.rmse.n"].iloc[0] == 3 and math.isnan(b["metric.mae"].iloc[0])
 
@@ -429,11 +482,12 @@ def test_findings_of_a_wide_sweep_count_verdicts_over_groups(built, monkeypatch)
 
     _, _, _, col, _ = built
     monkeypatch.setattr(findings_module, "MAX_GROUPS", 1)  # the fixture's two scales count as many
-    (section, (text,)), = findings_module.findings(build_layout(col))
+    ((section, (text,)),) = findings_module.findings(build_layout(col))
     assert text.startswith("2 comparison groups")
     assert "`conv` beats every trivial baseline in 2 of 2 groups." in text
-    assert ("Against `conv`, in groups: `pac` 2 better; `pac (kernel_type=inv)` 1 better, 1 too few seeds; "
-            "`dfn` 2 worse.") in text
+    assert (
+        "Against `conv`, in groups: `pac` 2 better; `pac (kernel_type=inv)` 1 better, 1 too few seeds; `dfn` 2 worse."
+    ) in text
 
 
 def _mark_contended(store_root, op: str, seeds=(0,)) -> int:

@@ -60,7 +60,9 @@ def test_values_are_the_records_values(col):
 def test_runs_and_curves_tables(col):
     assert len(col.runs) == 21 * 12  # 3 resolutions × 2 batch sizes × 2 phases per finished trial
     assert sorted(col.runs["resolution"].unique()) == [32, 64, 128]
-    one = col.runs[(col.runs["phase"] == "train_step") & (col.runs["resolution"] == 128) & (col.runs["batch_size"] == 2)]
+    one = col.runs[
+        (col.runs["phase"] == "train_step") & (col.runs["resolution"] == 128) & (col.runs["batch_size"] == 2)
+    ]
     ops = col.trials.set_index("trial_id").loc[one["trial_id"], "op"]
     assert np.allclose(one["latency_ms"].values, [latency_ms(o, "train_step", 2, 128) for o in ops])
     loss = col.curves[col.curves["series"] == "loss"]
@@ -70,10 +72,18 @@ def test_runs_and_curves_tables(col):
 
 def test_written_tables_read_back(col, tmp_path):
     paths = col.write(tmp_path)
-    assert sorted(p.name for p in paths) == ["baselines.csv", "baselines.parquet", "curves.parquet", "results.csv",
-                                             "results.parquet", "runs.csv", "runs.parquet"]
+    assert sorted(p.name for p in paths) == [
+        "baselines.csv",
+        "baselines.parquet",
+        "curves.parquet",
+        "results.csv",
+        "results.parquet",
+        "runs.csv",
+        "runs.parquet",
+    ]
     assert len(pd.read_csv(tmp_path / "baselines.csv")) == len(col.baselines) == 12
     back = pd.read_parquet(tmp_path / "results.parquet")
+
     def plain(df):  # Parquet reads a missing value back as None or NaN depending on the column type
         return df.astype(object).where(df.notna(), None)
 
@@ -124,12 +134,14 @@ def test_baselines_aggregate_over_seeds(col):
     half = stats.t.ppf(0.975, 2) * statistics.stdev(values) / math.sqrt(3)
     assert row["metric.rmse"] == pytest.approx(statistics.mean(values)) and row["metric.rmse.n"] == 3
     assert (row["metric.rmse.ci_low"], row["metric.rmse.ci_high"]) == pytest.approx(
-        (statistics.mean(values) - half, statistics.mean(values) + half))
+        (statistics.mean(values) - half, statistics.mean(values) + half)
+    )
 
 
 def test_records_without_baselines_have_none(tmp_path):
-    suite, store = write_fixture(tmp_path, ops=("conv", "pac"), scales=(4,), seeds=(0, 1), kernel_types=(),
-                                 baselines_fn=lambda cfg: None)
+    suite, store = write_fixture(
+        tmp_path, ops=("conv", "pac"), scales=(4,), seeds=(0, 1), kernel_types=(), baselines_fn=lambda cfg: None
+    )
     col = collect(store, suite)
     assert col.baselines.empty and "baseline" in col.baselines.columns
     assert len(aggregate(col)) == 2
@@ -139,8 +151,9 @@ def test_baseline_copies_that_disagree_are_logged(tmp_path, caplog):
     def differ(cfg):  # pac's copy of the test set differs: not the same test data
         return {"bilinear": {"rmse": 2.0 + (0.5 if cfg["op"] == "pac" else 0.0)}}
 
-    suite, store = write_fixture(tmp_path, ops=("conv", "pac"), scales=(4,), seeds=(0,), kernel_types=(),
-                                 baselines_fn=differ)
+    suite, store = write_fixture(
+        tmp_path, ops=("conv", "pac"), scales=(4,), seeds=(0,), kernel_types=(), baselines_fn=differ
+    )
     with caplog.at_level("WARNING"):
         col = collect(store, suite)
     assert len(col.baselines) == 1 and col.baselines["metric.rmse"].iloc[0] == 2.0  # the first kept
@@ -176,8 +189,11 @@ def test_fixture_template_has_the_shape_of_a_real_record():
     from adaptconv.trial import run_trial
 
     cfg = json.loads(json.dumps(TEMPLATE["config"]))
-    cfg.update(steps=1, eval_points=1, measure={"batch_sizes": [1], "resolution": 32, "warmup": 1, "repeats": 2,
-                                                "min_time_s": 0.0})
+    cfg.update(
+        steps=1,
+        eval_points=1,
+        measure={"batch_sizes": [1], "resolution": 32, "warmup": 1, "repeats": 2, "min_time_s": 0.0},
+    )
     rec = run_trial(cfg)
     assert rec["status"] == "ok", rec.get("error")
     fixture_only = {"metric_info", "baselines"}  # the template predates these keys; the fixtures add them

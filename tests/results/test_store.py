@@ -236,7 +236,7 @@ def _mode(path) -> int:
 def test_every_atomically_written_file_gets_the_umask_mode(tmp_path, umask):
     import torch
 
-    from adaptconv.results.atomic import write_bytes_atomic, write_text_atomic
+    from adaptconv.atomic import write_bytes_atomic, write_text_atomic
     from adaptconv.results.collect import collect
     from adaptconv.trial.runner import _save_checkpoint
 
