@@ -42,11 +42,12 @@ OP_NOTES = {
     "paka": "`reduction`, `hidden_channels`",
     "acda": "`num_atoms`, `bases_per_scale` (Fourier–Bessel)",
     "dfn": "`filter_groups`, `normalize` softmax/none, 1×1 projection when O ≠ C",
-    "deform": "`offset_groups`; torchvision's kernel",
-    "mdeform": "`mask_scale` (1.0 = the paper's plain sigmoid, which halves the output at init)",
+    "deform": "`offset_groups`; compiled CPU kernel (torchvision's on CUDA)",
+    "mdeform": "`mask_scale` (1.0 = the paper's plain sigmoid, which halves the output at init); compiled CPU "
+    "kernel (torchvision's on CUDA)",
     "condconv": "`num_experts`; the guide drives the routing",
-    "dynconv": "`num_kernels`, `reduction`, `temperature`; `anneal_temperature(model, progress)`; the guide "
-    "drives the attention",
+    "dynconv": "`num_kernels`, `reduction`, `temperature` τ annealed to 1 over the first `anneal` of training "
+    "(0.1); the guide drives the attention",
     "involution": "kernel from the pixel itself, shared per channel group (`group_channels`), 1×1 projection "
     "when O ≠ C",
     "ddf": "channel filter (GAP) × spatial filter, each FilterNorm'd; `heads`; runs on the CPU and in fp16/bf16",
