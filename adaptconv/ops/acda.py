@@ -95,7 +95,7 @@ def _fb_scale(m: int, wanted: int) -> np.ndarray:
     return np.stack(basis).reshape(-1, m, m)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fb_bases(kernel_size: tuple[int, int], bases_per_scale: int) -> np.ndarray:
     kh, kw = kernel_size
     k = min(kh, kw)
@@ -105,7 +105,7 @@ def _fb_bases(kernel_size: tuple[int, int], bases_per_scale: int) -> np.ndarray:
         scale = _fb_scale(m, bases_per_scale)
         block = np.zeros((scale.shape[0], kh, kw))
         r0, c0 = (kh - m) // 2, (kw - m) // 2
-        block[:, r0:r0 + m, c0:c0 + m] = scale
+        block[:, r0 : r0 + m, c0 : c0 + m] = scale
         blocks.append(block)
     out = np.concatenate(blocks)
     out.setflags(write=False)
@@ -225,10 +225,33 @@ class AcdaConv2d(AdaptiveConv2d):
         "min(M, L) bases; exact when they span all k² taps (k <= 3, bases_per_scale >= k², num_atoms >= L)"
     )
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, *, guide_channels=None, num_atoms=6, bases_per_scale=6, hidden_channels=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         guide_channels=guide_channels)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        *,
+        guide_channels=None,
+        num_atoms=6,
+        bases_per_scale=6,
+        hidden_channels=None,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            guide_channels=guide_channels,
+        )
         label = type(self).name or type(self).__name__
         self.num_atoms = _positive_int(num_atoms, "num_atoms", label)
         self.bases_per_scale = _positive_int(bases_per_scale, "bases_per_scale", label)
@@ -265,8 +288,9 @@ class AcdaConv2d(AdaptiveConv2d):
             if isinstance(layer, nn.BatchNorm2d) and layer.training and a.shape[0] * a.shape[2] * a.shape[3] == 1:
                 # A single value per channel (batch 1, 1×1 map) has no batch statistics; rather than
                 # crash, normalise with the running statistics (and leave them unchanged).
-                a = F.batch_norm(a, layer.running_mean, layer.running_var, layer.weight, layer.bias,
-                                 False, 0.0, layer.eps)
+                a = F.batch_norm(
+                    a, layer.running_mean, layer.running_var, layer.weight, layer.bias, False, 0.0, layer.eps
+                )
             else:
                 a = layer(a)
         a = _taps.window_centres(a, self.kernel_size, self.stride, self.padding, self.dilation)
@@ -275,15 +299,26 @@ class AcdaConv2d(AdaptiveConv2d):
 
     def atoms(self, guide: torch.Tensor) -> torch.Tensor:
         """Per-pixel atoms ``D[b, m, :, p] = Σ_l a[b, m, l, p] ψ_l``: B×M×T×H'×W'."""
-        return torch.einsum("bmlyx,lt->bmtyx", self.coefficients(guide), self.bases)
+        a = self.coefficients(guide)
+        # one batched (T×L)·(L×H'W') product, written in the atoms' layout (einsum permutes and copies)
+        return torch.matmul(self.bases.t(), a.flatten(3)).view(*a.shape[:2], self.bases.shape[1], *a.shape[-2:])
 
     def adaptive_forward(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
-        return acda_conv2d(x, self.atoms(guide), self.coef, self.bias, self.stride, self.padding,
-                           self.dilation, self.groups, kernel_size=self.kernel_size)
+        return acda_conv2d(
+            x,
+            self.atoms(guide),
+            self.coef,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            kernel_size=self.kernel_size,
+        )
 
     # ----------------------------------------------------------------------------------------------
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, **options) -> "AcdaConv2d":
+    def from_conv(cls, conv: nn.Conv2d, **options) -> AcdaConv2d:
         """Spatially constant atoms ``D_m = t·ψ_m`` (m < min(M, L)) and the least-squares ``coef``.
 
         The last coefficient conv is zeroed and the last BatchNorm's bias set to ``atanh(t)`` on the
@@ -318,5 +353,7 @@ class AcdaConv2d(AdaptiveConv2d):
         return op
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, num_atoms={self.num_atoms}, bases_per_scale={self.bases_per_scale}, "
-                f"num_bases={self.num_bases}, hidden_channels={self.hidden_channels}")
+        return (
+            f"{super().extra_repr()}, num_atoms={self.num_atoms}, bases_per_scale={self.bases_per_scale}, "
+            f"num_bases={self.num_bases}, hidden_channels={self.hidden_channels}"
+        )

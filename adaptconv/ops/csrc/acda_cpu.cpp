@@ -58,20 +58,29 @@ inline void vstore(T* p, typename Vec<T>::type v) {
 
 constexpr int64_t GM = 6, GJ = 3;
 
+// The atoms of output row r of sample s (M·T rows of Wo) copied together: in D they lie H'·W' apart,
+// which for a power-of-two map (32×32: 4 KiB) puts all of them in the same L1 sets.
+template <typename T>
+inline const T* atom_row(const T* D, int64_t s, int64_t r, const Dims& d, int64_t Tn, T* buf) {
+  const int64_t hw = d.Ho * d.Wo;
+  const T* src = D + (d.b0 + s) * d.M * Tn * hw + (d.r0 + r) * d.Wo;
+  for (int64_t mj = 0; mj < d.M * Tn; ++mj) std::copy(src + mj * hw, src + mj * hw + d.Wo, buf + mj * d.Wo);
+  return buf;
+}
+
 // The number of pixels of a row of Wo that the vector loops take.
 template <typename T, bool Unit>
 inline int64_t vector_part(int64_t Wo) {
   return Unit ? Wo - Wo % Vec<T>::L : 0;
 }
 
-// Z of channel c, sample s, output row r (M rows of Wo, at z + (c·M)·n + (s·rows + r)·Wo).
-// xv: a buffer of T vectors.
+// Z of channel c, sample s, output row r (M rows of Wo, at z + (c·M)·n + (s·rows + r)·Wo), from the
+// row's atoms Ds (M·T × Wo, atom_row below). xv: a buffer of T vectors.
 template <typename T, bool Unit>
-inline void z_row(const T* xplane, const T* D, T* z, int64_t c, int64_t s, int64_t r, const Dims& d,
+inline void z_row(const T* xplane, const T* Ds, T* z, int64_t c, int64_t s, int64_t r, const Dims& d,
                   const Geom& g, typename Vec<T>::type* xv) {
   using V = typename Vec<T>::type;
-  const int64_t Tn = g.taps(), n = d.nb * d.rows * d.Wo, Wo = d.Wo, sw = g.sw, hw = d.Ho * Wo;
-  const T* Ds = D + (d.b0 + s) * d.M * Tn * hw + (d.r0 + r) * Wo;
+  const int64_t Tn = g.taps(), n = d.nb * d.rows * d.Wo, Wo = d.Wo, sw = g.sw, hw = Wo;
   T* zs = z + c * d.M * n + (s * d.rows + r) * Wo;
   const int64_t vp = vector_part<T, Unit>(Wo);
   for (int64_t q = 0; q < vp; q += Vec<T>::L) {
@@ -112,14 +121,17 @@ void acda_z(const T* xp, const T* D, T* z, Dims d, Geom g, int nt) {
 #pragma omp parallel num_threads(nt)
   {
     std::vector<typename Vec<T>::type> xv(g.taps());
+    std::vector<T> dbuf(d.M * g.taps() * d.Wo);
     int64_t c0, c1;
     channel_share(d.C, c0, c1);
     for (int64_t s = 0; s < d.nb; ++s)
-      for (int64_t r = 0; r < d.rows; ++r)
+      for (int64_t r = 0; r < d.rows; ++r) {
+        const T* Ds = atom_row(D, s, r, d, g.taps(), dbuf.data());
         for (int64_t c = c0; c < c1; ++c) {
           const T* xplane = xp + ((d.b0 + s) * d.C + c) * d.Hp * d.Wp;
-          z_row<T, Unit>(xplane, D, z, c, s, r, d, g, xv.data());
+          z_row<T, Unit>(xplane, Ds, z, c, s, r, d, g, xv.data());
         }
+      }
   }
 }
 
@@ -146,24 +158,25 @@ void acda_backward(const T* gz, const T* xp, const T* D, T* z, T* gxp, T* gD, Di
       if (gxp && zero)
         for (int64_t s = 0; s < d.nb; ++s)
           std::fill(gxp + ((d.b0 + s) * d.C + c0) * plane, gxp + ((d.b0 + s) * d.C + c1) * plane, T(0));
+      std::vector<T> dbuf(M * Tn * Wo);
       for (int64_t s = 0; s < d.nb; ++s)
-        for (int64_t r = 0; r < d.rows; ++r)
+        for (int64_t r = 0; r < d.rows; ++r) {
+          const T* Dr = atom_row(D, s, r, d, Tn, dbuf.data());  // + (m·T + j)·W'
           for (int64_t c = c0; c < c1; ++c) {
             const T* xplane = xp + ((d.b0 + s) * d.C + c) * plane;
-            if (z) z_row<T, Unit>(xplane, D, z, c, s, r, d, g, xv.data());
+            if (z) z_row<T, Unit>(xplane, Dr, z, c, s, r, d, g, xv.data());
             if (!gxp) continue;
             T* gplane = gxp + ((d.b0 + s) * d.C + c) * plane;
-            const T* gr = gz + c * M * n + (s * d.rows + r) * Wo;          // + m·n: atom m's row
-            const T* Dr = D + (d.b0 + s) * M * Tn * hw + (d.r0 + r) * Wo;  // + (m·T + j)·hw
+            const T* gr = gz + c * M * n + (s * d.rows + r) * Wo;  // + m·n: atom m's row
             for (int64_t q = 0; q < vp; q += L) {
               for (int64_t m = 0; m < M; ++m) xv[m] = vload(gr + m * n + q);
               for (int64_t j0 = 0; j0 < Tn; j0 += GJ) {  // GJ taps at a time, as GM atoms above
                 const T* Dj[GJ];
-                for (int64_t i = 0; i < GJ; ++i) Dj[i] = Dr + std::min(j0 + i, Tn - 1) * hw + q;
+                for (int64_t i = 0; i < GJ; ++i) Dj[i] = Dr + std::min(j0 + i, Tn - 1) * Wo + q;
                 V a[GJ];
                 for (int64_t i = 0; i < GJ; ++i) a[i] = vload(Dj[i]) * xv[0];
                 for (int64_t m = 1; m < M; ++m)
-                  for (int64_t i = 0; i < GJ; ++i) a[i] += vload(Dj[i] + m * Tn * hw) * xv[m];
+                  for (int64_t i = 0; i < GJ; ++i) a[i] += vload(Dj[i] + m * Tn * Wo) * xv[m];
                 for (int64_t i = 0; i < GJ && j0 + i < Tn; ++i) {
                   T* dst = gplane + g.offset(j0 + i, d.r0 + r, d.Wp) + q;
                   vstore(dst, vload(dst) + a[i]);
@@ -174,11 +187,12 @@ void acda_backward(const T* gz, const T* xp, const T* D, T* z, T* gxp, T* gD, Di
               T* dst = gplane + g.offset(j, d.r0 + r, d.Wp);
               for (int64_t q = vp; q < Wo; ++q) {
                 T a = T(0);
-                for (int64_t m = 0; m < M; ++m) a += Dr[(m * Tn + j) * hw + q] * gr[m * n + q];
+                for (int64_t m = 0; m < M; ++m) a += Dr[(m * Tn + j) * Wo + q] * gr[m * n + q];
                 dst[col<Unit>(q, sw)] += a;
               }
             }
           }
+        }
 #pragma omp barrier
     }
     if (gD) {
