@@ -34,6 +34,10 @@ PROGRESS_LINES = 10
 #: before timing, wait up to this long for the other processes to leave the cores free (a latency taken
 #: on an oversubscribed CPU is quantised to scheduler ticks); one still contended is flagged, not hidden
 QUIET_WAIT_S = 10.0
+#: ... and at most this long in all, per process: on a machine that stays busy, a sweep of hundreds of
+#: timings must not wait 10 s each (they are taken and flagged contended)
+QUIET_WAIT_BUDGET_S = 60.0
+_quiet_wait_left = QUIET_WAIT_BUDGET_S  # what this process may still wait
 
 
 def _duration(seconds: float) -> str:
@@ -340,6 +344,7 @@ def measure_model(task, model: nn.Module, cfg: TrialConfig) -> dict[str, Any]:
     resolution. A run that fails (out of memory at a large resolution, say) records ``status: oom``
     or ``error`` in its own entry and the others still run.
     """
+    global _quiet_wait_left
     from ..measure import (
         count_flops,
         count_parameters,
@@ -378,14 +383,17 @@ def measure_model(task, model: nn.Module, cfg: TrialConfig) -> dict[str, Any]:
                         # a surrogate loss: same forward/backward/optimizer work as the task's, no targets needed
                         fn = training_step(net, inputs, lambda out: out.float().square().mean(), opt)
                     if m.latency:
+                        wait = min(QUIET_WAIT_S, _quiet_wait_left)
                         entry["latency"] = measure_latency(
                             fn,
                             device=device,
                             warmup=m.warmup,
                             repeats=m.repeats,
                             min_time_s=m.min_time_s,
-                            quiet_wait_s=QUIET_WAIT_S,
+                            quiet_wait_s=wait,
                         ).as_dict()
+                        waited = (entry["latency"].get("host") or {}).get("waited_for_quiet_s") or 0.0
+                        _quiet_wait_left = max(0.0, _quiet_wait_left - waited)
                     if m.memory:
                         entry["memory"] = measure_peak_memory(fn, device).as_dict()
                 except Exception as exc:
