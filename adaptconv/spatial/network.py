@@ -75,6 +75,10 @@ class DualResSegmenter(nn.Module):
         self.segblocks = SegBlocks(net.backbone, **segblocks_options)
 
     def forward(self, image: torch.Tensor, high: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training and high is None and self.segblocks.policy_name == "all":
+            # every block high is the dense network (tested equal): train it densely, which is faster
+            self.segblocks._fraction = 1.0
+            return self.net(image)
         ctx, outs = self.segblocks(image, high, as_blocks=True)
         logits = ctx.assemble("logits", self.net.head_blocks(outs, ctx))
         return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)

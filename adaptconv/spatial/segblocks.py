@@ -16,7 +16,10 @@ Policies (``policy``):
 - ``learned``: a small strided CNN on the image (8×8 px per block) gives one logit per block; in
   training the decision is sampled (Bernoulli) and trained by REINFORCE: reward = −(task loss of the
   block), minus the batch mean as baseline (unbiased, lower variance), plus the complexity penalty
-  ``penalty · (mean p − target)²`` on the probabilities; in eval a block is high when p > 0.5.
+  ``penalty · (mean p − target)²`` on the probabilities. In eval the ``round(target · blocks)``
+  blocks of highest p run at high resolution (a fixed budget, so the executed fraction is the target;
+  a threshold at p = 0.5 runs almost no block at high resolution when the target is low, since the
+  penalty holds the mean p near the target).
 - ``random``: ``round(target · blocks)`` blocks of each image at random (the no-policy baseline).
 - ``heuristic``: the ``round(target · blocks)`` blocks of highest image-gradient energy (no training).
 - ``all``: every block high (the dense network, run block-wise).
@@ -26,6 +29,7 @@ fraction).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -126,28 +130,63 @@ def _halo_slices(d: tuple[int, int], side: int, pad: int) -> tuple[slice, slice]
     return span[d[0]], span[d[1]]
 
 
+def _dilate(mask: torch.Tensor) -> torch.Tensor:
+    """The 8-neighbourhood of a B×gh×gw bool mask (the mask included)."""
+    return F.max_pool2d(mask[:, None].float(), 3, 1, 1)[:, 0] > 0
+
+
+#: BlockPad of a layer whose whole map (batch × channels × pixels at a group's resolution) has at most
+#: this many elements builds that map and cuts the padded blocks out of it (a few indexed copies of
+#: whole blocks); larger maps get their halo strip by strip (data ∝ the halo, but ~16 copies per
+#: group). Small maps (training batches of small images, the deep stages) are cheaper whole: fewer
+#: operations, fewer autograd nodes. Both give the same numbers.
+WHOLE_MAP_ELEMENTS = 1 << 18
+
+
 class DualResContext(BlockContext):
     """BlockPad between high- and low-resolution blocks of one frame.
 
-    Each group's blocks are padded with ``fill`` (the image border), then the halo is overwritten
-    strip by strip from the neighbours: per direction, one indexed copy from the neighbours of the
-    same resolution and one from those of the other resolution, of which only the strip that is read
-    is resampled (nearest ×2 of ⌈p/2⌉ rows for a high block, 2×2 average of 2p rows for a low one).
-    Nothing is built at full image size, so the cost of a padded layer follows the blocks run."""
+    Large maps: each group's blocks are padded with ``fill`` (the image border), then the halo is
+    overwritten strip by strip from the neighbours: per direction, one indexed copy from the neighbours
+    of the same resolution and one from those of the other resolution, of which only the strip that
+    is read is resampled (nearest ×2 of ⌈p/2⌉ rows for a high block, 2×2 average of 2p rows for a low
+    one). Nothing is built at full image size, so the cost follows the blocks run.
+    Small maps (``WHOLE_MAP_ELEMENTS``): the group's blocks and their neighbours of the other
+    resolution (resampled whole) are written into one map at the group's resolution, the padded
+    blocks read out of it."""
 
     def __init__(self, high: torch.Tensor) -> None:
         b, gh, gw = high.shape
         self.grid = Grid(b, gh, gw)
+        self.high = high
         flat = high.reshape(-1)
-        dev = high.device
         self.index = {"high": flat.nonzero()[:, 0], "low": (~flat).nonzero()[:, 0]}
-        # each block's row in its group's tensor, and its group
-        rows = torch.full((flat.numel(),), -1, dtype=torch.long, device=dev)
+        # each block's row in its group's tensor
+        self.rows = torch.full((flat.numel(),), -1, dtype=torch.long, device=high.device)
         for g in ("high", "low"):
-            rows[self.index[g]] = torch.arange(self.index[g].numel(), device=dev)
+            self.rows[self.index[g]] = torch.arange(self.index[g].numel(), device=high.device)
+
+    @functools.cached_property
+    def coords(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        return {g: self.grid.coords(i) for g, i in self.index.items()}
+
+    @functools.cached_property
+    def neighbours(self) -> dict[str, tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+        """Per group: (grid coordinates, rows in the other group) of the blocks of the other resolution
+        that touch one of its blocks."""
+        out = {}
+        for g, mine in (("high", self.high), ("low", ~self.high)):
+            ids = (_dilate(mine) & ~mine).reshape(-1).nonzero()[:, 0]
+            out[g] = (self.grid.coords(ids), self.rows[ids])
+        return out
+
+    @functools.cached_property
+    def halo(self) -> dict[str, list[tuple[tuple[int, int], str, torch.Tensor, torch.Tensor]]]:
+        """Per group: (direction, source group, rows of the group to write, rows of the source to read)."""
+        b, gh, gw = self.high.shape
+        flat, dev = self.high.reshape(-1), self.high.device
         ids = torch.arange(flat.numel(), device=dev).view(b, gh, gw)
-        # halo[g]: (direction, source group, rows of g to write, rows of the source to read)
-        self.halo: dict[str, list[tuple[tuple[int, int], str, torch.Tensor, torch.Tensor]]] = {"high": [], "low": []}
+        halo: dict[str, list] = {"high": [], "low": []}
         for d in DIRECTIONS:
             # the neighbour in direction d of every block (−1 beyond the image border)
             nb = torch.full((b, gh, gw), -1, dtype=torch.long, device=dev)
@@ -164,7 +203,24 @@ class DualResContext(BlockContext):
                     take[inside] = flat[mine[inside]] == src_high
                     dest = take.nonzero()[:, 0]
                     if dest.numel():
-                        self.halo[g].append((d, src, dest, rows[mine[dest]]))
+                        halo[g].append((d, src, dest, self.rows[mine[dest]]))
+        return halo
+
+    def _pad_whole(self, g: str, feats: Groups, side: int, pad: int, fill: float) -> torch.Tensor:
+        blocks, grid, s, e = feats[g], self.grid, side, side + 2 * pad
+        h, w = grid.gh * s + 2 * pad, grid.gw * s + 2 * pad
+        full = blocks.new_empty(grid.batch, blocks.shape[1], h, w)
+        for border in (full[:, :, :pad], full[:, :, h - pad :], full[:, :, :, :pad], full[:, :, :, w - pad :]):
+            border.fill_(fill)
+        inner = full[:, :, pad : h - pad, pad : w - pad]
+        view = inner.unflatten(2, (grid.gh, s)).unflatten(4, (grid.gw, s)).permute(0, 2, 4, 1, 3, 5)
+        view[self.coords[g]] = blocks
+        coords, rows = self.neighbours[g]
+        if rows.numel():
+            nb = feats["low" if g == "high" else "high"].index_select(0, rows)
+            view[coords] = nb.repeat_interleave(2, -2).repeat_interleave(2, -1) if g == "high" else _pool2(nb)
+        windows = full.unfold(2, e, s).unfold(3, e, s).permute(0, 2, 3, 1, 4, 5)
+        return windows[self.coords[g]]
 
     def _sides(self, feats: Groups) -> tuple[int, int]:
         if "high" in feats and feats["high"].shape[0]:
@@ -186,9 +242,12 @@ class DualResContext(BlockContext):
                     f"{name}: padding {pad} is wider than the {g}-resolution blocks of {side[g]} px "
                     f"here; use a larger block size"
                 )
+            s, e = side[g], side[g] + 2 * pad
+            if self.grid.batch * blocks.shape[1] * self.grid.gh * self.grid.gw * s * s <= WHOLE_MAP_ELEMENTS:
+                out[g] = self._pad_whole(g, feats, s, pad, fill)
+                continue
             # the block inside, ``fill`` in its border; the halo then overwrites the border where a
             # neighbour is (F.pad would fill the whole padded tensor first: measurably slower)
-            s, e = side[g], side[g] + 2 * pad
             padded = blocks.new_empty(blocks.shape[0], blocks.shape[1], e, e)
             padded[:, :, pad : pad + s, pad : pad + s] = blocks
             for border in (padded[:, :, :pad], padded[:, :, s + pad :], padded[:, :, pad : s + pad, :pad]):
@@ -267,8 +326,8 @@ class SegBlocks(nn.Module):
         if self.training:
             high = torch.bernoulli(torch.sigmoid(logits.detach())).bool()
             self._last = {"logits": logits, "actions": high}
-        else:
-            high = logits > 0
+        else:  # a fixed budget at inference: the target fraction of blocks, those the policy scores highest
+            high = topk_mask(logits, self.target)
         return high
 
     def reinforce(self, block_loss: torch.Tensor) -> None:

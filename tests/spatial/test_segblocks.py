@@ -6,6 +6,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
+import adaptconv.spatial.segblocks as segblocks
 from adaptconv.measure import count_flops
 from adaptconv.models.backbones import build_backbone
 from adaptconv.spatial import BlockSegmenter, DualResContext, DualResSegmenter, Grid, SegBlocks, merge_blocks
@@ -128,10 +129,13 @@ def _reference_pad(feats, high, pad, fill):
     return out
 
 
+@pytest.mark.parametrize("whole_map", [False, True], ids=["strips", "whole-map"])
 @pytest.mark.parametrize("pad,fill", [(1, 0.0), (2, 0.0), (3, float("-inf")), (4, 0.0)])
-def test_blockpad_strips_equal_the_whole_map_definition(pad, fill):
-    """Mixed high/low blocks on random features: the halo strips (copied and resampled only where
-    read) equal padding from whole resampled maps, at odd and even padding, at the image border too."""
+def test_blockpad_equals_the_whole_map_definition(pad, fill, whole_map, monkeypatch):
+    """Mixed high/low blocks on random features: both ways of padding (halo strips copied and
+    resampled only where read; small maps built whole) equal padding from whole resampled maps, at odd
+    and even padding, at the image border too."""
+    monkeypatch.setattr(segblocks, "WHOLE_MAP_ELEMENTS", 1 << 30 if whole_map else 0)
     gen = torch.Generator().manual_seed(pad)
     high = torch.rand(2, 3, 4, generator=gen) < 0.5
     high[0, 0, 0], high[0, 0, 1] = True, False
