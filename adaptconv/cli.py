@@ -131,7 +131,54 @@ def cmd_ops(args: argparse.Namespace) -> int:
         f"\nnn.Conv2d(64, 64, 3): {conv_params} parameters; operators of another kind than conv: "
         "params at 64 channels (upsampler ×2; refiner with 64 labels and an RGB guide)"
     )
+    print(
+        "conv: `op: NAME` in a trial or suite (hot-swapped for the task's convolutions); upsampler: "
+        "`task_options.upsampler: NAME`; refiner: `task_options.crf: NAME` (segmentation)"
+    )
     errors = plugin_errors()
+    for err in errors:
+        print(f"plugin error: {err.entry_point} (from {err.distribution}): {err.error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    """The tasks and the data sets (built in and from plugins), and what each serves."""
+    import pandas as pd
+
+    from .data import DATASETS, dataset_plugin_errors
+    from .plugins import BUILTIN_DATASETS, BUILTIN_TASKS
+    from .tasks import get_task, list_tasks, task_plugin_errors, task_source
+
+    rows = []
+    for name in list_tasks():
+        try:
+            cls = get_task(name)
+        except Exception:  # reported below with the plugin errors
+            continue
+        rows.append(
+            {
+                "task": name,
+                "metrics (first = headline)": ", ".join(cls.metrics),
+                "datasets": ", ".join(cls.datasets),
+                "networks": ", ".join(cls.backbones) + (" or a timm model" if cls.accepts_timm else ""),
+                "source": "built in" if name in BUILTIN_TASKS else f"plugin {task_source(name)}",
+            }
+        )
+    print(pd.DataFrame(rows).to_markdown(index=False))
+    rows = [
+        {
+            "dataset": name,
+            "serves": ", ".join(spec.tasks),
+            "data": "built in" if spec.builtin else "from disk (data_root)",
+            "splits": ", ".join(spec.splits),
+            "description": spec.description,
+            "source": "built in" if name in BUILTIN_DATASETS else "plugin",
+        }
+        for name, spec in DATASETS.items()
+    ]
+    print()
+    print(pd.DataFrame(rows).to_markdown(index=False))
+    errors = task_plugin_errors() + dataset_plugin_errors()
     for err in errors:
         print(f"plugin error: {err.entry_point} (from {err.distribution}): {err.error}", file=sys.stderr)
     return 1 if errors else 0
@@ -708,6 +755,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the conv-kind operators as the README's table (name, method, guide, from_conv, notes)",
     )
     p.set_defaults(func=cmd_ops)
+
+    p = sub.add_parser("tasks", help="list the tasks and data sets (built-in and plugins)")
+    p.set_defaults(func=cmd_tasks)
 
     p = sub.add_parser("check-op", help="run the conformance checks on operators (non-zero exit on failure)")
     p.add_argument("names", nargs="*", help="registry names of the operators to check")

@@ -261,3 +261,12 @@ def test_registry_reads_its_entry_point_group(plugin_path):
     reg.reload_plugins()
     with pytest.raises(_Error, match=r"'three' is already registered by plugin acplug-numbers"):
         reg.add("three", 33, "test:THREE")
+
+
+def test_cli_tasks_lists_tasks_and_data_sets(capsys):
+    from adaptconv.cli import main
+
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "| classification " in out and "| digits " in out and "from disk (data_root)" in out
+    assert "top1, top5, loss" in out  # the headline metric first
