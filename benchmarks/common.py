@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from adaptconv.measure.memory import measure_peak_memory
-from adaptconv.ops import config, cpu_pac
+from adaptconv.ops import config, cpu_acda, cpu_pac, cpu_paka, deform_cpu
 from adaptconv.ops.acda import AcdaConv2d
 from adaptconv.ops.dfn import DfnConv2d
 from adaptconv.ops.pac import PacConv2d
@@ -72,9 +72,18 @@ def implementations(op: str) -> tuple[str, ...]:
 
 
 def environment() -> dict:
-    return dict(torch=torch.__version__, threads=torch.get_num_threads(), device=str(device()),
-                cpu=platform.processor() or platform.machine(), python=platform.python_version(),
-                chunk_elements=config.chunk_elements, pac_cpu_kernels=cpu_pac.status())
+    return dict(
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        device=str(device()),
+        cpu=platform.processor() or platform.machine(),
+        python=platform.python_version(),
+        chunk_elements=config.chunk_elements,
+        pac_cpu_kernels=cpu_pac.status(),
+        paka_cpu_kernels=cpu_paka.status(),
+        acda_cpu_kernels=cpu_acda.status(),
+        deform_cpu_kernels=deform_cpu.status(),
+    )
 
 
 @dataclass
@@ -125,11 +134,14 @@ def build(case: Case, dev: torch.device | None = None) -> tuple[Callable[[], obj
     x = torch.randn(b, c, s, s, generator=gen).to(dev)
     guide = torch.rand(b, 3, s, s, generator=gen).to(dev) if case.op == "pac-rgb" else None
     grad_out = torch.randn(b, c, s, s, generator=gen).to(dev)
-    settings = dict(implementation="unfold" if case.impl == "unfold" else "lean",
-                    cpu_kernels=config.cpu_kernels and case.impl != "lean-pytorch")
+    settings = dict(
+        implementation="unfold" if case.impl == "unfold" else "lean",
+        cpu_kernels=config.cpu_kernels and case.impl != "lean-pytorch",
+    )
     args = (x,) if guide is None else (x, guide)
 
     if case.phase == "forward":
+
         def step():
             with torch.no_grad(), config.override(**settings):
                 return module(*args)
@@ -155,8 +167,13 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def time_steps(steps: dict[str, tuple[Callable, Callable]], repeats: int, warmup: int = 1,
-               dev: torch.device | None = None, settle: int = 1) -> dict[str, list[float]]:
+def time_steps(
+    steps: dict[str, tuple[Callable, Callable]],
+    repeats: int,
+    warmup: int = 1,
+    dev: torch.device | None = None,
+    settle: int = 1,
+) -> dict[str, list[float]]:
     """Seconds per step for several cases, *interleaved* (one timed step of each case per round) so
     that a change of machine load affects all of them alike.
 
@@ -219,18 +236,27 @@ def run_isolated(case: Case, mem_limit_bytes: int, timeout: float = 900) -> dict
     """Peak memory and one step's time of ``case`` in a fresh process whose address space is capped
     at ``mem_limit_bytes`` (so a reference that needs more fails alone instead of exhausting the
     machine): ``{"peak", "seconds"}`` or ``{"error"}``."""
-    code = _ISOLATED.format(here=os.path.dirname(os.path.abspath(__file__)), limit=int(mem_limit_bytes),
-                            threads=torch.get_num_threads())
-    fields = dict(op=case.op, impl=case.impl, phase=case.phase, batch=case.batch, channels=case.channels,
-                  size=case.size, kernel=case.kernel)
+    code = _ISOLATED.format(
+        here=os.path.dirname(os.path.abspath(__file__)), limit=int(mem_limit_bytes), threads=torch.get_num_threads()
+    )
+    fields = dict(
+        op=case.op,
+        impl=case.impl,
+        phase=case.phase,
+        batch=case.batch,
+        channels=case.channels,
+        size=case.size,
+        kernel=case.kernel,
+    )
     try:
-        run = subprocess.run([sys.executable, "-c", code, json.dumps(fields)], capture_output=True, text=True,
-                             timeout=timeout)
+        run = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(fields)], capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return dict(error=f"timed out after {timeout:.0f} s")
     for line in run.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     tail = (run.stderr.strip().splitlines() or ["?"])[-1]
     if "MemoryError" in run.stderr or "bad_alloc" in run.stderr or "DefaultCPUAllocator" in run.stderr:
         return dict(error=f"out of memory (address space capped at {mem_limit_bytes / 2**30:.0f} GiB)")
@@ -243,3 +269,96 @@ def memory_limit() -> int:
     if gib:
         return int(float(gib) * 2**30)
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 2 / 3)
+
+
+# --------------------------------------------------------------------------------------------------
+# Every operator and its reference implementation (benchmarks/test_operators.py)
+#
+# The configurations of the issue: its target (B=8, 64→64, 56×56) and batch 1 at 16 channels, 32/64/128 px.
+CONFIGS = {
+    "B8-C64-56px": dict(batch=8, channels=64, size=56),
+    "B1-C16-32px": dict(batch=1, channels=16, size=32),
+    "B1-C16-64px": dict(batch=1, channels=16, size=64),
+    "B1-C16-128px": dict(batch=1, channels=16, size=128),
+}
+#: Each operator's reference implementation, where one exists: "unfold" (the operator's straightforward
+#: unfold formulation, ``config.override(implementation="unfold")``), "torchvision" (deform/mdeform with
+#: the compiled CPU kernels off: ``torchvision.ops.deform_conv2d``, as the operators called before),
+#: "timm" (``timm.layers.CondConv2d`` with the routing timm's EfficientNets put in front of it).
+REFERENCES = {
+    "pac": "unfold",
+    "paka": "unfold",
+    "acda": "unfold",
+    "dfn": "unfold",
+    "ddf": "unfold",
+    "deform": "torchvision",
+    "mdeform": "torchvision",
+    "condconv": "timm",
+}
+
+
+def conv_operators() -> tuple[str, ...]:
+    """Every built-in conv-kind operator, the baseline ``conv`` first."""
+    from adaptconv.ops import registry
+
+    return tuple(n for n in registry.BUILTIN_OPS if registry.op_kind(n) == "conv")
+
+
+class TimmCondConv(nn.Module):
+    """timm's ``CondConv2d`` routed as in timm's EfficientNet blocks: sigmoid(Linear(GAP(x)))."""
+
+    def __init__(self, channels: int, kernel: int, num_experts: int = 4):
+        super().__init__()
+        from timm.layers import CondConv2d
+
+        self.route = nn.Linear(channels, num_experts)
+        self.conv = CondConv2d(channels, channels, kernel, padding=kernel // 2, bias=True, num_experts=num_experts)
+
+    def forward(self, x):
+        return self.conv(x, torch.sigmoid(self.route(x.mean((2, 3)))))
+
+
+def build_operator(op: str, impl: str, phase: str, batch: int, channels: int, size: int, kernel: int = 3):
+    """(step, reset) for any conv-kind operator (``impl`` "ours" or its :data:`REFERENCES` entry), built
+    like :func:`build`: parameters moved off their initialisation (the adaptive branches often start at
+    zero), a fixed output gradient. ``forward`` runs the module in eval mode under ``torch.no_grad``
+    (inference: e.g. sparse_gated computes only its active pixels there), ``train`` in train mode."""
+    from adaptconv.ops import create_op
+
+    dev = device()
+    torch.manual_seed(0)
+    if impl == "timm":
+        module = TimmCondConv(channels, kernel)
+    else:
+        module = create_op(op, channels, channels, kernel, padding=kernel // 2)
+    module = module.to(dev).train(phase == "train")
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen).to(p))
+    x = torch.randn(batch, channels, size, size, generator=gen).to(dev)
+    grad_out = torch.randn(batch, channels, size, size, generator=gen).to(dev)
+    settings = dict(
+        implementation="unfold" if impl == "unfold" else "lean",
+        cpu_kernels=config.cpu_kernels and impl != "torchvision",
+    )
+    if phase == "forward":
+
+        def step():
+            with torch.no_grad(), config.override(**settings):
+                return module(x)
+    else:
+        x.requires_grad_(True)
+
+        def step():
+            with config.override(**settings):
+                y = module(x)
+                y.backward(grad_out)
+            return y
+
+    def reset():
+        x.grad = None
+        for p in module.parameters():
+            p.grad = None
+
+    return step, reset
