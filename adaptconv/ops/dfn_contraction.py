@@ -6,7 +6,9 @@
 whose per-pixel filter does not mix channels run on it too: PAC with ``shared_filters`` and PAC pooling
 (:mod:`adaptconv.ops.pac`), CARAFE's reassembly and PAC-CRF's message passing. A custom autograd
 Function accumulates over the k² taps tile by tile (:mod:`adaptconv.ops.tiling`) and recomputes the
-taps in backward, never holding the B·C·k²·H'·W' unfold.
+taps in backward, never holding the B·C·k²·H'·W' unfold. On CPU tensors (float32/float64,
+``config.cpu_kernels`` on) the compiled kernels of :mod:`adaptconv.ops.cpu_dynfilter` run instead; this
+PyTorch path is the fallback and their reference.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from . import cpu_dynfilter
 from .tiling import Geometry, gather, plan, row_span, scatter_add, tap
 
 __all__ = ["dynamic_filter", "dynamic_forward", "dynamic_backward"]
@@ -65,14 +68,21 @@ class _DynamicFilter(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, filters, geom):
         ctx.geom = geom
-        ctx.save_for_backward(x, filters)
-        return dynamic_forward(x, filters, geom)
+        # the compiled CPU kernels where they apply (they keep the padded input for the backward)
+        ctx.compiled = cpu_dynfilter.usable(x, filters)
+        if ctx.compiled:
+            y, saved = cpu_dynfilter.dynamic_forward(x, filters, geom)
+        else:
+            y, saved = dynamic_forward(x, filters, geom), x
+        ctx.save_for_backward(saved, filters)
+        return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
-        x, filters = ctx.saved_tensors
-        gx, gf = dynamic_backward(x, filters, gy, ctx.geom, *ctx.needs_input_grad[:2])
+        saved, filters = ctx.saved_tensors
+        run = cpu_dynfilter.dynamic_backward if ctx.compiled else dynamic_backward
+        gx, gf = run(saved, filters, gy, ctx.geom, *ctx.needs_input_grad[:2])
         return gx, gf, None
 
 
@@ -83,4 +93,3 @@ def dynamic_filter(x: torch.Tensor, filters: torch.Tensor, geom: Geometry) -> to
     ho, wo = geom.out_size(*x.shape[-2:])
     filters = filters.expand(b, filters.shape[1], geom.taps, ho, wo)
     return _DynamicFilter.apply(x, filters, geom)
-
