@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from . import config
+from . import config, cpu_dynfilter
 from .base import AdaptiveConv2d, ChannelMixMixin
 from .registry import register_op
 from .taps import Pair, conv_output_size, unfold_taps, window_centres
+from .tiling import geometry
 
 RELU_GAIN = math.sqrt(2.0)
 
@@ -104,14 +105,26 @@ class _DecoupledFilter(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, ch, sp, kernel_size, stride, padding, dilation):
         ctx.geom = (kernel_size, stride, padding, dilation)
-        ctx.save_for_backward(x, ch, sp)
-        return _ddf_forward(x, ch, sp, kernel_size, stride, padding, dilation)
+        # on CPU tensors the compiled dynamic-filter kernels, with the channel filter as their scale
+        ctx.compiled = cpu_dynfilter.usable(x, ch, sp)
+        if ctx.compiled:
+            y, saved = cpu_dynfilter.dynamic_forward(x, sp, geometry(*ctx.geom), scale=ch)
+        else:
+            y, saved = _ddf_forward(x, ch, sp, kernel_size, stride, padding, dilation), x
+        ctx.save_for_backward(saved, ch, sp)
+        return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
-        x, ch, sp = ctx.saved_tensors
-        gx, gch, gsp = _ddf_backward(x, ch, sp, gy.contiguous(), *ctx.geom, *ctx.needs_input_grad[:3])
+        saved, ch, sp = ctx.saved_tensors
+        nx, nch, nsp = ctx.needs_input_grad[:3]
+        if ctx.compiled:
+            gx, gsp, gch = cpu_dynfilter.dynamic_backward(
+                saved, sp, gy, geometry(*ctx.geom), nx, nsp, scale=ch, need_s=nch
+            )
+        else:
+            gx, gch, gsp = _ddf_backward(saved, ch, sp, gy.contiguous(), *ctx.geom, nx, nch, nsp)
         return gx, gch, gsp, None, None, None, None
 
 
