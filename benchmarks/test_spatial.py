@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import time
 
+import common
 import pytest
 import torch
+from conftest import ROUNDS
 from torch import nn
 
-import common
-from conftest import ROUNDS
 from adaptconv.measure import count_flops, measure_peak_memory, summarize
 from adaptconv.spatial import BlockCopy, BlockSegmenter, DualResSegmenter
 
@@ -48,7 +48,7 @@ def _network() -> BlockSegmenter:
 def _mask(fraction: float, grid: int, seed: int) -> torch.Tensor:
     n = grid * grid
     mask = torch.zeros(n, dtype=torch.bool)
-    mask[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:round(fraction * n)]] = True
+    mask[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: round(fraction * n)]] = True
     return mask.view(1, grid, grid)
 
 
@@ -82,6 +82,7 @@ def _call(model, inputs):
     def step():
         with torch.no_grad():
             return model(*inputs)
+
     return step
 
 
@@ -94,7 +95,9 @@ def test_spatial_speedup_table(capsys):
     cases = build_cases()
     dev = common.device()
     flops = {name: count_flops(model, inputs).flops for name, (model, inputs) in cases.items()}
-    memory = {name: measure_peak_memory(_call(model, inputs), dev).peak_bytes for name, (model, inputs) in cases.items()}
+    memory = {
+        name: measure_peak_memory(_call(model, inputs), dev).peak_bytes for name, (model, inputs) in cases.items()
+    }
     samples: dict[str, list[float]] = {name: [] for name in cases}
     steps = {name: _call(model, inputs) for name, (model, inputs) in cases.items()}
     for step in steps.values():  # one untimed call each
@@ -109,16 +112,21 @@ def test_spatial_speedup_table(capsys):
     stats = {name: summarize(s) for name, s in samples.items()}
     med = {name: s.median for name, s in stats.items()}
     env = common.environment()
-    lines = [f"ResNet-18 segmentation network, {SIZE}×{SIZE}, batch 1, float32, inference; {env['threads']} "
-             f"thread(s), {env['device']}; median of {ROUNDS + 2} interleaved rounds", "",
-             "| case | selected blocks | GFLOPs | FLOPs vs dense | latency (ms, median [IQR]) | speed-up vs dense | peak memory (MiB) | memory vs dense |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"ResNet-18 segmentation network, {SIZE}×{SIZE}, batch 1, float32, inference; {env['threads']} "
+        f"thread(s), {env['device']}; median of {ROUNDS + 2} interleaved rounds",
+        "",
+        "| case | selected blocks | GFLOPs | FLOPs vs dense | latency (ms, median [IQR]) | speed-up vs dense | peak memory (MiB) | memory vs dense |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name in cases:
         s = stats[name]
         sel = "—" if name == "dense" else name.split()[1]
-        lines.append(f"| {name.split()[0]} | {sel} | {flops[name] / 1e9:.2f} | {flops[name] / flops['dense']:.2f} | "
-                     f"{1e3 * s.median:.0f} [{1e3 * s.q1:.0f}–{1e3 * s.q3:.0f}] | {med['dense'] / s.median:.2f}× | "
-                     f"{memory[name] / 2**20:.0f} | {memory[name] / memory['dense']:.2f} |")
+        lines.append(
+            f"| {name.split()[0]} | {sel} | {flops[name] / 1e9:.2f} | {flops[name] / flops['dense']:.2f} | "
+            f"{1e3 * s.median:.0f} [{1e3 * s.q1:.0f}–{1e3 * s.q3:.0f}] | {med['dense'] / s.median:.2f}× | "
+            f"{memory[name] / 2**20:.0f} | {memory[name] / memory['dense']:.2f} |"
+        )
     with capsys.disabled():
         print("\n" + "\n".join(lines))
     # executed FLOPs fall with the fraction for both methods

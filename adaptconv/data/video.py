@@ -37,27 +37,49 @@ def _value_noise(rng: np.random.Generator, size: int, cells: int) -> torch.Tenso
     return F.interpolate(grid, size=(size, size), mode="bicubic", align_corners=True)[0, 0].clamp(0, 1)
 
 
-def render_video(seed: int, split: str, index: int, size: int = 64, frames: int = 8, max_objects: int = 3,
-                 noise: float = 0.01) -> dict[str, torch.Tensor]:
-    """One synthetic video: ``frames`` T×3×H×W float32, ``masks`` T×H×W int64."""
+def render_video(
+    seed: int,
+    split: str,
+    index: int,
+    size: int = 64,
+    frames: int = 8,
+    max_objects: int = 3,
+    noise: float = 0.01,
+    texture_contrast: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """One synthetic video: ``frames`` T×3×H×W float32, ``masks`` T×H×W int64. ``texture_contrast``
+    scales the background texture around its mean colour (1: as drawn, 0: a flat colour); the random
+    draws do not depend on it, so the same seed gives the same objects and motion at any contrast."""
     check_choice(split, tuple(SPLITS), "split", "synthetic_video")
+    if not 0 <= texture_contrast <= 1:
+        raise DatasetError(f"synthetic_video: texture_contrast must be in [0, 1], got {texture_contrast}")
     rng = np.random.default_rng([int(seed), SPLITS[split], int(index)])
     s = size
-    yy, xx = torch.meshgrid(torch.arange(s, dtype=torch.float32) + 0.5, torch.arange(s, dtype=torch.float32) + 0.5,
-                            indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(s, dtype=torch.float32) + 0.5, torch.arange(s, dtype=torch.float32) + 0.5, indexing="ij"
+    )
     # background: coloured value noise + stripes, static (a fixed camera)
     tex = 0.6 * _value_noise(rng, s, 4) + 0.4 * _value_noise(rng, s, 12)
     angle, freq = rng.uniform(0, math.pi), rng.uniform(0.1, 0.4)
     tex = 0.7 * tex + 0.3 * (0.5 + 0.5 * torch.sin(freq * (xx * math.cos(angle) + yy * math.sin(angle))))
     c0, c1 = torch.from_numpy(rng.random(3).astype(np.float32)), torch.from_numpy(rng.random(3).astype(np.float32))
+    if texture_contrast != 1:
+        tex = tex.mean() + texture_contrast * (tex - tex.mean())
     background = c0[:, None, None] + (c1 - c0)[:, None, None] * tex
     n_obj = int(rng.integers(1, max_objects + 1))
     objs = []
     for _ in range(n_obj):
-        objs.append(dict(kind=int(rng.integers(1, len(VIDEO_CLASSES))), r=rng.uniform(0.1, 0.2) * s,
-                         pos=rng.uniform(0.25, 0.75, 2) * s, vel=rng.uniform(-1, 1, 2) * s / 32,
-                         colour=torch.from_numpy(rng.random(3).astype(np.float32)),
-                         stripe=(rng.uniform(0, math.pi), rng.uniform(0.3, 0.8)), rot=rng.uniform(0, 2 * math.pi)))
+        objs.append(
+            dict(
+                kind=int(rng.integers(1, len(VIDEO_CLASSES))),
+                r=rng.uniform(0.1, 0.2) * s,
+                pos=rng.uniform(0.25, 0.75, 2) * s,
+                vel=rng.uniform(-1, 1, 2) * s / 32,
+                colour=torch.from_numpy(rng.random(3).astype(np.float32)),
+                stripe=(rng.uniform(0, math.pi), rng.uniform(0.3, 0.8)),
+                rot=rng.uniform(0, 2 * math.pi),
+            )
+        )
     out_frames, out_masks = [], []
     for _ in range(frames):
         image, mask = background.clone(), torch.zeros(s, s, dtype=torch.int64)
@@ -99,14 +121,25 @@ class SyntheticVideo(BenchDataset):
     num_classes = len(VIDEO_CLASSES)
     ignore_index = IGNORE_INDEX
 
-    def __init__(self, n: int, size: int = 64, frames: int = 8, seed: int = 0, split: str = "train",
-                 max_objects: int = 3) -> None:
+    def __init__(
+        self,
+        n: int,
+        size: int = 64,
+        frames: int = 8,
+        seed: int = 0,
+        split: str = "train",
+        max_objects: int = 3,
+        texture_contrast: float = 1.0,
+    ) -> None:
         super().__init__()
         check_choice(split, tuple(SPLITS), "split", self.name)
         if n < 1 or frames < 1 or size < 8:
             raise DatasetError(f"{self.name}: n ≥ 1, frames ≥ 1 and size ≥ 8, got n={n}, frames={frames}, size={size}")
-        self.n, self.size, self.frames, self.seed, self.split, self.max_objects = n, size, frames, seed, split, max_objects
-        self._videos = [render_video(seed, split, i, size, frames, max_objects) for i in range(n)]
+        self.n, self.size, self.frames, self.seed, self.split = n, size, frames, seed, split
+        self.max_objects, self.texture_contrast = max_objects, texture_contrast
+        self._videos = [
+            render_video(seed, split, i, size, frames, max_objects, texture_contrast=texture_contrast) for i in range(n)
+        ]
 
     def __len__(self) -> int:
         return self.n
@@ -125,8 +158,9 @@ class FrameFolder(BenchDataset):
     task = "video"
     ignore_index = IGNORE_INDEX
 
-    def __init__(self, root: str | os.PathLike[str], num_classes: int = len(VIDEO_CLASSES),
-                 max_frames: int | None = None) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], num_classes: int = len(VIDEO_CLASSES), max_frames: int | None = None
+    ) -> None:
         super().__init__()
         layout = "<root>/frames/<name>.png|jpg (one video, in name order) and optional <root>/masks/<name>.png"
         base = Path(root)
@@ -137,7 +171,9 @@ class FrameFolder(BenchDataset):
         if max_frames is not None:
             files = files[:max_frames]
         if not files:
-            raise DatasetError(f"{self.name}: {folder} holds no image ({', '.join(IMAGE_EXTENSIONS)}); expected {layout}")
+            raise DatasetError(
+                f"{self.name}: {folder} holds no image ({', '.join(IMAGE_EXTENSIONS)}); expected {layout}"
+            )
         sizes = {}
         for path in files:
             from PIL import Image
@@ -146,15 +182,19 @@ class FrameFolder(BenchDataset):
                 sizes.setdefault(im.size, path)
             if len(sizes) > 1:
                 (s0, p0), (s1, p1) = list(sizes.items())[:2]
-                raise DatasetError(f"{self.name}: frames of different sizes in {folder}: {p0.name} is {s0[1]}×{s0[0]} "
-                                   f"but {p1.name} is {s1[1]}×{s1[0]}; a video's frames must share one size")
+                raise DatasetError(
+                    f"{self.name}: frames of different sizes in {folder}: {p0.name} is {s0[1]}×{s0[0]} "
+                    f"but {p1.name} is {s1[1]}×{s1[0]}; a video's frames must share one size"
+                )
         mask_dir = base / "masks"
         self.masks = None
         if mask_dir.is_dir():
             self.masks = [mask_dir / (p.stem + ".png") for p in files]
             missing = [m for m in self.masks if not m.is_file()]
             if missing:
-                raise DatasetError(f"{self.name}: {len(missing)} frame(s) have no mask, e.g. {missing[0]}; expected {layout}")
+                raise DatasetError(
+                    f"{self.name}: {len(missing)} frame(s) have no mask, e.g. {missing[0]}; expected {layout}"
+                )
         self.files, self.num_classes = files, num_classes
 
     @property
@@ -169,11 +209,14 @@ class FrameFolder(BenchDataset):
         if self.masks is None:
             masks = torch.full((len(self.files), *frames.shape[-2:]), IGNORE_INDEX, dtype=torch.int64)
         else:
-            masks = torch.stack([torch.from_numpy(np.array(_open_image(p, self.name), dtype=np.int64))
-                                 for p in self.masks])
+            masks = torch.stack(
+                [torch.from_numpy(np.array(_open_image(p, self.name), dtype=np.int64)) for p in self.masks]
+            )
             bad = (masks >= self.num_classes) & (masks != IGNORE_INDEX)
             if bad.any():
-                raise DatasetError(f"{self.name}: masks hold labels outside 0..{self.num_classes - 1} and {IGNORE_INDEX}")
+                raise DatasetError(
+                    f"{self.name}: masks hold labels outside 0..{self.num_classes - 1} and {IGNORE_INDEX}"
+                )
         return {"frames": frames, "masks": masks}
 
     def _details(self) -> str:
@@ -198,4 +241,3 @@ class VideoFrames(BenchDataset):
         v, t = self.index[index]
         video = self.videos[v]
         return {"image": video["frames"][t], "mask": video["masks"][t]}
-

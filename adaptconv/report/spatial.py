@@ -1,15 +1,20 @@
-"""The figure of the spatially adaptive execution tasks: accuracy against executed FLOPs and against
+"""The figures of the spatially adaptive execution tasks: accuracy against executed FLOPs and against
 latency, for SegBlocks (``spatial_segmentation``) and BlockCopy (``spatial_video``).
 
-Reads only the collected results table (``results.parquet`` rows: ``task``, ``state``,
-``metric.miou``, ``metric.flops_ratio``, ``metric.gflops``, ``inference_ms``,
-``task_options.policy``, ``task_options.target``, ``task_options.block_size``, ``dataset``). One
-figure per task · dataset present: left, mIoU against executed conv GFLOPs per image (per frame for
-video); right, mIoU against inference latency (video: of a clip, the first frame in full); one colour
-per policy, one marker per block size, the target fraction written beside each point, and the dense
-network run block-wise (policy ``all``) as a black star. Seeds are averaged per configuration.
+Hook for the report: ``spatial_figures(layout, folder) -> list[Figure]`` (like the other figure
+functions of :mod:`adaptconv.report.figures`); it also takes a
+:class:`~adaptconv.results.collect.Collection` or its trials table. It reads the trials' columns
+``task``, ``state``, ``dataset``, ``metric.miou``, ``metric.gflops``, ``inference_ms``,
+``task_options.policy``, ``task_options.target``, ``task_options.block_size`` (and ``section`` when
+there is one), and the trivial baselines (``baseline``, ``metric.miou``).
 
-Hook for the report: ``spatial_figures(table, figures_dir)`` returns ``[(relative path, caption)]``.
+One figure per section (task · dataset · backbone) of these tasks: left, mIoU against the executed
+convolution GFLOPs per image (per frame for video); right, mIoU against inference latency (video: of
+a clip, its first frame in full). One colour per policy, one marker per block size, lines joining a
+policy's target fractions (in the order of the fraction), the target written beside each point, the
+dense network run block-wise (policy ``all``) as a black star, and the trivial baselines (majority,
+chance) as grey horizontal lines. Seeds are averaged per configuration; the error bars are the
+standard deviation over seeds (none with one seed).
 """
 
 from __future__ import annotations
@@ -18,73 +23,139 @@ from pathlib import Path
 
 import pandas as pd
 
-from .figures import _save, _style, slug
+from .figures import Figure, _save, _style, slug
 
-SPATIAL_TASKS = {"spatial_segmentation": ("SegBlocks (dual-resolution blocks)", "per image"),
-                 "spatial_video": ("BlockCopy (block reuse on video)", "per frame")}
+SPATIAL_TASKS = {
+    "spatial_segmentation": ("SegBlocks (dual-resolution blocks)", "per image"),
+    "spatial_video": ("BlockCopy (block reuse on video)", "per frame"),
+}
 POLICY_ORDER = ("learned", "heuristic", "difference", "random", "all")
 MARKERS = ("o", "s", "^", "D", "v", "P")
+KIND = "spatial"
 
 
-def _option(df: pd.DataFrame, key: str, default):
+def _option(df: pd.DataFrame, key: str, default) -> pd.Series:
     col = f"task_options.{key}"
-    return df[col] if col in df else pd.Series(default, index=df.index)
+    return df[col].fillna(default) if col in df else pd.Series(default, index=df.index)
 
 
-def spatial_figures(table: pd.DataFrame, figures_dir: str | Path) -> list[tuple[str, str]]:
-    """Draw one figure per spatial task · dataset in ``table``; returns (path relative to the report,
-    caption) for each. Nothing is drawn when no finished trial of these tasks is in the table."""
+def _tables(source) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, baselines) of a report Layout, a results Collection or a trials DataFrame."""
+    if isinstance(source, pd.DataFrame):
+        return source, pd.DataFrame()
+    if hasattr(source, "col"):  # report.tables.Layout
+        baselines = source.baseline_trials if source.baseline_trials is not None else source.col.baselines
+        return source.trials, baselines if baselines is not None else pd.DataFrame()
+    if hasattr(source, "trials"):  # results.collect.Collection
+        return source.trials, source.baselines if source.baselines is not None else pd.DataFrame()
+    raise TypeError(f"spatial_figures: a report Layout, a results Collection or a DataFrame, got {type(source)}")
+
+
+def _sections(df: pd.DataFrame) -> pd.Series:
+    if "section" in df:
+        return df["section"]
+    keys = [k for k in ("task", "dataset", "backbone") if k in df]
+    return df[keys].astype(str).agg(" · ".join, axis=1)
+
+
+def spatial_figures(source, folder: str | Path) -> list[Figure]:
+    """Draw one figure per section of the spatial tasks in ``source`` (see the module docstring) into
+    ``folder``; returns them as :class:`~adaptconv.report.figures.Figure` (``kind`` "spatial", ``file``
+    relative to the report folder, i.e. ``figures/<name>.png`` when ``folder`` is the report's
+    ``figures`` folder). Nothing is drawn when no finished trial of these tasks is there."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    folder = Path(figures_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    if "task" not in table:
+    trials, baselines = _tables(source)
+    if trials is None or trials.empty or "task" not in trials:
         return []
-    done = table[table["task"].isin(list(SPATIAL_TASKS))]
+    done = trials[trials["task"].isin(list(SPATIAL_TASKS))]
     if "state" in done:
         done = done[done["state"] == "done"]
-    if done.empty or "metric.miou" not in done:
+    if done.empty or "metric.miou" not in done or not done["metric.miou"].notna().any():
         return []
-    done = done.assign(policy=_option(done, "policy", "learned"), target=_option(done, "target", 0.5),
-                       block=_option(done, "block_size", 16))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    done = done.assign(
+        policy=_option(done, "policy", "learned"),
+        target=_option(done, "target", 0.5).astype(float),
+        block=_option(done, "block_size", 16).astype(float),
+        section=_sections(done),
+    )
+    if not baselines.empty and "task" in baselines and "baseline" in baselines and "metric.miou" in baselines:
+        baselines = baselines[baselines["task"].isin(list(SPATIAL_TASKS))].assign(section=_sections(baselines))
+    else:
+        baselines = pd.DataFrame(columns=["section", "baseline", "metric.miou"])
     _style()
     palette = dict(zip(POLICY_ORDER, sns.color_palette("colorblind", len(POLICY_ORDER))))
     palette["all"] = (0, 0, 0)
     out = []
-    for (task, dataset), group in done.groupby(["task", "dataset"], sort=True):
-        cols = ["metric.miou", "metric.gflops"] + (["inference_ms"] if "inference_ms" in group else [])
-        agg = group.groupby(["policy", "target", "block"], sort=True)[cols].mean().reset_index()
+    for section, group in done.groupby("section", sort=True):
+        task = group["task"].iloc[0]
+        cols = [c for c in ("metric.miou", "metric.gflops", "inference_ms") if c in group]
+        agg = group.groupby(["policy", "target", "block"], sort=True)[cols].agg(["mean", "std"]).reset_index()
+        agg.columns = [a if not b or b == "mean" else f"{a}.{b}" for a, b in agg.columns]
+        refs = baselines[baselines["section"] == section].groupby("baseline")["metric.miou"].mean().dropna()
         title, unit = SPATIAL_TASKS[task]
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
         blocks = sorted(agg["block"].unique())
-        for ax, x, label in ((axes[0], "metric.gflops", f"executed conv GFLOPs {unit}"),
-                             (axes[1], "inference_ms", "inference latency (ms)")):
-            if x not in agg:
+        for ax, x, label in (
+            (axes[0], "metric.gflops", f"executed conv GFLOPs {unit} (↓)"),
+            (axes[1], "inference_ms", "inference latency (ms, ↓)"),
+        ):
+            if x not in agg or not agg[x].notna().any():
                 ax.set_axis_off()
                 continue
-            for _, row in agg.iterrows():
-                dense = row["policy"] == "all"
-                ax.scatter(row[x], row["metric.miou"], color=palette.get(row["policy"], (0.5, 0.5, 0.5)),
-                           marker="*" if dense else MARKERS[blocks.index(row["block"]) % len(MARKERS)],
-                           s=90 if dense else 36, zorder=3)
+            for (policy, block), line in agg.groupby(["policy", "block"], sort=True):
+                line = line.sort_values("target")
+                dense = policy == "all"
+                colour = palette.get(policy, (0.5, 0.5, 0.5))
+                marker = "*" if dense else MARKERS[blocks.index(block) % len(MARKERS)]
+                ax.errorbar(
+                    line[x],
+                    line["metric.miou"],
+                    yerr=line["metric.miou.std"].fillna(0) if "metric.miou.std" in line else None,
+                    color=colour,
+                    marker=marker,
+                    ms=10 if dense else 5,
+                    lw=1,
+                    capsize=2,
+                    ls="none" if dense else "-",
+                    zorder=3,
+                )
                 if not dense:
-                    ax.annotate(f"{row['target']:g}", (row[x], row["metric.miou"]), fontsize=6,
-                                xytext=(3, 3), textcoords="offset points")
+                    for _, row in line.iterrows():
+                        ax.annotate(
+                            f"{row['target']:g}",
+                            (row[x], row["metric.miou"]),
+                            fontsize=6,
+                            xytext=(3, 3),
+                            textcoords="offset points",
+                        )
+            for name, value in refs.items():
+                ax.axhline(value, color="0.6", ls=":", lw=1, zorder=1)
+                ax.annotate(name, (1, value), xycoords=("axes fraction", "data"), fontsize=6, ha="right", va="bottom")
             ax.set_xlabel(label)
         axes[0].set_ylabel("mIoU (%)")
-        handles = [plt.Line2D([], [], color=palette[p], marker="o", linestyle="", label=p)
-                   for p in POLICY_ORDER if p in set(agg["policy"]) and p != "all"]
-        handles += [plt.Line2D([], [], color="grey", marker=MARKERS[i % len(MARKERS)], linestyle="",
-                               label=f"block {b:g} px") for i, b in enumerate(blocks)]
-        if "all" in set(agg["policy"]):
-            handles.append(plt.Line2D([], [], color="black", marker="*", linestyle="", label="dense (all blocks)"))
-        axes[1].legend(handles=handles, loc="best")
-        fig.suptitle(f"{title} — {dataset}")
+        present = set(agg["policy"])
+        legend = [p for p in POLICY_ORDER if p in present and p != "all"]
+        handles = [plt.Line2D([], [], color=palette[p], marker="o", linestyle="-", label=p) for p in legend]
+        handles += [
+            plt.Line2D([], [], color="grey", marker=MARKERS[i % len(MARKERS)], linestyle="", label=f"block {b:g} px")
+            for i, b in enumerate(blocks)
+        ]
+        if "all" in present:
+            handles.append(plt.Line2D([], [], color="black", marker="*", linestyle="", label="dense (every block)"))
+            legend.append("dense (every block)")
+        (axes[1] if axes[1].axison else axes[0]).legend(handles=handles, loc="best", fontsize=7)
+        fig.suptitle(f"{title} — {section}", fontsize=9)
         fig.tight_layout()
-        path = _save(fig, folder, f"spatial-{slug(task)}-{slug(dataset)}")
-        caption = (f"{title} on {dataset}: mIoU against executed convolution GFLOPs {unit} (left) and inference "
-                   f"latency (right); colour = policy, marker = block size, number = target fraction of "
-                   f"selected blocks, black star = every block (the dense network); mean over seeds.")
-        out.append((path, caption))
+        path = _save(fig, folder, f"{KIND}-{slug(section)}")
+        caption = (
+            f"{title}, {section}: mIoU against executed convolution GFLOPs {unit} (left) and inference "
+            f"latency (right); colour = policy, marker = block size, number = target fraction of selected "
+            f"blocks, black star = every block (the dense network), dotted = trivial baselines "
+            f"({', '.join(refs.index) or 'none recorded'}); mean ± standard deviation over seeds."
+        )
+        out.append(Figure(path, caption, KIND, legend, section, list(refs.index)))
     return out

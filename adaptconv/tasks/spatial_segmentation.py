@@ -78,8 +78,7 @@ class SpatialSegmentationOptions(SegmentationOptions):
 class SpatialSegmentation(Segmentation):
     name = "spatial_segmentation"
     metrics = ("miou", "pixel_acc", "high_fraction", "gflops", "flops_ratio")
-    higher_is_better = {"miou": True, "pixel_acc": True, "high_fraction": False, "gflops": False,
-                        "flops_ratio": False}
+    higher_is_better = {"miou": True, "pixel_acc": True, "high_fraction": False, "gflops": False, "flops_ratio": False}
     Options = SpatialSegmentationOptions
     default_swap: dict = {}
     late_options: dict = {}
@@ -88,8 +87,9 @@ class SpatialSegmentation(Segmentation):
     def check_config(cls, config) -> list[str]:
         problems = super().check_config(config)
         if config.op != "conv":
-            problems.append(f"op: the block-wise network runs nn.Conv2d only; task {cls.name!r} takes op: conv, "
-                            f"got {config.op!r}")
+            problems.append(
+                f"op: the block-wise network runs nn.Conv2d only; task {cls.name!r} takes op: conv, got {config.op!r}"
+            )
         if not problems:
             from ..schema import parse
 
@@ -118,13 +118,15 @@ class SpatialSegmentation(Segmentation):
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         logits = model(batch["image"])
-        per_pixel = F.cross_entropy(logits, batch["mask"], weight=self.class_weight, ignore_index=IGNORE,
-                                    reduction="none")
+        per_pixel = F.cross_entropy(
+            logits, batch["mask"], weight=self.class_weight, ignore_index=IGNORE, reduction="none"
+        )
         valid = (batch["mask"] != IGNORE).float()
         sb = model.segblocks
         grid = (logits.shape[-2] // sb.block_size, logits.shape[-1] // sb.block_size)
-        block_loss = F.adaptive_avg_pool2d(per_pixel[:, None], grid)[:, 0] / \
-            F.adaptive_avg_pool2d(valid[:, None], grid)[:, 0].clamp(min=1e-6)
+        block_loss = F.adaptive_avg_pool2d(per_pixel[:, None], grid)[:, 0] / F.adaptive_avg_pool2d(
+            valid[:, None], grid
+        )[:, 0].clamp(min=1e-6)
         sb.reinforce(block_loss)  # the policy's REINFORCE loss, added by the runner (auxiliary_loss)
         return per_pixel.sum() / valid.sum().clamp(min=1)
 
@@ -151,5 +153,9 @@ class SpatialSegmentation(Segmentation):
                 dense = dense_ctx.conv_flops
             grid = ctx.grid
         n_blocks = images * grid.gh * grid.gw
-        return {**segmentation_scores(conf), "high_fraction": high / n_blocks,
-                "gflops": flops / images / 1e9, "flops_ratio": flops / images / dense}
+        return {
+            **segmentation_scores(conf),
+            "high_fraction": high / n_blocks,
+            "gflops": flops / images / 1e9,
+            "flops_ratio": flops / images / dense,
+        }

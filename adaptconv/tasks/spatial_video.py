@@ -31,7 +31,7 @@ from ..models.backbones import BUILTIN_BACKBONES
 from ..schema import parse
 from ..spatial import COPY_POLICIES, BlockCopy, BlockSegmenter
 from .base import Task
-from .segmentation import IGNORE, confusion_matrix, segmentation_scores
+from .segmentation import CLASS_WEIGHTS, IGNORE, class_counts, confusion_matrix, segmentation_scores
 from .spatial_segmentation import build_feature_backbone, spatial_problems
 
 
@@ -42,12 +42,14 @@ class SpatialVideoOptions:
     n_train: int = 48  # synthetic videos for training the image network
     n_test: int = 8
     max_objects: int = 3
+    texture_contrast: float = 1.0  # synthetic video: background texture contrast (0: flat, 1: as drawn)
     block_size: int = 16
     target: float = 0.5
     policy: str = "learned"
     penalty: float = 10.0
     policy_lr: float = 0.01
     width: int = 32
+    class_weights: str = "none"  # "none" | "sqrt_inverse": cross-entropy weights from the training masks
     max_frames: int | None = None  # frames folder: use the first N
 
 
@@ -71,8 +73,14 @@ class VideoSegmenter(nn.Module):
 class SpatialVideo(Task):
     name = "spatial_video"
     metrics = ("miou", "dense_agreement", "dense_miou", "block_fraction", "gflops", "flops_ratio")
-    higher_is_better = {"miou": True, "dense_agreement": True, "dense_miou": True, "block_fraction": False,
-                        "gflops": False, "flops_ratio": False}
+    higher_is_better = {
+        "miou": True,
+        "dense_agreement": True,
+        "dense_miou": True,
+        "block_fraction": False,
+        "gflops": False,
+        "flops_ratio": False,
+    }
     Options = SpatialVideoOptions
     datasets = ("synthetic_video", "frames")
     default_dataset = "synthetic_video"
@@ -84,38 +92,58 @@ class SpatialVideo(Task):
     def check_config(cls, config) -> list[str]:
         problems = super().check_config(config)
         if config.op != "conv":
-            problems.append(f"op: the block-sparse network runs nn.Conv2d only; task {cls.name!r} takes op: conv, "
-                            f"got {config.op!r}")
+            problems.append(
+                f"op: the block-sparse network runs nn.Conv2d only; task {cls.name!r} takes op: conv, got {config.op!r}"
+            )
         if not problems:
             o = parse(cls.Options, config.task_options)
             backbone = config.backbone or cls.backbones[0]
             problems += [f"task_options.{p}" for p in spatial_problems(o, backbone, False, COPY_POLICIES)]
+            if not 0 <= o.texture_contrast <= 1:
+                problems.append(f"task_options.texture_contrast: in [0, 1], got {o.texture_contrast}")
+            if o.class_weights not in CLASS_WEIGHTS:
+                problems.append(
+                    f"task_options.class_weights: one of {', '.join(CLASS_WEIGHTS)}, got {o.class_weights!r}"
+                )
         return problems
 
     def build_data(self) -> tuple[Dataset, Dataset]:
         o, cfg = self.options, self.config
         if cfg.dataset == "synthetic_video":
-            train = SyntheticVideo(o.n_train, o.size, o.frames, seed=cfg.seed, split="train", max_objects=o.max_objects)
-            test = SyntheticVideo(o.n_test, o.size, o.frames, seed=cfg.seed + 10_000, split="test",
-                                  max_objects=o.max_objects)
+            scene = dict(max_objects=o.max_objects, texture_contrast=o.texture_contrast)
+            train = SyntheticVideo(o.n_train, o.size, o.frames, seed=cfg.seed, split="train", **scene)
+            test = SyntheticVideo(o.n_test, o.size, o.frames, seed=cfg.seed + 10_000, split="test", **scene)
         else:
             if cfg.data_root is None:
-                raise DatasetError("dataset 'frames' reads <data_root>/frames (and optional <data_root>/masks): "
-                                   "give data_root")
+                raise DatasetError(
+                    "dataset 'frames' reads <data_root>/frames (and optional <data_root>/masks): give data_root"
+                )
             test = FrameFolder(cfg.data_root, max_frames=o.max_frames)
             if not test.labelled and (cfg.steps or cfg.epochs):
-                raise DatasetError(f"dataset 'frames': {cfg.data_root}/masks is missing, so the network cannot be "
-                                   f"trained on this video; give pretrained weights and steps: 0")
+                raise DatasetError(
+                    f"dataset 'frames': {cfg.data_root}/masks is missing, so the network cannot be "
+                    f"trained on this video; give pretrained weights and steps: 0"
+                )
             train = test
         self.num_classes = train.num_classes
-        return VideoFrames(train), test
+        train = VideoFrames(train)
+        labelled = cfg.dataset == "synthetic_video" or test.labelled
+        self._train_counts = class_counts(train, self.num_classes) if labelled else None
+        self.class_weight = None
+        if o.class_weights == "sqrt_inverse" and labelled:
+            freq = self._train_counts.double() / self._train_counts.sum()
+            # the segmentation task's weights: 1/√freq, normalised to a mean of 1 over the pixels
+            weight = torch.where(freq > 0, freq.clamp(min=1e-12).rsqrt(), torch.zeros_like(freq))
+            self.class_weight = (weight / (weight * freq).sum()).float().to(self.device)
+        return train, test
 
     def build_network(self, train_set: Dataset) -> nn.Module:
         o = self.options
         backbone, channels = build_feature_backbone(self.config.backbone)
         net = BlockSegmenter(backbone, channels, self.num_classes, o.width)
-        return VideoSegmenter(net, block_size=o.block_size, target=o.target, policy=o.policy, penalty=o.penalty,
-                              lr=o.policy_lr)
+        return VideoSegmenter(
+            net, block_size=o.block_size, target=o.target, policy=o.policy, penalty=o.penalty, lr=o.policy_lr
+        )
 
     def build_model(self, train_set: Dataset):
         from ..models.backbones import load_pretrained
@@ -127,7 +155,24 @@ class SpatialVideo(Task):
         return model.to(self.device), summary
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
-        return F.cross_entropy(model(batch["image"]), batch["mask"], ignore_index=IGNORE)
+        return F.cross_entropy(model(batch["image"]), batch["mask"], weight=self.class_weight, ignore_index=IGNORE)
+
+    @torch.no_grad()
+    def baselines(self, test_set: Dataset) -> dict[str, dict[str, float]]:
+        """``majority``: the training frames' most frequent class at every pixel; ``chance``: each pixel's
+        class drawn from the training frames' class frequencies (the expected confusion matrix). Scored
+        on the test videos' labels (mIoU); none without labels on either side."""
+        if self._train_counts is None:
+            return {}
+        test = class_counts(VideoFrames(test_set), self.num_classes).double()
+        train = self._train_counts.double()
+        majority = torch.zeros(self.num_classes, self.num_classes, dtype=torch.double)
+        majority[:, int(train.argmax())] = test
+        chance = test[:, None] * (train / train.sum())[None, :]
+        return {
+            name: {"miou": segmentation_scores(conf)["miou"]}
+            for name, conf in (("majority", majority), ("chance", chance))
+        }
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, test_set: Dataset) -> dict[str, float]:
@@ -136,8 +181,9 @@ class SpatialVideo(Task):
         # a fresh BlockCopy (fresh online policy) per evaluation, on the trained image network; it stays
         # in the model, so the measurements after the final evaluation use the policy learned online
         torch.manual_seed(self.config.seed)
-        bc = model.blockcopy = BlockCopy(model.net, block_size=o.block_size, target=o.target, policy=o.policy,
-                                         penalty=o.penalty, lr=o.policy_lr).to(self.device)
+        bc = model.blockcopy = BlockCopy(
+            model.net, block_size=o.block_size, target=o.target, policy=o.policy, penalty=o.penalty, lr=o.policy_lr
+        ).to(self.device)
         k = self.num_classes
         conf = torch.zeros(k, k, dtype=torch.long, device=self.device)
         conf_dense = torch.zeros_like(conf)
@@ -157,18 +203,27 @@ class SpatialVideo(Task):
                 conf_dense += confusion_matrix(dense, masks[:, t], k)
         labelled = int(conf.sum()) > 0
         nan = float("nan")
-        return {"miou": segmentation_scores(conf)["miou"] if labelled else nan,
-                "dense_agreement": 100.0 * sum(agree) / len(agree),
-                "dense_miou": segmentation_scores(conf_dense)["miou"] if labelled else nan,
-                "block_fraction": sum(fractions) / len(fractions),
-                "gflops": sum(flops) / len(flops) / 1e9,
-                "flops_ratio": sum(flops) / len(flops) / dense_flops}
+        return {
+            "miou": segmentation_scores(conf)["miou"] if labelled else nan,
+            "dense_agreement": 100.0 * sum(agree) / len(agree),
+            "dense_miou": segmentation_scores(conf_dense)["miou"] if labelled else nan,
+            "block_fraction": sum(fractions) / len(fractions),
+            "gflops": sum(flops) / len(flops) / 1e9,
+            "flops_ratio": sum(flops) / len(flops) / dense_flops,
+        }
 
     def example_inputs(self, batch_size: int, resolution: int | None = None):
         """A clip of the task's own synthetic video (real motion, so the policy's choices are typical),
         ``batch_size`` videos of ``frames`` frames, at ``resolution`` if given."""
         o = self.options
         size = resolution or o.size
-        videos = SyntheticVideo(batch_size, size, o.frames, seed=self.config.seed + 20_000, split="val",
-                                max_objects=o.max_objects)
+        videos = SyntheticVideo(
+            batch_size,
+            size,
+            o.frames,
+            seed=self.config.seed + 20_000,
+            split="val",
+            max_objects=o.max_objects,
+            texture_contrast=o.texture_contrast,
+        )
         return (torch.stack([videos[i]["frames"] for i in range(batch_size)]).to(self.device),)

@@ -102,11 +102,28 @@ def test_complexity_penalty_moves_the_high_fraction_to_the_target():
         opt.zero_grad()
         sb.auxiliary_loss().backward()
         opt.step()
-    sb.eval()
     with torch.no_grad():
-        sb(images)
+        p = torch.sigmoid(sb.policy(images, (4, 4)))
     assert start > 0.8
-    assert abs(sb.active_fraction() - 0.25) < 0.15
+    assert abs(float(p.mean()) - 0.25) < 0.1  # the penalty moved the policy's probabilities
+
+
+def test_learned_policy_runs_the_target_fraction_at_evaluation():
+    """A fixed budget at inference: the target's share of blocks in every image, those the policy scores
+    highest, even where every probability is below 0.5 (a threshold would run no block at high
+    resolution) or above it."""
+    torch.manual_seed(0)
+    bb, _ = build_backbone("simplecnn-s", 3, features_only=True)
+    images = torch.rand(8, 3, 32, 32)
+    for start in (0.1, 0.9):
+        sb = SegBlocks(bb, block_size=8, target=0.5, policy="learned", init_fraction=start).eval()
+        with torch.no_grad():
+            sb(images)
+            high = sb.decide(images)
+            scores = sb.policy(images, (4, 4)).reshape(8, -1)
+        assert sb.active_fraction() == 0.5 and high.sum((1, 2)).tolist() == [8] * 8
+        chosen = high.reshape(8, -1)
+        assert all(scores[i][chosen[i]].min() >= scores[i][~chosen[i]].max() for i in range(8))
 
 
 def _reference_pad(feats, high, pad, fill):

@@ -8,8 +8,8 @@ from PIL import Image
 from adaptconv.data import DatasetError
 from adaptconv.data.video import FrameFolder, SyntheticVideo
 from adaptconv.schema import ConfigError
-from adaptconv.trial.runner import run_trial
 from adaptconv.trial.config import parse_trial_config
+from adaptconv.trial.runner import run_trial
 
 MEASURE_OFF = {"latency": False, "memory": False, "flops": False}
 
@@ -43,49 +43,115 @@ def test_video_task_on_a_folder_of_frames_without_labels(tmp_path):
     video = SyntheticVideo(1, 32, 3, seed=0, split="test")[0]["frames"]
     for t in range(3):
         _save(tmp_path / "frames" / f"{t:03d}.png", (video[t].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
-    base = {"task": "spatial_video", "dataset": "frames", "data_root": str(tmp_path), "backbone": "simplecnn-s",
-            "task_options": {"size": 32, "block_size": 8, "policy": "random", "target": 0.25},
-            "measure": MEASURE_OFF, "threads": 1}
+    base = {
+        "task": "spatial_video",
+        "dataset": "frames",
+        "data_root": str(tmp_path),
+        "backbone": "simplecnn-s",
+        "task_options": {"size": 32, "block_size": 8, "policy": "random", "target": 0.25},
+        "measure": MEASURE_OFF,
+        "threads": 1,
+    }
     record = run_trial({**base, "steps": 2})
     assert record["status"] == "error" and "masks is missing" in record["error"]["message"]
     record = run_trial({**base, "steps": 0})
     assert record["status"] == "ok", record.get("error")
     m = record["metrics"]
-    assert m["miou"] is None  # no labels
+    assert m["miou"] is None and record["baselines"] == {}  # no labels: no mIoU, no baseline to score
     assert m["block_fraction"] == pytest.approx((1 + 2 * 0.25) / 3)
     assert m["flops_ratio"] == pytest.approx(m["block_fraction"], rel=1e-6)
 
 
 def test_video_task_all_blocks_is_the_dense_network():
-    record = run_trial({"task": "spatial_video", "backbone": "simplecnn-s", "steps": 3, "batch_size": 4,
-                        "task_options": {"size": 32, "frames": 3, "n_train": 2, "n_test": 2, "block_size": 8,
-                                         "policy": "all"}, "measure": MEASURE_OFF, "threads": 1})
+    record = run_trial(
+        {
+            "task": "spatial_video",
+            "backbone": "simplecnn-s",
+            "steps": 3,
+            "batch_size": 4,
+            "task_options": {
+                "size": 32,
+                "frames": 3,
+                "n_train": 2,
+                "n_test": 2,
+                "block_size": 8,
+                "policy": "all",
+                "class_weights": "sqrt_inverse",
+                "texture_contrast": 0.25,
+            },
+            "measure": MEASURE_OFF,
+            "threads": 1,
+        }
+    )
     assert record["status"] == "ok", record.get("error")
     m = record["metrics"]
     assert m["dense_agreement"] == 100.0 and m["miou"] == pytest.approx(m["dense_miou"])
     assert m["block_fraction"] == 1.0 and m["flops_ratio"] == 1.0
+    # the trivial baselines, scored on the test videos' labels: predicting background everywhere gets
+    # its IoU (the pixels that are background) over the classes present
+    test = SyntheticVideo(2, 32, 3, seed=10_000, split="test", texture_contrast=0.25)
+    masks = torch.stack([test[i]["masks"] for i in range(2)])
+    present = int(sum(bool((masks == k).any()) for k in range(4)))
+    background = float((masks == 0).float().mean())
+    assert set(record["baselines"]) == {"majority", "chance"}
+    assert record["baselines"]["majority"]["miou"] == pytest.approx(100 * background / present, rel=1e-6)
 
 
 def test_dual_resolution_task_records_fraction_flops_and_policy_loss():
-    record = run_trial({"task": "spatial_segmentation", "backbone": "simplecnn-s", "steps": 4, "batch_size": 4,
-                        "task_options": {"size": 32, "n_train": 8, "n_test": 8, "block_size": 8, "target": 0.25,
-                                         "policy": "heuristic"},
-                        "measure": {**MEASURE_OFF, "flops": True, "batch_sizes": [1]}, "threads": 1})
+    record = run_trial(
+        {
+            "task": "spatial_segmentation",
+            "backbone": "simplecnn-s",
+            "steps": 4,
+            "batch_size": 4,
+            "task_options": {
+                "size": 32,
+                "n_train": 8,
+                "n_test": 8,
+                "block_size": 8,
+                "target": 0.25,
+                "policy": "heuristic",
+            },
+            "measure": {**MEASURE_OFF, "flops": True, "batch_sizes": [1]},
+            "threads": 1,
+        }
+    )
     assert record["status"] == "ok", record.get("error")
     m = record["metrics"]
     assert m["high_fraction"] == 0.25 and record["active_fraction"]["eval"] == 0.25
     assert m["flops_ratio"] == pytest.approx(0.25 + 0.75 / 4, rel=0.05)
-    learned = run_trial({"task": "spatial_segmentation", "backbone": "simplecnn-s", "steps": 3, "batch_size": 4,
-                         "task_options": {"size": 32, "n_train": 8, "n_test": 8, "block_size": 8},
-                         "measure": MEASURE_OFF, "threads": 1})
+    learned = run_trial(
+        {
+            "task": "spatial_segmentation",
+            "backbone": "simplecnn-s",
+            "steps": 3,
+            "batch_size": 4,
+            "task_options": {"size": 32, "n_train": 8, "n_test": 8, "block_size": 8},
+            "measure": MEASURE_OFF,
+            "threads": 1,
+        }
+    )
     assert learned["status"] == "ok" and len(learned["curve"]["aux_loss"]) == 3  # the policy's loss is added
 
 
 def test_bad_options_are_refused_before_running():
     with pytest.raises(ConfigError, match=r"block_size 96 px.*stride 32"):
-        parse_trial_config({"task": "spatial_segmentation", "backbone": "resnet18",
-                            "task_options": {"block_size": 96, "size": 192}})
+        parse_trial_config(
+            {"task": "spatial_segmentation", "backbone": "resnet18", "task_options": {"block_size": 96, "size": 192}}
+        )
     with pytest.raises(ConfigError, match=r"target.*\(0, 1\]"):
         parse_trial_config({"task": "spatial_video", "task_options": {"target": 1.5}})
     with pytest.raises(ConfigError, match="takes op: conv"):
         parse_trial_config({"task": "spatial_video", "op": "pac"})
+    with pytest.raises(ConfigError, match=r"texture_contrast: in \[0, 1\], got 2"):
+        parse_trial_config({"task": "spatial_video", "task_options": {"texture_contrast": 2}})
+    with pytest.raises(ConfigError, match="class_weights: one of none, sqrt_inverse"):
+        parse_trial_config({"task": "spatial_video", "task_options": {"class_weights": "inverse"}})
+
+
+def test_texture_contrast_flattens_the_background_and_keeps_the_scene():
+    flat, full = (SyntheticVideo(1, 32, 2, seed=1, split="test", texture_contrast=c)[0] for c in (0.0, 1.0))
+    assert torch.equal(flat["masks"], full["masks"])  # the same objects and motion
+    background = flat["masks"][0] == 0
+    assert flat["frames"][0][:, background].std(1).max() < 0.03  # sensor noise only
+    assert full["frames"][0][:, background].std(1).max() > 0.05
