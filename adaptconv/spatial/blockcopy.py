@@ -17,7 +17,9 @@ Policies (``policy``):
   output changed there (total-variation distance between its new class probabilities and the copied
   ones), a copied block's is 0 (nothing changed); REINFORCE with the frame's mean reward as
   baseline, plus ``penalty · (mean p − target)²`` pulling the executed fraction toward ``target``.
-  Decisions are sampled while learning online (exploration), thresholded at p = 0.5 otherwise.
+  Decisions are sampled while learning online (exploration); otherwise (``online=False``, or under
+  ``torch.inference_mode``, e.g. a latency measurement) the ``round(target · blocks)`` blocks of highest
+  p are recomputed, so the executed fraction is the target.
 - ``random``: ``round(target · blocks)`` random blocks per frame.
 - ``difference``: the ``round(target · blocks)`` blocks where the frame changed most (mean |Δ|).
 - ``all``: every block (the dense network, frame by frame).
@@ -159,8 +161,8 @@ class BlockCopy(nn.Module):
             logits = self.policy([t.detach() for t in inputs], grid_hw)
         if learn:
             select = torch.bernoulli(torch.sigmoid(logits.detach())).bool()
-        else:
-            select = logits > 0
+        else:  # a fixed budget: the target's share of blocks, those the policy scores highest
+            select = topk_mask(logits, self.target)
         return select, (logits if learn else None)
 
     def step(self, frame: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:

@@ -8,6 +8,12 @@ network's ``auxiliary_loss`` (the runner adds it), and the executed fraction of 
 blocks is recorded as ``active_fraction`` by the runner. Metrics: mIoU, pixel accuracy, the fraction
 of high-resolution blocks, the convolution GFLOPs executed per image and their ratio to the dense
 network's. The network runs only ``nn.Conv2d`` block-wise, so ``op`` must be ``conv``.
+
+At evaluation the learned policy runs the ``round(target · blocks)`` blocks it scores highest at high
+resolution (a fixed budget, so ``high_fraction`` is the target); ``random`` and ``heuristic`` pick the
+same number. With ``policy: all`` the network trains densely (the same function, faster) and is
+evaluated block-wise. Trivial baselines (the segmentation task's): ``majority`` (the training masks'
+most frequent class everywhere) and ``chance``, scored with mIoU and pixel accuracy.
 """
 
 from __future__ import annotations

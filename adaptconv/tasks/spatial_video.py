@@ -14,6 +14,11 @@ through the dense network. Metrics: ``miou`` (BlockCopy's output against the lab
 frames), ``dense_miou`` (the dense network's mIoU), ``block_fraction`` (blocks recomputed per frame,
 the first frame of each video, always in full, included), ``gflops`` (convolution GFLOPs executed per
 frame) and ``flops_ratio`` (to the dense network's).
+
+Options beyond the block executor's: ``class_weights`` (``none`` | ``sqrt_inverse``, the segmentation
+task's weights from the training frames), ``texture_contrast`` (synthetic video: the background
+texture's contrast, 1 as drawn). Trivial baselines (mIoU on the test videos' labels): ``majority``
+(the training frames' most frequent class everywhere) and ``chance``; none for an unlabelled folder.
 """
 
 from __future__ import annotations

@@ -100,3 +100,12 @@ def test_online_policy_learns_where_the_video_changes():
     assert left[0] > 0.6 and right[0] > 0.6  # starts recomputing most blocks
     assert sum(left[-10:]) / 10 > sum(right[-10:]) / 10 + 0.3
     assert abs((sum(left[-10:]) + sum(right[-10:])) / 20 - 0.5) < 0.2
+    # without online learning (deployment after it, or a latency measurement) a fixed budget: the
+    # target's share of blocks, those the policy scores highest (here the changing left half)
+    bc.online = False
+    frame = background.clone()
+    frame[..., :16] = torch.rand(1, 3, 32, 16)
+    select, _ = bc.decide(frame, (4, 4))
+    assert int(select.sum()) == 8 and int(select[..., :2].sum()) >= 6  # of 8 left blocks
+    bc.step(frame)
+    assert bc.last_fraction == 0.5
