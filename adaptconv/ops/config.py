@@ -10,8 +10,11 @@ Plain module-level settings, read at call time (``config.implementation``, …),
   512 KiB, which stays in a core's cache through the per-tap passes; a stacked k²·C × pixels block is
   k² times that, 4.5 MiB for k = 3). The backward pass reads it too. ``ADAPTCONV_LEAN_CHUNK`` sets the
   default.
-- ``cpu_kernels``: whether PAC may run the compiled CPU kernels (:mod:`adaptconv.ops.cpu_pac`) on CPU
-  tensors; off, the PyTorch backend runs. ``ADAPTCONV_CPU_KERNELS=0`` sets the default to off.
+- ``cpu_kernels``: whether the operators may run their compiled CPU kernels on CPU tensors (built by
+  :mod:`adaptconv.ops.cpu_build`: PAC's :mod:`~adaptconv.ops.cpu_pac`, PAKA's :mod:`~adaptconv.ops.cpu_paka`,
+  ACDA's :mod:`~adaptconv.ops.cpu_acda`, the dynamic filtering of DFN/DDF/CARAFE/PAC-CRF
+  :mod:`~adaptconv.ops.cpu_dynfilter`, deformable convolution's :mod:`~adaptconv.ops.deform_cpu`); off,
+  the PyTorch (or torchvision) paths run. ``ADAPTCONV_CPU_KERNELS=0`` sets the default to off.
 
     with config.override(implementation="unfold", chunk_elements=4096):
         y = op(x)
