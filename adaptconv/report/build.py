@@ -31,6 +31,7 @@ from ..results.store import STATES
 from .claims import ClaimsTable
 from .figures import Figure, all_figures, slug
 from .findings import METHOD, findings
+from .spatial import spatial_figures
 from .tables import (
     CONTENDED_MARK,
     NOISY_MARK,
@@ -140,7 +141,8 @@ def build_report(
     out = Path(out)
     layout = build_layout(col)
     report = Report(out)
-    figures = all_figures(layout, out / "figures")
+    # the spatially adaptive execution tasks add accuracy against executed FLOPs and latency (nothing otherwise)
+    figures = all_figures(layout, out / "figures") + spatial_figures(layout, out / "figures")
     report.figures = figures
     counts = _counts(layout)
     sections = []
