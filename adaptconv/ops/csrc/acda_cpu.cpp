@@ -135,6 +135,53 @@ void acda_z(const T* xp, const T* D, T* z, Dims d, Geom g, int nt) {
   }
 }
 
+// ∂x of one output row of channel c with unit column stride: first t_j = Σ_m D_m,j · gz_m for every tap
+// (rows of tb, whose margins of (kw−1)·dw stay zero), then per tap row a one pass over the padded
+// input row it reads, adding Σ_b t_(a,b) shifted by b·dw: each ∂x element is read and written once per
+// tap row, instead of once per tap at overlapping, shifted addresses (which defeats store forwarding).
+template <typename T>
+inline void gx_row_gather(const T* gr, const T* Dr, T* gplane, T* tb, int64_t r, const Dims& d,
+                          const Geom& g) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t L = Vec<T>::L;
+  const int64_t Tn = g.taps(), M = d.M, n = d.nb * d.rows * d.Wo, Wo = d.Wo;
+  const int64_t pad = (g.kw - 1) * g.dw, lrow = Wo + 2 * pad, vp = Wo - Wo % L;
+  for (int64_t q = 0; q < vp; q += L) {
+    V gv[GM];
+    for (int64_t m0 = 0; m0 < M; m0 += GM) {
+      const int64_t nm = std::min(GM, M - m0);
+      for (int64_t i = 0; i < nm; ++i) gv[i] = vload(gr + (m0 + i) * n + q);
+      for (int64_t j = 0; j < Tn; ++j) {
+        T* out = tb + j * lrow + pad + q;
+        V a = m0 ? vload(out) : V{};
+        for (int64_t i = 0; i < nm; ++i) a += vload(Dr + ((m0 + i) * Tn + j) * Wo + q) * gv[i];
+        vstore(out, a);
+      }
+    }
+  }
+  for (int64_t j = 0; j < Tn; ++j)
+    for (int64_t q = vp; q < Wo; ++q) {
+      T a = T(0);
+      for (int64_t m = 0; m < M; ++m) a += Dr[(m * Tn + j) * Wo + q] * gr[m * n + q];
+      tb[j * lrow + pad + q] = a;
+    }
+  const int64_t nx = Wo + pad, vx = nx - nx % L;
+  for (int64_t a = 0; a < g.kh; ++a) {
+    T* drow = gplane + g.offset(a * g.kw, d.r0 + r, d.Wp);
+    const T* t0 = tb + a * g.kw * lrow + pad;
+    for (int64_t x = 0; x < vx; x += L) {
+      V acc = vload(t0 + x);
+      for (int64_t b = 1; b < g.kw; ++b) acc += vload(t0 + b * lrow + x - b * g.dw);
+      vstore(drow + x, vload(drow + x) + acc);
+    }
+    for (int64_t x = vx; x < nx; ++x) {
+      T acc = t0[x];
+      for (int64_t b = 1; b < g.kw; ++b) acc += t0[b * lrow + x - b * g.dw];
+      drow[x] += acc;
+    }
+  }
+}
+
 // The backward of one tile from gz = coefᵀ·gy (C × M × nb × rows × Wo, the gradient of Z):
 //   z    the forward's Z again, for ∂coef (may be null)
 //   gxp  += Σ_m D_m,j · gz_m at tap j's position (the sample's first tile, zero = 1, zeroes its planes;
@@ -159,6 +206,7 @@ void acda_backward(const T* gz, const T* xp, const T* D, T* z, T* gxp, T* gD, Di
         for (int64_t s = 0; s < d.nb; ++s)
           std::fill(gxp + ((d.b0 + s) * d.C + c0) * plane, gxp + ((d.b0 + s) * d.C + c1) * plane, T(0));
       std::vector<T> dbuf(M * Tn * Wo);
+      std::vector<T> tb(Tn * (Wo + 2 * (g.kw - 1) * g.dw));  // gx_row_gather's rows, zero margins
       for (int64_t s = 0; s < d.nb; ++s)
         for (int64_t r = 0; r < d.rows; ++r) {
           const T* Dr = atom_row(D, s, r, d, Tn, dbuf.data());  // + (m·T + j)·W'
@@ -168,6 +216,10 @@ void acda_backward(const T* gz, const T* xp, const T* D, T* z, T* gxp, T* gD, Di
             if (!gxp) continue;
             T* gplane = gxp + ((d.b0 + s) * d.C + c) * plane;
             const T* gr = gz + c * M * n + (s * d.rows + r) * Wo;  // + m·n: atom m's row
+            if (Unit) {
+              gx_row_gather<T>(gr, Dr, gplane, tb.data(), r, d, g);
+              continue;
+            }
             for (int64_t q = 0; q < vp; q += L) {
               for (int64_t m = 0; m < M; ++m) xv[m] = vload(gr + m * n + q);
               for (int64_t j0 = 0; j0 < Tn; j0 += GJ) {  // GJ taps at a time, as GM atoms above

@@ -80,9 +80,11 @@ void dynfilter_backward(const T* xp, const T* F, const T* S, const T* gy, T* gxp
         const T* Fg = F + (b * d.G + c / cg) * Tn * hw;
         const T* xplane = xp + bc * plane;
         const T* gplane_y = gy + bc * hw;
-        for (int64_t r = 0; r < d.Ho; ++r) {
-          const T* __restrict__ gr = gplane_y + r * d.Wo;
-          for (int64_t j = 0; j < Tn; ++j) {
+        // taps outside, rows inside: the shifted read-modify-writes of one tap are a whole plane apart
+        // from the next tap's, which they overlap (adjacent taps back to back defeat store forwarding)
+        for (int64_t j = 0; j < Tn; ++j)
+          for (int64_t r = 0; r < d.Ho; ++r) {
+            const T* __restrict__ gr = gplane_y + r * d.Wo;
             const T* __restrict__ fr = Fg + j * hw + r * d.Wo;
             if (gplane) {
               T* __restrict__ dst = gplane + g.offset(j, r, d.Wp);
@@ -95,7 +97,6 @@ void dynfilter_backward(const T* xp, const T* F, const T* S, const T* gy, T* gxp
               for (int64_t q = 0; q < d.Wo; ++q) acc[q] += fr[q] * gr[q] * src[col<Unit>(q, sw)];
             }
           }
-        }
         if (gS)
           for (int64_t j = 0; j < Tn; ++j) {
             double total = 0.0;
