@@ -37,10 +37,20 @@ def pytest_report_header(config):
 @pytest.fixture
 def record(benchmark):
     """Fill ``benchmark.extra_info`` with the case, the environment and the peak memory."""
+
     def _record(case: common.Case, peak_bytes: int):
         benchmark.group = f"{case.phase} B{case.batch} {case.size}px"
         benchmark.extra_info.update(common.environment())
-        benchmark.extra_info.update(op=case.op, impl=case.impl, phase=case.phase, batch=case.batch,
-                                    channels=case.channels, size=case.size, kernel=case.kernel,
-                                    peak_bytes=peak_bytes, peak_mib=round(peak_bytes / 2**20, 2))
+        benchmark.extra_info.update(
+            op=case.op,
+            impl=case.impl,
+            phase=case.phase,
+            batch=case.batch,
+            channels=case.channels,
+            size=case.size,
+            kernel=case.kernel,
+            peak_bytes=peak_bytes,
+            peak_mib=round(peak_bytes / 2**20, 2),
+        )
+
     return _record

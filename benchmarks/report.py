@@ -68,24 +68,38 @@ def target_table(repeats: int) -> tuple[list[str], list[dict]]:
         res = measure(cases, repeats)
         conv = res[common.Case("conv", "conv", phase).label]
         lines.append(f"\n### {phase} (B={common.TARGET['batch']}, 64→64, 56×56, k=3, float32)\n")
-        lines.append("| operator | impl | median ms | IQR% | peak MiB | time ×conv | memory ×conv | "
-                     "unfold/lean time | unfold/lean memory |")
+        lines.append(
+            "| operator | impl | median ms | IQR% | peak MiB | time ×conv | memory ×conv | "
+            "unfold/lean time | unfold/lean memory |"
+        )
         lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for op in common.OPERATORS:
             ref = res.get(common.Case(op, "unfold", phase).label)
             for impl in common.implementations(op):
                 r = res[common.Case(op, impl, phase).label]
-                row = dict(op=op, impl=impl, phase=phase, median_ms=r["median"] * 1e3, rel_iqr=r["rel_iqr"],
-                           peak_mib=r["peak"] / 2**20, time_x_conv=r["median"] / conv["median"],
-                           mem_x_conv=r["peak"] / max(conv["peak"], 1), samples_ms=[s * 1e3 for s in r["samples"]])
+                row = dict(
+                    op=op,
+                    impl=impl,
+                    phase=phase,
+                    median_ms=r["median"] * 1e3,
+                    rel_iqr=r["rel_iqr"],
+                    peak_mib=r["peak"] / 2**20,
+                    time_x_conv=r["median"] / conv["median"],
+                    mem_x_conv=r["peak"] / max(conv["peak"], 1),
+                    samples_ms=[s * 1e3 for s in r["samples"]],
+                )
                 if impl == "lean" and ref is not None:
-                    row.update(unfold_over_lean_time=ref["median"] / r["median"],
-                               unfold_over_lean_mem=ref["peak"] / max(r["peak"], 1))
+                    row.update(
+                        unfold_over_lean_time=ref["median"] / r["median"],
+                        unfold_over_lean_mem=ref["peak"] / max(r["peak"], 1),
+                    )
                 rows.append(row)
                 noisy = " (noisy)" if r["rel_iqr"] > 0.10 else ""
-                lines.append(f"| {op} | {impl} | {_fmt(row['median_ms'], 1)}{noisy} | {_fmt(100 * r['rel_iqr'], 0)} | "
-                             f"{_fmt(row['peak_mib'], 1)} | {_fmt(row['time_x_conv'])} | {_fmt(row['mem_x_conv'])} | "
-                             f"{_fmt(row.get('unfold_over_lean_time'))} | {_fmt(row.get('unfold_over_lean_mem'))} |")
+                lines.append(
+                    f"| {op} | {impl} | {_fmt(row['median_ms'], 1)}{noisy} | {_fmt(100 * r['rel_iqr'], 0)} | "
+                    f"{_fmt(row['peak_mib'], 1)} | {_fmt(row['time_x_conv'])} | {_fmt(row['mem_x_conv'])} | "
+                    f"{_fmt(row.get('unfold_over_lean_time'))} | {_fmt(row.get('unfold_over_lean_mem'))} |"
+                )
         gc.collect()
     return lines, rows
 
@@ -100,26 +114,34 @@ def target_verdicts(rows: list[dict]) -> list[str]:
         if m_conv is not None:
             checks.append((f"memory ≤ {m_conv}× conv", r["mem_x_conv"], r["mem_x_conv"] <= m_conv))
         if t_ref is not None:
-            checks.append((f"≥ {t_ref}× faster than unfold", r["unfold_over_lean_time"],
-                           r["unfold_over_lean_time"] >= t_ref))
+            checks.append(
+                (f"≥ {t_ref}× faster than unfold", r["unfold_over_lean_time"], r["unfold_over_lean_time"] >= t_ref)
+            )
         if m_ref is not None:
-            checks.append((f"≥ {m_ref}× leaner than unfold", r["unfold_over_lean_mem"],
-                           r["unfold_over_lean_mem"] >= m_ref))
+            checks.append(
+                (f"≥ {m_ref}× leaner than unfold", r["unfold_over_lean_mem"], r["unfold_over_lean_mem"] >= m_ref)
+            )
         for name, value, ok in checks:
             lines.append(f"- {op}: {name}: {value:.2f} → {'met' if ok else 'NOT met'}")
     return lines
 
 
 def sweep_table(sizes, repeats: int, unfold_512: bool) -> tuple[list[str], list[dict]]:
-    lines = ["\n### resolution sweep: training step (forward + backward), B=1, 64→64, k=3\n",
-             "| px | operator | impl | median ms | peak MiB | time ×conv | memory ×conv |",
-             "|---:|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "\n### resolution sweep: training step (forward + backward), B=1, 64→64, k=3\n",
+        "| px | operator | impl | median ms | peak MiB | time ×conv | memory ×conv |",
+        "|---:|---|---|---:|---:|---:|---:|",
+    ]
     rows = []
     limit = common.memory_limit()
     for size in sizes:
         big = size >= 512
-        cases = [common.Case(op, impl, "train", batch=1, size=size) for op in common.OPERATORS
-                 for impl in common.implementations(op) if not (big and impl == "unfold")]
+        cases = [
+            common.Case(op, impl, "train", batch=1, size=size)
+            for op in common.OPERATORS
+            for impl in common.implementations(op)
+            if not (big and impl == "unfold")
+        ]
         reps = repeats if size <= 128 else max(1, repeats // 2) if size <= 256 else 1
         res = measure(cases, reps, warmup=1 if size <= 256 else 0)
         if big and unfold_512:  # each in its own memory-capped process: some need more than the machine has
@@ -136,12 +158,21 @@ def sweep_table(sizes, repeats: int, unfold_512: bool) -> tuple[list[str], list[
                 rows.append(row)
                 lines.append(f"| {size} | {case.op} | {case.impl} | {r['error']} | | | |")
                 continue
-            row = dict(size=size, op=case.op, impl=case.impl, median_ms=r["median"] * 1e3, peak_mib=r["peak"] / 2**20,
-                       time_x_conv=r["median"] / conv["median"], mem_x_conv=r["peak"] / max(conv["peak"], 1))
+            row = dict(
+                size=size,
+                op=case.op,
+                impl=case.impl,
+                median_ms=r["median"] * 1e3,
+                peak_mib=r["peak"] / 2**20,
+                time_x_conv=r["median"] / conv["median"],
+                mem_x_conv=r["peak"] / max(conv["peak"], 1),
+            )
             rows.append(row)
-            lines.append(f"| {size} | {case.op} | {case.impl} | {_fmt(row['median_ms'], 1)} | {_fmt(row['peak_mib'], 1)} | "
-                         f"{_fmt(row['time_x_conv'])} | {_fmt(row['mem_x_conv'])} |")
-        print("\n".join(lines[-len(cases):]), file=sys.stderr, flush=True)
+            lines.append(
+                f"| {size} | {case.op} | {case.impl} | {_fmt(row['median_ms'], 1)} | {_fmt(row['peak_mib'], 1)} | "
+                f"{_fmt(row['time_x_conv'])} | {_fmt(row['mem_x_conv'])} |"
+            )
+        print("\n".join(lines[-len(cases) :]), file=sys.stderr, flush=True)
         gc.collect()
     return lines, rows
 
@@ -151,16 +182,21 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds at the target configuration")
     ap.add_argument("--no-sweep", action="store_true", help="skip the resolution sweep")
     ap.add_argument("--sizes", type=int, nargs="+", default=list(common.SWEEP))
-    ap.add_argument("--sweep-unfold-512", action="store_true",
-                    help="also run the unfold references at 512 px (memory-capped subprocesses; minutes)")
+    ap.add_argument(
+        "--sweep-unfold-512",
+        action="store_true",
+        help="also run the unfold references at 512 px (memory-capped subprocesses; minutes)",
+    )
     ap.add_argument("--json", type=Path, help="save the rows (with every sample) to this file")
     args = ap.parse_args(argv)
 
     threads = common.set_threads()
     env = common.environment()
-    out = [f"## pixel-adaptive operators: conv vs unfold reference vs lean\n",
-           f"torch {env['torch']}, device {env['device']}, {threads} threads, cpu {env['cpu']}, "
-           f"lean chunk {env['chunk_elements']} elements"]
+    out = [
+        "## pixel-adaptive operators: conv vs unfold reference vs lean\n",
+        f"torch {env['torch']}, device {env['device']}, {threads} threads, cpu {env['cpu']}, "
+        f"lean chunk {env['chunk_elements']} elements",
+    ]
     lines, rows = target_table(args.repeats)
     out += lines + target_verdicts(rows)
     print("\n".join(out), flush=True)

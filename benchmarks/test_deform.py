@@ -37,6 +37,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 
 import common  # noqa: E402
+
 from adaptconv.ops import deform_cpu  # noqa: E402
 from adaptconv.ops.deform import DeformConv2d, ModulatedDeformConv2d  # noqa: E402
 
@@ -79,6 +80,7 @@ def build(case: str, phase: str, batch: int, channels: int, size: int):
     kernels = deform_cpu.disabled if case.endswith("-torchvision") else contextlib.nullcontext
 
     if phase == "forward":
+
         def step():
             with torch.no_grad(), kernels():
                 return module(x)
@@ -104,6 +106,7 @@ def _sync_step(step):
         step()
         if common.device().type == "cuda":
             torch.cuda.synchronize()
+
     return run
 
 
@@ -117,8 +120,15 @@ def test_latency(benchmark, case, config, phase):
     peak = common.peak_memory(step, reset)
     benchmark.group = f"deform {phase} {config}"
     benchmark.extra_info.update(common.environment())
-    benchmark.extra_info.update(case=case, phase=phase, kernel=KERNEL, deform_cpu_kernels=deform_cpu.status(),
-                                peak_bytes=peak, peak_mib=round(peak / 2**20, 2), **CONFIGS[config])
+    benchmark.extra_info.update(
+        case=case,
+        phase=phase,
+        kernel=KERNEL,
+        deform_cpu_kernels=deform_cpu.status(),
+        peak_bytes=peak,
+        peak_mib=round(peak / 2**20, 2),
+        **CONFIGS[config],
+    )
     rounds = ROUNDS if not case.endswith("-torchvision") or config != "B8-C64-56px" else max(1, ROUNDS // 2)
     benchmark.pedantic(_sync_step(step), setup=reset, rounds=rounds, iterations=1, warmup_rounds=1)
     gc.collect()
@@ -138,26 +148,39 @@ def measure(repeats: int) -> list[dict]:
             med = {case: common.median(xs) for case, xs in samples.items()}
             for case in cases():
                 tv = med.get(f"{case}-torchvision")
-                rows.append(dict(config=config, phase=phase, case=case, median_s=med[case],
-                                 rel_iqr=common.rel_iqr(samples[case]), x_conv=med[case] / med["conv"],
-                                 tv_over_ours=None if tv is None else tv / med[case],
-                                 peak_bytes=peaks[case], mem_x_conv=peaks[case] / max(peaks["conv"], 1),
-                                 samples=samples[case]))
+                rows.append(
+                    dict(
+                        config=config,
+                        phase=phase,
+                        case=case,
+                        median_s=med[case],
+                        rel_iqr=common.rel_iqr(samples[case]),
+                        x_conv=med[case] / med["conv"],
+                        tv_over_ours=None if tv is None else tv / med[case],
+                        peak_bytes=peaks[case],
+                        mem_x_conv=peaks[case] / max(peaks["conv"], 1),
+                        samples=samples[case],
+                    )
+                )
     return rows
 
 
 def table(rows: list[dict], repeats: int) -> str:
     env = common.environment()
-    lines = [f"\ndeformable convolution, k={KERNEL}, float32, {env['threads']} threads, device {env['device']}, "
-             f"deform CPU kernels {deform_cpu.status().split(' (')[0]}, medians of {repeats} interleaved rounds",
-             "| config | phase | case | median ms | IQR% | ×conv | tv/ours | peak MiB | mem ×conv |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"\ndeformable convolution, k={KERNEL}, float32, {env['threads']} threads, device {env['device']}, "
+        f"deform CPU kernels {deform_cpu.status().split(' (')[0]}, medians of {repeats} interleaved rounds",
+        "| config | phase | case | median ms | IQR% | ×conv | tv/ours | peak MiB | mem ×conv |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         tv = "—" if r["tv_over_ours"] is None else f"{r['tv_over_ours']:.1f}"
         noisy = " (noisy)" if r["rel_iqr"] > 0.10 else ""
-        lines.append(f"| {r['config']} | {r['phase']} | {r['case']} | {r['median_s'] * 1e3:.2f} | "
-                     f"{100 * r['rel_iqr']:.0f}{noisy} | {r['x_conv']:.2f} | {tv} | {r['peak_bytes'] / 2**20:.1f} | "
-                     f"{r['mem_x_conv']:.2f} |")
+        lines.append(
+            f"| {r['config']} | {r['phase']} | {r['case']} | {r['median_s'] * 1e3:.2f} | "
+            f"{100 * r['rel_iqr']:.0f}{noisy} | {r['x_conv']:.2f} | {tv} | {r['peak_bytes'] / 2**20:.1f} | "
+            f"{r['mem_x_conv']:.2f} |"
+        )
     return "\n".join(lines)
 
 

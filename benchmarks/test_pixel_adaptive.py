@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import gc
 
-import pytest
-
 import common
+import pytest
 from conftest import ROUNDS
 
 pytestmark = pytest.mark.benchmark
 
-TARGET_CASES = [(op, impl, phase) for op in common.OPERATORS for impl in common.implementations(op)
-                for phase in common.PHASES]
+TARGET_CASES = [
+    (op, impl, phase) for op in common.OPERATORS for impl in common.implementations(op) for phase in common.PHASES
+]
 
 
 def _run(benchmark, record, case: common.Case, rounds: int = ROUNDS):
@@ -36,11 +36,18 @@ def test_target(benchmark, record, op, impl, phase):
     _run(benchmark, record, common.Case(op, impl, phase))
 
 
-_TOO_BIG = pytest.mark.skip(reason="the unfold reference at 512 px needs several GiB (ACDA's more than a 24 GiB "
-                                   "machine has); `benchmarks/report.py --sweep-unfold-512` runs it memory-capped")
-SWEEP_CASES = [pytest.param(op, impl, size, id=f"{op}/{impl}/{size}px",
-                            marks=[_TOO_BIG] if (impl == "unfold" and size >= 512) else [])
-               for size in common.SWEEP for op in common.OPERATORS for impl in common.implementations(op)]
+_TOO_BIG = pytest.mark.skip(
+    reason="the unfold reference at 512 px needs several GiB (ACDA's more than a 24 GiB "
+    "machine has); `benchmarks/report.py --sweep-unfold-512` runs it memory-capped"
+)
+SWEEP_CASES = [
+    pytest.param(
+        op, impl, size, id=f"{op}/{impl}/{size}px", marks=[_TOO_BIG] if (impl == "unfold" and size >= 512) else []
+    )
+    for size in common.SWEEP
+    for op in common.OPERATORS
+    for impl in common.implementations(op)
+]
 
 
 @pytest.mark.parametrize("op,impl,size", SWEEP_CASES)

@@ -25,13 +25,13 @@ from __future__ import annotations
 import statistics
 import time
 
+import common
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROUNDS
 from torch import nn
 
-import common
-from conftest import ROUNDS
 from adaptconv.ops.sparse_gated import SparseGatedConv2d
 
 pytestmark = pytest.mark.benchmark
@@ -39,11 +39,18 @@ pytestmark = pytest.mark.benchmark
 CONFIGS = {"B8-56px": dict(batch=8, size=56), "B1-224px": dict(batch=1, size=224)}
 CHANNELS = 64
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
-OPTIONS = {"pixels": dict(sparse_path="pixels"), "tiles": dict(sparse_path="tiles"), "auto": {},
-           "block8": dict(block_size=8), "dense-masked": dict(sparse_inference=False)}
-CASES = ([("conv", None, None), ("dense-masked", "rand", 0.5)]
-         + [(impl, kind, f) for kind in ("rand", "blob") for impl in ("pixels", "tiles", "auto") for f in FRACTIONS]
-         + [("block8", "blob", f) for f in FRACTIONS])
+OPTIONS = {
+    "pixels": dict(sparse_path="pixels"),
+    "tiles": dict(sparse_path="tiles"),
+    "auto": {},
+    "block8": dict(block_size=8),
+    "dense-masked": dict(sparse_inference=False),
+}
+CASES = (
+    [("conv", None, None), ("dense-masked", "rand", 0.5)]
+    + [(impl, kind, f) for kind in ("rand", "blob") for impl in ("pixels", "tiles", "auto") for f in FRACTIONS]
+    + [("block8", "blob", f) for f in FRACTIONS]
+)
 
 
 def guide_field(kind: str, batch: int, size: int) -> torch.Tensor:
@@ -91,22 +98,35 @@ def _label(impl: str, kind: str | None, fraction: float | None) -> str:
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
-@pytest.mark.parametrize("impl,kind,fraction", [c for c in CASES if c[0] in ("conv", "auto", "block8")],
-                         ids=[_label(*c) for c in CASES if c[0] in ("conv", "auto", "block8")])
+@pytest.mark.parametrize(
+    "impl,kind,fraction",
+    [c for c in CASES if c[0] in ("conv", "auto", "block8")],
+    ids=[_label(*c) for c in CASES if c[0] in ("conv", "auto", "block8")],
+)
 def test_latency(benchmark, config, impl, kind, fraction):
     step, active = build(impl, kind, fraction, **CONFIGS[config])
     benchmark.group = f"sparse_gated inference {config}"
     benchmark.extra_info.update(common.environment())
-    benchmark.extra_info.update(impl=impl, mask=kind, target_fraction=fraction, active_fraction=active,
-                                channels=CHANNELS, kernel=3, **CONFIGS[config])
+    benchmark.extra_info.update(
+        impl=impl,
+        mask=kind,
+        target_fraction=fraction,
+        active_fraction=active,
+        channels=CHANNELS,
+        kernel=3,
+        **CONFIGS[config],
+    )
     benchmark.pedantic(lambda: (step(), _sync()), rounds=ROUNDS, iterations=1, warmup_rounds=1)
 
 
 def test_speedup_table(capsys):
     rounds = ROUNDS + 2
-    lines = [f"\nsparse_gated inference, 64→64, k=3, float32, {torch.get_num_threads()} threads, "
-             f"device {common.device()}, median of {rounds} interleaved rounds",
-             "| config | case | active | median ms | IQR% | speed-up vs nn.Conv2d |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        f"\nsparse_gated inference, 64→64, k=3, float32, {torch.get_num_threads()} threads, "
+        f"device {common.device()}, median of {rounds} interleaved rounds",
+        "| config | case | active | median ms | IQR% | speed-up vs nn.Conv2d |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for config, shape in CONFIGS.items():
         steps = {_label(*c): build(*c, **shape) for c in CASES}
         samples: dict[str, list[float]] = {k: [] for k in steps}
@@ -120,8 +140,10 @@ def test_speedup_table(capsys):
         conv = statistics.median(samples["conv"])
         for key, xs in samples.items():
             med = statistics.median(xs)
-            lines.append(f"| {config} | {key} | {steps[key][1]:.2f} | {med * 1e3:.2f} | "
-                         f"{100 * common.rel_iqr(xs):.0f} | {conv / med:.2f}× |")
+            lines.append(
+                f"| {config} | {key} | {steps[key][1]:.2f} | {med * 1e3:.2f} | "
+                f"{100 * common.rel_iqr(xs):.0f} | {conv / med:.2f}× |"
+            )
         assert all(statistics.median(xs) > 0 for xs in samples.values())
     with capsys.disabled():
         print("\n".join(lines))

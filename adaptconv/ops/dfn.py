@@ -56,17 +56,43 @@ class DfnConv2d(ChannelMixMixin, AdaptiveConv2d):
     paper = "Jia et al., NIPS 2016 (dynamic filter networks)"
     guide = "optional"
     function_preserving = False
-    from_conv_note = ("best rank-1 fit (1×1 projection ⊗ one spatial filter); exact for 1×1 convs and, "
-                      "with normalize='none', for weights of rank 1")
+    from_conv_note = (
+        "best rank-1 fit (1×1 projection ⊗ one spatial filter); exact for 1×1 convs and, "
+        "with normalize='none', for weights of rank 1"
+    )
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, *, guide_channels=None, filter_groups: int = 1, normalize: str = "softmax",
-                 hidden_channels: int = 32, projection: bool | None = None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         guide_channels=guide_channels)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        *,
+        guide_channels=None,
+        filter_groups: int = 1,
+        normalize: str = "softmax",
+        hidden_channels: int = 32,
+        projection: bool | None = None,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            guide_channels=guide_channels,
+        )
         if not isinstance(filter_groups, int) or filter_groups < 1 or in_channels % filter_groups:
-            raise ValueError(f"dfn: filter_groups must be a positive int dividing in_channels={in_channels}, "
-                             f"got {filter_groups!r}")
+            raise ValueError(
+                f"dfn: filter_groups must be a positive int dividing in_channels={in_channels}, got {filter_groups!r}"
+            )
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"dfn: normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
         if not isinstance(hidden_channels, int) or hidden_channels < 1:
@@ -74,13 +100,16 @@ class DfnConv2d(ChannelMixMixin, AdaptiveConv2d):
         if projection is None:
             projection = out_channels != in_channels
         if not projection and out_channels != in_channels:
-            raise ValueError(f"dfn: projection=False needs out_channels == in_channels "
-                             f"(got {in_channels}→{out_channels})")
+            raise ValueError(
+                f"dfn: projection=False needs out_channels == in_channels (got {in_channels}→{out_channels})"
+            )
         self.filter_groups, self.normalize, self.hidden_channels = filter_groups, normalize, hidden_channels
         taps = self.kernel_size[0] * self.kernel_size[1]
         self.generator = nn.Sequential(
-            nn.Conv2d(self.adapt_channels, hidden_channels, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden_channels, filter_groups * taps, 1))
+            nn.Conv2d(self.adapt_channels, hidden_channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden_channels, filter_groups * taps, 1),
+        )
         self.init_channel_mix(in_channels, out_channels, groups, bias, projection)
 
     def filters(self, guide: torch.Tensor) -> torch.Tensor:
@@ -94,7 +123,7 @@ class DfnConv2d(ChannelMixMixin, AdaptiveConv2d):
         return self.mix_channels(z)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, **options) -> "DfnConv2d":
+    def from_conv(cls, conv: nn.Conv2d, **options) -> DfnConv2d:
         if options.get("projection") is False:
             raise ValueError("dfn.from_conv needs the 1×1 projection to hold the conv's channel mixing")
         options["projection"] = True
@@ -117,5 +146,7 @@ class DfnConv2d(ChannelMixMixin, AdaptiveConv2d):
         return op
 
     def extra_repr(self) -> str:
-        return (super().extra_repr() + f", filter_groups={self.filter_groups}, normalize={self.normalize!r}, "
-                f"hidden_channels={self.hidden_channels}")
+        return (
+            super().extra_repr() + f", filter_groups={self.filter_groups}, normalize={self.normalize!r}, "
+            f"hidden_channels={self.hidden_channels}"
+        )

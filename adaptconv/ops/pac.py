@@ -66,8 +66,9 @@ KERNEL_TYPES = ("gaussian", "inv")
 GUIDE_SCALE_GAIN = 32.0
 
 
-def guide_taps(guide: torch.Tensor, kernel_size: Pair, stride: Pair, padding: Pair | tuple[int, int, int, int],
-               dilation: Pair) -> torch.Tensor:
+def guide_taps(
+    guide: torch.Tensor, kernel_size: Pair, stride: Pair, padding: Pair | tuple[int, int, int, int], dilation: Pair
+) -> torch.Tensor:
     """The guide's window taps, replicating the border instead of zero padding: B×Cg×T×H'×W'.
 
     ``padding`` is (ph, pw) for symmetric padding or (top, bottom, left, right).
@@ -215,8 +216,15 @@ def pac_conv2d_unfold(
 class _PacOptions:
     """The options shared by the PAC layers: kernel type, normalisation and the guide metric."""
 
-    def _init_pac_options(self, guide_channels: int, kernel_type: str, normalize_kernel: bool,
-                          guide_scale: float, learn_guide_scale: bool, label: str) -> None:
+    def _init_pac_options(
+        self,
+        guide_channels: int,
+        kernel_type: str,
+        normalize_kernel: bool,
+        guide_scale: float,
+        learn_guide_scale: bool,
+        label: str,
+    ) -> None:
         if kernel_type not in KERNEL_TYPES:
             raise ValueError(f"{label}: kernel_type must be one of {KERNEL_TYPES}, got {kernel_type!r}")
         if not isinstance(normalize_kernel, bool):
@@ -264,18 +272,29 @@ class _PacOptions:
 
     def _kernel(self, taps, centre, valid):
         """K from unfolded guide taps (the reference path): B×1×T×H'×W'."""
-        return pac_kernel(taps, centre, self.kernel_type, self.guide_scale,
-                          1.0 if self.inv_alpha is None else self.inv_alpha,
-                          0.5 if self.inv_lambda is None else self.inv_lambda,
-                          valid=valid, normalize=self.normalize_kernel)
+        return pac_kernel(
+            taps,
+            centre,
+            self.kernel_type,
+            self.guide_scale,
+            1.0 if self.inv_alpha is None else self.inv_alpha,
+            0.5 if self.inv_lambda is None else self.inv_lambda,
+            valid=valid,
+            normalize=self.normalize_kernel,
+        )
 
     def _tiled_kernel(self, guide, geom, valid, centre=None):
         """K without unfolding the guide: B×T×H'×W' (``valid``: 1×T×H'×W' or None)."""
         dist2 = pac_distance(guide, geom, _nonneg(self.guide_scale), centre)
-        return kernel_from_distance(dist2, self.kernel_type,
-                                    1.0 if self.inv_alpha is None else self.inv_alpha,
-                                    0.5 if self.inv_lambda is None else self.inv_lambda,
-                                    valid=valid, normalize=self.normalize_kernel, dim=1)
+        return kernel_from_distance(
+            dist2,
+            self.kernel_type,
+            1.0 if self.inv_alpha is None else self.inv_alpha,
+            0.5 if self.inv_lambda is None else self.inv_lambda,
+            valid=valid,
+            normalize=self.normalize_kernel,
+            dim=1,
+        )
 
     def _pac_repr(self) -> str:
         return f"kernel_type={self.kernel_type!r}, normalize_kernel={self.normalize_kernel}"
@@ -292,14 +311,38 @@ class PacConv2d(ConvWeightMixin, _PacOptions, AdaptiveConv2d):
     function_preserving = True
     from_conv_note = "exact: guide scale γ starts at 0, so K ≡ 1 (learn_guide_scale lets it grow)"
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, *, guide_channels=None, kernel_type: KernelType = "gaussian",
-                 normalize_kernel: bool = False, shared_filters: bool = False, guide_scale: float = 1.0,
-                 learn_guide_scale: bool = True):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         guide_channels=guide_channels)
-        self._init_pac_options(self.adapt_channels, kernel_type, normalize_kernel, guide_scale,
-                               learn_guide_scale, "pac")
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        *,
+        guide_channels=None,
+        kernel_type: KernelType = "gaussian",
+        normalize_kernel: bool = False,
+        shared_filters: bool = False,
+        guide_scale: float = 1.0,
+        learn_guide_scale: bool = True,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            guide_channels=guide_channels,
+        )
+        self._init_pac_options(
+            self.adapt_channels, kernel_type, normalize_kernel, guide_scale, learn_guide_scale, "pac"
+        )
         self.shared_filters = bool(shared_filters)
         if shared_filters:
             if in_channels != out_channels or groups != 1:
@@ -321,24 +364,38 @@ class PacConv2d(ConvWeightMixin, _PacOptions, AdaptiveConv2d):
     def adapting_kernel(self, guide: torch.Tensor) -> torch.Tensor:
         """K for a guide at the input's resolution: B×1×T×H'×W'."""
         args = (self.kernel_size, self.stride, self.padding, self.dilation)
-        valid = valid_taps(guide.shape[-2:], *args, device=guide.device, dtype=guide.dtype) \
-            if self.normalize_kernel else None
+        valid = (
+            valid_taps(guide.shape[-2:], *args, device=guide.device, dtype=guide.dtype)
+            if self.normalize_kernel
+            else None
+        )
         if config.implementation == "unfold":
             return self._kernel(guide_taps(guide, *args), window_centres(guide, *args), valid)
         return self._tiled_kernel(guide, geometry(*args), None if valid is None else valid[:, 0]).unsqueeze(1)
 
     def adaptive_forward(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         kernel = self.adapting_kernel(guide)
-        return pac_conv2d(x, kernel, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                          self.shared_filters)
+        return pac_conv2d(
+            x,
+            kernel,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.shared_filters,
+        )
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, **options) -> "PacConv2d":
+    def from_conv(cls, conv: nn.Conv2d, **options) -> PacConv2d:
         if options.get("shared_filters"):
             raise ValueError("pac.from_conv: shared_filters=True cannot hold a general conv weight")
         if options.get("normalize_kernel"):
-            raise ValueError("pac.from_conv: normalize_kernel=True divides by the tap count and cannot "
-                             "reproduce the conv; build it directly instead")
+            raise ValueError(
+                "pac.from_conv: normalize_kernel=True divides by the tap count and cannot "
+                "reproduce the conv; build it directly instead"
+            )
         op = cls.build_like(conv, **options)
         op.set_guide_scale(0.0)
         op.copy_conv_weight(conv)
@@ -358,9 +415,24 @@ class PacConvTranspose2d(_PacOptions, nn.Module):
     divides by K's sum over taps inside the output image.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
-                 dilation=1, groups=1, bias=True, *, guide_channels: int, kernel_type: KernelType = "gaussian",
-                 normalize_kernel: bool = False, guide_scale: float = 1.0, learn_guide_scale: bool = True):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        output_padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        *,
+        guide_channels: int,
+        kernel_type: KernelType = "gaussian",
+        normalize_kernel: bool = False,
+        guide_scale: float = 1.0,
+        learn_guide_scale: bool = True,
+    ):
         super().__init__()
         label = "PacConvTranspose2d"
         self.kernel_size = pair(kernel_size, "kernel_size", label, 1)
@@ -369,11 +441,15 @@ class PacConvTranspose2d(_PacOptions, nn.Module):
         self.output_padding = pair(output_padding, "output_padding", label, 0)
         self.dilation = pair(dilation, "dilation", label, 1)
         if any(op >= max(s, d) for op, s, d in zip(self.output_padding, self.stride, self.dilation)):
-            raise ValueError(f"{label}: output_padding={self.output_padding} must be smaller than stride "
-                             f"{self.stride} or dilation {self.dilation}")
+            raise ValueError(
+                f"{label}: output_padding={self.output_padding} must be smaller than stride "
+                f"{self.stride} or dilation {self.dilation}"
+            )
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"{label}: in_channels={in_channels} and out_channels={out_channels} must be "
-                             f"divisible by groups={groups}")
+            raise ValueError(
+                f"{label}: in_channels={in_channels} and out_channels={out_channels} must be "
+                f"divisible by groups={groups}"
+            )
         if not isinstance(guide_channels, int) or guide_channels < 1:
             raise ValueError(f"{label}: guide_channels (channels of the output-resolution guide) is required")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
@@ -393,8 +469,9 @@ class PacConvTranspose2d(_PacOptions, nn.Module):
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return tuple(  # type: ignore[return-value]
             (n - 1) * s - 2 * p + d * (k - 1) + op + 1
-            for n, s, p, d, k, op in zip((height, width), self.stride, self.padding, self.dilation,
-                                         self.kernel_size, self.output_padding)
+            for n, s, p, d, k, op in zip(
+                (height, width), self.stride, self.padding, self.dilation, self.kernel_size, self.output_padding
+            )
         )
 
     def conv_equivalent_weight(self) -> torch.Tensor:
@@ -409,11 +486,18 @@ class PacConvTranspose2d(_PacOptions, nn.Module):
             raise ValueError(f"PacConvTranspose2d: input must be B×{self.in_channels}×H×W, got {tuple(x.shape)}")
         check_input_dtype("PacConvTranspose2d", self, x)
         size = self.output_size(*x.shape[-2:])
-        if guide is None or guide.dim() != 4 or guide.shape[0] != x.shape[0] \
-                or guide.shape[1] != self.guide_channels or tuple(guide.shape[-2:]) != size:
+        if (
+            guide is None
+            or guide.dim() != 4
+            or guide.shape[0] != x.shape[0]
+            or guide.shape[1] != self.guide_channels
+            or tuple(guide.shape[-2:]) != size
+        ):
             got = None if guide is None else tuple(guide.shape)
-            raise ValueError(f"PacConvTranspose2d: guide must be B×{self.guide_channels}×{size[0]}×{size[1]} "
-                             f"(the output resolution) for input {tuple(x.shape)}, got {got}")
+            raise ValueError(
+                f"PacConvTranspose2d: guide must be B×{self.guide_channels}×{size[0]}×{size[1]} "
+                f"(the output resolution) for input {tuple(x.shape)}, got {got}"
+            )
         b, c, h, w = x.shape
         (sh, sw), (kh, kw), (dh, dw) = self.stride, self.kernel_size, self.dilation
         xz = x.new_zeros(b, c, (h - 1) * sh + 1, (w - 1) * sw + 1)
@@ -428,8 +512,9 @@ class PacConvTranspose2d(_PacOptions, nn.Module):
         valid = None
         if self.normalize_kernel:
             ones = guide.new_ones(1, 1, *size)
-            valid = unfold_taps(F.pad(ones, (pads[2], pads[3], pads[0], pads[1])), self.kernel_size, (1, 1),
-                                (0, 0), self.dilation)
+            valid = unfold_taps(
+                F.pad(ones, (pads[2], pads[3], pads[0], pads[1])), self.kernel_size, (1, 1), (0, 0), self.dilation
+            )
         weight = self.conv_equivalent_weight()
         if config.implementation == "unfold":
             xz = F.pad(xz, (frame[2], frame[3], frame[0], frame[1]))
@@ -439,15 +524,21 @@ class PacConvTranspose2d(_PacOptions, nn.Module):
         if min(frame) < 0:  # crop first; the rest of the frame is the contraction's zero padding
             xz = F.pad(xz, tuple(min(p, 0) for p in (frame[2], frame[3], frame[0], frame[1])))
             frame = tuple(max(p, 0) for p in frame)
-        kernel = self._tiled_kernel(guide, geometry(self.kernel_size, (1, 1), pads, self.dilation),
-                                   None if valid is None else valid[:, 0], centre=guide)
+        kernel = self._tiled_kernel(
+            guide,
+            geometry(self.kernel_size, (1, 1), pads, self.dilation),
+            None if valid is None else valid[:, 0],
+            centre=guide,
+        )
         geom = geometry(self.kernel_size, (1, 1), frame, self.dilation)
         return pac_contract(xz, kernel, weight, self.bias, geom, self.groups)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, output_padding={self.output_padding}, dilation={self.dilation}, "
-                f"groups={self.groups}, guide_channels={self.guide_channels}, " + self._pac_repr())
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, output_padding={self.output_padding}, dilation={self.dilation}, "
+            f"groups={self.groups}, guide_channels={self.guide_channels}, " + self._pac_repr()
+        )
 
 
 class PacPool2d(_PacOptions, nn.Module):
@@ -456,9 +547,19 @@ class PacPool2d(_PacOptions, nn.Module):
     With a constant guide and normalisation it is ``avg_pool2d(count_include_pad=False)``.
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, *, channels: int | None = None,
-                 guide_channels: int | None = None, kernel_type: KernelType = "gaussian",
-                 normalize_kernel: bool = True, guide_scale: float = 1.0):
+    def __init__(
+        self,
+        kernel_size,
+        stride=None,
+        padding=0,
+        dilation=1,
+        *,
+        channels: int | None = None,
+        guide_channels: int | None = None,
+        kernel_type: KernelType = "gaussian",
+        normalize_kernel: bool = True,
+        guide_scale: float = 1.0,
+    ):
         super().__init__()
         label = "PacPool2d"
         self.kernel_size = pair(kernel_size, "kernel_size", label, 1)
@@ -477,10 +578,15 @@ class PacPool2d(_PacOptions, nn.Module):
                 raise ValueError(f"PacPool2d: built with guide_channels={self.guide_channels}; pass a guide")
             guide = x
         expected = self.guide_channels or self.channels
-        if guide.dim() != 4 or guide.shape[1] != expected or guide.shape[0] != x.shape[0] \
-                or guide.shape[-2:] != x.shape[-2:]:
-            raise ValueError(f"PacPool2d: guide must be B×{expected}×H×W matching input {tuple(x.shape)}, "
-                             f"got {tuple(guide.shape)}")
+        if (
+            guide.dim() != 4
+            or guide.shape[1] != expected
+            or guide.shape[0] != x.shape[0]
+            or guide.shape[-2:] != x.shape[-2:]
+        ):
+            raise ValueError(
+                f"PacPool2d: guide must be B×{expected}×H×W matching input {tuple(x.shape)}, got {tuple(guide.shape)}"
+            )
         args = (self.kernel_size, self.stride, self.padding, self.dilation)
         valid = valid_taps(x.shape[-2:], *args, device=x.device, dtype=x.dtype) if self.normalize_kernel else None
         if config.implementation == "unfold":
@@ -491,5 +597,7 @@ class PacPool2d(_PacOptions, nn.Module):
         return dynamic_filter(x, kernel.unsqueeze(1), geom)
 
     def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"dilation={self.dilation}, " + self._pac_repr())
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"dilation={self.dilation}, " + self._pac_repr()
+        )

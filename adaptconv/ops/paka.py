@@ -26,8 +26,7 @@ from .taps import grouped_tap_matmul, unfold_taps, window_centres
 from .tiling import geometry
 
 
-def paka_conv2d(x, channel_att, tap_att, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
-                groups=1):
+def paka_conv2d(x, channel_att, tap_att, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
     """PAKA given its attention maps at the output grid: ``channel_att`` B×C×H'×W', ``tap_att`` B×T×H'×W'.
 
     Computed without the unfold unless the "unfold" implementation is selected."""
@@ -37,8 +36,9 @@ def paka_conv2d(x, channel_att, tap_att, weight, bias=None, stride=(1, 1), paddi
     return paka_contract(x, channel_att, tap_att, weight, bias, geom, groups)
 
 
-def paka_conv2d_unfold(x, channel_att, tap_att, weight, bias=None, stride=(1, 1), padding=(0, 0),
-                       dilation=(1, 1), groups=1):
+def paka_conv2d_unfold(
+    x, channel_att, tap_att, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1
+):
     """The straightforward reference of :func:`paka_conv2d` (unfold, factor and product all B·C·k²·H'·W')."""
     taps = unfold_taps(x, tuple(weight.shape[-2:]), stride, padding, dilation)
     factor = 1 + torch.tanh(channel_att.unsqueeze(2) + tap_att.unsqueeze(1))
@@ -56,10 +56,32 @@ class PakaConv2d(ConvWeightMixin, AdaptiveConv2d):
     function_preserving = True
     from_conv_note = "exact: the attention branches' last convs start at zero, so the factor is 1"
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, *, guide_channels=None, reduction: int = 4, hidden_channels: int | None = None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         guide_channels=guide_channels)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        *,
+        guide_channels=None,
+        reduction: int = 4,
+        hidden_channels: int | None = None,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            guide_channels=guide_channels,
+        )
         if not isinstance(reduction, int) or reduction < 1:
             raise ValueError(f"paka: reduction must be a positive int, got {reduction!r}")
         if hidden_channels is None:
@@ -69,9 +91,11 @@ class PakaConv2d(ConvWeightMixin, AdaptiveConv2d):
         self.reduction, self.hidden_channels = reduction, hidden_channels
         cg, taps = self.adapt_channels, self.kernel_size[0] * self.kernel_size[1]
         self.channel_branch = nn.Sequential(
-            nn.Conv2d(cg, hidden_channels, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden_channels, in_channels, 1))
+            nn.Conv2d(cg, hidden_channels, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden_channels, in_channels, 1)
+        )
         self.tap_branch = nn.Sequential(
-            nn.Conv2d(cg, hidden_channels, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(hidden_channels, taps, 1))
+            nn.Conv2d(cg, hidden_channels, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(hidden_channels, taps, 1)
+        )
         for last in (self.channel_branch[-1], self.tap_branch[-1]):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
@@ -84,11 +108,10 @@ class PakaConv2d(ConvWeightMixin, AdaptiveConv2d):
 
     def adaptive_forward(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         a_c, a_s = self.attention(guide)
-        return paka_conv2d(x, a_c, a_s, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                           self.groups)
+        return paka_conv2d(x, a_c, a_s, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, **options) -> "PakaConv2d":
+    def from_conv(cls, conv: nn.Conv2d, **options) -> PakaConv2d:
         op = cls.build_like(conv, **options)
         op.copy_conv_weight(conv)
         return op

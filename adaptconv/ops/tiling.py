@@ -42,8 +42,24 @@ from . import config
 from .taps import conv_output_length
 
 __all__ = [
-    "Geometry", "geometry", "Tile", "Plan", "plan", "row_span", "gather", "scatter_add", "tap", "tap_grouped",
-    "tile_rows", "aliases", "output_view", "output_tile", "gemm_tile", "TileTaps", "gemm_columns", "tiled_gemm",
+    "Geometry",
+    "geometry",
+    "Tile",
+    "Plan",
+    "plan",
+    "row_span",
+    "gather",
+    "scatter_add",
+    "tap",
+    "tap_grouped",
+    "tile_rows",
+    "aliases",
+    "output_view",
+    "output_tile",
+    "gemm_tile",
+    "TileTaps",
+    "gemm_columns",
+    "tiled_gemm",
     "tiled_gemm_backward",
 ]
 
@@ -61,8 +77,13 @@ class Geometry(NamedTuple):
         return self.kernel_size[0] * self.kernel_size[1]
 
     def out_size(self, h: int, w: int) -> tuple[int, int]:
-        (kh, kw), (sh, sw), (t, b, l, r), (dh, dw) = self.kernel_size, self.stride, self.pads, self.dilation
-        return conv_output_length(h, kh, sh, t + b, dh), conv_output_length(w, kw, sw, l + r, dw)
+        (kh, kw), (sh, sw), (top, bottom, left, right), (dh, dw) = (
+            self.kernel_size,
+            self.stride,
+            self.pads,
+            self.dilation,
+        )
+        return conv_output_length(h, kh, sh, top + bottom, dh), conv_output_length(w, kw, sw, left + right, dw)
 
     @property
     def centre_taps(self) -> list[int]:
@@ -90,6 +111,7 @@ def geometry(kernel_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1)) -> Geo
 # Tiles
 class Tile(NamedTuple):
     """Samples [b0, b1) and output rows [r0, r1) of them."""
+
     b0: int
     b1: int
     r0: int
@@ -153,7 +175,7 @@ def gather(t: torch.Tensor, b0: int, b1: int, lo: int, hi: int, pads, mode: str)
     out = t.new_zeros(b1 - b0, t.shape[1], hi - lo, w + left + right)
     i0, i1 = max(lo - top, 0), min(hi - top, h)
     if i1 > i0:
-        out[:, :, i0 + top - lo: i1 + top - lo, left: left + w] = src[:, :, i0:i1]
+        out[:, :, i0 + top - lo : i1 + top - lo, left : left + w] = src[:, :, i0:i1]
     return out
 
 
@@ -163,25 +185,25 @@ def scatter_add(gt: torch.Tensor, g: torch.Tensor, b0: int, b1: int, lo: int, hi
     h, w = gt.shape[-2:]
     dst = gt[b0:b1]
     if mode == "replicate":
-        core = g[..., left: left + w]
+        core = g[..., left : left + w]
         if left or right:
             core = core.clone()
             if left:
                 core[..., :1] += g[..., :left].sum(-1, keepdim=True)
             if right:
-                core[..., -1:] += g[..., left + w:].sum(-1, keepdim=True)
+                core[..., -1:] += g[..., left + w :].sum(-1, keepdim=True)
         # padded rows above the image read row 0, rows below it row h-1, the others their own row
         i0, i1 = max(lo, top), min(hi, top + h)
         if i1 > i0:
-            dst[:, :, i0 - top: i1 - top] += core[:, :, i0 - lo: i1 - lo]
+            dst[:, :, i0 - top : i1 - top] += core[:, :, i0 - lo : i1 - lo]
         if lo < top:
             dst[:, :, :1] += core[:, :, : min(hi, top) - lo].sum(2, keepdim=True)
         if hi > top + h:
-            dst[:, :, -1:] += core[:, :, max(lo, top + h) - lo:].sum(2, keepdim=True)
+            dst[:, :, -1:] += core[:, :, max(lo, top + h) - lo :].sum(2, keepdim=True)
         return
     i0, i1 = max(lo - top, 0), min(hi - top, h)
     if i1 > i0:
-        dst[:, :, i0:i1] += g[:, :, i0 + top - lo: i1 + top - lo, left: left + w]
+        dst[:, :, i0:i1] += g[:, :, i0 + top - lo : i1 + top - lo, left : left + w]
 
 
 def tap(xc: torch.Tensor, geom: Geometry, j: int, rows: int, wo: int) -> torch.Tensor:
@@ -190,8 +212,10 @@ def tap(xc: torch.Tensor, geom: Geometry, j: int, rows: int, wo: int) -> torch.T
     a, b = divmod(j, kw)
     s0, s1, s2, s3 = xc.stride()
     return xc.as_strided(
-        (xc.shape[0], xc.shape[1], rows, wo), (s0, s1, s2 * geom.stride[0], s3 * geom.stride[1]),
-        xc.storage_offset() + a * geom.dilation[0] * s2 + b * geom.dilation[1] * s3)
+        (xc.shape[0], xc.shape[1], rows, wo),
+        (s0, s1, s2 * geom.stride[0], s3 * geom.stride[1]),
+        xc.storage_offset() + a * geom.dilation[0] * s2 + b * geom.dilation[1] * s3,
+    )
 
 
 def tap_grouped(xc: torch.Tensor, geom: Geometry, j: int, rows: int, wo: int, g: int) -> torch.Tensor:
@@ -201,13 +225,15 @@ def tap_grouped(xc: torch.Tensor, geom: Geometry, j: int, rows: int, wo: int, g:
     a, b = divmod(j, geom.kernel_size[1])
     s0, s1, s2, s3 = xc.stride()
     return xc.as_strided(
-        (g, cg, nb, rows, wo), (cg * s1, s1, s0, s2 * geom.stride[0], s3 * geom.stride[1]),
-        xc.storage_offset() + a * geom.dilation[0] * s2 + b * geom.dilation[1] * s3)
+        (g, cg, nb, rows, wo),
+        (cg * s1, s1, s0, s2 * geom.stride[0], s3 * geom.stride[1]),
+        xc.storage_offset() + a * geom.dilation[0] * s2 + b * geom.dilation[1] * s3,
+    )
 
 
 def tile_rows(t: torch.Tensor, tile: Tile) -> torch.Tensor:
     """The tile's part of a B×…×H'×W' tensor at the output grid."""
-    return t[tile.b0:tile.b1, ..., tile.r0:tile.r1, :]
+    return t[tile.b0 : tile.b1, ..., tile.r0 : tile.r1, :]
 
 
 def aliases(stride: int) -> bool:
@@ -223,7 +249,7 @@ def output_view(y: torch.Tensor, tile: Tile, g: int) -> torch.Tensor | None:
     o, ho, wo = y.shape[1:]
     if tile.nb != 1 or aliases(ho * wo):
         return None
-    return y[tile.b0].view(g, o // g, ho * wo)[:, :, tile.r0 * wo: tile.r1 * wo]
+    return y[tile.b0].view(g, o // g, ho * wo)[:, :, tile.r0 * wo : tile.r1 * wo]
 
 
 def output_tile(gy: torch.Tensor, tile: Tile, g: int, buf: torch.Tensor) -> torch.Tensor:
@@ -234,7 +260,7 @@ def output_tile(gy: torch.Tensor, tile: Tile, g: int, buf: torch.Tensor) -> torc
         o, wo = gy.shape[1], gy.shape[-1]
         n = tile.nb * tile.rows * wo
         gyc = buf[: o * n].view(g, o // g, n)
-        gyc.view(o, tile.nb, tile.rows, wo).copy_(gy[tile.b0:tile.b1, :, tile.r0:tile.r1].transpose(0, 1))
+        gyc.view(o, tile.nb, tile.rows, wo).copy_(gy[tile.b0 : tile.b1, :, tile.r0 : tile.r1].transpose(0, 1))
     return gyc
 
 
@@ -248,7 +274,7 @@ def gemm_tile(y: torch.Tensor, w2: torch.Tensor, cols: torch.Tensor, tile: Tile,
         return
     acc = abuf[: g * og * n].view(g, og, n)
     torch.bmm(w2, cols, out=acc)
-    y[tile.b0:tile.b1, :, tile.r0:tile.r1] = acc.view(g * og, tile.nb, tile.rows, y.shape[-1]).transpose(0, 1)
+    y[tile.b0 : tile.b1, :, tile.r0 : tile.r1] = acc.view(g * og, tile.nb, tile.rows, y.shape[-1]).transpose(0, 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -275,8 +301,9 @@ class TileTaps(Protocol):
 OpenTile = Callable[[Tile, torch.Tensor], TileTaps]
 
 
-def gemm_columns(y: torch.Tensor, weight: torch.Tensor, groups: int, tiles: Plan,
-                 fill_columns: Callable[[Tile, torch.Tensor], None]) -> None:
+def gemm_columns(
+    y: torch.Tensor, weight: torch.Tensor, groups: int, tiles: Plan, fill_columns: Callable[[Tile, torch.Tensor], None]
+) -> None:
     """``y[tile] = W · columns`` for every tile: ``fill_columns(tile, cols)`` writes the tile's weighted
     taps stacked channel-major into ``cols`` (flat, g × (C/g·T) × N), ``W`` is O×(C/g)×kh×kw."""
     o, cg = weight.shape[:2]
@@ -292,8 +319,15 @@ def gemm_columns(y: torch.Tensor, weight: torch.Tensor, groups: int, tiles: Plan
         gemm_tile(y, w2, cols.view(g, k, n), tile, abuf)
 
 
-def tiled_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geom: Geometry, groups: int,
-               open_tile: OpenTile, tiles: Plan | None = None) -> torch.Tensor:
+def tiled_gemm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    geom: Geometry,
+    groups: int,
+    open_tile: OpenTile,
+    tiles: Plan | None = None,
+) -> torch.Tensor:
     """The forward contraction, each tile's weighted taps built tap by tap by ``open_tile(tile, xc)``
     from the zero-padded tile ``xc``. ``tiles`` defaults to :func:`plan` with one tap's channels per pixel."""
     b, c, h, w = x.shape
@@ -321,9 +355,17 @@ def _tap_weights(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return weight.reshape(groups, o // groups, cg, -1).permute(3, 0, 1, 2).contiguous()
 
 
-def tiled_gemm_backward(x: torch.Tensor, weight: torch.Tensor, gy: torch.Tensor, geom: Geometry, groups: int,
-                        open_tile: OpenTile, need_w: bool, need_inputs: bool,
-                        tiles: Plan | None = None) -> torch.Tensor | None:
+def tiled_gemm_backward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    gy: torch.Tensor,
+    geom: Geometry,
+    groups: int,
+    open_tile: OpenTile,
+    need_w: bool,
+    need_inputs: bool,
+    tiles: Plan | None = None,
+) -> torch.Tensor | None:
     """The backward of :func:`tiled_gemm`; returns ∂W (None without ``need_w``). Per tile: the weighted
     taps of all k² offsets stacked tap-major (T·C/g × N) for one GEMM giving ∂W (a long reduction over
     pixels is far more efficient with the taps stacked); then, with ``need_inputs``, per tap j the GEMM

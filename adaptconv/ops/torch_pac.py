@@ -20,8 +20,19 @@ from __future__ import annotations
 
 import torch
 
-from .tiling import Geometry, Tile, gather, plan, row_span, scatter_add, tap, tap_grouped, tile_rows, tiled_gemm, \
-    tiled_gemm_backward
+from .tiling import (
+    Geometry,
+    Tile,
+    gather,
+    plan,
+    row_span,
+    scatter_add,
+    tap,
+    tap_grouped,
+    tile_rows,
+    tiled_gemm,
+    tiled_gemm_backward,
+)
 
 __all__ = ["usable", "pac_forward", "pac_backward", "distance_forward", "distance_backward"]
 
@@ -47,15 +58,16 @@ class _PacTaps:
     def backward(self, j, xj, q, p):
         tile = self.tile
         if self.gk is not None:
-            self.gk[tile.b0:tile.b1, j, tile.r0:tile.r1] = torch.mul(q, xj, out=p).sum((0, 1))
+            self.gk[tile.b0 : tile.b1, j, tile.r0 : tile.r1] = torch.mul(q, xj, out=p).sum((0, 1))
         if self.gxc is not None:
             tap_grouped(self.gxc, self.geom, j, tile.rows, q.shape[-1], self.groups).addcmul_(q, self.kts[j])
 
     def finish(self):
         if self.gxc is not None:
             tile = self.tile
-            scatter_add(self.gx, self.gxc, tile.b0, tile.b1, *row_span(self.geom, tile.r0, tile.r1), self.geom.pads,
-                        "zeros")
+            scatter_add(
+                self.gx, self.gxc, tile.b0, tile.b1, *row_span(self.geom, tile.r0, tile.r1), self.geom.pads, "zeros"
+            )
 
 
 def pac_forward(x, kernel, weight, bias, geom: Geometry, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,9 +82,16 @@ def pac_backward(saved, kernel, weight, gy, geom: Geometry, groups: int, need_x:
     x = saved
     gx = torch.zeros_like(x) if need_x else None
     gk = kernel.new_empty(kernel.shape) if need_k else None
-    gw = tiled_gemm_backward(x, weight, gy, geom, groups,
-                             lambda tile, xc: _PacTaps(kernel, tile, geom, groups, xc, gx, gk),
-                             need_w, need_x or need_k)
+    gw = tiled_gemm_backward(
+        x,
+        weight,
+        gy,
+        geom,
+        groups,
+        lambda tile, xc: _PacTaps(kernel, tile, geom, groups, xc, gx, gk),
+        need_w,
+        need_x or need_k,
+    )
     return gx, gk, gw
 
 
@@ -113,7 +132,7 @@ def distance_forward(guide, centre, scale, geom: Geometry) -> tuple[torch.Tensor
                 out[b0:b1, j, r0:r1] = e.sum(1)
             else:
                 for s in range(nb):
-                    torch.mv(e[s].view(cg_, n).t(), scale, out=out[b0 + s, j].view(-1)[r0 * wo: r1 * wo])
+                    torch.mv(e[s].view(cg_, n).t(), scale, out=out[b0 + s, j].view(-1)[r0 * wo : r1 * wo])
     return out, guide
 
 
@@ -192,7 +211,7 @@ def _pair_boxes(geom: Geometry, rows: int, wo: int):
 
 
 def _box(t: torch.Tensor, origin, size) -> torch.Tensor:
-    return t[:, :, origin[0]: origin[0] + size[0], origin[1]: origin[1] + size[1]]
+    return t[:, :, origin[0] : origin[0] + size[0], origin[1] : origin[1] + size[1]]
 
 
 def _pair_scratch(geom: Geometry, tiles, wo: int) -> int:
@@ -226,8 +245,8 @@ def _distance_forward_pairs(guide, scale, geom: Geometry) -> torch.Tensor:
             else:
                 for s_ in range(nb):
                     torch.mv(e[s_].view(cg_, n).t(), scale, out=d[s_].view(-1))
-            out[b0:b1, j, r0:r1] = d[:, at_j[0]: at_j[0] + rows, at_j[1]: at_j[1] + wo]
-            out[b0:b1, jm, r0:r1] = d[:, at_m[0]: at_m[0] + rows, at_m[1]: at_m[1] + wo]
+            out[b0:b1, j, r0:r1] = d[:, at_j[0] : at_j[0] + rows, at_j[1] : at_j[1] + wo]
+            out[b0:b1, jm, r0:r1] = d[:, at_m[0] : at_m[0] + rows, at_m[1] : at_m[1] + wo]
     return out
 
 
@@ -250,8 +269,8 @@ def _distance_backward_pairs(guide, scale, gd, geom: Geometry, need_f: bool, nee
         for j, jm, origin, size, delta, at_j, at_m in _pair_boxes(geom, rows, wo):
             n = size[0] * size[1]
             g2 = gbuf[: nb * n].view(nb, *size).zero_()
-            g2[:, at_j[0]: at_j[0] + rows, at_j[1]: at_j[1] + wo] += gdc[:, j]
-            g2[:, at_m[0]: at_m[0] + rows, at_m[1]: at_m[1] + wo] += gdc[:, jm]
+            g2[:, at_j[0] : at_j[0] + rows, at_j[1] : at_j[1] + wo] += gdc[:, j]
+            g2[:, at_m[0] : at_m[0] + rows, at_m[1] : at_m[1] + wo] += gdc[:, jm]
             e = ebuf[: nb * cg_ * n].view(nb, cg_, *size)
             shifted = (origin[0] + delta[0], origin[1] + delta[1])
             torch.sub(_box(gc, shifted, size), _box(gc, origin, size), out=e)

@@ -119,9 +119,17 @@ def _constant_atoms_case(k, stride, padding, dilation, groups, size, seed=0, b=2
 
 
 @pytest.mark.parametrize("k", [3, 5])
-@pytest.mark.parametrize("stride,padding,dilation,groups", [
-    (1, 0, 1, 1), (1, 1, 1, 2), (2, 1, 1, 1), (2, 2, 2, 2), (1, 2, 2, 1), ((1, 2), (2, 0), (2, 1), 2),
-])
+@pytest.mark.parametrize(
+    "stride,padding,dilation,groups",
+    [
+        (1, 0, 1, 1),
+        (1, 1, 1, 2),
+        (2, 1, 1, 1),
+        (2, 2, 2, 2),
+        (1, 2, 2, 1),
+        ((1, 2), (2, 0), (2, 1), 2),
+    ],
+)
 @pytest.mark.parametrize("size", [(11, 11), (12, 10)])
 def test_constant_atoms_equal_conv2d(k, stride, padding, dilation, groups, size):
     x, d, coef, bias = _constant_atoms_case(k, stride, padding, dilation, groups, size)
@@ -198,8 +206,19 @@ def test_module_matches_independent_computation():
     """The module's coefficient network, centre sampling and atom expansion, recomputed by hand."""
     torch.manual_seed(3)
     k, stride, padding, dilation = 3, 2, 2, 1
-    op = AcdaConv2d(2, 3, k, stride, padding, dilation, bias=True, num_atoms=2, bases_per_scale=3,
-                    hidden_channels=4, guide_channels=3).double()
+    op = AcdaConv2d(
+        2,
+        3,
+        k,
+        stride,
+        padding,
+        dilation,
+        bias=True,
+        num_atoms=2,
+        bases_per_scale=3,
+        hidden_channels=4,
+        guide_channels=3,
+    ).double()
     _randomise_bn(op)
     op.eval()
     g = _gen(4)
@@ -208,8 +227,9 @@ def test_module_matches_independent_computation():
 
     def bn(a, layer):
         s = (layer.running_var + layer.eps).sqrt()
-        return (a - layer.running_mean[:, None, None]) / s[:, None, None] * layer.weight[:, None, None] \
-            + layer.bias[:, None, None]
+        return (a - layer.running_mean[:, None, None]) / s[:, None, None] * layer.weight[:, None, None] + layer.bias[
+            :, None, None
+        ]
 
     net = op.coeff_net
     a = torch.tanh(bn(F.conv2d(gd, net[0].weight, padding=1), net[1]))
@@ -234,14 +254,17 @@ def test_module_matches_independent_computation():
 
 # --------------------------------------------------------------------------------------------------
 # from_conv
-@pytest.mark.parametrize("geom", [
-    dict(kernel_size=3),
-    dict(kernel_size=3, stride=2, padding=1, bias=False),
-    dict(kernel_size=3, padding=2, dilation=2, groups=2),
-    dict(kernel_size=(3, 3), stride=(2, 1), padding=(1, 0)),
-    dict(kernel_size=1),
-    dict(kernel_size=2, padding=1),
-])
+@pytest.mark.parametrize(
+    "geom",
+    [
+        dict(kernel_size=3),
+        dict(kernel_size=3, stride=2, padding=1, bias=False),
+        dict(kernel_size=3, padding=2, dilation=2, groups=2),
+        dict(kernel_size=(3, 3), stride=(2, 1), padding=(1, 0)),
+        dict(kernel_size=1),
+        dict(kernel_size=2, padding=1),
+    ],
+)
 @pytest.mark.parametrize("guided", [False, True])
 def test_from_conv_exact_when_bases_span_all_taps(geom, guided):
     torch.manual_seed(5)
@@ -273,12 +296,15 @@ def test_from_conv_follows_dtype_and_keeps_options():
     assert AcdaConv2d.function_preserving is False
 
 
-@pytest.mark.parametrize("k,opts", [
-    (3, {}),                                           # default: M = 6, L = 6
-    (5, {}),                                           # M = 6 < L = 12
-    (5, dict(num_atoms=12)),                           # two scales: bases not mutually orthogonal
-    (3, dict(num_atoms=5, bases_per_scale=3)),         # M > L: two zero atoms
-])
+@pytest.mark.parametrize(
+    "k,opts",
+    [
+        (3, {}),  # default: M = 6, L = 6
+        (5, {}),  # M = 6 < L = 12
+        (5, dict(num_atoms=12)),  # two scales: bases not mutually orthogonal
+        (3, dict(num_atoms=5, bases_per_scale=3)),  # M > L: two zero atoms
+    ],
+)
 def test_from_conv_is_least_squares_projection(k, opts):
     torch.manual_seed(6)
     conv = nn.Conv2d(4, 6, k, padding=k // 2, groups=2)
@@ -325,8 +351,19 @@ def _gradcheck_op(op, x, gd):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_gradcheck_guided(mode):
     torch.manual_seed(7)
-    op = AcdaConv2d(2, 2, 3, stride=2, padding=1, dilation=1, groups=2, guide_channels=2,
-                    num_atoms=2, bases_per_scale=2, hidden_channels=3).double()
+    op = AcdaConv2d(
+        2,
+        2,
+        3,
+        stride=2,
+        padding=1,
+        dilation=1,
+        groups=2,
+        guide_channels=2,
+        num_atoms=2,
+        bases_per_scale=2,
+        hidden_channels=3,
+    ).double()
     _randomise_bn(op)
     op.train(mode == "train")
     g = _gen(8)
@@ -368,7 +405,7 @@ def test_batch_independence_in_eval_mode():
     x, gd = torch.randn(3, 3, 6, 7), torch.randn(3, 2, 6, 7)
     with torch.no_grad():
         full = op(x, gd)
-        parts = torch.cat([op(x[i:i + 1], gd[i:i + 1]) for i in range(3)])
+        parts = torch.cat([op(x[i : i + 1], gd[i : i + 1]) for i in range(3)])
     torch.testing.assert_close(full, parts, atol=1e-5, rtol=1e-5)
 
 
@@ -387,10 +424,19 @@ def test_batch_size_one_train_forward_backward():
     assert y.shape == (1, 4, 1, 1)
 
 
-@pytest.mark.parametrize("option,value", [
-    ("num_atoms", 0), ("num_atoms", -2), ("num_atoms", 2.5), ("num_atoms", True),
-    ("bases_per_scale", 0), ("bases_per_scale", "6"), ("hidden_channels", 0), ("hidden_channels", 1.0),
-])
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("num_atoms", 0),
+        ("num_atoms", -2),
+        ("num_atoms", 2.5),
+        ("num_atoms", True),
+        ("bases_per_scale", 0),
+        ("bases_per_scale", "6"),
+        ("hidden_channels", 0),
+        ("hidden_channels", 1.0),
+    ],
+)
 def test_invalid_options_raise(option, value):
     with pytest.raises(ValueError, match=option):
         AcdaConv2d(2, 2, 3, **{option: value})

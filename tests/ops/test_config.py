@@ -23,11 +23,17 @@ def test_override_sets_and_restores():
     assert config.implementation == "lean"
 
 
-@pytest.mark.parametrize("settings,match", [
-    (dict(implementation="fast"), "implementation"), (dict(chunk_elements=0), "chunk_elements"),
-    (dict(chunk_elements=2.5), "chunk_elements"), (dict(cpu_kernels="no"), "cpu_kernels"),
-    (dict(chunk=4), "unknown setting 'chunk'"), (dict(chunk_elements=8, implementation="fast"), "implementation"),
-])
+@pytest.mark.parametrize(
+    "settings,match",
+    [
+        (dict(implementation="fast"), "implementation"),
+        (dict(chunk_elements=0), "chunk_elements"),
+        (dict(chunk_elements=2.5), "chunk_elements"),
+        (dict(cpu_kernels="no"), "cpu_kernels"),
+        (dict(chunk=4), "unknown setting 'chunk'"),
+        (dict(chunk_elements=8, implementation="fast"), "implementation"),
+    ],
+)
 def test_override_refuses_bad_settings_and_changes_nothing(settings, match):
     before = (config.implementation, config.chunk_elements, config.cpu_kernels)
     with pytest.raises(ValueError, match=match):

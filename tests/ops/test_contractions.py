@@ -20,15 +20,15 @@ from torch import nn
 
 from adaptconv.measure.memory import measure_peak_memory
 from adaptconv.ops import config, cpu_pac
+from adaptconv.ops.acda import AcdaConv2d, acda_conv2d, acda_conv2d_unfold
 from adaptconv.ops.acda_contraction import acda_contract
+from adaptconv.ops.dfn import DfnConv2d, dynamic_filter2d, dynamic_filter2d_unfold
 from adaptconv.ops.dfn_contraction import dynamic_filter
+from adaptconv.ops.pac import PacConv2d, PacConvTranspose2d, PacPool2d, pac_conv2d, pac_conv2d_unfold
 from adaptconv.ops.pac_contraction import pac_contract, pac_distance
+from adaptconv.ops.paka import PakaConv2d, paka_conv2d, paka_conv2d_unfold
 from adaptconv.ops.paka_contraction import paka_contract
 from adaptconv.ops.tiling import geometry
-from adaptconv.ops.acda import AcdaConv2d, acda_conv2d, acda_conv2d_unfold
-from adaptconv.ops.dfn import DfnConv2d, dynamic_filter2d, dynamic_filter2d_unfold
-from adaptconv.ops.pac import PacConv2d, PacConvTranspose2d, PacPool2d, pac_conv2d, pac_conv2d_unfold
-from adaptconv.ops.paka import PakaConv2d, paka_conv2d, paka_conv2d_unfold
 
 F32 = dict(rtol=1e-4, atol=1e-5)
 #: tile budgets: the whole batch at once, a single sample, a few rows of a sample
@@ -78,8 +78,14 @@ def pac_backend(request):
 
 
 GEOMETRIES = [  # kernel, stride, padding, dilation, groups
-    (3, 1, 1, 1, 1), (3, 2, 0, 1, 1), (3, 1, 2, 2, 2), (5, 2, 3, 1, 1), (1, 2, 0, 1, 2), (4, 1, 1, 1, 1),
-    (2, 2, 1, 2, 2), ((3, 5), (1, 2), (1, 2), 1, 1),
+    (3, 1, 1, 1, 1),
+    (3, 2, 0, 1, 1),
+    (3, 1, 2, 2, 2),
+    (5, 2, 3, 1, 1),
+    (1, 2, 0, 1, 2),
+    (4, 1, 1, 1, 1),
+    (2, 2, 1, 2, 2),
+    ((3, 5), (1, 2), (1, 2), 1, 1),
 ]
 
 
@@ -124,8 +130,17 @@ def test_pac_guide_scale_gradient_at_zero_matches_unfold():
     _compare(op, (torch.randn(2, 3, 8, 8),))
 
 
-@pytest.mark.parametrize("k,s,p,op_,d,g", [(3, 2, 1, 1, 1, 1), (4, 2, 1, 0, 1, 2), (3, 1, 0, 0, 2, 1),
-                                            (5, 3, 1, 2, 1, 1), (3, 2, 4, 0, 1, 1), (1, 2, 0, 1, 1, 1)])
+@pytest.mark.parametrize(
+    "k,s,p,op_,d,g",
+    [
+        (3, 2, 1, 1, 1, 1),
+        (4, 2, 1, 0, 1, 2),
+        (3, 1, 0, 0, 2, 1),
+        (5, 3, 1, 2, 1, 1),
+        (3, 2, 4, 0, 1, 1),
+        (1, 2, 0, 1, 1, 1),
+    ],
+)
 @pytest.mark.usefixtures("pac_backend")
 @pytest.mark.parametrize("normalize", [False, True])
 def test_pac_transposed_matches_unfold(k, s, p, op_, d, g, normalize):
@@ -142,8 +157,9 @@ def test_pac_transposed_matches_unfold(k, s, p, op_, d, g, normalize):
 @pytest.mark.parametrize("guided", [False, True])
 def test_pac_pool_matches_unfold(k, s, p, d, guided):
     torch.manual_seed(4)
-    pool = PacPool2d(k, s, p, d, channels=None if guided else 3, guide_channels=2 if guided else None,
-                     normalize_kernel=not guided)
+    pool = PacPool2d(
+        k, s, p, d, channels=None if guided else 3, guide_channels=2 if guided else None, normalize_kernel=not guided
+    )
     x = torch.randn(2, 3, 9, 8)
     _compare(pool, (x, torch.randn(2, 2, 9, 8)) if guided else (x,), 50)
 
@@ -210,10 +226,14 @@ def test_functionals_match_their_unfold_references():
     geo = ((2, 2), (1, 1), (1, 1))
     torch.testing.assert_close(paka_conv2d(x, a_c, a_s, w, None, *geo), paka_conv2d_unfold(x, a_c, a_s, w, None, *geo))
     filters = torch.randn(2, 2, 9, ho, wo, generator=g, dtype=D)
-    torch.testing.assert_close(dynamic_filter2d(x, filters, (3, 3), *geo), dynamic_filter2d_unfold(x, filters, (3, 3), *geo))
+    torch.testing.assert_close(
+        dynamic_filter2d(x, filters, (3, 3), *geo), dynamic_filter2d_unfold(x, filters, (3, 3), *geo)
+    )
     atoms = torch.randn(1, 3, 9, ho, wo, generator=g, dtype=D)  # batch 1 broadcasts
     coef = torch.randn(6, 12, 1, 1, generator=g, dtype=D)
-    torch.testing.assert_close(acda_conv2d(x, atoms, coef, None, 2, 1, 1), acda_conv2d_unfold(x, atoms, coef, None, 2, 1, 1))
+    torch.testing.assert_close(
+        acda_conv2d(x, atoms, coef, None, 2, 1, 1), acda_conv2d_unfold(x, atoms, coef, None, 2, 1, 1)
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -242,16 +262,18 @@ def test_gradcheck_pac_contract(kernel_size, stride, padding, dilation, groups):
     w, b = _rand(4, 4 // groups, *kernel_size), _rand(4)
     for chunk in (1 << 20, 2 * 4 * wo):  # whole batch; two rows of one sample
         with config.override(chunk_elements=chunk):
-            assert torch.autograd.gradcheck(lambda *a: pac_contract(*a, geom, groups), (x, k, w, b),
-                                            fast_mode=True)
+            assert torch.autograd.gradcheck(lambda *a: pac_contract(*a, geom, groups), (x, k, w, b), fast_mode=True)
 
 
-@pytest.mark.parametrize("kernel_size,stride,padding,dilation,centre", [
-    ((3, 3), (1, 1), (1, 1), (1, 1), False),  # the symmetric (paired taps) path
-    ((3, 3), (1, 1), (2, 2), (2, 2), False),
-    ((2, 3), (2, 1), (1, 0), (1, 1), False),  # the general path, even kernel
-    ((3, 3), (1, 1), (1, 1), (1, 1), True),   # an explicit centre (transposed PAC)
-])
+@pytest.mark.parametrize(
+    "kernel_size,stride,padding,dilation,centre",
+    [
+        ((3, 3), (1, 1), (1, 1), (1, 1), False),  # the symmetric (paired taps) path
+        ((3, 3), (1, 1), (2, 2), (2, 2), False),
+        ((2, 3), (2, 1), (1, 0), (1, 1), False),  # the general path, even kernel
+        ((3, 3), (1, 1), (1, 1), (1, 1), True),  # an explicit centre (transposed PAC)
+    ],
+)
 @pytest.mark.usefixtures("pac_backend")
 def test_gradcheck_pac_distance(kernel_size, stride, padding, dilation, centre):
     geom = geometry(kernel_size, stride, padding, dilation)
@@ -260,8 +282,7 @@ def test_gradcheck_pac_distance(kernel_size, stride, padding, dilation, centre):
     inputs = (guide, scale) + ((_rand(2, 3, ho, wo),) if centre else ())
     for chunk in (1 << 20, 2 * 3 * wo):
         with config.override(chunk_elements=chunk):
-            assert torch.autograd.gradcheck(lambda f, s, *c: pac_distance(f, geom, s, *c), inputs,
-                                            fast_mode=True)
+            assert torch.autograd.gradcheck(lambda f, s, *c: pac_distance(f, geom, s, *c), inputs, fast_mode=True)
 
 
 @pytest.mark.parametrize("kernel_size,stride,padding,dilation,groups", GRAD_GEOMETRIES)
@@ -277,10 +298,12 @@ def test_gradcheck_dynamic_filter_paka_acda(kernel_size, stride, padding, dilati
     for chunk in (1 << 20, 2 * 4 * wo):
         with config.override(chunk_elements=chunk):
             assert torch.autograd.gradcheck(lambda *a: dynamic_filter(*a, geom), (x, filters), fast_mode=True)
-            assert torch.autograd.gradcheck(lambda *a: paka_contract(*a, geom, groups), (x, a_c, a_s, w, b),
-                                            fast_mode=True)
-            assert torch.autograd.gradcheck(lambda *a: acda_contract(*a, geom, groups), (x, atoms, coef, b),
-                                            fast_mode=True)
+            assert torch.autograd.gradcheck(
+                lambda *a: paka_contract(*a, geom, groups), (x, a_c, a_s, w, b), fast_mode=True
+            )
+            assert torch.autograd.gradcheck(
+                lambda *a: acda_contract(*a, geom, groups), (x, atoms, coef, b), fast_mode=True
+            )
 
 
 @pytest.mark.usefixtures("pac_backend")
@@ -311,6 +334,7 @@ def test_tiled_path_is_lean():
             with config.override(chunk_elements=16 * 128, implementation=impl):  # tiles of 128 pixels
                 y = op(x)
                 y.backward(g)
+
         return measure_peak_memory(run, "cpu").peak_bytes
 
     unfold, tiled = step("unfold"), step("lean")

@@ -156,8 +156,12 @@ def test_threads_agree_with_one_thread(threads):
         with config.override(chunk_elements=50):  # row tiles too
             y, xp = cpu_pac.pac_forward(x, kern, weight, bias, geom, 1)
             d, fp = cpu_pac.distance_forward(f, None, scale, geom)
-            return [y, *cpu_pac.pac_backward(xp, kern, weight, gy, geom, 1, True, True, True),
-                    d, *cpu_pac.distance_backward(fp, None, scale, gd, geom, True, False, True)]
+            return [
+                y,
+                *cpu_pac.pac_backward(xp, kern, weight, gy, geom, 1, True, True, True),
+                d,
+                *cpu_pac.distance_backward(fp, None, scale, gd, geom, True, False, True),
+            ]
 
     one = run()
     old = torch.get_num_threads()
@@ -194,8 +198,13 @@ def test_unsupported_inputs_use_the_pytorch_path():
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
 
 
 def test_build_into_a_fresh_cache_and_reuse_it(tmp_path):
@@ -233,6 +242,9 @@ def test_without_a_compiler_pac_warns_once_and_falls_back(tmp_path):
     out = _run(code, ADAPTCONV_KERNEL_CACHE=str(tmp_path), CXX="no-such-compiler-adaptconv")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("unavailable (no C++ compiler ('no-such-compiler-adaptconv' not found")
-    off = _run("from adaptconv.ops import cpu_pac; print(cpu_pac.available(), cpu_pac.status())",
-               ADAPTCONV_CPU_KERNELS="0", ADAPTCONV_KERNEL_CACHE=str(tmp_path))
+    off = _run(
+        "from adaptconv.ops import cpu_pac; print(cpu_pac.available(), cpu_pac.status())",
+        ADAPTCONV_CPU_KERNELS="0",
+        ADAPTCONV_KERNEL_CACHE=str(tmp_path),
+    )
     assert off.stdout.startswith("False off"), off.stdout + off.stderr

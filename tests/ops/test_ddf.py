@@ -29,8 +29,11 @@ def loop_ddf(x, ch, sp, k, s, p, d):
     xp = F.pad(x, (p, p, p, p))
     z = torch.zeros(b, c, ho, wo, dtype=x.dtype)
     for n, m, i, q in itertools.product(range(b), range(c), range(ho), range(wo)):
-        z[n, m, i, q] = sum(ch[n, m, a * k + e] * sp[n, m // (c // heads), a * k + e, i, q]
-                            * xp[n, m, i * s + a * d, q * s + e * d] for a in range(k) for e in range(k))
+        z[n, m, i, q] = sum(
+            ch[n, m, a * k + e] * sp[n, m // (c // heads), a * k + e, i, q] * xp[n, m, i * s + a * d, q * s + e * d]
+            for a in range(k)
+            for e in range(k)
+        )
     return z
 
 
@@ -50,8 +53,10 @@ def test_registered():
     assert op.channel_mlp[0].out_features == 8 and "heads=2" in repr(op)
 
 
-@pytest.mark.parametrize("k,s,p,d,heads", [(3, 1, 1, 1, 1), (3, 2, 1, 1, 2), (3, 1, 0, 2, 4), (2, 2, 1, 1, 2),
-                                           (5, 2, 2, 1, 1), (1, 2, 0, 1, 2)])
+@pytest.mark.parametrize(
+    "k,s,p,d,heads",
+    [(3, 1, 1, 1, 1), (3, 2, 1, 1, 2), (3, 1, 0, 2, 4), (2, 2, 1, 1, 2), (5, 2, 2, 1, 1), (1, 2, 0, 1, 2)],
+)
 def test_functional_matches_loop(k, s, p, d, heads):
     torch.manual_seed(0)
     x = torch.randn(2, 4, 7, 8, dtype=D)
@@ -73,7 +78,7 @@ def test_unit_spatial_filter_is_per_sample_depthwise_conv(k, s, p, d):
     ch = torch.randn(3, 4, k * k, dtype=D)
     ho, wo = out_size(9, k, s, p, d), out_size(8, k, s, p, d)
     sp = torch.ones(3, 2, k * k, ho, wo, dtype=D)
-    expected = torch.cat([F.conv2d(x[b: b + 1], ch[b].view(4, 1, k, k), None, s, p, d, groups=4) for b in range(3)])
+    expected = torch.cat([F.conv2d(x[b : b + 1], ch[b].view(4, 1, k, k), None, s, p, d, groups=4) for b in range(3)])
     torch.testing.assert_close(ddf2d(x, ch, sp, (k, k), (s, s), (p, p), (d, d)), expected)
 
 
@@ -114,7 +119,9 @@ def test_module_matches_loop_reference(guided, k, s, p, d):
     # channel filter: GAP → Linear → ReLU → Linear, standardised over taps, times the learnt σ
     mlp = op.channel_mlp
     raw_c = mlp[2](F.relu(mlp[0](g.mean((2, 3))))).view(2, 4, t)
-    ch = torch.stack([torch.stack([loop_standardise(raw_c[b, c]) for c in range(4)]) for b in range(2)]) * op.channel_std
+    ch = (
+        torch.stack([torch.stack([loop_standardise(raw_c[b, c]) for c in range(4)]) for b in range(2)]) * op.channel_std
+    )
     # spatial filter: the guide at the window centres (odd k: the centre tap; even k: the mean of the
     # 2×2 middle taps, replicate padding), 1×1 conv, standardised over taps, times √2/k
     ho, wo = out_size(7, k, s, p, d), out_size(6, k, s, p, d)
@@ -213,14 +220,17 @@ def test_shape_parity_with_conv(k, s, p, d):
 @pytest.mark.parametrize("padding,d", [("same", 1), ("same", 2), ("valid", 1)])
 def test_string_padding(padding, d):
     x = torch.randn(1, 4, 9, 8)
-    assert DdfConv2d(4, 4, 3, padding=padding, dilation=d)(x).shape == nn.Conv2d(4, 4, 3, padding=padding, dilation=d)(x).shape
+    assert (
+        DdfConv2d(4, 4, 3, padding=padding, dilation=d)(x).shape
+        == nn.Conv2d(4, 4, 3, padding=padding, dilation=d)(x).shape
+    )
 
 
 def test_batch_independence_and_batch_one_train():
     torch.manual_seed(9)
     op = DdfConv2d(4, 6, 3, 2, 1, heads=2).double()
     x = torch.randn(3, 4, 9, 8, dtype=D)
-    torch.testing.assert_close(op(x), torch.cat([op(x[i:i + 1]) for i in range(3)]))
+    torch.testing.assert_close(op(x), torch.cat([op(x[i : i + 1]) for i in range(3)]))
     op = op.float().train()
     x1 = torch.randn(1, 4, 8, 8, requires_grad=True)
     op(x1).square().mean().backward()

@@ -36,8 +36,9 @@ def shift(x, dy, dx):
     """out[..., h, w] = x[..., h + dy, w + dx], zero where that falls outside the image."""
     h, w = x.shape[-2:]
     out = torch.zeros_like(x)
-    out[..., max(0, -dy): h - max(0, dy), max(0, -dx): w - max(0, dx)] = \
-        x[..., max(0, dy): h + min(0, dy), max(0, dx): w + min(0, dx)]
+    out[..., max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)] = x[
+        ..., max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)
+    ]
     return out
 
 
@@ -61,15 +62,15 @@ def reference_deform(x, offset, weight, bias, stride, padding, dilation, mask=No
             for yy, wy in ((y0, 1 - (py - y0)), (y0 + 1, py - y0)):
                 for xx, wx in ((x0, 1 - (px - x0)), (x0 + 1, px - x0)):
                     if 0 <= yy < h and 0 <= xx < w:
-                        val = val + wy * wx * x[b, g * cpg:(g + 1) * cpg, yy, xx]
+                        val = val + wy * wx * x[b, g * cpg : (g + 1) * cpg, yy, xx]
             if mask is not None:
                 val = val * mask[b, g * taps + t, i, j]
-            cols[b, g * cpg:(g + 1) * cpg, t, i, j] = val
+            cols[b, g * cpg : (g + 1) * cpg, t, i, j] = val
     out = torch.zeros(b_, o_, ho, wo, dtype=x.dtype)
     opg = o_ // groups
     for g in range(groups):
-        wg = weight[g * opg:(g + 1) * opg].reshape(opg, cg, taps)
-        out[:, g * opg:(g + 1) * opg] = torch.einsum("bctij,oct->boij", cols[:, g * cg:(g + 1) * cg], wg)
+        wg = weight[g * opg : (g + 1) * opg].reshape(opg, cg, taps)
+        out[:, g * opg : (g + 1) * opg] = torch.einsum("bctij,oct->boij", cols[:, g * cg : (g + 1) * cg], wg)
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
     return out
@@ -158,7 +159,7 @@ def test_constant_mask_scales_conv(mask_scale):
     op = ModulatedDeformConv2d(4, 5, 3, padding=1, mask_scale=mask_scale).double()
     p = alpha / mask_scale
     with torch.no_grad():
-        op.offset_conv.bias[op.num_offset_channels:] = math.log(p / (1 - p))
+        op.offset_conv.bias[op.num_offset_channels :] = math.log(p / (1 - p))
     ref = alpha * F.conv2d(x, op.weight, None, padding=1) + op.bias.view(1, -1, 1, 1)
     torch.testing.assert_close(op(x), ref, atol=1e-10, rtol=1e-10)
 
@@ -171,12 +172,14 @@ def test_plain_sigmoid_mask_halves_output_at_init():
     ref = 0.5 * F.conv2d(x, op.weight, None, padding=1) + op.bias.view(1, -1, 1, 1)
     torch.testing.assert_close(op(x), ref, atol=1e-6, rtol=1e-5)
     fresh_default = ModulatedDeformConv2d(3, 4, 3, padding=1)  # mask_scale=2: mask exactly 1
-    torch.testing.assert_close(fresh_default(x), F.conv2d(x, fresh_default.weight, fresh_default.bias, padding=1),
-                               atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        fresh_default(x), F.conv2d(x, fresh_default.weight, fresh_default.bias, padding=1), atol=1e-6, rtol=1e-5
+    )
 
 
-@pytest.mark.parametrize("stride,padding,dilation,groups,offset_groups",
-                         [(1, 1, 1, 1, 1), (2, 1, 1, 2, 2), (1, 2, 2, 1, 2), (1, 0, 1, 4, 4)])
+@pytest.mark.parametrize(
+    "stride,padding,dilation,groups,offset_groups", [(1, 1, 1, 1, 1), (2, 1, 1, 2, 2), (1, 2, 2, 1, 2), (1, 0, 1, 4, 4)]
+)
 def test_fractional_offsets_match_bilinear_loop(stride, padding, dilation, groups, offset_groups):
     torch.manual_seed(5)
     h, w, k = 5, 6, 3
@@ -187,18 +190,26 @@ def test_fractional_offsets_match_bilinear_loop(stride, padding, dilation, group
     off = (torch.rand(2, 2 * offset_groups * 9, ho, wo, dtype=torch.float64) * 2 - 1) * 1.7  # some land outside
     mask = torch.rand(2, offset_groups * 9, ho, wo, dtype=torch.float64)
     ref1 = reference_deform(x, off, weight, bias, stride, padding, dilation)
-    torch.testing.assert_close(deform_conv2d(x, off, weight, bias, stride, padding, dilation), ref1,
-                               atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(
+        deform_conv2d(x, off, weight, bias, stride, padding, dilation), ref1, atol=1e-10, rtol=1e-10
+    )
     ref2 = reference_deform(x, off, weight, bias, stride, padding, dilation, mask)
-    torch.testing.assert_close(modulated_deform_conv2d(x, off, mask, weight, bias, stride, padding, dilation), ref2,
-                               atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(
+        modulated_deform_conv2d(x, off, mask, weight, bias, stride, padding, dilation), ref2, atol=1e-10, rtol=1e-10
+    )
     # the module: its side conv's offsets and mask, read by the same loop
     op = ModulatedDeformConv2d(4, 4, k, stride, padding, dilation, groups, offset_groups=offset_groups).double()
     perturb_side(op, scale=0.3, bias_range=1.2)
     offset, m = op.offsets_and_mask(x)
-    assert torch.allclose(m, 2.0 * torch.sigmoid(op.offset_conv(x)[:, 2 * offset_groups * 9:]))
-    torch.testing.assert_close(op(x), reference_deform(x, offset.detach(), op.weight.detach(), op.bias.detach(),
-                                                       stride, padding, dilation, m.detach()), atol=1e-10, rtol=1e-10)
+    assert torch.allclose(m, 2.0 * torch.sigmoid(op.offset_conv(x)[:, 2 * offset_groups * 9 :]))
+    torch.testing.assert_close(
+        op(x),
+        reference_deform(
+            x, offset.detach(), op.weight.detach(), op.bias.detach(), stride, padding, dilation, m.detach()
+        ),
+        atol=1e-10,
+        rtol=1e-10,
+    )
 
 
 @pytest.mark.parametrize("cls", OPS)

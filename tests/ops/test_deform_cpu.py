@@ -27,8 +27,24 @@ def out_size(n, k, s, p, d):
     return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-def make(b, c, h, w, o, kernel, stride, padding, dilation, groups, ogroups, masked, bias=True, spread=2.5,
-         dtype=torch.float64, seed=0):
+def make(
+    b,
+    c,
+    h,
+    w,
+    o,
+    kernel,
+    stride,
+    padding,
+    dilation,
+    groups,
+    ogroups,
+    masked,
+    bias=True,
+    spread=2.5,
+    dtype=torch.float64,
+    seed=0,
+):
     gen = torch.Generator().manual_seed(seed)
     kh, kw = kernel
     ho = out_size(h, kh, stride[0], padding[0], dilation[0])
@@ -69,20 +85,21 @@ def assert_same(got, ref, atol, rtol, what):
 def tiny_tiles(monkeypatch):
     """Tiles of a few pixels, so every sample is split into several (uneven) tiles."""
     monkeypatch.setattr(deform_cpu, "TILE_BYTES", [1])
-    monkeypatch.setattr(deform_cpu, "_tiles", lambda pixels, row, size: [
-        (p0, min(7, pixels - p0)) for p0 in range(0, pixels, 7)])
+    monkeypatch.setattr(
+        deform_cpu, "_tiles", lambda pixels, row, size: [(p0, min(7, pixels - p0)) for p0 in range(0, pixels, 7)]
+    )
 
 
 # (kernel, stride, padding, dilation, groups, offset groups): the conformance geometries and more
 GEOMETRIES = [
     ((3, 3), (1, 1), (1, 1), (1, 1), 1, 1),
-    ((3, 3), (2, 2), (1, 1), (1, 1), 2, 1),   # conformance's gradient check
-    ((3, 3), (2, 2), (0, 0), (2, 2), 2, 2),   # conformance's from_conv geometries
+    ((3, 3), (2, 2), (1, 1), (1, 1), 2, 1),  # conformance's gradient check
+    ((3, 3), (2, 2), (0, 0), (2, 2), 2, 2),  # conformance's from_conv geometries
     ((5, 5), (1, 1), (2, 2), (1, 1), 1, 2),
     ((1, 1), (1, 1), (0, 0), (1, 1), 1, 1),
     ((3, 3), (1, 1), (2, 2), (2, 2), 4, 4),
-    ((3, 3), (1, 2), (0, 1), (2, 1), 2, 4),   # anisotropic stride, padding, dilation
-    ((2, 3), (1, 1), (1, 0), (1, 1), 1, 2),   # non-square, even kernel
+    ((3, 3), (1, 2), (0, 1), (2, 1), 2, 4),  # anisotropic stride, padding, dilation
+    ((2, 3), (1, 1), (1, 0), (1, 1), 1, 2),  # non-square, even kernel
     ((3, 1), (2, 1), (1, 0), (1, 1), 4, 1),
 ]
 
@@ -146,11 +163,14 @@ def test_sampling_points_on_and_beyond_the_border():
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["v1", "v2"])
-@pytest.mark.parametrize("stride,padding,dilation,groups,ogroups",
-                         [((1, 1), (1, 1), (1, 1), 1, 2), ((2, 2), (1, 1), (1, 1), 2, 1), ((1, 1), (0, 2), (2, 1), 2, 2)])
+@pytest.mark.parametrize(
+    "stride,padding,dilation,groups,ogroups",
+    [((1, 1), (1, 1), (1, 1), 1, 2), ((2, 2), (1, 1), (1, 1), 2, 1), ((1, 1), (0, 2), (2, 1), 2, 2)],
+)
 def test_gradcheck(stride, padding, dilation, groups, ogroups, masked):
-    x, offset, mask, weight, bias = make(1, 4, 5, 4, 2, (3, 3), stride, padding, dilation, groups, ogroups, masked,
-                                         spread=1.3)
+    x, offset, mask, weight, bias = make(
+        1, 4, 5, 4, 2, (3, 3), stride, padding, dilation, groups, ogroups, masked, spread=1.3
+    )
     offset = offset + 0.01  # keep finite differences away from the kinks at integer coordinates
     inputs = [t.requires_grad_() for t in (x, offset, weight, bias) + ((mask,) if masked else ())]
 
@@ -167,8 +187,9 @@ def test_only_some_gradients_needed():
     for keep in range(5):  # one input requires a gradient at a time
         leaves = [t.detach().clone().requires_grad_(i == keep) for i, t in enumerate((x, offset, mask, weight, bias))]
         y = ours(leaves[0], leaves[1], leaves[3], leaves[4], (1, 1), (1, 1), (1, 1), leaves[2])
-        (grad,) = torch.autograd.grad(y, leaves[keep], torch.randn(y.shape, generator=torch.Generator().manual_seed(1),
-                                                                   dtype=y.dtype))
+        (grad,) = torch.autograd.grad(
+            y, leaves[keep], torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+        )
         torch.testing.assert_close(grad, ref[1 + keep], atol=1e-11, rtol=1e-10, msg=lambda m: f"∂{names[keep]}: {m}")
 
 
@@ -184,8 +205,13 @@ def test_non_contiguous_and_channels_last_inputs():
     assert not (xc.is_contiguous() or side[:, :18].is_contiguous() or wn.is_contiguous())
     y = ours(xc, side[:, :18], wn, bias, *geometry, side[:, 18:])
     y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype))
-    for got, want in ((y, ref[0]), (xc.grad, ref[1]), (side.grad[:, :18], ref[2]), (side.grad[:, 18:], ref[3]),
-                      (wn.grad, ref[4])):
+    for got, want in (
+        (y, ref[0]),
+        (xc.grad, ref[1]),
+        (side.grad[:, :18], ref[2]),
+        (side.grad[:, 18:], ref[3]),
+        (wn.grad, ref[4]),
+    ):
         torch.testing.assert_close(got, want, atol=1e-11, rtol=1e-10)
 
 
@@ -212,6 +238,7 @@ def test_non_finite_and_huge_offsets_read_zero(bad):
 def _forbid_torchvision(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("torchvision's kernel ran where the compiled kernel should have")
+
     monkeypatch.setattr(deform_module, "_tv_deform_conv2d", refuse)
 
 

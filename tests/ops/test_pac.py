@@ -12,7 +12,12 @@ from adaptconv.ops.pac import PacConv2d, PacConvTranspose2d, PacPool2d, pac_conv
 
 D = torch.float64
 GEOMETRIES = [  # kernel, stride, padding, dilation, groups
-    (3, 1, 1, 1, 1), (3, 2, 0, 1, 1), (3, 1, 2, 2, 2), (5, 2, 3, 1, 1), (1, 2, 0, 1, 2), (4, 1, 1, 1, 1),
+    (3, 1, 1, 1, 1),
+    (3, 2, 0, 1, 1),
+    (3, 1, 2, 2, 2),
+    (5, 2, 3, 1, 1),
+    (1, 2, 0, 1, 2),
+    (4, 1, 1, 1, 1),
     (2, 2, 1, 2, 2),
 ]
 
@@ -67,8 +72,11 @@ def test_pool_self_guided_is_a_weighted_sum():
     xp = F.pad(x, (1, 1, 1, 1))
     fp = F.pad(x, (1, 1, 1, 1), mode="replicate")
     i, j = 2, 3
-    expected = sum(math.exp(-0.5 * (fp[0, 0, i + a, j + b] - x[0, 0, i, j]).item() ** 2) * xp[0, 0, i + a, j + b].item()
-                   for a in range(3) for b in range(3))
+    expected = sum(
+        math.exp(-0.5 * (fp[0, 0, i + a, j + b] - x[0, 0, i, j]).item() ** 2) * xp[0, 0, i + a, j + b].item()
+        for a in range(3)
+        for b in range(3)
+    )
     assert y[0, 0, i, j].item() == pytest.approx(expected, rel=1e-12)
 
 
@@ -101,7 +109,9 @@ def test_matches_explicit_loop(k, s, p, d):
         op.set_guide_scale([0.5, 2.0])
     x = torch.randn(2, 3, 7, 6, dtype=D)
     guide = torch.randn(2, 2, 7, 6, dtype=D)
-    expected = _loop_pac(x, guide, op.weight.detach(), op.bias.detach(), s, p, d, scale=torch.tensor([0.5, 2.0], dtype=D))
+    expected = _loop_pac(
+        x, guide, op.weight.detach(), op.bias.detach(), s, p, d, scale=torch.tensor([0.5, 2.0], dtype=D)
+    )
     torch.testing.assert_close(op(x, guide), expected)
 
 
@@ -121,8 +131,8 @@ def test_joint_bilateral_filter():
     for i, j in itertools.product(range(r, h - r), range(r, w - r)):  # interior
         num = den = 0.0
         for a, b in itertools.product(range(-r, r + 1), range(-r, r + 1)):
-            ws = math.exp(-(a * a + b * b) / (2 * sig_s ** 2))
-            wr = math.exp(-((rgb[0, :, i + a, j + b] - rgb[0, :, i, j]) ** 2).sum().item() / (2 * sig_r ** 2))
+            ws = math.exp(-(a * a + b * b) / (2 * sig_s**2))
+            wr = math.exp(-((rgb[0, :, i + a, j + b] - rgb[0, :, i, j]) ** 2).sum().item() / (2 * sig_r**2))
             num += ws * wr * depth[0, 0, i + a, j + b].item()
             den += ws * wr
         assert y[0, 0, i, j].item() == pytest.approx(num / den, rel=1e-10)
@@ -156,7 +166,7 @@ def test_inverse_distance_kernel():
     guide = torch.zeros(1, 1, 5, 5, dtype=D)
     guide[0, 0, 2, 3] = 1.5
     y = op(x, guide) - op.bias.view(1, -1, 1, 1)
-    kern = (2.0 + 1.5 ** 2) ** -0.75
+    kern = (2.0 + 1.5**2) ** -0.75
     torch.testing.assert_close(y[0, :, 2, 2], kern * op.weight[:, :, 1, 2].sum(1))
 
 
@@ -237,8 +247,17 @@ def test_guide_scale_is_stored_through_the_gain_and_old_state_dicts_load():
     assert fixed.guide_scale_gain == 1.0 and fixed.guide_scale_raw.tolist() == pytest.approx([0.7, 0.7])
 
 
-@pytest.mark.parametrize("k,s,p,op_,d,g", [(3, 2, 1, 1, 1, 1), (4, 2, 1, 0, 1, 2), (3, 1, 0, 0, 2, 1),
-                                            (5, 3, 1, 2, 1, 1), (3, 2, 4, 0, 1, 1), (1, 2, 0, 1, 1, 1)])
+@pytest.mark.parametrize(
+    "k,s,p,op_,d,g",
+    [
+        (3, 2, 1, 1, 1, 1),
+        (4, 2, 1, 0, 1, 2),
+        (3, 1, 0, 0, 2, 1),
+        (5, 3, 1, 2, 1, 1),
+        (3, 2, 4, 0, 1, 1),
+        (1, 2, 0, 1, 1, 1),
+    ],
+)
 def test_transposed_constant_guide_is_conv_transpose2d(k, s, p, op_, d, g):
     torch.manual_seed(0)
     m = PacConvTranspose2d(4, 6, k, s, p, op_, d, g, guide_channels=2).double()

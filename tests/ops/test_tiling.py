@@ -12,8 +12,17 @@ import torch
 import torch.nn.functional as F
 
 from adaptconv.ops import config
-from adaptconv.ops.tiling import Tile, gather, geometry, plan, row_span, scatter_add, tap, tiled_gemm, \
-    tiled_gemm_backward
+from adaptconv.ops.tiling import (
+    Tile,
+    gather,
+    geometry,
+    plan,
+    row_span,
+    scatter_add,
+    tap,
+    tiled_gemm,
+    tiled_gemm_backward,
+)
 
 
 def test_tiles_cover_the_output_once():
@@ -28,8 +37,10 @@ def test_tiles_cover_the_output_once():
 
 
 @pytest.mark.parametrize("mode", ["zeros", "replicate"])
-@pytest.mark.parametrize("pads,lo,hi", [((1, 1, 1, 1), 0, 10), ((2, 0, 1, 3), 1, 5), ((3, 3, 0, 0), 0, 2),
-                                        ((3, 3, 0, 0), 10, 14), ((3, 3, 0, 0), 12, 14)])
+@pytest.mark.parametrize(
+    "pads,lo,hi",
+    [((1, 1, 1, 1), 0, 10), ((2, 0, 1, 3), 1, 5), ((3, 3, 0, 0), 0, 2), ((3, 3, 0, 0), 10, 14), ((3, 3, 0, 0), 12, 14)],
+)
 def test_gather_pads_like_f_pad_and_scatter_add_is_its_adjoint(mode, pads, lo, hi):
     gen = torch.Generator().manual_seed(0)
     t = torch.randn(2, 3, 8, 5, generator=gen, dtype=torch.float64)
@@ -65,6 +76,7 @@ class _Unweighted:
 
     def backward(self, j, xj, q, p):
         from adaptconv.ops.tiling import tap_grouped
+
         tap_grouped(self.gxc, self.geom, j, self.tile.rows, q.shape[-1], q.shape[0]).add_(q)
 
     def finish(self):
@@ -84,8 +96,7 @@ def test_the_tiled_gemm_loop_is_a_convolution_with_unweighted_taps(h, w, chunk):
         y = tiled_gemm(x, weight, bias, geom, 2, lambda tile, xc: _Unweighted(geom, tile, xc))
         gy = torch.randn(y.shape, generator=gen, dtype=torch.float64)
         gx = torch.zeros_like(x)
-        gw = tiled_gemm_backward(x, weight, gy, geom, 2, lambda tile, xc: _Unweighted(geom, tile, xc, gx),
-                                 True, True)
+        gw = tiled_gemm_backward(x, weight, gy, geom, 2, lambda tile, xc: _Unweighted(geom, tile, xc, gx), True, True)
     xr, wr = x.clone().requires_grad_(), weight.clone().requires_grad_()
     yr = F.conv2d(xr, wr, bias, padding=1, groups=2)
     yr.backward(gy)

@@ -56,10 +56,19 @@ def test_small_case_matches_pytorch_path(interpret):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("k,s,p,d,g", [
-    (3, 1, 1, 1, 1), (3, 2, 0, 1, 1), (3, 1, 2, 2, 2), (5, 2, 3, 1, 1), (1, 2, 0, 1, 2), (4, 1, 1, 1, 1),
-    (2, 2, 1, 2, 2), ((3, 5), 1, 2, 1, 1),
-])
+@pytest.mark.parametrize(
+    "k,s,p,d,g",
+    [
+        (3, 1, 1, 1, 1),
+        (3, 2, 0, 1, 1),
+        (3, 1, 2, 2, 2),
+        (5, 2, 3, 1, 1),
+        (1, 2, 0, 1, 2),
+        (4, 1, 1, 1, 1),
+        (2, 2, 1, 2, 2),
+        ((3, 5), 1, 2, 1, 1),
+    ],
+)
 def test_geometries_match_pytorch_path(interpret, k, s, p, d, g):
     _check(k, s, p, d, g)
 
@@ -75,5 +84,6 @@ def test_cpu_tensors_use_the_pytorch_path_outside_the_interpreter(monkeypatch):
     x = torch.randn(1, 2, 4, 4)
     assert not triton_pac.usable(x) and backend_for(x) is not triton_pac
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
-        triton_pac.pac_forward(x, torch.ones(1, 9, 4, 4), torch.randn(2, 2, 3, 3), None,
-                               geometry((3, 3), (1, 1), (1, 1)), 1)
+        triton_pac.pac_forward(
+            x, torch.ones(1, 9, 4, 4), torch.randn(2, 2, 3, 3), None, geometry((3, 3), (1, 1), (1, 1)), 1
+        )
