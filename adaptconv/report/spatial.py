@@ -11,7 +11,7 @@ there is one), and the trivial baselines (``baseline``, ``metric.miou``).
 One figure per section (task · dataset · backbone) of these tasks: left, mIoU against the executed
 convolution GFLOPs per image (per frame for video); right, mIoU against inference latency (video: of
 a clip, its first frame in full). One colour per policy, one marker per block size, lines joining a
-policy's target fractions (in the order of the fraction), the target written beside each point, the
+policy's target fractions in the FLOPs panel (latencies are too noisy to join), the target written beside each point, the
 dense network run block-wise (policy ``all``) as a black star, and the trivial baselines (majority,
 chance) as grey horizontal lines. Seeds are averaged per configuration; the error bars are the
 standard deviation over seeds (none with one seed).
@@ -32,6 +32,34 @@ SPATIAL_TASKS = {
 POLICY_ORDER = ("learned", "heuristic", "difference", "random", "all")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 KIND = "spatial"
+#: what each task's figure plots upward, one row each: video adds the agreement with the dense network
+#: per frame (paired with the same trained network, so it is not blurred by seed-to-seed spread)
+Y_METRICS = {"spatial_segmentation": ("metric.miou",), "spatial_video": ("metric.miou", "metric.dense_agreement")}
+Y_LABELS = {"metric.miou": "mIoU (%)", "metric.dense_agreement": "agreement with dense (% px)"}
+
+
+def _draw(ax, agg: pd.DataFrame, x: str, y: str, blocks: list, palette: dict) -> None:
+    """One line per (policy, block size) over the target fractions; the dense network as a star."""
+    for (policy, block), line in agg.groupby(["policy", "block"], sort=True):
+        line = line.sort_values("target")
+        dense = policy == "all"
+        ax.errorbar(
+            line[x],
+            line[y],
+            yerr=line[f"{y}.std"].fillna(0) if f"{y}.std" in line else None,
+            color=palette.get(policy, (0.5, 0.5, 0.5)),
+            marker="*" if dense else MARKERS[blocks.index(block) % len(MARKERS)],
+            ms=10 if dense else 5,
+            lw=1,
+            capsize=2,
+            ls="-" if x == "metric.gflops" and not dense else "none",  # latency: too noisy to join
+            zorder=3,
+        )
+        if not dense:
+            for _, row in line.iterrows():
+                ax.annotate(
+                    f"{row['target']:g}", (row[x], row[y]), fontsize=6, xytext=(3, 3), textcoords="offset points"
+                )
 
 
 def _option(df: pd.DataFrame, key: str, default) -> pd.Series:
@@ -92,51 +120,31 @@ def spatial_figures(source, folder: str | Path) -> list[Figure]:
     out = []
     for section, group in done.groupby("section", sort=True):
         task = group["task"].iloc[0]
-        cols = [c for c in ("metric.miou", "metric.gflops", "inference_ms") if c in group]
+        ys = [y for y in Y_METRICS[task] if y in group and group[y].notna().any()]
+        cols = [c for c in (*ys, "metric.gflops", "inference_ms") if c in group]
         agg = group.groupby(["policy", "target", "block"], sort=True)[cols].agg(["mean", "std"]).reset_index()
         agg.columns = [a if not b or b == "mean" else f"{a}.{b}" for a, b in agg.columns]
         refs = baselines[baselines["section"] == section].groupby("baseline")["metric.miou"].mean().dropna()
         title, unit = SPATIAL_TASKS[task]
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+        fig, axes = plt.subplots(len(ys), 2, figsize=(9, 3.3 * len(ys)), sharey="row", squeeze=False)
         blocks = sorted(agg["block"].unique())
-        for ax, x, label in (
-            (axes[0], "metric.gflops", f"executed conv GFLOPs {unit} (↓)"),
-            (axes[1], "inference_ms", "inference latency (ms, ↓)"),
-        ):
-            if x not in agg or not agg[x].notna().any():
-                ax.set_axis_off()
-                continue
-            for (policy, block), line in agg.groupby(["policy", "block"], sort=True):
-                line = line.sort_values("target")
-                dense = policy == "all"
-                colour = palette.get(policy, (0.5, 0.5, 0.5))
-                marker = "*" if dense else MARKERS[blocks.index(block) % len(MARKERS)]
-                ax.errorbar(
-                    line[x],
-                    line["metric.miou"],
-                    yerr=line["metric.miou.std"].fillna(0) if "metric.miou.std" in line else None,
-                    color=colour,
-                    marker=marker,
-                    ms=10 if dense else 5,
-                    lw=1,
-                    capsize=2,
-                    ls="none" if dense else "-",
-                    zorder=3,
-                )
-                if not dense:
-                    for _, row in line.iterrows():
+        for r, y in enumerate(ys):
+            for ax, x, label in (
+                (axes[r][0], "metric.gflops", f"executed conv GFLOPs {unit} (↓)"),
+                (axes[r][1], "inference_ms", "inference latency (ms, ↓)"),
+            ):
+                if x not in agg or not agg[x].notna().any():
+                    ax.set_axis_off()
+                    continue
+                _draw(ax, agg, x, y, blocks, palette)
+                if y == "metric.miou":  # the trivial baselines score mIoU only
+                    for name, value in refs.items():
+                        ax.axhline(value, color="0.6", ls=":", lw=1, zorder=1)
                         ax.annotate(
-                            f"{row['target']:g}",
-                            (row[x], row["metric.miou"]),
-                            fontsize=6,
-                            xytext=(3, 3),
-                            textcoords="offset points",
+                            name, (1, value), xycoords=("axes fraction", "data"), fontsize=6, ha="right", va="bottom"
                         )
-            for name, value in refs.items():
-                ax.axhline(value, color="0.6", ls=":", lw=1, zorder=1)
-                ax.annotate(name, (1, value), xycoords=("axes fraction", "data"), fontsize=6, ha="right", va="bottom")
-            ax.set_xlabel(label)
-        axes[0].set_ylabel("mIoU (%)")
+                ax.set_xlabel(label)
+            axes[r][0].set_ylabel(Y_LABELS[y])
         present = set(agg["policy"])
         legend = [p for p in POLICY_ORDER if p in present and p != "all"]
         handles = [plt.Line2D([], [], color=palette[p], marker="o", linestyle="-", label=p) for p in legend]
@@ -147,13 +155,13 @@ def spatial_figures(source, folder: str | Path) -> list[Figure]:
         if "all" in present:
             handles.append(plt.Line2D([], [], color="black", marker="*", linestyle="", label="dense (every block)"))
             legend.append("dense (every block)")
-        (axes[1] if axes[1].axison else axes[0]).legend(handles=handles, loc="best", fontsize=7)
+        (axes[0][1] if axes[0][1].axison else axes[0][0]).legend(handles=handles, loc="best", fontsize=7)
         fig.suptitle(f"{title} — {section}", fontsize=9)
         fig.tight_layout()
         path = _save(fig, folder, f"{KIND}-{slug(section)}")
         caption = (
-            f"{title}, {section}: mIoU against executed convolution GFLOPs {unit} (left) and inference "
-            f"latency (right); colour = policy, marker = block size, number = target fraction of selected "
+            f"{title}, {section}: {' and '.join(Y_LABELS[y] for y in ys)} against executed convolution "
+            f"GFLOPs {unit} (left) and inference latency (right); colour = policy, marker = block size, number = target fraction of selected "
             f"blocks, black star = every block (the dense network), dotted = trivial baselines "
             f"({', '.join(refs.index) or 'none recorded'}); mean ± standard deviation over seeds."
         )
