@@ -55,10 +55,17 @@ def _safe(fn, default=None):
         return default
 
 
-def _pac_cpu_kernels() -> str:
-    from adaptconv.ops import cpu_pac
+def _cpu_kernels() -> dict[str, str]:
+    """Each family of compiled CPU kernels: "on", "off" or "unavailable" (and why)."""
+    from adaptconv.ops import cpu_acda, cpu_dynfilter, cpu_pac, cpu_paka, deform_cpu
 
-    return cpu_pac.status()
+    return {
+        "pac": cpu_pac.status(),
+        "paka": cpu_paka.status(),
+        "acda": cpu_acda.status(),
+        "dynamic_filter": cpu_dynfilter.status(),
+        "deform": deform_cpu.status(),
+    }
 
 
 def backend_flags() -> dict[str, Any]:
@@ -77,9 +84,11 @@ def backend_flags() -> dict[str, Any]:
         "tf32_cudnn": _safe(lambda: bool(torch.backends.cudnn.allow_tf32)),
         "float32_matmul_precision": _safe(torch.get_float32_matmul_precision),
         "deterministic_algorithms": _safe(torch.are_deterministic_algorithms_enabled),
-        # PAC on the CPU runs compiled kernels when they could be built, else the slower PyTorch path
-        "pac_cpu_kernels": _safe(_pac_cpu_kernels),
+        # on the CPU, the pixel-adaptive and deformable operators run compiled kernels when they could be
+        # built, else the slower PyTorch path (pac_cpu_kernels: kept for the records and tables before)
+        "cpu_kernels": _safe(_cpu_kernels, {}),
     }
+    flags["pac_cpu_kernels"] = (flags["cpu_kernels"] or {}).get("pac")
     fp32 = {}
     for key, getter in (
         ("generic", lambda: torch.backends.fp32_precision),

@@ -727,6 +727,7 @@ def environment_table(layout: Layout) -> pd.DataFrame:
             "env.git_dirty",
             "env.precision",
             "env.pac_cpu_kernels",
+            "env.cpu_kernels",
         ),
         short_commit=True,
     )

@@ -236,7 +236,18 @@ def _environment(env: dict) -> dict[str, Any]:
         "env.timestamp": env.get("timestamp_utc"),
         # "on" / "off" / "unavailable": whether PAC on the CPU runs its compiled kernels (cpu_pac)
         "env.pac_cpu_kernels": (str((env.get("backends") or {}).get("pac_cpu_kernels") or "").split(" (")[0] or None),
+        "env.cpu_kernels": _cpu_kernels((env.get("backends") or {}).get("cpu_kernels")),
     }
+
+
+def _cpu_kernels(statuses: Any) -> str | None:
+    """The compiled CPU kernels in a few words: "on" when every family ran them, else which did not."""
+    if not isinstance(statuses, dict) or not statuses:
+        return None  # records from before the other families had kernels (see env.pac_cpu_kernels)
+    short = {name: str(v).split(" (")[0] for name, v in statuses.items()}
+    if all(v == "on" for v in short.values()):
+        return "on"
+    return ", ".join(f"{name} {v}" for name, v in short.items())
 
 
 def record_rows(tid: str, record: dict) -> tuple[dict[str, Any], list[dict], tuple[list, list, list]]:
