@@ -253,11 +253,15 @@ def build_layout(col: Collection) -> Layout:
     ]
     keys = [c for c in col.config_columns if c not in NOT_A_FACTOR]
     section_context = {}
+    section_variants: dict[str, list[str]] = {}
     label_keys: dict[tuple, list[str]] = {}  # (section, op) → the operator keys that tell its rows apart
     if len(trials):
         trials["section"] = trials.apply(_section, axis=1, keys=section_keys)
         for section, rows in trials.groupby("section", sort=True):
             section_context[section] = [k for k in context if rows[k].map(repr).nunique() > 1]
+            # a network variant key makes variants only where it varies: a setting every row of the
+            # section shares (spatial_segmentation's fixed decoder) is not a variant of anything
+            section_variants[section] = [k for k in variant_factors if rows[k].map(repr).nunique() > 1]
         for (section, op), rows in trials.groupby(["section", "op"], sort=True):
             label_keys[(section, op)] = [k for k in op_keys if rows[k].map(repr).nunique() > 1]
     op_factors = [k for k in op_keys if any(k in ks for ks in label_keys.values())]
@@ -276,10 +280,12 @@ def build_layout(col: Collection) -> Layout:
         df["variant"] = (
             df[BASELINE_COLUMN]
             if baseline
-            else df.apply(_variant, axis=1, op_factors=label_keys, variant_factors=variant_factors)
+            else df.apply(lambda r: _variant(r, label_keys, section_variants.get(r["section"], [])), axis=1)
         )
         df["base_label"] = df["variant"] if baseline else df.apply(_variant, axis=1, op_factors=label_keys)
-        df["kind"] = TRIVIAL if baseline else df.apply(_kind, axis=1, variant_factors=variant_factors)
+        df["kind"] = (
+            TRIVIAL if baseline else df.apply(lambda r: _kind(r, section_variants.get(r["section"], [])), axis=1)
+        )
         df["group"] = df.apply(group, axis=1)
         df["row_key"] = _row_keys(df, keys + ([BASELINE_COLUMN] if baseline else []))
         return df
