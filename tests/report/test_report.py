@@ -18,6 +18,7 @@ from PIL import Image
 from adaptconv.cli import main
 from adaptconv.report import build_report, compare
 from adaptconv.report.figures import pareto_front
+from adaptconv.report.tables import build_layout
 from adaptconv.results.collect import collect
 
 SECTION = "upsampling-middlebury-jointnet"
@@ -536,3 +537,23 @@ def test_contended_latencies_are_marked_warned_about_and_left_out_of_compare(tmp
     # a clean report says nothing of the kind
     build_report(clean, tmp_path / "clean")
     assert "read with care" not in (tmp_path / "clean" / "README.md").read_text()
+
+
+def test_a_variant_key_constant_in_a_section_makes_no_variants_there(tmp_path):
+    text = (
+        "name: fixture\ndescription: x\n"
+        "base: {task: upsampling, steps: 20, task_options: {scale: 4}}\n"
+        "seeds: [0, 1, 2]\n"
+        "blocks:\n"
+        "  - {name: fixed, base: {dataset: middlebury, task_options: {upsampler: carafe}}, product: {op: [conv, pac]}}\n"
+        "  - {name: swept, base: {dataset: synthetic, op: conv}, product: {task_options.upsampler: [bilinear, carafe]}}\n"
+    )
+    suite, store = write_fixture(tmp_path, text=text)
+    layout = build_layout(collect(store, suite))
+    rows = layout.agg.set_index(["section", "variant"])["kind"]
+    fixed = [s for s in layout.sections if "middlebury" in s][0]
+    swept = [s for s in layout.sections if "synthetic" in s][0]
+    # every middlebury row shares upsampler=carafe: plain operators, compared with conv
+    assert rows[fixed].to_dict() == {"conv": "operator", "pac": "operator"}
+    # where it varies, the carafe row is a network variant of the same network
+    assert rows[swept].to_dict() == {"conv": "operator", "conv (upsampler=carafe)": "network variant"}
