@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from adaptconv.measure.memory import measure_peak_memory
-from adaptconv.ops import config, cpu_acda, cpu_pac, cpu_paka, deform_cpu
+from adaptconv.ops import config, cpu_acda, cpu_deform, cpu_pac, cpu_paka
 from adaptconv.ops.acda import AcdaConv2d
 from adaptconv.ops.dfn import DfnConv2d
 from adaptconv.ops.pac import PacConv2d
@@ -82,7 +82,7 @@ def environment() -> dict:
         pac_cpu_kernels=cpu_pac.status(),
         paka_cpu_kernels=cpu_paka.status(),
         acda_cpu_kernels=cpu_acda.status(),
-        deform_cpu_kernels=deform_cpu.status(),
+        deform_cpu_kernels=cpu_deform.status(),
     )
 
 

@@ -5,9 +5,9 @@ zero initialisation, so the offsets are about a pixel and the mask varies):
 
 - ``conv``: ``nn.Conv2d`` with the same geometry (the baseline);
 - ``deform`` / ``mdeform``: the operators as they run by default (on the CPU, the compiled kernels of
-  ``adaptconv.ops.deform_cpu``);
+  ``adaptconv.ops.cpu_deform``);
 - ``deform-torchvision`` / ``mdeform-torchvision``: the same operators with those kernels off
-  (``deform_cpu.disabled()``), i.e. calling ``torchvision.ops.deform_conv2d`` as before — the
+  (``cpu_deform.disabled()``), i.e. calling ``torchvision.ops.deform_conv2d`` as before — the
   reference. On CUDA both run torchvision's kernel, so these cases are left out there.
 
 Configurations: the issue's target (B=8, 64→64, 56×56, k=3) and batch 1 at 16 channels, 32/64/128 px;
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import common  # noqa: E402
 
-from adaptconv.ops import deform_cpu  # noqa: E402
+from adaptconv.ops import cpu_deform  # noqa: E402
 from adaptconv.ops.deform import DeformConv2d, ModulatedDeformConv2d  # noqa: E402
 
 pytestmark = pytest.mark.benchmark
@@ -77,7 +77,7 @@ def build(case: str, phase: str, batch: int, channels: int, size: int):
             p.add_(0.05 * torch.randn(p.shape, generator=gen).to(p))
     x = torch.randn(batch, channels, size, size, generator=gen).to(dev)
     grad_out = torch.randn(batch, channels, size, size, generator=gen).to(dev)
-    kernels = deform_cpu.disabled if case.endswith("-torchvision") else contextlib.nullcontext
+    kernels = cpu_deform.disabled if case.endswith("-torchvision") else contextlib.nullcontext
 
     if phase == "forward":
 
@@ -124,7 +124,7 @@ def test_latency(benchmark, case, config, phase):
         case=case,
         phase=phase,
         kernel=KERNEL,
-        deform_cpu_kernels=deform_cpu.status(),
+        deform_cpu_kernels=cpu_deform.status(),
         peak_bytes=peak,
         peak_mib=round(peak / 2**20, 2),
         **CONFIGS[config],
@@ -169,7 +169,7 @@ def table(rows: list[dict], repeats: int) -> str:
     env = common.environment()
     lines = [
         f"\ndeformable convolution, k={KERNEL}, float32, {env['threads']} threads, device {env['device']}, "
-        f"deform CPU kernels {deform_cpu.status().split(' (')[0]}, medians of {repeats} interleaved rounds",
+        f"deform CPU kernels {cpu_deform.status().split(' (')[0]}, medians of {repeats} interleaved rounds",
         "| config | phase | case | median ms | IQR% | ×conv | tv/ours | peak MiB | mem ×conv |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]

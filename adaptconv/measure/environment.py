@@ -57,14 +57,14 @@ def _safe(fn, default=None):
 
 def _cpu_kernels() -> dict[str, str]:
     """Each family of compiled CPU kernels: "on", "off" or "unavailable" (and why)."""
-    from adaptconv.ops import cpu_acda, cpu_dynfilter, cpu_pac, cpu_paka, deform_cpu
+    from adaptconv.ops import cpu_acda, cpu_deform, cpu_dynfilter, cpu_pac, cpu_paka
 
     return {
         "pac": cpu_pac.status(),
         "paka": cpu_paka.status(),
         "acda": cpu_acda.status(),
         "dynamic_filter": cpu_dynfilter.status(),
-        "deform": deform_cpu.status(),
+        "deform": cpu_deform.status(),
     }
 
 

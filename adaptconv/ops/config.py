@@ -13,7 +13,7 @@ Plain module-level settings, read at call time (``config.implementation``, …),
 - ``cpu_kernels``: whether the operators may run their compiled CPU kernels on CPU tensors (built by
   :mod:`adaptconv.ops.cpu_build`: PAC's :mod:`~adaptconv.ops.cpu_pac`, PAKA's :mod:`~adaptconv.ops.cpu_paka`,
   ACDA's :mod:`~adaptconv.ops.cpu_acda`, the dynamic filtering of DFN/DDF/CARAFE/PAC-CRF
-  :mod:`~adaptconv.ops.cpu_dynfilter`, deformable convolution's :mod:`~adaptconv.ops.deform_cpu`); off,
+  :mod:`~adaptconv.ops.cpu_dynfilter`, deformable convolution's :mod:`~adaptconv.ops.cpu_deform`); off,
   the PyTorch (or torchvision) paths run. ``ADAPTCONV_CPU_KERNELS=0`` sets the default to off.
 
     with config.override(implementation="unfold", chunk_elements=4096):

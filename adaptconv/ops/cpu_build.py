@@ -1,5 +1,5 @@
 """Building and loading the compiled CPU kernels (``csrc/*.cpp``), shared by every module that has some
-(:mod:`adaptconv.ops.cpu_pac`, :mod:`adaptconv.ops.deform_cpu`, :mod:`adaptconv.ops.cpu_paka`,
+(:mod:`adaptconv.ops.cpu_pac`, :mod:`adaptconv.ops.cpu_deform`, :mod:`adaptconv.ops.cpu_paka`,
 :mod:`adaptconv.ops.cpu_acda`).
 
 A :class:`Kernels` names one source file. On first use it is compiled with the system C++ compiler

@@ -10,7 +10,7 @@ self-guided) with the operator's kernel size, stride, padding and dilation, so i
 output; it is zero-initialised, so a fresh layer samples the regular grid. With ``offset_groups=G``
 the input channels are split into G contiguous groups, each with its own offsets (and mask).
 
-The sampling is :mod:`adaptconv.ops.deform_cpu`'s compiled kernels for float32/float64 CPU tensors
+The sampling is :mod:`adaptconv.ops.cpu_deform`'s compiled kernels for float32/float64 CPU tensors
 (bilinear sampling into tiles, MKL GEMMs; a training step about 15-20× faster than torchvision's CPU
 kernel, equal to it in float64), and ``torchvision.ops.deform_conv2d`` everywhere else (CUDA, float16,
 or with the CPU kernels off). The offset layout is torchvision's, interleaved per tap,
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torchvision.ops import deform_conv2d as _tv_deform_conv2d
 
-from . import deform_cpu
+from . import cpu_deform
 from .base import AdaptiveConv2d, ConvWeightMixin
 from .registry import register_op
 from .taps import conv_output_size, pair
@@ -81,10 +81,10 @@ def _deform(x, offset, weight, bias, stride, padding, dilation, mask, fname):
 
 
 def _kernel(x, offset, weight, bias, stride, padding, dilation, mask):
-    """The sampling kernel: the compiled CPU one (float32/float64 CPU tensors, :mod:`.deform_cpu`),
+    """The sampling kernel: the compiled CPU one (float32/float64 CPU tensors, :mod:`.cpu_deform`),
     else torchvision's (CUDA, other dtypes, or the CPU kernels off)."""
-    if deform_cpu.usable(x, offset, weight, bias, mask):
-        return deform_cpu.deform_conv2d(x, offset, weight, bias, pair(stride), pair(padding), pair(dilation), mask)
+    if cpu_deform.usable(x, offset, weight, bias, mask):
+        return cpu_deform.deform_conv2d(x, offset, weight, bias, pair(stride), pair(padding), pair(dilation), mask)
     return _tv_deform_conv2d(x, offset, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask)
 
 

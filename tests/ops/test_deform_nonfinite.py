@@ -4,8 +4,8 @@ torchvision's CPU kernel turns each offset into an integer pixel index; a NaN on
 behaviour and segfaults at random (issue 14: ``x[0,0,3,3] = nan`` killed the process, exit 139). The
 operators sample non-finite offsets as 0 and make the output pixels that had one NaN, as
 ``nn.Conv2d`` would. That holds for whichever kernel runs (the compiled CPU one of
-:mod:`adaptconv.ops.deform_cpu` or torchvision's): both are checked. The compiled kernel is itself
-safe with non-finite offsets (``tests/ops/test_deform_cpu.py``), but the contract is the operators'.
+:mod:`adaptconv.ops.cpu_deform` or torchvision's): both are checked. The compiled kernel is itself
+safe with non-finite offsets (``tests/ops/test_cpu_deform.py``), but the contract is the operators'.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from adaptconv.ops import config, create_op, deform_cpu
+from adaptconv.ops import config, cpu_deform, create_op
 from adaptconv.ops import deform as deform_module
 
 
@@ -26,12 +26,12 @@ def checked_kernel(request, monkeypatch):
     non-finite offset."""
     calls = []
     compiled = request.param == "compiled"
-    if compiled and not deform_cpu.available():
-        pytest.skip(f"deformable CPU kernels: {deform_cpu.status()}")
+    if compiled and not cpu_deform.available():
+        pytest.skip(f"deformable CPU kernels: {cpu_deform.status()}")
     if not compiled:
         monkeypatch.setattr(config, "cpu_kernels", False)
     name = "deform_conv2d" if compiled else "_tv_deform_conv2d"
-    owner = deform_cpu if compiled else deform_module
+    owner = cpu_deform if compiled else deform_module
     real = getattr(owner, name)
 
     def kernel(x, offset, *args, **kwargs):
@@ -116,8 +116,8 @@ def test_a_diverging_deform_trial_is_recorded_as_diverged():
 def test_huge_finite_offsets_are_not_taken_for_non_finite():
     """The fast check sums the offsets; a finite sum overflowing to inf must not NaN any pixel.
     (Compiled kernel only: torchvision's turns a 3e38 offset into an out-of-range integer.)"""
-    if not deform_cpu.available():
-        pytest.skip(f"deformable CPU kernels: {deform_cpu.status()}")
+    if not cpu_deform.available():
+        pytest.skip(f"deformable CPU kernels: {cpu_deform.status()}")
     x = torch.randn(1, 2, 6, 6)
     w = torch.randn(3, 2, 3, 3)
     offset = torch.zeros(1, 18, 6, 6)

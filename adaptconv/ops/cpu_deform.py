@@ -18,7 +18,7 @@ Nothing of size k²·C per pixel outlives a tile (about :data:`TILE_BYTES`), so 
 channels-last copy of x (kept for the backward) and the tile buffers.
 
 The arithmetic is torchvision's: the same sampling points, the four corners each read only inside
-the image, the same gradients (``tests/ops/test_deform_cpu.py`` compares them in float64). A point
+the image, the same gradients (``tests/ops/test_cpu_deform.py`` compares them in float64). A point
 with no corner in the image (a NaN or infinite offset included) reads 0 and gets no gradient.
 
 The library is compiled on first use by :mod:`adaptconv.ops.cpu_build`, like every compiled CPU kernel
@@ -44,11 +44,11 @@ __all__ = ["available", "usable", "disabled", "status", "deform_conv2d", "TILE_B
 ABI = 2
 #: Bytes of one tile's column buffer (pixels × k²·C); the backward holds two. Half the last-level
 #: cache share of a core keeps a tile and its GEMM operands in cache (see the benchmark's notes).
-TILE_BYTES = [1 << 20]
+TILE_BYTES = 1 << 20
 #: Most bytes of the per-thread ∂x planes (one sample each, for every thread but the first) that let
 #: the backward split a tile's pixels between threads; above it they split the channels instead, which
 #: repeats the per-tap set-up in every thread and scales worse.
-PRIVATE_BYTES = [64 << 20]
+PRIVATE_BYTES = 64 << 20
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -75,7 +75,7 @@ def disabled():
 
 def _tiles(pixels: int, row_elems: int, itemsize: int) -> list[tuple[int, int]]:
     """(p0, n) blocks of one sample's output pixels, balanced, each about TILE_BYTES of columns."""
-    most = max(1, TILE_BYTES[0] // max(1, row_elems * itemsize))
+    most = max(1, TILE_BYTES // max(1, row_elems * itemsize))
     count = math.ceil(pixels / most)
     size = math.ceil(pixels / count)
     return [(p0, min(size, pixels - p0)) for p0 in range(0, pixels, size)]
@@ -167,7 +167,7 @@ class _DeformConv(torch.autograd.Function):
         nt = torch.get_num_threads()
         plane = geo.h * geo.w * geo.c
         priv = None
-        if need_x and nt > 1 and (nt - 1) * plane * xh.element_size() <= PRIVATE_BYTES[0]:
+        if need_x and nt > 1 and (nt - 1) * plane * xh.element_size() <= PRIVATE_BYTES:
             priv = xh.new_zeros(nt - 1, plane)
         for b in range(geo.b):
             mb = None if mask is None else mask[b]

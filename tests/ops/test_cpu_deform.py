@@ -1,4 +1,4 @@
-"""The compiled CPU kernels of deformable convolution v1/v2 (``adaptconv.ops.deform_cpu``).
+"""The compiled CPU kernels of deformable convolution v1/v2 (``adaptconv.ops.cpu_deform``).
 
 Reference: ``torchvision.ops.deform_conv2d`` (a maintained kernel, and what runs on CUDA), compared in
 float64 for the output and every gradient (input, offsets, mask, weight, bias) over the geometries
@@ -16,11 +16,11 @@ import pytest
 import torch
 from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
+from adaptconv.ops import cpu_deform
 from adaptconv.ops import deform as deform_module
-from adaptconv.ops import deform_cpu
 from adaptconv.ops.deform import DeformConv2d, ModulatedDeformConv2d
 
-pytestmark = pytest.mark.skipif(not deform_cpu.available(), reason=f"deform CPU kernels: {deform_cpu.status()}")
+pytestmark = pytest.mark.skipif(not cpu_deform.available(), reason=f"deform CPU kernels: {cpu_deform.status()}")
 
 
 def out_size(n, k, s, p, d):
@@ -70,7 +70,7 @@ def forward_backward(fn, x, offset, mask, weight, bias, stride, padding, dilatio
 
 
 def ours(x, offset, weight, bias, stride, padding, dilation, mask):
-    return deform_cpu.deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)
+    return cpu_deform.deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)
 
 
 def assert_same(got, ref, atol, rtol, what):
@@ -84,9 +84,9 @@ def assert_same(got, ref, atol, rtol, what):
 @pytest.fixture
 def tiny_tiles(monkeypatch):
     """Tiles of a few pixels, so every sample is split into several (uneven) tiles."""
-    monkeypatch.setattr(deform_cpu, "TILE_BYTES", [1])
+    monkeypatch.setattr(cpu_deform, "TILE_BYTES", 1)
     monkeypatch.setattr(
-        deform_cpu, "_tiles", lambda pixels, row, size: [(p0, min(7, pixels - p0)) for p0 in range(0, pixels, 7)]
+        cpu_deform, "_tiles", lambda pixels, row, size: [(p0, min(7, pixels - p0)) for p0 in range(0, pixels, 7)]
     )
 
 
@@ -122,7 +122,7 @@ def test_tiles_and_thread_splits(tiny_tiles, monkeypatch, threads, split, masked
     channels (no room for those planes), with channel counts whose thread blocks (whole cache lines,
     8 float64) cut through conv groups and offset groups."""
     if split == "channels":
-        monkeypatch.setattr(deform_cpu, "PRIVATE_BYTES", [0])
+        monkeypatch.setattr(cpu_deform, "PRIVATE_BYTES", 0)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -140,7 +140,7 @@ def test_equals_torchvision_float32(masked):
     """float32 at a realistic layer (64 channels, several tiles per sample at the default tile size)."""
     args = make(2, 64, 40, 40, 32, (3, 3), (1, 1), (1, 1), (1, 1), 1, 1, masked, dtype=torch.float32)
     geometry = ((1, 1), (1, 1), (1, 1))
-    assert len(deform_cpu._tiles(40 * 40, 9 * 64, 4)) > 1
+    assert len(cpu_deform._tiles(40 * 40, 9 * 64, 4)) > 1
     ref = forward_backward(tv_deform_conv2d, *args, *geometry)
     got = forward_backward(ours, *args, *geometry)
     for name, g, r in zip(["output", "∂x", "∂offset", "∂mask", "∂weight", "∂bias"], got, ref):
@@ -175,7 +175,7 @@ def test_gradcheck(stride, padding, dilation, groups, ogroups, masked):
     inputs = [t.requires_grad_() for t in (x, offset, weight, bias) + ((mask,) if masked else ())]
 
     def f(x, offset, weight, bias, mask=None):
-        return deform_cpu.deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)
+        return cpu_deform.deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)
 
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
 
@@ -251,7 +251,7 @@ def test_operators_run_the_compiled_kernel(monkeypatch, cls, dtype):
         op.offset_conv.weight.normal_(0, 0.3)
         op.offset_conv.bias.uniform_(-1, 1)
     x = torch.randn(2, 4, 9, 8, dtype=dtype, requires_grad=True)
-    with deform_cpu.disabled():
+    with cpu_deform.disabled():
         ref = op(x)
         gref = torch.autograd.grad(ref.square().sum(), [x, *op.parameters()])
     _forbid_torchvision(monkeypatch)
@@ -273,17 +273,17 @@ def test_other_dtypes_and_disabled_use_torchvision(monkeypatch):
     assert not calls
     op.half()(x.half())
     assert len(calls) == 1
-    with deform_cpu.disabled():
+    with cpu_deform.disabled():
         op.float()(x)
     assert len(calls) == 2
-    with deform_cpu.disabled():
-        assert deform_cpu.status().startswith("off")
-    assert deform_cpu.status().startswith("on")
+    with cpu_deform.disabled():
+        assert cpu_deform.status().startswith("off")
+    assert cpu_deform.status().startswith("on")
 
 
 def test_tiles_cover_every_pixel_once():
     for pixels, row, size in itertools.product((1, 7, 3136, 16384), (9, 576, 4608), (4, 8)):
-        tiles = deform_cpu._tiles(pixels, row, size)
+        tiles = cpu_deform._tiles(pixels, row, size)
         assert tiles[0][0] == 0 and sum(n for _, n in tiles) == pixels
         assert all(p0 + n == q0 for (p0, n), (q0, _) in zip(tiles, tiles[1:]))
-        assert max(n for _, n in tiles) * row * size <= max(deform_cpu.TILE_BYTES[0], row * size)
+        assert max(n for _, n in tiles) * row * size <= max(cpu_deform.TILE_BYTES, row * size)
