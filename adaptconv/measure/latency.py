@@ -285,6 +285,12 @@ def measure_latency(
         if threads is not None:
             torch.set_num_threads(threads)
         with device_ctx:
+            # on CUDA one host thread launches the work: it is the one other processes can slow down
+            host_threads = 1 if cuda else torch.get_num_threads()
+            waited = 0.0
+            if check_host and quiet_wait_s > 0:
+                # before the warm-up: the wait sleeps, and the intra-op threads park while it does
+                waited, _ = contention.wait_for_quiet(host_threads, quiet_wait_s)
             for _ in range(warmup):
                 fn()
             if cuda:
@@ -294,12 +300,7 @@ def measure_latency(
             calibration = 0
             if block is None:
                 block, calibration = _calibrate(timer, fn, target)
-            # on CUDA one host thread launches the work: it is the one other processes can slow down
-            host_threads = 1 if cuda else torch.get_num_threads()
             if check_host:
-                waited = 0.0
-                if quiet_wait_s > 0:
-                    waited, _ = contention.wait_for_quiet(host_threads, quiet_wait_s)
                 reference = contention.calibrate(device, torch.get_num_threads())
                 load_before = contention.load_average()
                 monitor = contention.LoadMonitor().start()

@@ -66,7 +66,7 @@ def test_crowded_counts_only_the_cores_the_timing_needs(monkeypatch):
     assert crowded(LoadWindow(1.0, 2.0, 0.0), threads=2) == []
     assert crowded(LoadWindow(1.0, 2.0 + contention.CORE_MARGIN + 0.05, 0.0), threads=2)
     # every core timed: any sustained use by others is interference
-    assert crowded(LoadWindow(1.0, 0.5, 0.0), threads=4)
+    assert crowded(LoadWindow(1.0, 0.8, 0.0), threads=4)
     # steal
     assert "steal" in crowded(LoadWindow(1.0, 0.0, 0.2), threads=1)[0]
     # nothing readable (not Linux): nothing claimed
