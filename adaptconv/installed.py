@@ -25,7 +25,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 
 
 def cache_root() -> Path:
-    """``$ADAPTCONV_CACHE``'s folder (where the suite cache lives), else ``$XDG_CACHE_HOME/adaptconv``."""
+    """The cache folder of the suites and of this description: ``$ADAPTCONV_CACHE``, else
+    ``$XDG_CACHE_HOME/adaptconv/suites`` (``~/.cache/...``); :mod:`adaptconv.sweep.cache` uses it too."""
     if os.environ.get("ADAPTCONV_CACHE"):
         return Path(os.environ["ADAPTCONV_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

@@ -371,6 +371,10 @@ def _reference_caption(names: list[str]) -> str:
 # ---- metric vs latency, with the Pareto front -----------------------------------------------------
 
 
+#: what a hollow marker means, in every figure that draws one
+HOLLOW_NOTE = " Hollow: a latency timed while other processes competed for the CPU, or noisy."
+
+
 def _doubtful(row: pd.Series, phase: str) -> bool:
     """Whether a row's latency of ``phase`` was contended or noisy (for any seed)."""
     return raised(row.get(f"{phase}_contended")) or raised(row.get(f"{phase}_noisy"))
@@ -430,7 +434,7 @@ def pareto_figures(layout: Layout, folder: Path) -> list[Figure]:
         # content-sized: a group of one or two points needs less room than a cloud of thirteen
         widths = {gr: 1.8 + 0.1 * min(int((agg["group"] == gr).sum()), 10) for gr in groups}
         hollow = (
-            " Hollow: a latency timed while other processes competed for the CPU, or noisy (‡/† in the table)."
+            f"{HOLLOW_NOTE[:-1]} (‡/† in the table)."
             if agg.apply(lambda r: _doubtful(r, "inference"), axis=1).any()
             else ""
         )
@@ -525,12 +529,7 @@ def scaling_figures(layout: Layout, folder: Path) -> list[Figure]:
                 Figure(
                     _save(fig, folder, name),
                     f"{section}{' (' + where + ')' if where else ''}: latency and peak memory against input "
-                    f"resolution, median over seeds (memory: {method or 'n/a'})."
-                    + (
-                        " Hollow: a latency timed while other processes competed for the CPU, or noisy."
-                        if hollow
-                        else ""
-                    ),
+                    f"resolution, median over seeds (memory: {method or 'n/a'})." + (HOLLOW_NOTE if hollow else ""),
                     "scaling",
                     legend,
                     section,
@@ -695,8 +694,7 @@ def ablation_figures(layout: Layout, folder: Path) -> list[Figure]:
             Figure(
                 _save(fig, folder, f"ablation-{slug(key)}"),
                 f"Ablation over {key}: headline metric and inference latency, mean ± 95% CI over seeds"
-                f"{held}.{left_note}{_reference_caption(sorted(drawn))}"
-                + (" Hollow: a latency timed while other processes competed for the CPU, or noisy." if hollow else ""),
+                f"{held}.{left_note}{_reference_caption(sorted(drawn))}" + (HOLLOW_NOTE if hollow else ""),
                 "ablation",
                 legend,
                 baselines=sorted(drawn),

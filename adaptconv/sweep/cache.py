@@ -15,9 +15,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from ..installed import cache_root as cache_dir
 from ..installed import environment_fingerprint
 from .suite import Block, Resources, Suite, SuiteSpec, Trial, load_suite, resolve_suite_path
 
@@ -25,13 +25,6 @@ from .suite import Block, Resources, Suite, SuiteSpec, Trial, load_suite, resolv
 FORMAT = 1
 #: cache entries kept (the most recently written)
 KEEP = 64
-
-
-def cache_dir() -> Path:
-    if os.environ.get("ADAPTCONV_CACHE"):
-        return Path(os.environ["ADAPTCONV_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "adaptconv" / "suites"
 
 
 def _key(text: bytes, check_registry: bool) -> str:
