@@ -76,7 +76,10 @@ BUILTIN_DATASETS: dict[str, str] = {
     "imagefolder": "adaptconv.data.specs:IMAGEFOLDER",
     "nyu_depth_v2": "adaptconv.data.specs:NYU_DEPTH_V2",
     "voc2012": "adaptconv.data.specs:VOC2012",
+    "cityscapes": "adaptconv.data.specs:CITYSCAPES",
     "image_folder_denoise": "adaptconv.data.specs:IMAGE_FOLDER_DENOISE",
+    "synthetic_video": "adaptconv.data.specs:SYNTHETIC_VIDEO",
+    "frames": "adaptconv.data.specs:FRAMES",
 }
 
 OPS_GROUP = "adaptconv.ops"

@@ -1,6 +1,6 @@
-"""The data layer: built-in real data (shipped in scikit-learn / scikit-image), synthetic scenes, and
-loaders for real data sets on disk. It knows nothing of tasks' models, heads or metrics; the task
-modules build on the sample formats described in :mod:`adaptconv.data.base`.
+"""The data layer: built-in real data (shipped in scikit-learn / scikit-image), synthetic scenes and
+videos, and loaders for real data sets on disk. It knows nothing of tasks' models, heads or metrics;
+the task modules build on the sample formats described in :mod:`adaptconv.data.base`.
 
 ``DATASETS`` maps each name to a :class:`DatasetSpec` (the built-ins of :mod:`adaptconv.data.specs`,
 listed in :data:`adaptconv.plugins.BUILTIN_DATASETS`, and those of plugin packages' ``adaptconv.datasets``
@@ -34,9 +34,12 @@ from .builtin import (
 from .real import (
     CIFAR10,
     CIFAR100,
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_LABELS,
     IMAGE_EXTENSIONS,
     NYU_EIGEN_CROP,
     VOC_CLASSES,
+    CityscapesSegmentation,
     ImageFolderClassification,
     ImageFolderDenoise,
     NYUDepthV2,
@@ -44,6 +47,7 @@ from .real import (
 )
 from .specs import DatasetSpec
 from .synthetic import SHAPES, TEXTURES, SceneConfig, SyntheticScenes, render_scenes
+from .video import VIDEO_CLASSES, FrameFolder, SyntheticVideo, VideoDataset, VideoFrames, synthetic_video
 
 __all__ = [
     "TASKS",
@@ -81,8 +85,18 @@ __all__ = [
     "NYU_EIGEN_CROP",
     "VOCSegmentation",
     "VOC_CLASSES",
+    "CityscapesSegmentation",
+    "CITYSCAPES_LABELS",
+    "CITYSCAPES_CLASSES",
     "ImageFolderDenoise",
     "IMAGE_EXTENSIONS",
+    # video
+    "VideoDataset",
+    "SyntheticVideo",
+    "synthetic_video",
+    "FrameFolder",
+    "VideoFrames",
+    "VIDEO_CLASSES",
 ]
 
 

@@ -10,6 +10,9 @@ Sample formats (the contract the task modules rely on; every image is float32 in
   at the high (ground-truth) resolution; attribute ``depth_unit``. ``depth`` is 0 wherever ``valid``
   is False, so arithmetic on it never meets NaN or inf.
 - denoising: ``{"clean": C×H×W}``; attribute ``in_channels``.
+- video (the ``spatial_video`` task's data, :mod:`adaptconv.data.video`; not one of :data:`TASKS`, which
+  the synthetic scenes serve): ``{"frames": T×3×H×W, "masks": T×H×W int64 (255 = ignore)}``, one
+  frame at a time through ``frame(i, t)``; attributes ``num_classes``, ``ignore_index``.
 
 Every dataset has a ``name`` attribute and a ``describe()`` method returning a short string.
 """

@@ -18,11 +18,14 @@ loader              what must be on disk
 ``VOCSegmentation`` ``<root>/VOCdevkit/VOC2012/{JPEGImages/<id>.jpg, SegmentationClass/<id>.png,
                     ImageSets/Segmentation/<split>.txt}``; ``root`` may also be ``VOCdevkit`` or
                     ``VOC2012`` itself.
+``CityscapesSegmentation``  ``<root>/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png`` and
+                    ``<root>/gtFine/<split>/<city>/<stem>_gtFine_labelIds.png``; label ids mapped
+                    to the 19 trainIds (others 255).
 ``ImageFolderDenoise``  a flat folder of ``.png .jpg .jpeg .bmp .tif .tiff`` images (BSD68, Set12,
                     Kodak24, ...), served as split ``"test"``; or ``<root>/<split>/`` folders.
 ==================  =================================================================================
 
-Where a data set has no labelled test split (VOC 2012, ImageNet), ``split="test"`` means its
+Where a data set has no labelled test split (VOC 2012, Cityscapes, ImageNet), ``split="test"`` means its
 validation split (``val``), the one papers report on.
 """
 
@@ -59,6 +62,9 @@ __all__ = [
     "NYU_EIGEN_CROP",
     "VOCSegmentation",
     "VOC_CLASSES",
+    "CityscapesSegmentation",
+    "CITYSCAPES_LABELS",
+    "CITYSCAPES_CLASSES",
     "ImageFolderDenoise",
     "IMAGE_EXTENSIONS",
 ]
@@ -584,6 +590,162 @@ class VOCSegmentation(BenchDataset):
     def _details(self) -> str:
         size = f"resized/cropped to {self.size[0]}×{self.size[1]}" if self.size else "native sizes"
         return f"21 classes, 255 = void, {size}, from {self.base}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Cityscapes (fine annotations)
+# --------------------------------------------------------------------------------------------------
+
+#: The 34 label ids of the gtFine ``*_labelIds.png`` files as cityscapesScripts' ``labels.py`` defines
+#: them: (id, name, trainId). 255 = ignored in training and evaluation. ``license plate`` (id -1) is
+#: never drawn into the label images, so it has no entry.
+CITYSCAPES_LABELS = (
+    (0, "unlabeled", 255),
+    (1, "ego vehicle", 255),
+    (2, "rectification border", 255),
+    (3, "out of roi", 255),
+    (4, "static", 255),
+    (5, "dynamic", 255),
+    (6, "ground", 255),
+    (7, "road", 0),
+    (8, "sidewalk", 1),
+    (9, "parking", 255),
+    (10, "rail track", 255),
+    (11, "building", 2),
+    (12, "wall", 3),
+    (13, "fence", 4),
+    (14, "guard rail", 255),
+    (15, "bridge", 255),
+    (16, "tunnel", 255),
+    (17, "pole", 5),
+    (18, "polegroup", 255),
+    (19, "traffic light", 6),
+    (20, "traffic sign", 7),
+    (21, "vegetation", 8),
+    (22, "terrain", 9),
+    (23, "sky", 10),
+    (24, "person", 11),
+    (25, "rider", 12),
+    (26, "car", 13),
+    (27, "truck", 14),
+    (28, "bus", 15),
+    (29, "caravan", 255),
+    (30, "trailer", 255),
+    (31, "train", 16),
+    (32, "motorcycle", 17),
+    (33, "bicycle", 18),
+)
+#: The 19 evaluated classes, in trainId order.
+CITYSCAPES_CLASSES = tuple(
+    name for _, name, train_id in sorted(CITYSCAPES_LABELS, key=lambda e: e[2]) if train_id != 255
+)
+_CITYSCAPES_IMAGE = "_leftImg8bit.png"
+_CITYSCAPES_LABEL = "_gtFine_labelIds.png"
+
+
+def _cityscapes_lut() -> np.ndarray:
+    """label id → trainId for every uint8 value; ids outside the table map to 256 (caught as errors)."""
+    lut = np.full(256, 256, dtype=np.int64)
+    for label_id, _, train_id in CITYSCAPES_LABELS:
+        lut[label_id] = train_id
+    return lut
+
+
+class CityscapesSegmentation(BenchDataset):
+    """Cityscapes semantic segmentation with the fine annotations: ``{"image": 3×H×W, "mask": H×W
+    int64}``, the 34 label ids of ``*_gtFine_labelIds.png`` mapped to the 19 trainIds of
+    :data:`CITYSCAPES_LABELS` (every other id 255 = ``ignore_index``).
+
+    Layout (``leftImg8bit_trainvaltest.zip`` and ``gtFine_trainvaltest.zip`` unpacked into one folder):
+    ``<root>/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png`` with
+    ``<root>/gtFine/<split>/<city>/<stem>_gtFine_labelIds.png``. Splits: ``train`` (2,975),
+    ``val`` (500); ``test`` means ``val`` (the test annotations are not public). ``size=None`` keeps
+    the 1024×2048 frames; an int or (h, w) resizes the shorter side and centre-crops (image
+    bilinear, mask nearest), as for VOC.
+    """
+
+    name = "cityscapes"
+    task = "segmentation"
+    class_names = CITYSCAPES_CLASSES
+    num_classes = len(CITYSCAPES_CLASSES)
+    ignore_index = IGNORE_INDEX
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None,
+        split: str = "train",
+        size: int | Sequence[int] | None = None,
+        transform: Transform | None = None,
+    ) -> None:
+        super().__init__(transform)
+        check_choice(split, ("train", "val", "test"), "split", self.name)
+        layout = (
+            f"<root>/leftImg8bit/<split>/<city>/<stem>{_CITYSCAPES_IMAGE} and "
+            f"<root>/gtFine/<split>/<city>/<stem>{_CITYSCAPES_LABEL} (leftImg8bit_trainvaltest.zip and "
+            f"gtFine_trainvaltest.zip unpacked into <root>)"
+        )
+        path = _root(root, self.name, layout)
+        file_split = "val" if split == "test" else split
+        image_dir = require_dir(path / "leftImg8bit" / file_split, self.name, layout)
+        label_dir = require_dir(path / "gtFine" / file_split, self.name, layout)
+        cities = sorted(p for p in image_dir.iterdir() if p.is_dir())
+        if not cities:
+            raise DatasetError(f"{self.name}: no city folders in {image_dir}; expected {layout}")
+        samples = []
+        for city in cities:
+            for image in sorted(city.glob(f"*{_CITYSCAPES_IMAGE}")):
+                stem = image.name[: -len(_CITYSCAPES_IMAGE)]
+                samples.append((image, label_dir / city.name / f"{stem}{_CITYSCAPES_LABEL}"))
+        if not samples:
+            raise DatasetError(f"{self.name}: no *{_CITYSCAPES_IMAGE} in {image_dir}/<city>/; expected {layout}")
+        missing = [(image, label) for image, label in samples if not label.is_file()]
+        if missing:
+            image, label = missing[0]
+            raise DatasetError(
+                f"{self.name}: {len(missing)} of the {len(samples)} images have no label file, e.g. "
+                f"{image} has no {label}; expected {layout}"
+            )
+        self.samples, self.root, self.split = samples, path, split
+        self.cities = tuple(c.name for c in cities)
+        self.size = None if size is None else as_hw(size, "size")
+        self._lut = _cityscapes_lut()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _get(self, index: int) -> dict[str, torch.Tensor]:
+        from PIL import Image
+
+        image_path, label_path = self.samples[index]
+        image = _open_image(image_path, self.name).convert("RGB")
+        label = _open_image(label_path, self.name)
+        if label.mode not in ("L", "P"):
+            raise DatasetError(
+                f"{self.name}: {label_path} is a {label.mode} image; expected an 8-bit PNG of label ids "
+                f"(0..{len(CITYSCAPES_LABELS) - 1}, the gtFine *{_CITYSCAPES_LABEL})"
+            )
+        if label.size != image.size:
+            raise DatasetError(
+                f"{self.name}: {label_path} is {label.size[1]}×{label.size[0]} but {image_path} is "
+                f"{image.size[1]}×{image.size[0]}"
+            )
+        ids = np.asarray(label, dtype=np.uint8)
+        train_ids = self._lut[ids]
+        bad = train_ids > IGNORE_INDEX  # ids outside the table (the lookup gives 256)
+        if bad.any():
+            raise DatasetError(
+                f"{self.name}: {label_path} has label ids {sorted(set(ids[bad].tolist()))[:5]} outside the "
+                f"Cityscapes table (0..{len(CITYSCAPES_LABELS) - 1})"
+            )
+        if self.size is not None:
+            image = resize_shorter_center_crop(image, self.size, Image.BILINEAR)
+            mask = resize_shorter_center_crop(Image.fromarray(train_ids.astype(np.uint8)), self.size, Image.NEAREST)
+            train_ids = np.asarray(mask)
+        return {"image": uint8_to_float(np.asarray(image)), "mask": torch.from_numpy(train_ids.astype(np.int64))}
+
+    def _details(self) -> str:
+        size = f"resized/cropped to {self.size[0]}×{self.size[1]}" if self.size else "native sizes"
+        return f"19 classes (trainIds), 255 = ignore, {len(self.cities)} cities, {size}, from {self.root}"
 
 
 # --------------------------------------------------------------------------------------------------

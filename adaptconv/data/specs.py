@@ -23,12 +23,14 @@ from .real import (
     CIFAR100 as _CIFAR100,
 )
 from .real import (
+    CityscapesSegmentation,
     ImageFolderClassification,
     ImageFolderDenoise,
     NYUDepthV2,
     VOCSegmentation,
 )
 from .synthetic import SyntheticScenes
+from .video import FrameFolder, synthetic_video
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +190,36 @@ VOC2012 = DatasetSpec(
     ("train", "val", "trainval", "test"),
     "PASCAL VOC 2012 at <root>/VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets/"
     "Segmentation}; 21 classes, 255 = void; 'test' = val",
+)
+
+CITYSCAPES = DatasetSpec(
+    "cityscapes",
+    ("segmentation",),
+    False,
+    CityscapesSegmentation,
+    ("train", "val", "test"),
+    "Cityscapes fine annotations at <root>/leftImg8bit/<split>/<city>/*_leftImg8bit.png with "
+    "<root>/gtFine/<split>/<city>/*_gtFine_labelIds.png; 34 label ids → 19 trainIds, 255 = ignore; 'test' = val",
+)
+
+SYNTHETIC_VIDEO = DatasetSpec(
+    "synthetic_video",
+    ("video",),
+    True,
+    synthetic_video,
+    ("train", "test", "val"),
+    "seeded videos of moving textured discs, squares and triangles over a static textured background, "
+    "with per-frame labels (4 classes); n defaults to 48 train / 8 test (generated, built in)",
+)
+
+FRAMES = DatasetSpec(
+    "frames",
+    ("video",),
+    False,
+    FrameFolder,
+    ("test",),
+    "one video as a folder of frames <root>/frames/*.png|jpg (name order, one size), optional labels "
+    "<root>/masks/<frame stem>.png (class indices, 255 = ignore); spatial_video trains on the same labelled frames",
 )
 
 IMAGE_FOLDER_DENOISE = DatasetSpec(

@@ -1,8 +1,10 @@
 """Video for the block-reuse task: built-in synthetic video with labels, and a folder of frames on disk.
 
 Sample format (``task = "video"``): ``{"frames": T×3×H×W float32 in [0, 1], "masks": T×H×W int64}``
-(masks of 255 = unlabelled where a folder has none). :class:`VideoFrames` flattens videos into
-single frames (``{"image", "mask"}``, the segmentation format) to train the image network.
+(masks of 255 = unlabelled where a folder has none). Every video data set is a :class:`VideoDataset`:
+besides whole videos it gives ``num_frames(i)`` and one frame at a time (``frame(i, t)``, the
+segmentation format ``{"image", "mask"}``), which :class:`VideoFrames` uses to flatten videos into
+single frames to train the image network — so a folder of frames is decoded one file per frame.
 
 :class:`SyntheticVideo`: a static textured background (two octaves of seeded value noise plus
 stripes, coloured) seen by a fixed camera with a little sensor noise per frame, and 1..``max_objects``
@@ -112,11 +114,37 @@ def render_video(
     return {"frames": torch.stack(out_frames), "masks": torch.stack(out_masks)}
 
 
-class SyntheticVideo(BenchDataset):
+class VideoDataset(BenchDataset):
+    """A data set of videos (``{"frames", "masks"}``, see the module docstring). ``num_frames`` and
+    ``frame`` here decode the whole video (keeping the last one, so reading a video's frames in
+    order decodes it once); subclasses that can read a single frame override them."""
+
+    task = "video"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cached: tuple[int, dict[str, torch.Tensor]] | None = None
+
+    def _video(self, index: int) -> dict[str, torch.Tensor]:
+        index = self._check_index(index)
+        if self._cached is None or self._cached[0] != index:
+            self._cached = (index, self[index])
+        return self._cached[1]
+
+    def num_frames(self, index: int) -> int:
+        """Frames in video ``index``."""
+        return int(self._video(index)["frames"].shape[0])
+
+    def frame(self, index: int, t: int) -> dict[str, torch.Tensor]:
+        """Frame ``t`` of video ``index`` as ``{"image": 3×H×W, "mask": H×W int64}``."""
+        video = self._video(index)
+        return {"image": video["frames"][t], "mask": video["masks"][t]}
+
+
+class SyntheticVideo(VideoDataset):
     """``n`` synthetic videos of ``frames`` frames at ``size``² px (see the module docstring)."""
 
     name = "synthetic_video"
-    task = "video"
     class_names = VIDEO_CLASSES
     num_classes = len(VIDEO_CLASSES)
     ignore_index = IGNORE_INDEX
@@ -147,20 +175,32 @@ class SyntheticVideo(BenchDataset):
     def _get(self, index: int) -> dict[str, torch.Tensor]:
         return self._videos[index]
 
+    def num_frames(self, index: int) -> int:
+        return self.frames
+
+    def frame(self, index: int, t: int) -> dict[str, torch.Tensor]:
+        video = self._videos[self._check_index(index)]
+        return {"image": video["frames"][t], "mask": video["masks"][t]}
+
     def _details(self) -> str:
         return f"{self.frames} frames of {self.size}×{self.size} px, {self.num_classes} classes"
 
 
-class FrameFolder(BenchDataset):
-    """One video from ``<root>/frames`` (sorted by name), with ``<root>/masks`` if present."""
+class FrameFolder(VideoDataset):
+    """One video from ``<root>/frames`` (sorted by name), with ``<root>/masks`` if present.
+
+    Construction reads each frame's header once (its size, to refuse frames of different sizes);
+    each access decodes only what it returns: ``frame(0, t)`` one frame file (and its mask),
+    ``self[0]`` every file once."""
 
     name = "frames"
-    task = "video"
     ignore_index = IGNORE_INDEX
 
     def __init__(
         self, root: str | os.PathLike[str], num_classes: int = len(VIDEO_CLASSES), max_frames: int | None = None
     ) -> None:
+        from PIL import Image, UnidentifiedImageError
+
         super().__init__()
         layout = "<root>/frames/<name>.png|jpg (one video, in name order) and optional <root>/masks/<name>.png"
         base = Path(root)
@@ -174,12 +214,13 @@ class FrameFolder(BenchDataset):
             raise DatasetError(
                 f"{self.name}: {folder} holds no image ({', '.join(IMAGE_EXTENSIONS)}); expected {layout}"
             )
-        sizes = {}
+        sizes: dict[tuple[int, int], Path] = {}
         for path in files:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                sizes.setdefault(im.size, path)
+            try:
+                with Image.open(path) as im:  # the header only: no pixels are decoded here
+                    sizes.setdefault(im.size, path)
+            except (OSError, UnidentifiedImageError) as err:
+                raise DatasetError(f"{self.name}: cannot read image {path}: {err}") from None
             if len(sizes) > 1:
                 (s0, p0), (s1, p1) = list(sizes.items())[:2]
                 raise DatasetError(
@@ -196,6 +237,8 @@ class FrameFolder(BenchDataset):
                     f"{self.name}: {len(missing)} frame(s) have no mask, e.g. {missing[0]}; expected {layout}"
                 )
         self.files, self.num_classes = files, num_classes
+        width, height = next(iter(sizes))
+        self.frame_size = (height, width)
 
     @property
     def labelled(self) -> bool:
@@ -204,40 +247,82 @@ class FrameFolder(BenchDataset):
     def __len__(self) -> int:
         return 1
 
-    def _get(self, index: int) -> dict[str, torch.Tensor]:
-        frames = torch.stack([uint8_to_float(np.asarray(_open_image(p, self.name).convert("RGB"))) for p in self.files])
+    def num_frames(self, index: int) -> int:
+        self._check_index(index)
+        return len(self.files)
+
+    def frame(self, index: int, t: int) -> dict[str, torch.Tensor]:
+        self._check_index(index)
+        path = self.files[t]
+        image = uint8_to_float(np.asarray(_open_image(path, self.name).convert("RGB")))
         if self.masks is None:
-            masks = torch.full((len(self.files), *frames.shape[-2:]), IGNORE_INDEX, dtype=torch.int64)
+            mask = torch.full(self.frame_size, IGNORE_INDEX, dtype=torch.int64)
         else:
-            masks = torch.stack(
-                [torch.from_numpy(np.array(_open_image(p, self.name), dtype=np.int64)) for p in self.masks]
-            )
-            bad = (masks >= self.num_classes) & (masks != IGNORE_INDEX)
+            mask_path = self.masks[t]
+            labels = np.array(_open_image(mask_path, self.name), dtype=np.int64)
+            if labels.shape != self.frame_size:
+                raise DatasetError(
+                    f"{self.name}: {mask_path} is {'×'.join(map(str, labels.shape))} but its frame {path.name} "
+                    f"is {self.frame_size[0]}×{self.frame_size[1]}; a mask is one channel of class indices "
+                    f"(palette or grey PNG) at its frame's size"
+                )
+            bad = (labels >= self.num_classes) & (labels != IGNORE_INDEX)
             if bad.any():
                 raise DatasetError(
-                    f"{self.name}: masks hold labels outside 0..{self.num_classes - 1} and {IGNORE_INDEX}"
+                    f"{self.name}: {mask_path} holds labels {sorted(set(labels[bad].tolist()))[:5]} outside "
+                    f"0..{self.num_classes - 1} and {IGNORE_INDEX}"
                 )
-        return {"frames": frames, "masks": masks}
+            mask = torch.from_numpy(labels)
+        return {"image": image, "mask": mask}
+
+    def _get(self, index: int) -> dict[str, torch.Tensor]:
+        frames = [self.frame(index, t) for t in range(len(self.files))]
+        return {
+            "frames": torch.stack([f["image"] for f in frames]),
+            "masks": torch.stack([f["mask"] for f in frames]),
+        }
 
     def _details(self) -> str:
         return f"{len(self.files)} frames from {self.files[0].parent}{', labelled' if self.masks else ''}"
 
 
 class VideoFrames(BenchDataset):
-    """The frames of a video dataset as single samples ``{"image", "mask"}`` (to train the image network)."""
+    """The frames of a video dataset as single samples ``{"image", "mask"}`` (to train the image
+    network), each read on its own through :meth:`VideoDataset.frame` (one file per frame for a
+    folder of frames, however the frames are shuffled)."""
 
     task = "segmentation"
 
-    def __init__(self, videos: BenchDataset) -> None:
+    def __init__(self, videos: VideoDataset) -> None:
         super().__init__()
+        if not isinstance(videos, VideoDataset):
+            raise DatasetError(
+                f"VideoFrames takes a video data set (adaptconv.data.video.VideoDataset), got {type(videos).__name__}"
+            )
         self.videos, self.name = videos, f"{videos.name}-frames"
         self.num_classes = videos.num_classes
-        self.index = [(v, t) for v in range(len(videos)) for t in range(videos[v]["frames"].shape[0])]
+        self.index = [(v, t) for v in range(len(videos)) for t in range(videos.num_frames(v))]
 
     def __len__(self) -> int:
         return len(self.index)
 
     def _get(self, index: int) -> dict[str, torch.Tensor]:
         v, t = self.index[index]
-        video = self.videos[v]
-        return {"image": video["frames"][t], "mask": video["masks"][t]}
+        return self.videos.frame(v, t)
+
+
+def synthetic_video(
+    split: str = "train",
+    n: int | None = None,
+    size: int = 64,
+    frames: int = 8,
+    seed: int = 0,
+    max_objects: int = 3,
+    texture_contrast: float = 1.0,
+) -> SyntheticVideo:
+    """The registry's ``synthetic_video``: :class:`SyntheticVideo` with ``n`` defaulting to the
+    spatial_video task's 48 training / 8 test videos."""
+    n = (48 if split == "train" else 8) if n is None else n
+    return SyntheticVideo(
+        n, size, frames, seed=seed, split=split, max_objects=max_objects, texture_contrast=texture_contrast
+    )

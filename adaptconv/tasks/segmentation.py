@@ -42,7 +42,7 @@ class SegmentationOptions:
     decoder_width: int = 64
     n_train: int = 1000  # synthetic scenes only
     n_test: int = 200
-    size: int = 64  # synthetic scenes: image side; VOC: crop side
+    size: int = 64  # synthetic scenes: image side; VOC, Cityscapes: crop side (shorter side resized to it)
     aux_weight: float = 0.0  # reserved for deep supervision; 0 = off
     upsampler: str = BILINEAR  # "bilinear" | an upsampler operator ("carafe", plugins): the feature upsampling
     crf: str = NO_REFINER  # "none" | a refiner operator ("paccrf", plugins): a head on the logits, guided by the image
@@ -128,7 +128,7 @@ class Segmentation(Task):
     metrics = ("miou", "pixel_acc")
     higher_is_better = {"miou": True, "pixel_acc": True}
     Options = SegmentationOptions
-    datasets = ("synthetic", "voc2012")
+    datasets = ("synthetic", "voc2012", "cityscapes")
     default_dataset = "synthetic"
     backbones = BUILTIN_BACKBONES
     accepts_timm = True

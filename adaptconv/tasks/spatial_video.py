@@ -1,8 +1,9 @@
 """Block reuse on video (BlockCopy): an image segmentation network trained on frames, then run on
 test videos by :class:`~adaptconv.spatial.blockcopy.BlockCopy` with its policy trained online.
 
-Data: ``synthetic_video`` (built in: seeded moving objects over a textured background, with labels)
-or ``frames`` (a folder ``<data_root>/frames`` of one video, optional ``<data_root>/masks``; without
+Data (registered data sets of the ``video`` sample format, :mod:`adaptconv.data.video`):
+``synthetic_video`` (built in: seeded moving objects over a textured background, with labels) or
+``frames`` (a folder ``<data_root>/frames`` of one video, optional ``<data_root>/masks``; without
 masks the network cannot be trained here: give ``pretrained`` weights and ``steps: 0``; the
 accuracy against the dense network is still measured, mIoU is not).
 
@@ -30,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import DatasetError
-from ..data.video import FrameFolder, SyntheticVideo, VideoFrames
+from ..data import DatasetError, get_dataset
+from ..data.video import SyntheticVideo, VideoFrames
 from ..models.backbones import BUILTIN_BACKBONES
 from ..schema import parse
 from ..spatial import COPY_POLICIES, BlockCopy, BlockSegmenter
@@ -115,15 +116,11 @@ class SpatialVideo(Task):
     def build_data(self) -> tuple[Dataset, Dataset]:
         o, cfg = self.options, self.config
         if cfg.dataset == "synthetic_video":
-            scene = dict(max_objects=o.max_objects, texture_contrast=o.texture_contrast)
-            train = SyntheticVideo(o.n_train, o.size, o.frames, seed=cfg.seed, split="train", **scene)
-            test = SyntheticVideo(o.n_test, o.size, o.frames, seed=cfg.seed + 10_000, split="test", **scene)
+            scene = dict(size=o.size, frames=o.frames, max_objects=o.max_objects, texture_contrast=o.texture_contrast)
+            train = get_dataset(cfg.dataset, "video", "train", n=o.n_train, seed=cfg.seed, **scene)
+            test = get_dataset(cfg.dataset, "video", "test", n=o.n_test, seed=cfg.seed + 10_000, **scene)
         else:
-            if cfg.data_root is None:
-                raise DatasetError(
-                    "dataset 'frames' reads <data_root>/frames (and optional <data_root>/masks): give data_root"
-                )
-            test = FrameFolder(cfg.data_root, max_frames=o.max_frames)
+            test = get_dataset(cfg.dataset, "video", "test", root=cfg.data_root, max_frames=o.max_frames)
             if not test.labelled and (cfg.steps or cfg.epochs):
                 raise DatasetError(
                     f"dataset 'frames': {cfg.data_root}/masks is missing, so the network cannot be "

@@ -1,5 +1,6 @@
 """Writers of small files in the real on-disk formats of the data sets (CIFAR pickles, NYU's MATLAB v7.3
-HDF5 file, VOC's JPEGs and palette PNGs, class folders of JPEGs), for the loaders' tests."""
+HDF5 file, VOC's JPEGs and palette PNGs, Cityscapes' city folders of PNGs, class folders of JPEGs),
+for the loaders' tests."""
 
 from __future__ import annotations
 
@@ -154,6 +155,33 @@ def write_voc(root: Path, ids: dict[str, list[str]] | None = None, size: tuple[i
     return {"base": base, "masks": masks, "ids": ids}
 
 
+#: the tiny Cityscapes tree of :func:`write_cityscapes`: split → city → frame stems
+CITYSCAPES_TREE = {
+    "train": {"aachen": ["aachen_000000_000019", "aachen_000001_000019"], "bochum": ["bochum_000000_000313"]},
+    "val": {"frankfurt": ["frankfurt_000000_000294", "frankfurt_000000_000576"]},
+}
+
+
+def write_cityscapes(root: Path, size: tuple[int, int] = (8, 16)) -> dict:
+    """``root/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png`` (random RGB) and
+    ``root/gtFine/<split>/<city>/<stem>_gtFine_labelIds.png`` (8-bit grey label ids; the k-th frame
+    holds ids (k + 0..h·w-1) mod 34, so every frame has all 34 ids); returns the arrays by stem."""
+    rng = np.random.default_rng(4)
+    h, w = size
+    images, labels, k = {}, {}, 0
+    for split, cities in CITYSCAPES_TREE.items():
+        for city, stems in cities.items():
+            (root / "leftImg8bit" / split / city).mkdir(parents=True)
+            (root / "gtFine" / split / city).mkdir(parents=True)
+            for stem in stems:
+                image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                ids = ((np.arange(h * w) + k) % 34).astype(np.uint8).reshape(h, w)
+                Image.fromarray(image).save(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png")
+                Image.fromarray(ids).save(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png")
+                images[stem], labels[stem], k = image, ids, k + 1
+    return {"images": images, "labels": labels, "tree": CITYSCAPES_TREE}
+
+
 def write_class_folders(root: Path, layout: dict[str, dict[str, int]], size: tuple[int, int] = (30, 40)) -> None:
     """``root/<split>/<class>/img<k>.JPEG``: ``layout[split][class]`` images of random colours."""
     rng = np.random.default_rng(3)
@@ -176,6 +204,7 @@ def fakes():
         cifar100 = staticmethod(write_cifar100)
         nyu = staticmethod(write_nyu)
         voc = staticmethod(write_voc)
+        cityscapes = staticmethod(write_cityscapes)
         class_folders = staticmethod(write_class_folders)
         palette = staticmethod(voc_palette)
 

@@ -17,22 +17,26 @@ NAMES = {
     "imagefolder",
     "nyu_depth_v2",
     "voc2012",
+    "cityscapes",
     "image_folder_denoise",
+    "synthetic_video",
+    "frames",
 }
-BUILTIN = {"digits", "middlebury", "photos", "synthetic"}
+BUILTIN = {"digits", "middlebury", "photos", "synthetic", "synthetic_video"}
 
 
 def test_registry_entries():
     assert set(DATASETS) == NAMES
     for name, spec in DATASETS.items():
         assert isinstance(spec, DatasetSpec) and spec.name == name
-        assert spec.tasks and set(spec.tasks) <= set(TASKS)
+        assert spec.tasks and set(spec.tasks) <= {*TASKS, "video"}
         assert spec.builtin == (name in BUILTIN)
         assert spec.description and "\n" not in spec.description and callable(spec.build)
         if not spec.builtin:
             assert "<root>" in spec.description  # says where the files must be
     assert set(DATASETS["synthetic"].tasks) == set(TASKS)
-    assert list_datasets("segmentation") == ["synthetic", "voc2012"]
+    assert list_datasets("segmentation") == ["synthetic", "voc2012", "cityscapes"]
+    assert list_datasets("video") == ["synthetic_video", "frames"]
     assert set(list_datasets("upsampling")) == {"middlebury", "synthetic", "nyu_depth_v2"}
     assert set(list_datasets()) == NAMES
 
@@ -92,3 +96,19 @@ def test_errors_list_the_choices(tmp_path):
         get_dataset("nyu_depth_v2", "upsampling", "train")
     with pytest.raises(DatasetError, match=str(tmp_path / "missing")):
         get_dataset("image_folder_denoise", "denoising", "test", root=tmp_path / "missing")
+
+
+def test_every_task_s_datasets_are_registered():
+    """What a task offers (``Task.datasets``, what its config is checked against) is a registered data
+    set serving a sample format (opbench has no data: its ``random`` is the layer's random input)."""
+    from adaptconv.plugins import BUILTIN_TASKS
+    from adaptconv.tasks import get_task
+
+    for name in set(BUILTIN_TASKS) - {"opbench"}:
+        offered = get_task(name).datasets
+        assert offered and set(offered) <= set(DATASETS), (name, sorted(set(offered) - set(DATASETS)))
+    assert get_task("opbench").datasets == ("random",)
+    assert get_task("spatial_video").datasets == tuple(list_datasets("video"))
+    assert (
+        "cityscapes" in get_task("segmentation").datasets and "cityscapes" in get_task("spatial_segmentation").datasets
+    )

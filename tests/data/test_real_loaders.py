@@ -15,11 +15,13 @@ from adaptconv.data import (
     IGNORE_INDEX,
     NYU_EIGEN_CROP,
     VOC_CLASSES,
+    CityscapesSegmentation,
     DatasetError,
     ImageFolderClassification,
     ImageFolderDenoise,
     NYUDepthV2,
     VOCSegmentation,
+    get_dataset,
 )
 
 
@@ -272,6 +274,104 @@ def test_voc_errors_name_paths(tmp_path, fakes):
     (truth["base"] / "ImageSets" / "Segmentation" / "val.txt").unlink()
     with pytest.raises(DatasetError, match="Segmentation/val.txt is missing"):
         VOCSegmentation(tmp_path, "val")
+
+
+# ------------------------------------------------------------------------------------- Cityscapes
+
+#: cityscapesScripts' labels.py, written out independently of the loader's table: the label ids of
+#: the 19 evaluated classes and their trainIds; every other id of 0..33 is ignored (255)
+EVALUATED = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,
+             27: 14, 28: 15, 31: 16, 32: 17, 33: 18}  # fmt: skip
+
+
+def _train_ids(label_ids: np.ndarray) -> torch.Tensor:
+    out = np.full(label_ids.shape, 255, np.int64)
+    for label_id, train_id in EVALUATED.items():
+        out[label_ids == label_id] = train_id
+    return torch.from_numpy(out)
+
+
+def test_cityscapes_maps_label_ids_to_the_19_train_ids(tmp_path, fakes):
+    truth = fakes.cityscapes(tmp_path)
+    train = CityscapesSegmentation(tmp_path, "train")
+    assert len(train) == 3 and train.cities == ("aachen", "bochum")
+    assert train.num_classes == 19 and train.ignore_index == IGNORE_INDEX == 255
+    assert train.class_names[0] == "road" and train.class_names[11] == "person" and train.class_names[18] == "bicycle"
+    stems = ["aachen_000000_000019", "aachen_000001_000019", "bochum_000000_000313"]  # city, then name order
+    for i, stem in enumerate(stems):
+        s = train[i]
+        assert s["image"].shape == (3, 8, 16) and s["image"].dtype == torch.float32
+        assert torch.equal(s["image"], torch.from_numpy(truth["images"][stem]).permute(2, 0, 1).float() / 255)
+        assert s["mask"].shape == (8, 16) and s["mask"].dtype == torch.int64
+        assert torch.equal(s["mask"], _train_ids(truth["labels"][stem]))
+    # every frame holds all 34 ids: each of the 19 trainIds and the ignore label appear
+    assert set(train[0]["mask"].unique().tolist()) == set(range(19)) | {255}
+    # ids 0..6 (unlabeled, ego vehicle, ..., ground), parking, rail track, guard rail, bridge, tunnel,
+    # polegroup, caravan and trailer are all ignored
+    ids, mask = truth["labels"][stems[0]], train[0]["mask"]
+    for ignored in (0, 1, 2, 3, 4, 5, 6, 9, 10, 14, 15, 16, 18, 29, 30):
+        assert (mask[torch.from_numpy(ids == ignored)] == 255).all()
+    _check_common(train)
+
+
+def test_cityscapes_splits_size_and_registry(tmp_path, fakes):
+    truth = fakes.cityscapes(tmp_path)
+    val, test = CityscapesSegmentation(tmp_path, "val"), CityscapesSegmentation(tmp_path, "test")
+    assert len(val) == len(test) == 2 and test.cities == ("frankfurt",)  # test = val
+    assert torch.equal(test[1]["mask"], _train_ids(truth["labels"]["frankfurt_000000_000576"]))
+    s = CityscapesSegmentation(tmp_path, "val", size=4)[0]  # 8×16 → shorter side 4 (4×8) → centre 4×4
+    assert s["image"].shape == (3, 4, 4) and s["mask"].shape == (4, 4)
+    assert set(s["mask"].unique().tolist()) <= set(range(19)) | {255}  # nearest: no new labels
+    ds = get_dataset("cityscapes", "segmentation", "val", root=tmp_path, size=4)
+    assert len(ds) == 2 and ds[0]["mask"].shape == (4, 4)
+    with pytest.raises(DatasetError, match="needs root.*leftImg8bit"):
+        get_dataset("cityscapes", "segmentation", "train")
+    with pytest.raises(DatasetError, match=r"unknown split 'trainval'"):
+        CityscapesSegmentation(tmp_path, "trainval")
+
+
+def test_cityscapes_errors_name_what_is_wrong(tmp_path, fakes):
+    with pytest.raises(DatasetError, match=f"root {tmp_path / 'cs'} does not exist.*leftImg8bit"):
+        CityscapesSegmentation(tmp_path / "cs")
+    with pytest.raises(DatasetError, match=f"{tmp_path / 'leftImg8bit' / 'train'} does not exist"):
+        CityscapesSegmentation(tmp_path)
+    fakes.cityscapes(tmp_path)
+    (tmp_path / "leftImg8bit" / "val" / "extra").mkdir()  # an empty city folder is harmless
+    assert len(CityscapesSegmentation(tmp_path, "val")) == 2
+    gt = tmp_path / "gtFine" / "train"
+    label = gt / "bochum" / "bochum_000000_000313_gtFine_labelIds.png"
+    label.unlink()
+    image = tmp_path / "leftImg8bit" / "train" / "bochum" / "bochum_000000_000313_leftImg8bit.png"
+    with pytest.raises(DatasetError, match=f"1 of the 3 images have no label file, e.g. {image} has no {label}"):
+        CityscapesSegmentation(tmp_path, "train")
+    gt.rename(tmp_path / "gtFine" / "moved")
+    with pytest.raises(DatasetError, match=f"{gt} does not exist; expected .*gtFine_labelIds.png"):
+        CityscapesSegmentation(tmp_path, "train")
+    # label ids outside the 34 of the table
+    label = tmp_path / "gtFine" / "val" / "frankfurt" / "frankfurt_000000_000294_gtFine_labelIds.png"
+    ids = np.array(Image.open(label))
+    ids[0, :3] = (34, 200, 34)
+    Image.fromarray(ids).save(label)
+    val = CityscapesSegmentation(tmp_path, "val")
+    with pytest.raises(
+        DatasetError, match=rf"{label} has label ids \[34, 200\] outside the Cityscapes table \(0..33\)"
+    ):
+        val[0]
+    Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(label)  # a colour image, not label ids
+    with pytest.raises(DatasetError, match=f"{label} is a RGB image; expected an 8-bit PNG of label ids"):
+        val[0]
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(label)
+    with pytest.raises(DatasetError, match=f"{label} is 8×8 but .*frankfurt_000000_000294_leftImg8bit.png is 8×16"):
+        val[0]
+    assert val[1]["mask"].shape == (8, 16)  # the other frame still reads
+    empty = tmp_path / "empty"
+    (empty / "leftImg8bit" / "train").mkdir(parents=True)
+    (empty / "gtFine" / "train").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="no city folders in"):
+        CityscapesSegmentation(empty)
+    (empty / "leftImg8bit" / "train" / "ulm").mkdir()
+    with pytest.raises(DatasetError, match=r"no \*_leftImg8bit.png in"):
+        CityscapesSegmentation(empty)
 
 
 # ----------------------------------------------------------------------------- denoising folders

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from adaptconv.data import DatasetError
+from adaptconv.data import CityscapesSegmentation, DatasetError
 from adaptconv.data.video import FrameFolder, SyntheticVideo
 from adaptconv.schema import ConfigError
 from adaptconv.trial.config import parse_trial_config
@@ -132,6 +132,53 @@ def test_dual_resolution_task_records_fraction_flops_and_policy_loss():
         }
     )
     assert learned["status"] == "ok" and len(learned["curve"]["aux_loss"]) == 3  # the policy's loss is added
+
+
+def _cityscapes_tree(root, rng) -> None:
+    """A Cityscapes layout (leftImg8bit + gtFine labelIds) of 16×32 frames: 2 train cities, 1 val city."""
+    for split, cities in (("train", ("aachen", "bremen")), ("val", ("lindau",))):
+        for city in cities:
+            for folder in ("leftImg8bit", "gtFine"):
+                (root / folder / split / city).mkdir(parents=True)
+            for k in range(2):
+                stem = f"{city}_{k:06d}_000019"
+                image = rng.integers(0, 256, (16, 32, 3), dtype=np.uint8)
+                ids = np.full((16, 32), 7, np.uint8)  # road (trainId 0)
+                ids[4:12, 8:20] = 26  # a car (13)
+                ids[:2] = 23  # sky (10)
+                ids[-1] = 1  # ego vehicle: ignored
+                _save(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", image)
+                _save(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", ids)
+
+
+@pytest.mark.parametrize("task", ["spatial_segmentation", "segmentation"])
+def test_segmentation_tasks_run_on_a_cityscapes_layout(tmp_path, task):
+    _cityscapes_tree(tmp_path, np.random.default_rng(0))
+    options = {"size": 32, "block_size": 8, "policy": "heuristic", "target": 0.5} if task != "segmentation" else {}
+    record = run_trial(
+        {
+            "task": task,
+            "dataset": "cityscapes",
+            "data_root": str(tmp_path),
+            "backbone": "simplecnn-s",
+            "steps": 2,
+            "batch_size": 2,
+            "task_options": {"size": 32, "decoder_width": 8, **options},
+            "measure": MEASURE_OFF,
+            "threads": 1,
+        }
+    )
+    assert record["status"] == "ok", record.get("error")
+    assert 0 <= record["metrics"]["miou"] <= 100
+    # the majority baseline on the val city's trainIds: road everywhere, so its IoU is road's share of the
+    # labelled pixels (ego vehicle ignored), averaged with car's and sky's 0
+    val = CityscapesSegmentation(tmp_path, "val", size=32)
+    masks = torch.stack([val[i]["mask"] for i in range(len(val))])
+    assert set(masks.unique().tolist()) == {0, 10, 13, 255}
+    road = float((masks == 0).sum() / (masks != 255).sum())
+    assert record["baselines"]["majority"]["miou"] == pytest.approx(100 * road / 3, rel=1e-6)
+    with pytest.raises(ConfigError, match=r"dataset: 'cityscape' does not serve task .*did you mean 'cityscapes'"):
+        parse_trial_config({"task": task, "dataset": "cityscape"})
 
 
 def test_bad_options_are_refused_before_running():
