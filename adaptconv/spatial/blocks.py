@@ -204,8 +204,11 @@ class Canvas:
 
 
 class BlockContext:
-    """Where BlockPad finds the neighbours of the blocks being run: subclasses implement :meth:`pad`
-    (padded blocks of every group) and :meth:`assemble` (a stage's full feature map)."""
+    """Where BlockPad finds the neighbours of the blocks being run, and how the executor's leaf ops
+    run on a context's features. The default ops work on :data:`Groups` (a dict of N×C×s×s block
+    tensors per resolution group): subclasses implement :meth:`pad` (padded blocks of every group)
+    and :meth:`assemble` (a stage's full feature map). A context may keep its features in another
+    form (SegBlocks keeps one pixel per row): it then overrides the ops below as well."""
 
     grid: Grid
     #: multiply-adds ×2 of the convolutions run since the last reset (what was executed)
@@ -221,6 +224,42 @@ class BlockContext:
 
     def assemble(self, name: str, feats: Groups) -> torch.Tensor:
         raise NotImplementedError
+
+    # ---- the executor's leaf ops on Groups ------------------------------------------------------
+    def conv(self, name: str, conv: nn.Conv2d, feats: Groups) -> Groups:
+        """``conv`` on every group, BlockPad at block borders (the conv itself runs with padding 0)."""
+        (kh, kw), (sh, _), (ph, _) = check_conv(name, conv)
+        _check_stride(name, feats, sh)
+        padded = feats if ph == 0 and kh == 1 and kw == 1 else self.pad(name, feats, ph, 0.0)
+        return {
+            g: self.count(F.conv2d(t, conv.weight, conv.bias, sh, 0, conv.dilation, conv.groups), conv)
+            for g, t in padded.items()
+        }
+
+    def maxpool(self, name: str, pool: nn.MaxPool2d, feats: Groups) -> Groups:
+        k, s, p = check_maxpool(name, pool)
+        _check_stride(name, feats, s)
+        padded = self.pad(name, feats, p, float("-inf")) if p else feats
+        return {g: F.max_pool2d(t, k, s, 0, pool.dilation) for g, t in padded.items()}
+
+    def pointwise(self, name: str, fn, feats: Groups) -> Groups:
+        """A per-pixel module or function (BatchNorm, activation) on every group."""
+        return {g: fn(t) for g, t in feats.items()}
+
+    def add(self, a: Groups, b: Groups) -> Groups:
+        return {g: a[g] + b[g] for g in a}
+
+    def resize(self, feats: Groups, like: Groups) -> Groups:
+        """Nearest upsampling of each group's blocks to the block size of ``like``'s (block-local)."""
+        return {g: _up_nearest(t, like[g].shape[-1]) for g, t in feats.items()}
+
+
+def _up_nearest(t: torch.Tensor, side: int) -> torch.Tensor:
+    if t.shape[-1] == side:
+        return t
+    if not t.shape[0]:
+        return t.new_empty(0, t.shape[1], side, side)
+    return F.interpolate(t, scale_factor=side // t.shape[-1], mode="nearest")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -248,47 +287,37 @@ def _pair(v) -> tuple[int, int]:
 
 def _check_stride(name: str, feats: Groups, stride: int) -> None:
     for group, t in feats.items():
-        if t.shape[-1] % stride or t.shape[-2] % stride:
-            raise BlockSizeError(
-                f"{name}: stride {stride} does not divide the {group}-resolution blocks of "
-                f"{t.shape[-2]}×{t.shape[-1]} px here; choose a block size that is a multiple of the "
-                f"network's total stride (×2 for dual resolution)"
-            )
+        check_side(name, group, t.shape[-1], stride)
 
 
-def _map(feats: Groups, fn) -> Groups:
-    return {g: fn(t) for g, t in feats.items()}
+def check_side(name: str, group: str, side: int, stride: int) -> None:
+    """Refuse a stride that does not divide the blocks of ``group`` (``side`` px) at layer ``name``."""
+    if side % stride:
+        raise BlockSizeError(
+            f"{name}: stride {stride} does not divide the {group}-resolution blocks of "
+            f"{side}×{side} px here; choose a block size that is a multiple of the "
+            f"network's total stride (×2 for dual resolution)"
+        )
 
 
-def _conv(name: str, conv: nn.Conv2d, feats: Groups, ctx: BlockContext) -> Groups:
+def check_conv(name: str, conv: nn.Conv2d) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """(kernel, stride, padding) of a conv the block-wise executor can run: square zero padding and
+    stride; anything else is refused naming the layer."""
     (kh, kw), (sh, sw), (ph, pw) = _pair(conv.kernel_size), _pair(conv.stride), _pair(conv.padding)
     if isinstance(conv.padding, str) or ph != pw or sh != sw or conv.padding_mode != "zeros":
         raise TypeError(
             f"{name}: block-wise execution needs square zero padding and stride, got "
             f"padding={conv.padding!r}, stride={conv.stride}, padding_mode={conv.padding_mode!r}"
         )
-    _check_stride(name, feats, sh)
-    if ph == 0 and kh == 1 and kw == 1:  # a 1×1 conv needs no neighbours
-        padded = feats
-    else:
-        padded = ctx.pad(name, feats, ph, 0.0)
-    return {
-        g: ctx.count(F.conv2d(t, conv.weight, conv.bias, sh, 0, conv.dilation, conv.groups), conv)
-        for g, t in padded.items()
-    }
+    return (kh, kw), (sh, sw), (ph, pw)
 
 
-def _maxpool(name: str, pool: nn.MaxPool2d, feats: Groups, ctx: BlockContext) -> Groups:
+def check_maxpool(name: str, pool: nn.MaxPool2d) -> tuple[int, int, int]:
+    """(kernel, stride, padding) of a max-pool the block-wise executor can run."""
     k, s, p = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size), _pair(pool.padding)
-    if pool.ceil_mode or p[0] != p[1] or s[0] != s[1]:
-        raise TypeError(f"{name}: block-wise max-pool needs ceil_mode=False and square padding/stride")
-    _check_stride(name, feats, s[0])
-    padded = ctx.pad(name, feats, p[0], float("-inf")) if p[0] else feats
-    return {g: F.max_pool2d(t, k, s, 0, pool.dilation) for g, t in padded.items()}
-
-
-def _add_(a: Groups, b: Groups) -> Groups:
-    return {g: a[g] + b[g] for g in a}
+    if pool.ceil_mode or p[0] != p[1] or s[0] != s[1] or k[0] != k[1]:
+        raise TypeError(f"{name}: block-wise max-pool needs ceil_mode=False and square kernel/padding/stride")
+    return k[0], s[0], p[0]
 
 
 def _timm_block(name: str, block: nn.Module, feats: Groups, ctx: BlockContext) -> Groups:
@@ -309,7 +338,7 @@ def _timm_block(name: str, block: nn.Module, feats: Groups, ctx: BlockContext) -
         x = run_module(f"{name}.drop_path", block.drop_path, x, ctx)
     if block.downsample is not None:
         shortcut = run_module(f"{name}.downsample", block.downsample, shortcut, ctx)
-    x = _add_(x, shortcut)
+    x = ctx.add(x, shortcut)
     last = "act2" if kind == "BasicBlock" else "act3"
     return run_module(f"{name}.{last}", getattr(block, last), x, ctx)
 
@@ -317,22 +346,23 @@ def _timm_block(name: str, block: nn.Module, feats: Groups, ctx: BlockContext) -
 def _simple_block(name: str, block: nn.Module, feats: Groups, ctx: BlockContext) -> Groups:
     """adaptconv.models.networks.BasicBlock."""
     y = run_module(f"{name}.conv1", block.conv1, feats, ctx)
-    y = _map(run_module(f"{name}.bn1", block.bn1, y, ctx), F.relu)
+    y = ctx.pointwise(f"{name}.relu1", F.relu, run_module(f"{name}.bn1", block.bn1, y, ctx))
     y = run_module(f"{name}.bn2", block.bn2, run_module(f"{name}.conv2", block.conv2, y, ctx), ctx)
-    return _map(_add_(y, run_module(f"{name}.shortcut", block.shortcut, feats, ctx)), F.relu)
+    y = ctx.add(y, run_module(f"{name}.shortcut", block.shortcut, feats, ctx))
+    return ctx.pointwise(f"{name}.relu2", F.relu, y)
 
 
 def run_module(name: str, module: nn.Module, feats: Groups, ctx: BlockContext) -> Groups:
     """Apply ``module`` to every group of blocks (the dense module's function, block by block)."""
     kind = type(module).__name__
     if isinstance(module, nn.Conv2d) and type(module) is nn.Conv2d:
-        return _conv(name, module, feats, ctx)
+        return ctx.conv(name, module, feats)
     if isinstance(module, nn.MaxPool2d):
-        return _maxpool(name, module, feats, ctx)
+        return ctx.maxpool(name, module, feats)
     if isinstance(module, _POINTWISE):
         if isinstance(module, nn.Dropout) and module.training and module.p > 0:
             raise TypeError(f"{name}: dropout in training mode is not supported block-wise")
-        return _map(feats, module)
+        return ctx.pointwise(name, module, feats)
     if isinstance(module, nn.Sequential):
         for child_name, child in module.named_children():
             feats = run_module(f"{name}.{child_name}" if name else child_name, child, feats, ctx)

@@ -18,14 +18,6 @@ from ..models.networks import conv_bn_relu
 from .blocks import BlockContext, Groups, run_module
 
 
-def _up_nearest(t: torch.Tensor, side: int) -> torch.Tensor:
-    if t.shape[-1] == side:
-        return t
-    if not t.shape[0]:
-        return t.new_empty(0, t.shape[1], side, side)
-    return F.interpolate(t, scale_factor=side // t.shape[-1], mode="nearest")
-
-
 class BlockSegmenter(nn.Module):
     def __init__(self, backbone: nn.Module, channels: list[int], num_classes: int, width: int = 32) -> None:
         super().__init__()
@@ -50,12 +42,11 @@ class BlockSegmenter(nn.Module):
 
     def head_blocks(self, outs: list[tuple[str, Groups]], ctx: BlockContext) -> Groups:
         """The head on blocks: ``outs`` as returned by :func:`~adaptconv.spatial.blocks.run_blockwise`."""
-        finest = {g: t.shape[-1] for g, t in outs[0][1].items()}
+        finest = outs[0][1]
         y: Groups | None = None
         for i, (lat, (_, feats)) in enumerate(zip(self.lateral, outs)):
-            z = run_module(f"lateral.{i}", lat, feats, ctx)
-            z = {g: _up_nearest(t, finest[g]) for g, t in z.items()}
-            y = z if y is None else {g: y[g] + z[g] for g in y}
+            z = ctx.resize(run_module(f"lateral.{i}", lat, feats, ctx), finest)
+            y = z if y is None else ctx.add(y, z)
         y = run_module("fuse", self.fuse, y, ctx)
         return run_module("classifier", self.classifier, y, ctx)
 
