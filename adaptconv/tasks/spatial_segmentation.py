@@ -1,4 +1,5 @@
-"""Dual-resolution segmentation (SegBlocks): the segmentation task's data, a
+"""Dual-resolution segmentation (SegBlocks): the segmentation task's data (built-in ``synthetic``
+scenes, ``voc2012`` or ``cityscapes`` from disk, crops of ``size`` px), a
 :class:`~adaptconv.spatial.network.BlockSegmenter` run by :class:`~adaptconv.spatial.segblocks.SegBlocks`.
 
 Task options besides the segmentation ones: ``block_size`` (input px), ``target`` (fraction of
