@@ -39,9 +39,9 @@ from .cpu_build import SUFFIX as _SUFFIX
 from .cpu_build import Kernels
 from .cpu_build import ptr as _ptr
 
-__all__ = ["available", "usable", "disabled", "status", "deform_conv2d", "TILE_BYTES", "PRIVATE_BYTES"]
+__all__ = ["available", "usable", "takes", "disabled", "status", "deform_conv2d", "TILE_BYTES", "PRIVATE_BYTES"]
 
-ABI = 2
+ABI = 3
 #: Bytes of one tile's column buffer (pixels × k²·C); the backward holds two. Half the last-level
 #: cache share of a core keeps a tile and its GEMM operands in cache (see the benchmark's notes).
 TILE_BYTES = 1 << 20
@@ -54,10 +54,11 @@ PRIVATE_BYTES = 64 << 20
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for sfx in _SUFFIX.values():
-        getattr(lib, f"deform_cols_{sfx}").argtypes = [p] * 4 + [i64] * 9 + [p, i32]
+        getattr(lib, f"deform_cols_{sfx}").argtypes = [p] * 4 + [i64] * 9 + [p, p, i32]
+        getattr(lib, f"deform_channels_last_{sfx}").argtypes = [p, p, i64, i64, i64, i32]
         getattr(lib, f"deform_backward_{sfx}").argtypes = [p] * 8 + [i64] * 9 + [p, i32]
         getattr(lib, f"deform_reduce_{sfx}").argtypes = [p, p, i64, i64, i32]
-        for name in ("deform_cols", "deform_backward", "deform_reduce"):
+        for name in ("deform_cols", "deform_channels_last", "deform_backward", "deform_reduce"):
             getattr(lib, f"{name}_{sfx}").restype = None
 
 
@@ -65,6 +66,12 @@ KERNELS = Kernels(
     "deform_cpu", ABI, _declare, "deformable-convolution", "deform/mdeform run torchvision's slower CPU kernel"
 )
 available, status, usable, _fn = KERNELS.available, KERNELS.status, KERNELS.usable, KERNELS.fn
+
+
+def takes(x, *others) -> bool:
+    """The compiled kernels take these tensors: float32/float64 CPU tensors, kernels on, and an input
+    plane of fewer than 2³¹ pixels (the kernels index pixels with int32)."""
+    return usable(x, *others) and x.shape[-2] * x.shape[-1] < 2**31
 
 
 def disabled():
@@ -113,35 +120,60 @@ def _weight_rows(weight, geo):
     return weight.permute(0, 2, 3, 1).reshape(geo.groups, geo.og, geo.taps * geo.cg)
 
 
+def _per_sample(t):
+    """``t`` if each sample of it is contiguous (all the kernels need; e.g. v2's offsets and mask, which
+    are channel slices of one side-conv output), else a contiguous copy."""
+    return t if t is None or t[0].is_contiguous() else t.contiguous()
+
+
+def _channels_last(x):
+    """B×H×W×C copy of a B×C×H×W tensor (the compiled transpose; torch's is slow on narrow maps)."""
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1)  # already laid out so: a view
+    x = x.contiguous()
+    b, c, h, w = x.shape
+    xh = x.new_empty(b, h, w, c)
+    _fn("deform_channels_last", x.dtype)(_ptr(x), _ptr(xh), b, c, h * w, torch.get_num_threads())
+    return xh
+
+
+def _forward(x, offset, mask, weight, bias, geo):
+    """The output (B×O×H'W'), the inputs as the kernels read them (x channels last), and how many
+    offsets were NaN or infinite (those points read 0)."""
+    xh = _channels_last(x)
+    offset, mask = _per_sample(offset), _per_sample(mask)
+    wr = _weight_rows(weight, geo)
+    y = x.new_empty(geo.b, geo.o, geo.ho * geo.wo)
+    cols = x.new_empty(geo.most, geo.taps * geo.c)
+    sample, nt = _fn("deform_cols", x.dtype), torch.get_num_threads()
+    nonfinite = ctypes.c_int64(0)
+    for b in range(geo.b):
+        for p0, n in geo.tiles:
+            sample(
+                _ptr(xh[b]),
+                _ptr(offset[b]),
+                _ptr(None if mask is None else mask[b]),
+                _ptr(cols),
+                *geo.sample_args(p0, n),
+                ctypes.byref(nonfinite),
+                nt,
+            )
+            for k in range(geo.groups):
+                cblock, oblock = geo.block(k)
+                out = y[b, oblock, p0 : p0 + n]
+                if bias is None:
+                    torch.mm(wr[k], cols[:n, cblock].t(), out=out)
+                else:
+                    torch.addmm(bias[oblock, None], wr[k], cols[:n, cblock].t(), out=out)
+    return y, xh, offset, mask, nonfinite.value
+
+
 class _DeformConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, offset, mask, weight, bias, stride, padding, dilation):
+    def forward(ctx, x, offset, mask, weight, bias, stride, padding, dilation, found):
         geo = _Geometry(x, offset, weight, stride, padding, dilation)
-        xh = x.permute(0, 2, 3, 1).contiguous()  # channels last
-        offset = offset.contiguous()
-        mask = None if mask is None else mask.contiguous()
-        wr = _weight_rows(weight, geo)
-        hw = geo.ho * geo.wo
-        y = x.new_empty(geo.b, geo.o, hw)
-        cols = x.new_empty(geo.most, geo.taps * geo.c)
-        sample, nt = _fn("deform_cols", x.dtype), torch.get_num_threads()
-        for b in range(geo.b):
-            for p0, n in geo.tiles:
-                sample(
-                    _ptr(xh[b]),
-                    _ptr(offset[b]),
-                    _ptr(None if mask is None else mask[b]),
-                    _ptr(cols),
-                    *geo.sample_args(p0, n),
-                    nt,
-                )
-                for k in range(geo.groups):
-                    cblock, oblock = geo.block(k)
-                    out = y[b, oblock, p0 : p0 + n]
-                    if bias is None:
-                        torch.mm(wr[k], cols[:n, cblock].t(), out=out)
-                    else:
-                        torch.addmm(bias[oblock, None], wr[k], cols[:n, cblock].t(), out=out)
+        y, xh, offset, mask, nonfinite = _forward(x, offset, mask, weight, bias, geo)
+        found[0] = nonfinite
         ctx.geo = geo
         ctx.has_bias = bias is not None
         ctx.save_for_backward(xh, offset, mask, weight)
@@ -173,7 +205,7 @@ class _DeformConv(torch.autograd.Function):
             mb = None if mask is None else mask[b]
             for p0, n in geo.tiles:
                 if need_w:
-                    sample(_ptr(xh[b]), _ptr(offset[b]), _ptr(mb), _ptr(cols), *geo.sample_args(p0, n), nt)
+                    sample(_ptr(xh[b]), _ptr(offset[b]), _ptr(mb), _ptr(cols), *geo.sample_args(p0, n), None, nt)
                 for k in range(geo.groups):
                     cblock, oblock = geo.block(k)
                     gyt = gy[b, oblock, p0 : p0 + n]
@@ -201,10 +233,24 @@ class _DeformConv(torch.autograd.Function):
         if need_w:
             gw = gwr.view(geo.o, geo.kh, geo.kw, geo.cg).permute(0, 3, 1, 2).contiguous()
         gb = gy.sum((0, 2)) if (need_b and ctx.has_bias) else None
-        return gx, goff, gmask, gw, gb, None, None, None
+        return gx, goff, gmask, gw, gb, None, None, None, None
 
 
-def deform_conv2d(x, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+def deform_conv2d(
+    x, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None, nonfinite=None
+):
     """torchvision's ``deform_conv2d`` computed by the compiled kernels (shapes validated by the
-    caller, :func:`adaptconv.ops.deform.deform_conv2d`; stride/padding/dilation as pairs)."""
-    return _DeformConv.apply(x, offset, mask, weight, bias, tuple(stride), tuple(padding), tuple(dilation))
+    caller, :func:`adaptconv.ops.deform.deform_conv2d`; stride/padding/dilation as pairs). A point whose
+    offset is NaN or infinite reads 0; with ``nonfinite`` a list, its first item is set to how many
+    offsets were (counted while sampling, so a caller needs no pass of its own to find them)."""
+    stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
+    found = [0]
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, offset, mask, weight, bias)):
+        y = _DeformConv.apply(x, offset, mask, weight, bias, stride, padding, dilation, found)
+    else:  # inference: no autograd node, and nothing kept for a backward
+        geo = _Geometry(x, offset, weight, stride, padding, dilation)
+        y, *_, found[0] = _forward(x, offset, mask, weight, bias, geo)
+        y = y.view(geo.b, geo.o, geo.ho, geo.wo)
+    if nonfinite is not None:
+        nonfinite[0] = found[0]
+    return y

@@ -16,6 +16,9 @@ Pair = tuple[int, int]
 
 def pair(value, arg: str = "value", owner: str = "", minimum: int = 0) -> Pair:
     """Normalise an int or a 2-sequence of ints to a pair, with an error naming the argument."""
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        if value[0] >= minimum and value[1] >= minimum:  # the common case, checked cheaply (every forward)
+            return value
     if isinstance(value, bool):
         value = None
     if isinstance(value, int):

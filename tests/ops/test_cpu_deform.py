@@ -233,6 +233,28 @@ def test_non_finite_and_huge_offsets_read_zero(bad):
     assert_same(got, ref, 1e-11, 1e-10, f"offset {bad}")
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_non_finite_offsets_are_counted(grad):
+    """The kernel counts the NaN/±inf offsets it reads (what lets the operators skip a pass over them),
+    in inference and in a graph, over tiles and threads; huge finite ones are not counted."""
+    x, offset, mask, weight, bias = make(2, 4, 9, 7, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, True)
+    offset = offset.detach().clone()
+    offset[0, 5, 2, 3], offset[1, 0, 8, 6], offset[1, 7, 0, 0], offset[0, 1, 1, 1] = (
+        float("nan"),
+        float("inf"),
+        float("-inf"),
+        1e30,
+    )
+    found = [-1]
+    with torch.set_grad_enabled(grad):
+        cpu_deform.deform_conv2d(x.requires_grad_(grad), offset, weight, bias, (1, 1), (1, 1), (1, 1), mask, found)
+    assert found == [3]
+    cpu_deform.deform_conv2d(
+        x, offset.nan_to_num(posinf=0.0, neginf=0.0), weight, bias, (1, 1), (1, 1), (1, 1), mask, found
+    )
+    assert found == [0]
+
+
 # --------------------------------------------------------------------------------------------------
 # Dispatch
 def _forbid_torchvision(monkeypatch):

@@ -52,66 +52,135 @@ std::vector<Segment> segments(int64_t C, int64_t groups, int64_t ogroups, int64_
   return out;
 }
 
-// The bilinear set-up of one sampling point: for each corner (y0,x0), (y0,x0+1), (y0+1,x0),
-// (y0+1,x0+1) its element offset in the H×W×C plane, or −1 outside; the fractional parts.
-template <typename T>
-struct Point {
-  int64_t at[4];
-  T ly, lx;
-};
+// Pixels per run of the coordinate pass below; its buffers (G·T·RUN·(4 int32 + 2 T)) stay in L1.
+constexpr int64_t RUN = 64;
 
+// The bilinear set-up of a run of np output pixels p … p+np−1 at every (offset group, tap) gj. It is
+// computed a run at a time, vectorised over the pixels (the offsets are planar, so a run's offsets are
+// contiguous): done point by point, the floors, conversions and index arithmetic cost more than the
+// sampling itself on narrow layers. Writes, for corner k of (y0,x0), (y0,x0+1), (y0+1,x0), (y0+1,x0+1):
+//   at[(4·gj + k)·RUN + ii]   its pixel index y·W + x in the H×W plane, or −1 outside the image;
+//   ly/lx[gj·RUN + ii]        the fractional parts.
+// A point with no corner inside (a NaN or ±inf offset included) gets four −1; the conversions to
+// integers only ever see values in [−2, max(H, W)].
+// Pixel indices are int32 (the caller keeps H·W < 2³¹). Returns how many of the offsets read were NaN
+// or infinite (v − v is NaN exactly for those), so the caller needs no separate pass to find them.
 template <typename T>
-inline bool locate(T py, T px, int64_t H, int64_t W, int64_t C, Point<T>& pt) {
-  // false when no corner can be inside: also for NaN (every comparison fails) and ±inf, so the
-  // conversion to an integer below only ever sees values in [−1, H) × [−1, W)
-  if (!(py >= T(-1) && py < T(H) && px >= T(-1) && px < T(W))) return false;
-  const T fy = std::floor(py), fx = std::floor(px);
-  const int64_t y0 = int64_t(fy), x0 = int64_t(fx);
-  pt.ly = py - fy;
-  pt.lx = px - fx;
-  const bool vy0 = y0 >= 0, vy1 = y0 + 1 < H, vx0 = x0 >= 0, vx1 = x0 + 1 < W;
-  pt.at[0] = (vy0 && vx0) ? (y0 * W + x0) * C : -1;
-  pt.at[1] = (vy0 && vx1) ? (y0 * W + x0 + 1) * C : -1;
-  pt.at[2] = (vy1 && vx0) ? ((y0 + 1) * W + x0) * C : -1;
-  pt.at[3] = (vy1 && vx1) ? ((y0 + 1) * W + x0 + 1) * C : -1;
-  return true;
+int64_t locate_run(const T* off, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t ogroups, const Geom& g,
+                int64_t p, int64_t np, int32_t* at, T* ly, T* lx) {
+  const int64_t hw = Ho * Wo;
+  int32_t rb[RUN], qb[RUN];  // the window origin of each pixel of the run
+  for (int64_t ii = 0, r = p / Wo, q = p % Wo; ii < np; ++ii) {
+    rb[ii] = int32_t(r * g.sh - g.ph);
+    qb[ii] = int32_t(q * g.sw - g.pw);
+    if (++q == Wo) q = 0, ++r;
+  }
+  const int32_t H32 = int32_t(H), W32 = int32_t(W);
+  const T fH = T(H), fW = T(W);
+  int64_t nonfinite = 0;
+  for (int64_t og = 0, gj = 0; og < ogroups; ++og)
+    for (int64_t ki = 0; ki < g.kh; ++ki)
+      for (int64_t kj = 0; kj < g.kw; ++kj, ++gj) {
+        const T* __restrict__ oy = off + 2 * gj * hw + p;
+        const T* __restrict__ ox = oy + hw;
+        int32_t* __restrict__ a0 = at + 4 * gj * RUN;
+        int32_t* __restrict__ a1 = a0 + RUN;
+        int32_t* __restrict__ a2 = a1 + RUN;
+        int32_t* __restrict__ a3 = a2 + RUN;
+        T* __restrict__ fy_out = ly + gj * RUN;
+        T* __restrict__ fx_out = lx + gj * RUN;
+        const int32_t dy = int32_t(ki * g.dh), dx = int32_t(kj * g.dw);
+#pragma omp simd reduction(+ : nonfinite)
+        for (int64_t ii = 0; ii < np; ++ii) {
+          nonfinite += int64_t(!(oy[ii] - oy[ii] == T(0))) + int64_t(!(ox[ii] - ox[ii] == T(0)));
+          T py = T(rb[ii] + dy) + oy[ii], px = T(qb[ii] + dx) + ox[ii];
+          // Clamped into [−2, H] × [−2, W] (a NaN to −2: the comparison fails), where a point outside
+          // [−1, H) × [−1, W) has no corner inside; selects rather than branches, so the loop vectorises.
+          py = py > T(-2) ? py : T(-2);
+          py = py < fH ? py : fH;
+          px = px > T(-2) ? px : T(-2);
+          px = px < fW ? px : fW;
+          // floor by truncation (std::floor does not vectorise without -fno-trapping-math)
+          const int32_t ty = int32_t(py), tx = int32_t(px);
+          const int32_t y0 = ty - (T(ty) > py), x0 = tx - (T(tx) > px), base = y0 * W32 + x0;
+          const T fy = T(y0), fx = T(x0);
+          const int32_t vy0 = (y0 >= 0) & (y0 < H32), vy1 = (y0 >= -1) & (y0 + 1 < H32);
+          const int32_t vx0 = (x0 >= 0) & (x0 < W32), vx1 = (x0 >= -1) & (x0 + 1 < W32);
+          a0[ii] = (vy0 & vx0) ? base : -1;
+          a1[ii] = (vy0 & vx1) ? base + 1 : -1;
+          a2[ii] = (vy1 & vx0) ? base + W32 : -1;
+          a3[ii] = (vy1 & vx1) ? base + W32 + 1 : -1;
+          fy_out[ii] = py - fy;
+          fx_out[ii] = px - fx;
+        }
+      }
+  return nonfinite;
 }
+
+// One thread's buffers for locate_run.
+template <typename T>
+struct Run {
+  std::vector<int32_t> at;
+  std::vector<T> ly, lx;
+  explicit Run(int64_t GT) : at(4 * GT * RUN), ly(GT * RUN), lx(GT * RUN) {}
+  // corner k of point (gj, ii): its first channel in the H×W×C plane plus c0, or the zero row
+  const T* corner(const T* xh, const T* zeros, int64_t gj, int k, int64_t ii, int64_t C, int64_t c0) const {
+    const int32_t a = at[(4 * gj + k) * RUN + ii];
+    return a >= 0 ? xh + int64_t(a) * C + c0 : zeros;
+  }
+  bool outside(int64_t gj, int64_t ii) const {
+    const int32_t* a = at.data() + 4 * gj * RUN + ii;
+    return (a[0] & a[RUN] & a[2 * RUN] & a[3 * RUN]) == -1;  // all four −1 (an index is never negative otherwise)
+  }
+};
 
 // ---------------------------------------------------------------------------------------------
 // Forward: the tile's columns, cols[i, k, j, c] = m_j(p) · bilinear(x_c, p's tap j), p = p0 + i.
-// Parallel over the tile's pixels (each writes its own row).
+// Parallel over runs of the tile's pixels (each writes its own rows). Adds the number of non-finite
+// offsets of the tile to *nonfinite (if not null).
 template <typename T>
 void deform_cols(const T* xh, const T* off, const T* mask, T* cols, int64_t C, int64_t H, int64_t W,
                  int64_t Ho, int64_t Wo, int64_t groups, int64_t ogroups, int64_t p0, int64_t n,
-                 const int64_t* g8, int nt) {
+                 const int64_t* g8, int64_t* nonfinite, int nt) {
   const Geom g{g8[0], g8[1], g8[2], g8[3], g8[4], g8[5], g8[6], g8[7]};
   const int64_t Tn = g.kh * g.kw, hw = Ho * Wo, cg = C / groups, TC = Tn * C;
   const std::vector<Segment> segs = segments(C, groups, ogroups, 0, C);
   const std::vector<T> zeros(C, T(0));
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t p = p0 + i, r = p / Wo, q = p % Wo;
-    T* row = cols + i * TC;
-    for (int64_t j = 0; j < Tn; ++j) {
-      const T by = T(r * g.sh - g.ph + (j / g.kw) * g.dh), bx = T(q * g.sw - g.pw + (j % g.kw) * g.dw);
-      for (const Segment& s : segs) {
-        const int64_t gj = s.og * Tn + j, len = s.c1 - s.c0;
-        T* __restrict__ d = row + s.k * Tn * cg + j * cg + (s.c0 - s.k * cg);
-        Point<T> pt;
-        if (!locate(by + off[2 * gj * hw + p], bx + off[(2 * gj + 1) * hw + p], H, W, C, pt)) {
-          std::fill(d, d + len, T(0));
-          continue;
+  const int64_t runs = (n + RUN - 1) / RUN;
+  int64_t found = 0;
+#pragma omp parallel num_threads(int(std::min<int64_t>(nt, runs))) reduction(+ : found)
+  {
+    Run<T> run(ogroups * Tn);
+#pragma omp for schedule(static)
+    for (int64_t ri = 0; ri < runs; ++ri) {
+      const int64_t i0 = ri * RUN, np = std::min(RUN, n - i0);
+      found += locate_run(off, H, W, Ho, Wo, ogroups, g, p0 + i0, np, run.at.data(), run.ly.data(), run.lx.data());
+      for (int64_t ii = 0; ii < np; ++ii) {
+        const int64_t p = p0 + i0 + ii;
+        T* row = cols + (i0 + ii) * TC;
+        for (int64_t j = 0; j < Tn; ++j) {
+          for (const Segment& s : segs) {
+            const int64_t gj = s.og * Tn + j, len = s.c1 - s.c0;
+            T* __restrict__ d = row + s.k * Tn * cg + j * cg + (s.c0 - s.k * cg);
+            if (run.outside(gj, ii)) {
+              std::fill(d, d + len, T(0));
+              continue;
+            }
+            const T ly = run.ly[gj * RUN + ii], lx = run.lx[gj * RUN + ii];
+            const T m = mask ? mask[gj * hw + p] : T(1), hy = T(1) - ly, hx = T(1) - lx;
+            const T w0 = m * hy * hx, w1 = m * hy * lx, w2 = m * ly * hx, w3 = m * ly * lx;
+            const T* __restrict__ a = run.corner(xh, zeros.data(), gj, 0, ii, C, s.c0);
+            const T* __restrict__ b = run.corner(xh, zeros.data(), gj, 1, ii, C, s.c0);
+            const T* __restrict__ c = run.corner(xh, zeros.data(), gj, 2, ii, C, s.c0);
+            const T* __restrict__ e = run.corner(xh, zeros.data(), gj, 3, ii, C, s.c0);
+#pragma omp simd
+            for (int64_t t = 0; t < len; ++t) d[t] = w0 * a[t] + w1 * b[t] + w2 * c[t] + w3 * e[t];
+          }
         }
-        const T m = mask ? mask[gj * hw + p] : T(1), hy = T(1) - pt.ly, hx = T(1) - pt.lx;
-        const T w0 = m * hy * hx, w1 = m * hy * pt.lx, w2 = m * pt.ly * hx, w3 = m * pt.ly * pt.lx;
-        const T* __restrict__ a = pt.at[0] >= 0 ? xh + pt.at[0] + s.c0 : zeros.data();
-        const T* __restrict__ b = pt.at[1] >= 0 ? xh + pt.at[1] + s.c0 : zeros.data();
-        const T* __restrict__ c = pt.at[2] >= 0 ? xh + pt.at[2] + s.c0 : zeros.data();
-        const T* __restrict__ e = pt.at[3] >= 0 ? xh + pt.at[3] + s.c0 : zeros.data();
-        for (int64_t t = 0; t < len; ++t) d[t] = w0 * a[t] + w1 * b[t] + w2 * c[t] + w3 * e[t];
       }
     }
   }
+  if (nonfinite) *nonfinite += found;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -126,51 +195,61 @@ void backward_block(const T* xh, const T* off, const T* mask, const T* gcols, T*
                     const T* zeros) {
   const int64_t Tn = g.kh * g.kw, hw = Ho * Wo, cg = C / groups, TC = Tn * C;
   const std::vector<Segment> segs = segments(C, groups, ogroups, lo, hi);
-  for (int64_t i = i0; i < i1; ++i) {
-    const int64_t p = p0 + i, r = p / Wo, q = p % Wo;
-    const T* grow = gcols + i * TC;
-    for (int64_t j = 0; j < Tn; ++j) {
-      const T by = T(r * g.sh - g.ph + (j / g.kw) * g.dh), bx = T(q * g.sw - g.pw + (j % g.kw) * g.dw);
-      for (const Segment& s : segs) {
-        const int64_t gj = s.og * Tn + j, len = s.c1 - s.c0;
-        Point<T> pt;
-        if (!locate(by + off[2 * gj * hw + p], bx + off[(2 * gj + 1) * hw + p], H, W, C, pt)) continue;
-        const T* __restrict__ gc = grow + s.k * Tn * cg + j * cg + (s.c0 - s.k * cg);
-        const T m = mask ? mask[gj * hw + p] : T(1);
-        const T ly = pt.ly, lx = pt.lx, hy = T(1) - ly, hx = T(1) - lx;
-        const T w0 = m * hy * hx, w1 = m * hy * lx, w2 = m * ly * hx, w3 = m * ly * lx;
-        if (acc) {
-          const T* __restrict__ a = pt.at[0] >= 0 ? xh + pt.at[0] + s.c0 : zeros;
-          const T* __restrict__ b = pt.at[1] >= 0 ? xh + pt.at[1] + s.c0 : zeros;
-          const T* __restrict__ c = pt.at[2] >= 0 ? xh + pt.at[2] + s.c0 : zeros;
-          const T* __restrict__ e = pt.at[3] >= 0 ? xh + pt.at[3] + s.c0 : zeros;
-          // a corner outside the image sends its gradient to a row of the sink (or nowhere)
-          T* __restrict__ ga = gx && pt.at[0] >= 0 ? gx + pt.at[0] + s.c0 : sink;
-          T* __restrict__ gb = gx && pt.at[1] >= 0 ? gx + pt.at[1] + s.c0 : sink + C;
-          T* __restrict__ gcc = gx && pt.at[2] >= 0 ? gx + pt.at[2] + s.c0 : sink + 2 * C;
-          T* __restrict__ ge = gx && pt.at[3] >= 0 ? gx + pt.at[3] + s.c0 : sink + 3 * C;
-          T sy = 0, sx = 0, sv = 0;
-#pragma omp simd reduction(+ : sy, sx, sv)
-          for (int64_t t = 0; t < len; ++t) {
-            const T v = gc[t];
-            sy += v * (hx * (c[t] - a[t]) + lx * (e[t] - b[t]));
-            sx += v * (hy * (b[t] - a[t]) + ly * (e[t] - c[t]));
-            sv += v * (hy * (hx * a[t] + lx * b[t]) + ly * (hx * c[t] + lx * e[t]));
-            ga[t] += w0 * v;
-            gb[t] += w1 * v;
-            gcc[t] += w2 * v;
-            ge[t] += w3 * v;
-          }
-          acc[(3 * gj) * n + i] += m * sy;
-          acc[(3 * gj + 1) * n + i] += m * sx;
-          acc[(3 * gj + 2) * n + i] += sv;
-        } else if (gx) {
-          const T wk[4] = {w0, w1, w2, w3};
+  Run<T> run(ogroups * Tn);
+  for (int64_t r0 = i0; r0 < i1; r0 += RUN) {
+    const int64_t np = std::min(RUN, i1 - r0);
+    locate_run(off, H, W, Ho, Wo, ogroups, g, p0 + r0, np, run.at.data(), run.ly.data(), run.lx.data());
+    for (int64_t ii = 0; ii < np; ++ii) {
+      const int64_t i = r0 + ii, p = p0 + i;
+      const T* grow = gcols + i * TC;
+      for (int64_t j = 0; j < Tn; ++j) {
+        for (const Segment& s : segs) {
+          const int64_t gj = s.og * Tn + j, len = s.c1 - s.c0;
+          if (run.outside(gj, ii)) continue;
+          const T* __restrict__ gc = grow + s.k * Tn * cg + j * cg + (s.c0 - s.k * cg);
+          const T m = mask ? mask[gj * hw + p] : T(1);
+          const T ly = run.ly[gj * RUN + ii], lx = run.lx[gj * RUN + ii], hy = T(1) - ly, hx = T(1) - lx;
+          const T w0 = m * hy * hx, w1 = m * hy * lx, w2 = m * ly * hx, w3 = m * ly * lx;
+          const T* in[4];
+          T* out[4];
           for (int k = 0; k < 4; ++k) {
-            if (pt.at[k] < 0) continue;
-            T* __restrict__ d = gx + pt.at[k] + s.c0;
-            const T w = wk[k];
-            for (int64_t t = 0; t < len; ++t) d[t] += w * gc[t];
+            in[k] = run.corner(xh, zeros, gj, k, ii, C, s.c0);
+            // a corner outside the image sends its gradient to a row of the sink (or nowhere)
+            out[k] = gx && in[k] != zeros ? gx + (in[k] - xh) : sink + k * C;
+          }
+          if (acc) {
+            const T* __restrict__ a = in[0];
+            const T* __restrict__ b = in[1];
+            const T* __restrict__ c = in[2];
+            const T* __restrict__ e = in[3];
+            T* __restrict__ ga = out[0];
+            T* __restrict__ gb = out[1];
+            T* __restrict__ gcc = out[2];
+            T* __restrict__ ge = out[3];
+            T sy = 0, sx = 0, sv = 0;
+#pragma omp simd reduction(+ : sy, sx, sv)
+            for (int64_t t = 0; t < len; ++t) {
+              const T v = gc[t];
+              sy += v * (hx * (c[t] - a[t]) + lx * (e[t] - b[t]));
+              sx += v * (hy * (b[t] - a[t]) + ly * (e[t] - c[t]));
+              sv += v * (hy * (hx * a[t] + lx * b[t]) + ly * (hx * c[t] + lx * e[t]));
+              ga[t] += w0 * v;
+              gb[t] += w1 * v;
+              gcc[t] += w2 * v;
+              ge[t] += w3 * v;
+            }
+            acc[(3 * gj) * n + i] += m * sy;
+            acc[(3 * gj + 1) * n + i] += m * sx;
+            acc[(3 * gj + 2) * n + i] += sv;
+          } else if (gx) {
+            const T wk[4] = {w0, w1, w2, w3};
+            for (int k = 0; k < 4; ++k) {
+              if (in[k] == zeros) continue;
+              T* __restrict__ d = out[k];
+              const T w = wk[k];
+#pragma omp simd
+              for (int64_t t = 0; t < len; ++t) d[t] += w * gc[t];
+            }
           }
         }
       }
@@ -238,6 +317,24 @@ void deform_backward(const T* xh, const T* off, const T* mask, const T* gcols, T
   }
 }
 
+// xh (HW × C) = x (C × HW) transposed, for nb samples: the channels-last copy the sampling reads. In
+// blocks of pixels, so that each block's C rows are read once and its output is written contiguously
+// (torch's permute(0, 2, 3, 1).contiguous() is several times slower on narrow maps).
+template <typename T>
+void deform_channels_last(const T* x, T* xh, int64_t nb, int64_t C, int64_t HW, int nt) {
+  constexpr int64_t PB = 32;
+  const int64_t blocks = (HW + PB - 1) / PB;
+#pragma omp parallel for num_threads(nt) schedule(static) collapse(2)
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t q0 = blk * PB, q1 = std::min(HW, q0 + PB);
+      const T* src = x + b * C * HW;
+      T* dst = xh + b * C * HW;
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t q = q0; q < q1; ++q) dst[q * C + c] = src[c * HW + q];
+    }
+}
+
 // gxh (size elements) += Σ of the nparts planes of priv, which are zeroed for the next sample.
 template <typename T>
 void deform_reduce(T* gxh, T* priv, int64_t nparts, int64_t size, int nt) {
@@ -260,8 +357,12 @@ void deform_reduce(T* gxh, T* priv, int64_t nparts, int64_t size, int nt) {
   extern "C" void deform_cols_##SFX(const T* xh, const T* off, const T* mask, T* cols, int64_t C,   \
                                     int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t groups,   \
                                     int64_t ogroups, int64_t p0, int64_t n, const int64_t* g8,      \
-                                    int nt) {                                                       \
-    deform_cols<T>(xh, off, mask, cols, C, H, W, Ho, Wo, groups, ogroups, p0, n, g8, nt);          \
+                                    int64_t* nonfinite, int nt) {                                   \
+    deform_cols<T>(xh, off, mask, cols, C, H, W, Ho, Wo, groups, ogroups, p0, n, g8, nonfinite, nt); \
+  }                                                                                                 \
+  extern "C" void deform_channels_last_##SFX(const T* x, T* xh, int64_t nb, int64_t C, int64_t HW,  \
+                                             int nt) {                                              \
+    deform_channels_last<T>(x, xh, nb, C, HW, nt);                                                  \
   }                                                                                                 \
   extern "C" void deform_backward_##SFX(const T* xh, const T* off, const T* mask, const T* gcols,   \
                                         T* gxh, T* priv, T* goff, T* gmask, int64_t C, int64_t H,   \
@@ -278,4 +379,4 @@ void deform_reduce(T* gxh, T* priv, int64_t nparts, int64_t size, int nt) {
 ADAPTCONV_DEFORM_EXPORT(float, f32)
 ADAPTCONV_DEFORM_EXPORT(double, f64)
 
-extern "C" int adaptconv_deform_cpu_abi() { return 2; }
+extern "C" int adaptconv_deform_cpu_abi() { return 3; }
