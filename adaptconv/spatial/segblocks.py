@@ -41,11 +41,14 @@ from .blocks import (
     BlockSizeError,
     Grid,
     Groups,
+    _pair,
     check_block_size,
+    check_conv,
     check_fraction,
+    check_maxpool,
+    check_side,
     max_reduction,
     run_blockwise,
-    scatter_blocks,
     split_blocks,
 )
 
@@ -99,183 +102,334 @@ def gradient_energy(image: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tens
     return F.adaptive_avg_pool2d(e, grid_hw)[:, 0]
 
 
-#: the 8 neighbours of a block: (row offset, column offset) in the block grid
-DIRECTIONS = tuple((di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1) if di or dj)
+#: convolutions whose reduction depth (input channels × taps) is at least this run as one matrix
+#: product over the pixels of both resolutions (im2col by one gather): the deep stages, where blocks
+#: are a few pixels and the weights large. There two direct convs (one per resolution) cost up to 2×
+#: their FLOPs on the CPU: each call reorders the whole weight and works on 2–4 px wide maps.
+#: Shallower convs (large blocks, small weights) run as one direct conv per resolution on padded blocks.
+GEMM_MIN_DEPTH = 2048
 
 
-def _edge(t: torch.Tensor, dim: int, towards: int, n: int) -> torch.Tensor:
-    """Along ``dim`` of a neighbour's blocks, the part that touches the block being padded: its last
-    ``n`` pixels when the neighbour lies before it (``towards`` −1), its first ``n`` when after (+1),
-    all of it when level (0). A view."""
-    if towards < 0:
-        return t.narrow(dim, t.shape[dim] - n, n)
-    if towards > 0:
-        return t.narrow(dim, 0, n)
-    return t
+class Rows:
+    """The features of every block of a frame at both resolutions, one pixel per row (channels
+    last): ``data`` is P×C, the high-resolution blocks' pixels first (block, y, x), then the
+    low-resolution blocks'; ``side`` is the high blocks' side in pixels (the low blocks' is half).
+
+    One tensor for both resolutions: BatchNorm, activations and residual adds are one call each, and
+    BlockPad is one gather from it (see :class:`DualResContext`)."""
+
+    __slots__ = ("data", "side")
+
+    def __init__(self, data: torch.Tensor, side: int) -> None:
+        self.data, self.side = data, side
+
+    def __repr__(self) -> str:
+        return f"Rows({tuple(self.data.shape)}, side={self.side})"
 
 
-def _strip(t: torch.Tensor, d: tuple[int, int], n: int) -> torch.Tensor:
-    return _edge(_edge(t, -2, d[0], n), -1, d[1], n)
+@functools.lru_cache(maxsize=256)
+def _template(side: int, kind: str, k: int, stride: int, pad: int, dilation: int, device: torch.device):
+    """The pixels a block of ``side`` px reads from its neighbours and itself, in its own frame
+    (−pad … side+pad−1): (their places in the block's output, of ``size``; the direction of the
+    block they lie in, 0…8 for (di, dj) ∈ {−1, 0, 1}²; row and column inside that block), and ``size``.
+    ``kind`` "pad": the block with a border of ``pad`` px, row-major, of which only the border is
+    listed (the inside is the block itself, copied whole); "taps": per output pixel of a k×k conv
+    (stride, padding, dilation) its k·k taps (output row, output column, tap row, tap column)."""
+    if kind == "pad":
+        e = side + 2 * pad
+        c = torch.arange(-pad, side + pad)
+        ys, xs = c[:, None].expand(e, e).reshape(-1), c[None, :].expand(e, e).reshape(-1)
+        places = ((ys < 0) | (ys >= side) | (xs < 0) | (xs >= side)).nonzero()[:, 0]
+        ys, xs, size = ys[places], xs[places], e * e
+    else:
+        o = side // stride
+        c = (torch.arange(o) * stride - pad)[:, None] + torch.arange(k) * dilation  # o×k
+        ys, xs = c[:, None, :, None].expand(o, o, k, k).reshape(-1), c[None, :, None, :].expand(o, o, k, k).reshape(-1)
+        places, size = torch.arange(ys.numel()), ys.numel()
+    di, dj = torch.div(ys, side, rounding_mode="floor"), torch.div(xs, side, rounding_mode="floor")
+    if ys.numel() and (di.abs().max() > 1 or dj.abs().max() > 1):  # the caller refuses padding wider than a block
+        raise BlockSizeError(f"padding {pad} reaches beyond the neighbouring block of {side} px")
+    direction = (di + 1) * 3 + dj + 1
+    return places.to(device), direction.to(device), (ys - di * side).to(device), (xs - dj * side).to(device), size
 
 
-def _pool2(t: torch.Tensor) -> torch.Tensor:
-    """2×2 average pooling, summed in ``F.avg_pool2d``'s order (the same numbers); several times
-    faster than it on the CPU for the thin strips of a halo."""
-    return (t[..., ::2, ::2] + t[..., ::2, 1::2] + t[..., 1::2, ::2] + t[..., 1::2, 1::2]) / 4
+class Gather:
+    """One BlockPad (or im2col) as a gather from :class:`Rows` data into ``size`` rows.
 
+    ``inside`` (padded blocks only): per group (first source row, first output row, blocks, side,
+    pad): each block is copied whole into the middle of its padded block. Then the rows at ``pos``
+    (all of them when ``pos`` is None) are rows ``main`` of the source, those at ``pool_pos`` the 2×2
+    average of source rows ``pool_rows`` (a low block's halo from a high neighbour), and those at
+    ``fill_pos`` the fill value (the image border)."""
 
-def _halo_slices(d: tuple[int, int], side: int, pad: int) -> tuple[slice, slice]:
-    """Where the halo from the neighbour in direction ``d`` goes in a padded block of ``side + 2·pad``."""
-    span = {-1: slice(0, pad), 0: slice(pad, pad + side), 1: slice(pad + side, side + 2 * pad)}
-    return span[d[0]], span[d[1]]
+    def __init__(self, size, inside, pos, main, pool_pos, pool_rows, fill_pos) -> None:
+        self.size, self.inside, self.pos, self.main = size, inside, pos, main
+        self.pool_pos, self.pool_rows, self.fill_pos = pool_pos, pool_rows, fill_pos
 
-
-def _dilate(mask: torch.Tensor) -> torch.Tensor:
-    """The 8-neighbourhood of a B×gh×gw bool mask (the mask included)."""
-    return F.max_pool2d(mask[:, None].float(), 3, 1, 1)[:, 0] > 0
-
-
-#: BlockPad of a layer whose whole map (batch × channels × pixels at a group's resolution) has at most
-#: this many elements builds that map and cuts the padded blocks out of it (a few indexed copies of
-#: whole blocks); larger maps get their halo strip by strip (data ∝ the halo, but ~16 copies per
-#: group). Small maps (training batches of small images, the deep stages) are cheaper whole: fewer
-#: operations, fewer autograd nodes. Both give the same numbers.
-WHOLE_MAP_ELEMENTS = 1 << 18
+    def __call__(self, data: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        if self.pos is None:
+            out = data.index_select(0, self.main)
+        else:
+            c = data.shape[1]
+            out = data.new_empty(self.size, c)
+            for src, dst, n, s, p in self.inside:
+                e = s + 2 * p
+                out[dst : dst + n * e * e].view(n, e, e, c)[:, p : p + s, p : p + s] = data[src : src + n * s * s].view(
+                    n, s, s, c
+                )
+            if self.pos.numel():
+                out.index_copy_(0, self.pos, data.index_select(0, self.main))
+        if self.pool_pos.numel():
+            r = self.pool_rows  # summed in F.avg_pool2d's order: the same numbers
+            pooled = data.index_select(0, r[0]) + data.index_select(0, r[1])
+            pooled = (pooled + data.index_select(0, r[2]) + data.index_select(0, r[3])) / 4
+            out.index_copy_(0, self.pool_pos, pooled)
+        if self.fill_pos.numel():
+            out.index_fill_(0, self.fill_pos, fill)
+        return out
 
 
 class DualResContext(BlockContext):
-    """BlockPad between high- and low-resolution blocks of one frame.
+    """BlockPad between the high- and low-resolution blocks of one frame, on features kept as
+    :class:`Rows`.
 
-    Large maps: each group's blocks are padded with ``fill`` (the image border), then the halo is
-    overwritten strip by strip from the neighbours: per direction, one indexed copy from the neighbours
-    of the same resolution and one from those of the other resolution, of which only the strip that
-    is read is resampled (nearest ×2 of ⌈p/2⌉ rows for a high block, 2×2 average of 2p rows for a low
-    one). Nothing is built at full image size, so the cost follows the blocks run.
-    Small maps (``WHOLE_MAP_ELEMENTS``): the group's blocks and their neighbours of the other
-    resolution (resampled whole) are written into one map at the group's resolution, the padded
-    blocks read out of it."""
+    Every padded layer reads its input through one :class:`Gather` built (once per forward and
+    geometry) from the block grid: a pixel in a block's border comes from the neighbouring block at
+    the same resolution as is, from a low neighbour of a high block by nearest ×2 upsampling (the
+    low pixel it falls in), from a high neighbour of a low block as the 2×2 average of its pixels,
+    and beyond the image border it is the op's fill value. Nothing is built at full image size, so
+    the cost follows the blocks run; the features of low blocks stay at low resolution.
+
+    Convolutions: below :data:`GEMM_MIN_DEPTH` the gather yields the padded blocks of both
+    resolutions (channels last), each resolution runs one direct conv with padding 0; from it on the
+    gather yields every output pixel's taps (im2col) and one matrix product serves both resolutions.
+    Either way the numbers are the whole-map definition's: with every block high the network is the
+    dense one (to float round-off)."""
 
     def __init__(self, high: torch.Tensor) -> None:
         b, gh, gw = high.shape
         self.grid = Grid(b, gh, gw)
         self.high = high
         flat = high.reshape(-1)
+        dev = high.device
         self.index = {"high": flat.nonzero()[:, 0], "low": (~flat).nonzero()[:, 0]}
+        self.counts = {g: int(i.numel()) for g, i in self.index.items()}
         # each block's row in its group's tensor
-        self.rows = torch.full((flat.numel(),), -1, dtype=torch.long, device=high.device)
+        self.rows = torch.full((flat.numel(),), -1, dtype=torch.long, device=dev)
         for g in ("high", "low"):
-            self.rows[self.index[g]] = torch.arange(self.index[g].numel(), device=high.device)
+            self.rows[self.index[g]] = torch.arange(self.counts[g], device=dev)
+        # the block itself and its 8 neighbours, per group: their group (0 high, 1 low, −1 beyond the
+        # image border) and row in that group; direction (di + 1)·3 + dj + 1
+        framed = torch.full((b, gh + 2, gw + 2), -1, dtype=torch.long, device=dev)
+        framed[:, 1:-1, 1:-1] = torch.arange(flat.numel(), device=dev).view(b, gh, gw)
+        nb = torch.stack(
+            [
+                framed[:, 1 + di : 1 + di + gh, 1 + dj : 1 + dj + gw].reshape(-1)
+                for di in (-1, 0, 1)
+                for dj in (-1, 0, 1)
+            ],
+            1,
+        )
+        inside, safe = nb >= 0, nb.clamp(min=0)
+        group = torch.where(inside, (~flat[safe]).long(), -1)
+        row = torch.where(inside, self.rows[safe], 0)
+        self._neighbours = {g: (group[self.index[g]], row[self.index[g]]) for g in ("high", "low")}
+        self._plans: dict[tuple, object] = {}
 
-    @functools.cached_property
-    def coords(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        return {g: self.grid.coords(i) for g, i in self.index.items()}
+    # ---- geometry -------------------------------------------------------------------------------
+    def _groups(self, side: int) -> list[tuple[str, int, int]]:
+        """(group, blocks, side) of the non-empty groups at a high-block side of ``side`` px."""
+        return [(g, self.counts[g], s) for g, s in (("high", side), ("low", side // 2)) if self.counts[g]]
 
-    @functools.cached_property
-    def neighbours(self) -> dict[str, tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
-        """Per group: (grid coordinates, rows in the other group) of the blocks of the other resolution
-        that touch one of its blocks."""
-        out = {}
-        for g, mine in (("high", self.high), ("low", ~self.high)):
-            ids = (_dilate(mine) & ~mine).reshape(-1).nonzero()[:, 0]
-            out[g] = (self.grid.coords(ids), self.rows[ids])
-        return out
+    def _base(self, g: str, side: int) -> int:
+        """The first row of group ``g`` at a high-block side of ``side`` px."""
+        return 0 if g == "high" else self.counts["high"] * side * side
 
-    @functools.cached_property
-    def halo(self) -> dict[str, list[tuple[tuple[int, int], str, torch.Tensor, torch.Tensor]]]:
-        """Per group: (direction, source group, rows of the group to write, rows of the source to read)."""
-        b, gh, gw = self.high.shape
-        flat, dev = self.high.reshape(-1), self.high.device
-        ids = torch.arange(flat.numel(), device=dev).view(b, gh, gw)
-        halo: dict[str, list] = {"high": [], "low": []}
-        for d in DIRECTIONS:
-            # the neighbour in direction d of every block (−1 beyond the image border)
-            nb = torch.full((b, gh, gw), -1, dtype=torch.long, device=dev)
-            di, dj = d
-            nb[:, max(0, -di) : gh - max(0, di), max(0, -dj) : gw - max(0, dj)] = ids[
-                :, max(0, di) : gh - max(0, -di), max(0, dj) : gw - max(0, -dj)
-            ]
-            nb = nb.reshape(-1)
-            for g in ("high", "low"):
-                mine = nb[self.index[g]]
-                inside = mine >= 0
-                for src, src_high in (("high", True), ("low", False)):
-                    take = inside.clone()
-                    take[inside] = flat[mine[inside]] == src_high
-                    dest = take.nonzero()[:, 0]
-                    if dest.numel():
-                        halo[g].append((d, src, dest, self.rows[mine[dest]]))
-        return halo
-
-    def _pad_whole(self, g: str, feats: Groups, side: int, pad: int, fill: float) -> torch.Tensor:
-        blocks, grid, s, e = feats[g], self.grid, side, side + 2 * pad
-        h, w = grid.gh * s + 2 * pad, grid.gw * s + 2 * pad
-        full = blocks.new_empty(grid.batch, blocks.shape[1], h, w)
-        for border in (full[:, :, :pad], full[:, :, h - pad :], full[:, :, :, :pad], full[:, :, :, w - pad :]):
-            border.fill_(fill)
-        inner = full[:, :, pad : h - pad, pad : w - pad]
-        view = inner.unflatten(2, (grid.gh, s)).unflatten(4, (grid.gw, s)).permute(0, 2, 4, 1, 3, 5)
-        view[self.coords[g]] = blocks
-        coords, rows = self.neighbours[g]
-        if rows.numel():
-            nb = feats["low" if g == "high" else "high"].index_select(0, rows)
-            view[coords] = nb.repeat_interleave(2, -2).repeat_interleave(2, -1) if g == "high" else _pool2(nb)
-        windows = full.unfold(2, e, s).unfold(3, e, s).permute(0, 2, 3, 1, 4, 5)
-        return windows[self.coords[g]]
-
-    def _sides(self, feats: Groups) -> tuple[int, int]:
-        if "high" in feats and feats["high"].shape[0]:
-            return feats["high"].shape[-1], feats["high"].shape[-1] // 2
-        return feats["low"].shape[-1] * 2, feats["low"].shape[-1]
-
-    def pad(self, name: str, feats: Groups, pad: int, fill: float) -> Groups:
-        if pad == 0:
-            return feats
-        side = dict(zip(("high", "low"), self._sides(feats)))
-        out = {}
-        for g in ("high", "low"):
-            blocks = feats[g]
-            if not blocks.shape[0]:
-                out[g] = blocks.new_empty(0, blocks.shape[1], side[g] + 2 * pad, side[g] + 2 * pad)
-                continue
-            if pad > side[g]:
+    def _check(self, name: str, side: int, stride: int, pad: int, k: int, dilation: int) -> None:
+        for g, _, s in self._groups(side):
+            check_side(name, g, s, stride)
+            if pad > s:
                 raise BlockSizeError(
-                    f"{name}: padding {pad} is wider than the {g}-resolution blocks of {side[g]} px "
-                    f"here; use a larger block size"
+                    f"{name}: padding {pad} is wider than the {g}-resolution blocks of {s} px here; use a larger block size"
                 )
-            s, e = side[g], side[g] + 2 * pad
-            if self.grid.batch * blocks.shape[1] * self.grid.gh * self.grid.gw * s * s <= WHOLE_MAP_ELEMENTS:
-                out[g] = self._pad_whole(g, feats, s, pad, fill)
-                continue
-            # the block inside, ``fill`` in its border; the halo then overwrites the border where a
-            # neighbour is (F.pad would fill the whole padded tensor first: measurably slower)
-            padded = blocks.new_empty(blocks.shape[0], blocks.shape[1], e, e)
-            padded[:, :, pad : pad + s, pad : pad + s] = blocks
-            for border in (padded[:, :, :pad], padded[:, :, s + pad :], padded[:, :, pad : s + pad, :pad]):
-                border.fill_(fill)
-            padded[:, :, pad : s + pad, s + pad :].fill_(fill)
-            for d, src, dest, rows in self.halo[g]:
-                if src == g:
-                    strip = _strip(feats[src], d, pad).index_select(0, rows)
-                elif g == "high":  # a low neighbour: its ⌈p/2⌉ edge pixels, upsampled, cut to p
-                    strip = _strip(feats[src], d, (pad + 1) // 2).index_select(0, rows)
-                    strip = _strip(strip.repeat_interleave(2, -2).repeat_interleave(2, -1), d, pad)
-                else:  # a high neighbour: its 2p edge pixels, 2×2-averaged
-                    strip = _pool2(_strip(feats[src], d, 2 * pad).index_select(0, rows))
-                rs, cs = _halo_slices(d, side[g], pad)
-                padded[:, :, rs, cs].index_copy_(0, dest, strip)
-            out[g] = padded
+            if (s + 2 * pad - dilation * (k - 1) - 1) // stride + 1 != s // stride:
+                raise TypeError(
+                    f"{name}: block-wise execution needs 'same' padding (output {s // stride} px from "
+                    f"{s} px at stride {stride}); kernel {k}, padding {pad}, dilation {dilation} do not give it"
+                )
+
+    def gather(self, side: int, kind: str, k: int = 1, stride: int = 1, pad: int = 0, dilation: int = 1) -> Gather:
+        """The :class:`Gather` of a padded layer (``kind`` "pad" or "taps", see :func:`_template`) on
+        rows of a high-block side of ``side`` px: both groups, the high group's rows first."""
+        key = (kind, side, k, stride, pad, dilation)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._build_gather(side, kind, k, stride, pad, dilation)
+        return plan
+
+    def _build_gather(self, side: int, kind: str, k: int, stride: int, pad: int, dilation: int) -> Gather:
+        dev = self.high.device
+        base_low = self._base("low", side)
+        parts: dict[str, list[torch.Tensor]] = {"pos": [], "main": [], "pool_pos": [], "pool_rows": [], "fill": []}
+        inside, offset = [], 0
+        for g, n, s in self._groups(side):
+            places, direction, ys, xs, size = _template(s, kind, k, stride, pad, dilation, dev)
+            if kind == "pad":
+                inside.append((self._base(g, side), offset, n, s, pad))
+            nb_group, nb_row = (t[:, direction] for t in self._neighbours[g])  # blocks × pixels read
+            pos = (offset + torch.arange(n, device=dev)[:, None] * size + places).reshape(-1)
+            own = self._base(g, side) + nb_row * (s * s) + ys * s + xs
+            if g == "high":  # a low neighbour: the low pixel this one falls in (nearest ×2)
+                h = s // 2
+                up = base_low + nb_row * (h * h) + (ys // 2) * h + xs // 2
+                main = torch.where(nb_group == 0, own, torch.where(nb_group == 1, up, 0))
+            else:  # a high neighbour: the 2×2 average of its 4 pixels, patched in after the gather
+                main = torch.where(nb_group == 1, own, 0)
+                where = (nb_group == 0).reshape(-1).nonzero()[:, 0]
+                if where.numel():
+                    t, w = where % ys.numel(), 2 * s
+                    first = nb_row.reshape(-1)[where] * (w * w) + (2 * ys[t]) * w + 2 * xs[t]
+                    parts["pool_pos"].append(pos[where])
+                    parts["pool_rows"].append(torch.stack([first, first + 1, first + w, first + w + 1]))
+            parts["fill"].append(pos[(nb_group < 0).reshape(-1)])
+            parts["pos"].append(pos)
+            parts["main"].append(main.reshape(-1))
+            offset += n * size
+        cat = {
+            key: torch.cat(v, -1)
+            if v
+            else torch.zeros((4, 0) if key == "pool_rows" else 0, dtype=torch.long, device=dev)
+            for key, v in parts.items()
+        }
+        return Gather(
+            offset,
+            inside,
+            cat["pos"] if kind == "pad" else None,
+            cat["main"],
+            cat["pool_pos"],
+            cat["pool_rows"],
+            cat["fill"],
+        )
+
+    def _rows_index(self, side: int, out_side: int, whole: bool) -> torch.Tensor:
+        """Source rows (at a high-block side of ``side``) of nearest upsampling to ``out_side``: per
+        block (``whole``: per pixel of the full map, low blocks ×2 more)."""
+        key = ("up", side, out_side, whole)
+        index = self._plans.get(key)
+        if index is not None:
+            return index
+        dev, f = self.high.device, out_side // side
+        if whole:  # every block at out_side px, in the full map's pixel order
+            y = torch.arange(out_side, device=dev)
+            parts = []
+            for g, s, div in (("high", side, f), ("low", side // 2, 2 * f)):
+                local = (y[:, None] // div) * s + y[None, :] // div  # out_side² pixels → row in block
+                parts.append(self._base(g, side) + self.rows[:, None] * (s * s) + local.reshape(-1))
+            table = torch.where(self.high.reshape(-1, 1), parts[0], parts[1])
+            g = self.grid
+            index = table.view(g.batch, g.gh, g.gw, out_side, out_side).permute(0, 1, 3, 2, 4).reshape(-1)
+        else:
+            parts = []
+            for g, n, s in self._groups(side):
+                y = torch.arange(s * f, device=dev)
+                local = (y[:, None] // f) * s + y[None, :] // f
+                parts.append(self._base(g, side) + torch.arange(n, device=dev)[:, None] * (s * s) + local.reshape(-1))
+            index = torch.cat([p.reshape(-1) for p in parts])
+        self._plans[key] = index
+        return index
+
+    # ---- between block tensors and rows ---------------------------------------------------------
+    def rows_of(self, feats: Groups) -> Rows:
+        """{"high": N₁×C×s×s, "low": N₂×C×s/2×s/2} → :class:`Rows`."""
+        high, low = feats["high"], feats["low"]
+        side = high.shape[-1] if self.counts["high"] else 2 * low.shape[-1]
+        parts = [feats[g].permute(0, 2, 3, 1).reshape(-1, feats[g].shape[1]) for g, _, _ in self._groups(side)]
+        return Rows(parts[0] if len(parts) == 1 else torch.cat(parts), side)
+
+    def _per_group(self, padded: torch.Tensor, side: int, pad: int, op) -> torch.Tensor:
+        """``op`` on the padded blocks of each group (channels last), the outputs back as rows."""
+        outs, start, c = [], 0, padded.shape[1]
+        for _, n, s in self._groups(side):
+            e = s + 2 * pad
+            y = op(padded[start : start + n * e * e].view(n, e, e, c).permute(0, 3, 1, 2))
+            outs.append(y.permute(0, 2, 3, 1).reshape(-1, y.shape[1]))
+            start += n * e * e
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    # ---- BlockPad on block tensors (the definition's interface) ----------------------------------
+    def pad(self, name: str, feats: Groups, pad: int, fill: float) -> Groups:
+        """Each group's blocks with ``pad`` pixels of BlockPad around them (contiguous tensors)."""
+        x = self.rows_of(feats)
+        self._check(name, x.side, 1, pad, 2 * pad + 1, 1)
+        padded = self.gather(x.side, "pad", pad=pad)(x.data, fill)
+        out, start, c = {}, 0, padded.shape[1]
+        for g, s in (("high", x.side), ("low", x.side // 2)):
+            n, e = self.counts[g], s + 2 * pad
+            out[g] = padded[start : start + n * e * e].view(n, e, e, c).permute(0, 3, 1, 2).contiguous()
+            start += n * e * e
         return out
 
-    def assemble(self, name: str, feats: Groups) -> torch.Tensor:
-        s_high, _ = self._sides(feats)
-        ref = feats["high"] if feats["high"].shape[0] else feats["low"]
-        g = self.grid
-        out = ref.new_empty(g.batch, ref.shape[1], g.gh * s_high, g.gw * s_high)
-        if feats["high"].shape[0]:
-            scatter_blocks(out, feats["high"], self.index["high"])
-        if feats["low"].shape[0]:
-            scatter_blocks(out, F.interpolate(feats["low"], scale_factor=2, mode="nearest"), self.index["low"])
-        return out
+    # ---- the executor's ops on Rows -------------------------------------------------------------
+    def conv(self, name: str, conv: nn.Conv2d, x: Rows) -> Rows:
+        (k, kw), (stride, _), (pad, _) = check_conv(name, conv)
+        dilation = _pair(conv.dilation)
+        if k != kw or dilation[0] != dilation[1]:
+            raise TypeError(f"{name}: block-wise execution needs a square kernel and dilation, got {conv.kernel_size}")
+        dilation = dilation[0]
+        self._check(name, x.side, stride, pad, k, dilation)
+        data, cout = x.data, conv.out_channels
+        if conv.groups == 1 and (k == 1 or conv.in_channels * k * k >= GEMM_MIN_DEPTH):
+            # im2col by one gather, one matrix product for both resolutions
+            if k == 1 and stride == 1:
+                cols = data
+            else:
+                cols = self.gather(x.side, "taps", k, stride, pad, dilation)(data)
+                if k > 1:  # (pixel, tap, channel) → (pixel, channel, tap): the weight's order
+                    cols = cols.view(-1, k * k, data.shape[1]).transpose(1, 2).reshape(-1, data.shape[1] * k * k)
+            weight = conv.weight.reshape(cout, -1).t()
+            out = cols @ weight if conv.bias is None else torch.addmm(conv.bias, cols, weight)
+        else:
+            padded = data if pad == 0 else self.gather(x.side, "pad", pad=pad)(data)
+            out = self._per_group(
+                padded,
+                x.side,
+                pad,
+                lambda t: F.conv2d(t, conv.weight, conv.bias, stride, 0, conv.dilation, conv.groups),
+            )
+        self.count(out, conv)
+        return Rows(out, x.side // stride)
+
+    def maxpool(self, name: str, pool: nn.MaxPool2d, x: Rows) -> Rows:
+        k, stride, pad = check_maxpool(name, pool)
+        dilation = _pair(pool.dilation)[0]
+        self._check(name, x.side, stride, pad, k, dilation)
+        padded = x.data if pad == 0 else self.gather(x.side, "pad", pad=pad)(x.data, float("-inf"))
+        out = self._per_group(padded, x.side, pad, lambda t: F.max_pool2d(t, k, stride, 0, dilation))
+        return Rows(out, x.side // stride)
+
+    def pointwise(self, name: str, fn, x: Rows) -> Rows:
+        """One call for both resolutions (BatchNorm2d sees the pixels as a batch of 1×1 maps)."""
+        if isinstance(fn, nn.modules.batchnorm._BatchNorm):
+            return Rows(fn(x.data.view(*x.data.shape, 1, 1)).view(x.data.shape), x.side)
+        return Rows(fn(x.data), x.side)
+
+    def add(self, a: Rows, b: Rows) -> Rows:
+        if a.side != b.side or a.data.shape != b.data.shape:
+            raise ValueError(f"DualResContext.add: {a} and {b} differ")
+        return Rows(a.data + b.data, a.side)
+
+    def resize(self, x: Rows, like: Rows) -> Rows:
+        if x.side == like.side:
+            return x
+        if like.side % x.side:
+            raise ValueError(f"DualResContext.resize: {like.side} px is not a multiple of {x.side} px")
+        return Rows(x.data.index_select(0, self._rows_index(x.side, like.side, whole=False)), like.side)
+
+    def assemble(self, name: str, x: Rows) -> torch.Tensor:
+        """The full map B×C×(gh·s)×(gw·s) of ``x`` (low blocks upsampled ×2, nearest)."""
+        g, c = self.grid, x.data.shape[1]
+        full = x.data.index_select(0, self._rows_index(x.side, x.side, whole=True))
+        return full.view(g.batch, g.gh * x.side, g.gw * x.side, c).permute(0, 3, 1, 2).contiguous()
 
 
 class SegBlocks(nn.Module):
@@ -377,7 +531,7 @@ class SegBlocks(nn.Module):
         self._fraction = float(high.float().mean())
         ctx = DualResContext(high)
         blocks = split_blocks(image, self.block_size)
-        feats = {"high": blocks[ctx.index["high"]], "low": F.avg_pool2d(blocks[ctx.index["low"]], 2)}
+        feats = ctx.rows_of({"high": blocks[ctx.index["high"]], "low": F.avg_pool2d(blocks[ctx.index["low"]], 2)})
         self.context = ctx  # its conv_flops: what this forward executed
         return ctx, run_blockwise(self.backbone, feats, ctx)
 

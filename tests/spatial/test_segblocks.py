@@ -146,22 +146,47 @@ def _reference_pad(feats, high, pad, fill):
     return out
 
 
-@pytest.mark.parametrize("whole_map", [False, True], ids=["strips", "whole-map"])
-@pytest.mark.parametrize("pad,fill", [(1, 0.0), (2, 0.0), (3, float("-inf")), (4, 0.0)])
-def test_blockpad_equals_the_whole_map_definition(pad, fill, whole_map, monkeypatch):
-    """Mixed high/low blocks on random features: both ways of padding (halo strips copied and
-    resampled only where read; small maps built whole) equal padding from whole resampled maps, at odd
-    and even padding, at the image border too."""
-    monkeypatch.setattr(segblocks, "WHOLE_MAP_ELEMENTS", 1 << 30 if whole_map else 0)
+def _mixed(pad: int, channels: int = 5, side: int = 8):
     gen = torch.Generator().manual_seed(pad)
     high = torch.rand(2, 3, 4, generator=gen) < 0.5
     high[0, 0, 0], high[0, 0, 1] = True, False
     n_high = int(high.sum())
     feats = {
-        "high": torch.randn(n_high, 5, 8, 8, generator=gen, dtype=torch.float64),
-        "low": torch.randn(high.numel() - n_high, 5, 4, 4, generator=gen, dtype=torch.float64),
+        "high": torch.randn(n_high, channels, side, side, generator=gen, dtype=torch.float64),
+        "low": torch.randn(high.numel() - n_high, channels, side // 2, side // 2, generator=gen, dtype=torch.float64),
     }
+    return high, feats
+
+
+@pytest.mark.parametrize("pad,fill", [(1, 0.0), (2, 0.0), (3, float("-inf")), (4, 0.0)])
+def test_blockpad_equals_the_whole_map_definition(pad, fill):
+    """Mixed high/low blocks on random features: the gather (halo rows from neighbours of the same
+    resolution as they are, nearest ×2 from low neighbours, 2×2 averages of high neighbours, the fill
+    value at the image border) equals padding from whole resampled maps exactly, at odd and even
+    padding."""
+    high, feats = _mixed(pad)
     got = DualResContext(high).pad("layer", feats, pad, fill)
     want = _reference_pad(feats, high, pad, fill)
     for g in ("high", "low"):
         torch.testing.assert_close(got[g], want[g], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("gemm", [True, False], ids=["im2col-matmul", "direct"])
+@pytest.mark.parametrize("k,stride,pad,bias", [(3, 1, 1, False), (3, 2, 1, True), (1, 2, 0, False), (5, 1, 2, True)])
+def test_conv_on_rows_equals_conv_on_blockpadded_blocks(k, stride, pad, bias, gemm, monkeypatch):
+    """Both ways a conv runs on mixed blocks (one matrix product over the taps of both resolutions;
+    one direct conv per resolution on padded blocks) equal F.conv2d on the definition's padded blocks."""
+    monkeypatch.setattr(segblocks, "GEMM_MIN_DEPTH", 0 if gemm else 1 << 30)
+    high, feats = _mixed(pad + 1, channels=6)
+    conv = torch.nn.Conv2d(6, 7, k, stride, pad, bias=bias).double()
+    ctx = DualResContext(high)
+    out = ctx.conv("layer", conv, ctx.rows_of(feats))
+    want = _reference_pad(feats, high, pad, 0.0) if pad else feats
+    side = 8 // stride
+    start = 0
+    for g, s in (("high", side), ("low", side // 2)):
+        n = want[g].shape[0]
+        got = out.data[start : start + n * s * s].view(n, s, s, 7).permute(0, 3, 1, 2)
+        start += n * s * s
+        torch.testing.assert_close(got, F.conv2d(want[g], conv.weight, conv.bias, stride), rtol=1e-12, atol=1e-12)
+    assert start == out.data.shape[0] and out.side == side
