@@ -56,7 +56,7 @@ inline void vstore(T* p, typename Vec<T>::type v) {
   std::memcpy(p, &v, sizeof v);
 }
 
-constexpr int64_t GM = 6, GJ = 3;
+constexpr int64_t GM = 6, GJ = 3, GD2 = 2;
 
 // The atoms of output row r of sample s (M·T rows of Wo) copied together: in D they lie H'·W' apart,
 // which for a power-of-two map (32×32: 4 KiB) puts all of them in the same L1 sets.
@@ -198,7 +198,7 @@ void acda_backward(const T* gz, const T* xp, const T* D, T* z, T* gxp, T* gD, Di
   const int64_t plane = d.Hp * d.Wp, vp = vector_part<T, Unit>(Wo);
 #pragma omp parallel num_threads(nt)
   {
-    std::vector<V> xv(std::max(Tn, M)), acc(gD ? M * Tn : 0);
+    std::vector<V> xv(std::max(Tn, M));
     if (z || gxp) {
       int64_t c0, c1;
       channel_share(d.C, c0, c1);  // each thread owns its channels' ∂x planes
@@ -254,18 +254,28 @@ void acda_backward(const T* gz, const T* xp, const T* D, T* z, T* gxp, T* gD, Di
           T* gDs = gD + (d.b0 + s) * M * Tn * hw + (d.r0 + r) * Wo;  // + (m·T + j)·hw
           const T* xs = xp + (d.b0 + s) * d.C * plane;
           const T* gs = gz + (s * d.rows + r) * Wo;
-          for (int64_t q = 0; q < vp; q += L) {
-            std::fill(acc.begin(), acc.end(), V{});
-            for (int64_t c = 0; c < d.C; ++c) {
-              for (int64_t j = 0; j < Tn; ++j) xv[j] = vload(xs + c * plane + g.offset(j, d.r0 + r, d.Wp) + q);
-              for (int64_t m = 0; m < M; ++m) {
-                const V gv = vload(gs + (c * M + m) * n + q);
-                V* am = acc.data() + m * Tn;
-                for (int64_t j = 0; j < Tn; ++j) am[j] += gv * xv[j];
+          // GD2 atoms × GJ taps at a time, their sums over the channels held in registers: with all
+          // M·T sums in memory every FMA also loaded and stored one, and the stores bound the loop
+          // (the last block repeats atom M−1 / tap T−1 where they do not divide, stored once)
+          for (int64_t q = 0; q < vp; q += L)
+            for (int64_t m0 = 0; m0 < M; m0 += GD2)
+              for (int64_t j0 = 0; j0 < Tn; j0 += GJ) {
+                const T* gp[GD2];
+                const T* xq[GJ];
+                for (int64_t i = 0; i < GD2; ++i) gp[i] = gs + std::min(m0 + i, M - 1) * n + q;
+                for (int64_t i = 0; i < GJ; ++i) xq[i] = xs + g.offset(std::min(j0 + i, Tn - 1), d.r0 + r, d.Wp) + q;
+                V a[GD2][GJ] = {};
+                for (int64_t c = 0; c < d.C; ++c) {
+                  V gv[GD2];
+                  for (int64_t k = 0; k < GD2; ++k) gv[k] = vload(gp[k] + c * M * n);
+                  for (int64_t i = 0; i < GJ; ++i) {
+                    const V xi = vload(xq[i] + c * plane);
+                    for (int64_t k = 0; k < GD2; ++k) a[k][i] += gv[k] * xi;
+                  }
+                }
+                for (int64_t k = 0; k < GD2 && m0 + k < M; ++k)
+                  for (int64_t i = 0; i < GJ && j0 + i < Tn; ++i) vstore(gDs + ((m0 + k) * Tn + j0 + i) * hw + q, a[k][i]);
               }
-            }
-            for (int64_t mj = 0; mj < M * Tn; ++mj) vstore(gDs + mj * hw + q, acc[mj]);
-          }
           for (int64_t mj = 0; mj < M * Tn; ++mj) {
             const int64_t m = mj / Tn, j = mj % Tn;
             for (int64_t q = vp; q < Wo; ++q) {
