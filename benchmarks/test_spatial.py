@@ -5,7 +5,8 @@ a ResNet-18 segmentation network (timm resnet18, stride-4..32 maps, block-wise h
 - ``dense``: the plain network (``BlockSegmenter.forward``);
 - ``segblocks``: dual resolution, 128-px blocks (16 per image), the given fraction at high resolution
   and the rest at half resolution (``DualResSegmenter`` with a fixed mask: the policy network, a few
-  kFLOPs, is left out);
+  kFLOPs, is left out; the gathers BlockPad needs are built anew in every forward, as for a new
+  selection);
 - ``blockcopy``: one video frame after the first, 128-px blocks (16 per image; 64-px blocks leave
   2×2-px blocks at stride 32, where the halo costs more than it saves: 1.4× instead of 2.2× at 25%), the given fraction
   recomputed and the rest copied from the feature cache (``BlockCopy.step`` with a fixed selection).
@@ -19,6 +20,7 @@ prints the table of benchmarks/RESULTS-spatial.md.
 
 from __future__ import annotations
 
+import os
 import time
 
 import common
@@ -98,6 +100,7 @@ def test_spatial_speedup_table(capsys):
     memory = {
         name: measure_peak_memory(_call(model, inputs), dev).peak_bytes for name, (model, inputs) in cases.items()
     }
+    load_before = os.getloadavg()
     samples: dict[str, list[float]] = {name: [] for name in cases}
     steps = {name: _call(model, inputs) for name, (model, inputs) in cases.items()}
     for step in steps.values():  # one untimed call each
@@ -109,12 +112,14 @@ def test_spatial_speedup_table(capsys):
             step()
             _sync()
             samples[name].append(time.perf_counter() - t0)
+    load_after = os.getloadavg()
     stats = {name: summarize(s) for name, s in samples.items()}
     med = {name: s.median for name, s in stats.items()}
     env = common.environment()
     lines = [
         f"ResNet-18 segmentation network, {SIZE}×{SIZE}, batch 1, float32, inference; {env['threads']} "
-        f"thread(s), {env['device']}; median of {ROUNDS + 2} interleaved rounds",
+        f"thread(s), {env['device']}; median of {ROUNDS + 2} interleaved rounds; load average (1 min) "
+        f"{load_before[0]:.2f} before the timed rounds, {load_after[0]:.2f} after (other processes share the machine)",
         "",
         "| case | selected blocks | GFLOPs | FLOPs vs dense | latency (ms, median [IQR]) | speed-up vs dense | peak memory (MiB) | memory vs dense |",
         "|---|---|---|---|---|---|---|---|",

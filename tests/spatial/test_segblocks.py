@@ -9,7 +9,17 @@ import torch.nn.functional as F
 import adaptconv.spatial.segblocks as segblocks
 from adaptconv.measure import count_flops
 from adaptconv.models.backbones import build_backbone
-from adaptconv.spatial import BlockSegmenter, DualResContext, DualResSegmenter, Grid, SegBlocks, merge_blocks
+from adaptconv.spatial import (
+    BlockSegmenter,
+    DualResContext,
+    DualResSegmenter,
+    Grid,
+    SegBlocks,
+    merge_blocks,
+    run_blockwise,
+    split_blocks,
+)
+from adaptconv.spatial.blocks import BlockContext
 
 
 def _randomise_bn(model):
@@ -190,3 +200,53 @@ def test_conv_on_rows_equals_conv_on_blockpadded_blocks(k, stride, pad, bias, ge
         start += n * s * s
         torch.testing.assert_close(got, F.conv2d(want[g], conv.weight, conv.bias, stride), rtol=1e-12, atol=1e-12)
     assert start == out.data.shape[0] and out.side == side
+
+
+class _ReferenceContext(BlockContext):
+    """The block-wise network by definition: per-group block tensors, BlockPad from whole resampled
+    maps (:func:`_reference_pad`), each op one call per group."""
+
+    def __init__(self, high):
+        self.high, self.grid = high, Grid(*high.shape)
+
+    def pad(self, name, feats, pad, fill):
+        return _reference_pad(feats, self.high, pad, fill)
+
+    def assemble(self, name, feats):
+        flat = self.high.reshape(-1)
+        s = feats["high"].shape[-1]
+        blocks = feats["high"].new_zeros(self.grid.n, feats["high"].shape[1], s, s)
+        blocks[flat.nonzero()[:, 0]] = feats["high"]
+        blocks[(~flat).nonzero()[:, 0]] = F.interpolate(feats["low"], scale_factor=2)
+        return merge_blocks(blocks, self.grid)
+
+
+@pytest.mark.parametrize("backbone,block,size", [("simplecnn-s", 8, 32), ("resnet18", 64, 256)])
+def test_mixed_blocks_equal_the_blockwise_definition(backbone, block, size):
+    """Mixed high/low blocks through the whole network (stem, max-pool, residual blocks, the deep
+    stages as one matrix product, the head): the executor on rows equals the network run group by
+    group with BlockPad from whole resampled maps."""
+    net = _segmenter(backbone)
+    x = torch.rand(2, 3, size, size, dtype=torch.float64)
+    g = size // block
+    high = torch.rand(2, g, g, generator=torch.Generator().manual_seed(3)) < 0.4
+    high[0, 0, 0], high[0, 0, 1], high[1, -1, -1] = True, False, True
+    with torch.no_grad():
+        got = DualResSegmenter(net, block_size=block, policy="all").eval()(x, high)
+        ref = _ReferenceContext(high)
+        blocks = split_blocks(x, block)
+        flat = high.reshape(-1)
+        feats = {"high": blocks[flat.nonzero()[:, 0]], "low": F.avg_pool2d(blocks[(~flat).nonzero()[:, 0]], 2)}
+        logits = ref.assemble("logits", net.head_blocks(run_blockwise(net.backbone, feats, ref), ref))
+        want = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_every_block_low_is_the_dense_network_at_half_resolution():
+    net = _segmenter("resnet18")
+    x = torch.rand(1, 3, 256, 256, dtype=torch.float64)
+    with torch.no_grad():
+        got = SegBlocks(net.backbone, block_size=64, policy="all").eval()(x, torch.zeros(1, 4, 4, dtype=torch.bool))
+        want = net.backbone(F.avg_pool2d(x, 2))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, F.interpolate(b, scale_factor=2), rtol=1e-10, atol=1e-10)
