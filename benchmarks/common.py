@@ -22,6 +22,7 @@ the start of the step (PyTorch profiler memory events), on CUDA the allocator's 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -162,43 +163,61 @@ def build(case: Case, dev: torch.device | None = None) -> tuple[Callable[[], obj
     return step, reset
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 def time_steps(
     steps: dict[str, tuple[Callable, Callable]],
     repeats: int,
     warmup: int = 1,
     dev: torch.device | None = None,
     settle: int = 1,
+    min_block_s: float = 0.002,
 ) -> dict[str, list[float]]:
-    """Seconds per step for several cases, *interleaved* (one timed step of each case per round) so
+    """Seconds per step for several cases, *interleaved* (one timed block of each case per round) so
     that a change of machine load affects all of them alike.
 
     In every round each case first runs ``settle`` untimed steps: the case before it (an unfold
     reference allocating hundreds of MiB, say) leaves the caches and the allocator's free lists in a
     state that the first step after it pays for and that a training loop, repeating the same layers,
-    never sees. Without it the lean operators measured up to 40% slower and far noisier on CPU."""
+    never sees. Without it the lean operators measured up to 40% slower and far noisier on CPU.
+
+    A sample is the mean of a block of consecutive steps, as many as fill ``min_block_s`` (one step for
+    anything slower; the count per case is fixed after the warm-up): a single step of a 16-channel
+    layer on a 32×32 map takes ~0.1 ms, where one scheduler tick or interrupt is a large part of it. On
+    CUDA the block is timed with CUDA events and synchronised once (a synchronisation after every step
+    inflates small kernels)."""
     dev = dev or device()
-    for step, reset in steps.values():
+    block: dict[str, int] = {}
+    for key, (step, reset) in steps.items():
         for _ in range(warmup):
             reset()
             step()
+        block[key] = max(1, math.ceil(min_block_s / max(_time_block(step, reset, 1, dev), 1e-9)))
     samples: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(repeats):
         for key, (step, reset) in steps.items():
             for _ in range(settle):
                 reset()
                 step()
-            reset()
-            _sync(dev)
-            t0 = time.perf_counter()
-            step()
-            _sync(dev)
-            samples[key].append(time.perf_counter() - t0)
+            samples[key].append(_time_block(step, reset, block[key], dev))
     return samples
+
+
+def _time_block(step: Callable, reset: Callable, n: int, dev: torch.device) -> float:
+    """Seconds per step over ``n`` consecutive steps (each after its ``reset``)."""
+    if dev.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(dev)
+        start.record()
+        for _ in range(n):
+            reset()
+            step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / n
+    t0 = time.perf_counter()
+    for _ in range(n):
+        reset()
+        step()
+    return (time.perf_counter() - t0) / n
 
 
 def peak_memory(step: Callable, reset: Callable, dev: torch.device | None = None) -> int:
