@@ -127,6 +127,12 @@ class Rows:
         return f"Rows({tuple(self.data.shape)}, side={self.side})"
 
 
+def _pool2(t: torch.Tensor) -> torch.Tensor:
+    """2×2 average pooling, summed in ``F.avg_pool2d``'s order (the same numbers); several times
+    faster than it on the CPU."""
+    return (t[..., ::2, ::2] + t[..., ::2, 1::2] + t[..., 1::2, ::2] + t[..., 1::2, 1::2]) / 4
+
+
 @functools.lru_cache(maxsize=256)
 def _template(side: int, kind: str, k: int, stride: int, pad: int, dilation: int, device: torch.device):
     """The pixels a block of ``side`` px reads from its neighbours and itself, in its own frame
@@ -380,13 +386,15 @@ class DualResContext(BlockContext):
         data, cout = x.data, conv.out_channels
         if conv.groups == 1 and (k == 1 or conv.in_channels * k * k >= GEMM_MIN_DEPTH):
             # im2col by one gather, one matrix product for both resolutions
-            if k == 1 and stride == 1:
-                cols = data
+            cols = data if k == 1 and stride == 1 else self.gather(x.side, "taps", k, stride, pad, dilation)(data)
+            cols = cols.view(-1, k * k * data.shape[1])  # per output pixel (tap, channel)
+            if k == 1:
+                weight = conv.weight.reshape(cout, -1).t()
+            elif cols.numel() <= conv.weight.numel():  # reorder the smaller of the two to (channel, tap)
+                cols = cols.view(-1, k * k, data.shape[1]).transpose(1, 2).reshape(cols.shape[0], -1)
+                weight = conv.weight.reshape(cout, -1).t()
             else:
-                cols = self.gather(x.side, "taps", k, stride, pad, dilation)(data)
-                if k > 1:  # (pixel, tap, channel) → (pixel, channel, tap): the weight's order
-                    cols = cols.view(-1, k * k, data.shape[1]).transpose(1, 2).reshape(-1, data.shape[1] * k * k)
-            weight = conv.weight.reshape(cout, -1).t()
+                weight = conv.weight.permute(0, 2, 3, 1).reshape(cout, -1).t()
             out = cols @ weight if conv.bias is None else torch.addmm(conv.bias, cols, weight)
         else:
             padded = data if pad == 0 else self.gather(x.side, "pad", pad=pad)(data)
@@ -531,7 +539,7 @@ class SegBlocks(nn.Module):
         self._fraction = float(high.float().mean())
         ctx = DualResContext(high)
         blocks = split_blocks(image, self.block_size)
-        feats = ctx.rows_of({"high": blocks[ctx.index["high"]], "low": F.avg_pool2d(blocks[ctx.index["low"]], 2)})
+        feats = ctx.rows_of({"high": blocks[ctx.index["high"]], "low": _pool2(blocks[ctx.index["low"]])})
         self.context = ctx  # its conv_flops: what this forward executed
         return ctx, run_blockwise(self.backbone, feats, ctx)
 

@@ -18,11 +18,16 @@ def _net(backbone="simplecnn-s", classes=4):
     else:
         bb, channels = build_backbone(backbone, 3, features_only=True)
     net = BlockSegmenter(bb, channels, classes, width=16)
+    # random statistics and affine weights: timm zero-initialises the last BN of each residual block,
+    # which would hide that block's convolutions from the comparison with the dense network
     gen = torch.Generator().manual_seed(1)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) - 0.5)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) - 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=gen) - 0.5)
     return net.eval()
 
 

@@ -23,11 +23,16 @@ from adaptconv.spatial.blocks import BlockContext
 
 
 def _randomise_bn(model):
+    """Random statistics and affine weights in every BatchNorm (timm zero-initialises the last BN of
+    each residual block, which would hide that block's convolutions from the comparison)."""
     gen = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) - 0.5)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) - 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=gen) - 0.5)
 
 
 def _segmenter(backbone: str):
