@@ -54,6 +54,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from ..ops import config as ops_config
 from .latency import call_model
 
 log = logging.getLogger(__name__)
@@ -828,9 +829,12 @@ def count_flops(model: torch.nn.Module, inputs: Any, *, mode: str = "inference")
     What can be seen: every op that goes through PyTorch's dispatcher (aten, torchvision, any
     ``torch.library`` custom op — listed as uncounted until it has a formula; operator authors
     register one with ``torch.utils.flop_counter.register_flop_formula``). A kernel launched directly
-    from Python (a raw Triton or CUDA-extension call) bypasses the dispatcher and is invisible to any
-    dispatch-level counter; FLOPs are device-independent, so count on the CPU when a CUDA path uses
-    such kernels (``FlopReport.device`` records where the count ran).
+    from Python (a raw Triton or CUDA-extension call, a ctypes call into a compiled library) bypasses
+    the dispatcher and is invisible to any dispatch-level counter. So the count runs with adaptconv's
+    compiled CPU kernels off (``config.override(cpu_kernels=False)``: the operators then compute the
+    same maths with PyTorch ops; with them on, the sampling and filtering inside those kernels went
+    uncounted, 3–60% of an operator's FLOPs); FLOPs are device-independent, so count on the CPU when a
+    CUDA path uses such kernels (``FlopReport.device`` records where the count ran).
 
     Refuses a ``torch.compile``'d module: compiled graphs fuse and decompose ops differently, and the
     count must describe the model, not a compiler's rewriting of it.
@@ -850,46 +854,48 @@ def count_flops(model: torch.nn.Module, inputs: Any, *, mode: str = "inference")
     saved_grads: list[tuple[torch.Tensor, torch.Tensor | None]] = []
     recorder = _OpRecorder()
     counter = FlopCounterMode(display=False, custom_mapping=CUSTOM_FORMULAS)
-    try:
-        if mode == "inference":
-            model.eval()
-            with torch.no_grad(), recorder, counter:
-                call_model(model, inputs)
-        else:
-            model.train()
-            targets = _grad_targets(model, inputs)
-            if not targets:
-                raise ValueError(
-                    "count_flops(mode='training'): nothing requires grad (no trainable parameters "
-                    "and no input with requires_grad)"
-                )
-            saved_grads = [(t, t.grad) for t in targets]
-            for t in targets:
-                t.grad = None
-            with torch.enable_grad(), recorder, counter:
-                output = call_model(model, inputs)
-                outs = [
-                    t
-                    for t in torch.utils._pytree.tree_leaves(output)
-                    if isinstance(t, torch.Tensor) and t.requires_grad
-                ]
-                if not outs:
+    # the compiled CPU kernels are ctypes calls the counter cannot see (see above)
+    with ops_config.override(cpu_kernels=False):
+        try:
+            if mode == "inference":
+                model.eval()
+                with torch.no_grad(), recorder, counter:
+                    call_model(model, inputs)
+            else:
+                model.train()
+                targets = _grad_targets(model, inputs)
+                if not targets:
                     raise ValueError(
-                        "count_flops(mode='training'): the output does not depend on anything that requires grad"
+                        "count_flops(mode='training'): nothing requires grad (no trainable parameters "
+                        "and no input with requires_grad)"
                     )
-                # backward(inputs=...) rather than autograd.grad: the module tracker's backward hooks
-                # do not support autograd.grad with leaf inputs. The .grad fields it fills are restored.
-                torch.autograd.backward(outs, grad_tensors=[torch.ones_like(t) for t in outs], inputs=targets)
-    finally:
-        for t, g in saved_grads:
-            t.grad = g
-        for m, training in flags.items():
-            m.training = training
-        if saved_buffers:
-            with torch.no_grad():
-                for name, b in model.named_buffers():
-                    if name in saved_buffers:
-                        b.copy_(saved_buffers[name])
+                saved_grads = [(t, t.grad) for t in targets]
+                for t in targets:
+                    t.grad = None
+                with torch.enable_grad(), recorder, counter:
+                    output = call_model(model, inputs)
+                    outs = [
+                        t
+                        for t in torch.utils._pytree.tree_leaves(output)
+                        if isinstance(t, torch.Tensor) and t.requires_grad
+                    ]
+                    if not outs:
+                        raise ValueError(
+                            "count_flops(mode='training'): the output does not depend on anything that requires grad"
+                        )
+                    # backward(inputs=...) rather than autograd.grad: the module tracker's backward hooks
+                    # do not support autograd.grad with leaf inputs. The .grad fields it fills are restored.
+                    torch.autograd.backward(outs, grad_tensors=[torch.ones_like(t) for t in outs], inputs=targets)
+        finally:
+            for t, g in saved_grads:
+                t.grad = g
+            for m, training in flags.items():
+                m.training = training
+            if saved_buffers:
+                with torch.no_grad():
+                    for name, b in model.named_buffers():
+                        if name in saved_buffers:
+                            b.copy_(saved_buffers[name])
 
     counts = counter.get_flop_counts()
     global_counts = counts.get("Global", {})

@@ -178,6 +178,27 @@ def test_every_builtin_operator_is_fully_counted(name):
     assert t.flops > 2 * r.flops
 
 
+@pytest.mark.parametrize("name", ["pac", "paka", "acda", "dfn", "ddf", "involution", "deform", "mdeform"])
+def test_compiled_cpu_kernels_do_not_hide_flops(name):
+    """The operators' compiled CPU kernels are ctypes calls the dispatcher never sees: counted with them
+    on, deform lost its bilinear sampling and ddf half its FLOPs. The count is the same either way, and
+    the setting is left as it was."""
+    from adaptconv.ops import config
+
+    torch.manual_seed(0)
+    op = adaptconv.create_op(name, 8, 8, 3, padding=1)
+    x = torch.randn(2, 8, 10, 10)
+    with config.override(cpu_kernels=True):
+        on = count_flops(op, x)
+        on_train = count_flops(op, x.clone().requires_grad_(True), mode="training")
+        assert config.cpu_kernels is True
+    with config.override(cpu_kernels=False):
+        off = count_flops(op, x)
+        off_train = count_flops(op, x.clone().requires_grad_(True), mode="training")
+    assert on.flops == off.flops and on.by_op == off.by_op
+    assert on_train.flops == off_train.flops
+
+
 def test_by_module_adds_up_and_names_children():
     r = count_flops(adaptconv.create_op("paka", 8, 8, 3, padding=1), torch.randn(2, 8, 10, 10))
     assert {"channel_branch", "tap_branch", "(rest)"} <= set(r.by_module)
