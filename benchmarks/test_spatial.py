@@ -2,7 +2,9 @@
 a ResNet-18 segmentation network (timm resnet18, stride-4..32 maps, block-wise head of width 32,
 6 classes) at 512×512, batch 1, float32, inference, with 25/50/75/100% of the blocks selected:
 
-- ``dense``: the plain network (``BlockSegmenter.forward``);
+- ``dense``: the plain network (``BlockSegmenter.forward``), PyTorch's default (NCHW) layout;
+- ``dense-channels-last``: the same in channels-last memory format (weights and input), the layout
+  the SegBlocks executor computes in — a reference, not the baseline of the speed-up column;
 - ``segblocks``: dual resolution, 128-px blocks (16 per image), the given fraction at high resolution
   and the rest at half resolution (``DualResSegmenter`` with a fixed mask: the policy network, a few
   kFLOPs, is left out; the gathers BlockPad needs are built anew in every forward, as for a new
@@ -20,6 +22,7 @@ prints the table of benchmarks/RESULTS-spatial.md.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 
@@ -69,7 +72,13 @@ def build_cases():
     dev = common.device()
     net = _network().to(dev)
     frames = torch.rand(2, 1, 3, SIZE, SIZE, device=dev)
-    cases = {"dense": (net, (frames[1],))}
+    # the dense network in channels-last memory format (the layout the SegBlocks executor works in
+    # internally): a reference for how much of a speed-up the layout alone gives
+    net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    cases = {
+        "dense": (net, (frames[1],)),
+        "dense-channels-last": (net_cl, (frames[1].contiguous(memory_format=torch.channels_last),)),
+    }
     for f in FRACTIONS:
         seg = DualResSegmenter(net, block_size=SEG_BLOCK, policy="all").eval()
         cases[f"segblocks {f:.0%}"] = (seg, (frames[1], _mask(f, SIZE // SEG_BLOCK, 1).to(dev)))
@@ -126,7 +135,7 @@ def test_spatial_speedup_table(capsys):
     ]
     for name in cases:
         s = stats[name]
-        sel = "—" if name == "dense" else name.split()[1]
+        sel = "—" if name.startswith("dense") else name.split()[1]
         lines.append(
             f"| {name.split()[0]} | {sel} | {flops[name] / 1e9:.2f} | {flops[name] / flops['dense']:.2f} | "
             f"{1e3 * s.median:.0f} [{1e3 * s.q1:.0f}–{1e3 * s.q3:.0f}] | {med['dense'] / s.median:.2f}× | "

@@ -3,14 +3,20 @@ Networks for Real-Time Segmentation", arXiv 2020 / TPAMI 2022).
 
 :class:`SegBlocks` wraps a feature backbone (timm ``features_only``, the built-in ``SimpleCNN``):
 the image is cut into blocks of ``block_size`` px; a light policy decides per block whether it runs
-at full ("high") or half ("low", the image block 2×2-average-pooled) resolution; all blocks of one
-resolution are stacked into a batch and run through the backbone's own weights, with BlockPad at
-block borders (:mod:`adaptconv.spatial.blocks`): a high block's halo from a low neighbour is that
-neighbour's features upsampled 2× (nearest), a low block's halo from a high neighbour is that
-neighbour's features 2×2-averaged. Features of low blocks stay at low resolution through the whole
-backbone (only the returned stage maps are assembled at full size, low blocks upsampled by nearest),
-so both FLOPs and stored activations fall with the fraction of high blocks. With every block high
-the output equals the dense backbone's.
+at full ("high") or half ("low", the image block 2×2-average-pooled) resolution; the blocks run
+through the backbone's own weights, with BlockPad at block borders: a high block's halo from a low
+neighbour is that neighbour's features upsampled 2× (nearest), a low block's halo from a high
+neighbour is that neighbour's features 2×2-averaged. Features of low blocks stay at low resolution
+through the whole backbone (only the returned stage maps are assembled at full size, low blocks
+upsampled by nearest), so both FLOPs and stored activations fall with the fraction of high blocks.
+With every block high the output equals the dense backbone's.
+
+Execution (:class:`DualResContext`): the features of both resolutions are one pixel-per-row tensor
+(:class:`Rows`, channels last); every padded layer reads it through one precomputed gather (the
+BlockPad halo included); shallow convs run once per resolution on the padded blocks, deep ones
+(:data:`GEMM_MIN_DEPTH`) as one matrix product over both; BatchNorm, activations and residual adds
+are one call for both resolutions (in training BatchNorm's batch statistics are over the pixels of
+both together, as the dense network's are over all pixels).
 
 Policies (``policy``):
 - ``learned``: a small strided CNN on the image (8×8 px per block) gives one logit per block; in
@@ -156,7 +162,11 @@ def _template(side: int, kind: str, k: int, stride: int, pad: int, dilation: int
     if ys.numel() and (di.abs().max() > 1 or dj.abs().max() > 1):  # the caller refuses padding wider than a block
         raise BlockSizeError(f"padding {pad} reaches beyond the neighbouring block of {side} px")
     direction = (di + 1) * 3 + dj + 1
-    return places.to(device), direction.to(device), (ys - di * side).to(device), (xs - dj * side).to(device), size
+    ys, xs = ys - di * side, xs - dj * side
+    # the pixel's row inside a neighbour at this resolution, at half of it (the low pixel a high
+    # one falls in) and the first of its 4 pixels at twice it (those a low pixel averages)
+    same, half, double = ys * side + xs, (ys // 2) * (side // 2) + xs // 2, (2 * ys) * (2 * side) + 2 * xs
+    return tuple(t.to(device) for t in (places, direction, same, half, double)) + (size,)
 
 
 class Gather:
@@ -279,22 +289,21 @@ class DualResContext(BlockContext):
         parts: dict[str, list[torch.Tensor]] = {"pos": [], "main": [], "pool_pos": [], "pool_rows": [], "fill": []}
         inside, offset = [], 0
         for g, n, s in self._groups(side):
-            places, direction, ys, xs, size = _template(s, kind, k, stride, pad, dilation, dev)
+            places, direction, same, half, double, size = _template(s, kind, k, stride, pad, dilation, dev)
             if kind == "pad":
                 inside.append((self._base(g, side), offset, n, s, pad))
             nb_group, nb_row = (t[:, direction] for t in self._neighbours[g])  # blocks × pixels read
             pos = (offset + torch.arange(n, device=dev)[:, None] * size + places).reshape(-1)
-            own = self._base(g, side) + nb_row * (s * s) + ys * s + xs
+            own = torch.add(same + self._base(g, side), nb_row, alpha=s * s)
             if g == "high":  # a low neighbour: the low pixel this one falls in (nearest ×2)
-                h = s // 2
-                up = base_low + nb_row * (h * h) + (ys // 2) * h + xs // 2
+                up = torch.add(half + base_low, nb_row, alpha=(s // 2) ** 2)
                 main = torch.where(nb_group == 0, own, torch.where(nb_group == 1, up, 0))
             else:  # a high neighbour: the 2×2 average of its 4 pixels, patched in after the gather
                 main = torch.where(nb_group == 1, own, 0)
                 where = (nb_group == 0).reshape(-1).nonzero()[:, 0]
                 if where.numel():
-                    t, w = where % ys.numel(), 2 * s
-                    first = nb_row.reshape(-1)[where] * (w * w) + (2 * ys[t]) * w + 2 * xs[t]
+                    w = 2 * s
+                    first = torch.add(double[where % places.numel()], nb_row.reshape(-1)[where], alpha=w * w)
                     parts["pool_pos"].append(pos[where])
                     parts["pool_rows"].append(torch.stack([first, first + 1, first + w, first + w + 1]))
             parts["fill"].append(pos[(nb_group < 0).reshape(-1)])
@@ -398,11 +407,10 @@ class DualResContext(BlockContext):
             out = cols @ weight if conv.bias is None else torch.addmm(conv.bias, cols, weight)
         else:
             padded = data if pad == 0 else self.gather(x.side, "pad", pad=pad)(data)
+            # the conv of a channels-last input takes a channels-last weight: convert it once, not per group
+            weight = conv.weight.contiguous(memory_format=torch.channels_last)
             out = self._per_group(
-                padded,
-                x.side,
-                pad,
-                lambda t: F.conv2d(t, conv.weight, conv.bias, stride, 0, conv.dilation, conv.groups),
+                padded, x.side, pad, lambda t: F.conv2d(t, weight, conv.bias, stride, 0, conv.dilation, conv.groups)
             )
         self.count(out, conv)
         return Rows(out, x.side // stride)
