@@ -110,7 +110,7 @@ def gradient_energy(image: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tens
 
 #: convolutions whose reduction depth (input channels × taps) is at least this run as one matrix
 #: product over the pixels of both resolutions (im2col by one gather): the deep stages, where blocks
-#: are a few pixels and the weights large. There two direct convs (one per resolution) cost up to 2×
+#: are a few pixels and the weights large. There two direct convs (one per resolution) cost ~1.8×
 #: their FLOPs on the CPU: each call reorders the whole weight and works on 2–4 px wide maps.
 #: Shallower convs (large blocks, small weights) run as one direct conv per resolution on padded blocks.
 GEMM_MIN_DEPTH = 2048
