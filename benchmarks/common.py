@@ -170,6 +170,7 @@ def time_steps(
     dev: torch.device | None = None,
     settle: int = 1,
     min_block_s: float = 0.002,
+    warmup_rounds: int = 2,
 ) -> dict[str, list[float]]:
     """Seconds per step for several cases, *interleaved* (one timed block of each case per round) so
     that a change of machine load affects all of them alike.
@@ -180,7 +181,9 @@ def time_steps(
     never sees. Without it the lean operators measured up to 40% slower and far noisier on CPU.
 
     A sample is the mean of a block of consecutive steps, as many as fill ``min_block_s`` (one step for
-    anything slower; the count per case is fixed after the warm-up): a single step of a 16-channel
+    anything slower; the count per case is fixed after the warm-up), after ``warmup_rounds`` untimed
+    rounds (on this VM the first rounds after a configuration change ran ~1.5× slower for every case,
+    the allocator and the kernel's memory management settling): a single step of a 16-channel
     layer on a 32×32 map takes ~0.1 ms, where one scheduler tick or interrupt is a large part of it. On
     CUDA the block is timed with CUDA events and synchronised once (a synchronisation after every step
     inflates small kernels)."""
@@ -192,12 +195,14 @@ def time_steps(
             step()
         block[key] = max(1, math.ceil(min_block_s / max(_time_block(step, reset, 1, dev), 1e-9)))
     samples: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(repeats):
+    for r in range(warmup_rounds + repeats):
         for key, (step, reset) in steps.items():
             for _ in range(settle):
                 reset()
                 step()
-            samples[key].append(_time_block(step, reset, block[key], dev))
+            t = _time_block(step, reset, block[key], dev)
+            if r >= warmup_rounds:
+                samples[key].append(t)
     return samples
 
 

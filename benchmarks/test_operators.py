@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import gc
 import json
+import random
+import statistics
 import sys
 from pathlib import Path
 
@@ -89,6 +91,7 @@ def measure(configs: list[str], repeats: int, memory: bool = True) -> list[dict]
                         median_s=med[key],
                         rel_iqr=common.rel_iqr(samples[key]),
                         x_conv=med[key] / med["conv"],
+                        x_conv_ci=ratio_ci(samples[key], samples["conv"]),
                         ref_over_ours=med[key] / ours if impl != "ours" else None,
                         peak_bytes=peaks[key],
                         mem_x_conv=None if peaks[key] is None else peaks[key] / max(peaks["conv"], 1),
@@ -98,31 +101,54 @@ def measure(configs: list[str], repeats: int, memory: bool = True) -> list[dict]
     return rows
 
 
+def ratio_ci(case: list[float], base: list[float], draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of median(case) / median(base) over interleaved rounds, resampled in pairs
+    (a round's two samples shared its machine state)."""
+    rng = random.Random(seed)
+    n = len(case)
+    ratios = []
+    for _ in range(draws):
+        idx = [rng.randrange(n) for _ in range(n)]
+        ratios.append(statistics.median(case[i] for i in idx) / statistics.median(base[i] for i in idx))
+    ratios.sort()
+    return ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]
+
+
+def _against(value: float, ci: tuple[float, float], limit: float) -> str:
+    """ok (the whole interval within the target), MISS (the whole interval beyond it) or edge."""
+    if ci[1] <= limit:
+        return "ok   "
+    return "MISS " if ci[0] > limit else "edge "
+
+
 def _f(x, digits=2):
     return "—" if x is None else f"{x:.{digits}f}"
 
 
-def table(rows: list[dict], repeats: int) -> str:
-    env = common.environment()
+def table(rows: list[dict], repeats: int, env: dict | None = None) -> str:
+    env = env or common.environment()
     lines = [
         f"\nevery operator, k=3, float32, {env['threads']} threads, device {env['device']}, medians of "
-        f"{repeats} interleaved rounds (ref/ours: the reference's time over the operator's)",
-        "| config | phase | case | median ms | IQR% | ×conv | ref/ours | peak MiB | mem ×conv |",
+        f"{repeats} interleaved rounds (×conv with its 95% bootstrap interval over the rounds; ref/ours: "
+        "the reference's time over the operator's)",
+        "| config | phase | case | median ms | IQR% | ×conv [95% CI] | ref/ours | peak MiB | mem ×conv |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         noisy = " (noisy)" if r["rel_iqr"] > 0.10 else ""
         peak = None if r["peak_bytes"] is None else r["peak_bytes"] / 2**20
+        lo, hi = r["x_conv_ci"]
         lines.append(
             f"| {r['config']} | {r['phase']} | {r['case']} | {r['median_s'] * 1e3:.3f} | "
-            f"{100 * r['rel_iqr']:.0f}{noisy} | {r['x_conv']:.2f} | {_f(r['ref_over_ours'], 1)} | "
+            f"{100 * r['rel_iqr']:.0f}{noisy} | {r['x_conv']:.2f} [{lo:.2f}–{hi:.2f}] | {_f(r['ref_over_ours'], 1)} | "
             f"{_f(peak, 1)} | {_f(r['mem_x_conv'])} |"
         )
     return "\n".join(lines)
 
 
 def verdicts(rows: list[dict]) -> list[str]:
-    """The issue's targets, one line each (only for the configurations measured)."""
+    """The issue's targets, one line each (only for the configurations measured): ``ok`` when the ratio's
+    whole 95% interval is within the target, ``MISS`` when it is wholly beyond, ``edge`` otherwise."""
     at = {(r["config"], r["phase"], r["case"]): r for r in rows}
     out = []
     for op in common.conv_operators():
@@ -131,16 +157,20 @@ def verdicts(rows: list[dict]) -> list[str]:
         train = at.get(("B8-C64-56px", "train", op))
         if train is not None:
             limit = 7.0 if op in ("deform", "mdeform") else 2.0
-            line = f"{op}: training step ×{train['x_conv']:.2f} conv (target ≤ {limit:g})"
+            lo, hi = train["x_conv_ci"]
+            line = f"{op}: training step ×{train['x_conv']:.2f} [{lo:.2f}–{hi:.2f}] conv (target ≤ {limit:g})"
             ref = at.get(("B8-C64-56px", "train", f"{op}/torchvision"))
             if ref is not None:
                 line += f", torchvision/ours {ref['ref_over_ours']:.1f} (target ≥ 10)"
-            out.append(("ok   " if train["x_conv"] <= limit else "MISS ") + line)
+            out.append(_against(train["x_conv"], train["x_conv_ci"], limit) + line)
         fwd, trn = at.get(("B1-C16-32px", "forward", op)), at.get(("B1-C16-32px", "train", op))
         if fwd is not None and trn is not None:
-            ok = fwd["x_conv"] <= 4.0 and fwd["median_s"] <= trn["median_s"]
+            verdict = _against(fwd["x_conv"], fwd["x_conv_ci"], 4.0)
+            if fwd["median_s"] > trn["median_s"]:
+                verdict = "MISS "
+            lo, hi = fwd["x_conv_ci"]
             out.append(
-                ("ok   " if ok else "MISS ") + f"{op}: B1-C16-32px inference ×{fwd['x_conv']:.2f} conv (target ≤ 4), "
+                verdict + f"{op}: B1-C16-32px inference ×{fwd['x_conv']:.2f} [{lo:.2f}–{hi:.2f}] conv (target ≤ 4), "
                 f"{fwd['median_s'] / trn['median_s']:.2f} of its training step (target ≤ 1)"
             )
     return out
@@ -165,7 +195,20 @@ if __name__ == "__main__":
     parser.add_argument("--configs", nargs="+", default=list(common.CONFIGS), choices=list(common.CONFIGS))
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument("--json", help="also write every row (with its samples) to this file")
+    parser.add_argument("--from-json", help="print the table and verdicts of a file --json wrote; measure nothing")
     args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        rows = saved["rows"]
+        for r in rows:  # files written before the interval existed
+            if "x_conv_ci" not in r:
+                conv = next(
+                    c for c in rows if (c["config"], c["phase"], c["case"]) == (r["config"], r["phase"], "conv")
+                )
+                r["x_conv_ci"] = ratio_ci(r["samples"], conv["samples"])
+        print(table(rows, len(rows[0]["samples"]), saved["environment"]))
+        print("\n".join(verdicts(rows)))
+        raise SystemExit(0)
     common.set_threads()
     torch.manual_seed(0)
     rows = measure(args.configs, args.repeats, memory=not args.no_memory)
