@@ -244,13 +244,11 @@ def deform_conv2d(
     offset is NaN or infinite reads 0; with ``nonfinite`` a list, its first item is set to how many
     offsets were (counted while sampling, so a caller needs no pass of its own to find them)."""
     stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
-    found = [0]
+    found = nonfinite if nonfinite is not None else [0]
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, offset, mask, weight, bias)):
         y = _DeformConv.apply(x, offset, mask, weight, bias, stride, padding, dilation, found)
     else:  # inference: no autograd node, and nothing kept for a backward
         geo = _Geometry(x, offset, weight, stride, padding, dilation)
         y, *_, found[0] = _forward(x, offset, mask, weight, bias, geo)
         y = y.view(geo.b, geo.o, geo.ho, geo.wo)
-    if nonfinite is not None:
-        nonfinite[0] = found[0]
     return y

@@ -81,28 +81,27 @@ def _deform(x, offset, weight, bias, stride, padding, dilation, mask, fname):
 
 
 def _kernel(x, offset, weight, bias, stride, padding, dilation, mask):
-    """The sampling kernel: the compiled CPU one (float32/float64 CPU tensors, :mod:`.cpu_deform`; it
-    returns None if an offset is not finite), else torchvision's (CUDA, other dtypes, or the CPU
-    kernels off)."""
+    """The sampling kernel: the compiled CPU one (float32/float64 CPU tensors, :mod:`.cpu_deform`),
+    else torchvision's (CUDA, other dtypes, or the CPU kernels off)."""
     if cpu_deform.takes(x, offset, weight, bias, mask):
-        found = [0]
-        y = cpu_deform.deform_conv2d(x, offset, weight, bias, pair(stride), pair(padding), pair(dilation), mask, found)
-        return None if found[0] else y
+        return cpu_deform.deform_conv2d(x, offset, weight, bias, pair(stride), pair(padding), pair(dilation), mask)
     return _tv_deform_conv2d(x, offset, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask)
 
 
 def _sample(x, offset, weight, bias, stride, padding, dilation, mask):
     """The kernel with the non-finite offsets kept out of it (see the module docstring): they are
     sampled as 0 and the output pixels that had one are set to NaN."""
-    # The compiled CPU kernels count the non-finite offsets while sampling (None then). For torchvision's
-    # kernel on the CPU one reduction tells (a NaN or ±inf makes the sum non-finite; a finite sum that
-    # overflows only sends a finite input the slow way); on CUDA a branch would synchronise.
-    if cpu_deform.takes(x, offset, weight, bias, mask) or (
-        offset.device.type == "cpu" and math.isfinite(offset.sum().item())
-    ):
-        y = _kernel(x, offset, weight, bias, stride, padding, dilation, mask)
-        if y is not None:
+    # The compiled CPU kernels count the non-finite offsets while sampling. For torchvision's kernel on
+    # the CPU one reduction tells (a NaN or ±inf makes the sum non-finite; a finite sum that overflows
+    # only sends a finite input the slow way); on CUDA a branch would synchronise.
+    if cpu_deform.takes(x, offset, weight, bias, mask):
+        found = [0]
+        geometry = pair(stride), pair(padding), pair(dilation)
+        y = cpu_deform.deform_conv2d(x, offset, weight, bias, *geometry, mask, found)
+        if not found[0]:
             return y
+    elif offset.device.type == "cpu" and math.isfinite(offset.sum().item()):
+        return _kernel(x, offset, weight, bias, stride, padding, dilation, mask)
     finite = torch.isfinite(offset)
     safe = torch.where(finite, offset, torch.zeros((), dtype=offset.dtype, device=offset.device))
     y = _kernel(x, safe, weight, bias, stride, padding, dilation, mask)
