@@ -125,32 +125,52 @@ def build(case: Case, dev: torch.device | None = None) -> tuple[Callable[[], obj
     dev = dev or device()
     torch.manual_seed(0)
     module = _module(case.op, case.channels, case.kernel).to(dev)
-    # Move every parameter off its initialisation, so the adaptive branches (often zero-initialised)
-    # produce real per-pixel kernels.
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen).to(p))
-    b, c, s = case.batch, case.channels, case.size
-    x = torch.randn(b, c, s, s, generator=gen).to(dev)
-    guide = torch.rand(b, 3, s, s, generator=gen).to(dev) if case.op == "pac-rgb" else None
-    grad_out = torch.randn(b, c, s, s, generator=gen).to(dev)
+    x, guide, grad_out = perturb_and_draw(
+        module, case.batch, case.channels, case.size, 3 if case.op == "pac-rgb" else 0
+    )
     settings = dict(
         implementation="unfold" if case.impl == "unfold" else "lean",
         cpu_kernels=config.cpu_kernels and case.impl != "lean-pytorch",
     )
     args = (x,) if guide is None else (x, guide)
+    return step_and_reset(module, args, grad_out, case.phase, lambda: config.override(**settings))
 
-    if case.phase == "forward":
+
+def perturb_and_draw(
+    module: nn.Module, batch: int, channels: int, size: int, guide_channels: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Move every parameter of ``module`` off its initialisation, so the adaptive branches (often
+    zero-initialised) produce real per-pixel kernels, and draw the input, the guide (if
+    ``guide_channels``) and a fixed output gradient, all from one seeded generator, on the module's
+    device."""
+    dev = next(module.parameters()).device
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen).to(p))
+    x = torch.randn(batch, channels, size, size, generator=gen).to(dev)
+    guide = torch.rand(batch, guide_channels, size, size, generator=gen).to(dev) if guide_channels else None
+    grad_out = torch.randn(batch, channels, size, size, generator=gen).to(dev)
+    return x, guide, grad_out
+
+
+def step_and_reset(
+    module: nn.Module, args: tuple, grad_out: torch.Tensor, phase: str, context: Callable
+) -> tuple[Callable[[], object], Callable[[], None]]:
+    """(step, reset): ``step()`` runs one forward under ``torch.no_grad`` (``phase`` "forward") or one
+    forward + backward of ``grad_out`` (the first input then requires a gradient), inside
+    ``context()``; ``reset()`` drops the gradients of the previous step (outside the measured region)."""
+    x = args[0]
+    if phase == "forward":
 
         def step():
-            with torch.no_grad(), config.override(**settings):
+            with torch.no_grad(), context():
                 return module(*args)
     else:
         x.requires_grad_(True)
 
         def step():
-            with config.override(**settings):
+            with context():
                 y = module(*args)
                 y.backward(grad_out)
             return y
@@ -356,33 +376,9 @@ def build_operator(op: str, impl: str, phase: str, batch: int, channels: int, si
     else:
         module = create_op(op, channels, channels, kernel, padding=kernel // 2)
     module = module.to(dev).train(phase == "train")
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen).to(p))
-    x = torch.randn(batch, channels, size, size, generator=gen).to(dev)
-    grad_out = torch.randn(batch, channels, size, size, generator=gen).to(dev)
+    x, _, grad_out = perturb_and_draw(module, batch, channels, size)
     settings = dict(
         implementation="unfold" if impl == "unfold" else "lean",
         cpu_kernels=config.cpu_kernels and impl != "torchvision",
     )
-    if phase == "forward":
-
-        def step():
-            with torch.no_grad(), config.override(**settings):
-                return module(x)
-    else:
-        x.requires_grad_(True)
-
-        def step():
-            with config.override(**settings):
-                y = module(x)
-                y.backward(grad_out)
-            return y
-
-    def reset():
-        x.grad = None
-        for p in module.parameters():
-            p.grad = None
-
-    return step, reset
+    return step_and_reset(module, (x,), grad_out, phase, lambda: config.override(**settings))

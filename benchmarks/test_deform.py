@@ -71,34 +71,9 @@ def build(case: str, phase: str, batch: int, channels: int, size: int):
     else:
         module = _CLASSES[op](channels, channels, KERNEL, padding=KERNEL // 2)
     module = module.to(dev)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen).to(p))
-    x = torch.randn(batch, channels, size, size, generator=gen).to(dev)
-    grad_out = torch.randn(batch, channels, size, size, generator=gen).to(dev)
+    x, _, grad_out = common.perturb_and_draw(module, batch, channels, size)
     kernels = cpu_deform.disabled if case.endswith("-torchvision") else contextlib.nullcontext
-
-    if phase == "forward":
-
-        def step():
-            with torch.no_grad(), kernels():
-                return module(x)
-    else:
-        x.requires_grad_(True)
-
-        def step():
-            with kernels():
-                y = module(x)
-                y.backward(grad_out)
-            return y
-
-    def reset():
-        x.grad = None
-        for p in module.parameters():
-            p.grad = None
-
-    return step, reset
+    return common.step_and_reset(module, (x,), grad_out, phase, kernels)
 
 
 def _sync_step(step):
