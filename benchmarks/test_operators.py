@@ -114,7 +114,7 @@ def ratio_ci(case: list[float], base: list[float], draws: int = 2000, seed: int 
     return ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]
 
 
-def _against(value: float, ci: tuple[float, float], limit: float) -> str:
+def _against(ci: tuple[float, float], limit: float) -> str:
     """ok (the whole interval within the target), MISS (the whole interval beyond it) or edge."""
     if ci[1] <= limit:
         return "ok   "
@@ -162,10 +162,10 @@ def verdicts(rows: list[dict]) -> list[str]:
             ref = at.get(("B8-C64-56px", "train", f"{op}/torchvision"))
             if ref is not None:
                 line += f", torchvision/ours {ref['ref_over_ours']:.1f} (target ≥ 10)"
-            out.append(_against(train["x_conv"], train["x_conv_ci"], limit) + line)
+            out.append(_against(train["x_conv_ci"], limit) + line)
         fwd, trn = at.get(("B1-C16-32px", "forward", op)), at.get(("B1-C16-32px", "train", op))
         if fwd is not None and trn is not None:
-            verdict = _against(fwd["x_conv"], fwd["x_conv_ci"], 4.0)
+            verdict = _against(fwd["x_conv_ci"], 4.0)
             if fwd["median_s"] > trn["median_s"]:
                 verdict = "MISS "
             lo, hi = fwd["x_conv_ci"]
